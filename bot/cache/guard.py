@@ -1,0 +1,85 @@
+"""Bounds every Redis call in time and stops calling a Redis that is down.
+
+A hung Redis must never hold a message longer than the operation budget, and after
+a failure the bot must stop paying that budget per message: the breaker opens,
+calls fail at once for a cool-down, then one call probes whether Redis is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from redis.exceptions import RedisError
+
+from bot.errors import CacheUnavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+RecoveryHook = Callable[[], Awaitable[None]]
+
+
+class RedisGuard:
+    def __init__(
+        self,
+        op_timeout: float,
+        cooldown: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.op_timeout = op_timeout
+        self.cooldown = cooldown
+        self._clock = clock
+        self._open_until: float | None = None
+        self._probing = False
+        self._on_recovery: list[RecoveryHook] = []
+
+    @property
+    def is_open(self) -> bool:
+        return self._open_until is not None
+
+    def on_recovery(self, hook: RecoveryHook) -> None:
+        """Run `hook` when Redis answers again after an outage, before any other call."""
+        self._on_recovery.append(hook)
+
+    async def run(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run one Redis operation within the budget, or raise CacheUnavailable."""
+        probing = self._admit()
+        try:
+            async with asyncio.timeout(self.op_timeout):
+                if probing:
+                    for hook in self._on_recovery:
+                        await hook()
+                result = await operation()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._trip(exc)
+            raise CacheUnavailable(f"Redis unavailable: {exc.__class__.__name__}") from exc
+        finally:
+            if probing:
+                self._probing = False
+        if probing:
+            self._open_until = None
+            log.info("Redis is back; using the cache again")
+        return result
+
+    def _admit(self) -> bool:
+        """Whether this call probes a Redis that was down; raises while it stays open."""
+        if self._open_until is None:
+            return False
+        # One caller at a time probes after the cool-down; the rest fail fast.
+        if self._clock() < self._open_until or self._probing:
+            raise CacheUnavailable("Redis unavailable (circuit open)")
+        self._probing = True
+        return True
+
+    def _trip(self, exc: BaseException) -> None:
+        if self._open_until is None:
+            log.warning(
+                "Redis unavailable (%s); answering from Postgres and rate limiting locally "
+                "until it is back",
+                exc.__class__.__name__,
+            )
+        self._open_until = self._clock() + self.cooldown

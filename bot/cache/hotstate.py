@@ -1,0 +1,240 @@
+"""The conversation service's view of Redis: read hot state, refresh it, forget it.
+
+Every call goes through the RedisGuard, so a slow or dead Redis costs at most the
+operation budget and then nothing until it is back.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from redis.asyncio import Redis
+
+from bot.cache import scripts
+from bot.cache.guard import RedisGuard
+from bot.cache.keys import DEDUP_PROCESSING_SECONDS, RATE_WINDOW_SECONDS, Keys
+from bot.domain import ChannelSettings, ContextMessage, IncomingMessage, SessionState
+
+
+class BeginStatus(StrEnum):
+    OK = "ok"
+    LOCKED = "locked"  # another worker handles this user's previous message
+    DUPLICATE = "duplicate"  # this platform event was (or is being) handled
+
+
+@dataclass(frozen=True, slots=True)
+class RateCount:
+    count: int
+    retry_after: int  # seconds until the window resets
+
+
+@dataclass(frozen=True, slots=True)
+class HotState:
+    """What one round trip read; None marks a miss to fill from Postgres."""
+
+    status: BeginStatus
+    session: SessionState | None = None
+    channel: ChannelSettings | None = None
+    rate: RateCount | None = None
+    context: list[ContextMessage] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    """What to write back after the Postgres commit."""
+
+    session: SessionState | None
+    context: Sequence[ContextMessage] = ()
+    context_mode: str = "keep"  # 'replace' the whole list, 'append' new ones, or 'keep'
+    channel: ChannelSettings | None = None  # set when it was loaded from Postgres
+
+
+def encode_context(message: ContextMessage) -> str:
+    return json.dumps(
+        {"role": message.role, "content": message.content, "ts": message.timestamp.timestamp()},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+def decode_context(raw: bytes | str) -> ContextMessage:
+    data = json.loads(raw)
+    return ContextMessage(
+        role=data["role"],
+        content=data["content"],
+        timestamp=datetime.fromtimestamp(data["ts"], UTC),
+    )
+
+
+def encode_channel(channel: ChannelSettings) -> str:
+    return json.dumps({"default_model": channel.default_model, "settings": channel.settings})
+
+
+def decode_channel(raw: bytes | str) -> ChannelSettings:
+    data = json.loads(raw)
+    return ChannelSettings(default_model=data.get("default_model"), settings=data["settings"])
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def decode_session(flat: Sequence[bytes | str]) -> SessionState | None:
+    fields = {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
+    try:
+        return SessionState(
+            user_id=uuid.UUID(fields["user_id"]),
+            conversation_id=uuid.UUID(fields["conversation_id"]),
+            model=fields.get("model") or None,
+        )
+    except (KeyError, ValueError):
+        return None  # absent or unreadable: rebuild from Postgres
+
+
+class HotStateCache:
+    def __init__(self, redis: Redis, keys: Keys, guard: RedisGuard) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.guard = guard
+        self._begin = redis.register_script(scripts.BEGIN)
+        self._rate = redis.register_script(scripts.RATE)
+        self._finish = redis.register_script(scripts.FINISH)
+        self._abort = redis.register_script(scripts.ABORT)
+
+    async def begin(self, message: IncomingMessage, lock_token: str) -> HotState:
+        """Take the user's lock, claim the event, count the rate, read all hot state."""
+        keys = self.keys
+        key_list = [
+            keys.lock(message.channel, message.channel_user_id),
+            self._dedup_key(message),
+            keys.session(message.channel, message.channel_user_id),
+            keys.channel_config(message.channel),
+            keys.active(message.channel),
+        ]
+        args: list[Any] = [
+            lock_token,
+            keys.lock_ttl * 1000,
+            _flag(message.platform_message_id is not None),
+            DEDUP_PROCESSING_SECONDS,
+            keys.rate_template(),
+            RATE_WINDOW_SECONDS,
+            f"{time.time():.3f}",
+            keys.active_window,
+            message.channel_user_id,
+            keys.context_template(),
+            keys.context_messages,
+        ]
+        result = await self.guard.run(lambda: self._begin(keys=key_list, args=args))
+        return _parse_begin(result)
+
+    async def count_rate(self, user_id: uuid.UUID) -> RateCount:
+        count, ttl = await self.guard.run(
+            lambda: self._rate(keys=[self.keys.rate(user_id)], args=[RATE_WINDOW_SECONDS])
+        )
+        return RateCount(int(count), int(ttl))
+
+    async def finish(self, message: IncomingMessage, lock_token: str, refresh: Refresh) -> None:
+        """Write back session, context and config, mark the event done, release the lock."""
+        keys = self.keys
+        session = refresh.session
+        key_list = [
+            keys.session(message.channel, message.channel_user_id),
+            keys.context(session.conversation_id) if session else keys.context(uuid.UUID(int=0)),
+            keys.lock(message.channel, message.channel_user_id),
+            self._dedup_key(message),
+            keys.channel_config(message.channel),
+        ]
+        args: list[Any] = [
+            lock_token,
+            keys.session_ttl,
+            keys.context_ttl,
+            keys.context_messages,
+            refresh.context_mode if session else "keep",
+            _flag(message.platform_message_id is not None),
+            keys.dedup_ttl,
+            encode_channel(refresh.channel) if refresh.channel else "",
+            keys.channel_config_ttl,
+            _encode_session(session) if session else "",
+            *(encode_context(m) for m in refresh.context),
+        ]
+        await self.guard.run(lambda: self._finish(keys=key_list, args=args))
+
+    async def abort(self, message: IncomingMessage, lock_token: str) -> None:
+        """Release the lock and forget the event so that a redelivery is handled."""
+        key_list = [
+            self.keys.lock(message.channel, message.channel_user_id),
+            self._dedup_key(message),
+        ]
+        args = [lock_token, _flag(message.platform_message_id is not None)]
+        await self.guard.run(lambda: self._abort(keys=key_list, args=args))
+
+    async def forget(self, keys: Iterable[str]) -> None:
+        """Delete keys whose content may no longer match Postgres."""
+        names = list(keys)
+        if names:
+            await self.guard.run(lambda: self.redis.delete(*names))
+
+    def stale_keys(self, message: IncomingMessage, session: SessionState | None) -> list[str]:
+        names = [self.keys.session(message.channel, message.channel_user_id)]
+        if session is not None:
+            names.append(self.keys.context(session.conversation_id))
+        return names
+
+    async def flush(self) -> int:
+        """Delete every key under this deployment's prefix; returns how many."""
+        deleted = 0
+        async for batch in _scan_batches(self.redis, self.keys.all_pattern()):
+            deleted += await self.redis.delete(*batch)
+        return deleted
+
+    def _dedup_key(self, message: IncomingMessage) -> str:
+        event = message.platform_message_id or "-"
+        return self.keys.dedup(message.channel, event)
+
+
+async def _scan_batches(redis: Redis, pattern: str, size: int = 500) -> Any:
+    batch: list[Any] = []
+    async for key in redis.scan_iter(match=pattern, count=size):
+        batch.append(key)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _flag(value: bool) -> str:
+    return "1" if value else "0"
+
+
+def _encode_session(session: SessionState) -> str:
+    return json.dumps(
+        {
+            "user_id": str(session.user_id),
+            "conversation_id": str(session.conversation_id),
+            "model": session.model or "",
+            "last_activity": f"{time.time():.3f}",
+        }
+    )
+
+
+def _parse_begin(result: list[Any]) -> HotState:
+    status = BeginStatus(_text(result[0]))
+    if status is not BeginStatus.OK:
+        return HotState(status)
+    _, flat, config, count, ttl, context = result
+    session = decode_session(flat)
+    return HotState(
+        status=status,
+        session=session,
+        channel=decode_channel(config) if config else None,
+        rate=RateCount(int(count), int(ttl)) if session else None,
+        context=[decode_context(item) for item in context] if context else None,
+    )

@@ -1,0 +1,92 @@
+"""Every Redis key name and TTL of the bot (DESIGN.md, "Redis keys").
+
+Nothing else in the code base spells a key. A configurable prefix lets several
+deployments share one Redis; with the default empty prefix the keys are exactly
+the reference layout.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from bot.config import Settings
+
+RATE_WINDOW_SECONDS = 60  # the key is per minute by name
+DEDUP_PROCESSING_SECONDS = 300  # a crashed worker's claim on an event expires after this
+
+# Kinds of key, for ops and cache statistics: the part before the first colon.
+SESSION = "session"
+RATE = "rate"
+ACTIVE = "active"
+CONTEXT = "context"
+CHANNEL_CONFIG = "channel_config"
+FEATURES = "features"
+DEDUP = "dedup"
+LOCK = "lock"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Builds key names; the TTLs ride along so callers never hard-code them."""
+
+    prefix: str
+    session_ttl: int
+    context_ttl: int
+    context_messages: int
+    active_window: int
+    channel_config_ttl: int
+    dedup_ttl: int
+    lock_ttl: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Keys:
+        return cls(
+            prefix=settings.redis_key_prefix,
+            session_ttl=settings.session_ttl_seconds,
+            context_ttl=settings.context_ttl_seconds,
+            context_messages=settings.context_messages,
+            active_window=settings.active_window_seconds,
+            channel_config_ttl=settings.channel_config_ttl_seconds,
+            dedup_ttl=settings.dedup_ttl_seconds,
+            lock_ttl=settings.lock_ttl_seconds,
+        )
+
+    def session(self, channel: str, channel_user_id: str) -> str:
+        return f"{self.prefix}{SESSION}:{channel}:{channel_user_id}"
+
+    def rate_template(self) -> str:
+        """The rate key with `{user_id}` left open, for scripts that learn the id."""
+        return f"{self.prefix}{RATE}:user:{{user_id}}:minute"
+
+    def rate(self, user_id: uuid.UUID) -> str:
+        return self.rate_template().format(user_id=user_id)
+
+    def active(self, channel: str) -> str:
+        return f"{self.prefix}{ACTIVE}:{channel}"
+
+    def context_template(self) -> str:
+        return f"{self.prefix}{CONTEXT}:conv:{{conversation_id}}"
+
+    def context(self, conversation_id: uuid.UUID) -> str:
+        return self.context_template().format(conversation_id=conversation_id)
+
+    def features_global(self) -> str:
+        return f"{self.prefix}{FEATURES}:global"
+
+    def features_channel(self, channel: str) -> str:
+        return f"{self.prefix}{FEATURES}:channel:{channel}"
+
+    def channel_config(self, channel: str) -> str:
+        return f"{self.prefix}{CHANNEL_CONFIG}:{channel}"
+
+    def dedup(self, channel: str, platform_message_id: str) -> str:
+        """A platform event seen: 'processing' while handled, 'done' after."""
+        return f"{self.prefix}{DEDUP}:{channel}:{platform_message_id}"
+
+    def lock(self, channel: str, channel_user_id: str) -> str:
+        """Serializes one user's messages (and so their conversation) across workers."""
+        return f"{self.prefix}{LOCK}:chat:{channel}:{channel_user_id}"
+
+    def all_pattern(self) -> str:
+        return f"{self.prefix}*"

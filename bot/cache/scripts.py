@@ -1,0 +1,94 @@
+"""Lua scripts: each turns several Redis commands into one atomic round trip."""
+
+# Start handling a message. KEYS: lock, dedup, session, channel config, active set.
+# ARGV: lock token, lock ttl ms, has dedup (1/0), dedup ttl s, rate key template,
+#       rate window s, now (s), active window s, active member, context key template,
+#       context length.
+# Returns {'locked'} | {'duplicate'} |
+#         {'ok', session fields (flat), config json or '', rate count, rate ttl, context}.
+BEGIN = r"""
+local token = ARGV[1]
+if not redis.call('SET', KEYS[1], token, 'NX', 'PX', ARGV[2]) then
+  if redis.call('GET', KEYS[1]) ~= token then return {'locked'} end
+end
+if ARGV[3] == '1' and not redis.call('SET', KEYS[2], 'processing', 'NX', 'EX', ARGV[4]) then
+  redis.call('DEL', KEYS[1])
+  return {'duplicate'}
+end
+local now = tonumber(ARGV[7])
+redis.call('ZADD', KEYS[5], now, ARGV[9])
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - tonumber(ARGV[8]))
+redis.call('EXPIRE', KEYS[5], ARGV[8])
+local session = redis.call('HGETALL', KEYS[3])
+local config = redis.call('GET', KEYS[4]) or ''
+local count, ttl, context = 0, 0, {}
+local fields = {}
+for i = 1, #session, 2 do fields[session[i]] = session[i + 1] end
+if fields['user_id'] then
+  local rate = string.gsub(ARGV[5], '{user_id}', fields['user_id'])
+  count = redis.call('INCR', rate)
+  ttl = redis.call('TTL', rate)
+  if ttl < 0 then
+    redis.call('EXPIRE', rate, ARGV[6])
+    ttl = tonumber(ARGV[6])
+  end
+end
+if fields['conversation_id'] then
+  local key = string.gsub(ARGV[10], '{conversation_id}', fields['conversation_id'])
+  context = redis.call('LRANGE', key, 0, tonumber(ARGV[11]) - 1)
+end
+return {'ok', session, config, count, ttl, context}
+"""
+
+# Count one message against a user's per-minute limit; never leaves a key without TTL.
+# KEYS: rate key. ARGV: window s. Returns {count, ttl}.
+RATE = r"""
+local count = redis.call('INCR', KEYS[1])
+local ttl = redis.call('TTL', KEYS[1])
+if ttl < 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+return {count, ttl}
+"""
+
+# Finish handling a message after the Postgres commit.
+# KEYS: session, context, lock, dedup, channel config.
+# ARGV: lock token, session ttl, context ttl, context length, context mode
+#       ('replace' | 'append' | 'keep'), has dedup, dedup ttl, config json or '',
+#       config ttl, session fields as JSON or '', then context items newest first.
+FINISH = r"""
+if ARGV[10] ~= '' then
+  local fields = cjson.decode(ARGV[10])
+  local flat = {}
+  for k, v in pairs(fields) do
+    flat[#flat + 1] = k
+    flat[#flat + 1] = v
+  end
+  redis.call('HSET', KEYS[1], unpack(flat))
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+local mode = ARGV[5]
+if mode == 'replace' then
+  redis.call('DEL', KEYS[2])
+  if #ARGV > 10 then redis.call('RPUSH', KEYS[2], unpack(ARGV, 11)) end
+elseif mode == 'append' then
+  for i = #ARGV, 11, -1 do redis.call('LPUSHX', KEYS[2], ARGV[i]) end
+end
+if mode ~= 'keep' then
+  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[4]) - 1)
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+end
+if ARGV[6] == '1' then redis.call('SET', KEYS[4], 'done', 'EX', ARGV[7]) end
+if ARGV[8] ~= '' then redis.call('SET', KEYS[5], ARGV[8], 'EX', ARGV[9]) end
+if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
+return 1
+"""
+
+# Give up handling a message: release the lock and forget the event, so that a
+# redelivery is processed. KEYS: lock, dedup. ARGV: lock token, has dedup.
+ABORT = r"""
+if ARGV[2] == '1' then redis.call('DEL', KEYS[2]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""

@@ -1,0 +1,148 @@
+"""The `bot` command line: run, chat, migrate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import os
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from bot.channels.console import ConsoleChannel
+from bot.config import Settings, load_settings, redact_url
+from bot.errors import BotError, ConfigError
+from bot.logs import setup_logging
+from bot.runtime import open_runtime
+from bot.store.migrate import upgrade_to_head
+
+log = logging.getLogger("bot")
+
+CHANNEL_SETTINGS = {
+    "discord": "DISCORD_BOT_TOKEN",
+    "telegram": "TELEGRAM_BOT_TOKEN",
+    "slack": "SLACK_BOT_TOKEN with SLACK_APP_TOKEN or SLACK_SIGNING_SECRET",
+}
+
+DESCRIPTION = """\
+A chat-bot backend: Discord, Telegram and Slack adapters over one conversation
+service, Redis for hot state, Postgres as the source of truth.
+
+With no DATABASE_URL / REDIS_URL it starts embedded Postgres and Redis under
+DATA_DIR (default ./.data). Settings come from the environment or a .env file."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bot", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser(
+        "run",
+        help="run the worker: migrate, then serve every configured channel",
+        description="Apply pending migrations, then serve the configured channels. With no "
+        "channel credentials, say which settings enable which channel and, on an "
+        "interactive terminal, open the console chat.",
+    )
+    run.add_argument(
+        "--channels",
+        help="comma-separated channels to start (default: every configured one); "
+        "'console' is the local chat",
+    )
+    run.add_argument("--user", default=None, help="console user name (default: your login)")
+    run.set_defaults(handler=_run)
+
+    chat = commands.add_parser(
+        "chat",
+        help="chat with the bot on this terminal (or from piped input)",
+        description="Read messages line by line from standard input and print each reply. "
+        "Interactive on a terminal; with piped input, one reply per line, exit 0 at the end. "
+        "Example: printf 'hello\\n/model\\n' | bot chat --user alice",
+    )
+    chat.add_argument("--user", default=None, help="who is chatting (default: your login)")
+    chat.set_defaults(handler=_chat)
+
+    migrate = commands.add_parser(
+        "migrate",
+        help="apply pending database migrations and exit",
+        description="Bring the Postgres schema to the newest Alembic revision, under an "
+        "advisory lock so that several workers starting at once do not race.",
+    )
+    migrate.set_defaults(handler=_migrate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"bot: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, settings.log_format, settings.secrets())
+    handler: Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]] = args.handler
+    try:
+        return asyncio.run(handler(settings, args))
+    except KeyboardInterrupt:
+        return 130
+    except BotError as exc:
+        print(f"bot: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_runtime(settings, migrate=False) as runtime:
+        revision = await upgrade_to_head(runtime.engine)
+        print(f"database at revision {revision} ({redact_url(runtime.endpoints.database_url)})")
+    return 0
+
+
+async def _chat(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_runtime(settings) as runtime:
+        channel = ConsoleChannel(
+            runtime.service,
+            user=args.user or _login(),
+            stdin=sys.stdin,
+            stdout=sys.stdout,
+            interactive=sys.stdin.isatty(),
+        )
+        await channel.run()
+    return 0
+
+
+async def _run(settings: Settings, args: argparse.Namespace) -> int:
+    wanted = {c.strip() for c in (args.channels or "").split(",") if c.strip()}
+    unknown = wanted - {"console", *CHANNEL_SETTINGS}
+    if unknown:
+        raise ConfigError(f"unknown channel(s) {', '.join(sorted(unknown))} in --channels")
+    platform = wanted & set(CHANNEL_SETTINGS)
+    if platform:
+        raise ConfigError(
+            f"the {', '.join(sorted(platform))} channel(s) are not built yet; "
+            "only the console channel is available"
+        )
+    interactive = sys.stdin.isatty()
+    if not wanted:
+        for name, setting in CHANNEL_SETTINGS.items():
+            log.info("channel %s is off: set %s to enable it", name, setting)
+        if not interactive:
+            raise ConfigError(
+                "no channel is configured and standard input is not a terminal; "
+                "set a channel's credentials or use `bot chat` for piped input"
+            )
+    async with open_runtime(settings) as runtime:
+        channel = ConsoleChannel(
+            runtime.service, args.user or _login(), sys.stdin, sys.stdout, interactive
+        )
+        await channel.run()
+    return 0
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return os.environ.get("USER", "console")

@@ -1,0 +1,84 @@
+"""Plain data passed between the layers: no SDK objects, no ORM rows."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingMessage:
+    """One user message, normalized by a channel adapter."""
+
+    channel: str
+    channel_user_id: str
+    text: str
+    username: str | None = None
+    platform_message_id: str | None = None
+    chat_id: str | None = None
+    thread_id: str | None = None
+
+
+class ReplyKind(StrEnum):
+    ANSWER = "answer"  # the responder's reply to a stored exchange
+    COMMAND = "command"  # the answer to /help, /reset, /model, /history
+    RATE_LIMITED = "rate_limited"
+    DUPLICATE = "duplicate"  # a redelivered event: answered already, say nothing
+    INVALID = "invalid"  # bad input, refused with an explanation
+    UNAVAILABLE = "unavailable"  # Postgres could not store the exchange
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What the adapter sends back; `text` is None when nothing should be sent."""
+
+    text: str | None
+    kind: ReplyKind
+    conversation_id: uuid.UUID | None = None
+    model: str | None = None
+
+    @property
+    def silent(self) -> bool:
+        return self.text is None
+
+
+@dataclass(frozen=True, slots=True)
+class ContextMessage:
+    """One message of a conversation's recent context, as cached in Redis."""
+
+    role: str
+    content: str
+    timestamp: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SessionState:
+    """Who is talking and in which conversation: the `session:*` hash, typed."""
+
+    user_id: uuid.UUID
+    conversation_id: uuid.UUID
+    model: str | None  # conversation override, else the user's preference, else None
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSettings:
+    """A channel's `channel_configs` row, or the defaults when there is none."""
+
+    default_model: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def rate_limit(self, fallback: int) -> int:
+        value = self.settings.get("rate_limit_per_minute")
+        return value if isinstance(value, int) and value > 0 else fallback
+
+
+@dataclass(frozen=True, slots=True)
+class StoredExchange:
+    """The rows one exchange wrote: the user's message and, if any, the reply."""
+
+    user_message_id: uuid.UUID
+    reply_message_id: uuid.UUID | None
+    duplicate: bool = False

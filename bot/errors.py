@@ -1,0 +1,43 @@
+"""The bot's exceptions: one type per failure a caller can act on.
+
+Foreign errors (asyncpg, SQLAlchemy, redis-py, SDKs) are mapped to these where they
+enter, carrying what the caller needs.
+"""
+
+from __future__ import annotations
+
+
+class BotError(Exception):
+    """Base of every error the bot raises on purpose."""
+
+
+class ConfigError(BotError):
+    """A setting is missing or invalid; the message names it and never holds a secret."""
+
+
+class InfrastructureError(BotError):
+    """Postgres or Redis could not be started or reached at start-up."""
+
+
+class MigrationError(BotError):
+    """The schema could not be brought to the current revision."""
+
+
+class StoreUnavailable(BotError):
+    """Postgres did not answer within the retry budget; nothing was written."""
+
+
+class StaleSession(BotError):
+    """A cached session points at rows Postgres no longer holds (deleted or closed)."""
+
+
+class CacheUnavailable(BotError):
+    """Redis failed or timed out; callers fall back to Postgres."""
+
+
+class LockTimeout(BotError):
+    """The per-conversation lock was not acquired in time."""
+
+
+class ResponderError(BotError):
+    """The responder could not produce a reply."""

@@ -1,0 +1,62 @@
+"""In-process stand-ins for what Redis provides across workers.
+
+The keyed locks always run first (they keep one worker's messages of a user in
+arrival order and spare Redis the polling); the rate limiter takes over only
+while Redis is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+
+class KeyedLocks:
+    """One FIFO asyncio.Lock per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+class LocalRateLimiter:
+    """Fixed one-minute windows per key, like the Redis counter it replaces."""
+
+    def __init__(self, window: int = 60, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window = window
+        self._clock = clock
+        self._windows: dict[str, tuple[float, int]] = {}
+
+    def hit(self, key: str) -> tuple[int, int]:
+        """Count one message; return (count in this window, seconds until it resets)."""
+        now = self._clock()
+        start, count = self._windows.get(key, (now, 0))
+        if now - start >= self.window:
+            start, count = now, 0
+        self._windows[key] = (start, count + 1)
+        if len(self._windows) > 100_000:
+            self._drop_expired(now)
+        return count + 1, max(1, int(self.window - (now - start)))
+
+    def _drop_expired(self, now: float) -> None:
+        expired = [k for k, (start, _) in self._windows.items() if now - start >= self.window]
+        for key in expired:
+            del self._windows[key]

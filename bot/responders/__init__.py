@@ -1,0 +1,6 @@
+"""Responders: where replies come from."""
+
+from bot.responders.base import Responder, ResponderRequest, ResponderResult
+from bot.responders.echo import EchoResponder
+
+__all__ = ["EchoResponder", "Responder", "ResponderRequest", "ResponderResult"]

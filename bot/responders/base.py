@@ -1,0 +1,41 @@
+"""The Responder interface: turn a conversation's context and a new message into a reply."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from bot.domain import ContextMessage
+
+
+@dataclass(frozen=True, slots=True)
+class ResponderRequest:
+    model: str
+    text: str
+    context: Sequence[ContextMessage]  # oldest first
+    channel: str
+    channel_settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ResponderResult:
+    text: str
+    model_used: str
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class Responder(Protocol):
+    name: str
+
+    async def respond(self, request: ResponderRequest) -> ResponderResult:
+        """Produce the reply; raise bot.errors.ResponderError when it cannot."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def estimate_tokens(text: str) -> int:
+    """A rough count (about four characters a token) for when no API reports usage."""
+    return max(1, (len(text) + 3) // 4)

@@ -1,0 +1,154 @@
+"""Builds the long-lived objects once (servers, engine, Redis client, service) and
+hands them down; every command that talks to the stores starts here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+from pydantic import SecretStr
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.cache.guard import RedisGuard
+from bot.cache.hotstate import HotStateCache
+from bot.cache.keys import Keys
+from bot.config import Settings, redact_url
+from bot.errors import InfrastructureError, StoreUnavailable
+from bot.responders import EchoResponder, Responder
+from bot.service import ConversationService
+from bot.store.engine import create_engine
+from bot.store.migrate import upgrade_to_head
+from bot.store.queries import Store
+from bot.store.retry import DatabaseRetry
+
+log = logging.getLogger(__name__)
+
+
+class _Server(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    database_url: str
+    redis_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    settings: Settings
+    endpoints: Endpoints
+    engine: AsyncEngine
+    redis: Redis
+    store: Store
+    cache: HotStateCache
+    service: ConversationService
+
+
+@asynccontextmanager
+async def open_endpoints(settings: Settings) -> AsyncIterator[Endpoints]:
+    """The configured servers, or embedded ones under DATA_DIR for what is not set."""
+    async with AsyncExitStack() as stack:
+        database_url = _secret(settings.database_url)
+        redis_url = _secret(settings.redis_url)
+        if database_url is None or redis_url is None:
+            from bot import embedded  # the optional extra; production never needs it
+
+            if database_url is None:
+                server = embedded.EmbeddedPostgres(settings.data_dir / "postgres")
+                await _start(stack, server)
+                database_url = server.url
+            if redis_url is None:
+                redis_server = embedded.EmbeddedRedis(settings.data_dir / "redis")
+                await _start(stack, redis_server)
+                redis_url = redis_server.url
+        yield Endpoints(database_url, redis_url)
+
+
+async def _start(stack: AsyncExitStack, server: _Server) -> None:
+    from bot.embedded import EmbeddedServerError
+
+    try:
+        await asyncio.to_thread(server.start)
+    except EmbeddedServerError as exc:
+        raise InfrastructureError(str(exc)) from exc
+    stack.push_async_callback(asyncio.to_thread, server.stop)
+
+
+def create_redis(settings: Settings, url: str) -> Redis:
+    return Redis.from_url(
+        url,
+        max_connections=settings.redis_max_connections,
+        socket_timeout=settings.redis_socket_timeout_seconds,
+        socket_connect_timeout=settings.redis_socket_connect_timeout_seconds,
+        health_check_interval=settings.redis_health_check_interval_seconds,
+    )
+
+
+def build_service(
+    settings: Settings, engine: AsyncEngine, redis: Redis, responder: Responder | None = None
+) -> ConversationService:
+    """The service wired to the given engine and Redis client (tests use this too)."""
+    retry = DatabaseRetry(settings.db_retry_attempts, settings.db_retry_deadline_seconds)
+    guard = RedisGuard(settings.redis_op_timeout_seconds, settings.redis_breaker_cooldown_seconds)
+    cache = HotStateCache(redis, Keys.from_settings(settings), guard)
+    return ConversationService(settings, Store(engine, retry), cache, responder or EchoResponder())
+
+
+@asynccontextmanager
+async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIterator[Runtime]:
+    """Start or reach the servers, migrate, and build the service; close all on exit."""
+    async with open_endpoints(settings) as endpoints:
+        engine = create_engine(settings, endpoints.database_url)
+        redis = create_redis(settings, endpoints.redis_url)
+        service = build_service(settings, engine, redis)
+        try:
+            await check_postgres(engine, endpoints.database_url, settings)
+            await check_redis(redis, endpoints.redis_url)
+            if migrate:
+                await upgrade_to_head(engine)
+            yield Runtime(settings, endpoints, engine, redis, service.store, service.cache, service)
+        finally:
+            await service.responder.aclose()
+            await redis.aclose()
+            await engine.dispose()
+
+
+async def check_postgres(engine: AsyncEngine, url: str, settings: Settings) -> None:
+    retry = DatabaseRetry(attempts=3, deadline=settings.db_connect_timeout_seconds * 2)
+
+    async def ping() -> None:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    try:
+        await retry.run(ping)
+    except StoreUnavailable as exc:
+        raise InfrastructureError(
+            f"cannot reach Postgres at {redact_url(url)} ({exc.__cause__.__class__.__name__}); "
+            "check DATABASE_URL and that the server is running"
+        ) from None
+
+
+async def check_redis(redis: Redis, url: str) -> None:
+    """A missing Redis only degrades the bot, so this warns instead of failing."""
+    try:
+        await asyncio.wait_for(redis.ping(), timeout=2)
+    except (RedisError, OSError, TimeoutError) as exc:
+        log.warning(
+            "cannot reach Redis at %s (%s); starting anyway, answering from Postgres",
+            redact_url(url),
+            exc.__class__.__name__,
+        )
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None

@@ -1,0 +1,298 @@
+"""ConversationService: the one place the message flow of DESIGN.md lives.
+
+Per message: validate, take the user's lock and read all hot state in one Redis
+round trip, fill misses from Postgres, rate limit, answer a command or ask the
+responder, store the exchange in one Postgres transaction, then refresh Redis in
+one round trip. Redis failing degrades to Postgres; Postgres failing is retried and
+then told to the user, with nothing half-written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import Counter
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+
+from bot import commands
+from bot.cache.hotstate import BeginStatus, HotState, HotStateCache, RateCount, Refresh
+from bot.config import Settings
+from bot.domain import (
+    ChannelSettings,
+    ContextMessage,
+    IncomingMessage,
+    Reply,
+    ReplyKind,
+    SessionState,
+)
+from bot.errors import CacheUnavailable, LockTimeout, ResponderError, StaleSession, StoreUnavailable
+from bot.local import KeyedLocks, LocalRateLimiter
+from bot.responders.base import Responder, ResponderRequest, ResponderResult
+from bot.store.queries import ExchangeRows, Store
+from bot.validation import InvalidInput, clean_text
+
+log = logging.getLogger(__name__)
+
+UNAVAILABLE_TEXT = "Sorry, I can't answer right now. Please try again in a minute."
+BUSY_TEXT = "I'm still busy with your previous message. Please send this one again shortly."
+RESPONDER_FAILED_TEXT = "Sorry, I couldn't come up with a reply just now. Please try again."
+
+
+@dataclass(slots=True)
+class Turn:
+    """The state one message is handled with, filled from Redis or Postgres."""
+
+    message: IncomingMessage
+    session: SessionState
+    channel: ChannelSettings
+    rate: RateCount
+    refresh: Refresh
+
+
+class ConversationService:
+    def __init__(
+        self, settings: Settings, store: Store, cache: HotStateCache, responder: Responder
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.cache = cache
+        self.responder = responder
+        self.stats: Counter[str] = Counter()
+        self._locks = KeyedLocks()
+        self._local_rate = LocalRateLimiter()
+        self._stale_keys: set[str] = set()
+        cache.guard.on_recovery(self._forget_stale_keys)
+
+    async def handle(self, message: IncomingMessage) -> Reply:
+        """Answer one incoming message; never raises for bad input or a failing store."""
+        try:
+            message = replace(
+                message, text=clean_text(message.text, self.settings.max_message_chars)
+            )
+        except InvalidInput as exc:
+            self.stats["invalid"] += 1
+            return Reply(str(exc), ReplyKind.INVALID)
+        async with self._locks.hold(f"{message.channel}:{message.channel_user_id}"):
+            return await self._handle_locked(message)
+
+    async def _handle_locked(self, message: IncomingMessage) -> Reply:
+        token = uuid.uuid4().hex
+        try:
+            hot = await self._begin(message, token)
+        except LockTimeout:
+            self.stats["lock_timeout"] += 1
+            return Reply(BUSY_TEXT, ReplyKind.UNAVAILABLE)
+        if hot is not None and hot.status is BeginStatus.DUPLICATE:
+            self.stats["duplicate"] += 1
+            return Reply(None, ReplyKind.DUPLICATE)
+        try:
+            reply, refresh = await self._process(message, hot)
+        except StoreUnavailable as exc:
+            log.error(
+                "cannot store message from %s:%s: %s", message.channel, message.channel_user_id, exc
+            )
+            self.stats["store_unavailable"] += 1
+            await self._abort(message, token, hot)
+            return Reply(UNAVAILABLE_TEXT, ReplyKind.UNAVAILABLE)
+        except BaseException:
+            await self._abort(message, token, hot)
+            raise
+        await self._finish(message, token, hot, refresh)
+        return reply
+
+    async def _begin(self, message: IncomingMessage, token: str) -> HotState | None:
+        """Hot state from Redis, waiting for another worker's lock; None if Redis is down."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.lock_wait_seconds
+        delay = 0.005
+        while True:
+            try:
+                hot = await self.cache.begin(message, token)
+            except CacheUnavailable:
+                self.stats["cache_unavailable"] += 1
+                return None
+            if hot.status is not BeginStatus.LOCKED:
+                return hot
+            if loop.time() + delay > deadline:
+                raise LockTimeout(f"{message.channel}:{message.channel_user_id}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    async def _process(
+        self, message: IncomingMessage, hot: HotState | None
+    ) -> tuple[Reply, Refresh]:
+        turn = await self._prepare(message, hot)
+        limit = turn.channel.rate_limit(self.settings.rate_limit_per_minute)
+        if turn.rate.count > limit:
+            return self._rate_limited(turn, limit), turn.refresh
+        command = commands.parse(message.text)
+        if command is not None:
+            self.stats["command"] += 1
+            return await commands.run(command, turn, self)
+        return await self._exchange(turn, hot.context if hot else None)
+
+    async def _prepare(self, message: IncomingMessage, hot: HotState | None) -> Turn:
+        session = hot.session if hot else None
+        self._count("session", session is not None)
+        if session is None:
+            session = await self.store.load_session(
+                message.channel, message.channel_user_id, message.username
+            )
+        channel = hot.channel if hot else None
+        self._count("channel_config", channel is not None)
+        loaded_channel = None
+        if channel is None:
+            channel = loaded_channel = await self.store.load_channel(message.channel)
+        rate = hot.rate if hot and hot.rate else await self._count_rate(session.user_id, hot)
+        refresh = Refresh(session=session, channel=loaded_channel)
+        return Turn(message, session, channel, rate, refresh)
+
+    async def _count_rate(self, user_id: uuid.UUID, hot: HotState | None) -> RateCount:
+        if hot is not None:
+            try:
+                return await self.cache.count_rate(user_id)
+            except CacheUnavailable:
+                pass
+        count, retry_after = self._local_rate.hit(str(user_id))
+        return RateCount(count, retry_after)
+
+    def _rate_limited(self, turn: Turn, limit: int) -> Reply:
+        self.stats["rate_limited"] += 1
+        if turn.rate.count > limit + 1:
+            return Reply(None, ReplyKind.RATE_LIMITED)  # told once per window is enough
+        seconds = turn.rate.retry_after
+        return Reply(
+            f"You're sending messages faster than I can keep up with ({limit} a minute). "
+            f"Please try again in {seconds} second{'s' if seconds != 1 else ''}.",
+            ReplyKind.RATE_LIMITED,
+        )
+
+    async def _exchange(
+        self, turn: Turn, cached: list[ContextMessage] | None, *, retried: bool = False
+    ) -> tuple[Reply, Refresh]:
+        self._count("context", cached is not None)
+        context = cached
+        if context is None:
+            context = await self.store.load_context(
+                turn.session.conversation_id, self.settings.context_messages
+            )
+        model = self.resolve_model(turn.session, turn.channel)
+        user_ts = datetime.now(UTC)
+        result = await self._respond(turn, model, context)
+        rows = self._rows(turn, user_ts, result)
+        try:
+            stored = await self.store.save_exchange(rows)
+        except StaleSession:
+            if retried:
+                raise
+            return await self._recover_stale(turn)
+        if stored.duplicate:
+            self.stats["duplicate"] += 1
+            return Reply(None, ReplyKind.DUPLICATE), turn.refresh
+        new = [ContextMessage("user", rows.user_text, rows.user_ts)]
+        if result is not None:
+            new.insert(0, ContextMessage("assistant", result.text, rows.reply_ts))
+        refresh = replace(
+            turn.refresh,
+            context=new if cached is not None else [*new, *context],
+            context_mode="append" if cached is not None else "replace",
+        )
+        self.stats["exchange"] += 1
+        if result is None:
+            return Reply(RESPONDER_FAILED_TEXT, ReplyKind.UNAVAILABLE), refresh
+        return Reply(result.text, ReplyKind.ANSWER, turn.session.conversation_id, model), refresh
+
+    async def _recover_stale(self, turn: Turn) -> tuple[Reply, Refresh]:
+        """The cached session pointed at a closed or deleted conversation: rebuild it."""
+        self.stats["stale_session"] += 1
+        message = turn.message
+        session = await self.store.load_session(
+            message.channel, message.channel_user_id, message.username
+        )
+        turn = replace(turn, session=session, refresh=replace(turn.refresh, session=session))
+        return await self._exchange(turn, None, retried=True)
+
+    async def _respond(
+        self, turn: Turn, model: str, context: list[ContextMessage]
+    ) -> ResponderResult | None:
+        request = ResponderRequest(
+            model=model,
+            text=turn.message.text,
+            context=list(reversed(context)),
+            channel=turn.message.channel,
+            channel_settings=turn.channel.settings,
+        )
+        try:
+            return await self.responder.respond(request)
+        except ResponderError as exc:
+            log.warning("responder %s failed: %s", self.responder.name, exc)
+            self.stats["responder_error"] += 1
+            return None
+
+    def _rows(self, turn: Turn, user_ts: datetime, result: ResponderResult | None) -> ExchangeRows:
+        # Under the user's lock, so a later message always sorts after this reply.
+        reply_ts = max(datetime.now(UTC), user_ts + timedelta(microseconds=1))
+        return ExchangeRows(
+            conversation_id=turn.session.conversation_id,
+            channel=turn.message.channel,
+            platform_message_id=turn.message.platform_message_id,
+            user_text=turn.message.text,
+            user_ts=user_ts,
+            user_tokens=result.prompt_tokens if result else None,
+            reply_text=result.text if result else None,
+            reply_ts=reply_ts,
+            reply_tokens=result.completion_tokens if result else None,
+            model_used=result.model_used if result else None,
+            user_message_id=uuid.uuid4(),
+            reply_id=uuid.uuid4(),
+        )
+
+    def resolve_model(self, session: SessionState, channel: ChannelSettings) -> str:
+        """Conversation override > user preference > channel default > DEFAULT_MODEL."""
+        return session.model or channel.default_model or self.settings.default_model
+
+    async def _finish(
+        self, message: IncomingMessage, token: str, hot: HotState | None, refresh: Refresh
+    ) -> None:
+        if hot is None:
+            # Redis was down when we read: what it holds may predate Postgres now.
+            self._stale_keys.update(self.cache.stale_keys(message, refresh.session))
+            return
+        try:
+            await self.cache.finish(message, token, refresh)
+        except CacheUnavailable:
+            await self._forget_or_remember(self.cache.stale_keys(message, refresh.session))
+
+    async def _abort(self, message: IncomingMessage, token: str, hot: HotState | None) -> None:
+        if hot is None:
+            return
+        try:
+            await self.cache.abort(message, token)
+        except CacheUnavailable:
+            log.info(
+                "could not release the lock of %s:%s; it expires by itself",
+                message.channel,
+                message.channel_user_id,
+            )
+
+    async def _forget_or_remember(self, keys: list[str]) -> None:
+        try:
+            await self.cache.forget(keys)
+        except CacheUnavailable:
+            self._stale_keys.update(keys)
+
+    async def _forget_stale_keys(self) -> None:
+        keys, self._stale_keys = self._stale_keys, set()
+        if not keys:
+            return
+        try:
+            await self.cache.redis.delete(*keys)
+        except BaseException:
+            self._stale_keys.update(keys)
+            raise
+        log.info("dropped %d cache keys that predate writes made while Redis was away", len(keys))
+
+    def _count(self, kind: str, hit: bool) -> None:
+        self.stats[f"{kind}_{'hit' if hit else 'miss'}"] += 1

@@ -1,0 +1,79 @@
+"""Apply Alembic migrations from code, under a Postgres advisory lock.
+
+Several workers starting at once all call `upgrade_to_head`; the lock makes the
+first one migrate and the others wait, then find nothing to do.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from alembic import command
+from bot.errors import MigrationError
+
+log = logging.getLogger(__name__)
+
+# Any fixed 64-bit number; it names "the bot's schema migration" among advisory locks.
+MIGRATION_LOCK_ID = 0x6368_6174_626F_7401
+
+
+def alembic_config() -> Config:
+    """The Alembic config of this checkout, found beside the package or in the cwd."""
+    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
+        ini = root / "alembic.ini"
+        if ini.is_file():
+            config = Config(str(ini))
+            config.set_main_option("script_location", str(root / "alembic"))
+            return config
+    raise MigrationError("alembic.ini not found beside the bot package or in the current directory")
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    async with engine.connect() as connection:
+        return await connection.run_sync(
+            lambda sync: MigrationContext.configure(sync).get_current_revision()
+        )
+
+
+async def upgrade_to_head(engine: AsyncEngine) -> str | None:
+    """Bring the schema to the newest revision; return the revision now in place."""
+    config = alembic_config()
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(
+                text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID}
+            )
+            try:
+                await connection.run_sync(_upgrade, config)
+                await connection.commit()
+            finally:
+                await connection.execute(
+                    text("SELECT pg_advisory_unlock(:id)"), {"id": MIGRATION_LOCK_ID}
+                )
+                await connection.commit()
+    except SQLAlchemyError as exc:
+        cause = getattr(exc, "orig", None) or exc
+        raise MigrationError(f"migration failed: {cause.__class__.__name__}: {cause}") from exc
+    return await current_revision(engine)
+
+
+def _upgrade(connection: Connection, config: Config) -> None:
+    before = MigrationContext.configure(connection).get_current_revision()
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+    after = MigrationContext.configure(connection).get_current_revision()
+    if before != after:
+        log.info("database migrated from %s to %s", before or "empty", after)

@@ -1,0 +1,270 @@
+"""All SQL of the bot. Each public method is one transaction, retried as a unit."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from bot.domain import ChannelSettings, ContextMessage, SessionState, StoredExchange
+from bot.errors import StaleSession
+from bot.store.retry import DatabaseRetry
+
+T = TypeVar("T")
+
+_UPSERT_USER = text(
+    """
+    INSERT INTO users (channel_type, channel_user_id, username)
+    VALUES (:channel, :channel_user_id, :username)
+    ON CONFLICT (channel_type, channel_user_id) DO UPDATE
+        SET username = COALESCE(EXCLUDED.username, users.username),
+            updated_at = CASE WHEN EXCLUDED.username IS DISTINCT FROM users.username
+                              AND EXCLUDED.username IS NOT NULL
+                              THEN now() ELSE users.updated_at END
+    RETURNING id, preferred_model
+    """
+)
+
+# The partial unique index makes this safe under concurrency: of two racing inserts
+# one wins, the other does nothing and then reads the winner.
+_OPEN_CONVERSATION = text(
+    """
+    INSERT INTO conversations (user_id, channel_type)
+    VALUES (:user_id, :channel)
+    ON CONFLICT (user_id) WHERE is_active DO NOTHING
+    RETURNING id, model_override
+    """
+)
+
+_ACTIVE_CONVERSATION = text(
+    "SELECT id, model_override FROM conversations WHERE user_id = :user_id AND is_active"
+)
+
+_RECENT_MESSAGES = text(
+    """
+    SELECT role, content, timestamp FROM messages
+    WHERE conversation_id = :conversation_id
+    ORDER BY timestamp DESC, role DESC
+    LIMIT :limit
+    """
+)
+
+_CHANNEL_CONFIG = text(
+    "SELECT default_model, settings FROM channel_configs WHERE channel_type = :channel"
+)
+
+# One statement: touch the conversation (only if still active), store the user's
+# message unless this platform event or this very row is already there, and store
+# the reply only if the user's message went in.
+_SAVE_EXCHANGE = text(
+    """
+    WITH conversation AS (
+        UPDATE conversations SET last_activity = :activity
+        WHERE id = :conversation_id AND is_active
+        RETURNING id
+    ), user_message AS (
+        INSERT INTO messages (id, conversation_id, role, content, timestamp, token_count,
+                              channel_type, platform_message_id)
+        SELECT :user_message_id, id, 'user', :user_text, :user_ts, :user_tokens,
+               :channel, :platform_message_id
+        FROM conversation
+        ON CONFLICT DO NOTHING
+        RETURNING id
+    ), reply AS (
+        INSERT INTO messages (id, conversation_id, role, content, timestamp, token_count,
+                              channel_type, model_used)
+        SELECT :reply_id, :conversation_id, 'assistant', :reply_text, :reply_ts,
+               :reply_tokens, :channel, :model_used
+        FROM user_message WHERE :has_reply
+        RETURNING id
+    )
+    SELECT (SELECT id FROM conversation) AS conversation_id,
+           (SELECT id FROM user_message) AS user_message_id,
+           (SELECT id FROM reply) AS reply_id
+    """
+)
+
+_MESSAGE_EXISTS = text("SELECT 1 FROM messages WHERE id = :id")
+
+_CLOSE_ACTIVE = text(
+    "UPDATE conversations SET is_active = false WHERE user_id = :user_id AND is_active"
+)
+
+_SET_PREFERRED_MODEL = text(
+    "UPDATE users SET preferred_model = :model, updated_at = now() WHERE id = :user_id"
+)
+
+_MODEL_OVERRIDE = text("SELECT model_override FROM conversations WHERE id = :conversation_id")
+
+
+class _NothingInserted(Exception):
+    """Internal: the exchange inserted no row; roll back and find out why."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeRows:
+    """One exchange to store; ids are chosen here so a retried commit is recognised."""
+
+    conversation_id: uuid.UUID
+    channel: str
+    platform_message_id: str | None
+    user_text: str
+    user_ts: datetime
+    user_tokens: int | None
+    reply_text: str | None
+    reply_ts: datetime
+    reply_tokens: int | None
+    model_used: str | None
+    user_message_id: uuid.UUID
+    reply_id: uuid.UUID
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine, retry: DatabaseRetry) -> None:
+        self.engine = engine
+        self.retry = retry
+
+    async def _transaction(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        async def attempt() -> T:
+            async with self.engine.begin() as connection:
+                return await work(connection)
+
+        return await self.retry.run(attempt)
+
+    async def load_session(
+        self, channel: str, channel_user_id: str, username: str | None
+    ) -> SessionState:
+        """Upsert the user and find or open their active conversation."""
+
+        async def work(connection: AsyncConnection) -> SessionState:
+            user = (
+                await connection.execute(
+                    _UPSERT_USER,
+                    {"channel": channel, "channel_user_id": channel_user_id, "username": username},
+                )
+            ).one()
+            params = {"user_id": user.id, "channel": channel}
+            conversation = (await connection.execute(_OPEN_CONVERSATION, params)).first()
+            if conversation is None:
+                conversation = (await connection.execute(_ACTIVE_CONVERSATION, params)).one()
+            return SessionState(
+                user_id=user.id,
+                conversation_id=conversation.id,
+                model=conversation.model_override or user.preferred_model,
+            )
+
+        return await self._transaction(work)
+
+    async def load_context(self, conversation_id: uuid.UUID, limit: int) -> list[ContextMessage]:
+        """The newest `limit` messages, newest first."""
+
+        async def work(connection: AsyncConnection) -> list[ContextMessage]:
+            rows = await connection.execute(
+                _RECENT_MESSAGES, {"conversation_id": conversation_id, "limit": limit}
+            )
+            return [ContextMessage(row.role, row.content, row.timestamp) for row in rows]
+
+        return await self._transaction(work)
+
+    async def load_channel(self, channel: str) -> ChannelSettings:
+        async def work(connection: AsyncConnection) -> ChannelSettings:
+            row = (await connection.execute(_CHANNEL_CONFIG, {"channel": channel})).first()
+            if row is None:
+                return ChannelSettings()
+            return ChannelSettings(default_model=row.default_model, settings=dict(row.settings))
+
+        return await self._transaction(work)
+
+    async def save_exchange(self, rows: ExchangeRows) -> StoredExchange:
+        """Store the user's message and the reply (if any) in one transaction.
+
+        Raises StaleSession when the conversation is gone or closed.
+        """
+
+        async def work(connection: AsyncConnection) -> StoredExchange:
+            result = (await connection.execute(_SAVE_EXCHANGE, _exchange_params(rows))).one()
+            if result.conversation_id is None:
+                raise StaleSession(f"conversation {rows.conversation_id} is not active")
+            if result.user_message_id is None:
+                raise _NothingInserted  # rolls back the touch of last_activity
+            return StoredExchange(result.user_message_id, result.reply_id)
+
+        try:
+            return await self._transaction(work)
+        except IntegrityError as exc:  # the conversation was deleted under us
+            raise StaleSession(f"conversation {rows.conversation_id} is gone") from exc
+        except _NothingInserted:
+            pass
+        # Either an earlier attempt of ours committed (its acknowledgement was lost),
+        # or this platform event was stored before: a redelivery.
+        if await self._message_exists(rows.user_message_id):
+            reply = rows.reply_id if rows.reply_text is not None else None
+            return StoredExchange(rows.user_message_id, reply)
+        return StoredExchange(rows.user_message_id, None, duplicate=True)
+
+    async def _message_exists(self, message_id: uuid.UUID) -> bool:
+        async def work(connection: AsyncConnection) -> bool:
+            found = await connection.execute(_MESSAGE_EXISTS, {"id": message_id})
+            return found.first() is not None
+
+        return await self._transaction(work)
+
+    async def reset_conversation(self, user_id: uuid.UUID, channel: str) -> SessionState:
+        """Close the user's active conversation and open a new one."""
+
+        async def work(connection: AsyncConnection) -> SessionState:
+            await connection.execute(_CLOSE_ACTIVE, {"user_id": user_id})
+            params = {"user_id": user_id, "channel": channel}
+            conversation = (await connection.execute(_OPEN_CONVERSATION, params)).one()
+            preferred = (
+                await connection.execute(
+                    text("SELECT preferred_model FROM users WHERE id = :user_id"), params
+                )
+            ).scalar_one()
+            return SessionState(user_id, conversation.id, preferred)
+
+        return await self._transaction(work)
+
+    async def set_preferred_model(self, session: SessionState, model: str | None) -> SessionState:
+        """Set the user's preferred model; returns the session's resolved model after it."""
+
+        async def work(connection: AsyncConnection) -> SessionState:
+            await connection.execute(
+                _SET_PREFERRED_MODEL, {"user_id": session.user_id, "model": model}
+            )
+            override = (
+                await connection.execute(
+                    _MODEL_OVERRIDE, {"conversation_id": session.conversation_id}
+                )
+            ).scalar_one_or_none()
+            return SessionState(session.user_id, session.conversation_id, override or model)
+
+        return await self._transaction(work)
+
+    async def recent_messages(self, conversation_id: uuid.UUID, limit: int) -> list[ContextMessage]:
+        return await self.load_context(conversation_id, limit)
+
+
+def _exchange_params(rows: ExchangeRows) -> dict[str, Any]:
+    return {
+        "conversation_id": rows.conversation_id,
+        "activity": rows.reply_ts,
+        "user_message_id": rows.user_message_id,
+        "user_text": rows.user_text,
+        "user_ts": rows.user_ts,
+        "user_tokens": rows.user_tokens,
+        "channel": rows.channel,
+        "platform_message_id": rows.platform_message_id,
+        "reply_id": rows.reply_id,
+        "reply_text": rows.reply_text or "",
+        "reply_ts": rows.reply_ts,
+        "reply_tokens": rows.reply_tokens,
+        "model_used": rows.model_used,
+        "has_reply": rows.reply_text is not None,
+    }

@@ -1,0 +1,212 @@
+"""Real embedded Postgres / Redis servers: restart on the same port, persistence, reuse, pause."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import pytest
+import redis
+
+from bot.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
+
+S = TypeVar("S", EmbeddedPostgres, EmbeddedRedis)
+
+
+@pytest.fixture
+def track() -> Iterator[Callable[[S], S]]:
+    """Register a server for stop() at teardown (last registered stops first)."""
+    with contextlib.ExitStack() as stack:
+
+        def register(server: S) -> S:
+            stack.callback(server.stop)
+            return server
+
+        yield register
+
+
+def pg_query(url: str, sql: str, timeout: float = 5.0) -> list[Any]:
+    async def run() -> list[Any]:
+        conn = await asyncpg.connect(url, timeout=timeout)
+        try:
+            return list(await conn.fetch(sql))
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A port held by a listener that is not ours (and never answers)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+def test_postgres_data_and_port_survive_restart(
+    tmp_path: Path, track: Callable[[EmbeddedPostgres], EmbeddedPostgres],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pg = track(EmbeddedPostgres(tmp_path / "postgres"))
+    with caplog.at_level(logging.INFO, logger="bot.embedded"):
+        pg.start()
+    assert pg.owned and pg.pid and pg.port
+    assert pg.url == f"postgresql://postgres@127.0.0.1:{pg.port}/postgres"
+    assert f"listening on 127.0.0.1:{pg.port}" in caplog.text
+    pg_query(pg.url, "CREATE TABLE notes (body text); INSERT INTO notes VALUES ('kept')")
+    port = pg.port
+
+    pg.stop()
+    pg.stop()  # idempotent
+    assert not listening(port) and pg.pid is None
+
+    pg.start()
+    pg.start()  # idempotent
+    assert pg.port == port
+    assert [r["body"] for r in pg_query(pg.url, "SELECT body FROM notes")] == ["kept"]
+
+
+def test_second_postgres_on_same_dir_reuses_it_without_owning_it(
+    tmp_path: Path, track: Callable[[EmbeddedPostgres], EmbeddedPostgres]
+) -> None:
+    first = track(EmbeddedPostgres(tmp_path / "postgres"))
+    first.start()
+    second = track(EmbeddedPostgres(tmp_path / "postgres"))
+    second.start()
+    assert not second.owned
+    assert (second.port, second.pid) == (first.port, first.pid)
+
+    second.stop()
+    assert pg_query(first.url, "SELECT 1 AS one")[0]["one"] == 1
+    first.stop()
+    assert not listening(first.port)
+
+
+def test_postgres_pause_hangs_clients_until_resume(
+    tmp_path: Path, track: Callable[[EmbeddedPostgres], EmbeddedPostgres]
+) -> None:
+    pg = track(EmbeddedPostgres(tmp_path / "postgres"))
+    pg.start()
+    pg.pause()
+    with pytest.raises(TimeoutError):
+        pg_query(pg.url, "SELECT 1", timeout=0.5)
+    pg.resume()
+    assert pg_query(pg.url, "SELECT 1 AS one")[0]["one"] == 1
+    pg.pause()
+    pg.stop()  # stopping a paused server resumes it first instead of hanging
+    assert not listening(pg.port)
+
+
+def test_postgres_ignores_stale_postmaster_pid(
+    tmp_path: Path, track: Callable[[EmbeddedPostgres], EmbeddedPostgres]
+) -> None:
+    pg = track(EmbeddedPostgres(tmp_path / "postgres"))
+    pg.start()
+    pg.stop()
+    # As after a crash, with the pid since reused by a live process that is not Postgres.
+    lines = [str(os.getpid()), str(pg.data_dir), "0", str(pg.port), "", "127.0.0.1", "", "ready"]
+    (pg.data_dir / "postmaster.pid").write_text("\n".join(lines) + "\n")
+    pg.start()
+    assert pg.owned and pg.pid != os.getpid()
+    assert pg_query(pg.url, "SELECT 1 AS one")[0]["one"] == 1
+
+
+def test_postgres_port_in_use_raises_with_log_tail(
+    tmp_path: Path, busy_port: int, track: Callable[[EmbeddedPostgres], EmbeddedPostgres]
+) -> None:
+    pg = track(EmbeddedPostgres(tmp_path / "postgres", port=busy_port))
+    with pytest.raises(EmbeddedServerError, match="(?s)pg_ctl.*start.*Address already in use"):
+        pg.start()
+    assert not pg.owned
+
+
+def test_redis_data_and_port_survive_stop_and_kill(
+    tmp_path: Path, track: Callable[[EmbeddedRedis], EmbeddedRedis]
+) -> None:
+    server = track(EmbeddedRedis(tmp_path / "redis"))
+    server.start()
+    port = server.port
+    assert server.owned and server.url == f"redis://127.0.0.1:{port}/0"
+    with redis.Redis.from_url(server.url) as client:
+        client.set("greeting", "hello")
+
+    server.stop()
+    assert not listening(port)
+    server.start()
+    assert server.port == port
+    with redis.Redis.from_url(server.url) as client:
+        assert client.get("greeting") == b"hello"
+        client.set("after", "restart")
+
+    server.kill()
+    assert not listening(port)
+    server.start()
+    assert server.port == port and server.owned
+    with redis.Redis.from_url(server.url) as client:
+        assert client.mget("greeting", "after") == [b"hello", b"restart"]
+
+
+def test_second_redis_on_same_dir_reuses_it_without_owning_it(
+    tmp_path: Path, track: Callable[[EmbeddedRedis], EmbeddedRedis]
+) -> None:
+    first = track(EmbeddedRedis(tmp_path / "redis"))
+    first.start()
+    second = track(EmbeddedRedis(tmp_path / "redis"))
+    second.start()
+    assert not second.owned
+    assert (second.port, second.pid) == (first.port, first.pid)
+    second.stop()
+    with redis.Redis.from_url(first.url) as client:
+        assert client.ping()
+
+
+def test_redis_pause_times_out_clients_until_resume(
+    tmp_path: Path, track: Callable[[EmbeddedRedis], EmbeddedRedis]
+) -> None:
+    server = track(EmbeddedRedis(tmp_path / "redis"))
+    server.start()
+    server.pause()
+    with redis.Redis.from_url(server.url, socket_timeout=0.5) as client:
+        with pytest.raises(redis.TimeoutError):
+            client.ping()
+        server.resume()
+        assert client.ping()
+
+
+def test_redis_ignores_stale_state_file(
+    tmp_path: Path, track: Callable[[EmbeddedRedis], EmbeddedRedis]
+) -> None:
+    data_dir = tmp_path / "redis"
+    data_dir.mkdir()
+    # A pid that is alive but is not redis-server, as after a crash and pid reuse.
+    (data_dir / "server.json").write_text(json.dumps({"pid": os.getpid(), "port": 1}))
+    server = track(EmbeddedRedis(data_dir))
+    server.start()
+    assert server.owned and server.pid != os.getpid()
+    with redis.Redis.from_url(server.url) as client:
+        assert client.ping()
+
+
+def test_redis_port_in_use_raises_with_log_tail(
+    tmp_path: Path, busy_port: int, track: Callable[[EmbeddedRedis], EmbeddedRedis]
+) -> None:
+    server = track(EmbeddedRedis(tmp_path / "redis", port=busy_port))
+    with pytest.raises(EmbeddedServerError, match="did not come up") as excinfo:
+        server.start()
+    assert "Address already in use" in str(excinfo.value)
+    assert not server.owned and server.pid is None
