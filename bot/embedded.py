@@ -30,6 +30,8 @@ from types import ModuleType
 from typing import Any, ClassVar, Self
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +126,13 @@ def _pg_system_user() -> str | None:
     if os.geteuid() != 0:
         return None
     utils, bin_dir = _pgserver().utils, _pg_bin()
-    utils.ensure_user_exists(PG_SYSTEM_USER)
+    try:
+        utils.ensure_user_exists(PG_SYSTEM_USER)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", None) or exc
+        raise EmbeddedServerError(
+            f"Postgres cannot run as root and creating user {PG_SYSTEM_USER!r} failed: {detail}"
+        ) from exc
     utils.ensure_prefix_permissions(bin_dir)
     read = stat.S_IRGRP | stat.S_IROTH
     utils.ensure_folder_permissions(bin_dir, read | stat.S_IXGRP | stat.S_IXOTH)
@@ -143,27 +151,24 @@ def _prepare_pgdata(pgdata: Path) -> str | None:
     return user
 
 
-def _run_pg(args: list[str], pgdata: Path, user: str | None) -> None:
-    cmd = [str(_pg_bin() / args[0]), "-D", str(pgdata), *args[1:]]
+def _run_pg(command: str, pgdata: Path, user: str | None) -> None:
+    name, *args = shlex.split(command)
+    cmd = [str(_pg_bin() / name), "-D", str(pgdata), *args]
+    timeout = PG_START_TIMEOUT + 30
     # A temp file, not a pipe: the daemonized postmaster inherits it, so a pipe never hits EOF.
     with tempfile.TemporaryFile("w+") as out:
         try:
-            rc: int | str = subprocess.run(
-                cmd,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                user=user,
-                cwd=pgdata,
-                timeout=PG_START_TIMEOUT + 30,
-                check=False,
-            ).returncode
+            done = subprocess.run(
+                cmd, stdout=out, stderr=out, user=user, cwd=pgdata, timeout=timeout, check=False
+            )
+            failure = f"exit code {done.returncode}" if done.returncode else ""
         except subprocess.TimeoutExpired:
-            rc = "timed out"
+            failure = f"no answer in {timeout} s"
         out.seek(0)
         output = out.read().strip()
-    if rc != 0:
+    if failure:
         raise EmbeddedServerError(
-            f"{' '.join(args)} failed for {pgdata} ({rc}):\n{output}\n"
+            f"{command} failed for {pgdata} ({failure}):\n{output}\n"
             f"--- last lines of {pgdata / 'log'}:\n{_log_tail(pgdata / 'log')}"
         )
 
@@ -199,14 +204,7 @@ class _EmbeddedServer:
                 return
             self._launch()
         self._owned = True
-        logger.info(
-            "embedded %s listening on %s:%d (data in %s); %s",
-            self.kind,
-            HOST,
-            self.port,
-            self.data_dir,
-            self.hint.format(host=HOST, port=self.port),
-        )
+        self._log("listening on", "; " + self.hint.format(host=HOST, port=self.port))
 
     def stop(self) -> None:
         with contextlib.suppress(EmbeddedServerError):  # it may have died while paused
@@ -214,13 +212,9 @@ class _EmbeddedServer:
         if self._pid is not None and self._owned:
             with _dir_lock(self.data_dir):
                 self._shutdown()
-            logger.info(
-                "embedded %s on %s:%d stopped (data in %s)",
-                self.kind,
-                HOST,
-                self.port,
-                self.data_dir,
-            )
+            self._log("stopped on")
+        elif self._pid is not None:
+            self._log("left running on", ": another process started it")
         self._pid, self._owned = None, False
 
     def pause(self) -> None:
@@ -231,6 +225,13 @@ class _EmbeddedServer:
         if self._paused:
             self._paused = False
             self._signal(signal.SIGCONT)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def _signal(self, sig: signal.Signals) -> None:
         proc = _process(self._pid, self.process_name)
@@ -243,26 +244,16 @@ class _EmbeddedServer:
     def _adopt(self, pid: int, port: int, answers: bool) -> bool:
         if not answers:
             raise EmbeddedServerError(
-                f"{self.kind} pid {pid} runs on {self.data_dir} but does not answer on "
+                f"{self.kind} pid {pid} runs for {self.data_dir} but does not answer on "
                 f"{HOST}:{port}; stop it (or SIGCONT it if stopped), or use another data directory"
             )
         self._pid, self.port, self._owned = pid, port, False
-        logger.info(
-            "embedded %s already running on %s:%d (pid %d, data in %s); reusing it",
-            self.kind,
-            HOST,
-            port,
-            pid,
-            self.data_dir,
-        )
+        self._log("already running on", f"; reusing it (pid {pid})")
         return True
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    def _log(self, event: str, detail: str = "") -> None:
+        msg = "embedded %s %s %s:%d (data in %s)%s"
+        logger.info(msg, self.kind, event, HOST, self.port, self.data_dir, detail)
 
     def _helpers(self, proc: Any) -> list[Any]:
         return []
@@ -310,42 +301,21 @@ class EmbeddedPostgres(_EmbeddedServer):
         pgdata, state = self.data_dir, self.data_dir / "embedded.json"
         user = _prepare_pgdata(pgdata)
         if not (pgdata / "PG_VERSION").exists():
-            _run_pg(
-                [
-                    "initdb",
-                    "--auth=trust",
-                    "--auth-local=trust",
-                    "--encoding=utf8",
-                    "-U",
-                    "postgres",
-                ],
-                pgdata,
-                user,
-            )
+            initdb = "initdb --auth=trust --auth-local=trust --encoding=utf8 -U postgres"
+            _run_pg(initdb, pgdata, user)
         self.port = _pick_port(self.port, _read_json(state).get("port"))
         sockets = str(pgdata) if len(f"{pgdata}/.s.PGSQL.65535") < _MAX_SOCKET_PATH else ""
         opts = f"-h {HOST} -p {self.port} -k {shlex.quote(sockets)}"
+        log = shlex.quote(str(pgdata / "log"))
         _run_pg(
-            [
-                "pg_ctl",
-                "-l",
-                str(pgdata / "log"),
-                "-w",
-                "-t",
-                str(PG_START_TIMEOUT),
-                "-o",
-                opts,
-                "start",
-            ],
-            pgdata,
-            user,
+            f"pg_ctl -l {log} -w -t {PG_START_TIMEOUT} -o {shlex.quote(opts)} start", pgdata, user
         )
         self._pid = int((pgdata / "postmaster.pid").read_text().split()[0])
         state.write_text(json.dumps({"port": self.port}))
 
     def _shutdown(self) -> None:
         if _process(self._pid, self.process_name) is not None:
-            _run_pg(["pg_ctl", "-m", "fast", "-w", "stop"], self.data_dir, _pg_system_user())
+            _run_pg("pg_ctl -m fast -w stop", self.data_dir, _pg_system_user())
 
 
 def _redis_bin() -> Path:
@@ -357,8 +327,9 @@ def _redis_bin() -> Path:
 
 
 def _redis_pid(port: int) -> int | None:
-    """The pid of the Redis answering on `port`, None if nothing answers in time."""
-    client = redis.Redis(host=HOST, port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
+    """The pid of the Redis answering on `port`; None if nothing answers within 0.5 s."""
+    no_retry = Retry(NoBackoff(), retries=0)
+    client = redis.Redis(HOST, port, socket_timeout=0.5, socket_connect_timeout=0.5, retry=no_retry)
     try:
         info: Any = client.info("server")
         return int(info["process_id"])
@@ -390,8 +361,12 @@ class EmbeddedRedis(_EmbeddedServer):
             self._proc.wait()
         self._pid, self._owned, self._paused, self._proc = None, False, False, None
 
+    @property
+    def _state(self) -> Path:
+        return self.data_dir / "server.json"
+
     def _attach(self) -> bool:
-        state = _read_json(self.data_dir / "server.json")
+        state = _read_json(self._state)
         pid, port = state.get("pid"), state.get("port")
         if pid is None or port is None or _process(pid, self.process_name) is None:
             return False  # never started, cleanly stopped, or crashed: server.json is stale
@@ -399,39 +374,19 @@ class EmbeddedRedis(_EmbeddedServer):
 
     def _launch(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.port = _pick_port(self.port, _read_json(self.data_dir / "server.json").get("port"))
+        self.port = _pick_port(self.port, _read_json(self._state).get("port"))
         # AOF with fsync every second, no RDB snapshots: a crash loses at most ~1 s of writes.
-        cmd = [
-            str(_redis_bin() / "redis-server"),
-            "--bind",
-            HOST,
-            "--port",
-            str(self.port),
-            "--dir",
-            str(self.data_dir),
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "everysec",
-            "--save",
-            "",
-            "--daemonize",
-            "no",
-            "--logfile",
-            "",
-        ]
+        args = f"--bind {HOST} --port {self.port} --appendonly yes --appendfsync everysec"
+        cmd = [str(_redis_bin() / "redis-server"), *args.split(), "--dir", str(self.data_dir)]
+        cmd += ["--save", "", "--daemonize", "no", "--logfile", ""]  # log to stdout
         with (self.data_dir / "redis.log").open("ab") as log:
             # Own session: a Ctrl-C meant for the bot must not kill Redis before stop() runs.
             proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
             )
         self._wait_ready(proc)
         self._proc, self._pid = proc, proc.pid
-        self._write_state(pid=proc.pid)
+        self._state.write_text(json.dumps({"pid": proc.pid, "port": self.port}))
 
     def _wait_ready(self, proc: subprocess.Popen[bytes]) -> None:
         deadline = time.monotonic() + REDIS_START_TIMEOUT
@@ -450,15 +405,10 @@ class EmbeddedRedis(_EmbeddedServer):
     def _shutdown(self) -> None:
         if self._proc is not None:
             self._proc.terminate()  # Redis fsyncs the AOF on SIGTERM
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+            self._proc.kill()  # a no-op unless it hung
+            self._proc.wait()
             self._proc = None
-        self._write_state()
-
-    def _write_state(self, **extra: int) -> None:
-        # The port stays after a clean stop, so the next run can listen where it did before.
-        state = {"port": self.port, **extra}
-        (self.data_dir / "server.json").write_text(json.dumps(state))
+        # Keep the port, so the next run listens where this one did.
+        self._state.write_text(json.dumps({"port": self.port}))

@@ -34,10 +34,15 @@ def track() -> Iterator[Callable[[S], S]]:
 
 
 def pg_query(url: str, sql: str, timeout: float = 5.0) -> list[Any]:
+    """Run `sql` (several statements allowed) and return the rows of the last one."""
+
     async def run() -> list[Any]:
         conn = await asyncpg.connect(url, timeout=timeout)
         try:
-            return list(await conn.fetch(sql))
+            *setup, last = sql.split(";")
+            if setup:
+                await conn.execute(";".join(setup))
+            return list(await conn.fetch(last))
         finally:
             await conn.close()
 
@@ -59,7 +64,8 @@ def busy_port() -> Iterator[int]:
 
 
 def test_postgres_data_and_port_survive_restart(
-    tmp_path: Path, track: Callable[[EmbeddedPostgres], EmbeddedPostgres],
+    tmp_path: Path,
+    track: Callable[[EmbeddedPostgres], EmbeddedPostgres],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     pg = track(EmbeddedPostgres(tmp_path / "postgres"))
@@ -130,7 +136,7 @@ def test_postgres_port_in_use_raises_with_log_tail(
     tmp_path: Path, busy_port: int, track: Callable[[EmbeddedPostgres], EmbeddedPostgres]
 ) -> None:
     pg = track(EmbeddedPostgres(tmp_path / "postgres", port=busy_port))
-    with pytest.raises(EmbeddedServerError, match="(?s)pg_ctl.*start.*Address already in use"):
+    with pytest.raises(EmbeddedServerError, match=r"(?s)pg_ctl.*start.*Address already in use"):
         pg.start()
     assert not pg.owned
 
@@ -189,15 +195,15 @@ def test_redis_pause_times_out_clients_until_resume(
 
 
 def test_redis_ignores_stale_state_file(
-    tmp_path: Path, track: Callable[[EmbeddedRedis], EmbeddedRedis]
+    tmp_path: Path, busy_port: int, track: Callable[[EmbeddedRedis], EmbeddedRedis]
 ) -> None:
     data_dir = tmp_path / "redis"
     data_dir.mkdir()
-    # A pid that is alive but is not redis-server, as after a crash and pid reuse.
-    (data_dir / "server.json").write_text(json.dumps({"pid": os.getpid(), "port": 1}))
+    # As after a crash: the pid now belongs to a live non-Redis process, the port to a stranger.
+    (data_dir / "server.json").write_text(json.dumps({"pid": os.getpid(), "port": busy_port}))
     server = track(EmbeddedRedis(data_dir))
     server.start()
-    assert server.owned and server.pid != os.getpid()
+    assert server.owned and server.pid != os.getpid() and server.port != busy_port
     with redis.Redis.from_url(server.url) as client:
         assert client.ping()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from bot.config import Settings
+from bot.config import Settings, normalize_database_url
 
 
 def create_engine(settings: Settings, url: str, *, pool_size: int | None = None) -> AsyncEngine:
@@ -14,7 +14,7 @@ def create_engine(settings: Settings, url: str, *, pool_size: int | None = None)
     command_timeout is what keeps a hung Postgres from holding a message forever.
     """
     return create_async_engine(
-        url,
+        normalize_database_url(url),
         pool_size=pool_size or settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_pre_ping=settings.db_pool_pre_ping,

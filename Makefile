@@ -1,0 +1,35 @@
+# The two commands: `make run` (the bot) and `make test` (the suite).
+# Both create or reuse .venv and install what they need; a fresh clone needs nothing else.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint migrate chat clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,embedded]'
+	@touch $(STAMP)
+
+run: $(STAMP)  ## run the bot: embedded Postgres + Redis and the console chat when nothing is configured
+	$(BIN)/bot run
+
+chat: $(STAMP)  ## chat with the bot on this terminal
+	$(BIN)/bot chat
+
+test: $(STAMP)  ## the whole test suite against real Postgres and Redis
+	$(BIN)/pytest
+
+lint: $(STAMP)  ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+migrate: $(STAMP)  ## apply pending migrations
+	$(BIN)/bot migrate
+
+clean:  ## remove the virtualenv (the data under .data is kept)
+	rm -rf $(VENV)

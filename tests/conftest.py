@@ -1,0 +1,201 @@
+"""Shared fixtures: real Postgres and Redis, and a service wired to them.
+
+Servers, in order of preference: TEST_DATABASE_URL / TEST_REDIS_URL; the local
+servers at 127.0.0.1:5432 (user postgres) and 127.0.0.1:6379 when they answer;
+else embedded ones started for this run. Each run creates its own database and
+drops it after; each test gets its own Redis key prefix and deletes its keys.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.config import Settings
+from bot.responders import Responder
+from bot.runtime import build_service, create_redis
+from bot.service import ConversationService
+from bot.store.engine import create_engine
+from bot.store.migrate import upgrade_to_head
+from tests.support import ServiceFactory
+
+# Tests talk to 127.0.0.1 only; a proxy from the environment must not get in between.
+for _name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+    os.environ.pop(_name, None)
+os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def server_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """(admin Postgres URL, Redis URL) of the servers this run uses."""
+    from bot import embedded
+
+    started: list[Any] = []
+    pg_url = os.environ.get("TEST_DATABASE_URL")
+    if not pg_url and _answers("127.0.0.1", 5432):
+        pg_url = "postgresql://postgres@127.0.0.1:5432/postgres"
+    if not pg_url:
+        pg = embedded.EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data")
+        pg.start()
+        started.append(pg)
+        pg_url = pg.url
+    redis_url = os.environ.get("TEST_REDIS_URL")
+    if not redis_url and _answers("127.0.0.1", 6379):
+        redis_url = "redis://127.0.0.1:6379/0"
+    if not redis_url:
+        rd = embedded.EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+        rd.start()
+        started.append(rd)
+        redis_url = rd.url
+    try:
+        yield pg_url, redis_url
+    finally:
+        for server in reversed(started):
+            server.stop()
+
+
+def _plain(url: str) -> str:
+    """asyncpg wants postgresql://, not the SQLAlchemy driver form."""
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1).replace(
+        "postgres://", "postgresql://", 1
+    )
+
+
+def with_database(url: str, name: str) -> str:
+    base, _, query = _plain(url).partition("?")
+    base = base.rsplit("/", 1)[0] if base.count("/") > 2 else base
+    return f"{base}/{name}" + (f"?{query}" if query else "")
+
+
+async def create_database(admin_url: str, name: str) -> str:
+    connection = await asyncpg.connect(_plain(admin_url))
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    return with_database(admin_url, name)
+
+
+async def drop_database(admin_url: str, name: str) -> None:
+    connection = await asyncpg.connect(_plain(admin_url))
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="session")
+async def database_url(server_urls: tuple[str, str]) -> AsyncIterator[str]:
+    """A database of this run, migrated to head, dropped at the end."""
+    admin_url = server_urls[0]
+    name = f"bot_test_{uuid.uuid4().hex[:12]}"
+    url = await create_database(admin_url, name)
+    engine = create_engine(Settings(_env_file=None), url, pool_size=1)
+    try:
+        await upgrade_to_head(engine)
+    finally:
+        await engine.dispose()
+    yield url
+    await drop_database(admin_url, name)
+
+
+@pytest.fixture(scope="session")
+def redis_url(server_urls: tuple[str, str]) -> str:
+    return server_urls[1]
+
+
+@pytest.fixture
+def make_settings(database_url: str, redis_url: str) -> Callable[..., Settings]:
+    """Settings for the test servers with a key prefix of this test's own."""
+    prefix = f"test:{uuid.uuid4().hex[:10]}:"
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "database_url": database_url,
+            "redis_url": redis_url,
+            "redis_key_prefix": prefix,
+            "db_pool_size": 5,
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    assert settings.database_url is not None
+    engine = create_engine(settings, settings.database_url.get_secret_value())
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def redis(settings: Settings) -> AsyncIterator[Redis]:
+    assert settings.redis_url is not None
+    client = create_redis(settings, settings.redis_url.get_secret_value())
+    yield client
+    keys = [key async for key in client.scan_iter(match=f"{settings.redis_key_prefix}*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.fixture
+async def make_service(
+    make_settings: Callable[..., Settings], settings: Settings
+) -> AsyncIterator[ServiceFactory]:
+    """Build services like a worker does: own engine and Redis client, shared prefix.
+
+    Several services from one factory behave like several workers of one deployment.
+    """
+    built: list[tuple[AsyncEngine, Redis]] = []
+
+    async def make(
+        responder: Responder | None = None,
+        redis_url: str | None = None,
+        database_url: str | None = None,
+        **overrides: Any,
+    ) -> ConversationService:
+        overrides.setdefault("redis_key_prefix", settings.redis_key_prefix)
+        custom = make_settings(**overrides)
+        db = database_url or custom.database_url.get_secret_value()  # type: ignore[union-attr]
+        rd = redis_url or custom.redis_url.get_secret_value()  # type: ignore[union-attr]
+        engine = create_engine(custom, db)
+        client = create_redis(custom, rd)
+        built.append((engine, client))
+        return build_service(custom, engine, client, responder)
+
+    yield make
+    for engine, client in built:
+        await client.aclose()
+        await engine.dispose()
+
+
+@pytest.fixture
+async def service(make_service: ServiceFactory, redis: Redis) -> ConversationService:
+    return await make_service()

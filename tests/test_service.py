@@ -1,0 +1,233 @@
+"""The conversation flow against real Postgres and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from redis.asyncio import Redis
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.cache.keys import Keys
+from bot.domain import ReplyKind
+from bot.service import ConversationService
+from tests.support import (
+    CountingResponder,
+    ServiceFactory,
+    fetch,
+    messages_of,
+    msg,
+    new_user,
+)
+
+
+async def test_exchange_is_stored_and_cached(
+    service: ConversationService, engine: AsyncEngine, redis: Redis
+) -> None:
+    user = new_user()
+    reply = await service.handle(msg(user, "hello there", pid="m1"))
+
+    assert reply.kind is ReplyKind.ANSWER
+    assert (
+        reply.text
+        == 'You said: "hello there" (0 earlier messages in my context; model gpt-4o-mini)'
+    )
+    rows = await messages_of(engine, user)
+    assert [(r.role, r.content) for r in rows] == [
+        ("user", "hello there"),
+        ("assistant", reply.text),
+    ]
+    assert rows[0].platform_message_id == "m1" and rows[1].model_used == "echo"
+    assert rows[0].token_count and rows[1].token_count
+
+    keys = Keys.from_settings(service.settings)
+    session = await redis.hgetall(keys.session("console", user))
+    assert session[b"conversation_id"].decode() == str(reply.conversation_id)
+    assert set(session) == {b"user_id", b"conversation_id", b"model", b"last_activity"}
+    assert 3500 < await redis.ttl(keys.session("console", user)) <= 3600
+    context = await redis.lrange(keys.context(reply.conversation_id), 0, -1)
+    assert [json.loads(c)["role"] for c in context] == ["assistant", "user"]  # newest first
+    assert 7100 < await redis.ttl(keys.context(reply.conversation_id)) <= 7200
+    assert await redis.zscore(keys.active("console"), user) is not None
+    rate_key = keys.rate(rows[0].conversation_id and (await _user_id(engine, user)))
+    assert await redis.get(rate_key) == b"1" and 0 < await redis.ttl(rate_key) <= 60
+
+
+async def _user_id(engine: AsyncEngine, channel_user_id: str) -> Any:
+    rows = await fetch(engine, "SELECT id FROM users WHERE channel_user_id = :c", c=channel_user_id)
+    return rows[0].id
+
+
+async def test_warm_path_reads_nothing_from_postgres(
+    service: ConversationService, engine: AsyncEngine
+) -> None:
+    user = new_user()
+    await service.handle(msg(user, "first"))
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(service.store.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        reply = await service.handle(msg(user, "second"))
+    finally:
+        event.remove(service.store.engine.sync_engine, "before_cursor_execute", record)
+
+    assert "2 earlier messages" in (reply.text or "")
+    assert len(statements) == 1, statements  # the one exchange statement, no reads
+    assert statements[0].lstrip().startswith("WITH conversation AS")
+    assert service.stats["session_hit"] == 1 and service.stats["context_hit"] == 1
+    assert service.stats["channel_config_hit"] == 1
+
+
+async def test_flushing_redis_continues_the_same_conversation(
+    service: ConversationService, engine: AsyncEngine
+) -> None:
+    user = new_user()
+    first = await service.handle(msg(user, "one"))
+    await service.handle(msg(user, "two"))
+    assert await service.cache.flush() > 0
+
+    third = await service.handle(msg(user, "three"))
+
+    assert third.conversation_id == first.conversation_id
+    assert "4 earlier messages" in (third.text or "")  # context rebuilt from Postgres
+    assert service.stats["session_miss"] == 2 and service.stats["context_miss"] == 2
+    rows = await messages_of(engine, user)
+    assert [r.content for r in rows if r.role == "user"] == ["one", "two", "three"]
+
+
+async def test_context_is_capped_and_newest_kept(
+    make_service: ServiceFactory, redis: Redis
+) -> None:
+    service = await make_service(context_messages=4)
+    user = new_user()
+    for i in range(5):
+        reply = await service.handle(msg(user, f"m{i}"))
+    assert "4 earlier messages" in (reply.text or "")
+    key = Keys.from_settings(service.settings).context(reply.conversation_id)  # type: ignore[arg-type]
+    cached = [json.loads(c)["content"] for c in await redis.lrange(key, 0, -1)]
+    assert len(cached) == 4 and cached[1] == "m4" and cached[3] == "m3"
+
+
+async def test_redelivered_event_is_answered_and_stored_once(
+    service: ConversationService, engine: AsyncEngine
+) -> None:
+    user = new_user()
+    first = await service.handle(msg(user, "hi", pid="evt-1"))
+    again = await service.handle(msg(user, "hi", pid="evt-1"))
+    await service.cache.flush()  # the database's unique key still knows the event
+    third = await service.handle(msg(user, "hi", pid="evt-1"))
+
+    assert first.kind is ReplyKind.ANSWER
+    assert again.kind is ReplyKind.DUPLICATE and again.silent
+    assert third.kind is ReplyKind.DUPLICATE and third.silent
+    rows = await messages_of(engine, user)
+    assert [r.role for r in rows] == ["user", "assistant"]
+
+
+async def test_same_event_id_on_two_channels_is_two_messages(
+    service: ConversationService, engine: AsyncEngine
+) -> None:
+    user = new_user()
+    a = await service.handle(msg(user, "hi", pid="42", channel="telegram"))
+    b = await service.handle(msg(user, "hi", pid="42", channel="slack"))
+    assert a.kind is ReplyKind.ANSWER and b.kind is ReplyKind.ANSWER
+
+
+async def test_concurrent_messages_of_a_new_user_across_workers(
+    make_service: ServiceFactory, engine: AsyncEngine
+) -> None:
+    workers = [await make_service() for _ in range(3)]
+    user = new_user()
+    texts = [f"msg {i}" for i in range(12)]
+    replies = await asyncio.gather(
+        *(workers[i % 3].handle(msg(user, t, pid=f"p{i}")) for i, t in enumerate(texts))
+    )
+
+    assert all(r.kind is ReplyKind.ANSWER for r in replies)
+    users = await fetch(engine, "SELECT id FROM users WHERE channel_user_id = :c", c=user)
+    assert len(users) == 1
+    conversations = await fetch(
+        engine, "SELECT id FROM conversations WHERE user_id = :u", u=users[0].id
+    )
+    assert len(conversations) == 1
+    rows = await messages_of(engine, user)
+    assert sorted(r.content for r in rows if r.role == "user") == sorted(texts)
+    # In order: every user message is followed by its own reply.
+    for asked, answered in zip(rows[::2], rows[1::2], strict=True):
+        assert asked.role == "user" and answered.role == "assistant"
+        assert f'"{asked.content}"' in answered.content
+    earlier = sorted(int(r.content.split("(")[1].split()[0]) for r in rows[1::2])
+    assert earlier == [min(2 * i, 20) for i in range(12)]
+
+
+async def test_rate_limit_replies_once_then_stays_silent(
+    make_service: ServiceFactory, engine: AsyncEngine, redis: Redis
+) -> None:
+    responder = CountingResponder()
+    service = await make_service(responder=responder, rate_limit_per_minute=3)
+    user = new_user()
+    replies = [await service.handle(msg(user, f"m{i}")) for i in range(6)]
+
+    kinds = [r.kind for r in replies]
+    assert kinds[:3] == [ReplyKind.ANSWER] * 3
+    assert kinds[3:] == [ReplyKind.RATE_LIMITED] * 3
+    assert replies[3].text and "try again in" in replies[3].text
+    assert replies[4].silent and replies[5].silent
+    assert len(responder.calls) == 3
+    assert len(await messages_of(engine, user)) == 6  # limited messages are not stored
+    rate_key = Keys.from_settings(service.settings).rate(await _user_id(engine, user))
+    assert 0 < await redis.ttl(rate_key) <= 60
+
+
+async def test_channel_config_sets_rate_limit_and_default_model(
+    service: ConversationService, engine: AsyncEngine
+) -> None:
+    channel = f"chan{new_user()}"
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO channel_configs (channel_type, default_model, settings) "
+                "VALUES (:c, 'channel-model', '{\"rate_limit_per_minute\": 1}')"
+            ),
+            {"c": channel},
+        )
+    user = new_user()
+    first = await service.handle(msg(user, "a", channel=channel))
+    second = await service.handle(msg(user, "b", channel=channel))
+    assert first.model == "channel-model" and "model channel-model" in (first.text or "")
+    assert second.kind is ReplyKind.RATE_LIMITED
+
+
+async def test_a_rate_key_without_ttl_gets_one(
+    service: ConversationService, engine: AsyncEngine, redis: Redis
+) -> None:
+    user = new_user()
+    await service.handle(msg(user, "a"))
+    rate_key = Keys.from_settings(service.settings).rate(await _user_id(engine, user))
+    await redis.persist(rate_key)
+    await service.handle(msg(user, "b"))
+    assert 0 < await redis.ttl(rate_key) <= 60
+
+
+async def test_model_resolution_order(service: ConversationService, engine: AsyncEngine) -> None:
+    user = new_user()
+    first = await service.handle(msg(user, "hi"))
+    assert first.model == "gpt-4o-mini"
+    await service.handle(msg(user, "/model llama3"))
+    assert (await service.handle(msg(user, "hi"))).model == "llama3"
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("UPDATE conversations SET model_override = 'pinned' WHERE id = :id"),
+            {"id": first.conversation_id},
+        )
+    await service.cache.flush()
+    assert (await service.handle(msg(user, "hi"))).model == "pinned"
+    prefs = await fetch(
+        engine, "SELECT preferred_model FROM users WHERE channel_user_id=:c", c=user
+    )
+    assert prefs[0].preferred_model == "llama3"
