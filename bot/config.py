@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.errors import ConfigError
 
@@ -24,13 +24,43 @@ PositiveInt = Annotated[int, Field(gt=0)]
 
 def redact_url(url: str) -> str:
     """The URL with any password replaced by ***, safe for logs and errors."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"  # not parseable, so not provably free of a password
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        # Keep the host exactly as written (an IPv6 host keeps its brackets).
+        parts = parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{hostport}")
+    if "password=" in parts.query.lower():
+        query = [
+            (key, "***" if key.lower() == "password" else value)
+            for key, value in parse_qsl(parts.query, keep_blank_values=True)
+        ]
+        parts = parts._replace(query=urlencode(query, safe="*/"))
+    return urlunsplit(parts)
+
+
+def url_passwords(url: str) -> list[str]:
+    """The passwords a URL holds: in the user part and as a `password=` query parameter."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return []
+    found = [parts.password] if parts.password else []
+    for raw in parts.query.split("&"):
+        key, _, value = raw.partition("=")
+        if unquote_plus(key).lower() == "password" and value:
+            found.append(value)
+    # Both the form written in the URL and the decoded one a library may print.
+    return list(dict.fromkeys(found + [unquote_plus(v) for v in found]))
+
+
+def _check_port(url: str) -> None:
+    try:
+        urlsplit(url).port  # noqa: B018 - parsing is the check
+    except ValueError:
+        raise ValueError("port after the host must be a number from 0 to 65535") from None
 
 
 def normalize_database_url(url: str) -> str:
@@ -41,6 +71,7 @@ def normalize_database_url(url: str) -> str:
         raise ValueError("must start with postgresql://, postgres:// or postgresql+asyncpg://")
     if not rest.strip("/"):
         raise ValueError("has no host or database")
+    _check_port(url)
     return f"{driver}://{rest}"
 
 
@@ -48,6 +79,7 @@ def check_redis_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in _REDIS_SCHEMES:
         raise ValueError("must start with redis://, rediss:// or unix://")
+    _check_port(url)
     db = parts.path.strip("/")
     if db and not db.isdigit():
         raise ValueError(
@@ -108,6 +140,41 @@ class Settings(BaseSettings):
     max_message_chars: PositiveInt = 8000
     history_default: PositiveInt = 5
 
+    # Worker.
+    http_host: str = "0.0.0.0"
+    http_port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    shutdown_grace_seconds: Seconds = 30.0
+
+    # Discord (discord.py).
+    discord_bot_token: SecretStr | None = None
+    discord_api_base_url: str | None = None  # e.g. an HTTP proxy in front of discord.com/api
+    discord_gateway_url: str | None = None  # e.g. a gateway proxy; default: asked from the API
+    discord_shard_count: PositiveInt | None = None
+    discord_shard_ids: Annotated[list[int] | None, NoDecode] = None
+
+    # Telegram (python-telegram-bot).
+    telegram_bot_token: SecretStr | None = None
+    telegram_api_base_url: str = "https://api.telegram.org/bot"
+    telegram_webhook_url: str | None = None  # set: webhook mode; unset: long polling
+    telegram_webhook_listen: str = "0.0.0.0"
+    telegram_webhook_port: Annotated[int, Field(ge=0, le=65535)] = 8443
+    telegram_webhook_secret: SecretStr | None = None
+
+    # Slack (slack-bolt).
+    slack_bot_token: SecretStr | None = None
+    slack_app_token: SecretStr | None = None  # set: Socket Mode
+    slack_signing_secret: SecretStr | None = None  # set (and no app token): HTTP Events API
+    slack_api_base_url: str | None = None  # default: https://slack.com/api/
+    slack_listen: str = "0.0.0.0"
+    slack_port: Annotated[int, Field(ge=0, le=65535)] = 3000
+
+    @field_validator("discord_shard_ids", mode="before")
+    @classmethod
+    def _shard_ids(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [int(part) for part in value.replace(" ", "").split(",") if part] or None
+        return value
+
     @field_validator("database_url", mode="before")
     @classmethod
     def _database_url(cls, value: Any) -> Any:
@@ -134,9 +201,10 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if isinstance(value, SecretStr):
                 secret = value.get_secret_value()
-                password = urlsplit(secret).password if "://" in secret else secret
-                if password:
-                    found.append(password)
+                if "://" in secret:
+                    found += url_passwords(secret)
+                elif secret:
+                    found.append(secret)
         return found
 
 

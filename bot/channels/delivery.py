@@ -1,0 +1,74 @@
+"""Sending to a platform: its errors mapped to ours, and the one retry policy for them.
+
+Adapters map their SDK's exceptions into PlatformRateLimited (carrying the
+platform's retry-after), PlatformUnavailable (5xx, network) or PlatformRejected
+(any other 4xx: not retried), then call `deliver`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from bot.errors import BotError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class PlatformError(BotError):
+    """A platform API call failed."""
+
+
+class PlatformRateLimited(PlatformError):
+    def __init__(self, retry_after: float, detail: str = "") -> None:
+        super().__init__(f"rate limited, retry after {retry_after:g} s {detail}".strip())
+        self.retry_after = retry_after
+
+
+class PlatformUnavailable(PlatformError):
+    """Server error or network failure: worth another try."""
+
+
+class PlatformRejected(PlatformError):
+    """The platform refused the call (bad token, unknown chat, ...): retrying won't help."""
+
+
+_backoff = wait_exponential_jitter(multiplier=0.5, max=30, jitter=0.5)
+
+
+def _wait(state: RetryCallState) -> float:
+    error = state.outcome.exception() if state.outcome else None
+    if isinstance(error, PlatformRateLimited):
+        return error.retry_after
+    return float(_backoff(state))
+
+
+def _log_retry(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome else None
+    log.warning("platform call failed (%s); retry %d", error, state.attempt_number)
+
+
+async def deliver(
+    send: Callable[[], Awaitable[T]], *, attempts: int = 6, deadline: float = 120.0
+) -> T:
+    """Run one platform call, honouring rate limits and retrying outages, then giving up."""
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type((PlatformRateLimited, PlatformUnavailable)),
+        stop=stop_after_attempt(attempts) | stop_after_delay(deadline),
+        wait=_wait,
+        before_sleep=_log_retry,
+        reraise=True,
+    )
+    return await retrying(send)

@@ -1,0 +1,77 @@
+"""Between the adapters and the service: in-flight tracking, shutdown, metrics.
+
+Adapters hand every normalized message to `Dispatcher.handle`. On shutdown the
+worker closes the dispatcher (new messages are refused with ShuttingDown, so the
+platform redelivers them to another worker) and drains what is in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from bot.domain import IncomingMessage, Reply
+from bot.errors import BotError
+from bot.metrics import Metrics
+from bot.service import ConversationService
+
+log = logging.getLogger(__name__)
+
+
+class ShuttingDown(BotError):
+    """The worker is stopping and takes no new messages."""
+
+
+class Dispatcher:
+    def __init__(self, service: ConversationService, metrics: Metrics) -> None:
+        self.service = service
+        self.metrics = metrics
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closing = False
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    async def handle(self, message: IncomingMessage) -> Reply:
+        if self._closing:
+            raise ShuttingDown("the worker is shutting down")
+        self._in_flight += 1
+        self._idle.clear()
+        started = time.perf_counter()
+        self.metrics.messages_in.labels(message.channel).inc()
+        try:
+            reply = await self.service.handle(message)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+        self.metrics.reply_latency.labels(message.channel).observe(time.perf_counter() - started)
+        log.info(
+            "%s message from %s answered (%s)",
+            message.channel,
+            message.channel_user_id,
+            reply.kind,
+            extra={"channel": message.channel, "user_id": message.channel_user_id,
+                   "conversation_id": reply.conversation_id},
+        )
+        return reply
+
+    def sent(self, channel: str) -> None:
+        """An adapter delivered a reply (or one part of it) to the platform."""
+        self.metrics.messages_out.labels(channel).inc()
+
+    def close(self) -> None:
+        self._closing = True
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait for in-flight messages; False if some were still running at the deadline."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            log.warning("%d messages still in flight at shutdown", self._in_flight)
+            return False
+        return True
