@@ -11,20 +11,18 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from bot.channels import registry
 from bot.channels.console import ConsoleChannel
+from bot.channels.dispatch import Dispatcher
 from bot.config import Settings, load_settings, redact_url
 from bot.errors import BotError, ConfigError
+from bot.health import HealthServer
 from bot.logs import setup_logging
 from bot.runtime import open_runtime
 from bot.store.migrate import upgrade_to_head
+from bot.worker import Worker
 
 log = logging.getLogger("bot")
-
-CHANNEL_SETTINGS = {
-    "discord": "DISCORD_BOT_TOKEN",
-    "telegram": "TELEGRAM_BOT_TOKEN",
-    "slack": "SLACK_BOT_TOKEN with SLACK_APP_TOKEN or SLACK_SIGNING_SECRET",
-}
 
 DESCRIPTION = """\
 A chat-bot backend: Discord, Telegram and Slack adapters over one conversation
@@ -43,14 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="run the worker: migrate, then serve every configured channel",
-        description="Apply pending migrations, then serve the configured channels. With no "
-        "channel credentials, say which settings enable which channel and, on an "
-        "interactive terminal, open the console chat.",
+        description="Apply pending migrations, then serve the configured channels, with "
+        "/healthz, /readyz and /metrics on HTTP_PORT. With no channel credentials, say which "
+        "settings enable which channel and, on an interactive terminal, open the console "
+        "chat. SIGTERM/SIGINT finish the messages in flight, then exit 0.",
     )
     run.add_argument(
         "--channels",
-        help="comma-separated channels to start (default: every configured one); "
-        "'console' is the local chat",
+        help="comma-separated channels to start, from discord, telegram, slack, console "
+        "(default: every channel whose credentials are set)",
     )
     run.add_argument("--user", default=None, help="console user name (default: your login)")
     run.set_defaults(handler=_run)
@@ -102,43 +101,40 @@ async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _chat(settings: Settings, args: argparse.Namespace) -> int:
     async with open_runtime(settings) as runtime:
-        channel = ConsoleChannel(
-            runtime.service,
-            user=args.user or _login(),
-            stdin=sys.stdin,
-            stdout=sys.stdout,
-            interactive=sys.stdin.isatty(),
-        )
-        await channel.run()
+        dispatcher = Dispatcher(runtime.service, runtime.metrics)
+        console = _console(runtime.settings, dispatcher, args.user)
+        await console.run()
     return 0
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
-    wanted = {c.strip() for c in (args.channels or "").split(",") if c.strip()}
-    unknown = wanted - {"console", *CHANNEL_SETTINGS}
-    if unknown:
-        raise ConfigError(f"unknown channel(s) {', '.join(sorted(unknown))} in --channels")
-    platform = wanted & set(CHANNEL_SETTINGS)
-    if platform:
-        raise ConfigError(
-            f"the {', '.join(sorted(platform))} channel(s) are not built yet; "
-            "only the console channel is available"
-        )
-    interactive = sys.stdin.isatty()
-    if not wanted:
-        for name, setting in CHANNEL_SETTINGS.items():
-            log.info("channel %s is off: set %s to enable it", name, setting)
-        if not interactive:
+    specs = registry.select(settings, args.channels)
+    wants_console = args.channels is not None and "console" in args.channels.split(",")
+    if not specs and not wants_console:
+        for spec in registry.PLATFORM_CHANNELS:
+            log.info("channel %s is off: set %s to enable it", spec.name, spec.needs)
+        if not sys.stdin.isatty():
             raise ConfigError(
-                "no channel is configured and standard input is not a terminal; "
-                "set a channel's credentials or use `bot chat` for piped input"
+                "no channel is configured (see the lines above) and standard input is not a "
+                "terminal for the console chat; set a channel's credentials, or use `bot chat`"
             )
+        log.info("no channel configured: opening the console chat")
+        wants_console = True
     async with open_runtime(settings) as runtime:
-        channel = ConsoleChannel(
-            runtime.service, args.user or _login(), sys.stdin, sys.stdout, interactive
-        )
-        await channel.run()
-    return 0
+        dispatcher = Dispatcher(runtime.service, runtime.metrics)
+        adapters = [registry.build(spec, settings, dispatcher) for spec in specs]
+        if wants_console:
+            adapters.append(_console(settings, dispatcher, args.user))
+        health = HealthServer(runtime.engine, runtime.redis, runtime.metrics, adapters)
+        worker = Worker(adapters, dispatcher, health, settings.shutdown_grace_seconds)
+        drained = await worker.run(settings.http_host, settings.http_port)
+    return 0 if drained else 1
+
+
+def _console(settings: Settings, dispatcher: Dispatcher, user: str | None) -> ConsoleChannel:
+    return ConsoleChannel(
+        settings, dispatcher, user or _login(), sys.stdin, sys.stdout, sys.stdin.isatty()
+    )
 
 
 def _login() -> str:

@@ -80,8 +80,10 @@ def check_redis_url(url: str) -> str:
     if parts.scheme not in _REDIS_SCHEMES:
         raise ValueError("must start with redis://, rediss:// or unix://")
     _check_port(url)
-    db = parts.path.strip("/")
-    if db and not db.isdigit():
+    # A unix:// URL's path is the socket; its database number, like any, may be ?db=N.
+    db = "" if parts.scheme == "unix" else parts.path.strip("/")
+    numbers = [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if k == "db"]
+    if (db and not db.isdigit()) or not all(n.isdigit() for n in numbers):
         raise ValueError(
             "database number after the host must be an integer, e.g. redis://host:6379/0"
         )

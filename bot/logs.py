@@ -11,12 +11,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]+)@")
+_QUERY_PASSWORD = re.compile(r"(?i)(?P<key>[?&]password=)[^&\s'\"]+")
 _EXTRA_FIELDS = ("channel", "user_id", "conversation_id", "chat_id")
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """Mask passwords in URLs and every given secret value."""
     text = _URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", text)
+    text = _QUERY_PASSWORD.sub(r"\g<key>***", text)
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")

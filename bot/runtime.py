@@ -21,7 +21,9 @@ from bot.cache.hotstate import HotStateCache
 from bot.cache.keys import Keys
 from bot.config import Settings, redact_url
 from bot.errors import InfrastructureError, StoreUnavailable
+from bot.metrics import Metrics
 from bot.responders import EchoResponder, Responder
+from bot.responders.timed import TimedResponder
 from bot.service import ConversationService
 from bot.store.engine import create_engine
 from bot.store.migrate import upgrade_to_head
@@ -51,6 +53,7 @@ class Runtime:
     store: Store
     cache: HotStateCache
     service: ConversationService
+    metrics: Metrics
 
 
 @asynccontextmanager
@@ -94,13 +97,23 @@ def create_redis(settings: Settings, url: str) -> Redis:
 
 
 def build_service(
-    settings: Settings, engine: AsyncEngine, redis: Redis, responder: Responder | None = None
+    settings: Settings,
+    engine: AsyncEngine,
+    redis: Redis,
+    responder: Responder | None = None,
+    metrics: Metrics | None = None,
 ) -> ConversationService:
     """The service wired to the given engine and Redis client (tests use this too)."""
     retry = DatabaseRetry(settings.db_retry_attempts, settings.db_retry_deadline_seconds)
     guard = RedisGuard(settings.redis_op_timeout_seconds, settings.redis_breaker_cooldown_seconds)
     cache = HotStateCache(redis, Keys.from_settings(settings), guard)
-    return ConversationService(settings, Store(engine, retry), cache, responder or EchoResponder())
+    responder = responder or EchoResponder()
+    if metrics is not None:
+        responder = TimedResponder(responder, metrics.responder_latency)
+    service = ConversationService(settings, Store(engine, retry), cache, responder)
+    if metrics is not None:
+        metrics.export_tallies(lambda: service.stats)
+    return service
 
 
 @asynccontextmanager
@@ -109,13 +122,16 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIter
     async with open_endpoints(settings) as endpoints:
         engine = create_engine(settings, endpoints.database_url)
         redis = create_redis(settings, endpoints.redis_url)
-        service = build_service(settings, engine, redis)
+        metrics = Metrics()
+        service = build_service(settings, engine, redis, metrics=metrics)
         try:
             await check_postgres(engine, endpoints.database_url, settings)
             await check_redis(redis, endpoints.redis_url)
             if migrate:
                 await upgrade_to_head(engine)
-            yield Runtime(settings, endpoints, engine, redis, service.store, service.cache, service)
+            yield Runtime(
+                settings, endpoints, engine, redis, service.store, service.cache, service, metrics
+            )
         finally:
             await service.responder.aclose()
             await redis.aclose()

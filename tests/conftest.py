@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.config import Settings
+from bot.metrics import Metrics
 from bot.responders import Responder
 from bot.runtime import build_service, create_redis
 from bot.service import ConversationService
@@ -179,6 +180,7 @@ async def make_service(
         responder: Responder | None = None,
         redis_url: str | None = None,
         database_url: str | None = None,
+        metrics: Metrics | None = None,
         **overrides: Any,
     ) -> ConversationService:
         overrides.setdefault("redis_key_prefix", settings.redis_key_prefix)
@@ -188,7 +190,7 @@ async def make_service(
         engine = create_engine(custom, db)
         client = create_redis(custom, rd)
         built.append((engine, client))
-        return build_service(custom, engine, client, responder)
+        return build_service(custom, engine, client, responder, metrics)
 
     yield make
     for engine, client in built:

@@ -13,7 +13,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from redis.exceptions import RedisError
+from redis.exceptions import (
+    ClusterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 
 from bot.errors import CacheUnavailable
 
@@ -21,6 +27,25 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 RecoveryHook = Callable[[], Awaitable[None]]
+
+# Error replies that mean the server as a whole cannot serve us for a while.
+_SERVER_WIDE_REPLIES = (ReadOnlyError, OutOfMemoryError, ClusterDownError)
+
+
+class CircuitOpen(CacheUnavailable):
+    """The call never reached Redis: the breaker is open after a recent failure."""
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether a failed call says Redis is down or hung, rather than refusing one call.
+
+    An error reply (a key of the wrong type, a script failing half-way) comes from a
+    server that answers: opening the breaker for it would push every user off the
+    cache because of one bad key.
+    """
+    if not isinstance(exc, ResponseError):
+        return True
+    return isinstance(exc, _SERVER_WIDE_REPLIES) or str(exc).startswith("BUSY")
 
 
 class RedisGuard:
@@ -46,7 +71,10 @@ class RedisGuard:
         self._on_recovery.append(hook)
 
     async def run(self, operation: Callable[[], Awaitable[T]]) -> T:
-        """Run one Redis operation within the budget, or raise CacheUnavailable."""
+        """Run one Redis operation within the budget, or raise CacheUnavailable.
+
+        Raises CircuitOpen (a CacheUnavailable) without calling Redis while it is down.
+        """
         probing = self._admit()
         try:
             async with asyncio.timeout(self.op_timeout):
@@ -55,14 +83,18 @@ class RedisGuard:
                         await hook()
                 result = await operation()
         except (RedisError, OSError, TimeoutError) as exc:
-            self._trip(exc)
-            raise CacheUnavailable(f"Redis unavailable: {exc.__class__.__name__}") from exc
+            if is_outage(exc):
+                self._trip(exc)
+                raise CacheUnavailable(f"Redis unavailable: {exc.__class__.__name__}") from exc
+            if probing:
+                self._recovered()
+            log.warning("Redis refused a call (%s: %s)", exc.__class__.__name__, exc)
+            raise CacheUnavailable(f"Redis refused a call: {exc.__class__.__name__}") from exc
         finally:
             if probing:
                 self._probing = False
         if probing:
-            self._open_until = None
-            log.info("Redis is back; using the cache again")
+            self._recovered()
         return result
 
     def _admit(self) -> bool:
@@ -71,9 +103,13 @@ class RedisGuard:
             return False
         # One caller at a time probes after the cool-down; the rest fail fast.
         if self._clock() < self._open_until or self._probing:
-            raise CacheUnavailable("Redis unavailable (circuit open)")
+            raise CircuitOpen("Redis unavailable (circuit open)")
         self._probing = True
         return True
+
+    def _recovered(self) -> None:
+        self._open_until = None
+        log.info("Redis is back; using the cache again")
 
     def _trip(self, exc: BaseException) -> None:
         if self._open_until is None:

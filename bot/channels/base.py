@@ -17,6 +17,7 @@ class ChannelAdapter(abc.ABC):
     """One platform connection, supervised by the worker."""
 
     name: str
+    finite = False  # True for a channel whose end ends the worker (the console)
 
     def __init__(self, settings: Settings, dispatcher: Dispatcher) -> None:
         self.settings = settings

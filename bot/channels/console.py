@@ -3,51 +3,95 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
+from collections.abc import AsyncIterator
 from typing import TextIO
 
+from bot.channels.base import ChannelAdapter
+from bot.channels.dispatch import Dispatcher, ShuttingDown
+from bot.config import Settings
 from bot.domain import IncomingMessage
-from bot.service import ConversationService
 
 CHANNEL = "console"
 PROMPT = "you> "
+MAX_LINE_BYTES = 16 * 1024 * 1024  # far above MAX_MESSAGE_CHARS: the service refuses, not us
 
 
-class ConsoleChannel:
+class ConsoleChannel(ChannelAdapter):
+    name = CHANNEL
+    finite = True
+
     def __init__(
         self,
-        service: ConversationService,
+        settings: Settings,
+        dispatcher: Dispatcher,
         user: str,
         stdin: TextIO,
         stdout: TextIO,
         interactive: bool,
     ) -> None:
-        self.service = service
+        super().__init__(settings, dispatcher)
         self.user = user
         self.stdin = stdin
         self.stdout = stdout
         self.interactive = interactive
+        self._running = False
+
+    @property
+    def connected(self) -> bool:
+        return self._running
 
     async def run(self) -> None:
         """Answer line by line until the end of input (or Ctrl-D)."""
+        self._running = True
         if self.interactive:
             self._write(f"Chatting as {self.user}. Type /help for commands, Ctrl-D to quit.\n")
-        while True:
-            if self.interactive:
-                self._write(PROMPT)
-            line = await asyncio.to_thread(self.stdin.readline)
-            if not line:
-                break
-            text = line.rstrip("\r\n")
-            if self.interactive and not text.strip():
-                continue  # a bare Enter at the prompt is not a message
-            reply = await self.service.handle(
-                IncomingMessage(CHANNEL, self.user, text, username=self.user)
-            )
-            if reply.text is not None:
-                self._write(("bot> " if self.interactive else "") + reply.text + "\n")
+            self._write(PROMPT)
+        try:
+            async for line in _lines(self.stdin):
+                await self._answer(line.rstrip("\r\n"))
+                if self.interactive:
+                    self._write(PROMPT)
+        except ShuttingDown:
+            pass
+        finally:
+            self._running = False
         if self.interactive:
             self._write("\n")
+
+    async def _answer(self, text: str) -> None:
+        if self.interactive and not text.strip():
+            return  # a bare Enter at the prompt is not a message
+        reply = await self.dispatcher.handle(
+            IncomingMessage(CHANNEL, self.user, text, username=self.user)
+        )
+        if reply.text is not None:
+            self._write(("bot> " if self.interactive else "") + reply.text + "\n")
+            self.dispatcher.sent(CHANNEL)
+
+    async def stop(self) -> None:
+        self._running = False
 
     def _write(self, text: str) -> None:
         self.stdout.write(text)
         self.stdout.flush()
+
+
+async def _lines(stream: TextIO) -> AsyncIterator[str]:
+    """Lines of the stream, read without blocking the loop (and so cancellable)."""
+    mode = os.fstat(stream.fileno()).st_mode
+    if stat.S_ISREG(mode):  # a file never blocks, and cannot be watched by the loop
+        for line in stream:
+            yield line
+        return
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=MAX_LINE_BYTES)
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), stream
+    )
+    try:
+        while line_bytes := await reader.readline():
+            yield line_bytes.decode("utf-8", errors="replace")
+    finally:
+        transport.close()

@@ -55,8 +55,11 @@ class Dispatcher:
             message.channel,
             message.channel_user_id,
             reply.kind,
-            extra={"channel": message.channel, "user_id": message.channel_user_id,
-                   "conversation_id": reply.conversation_id},
+            extra={
+                "channel": message.channel,
+                "user_id": message.channel_user_id,
+                "conversation_id": reply.conversation_id,
+            },
         )
         return reply
 
@@ -67,10 +70,10 @@ class Dispatcher:
     def close(self) -> None:
         self._closing = True
 
-    async def drain(self, timeout: float) -> bool:
+    async def drain(self, grace: float) -> bool:
         """Wait for in-flight messages; False if some were still running at the deadline."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            await asyncio.wait_for(self._idle.wait(), grace)
         except TimeoutError:
             log.warning("%d messages still in flight at shutdown", self._in_flight)
             return False

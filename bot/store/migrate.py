@@ -12,6 +12,7 @@ from pathlib import Path
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
@@ -64,9 +65,12 @@ async def upgrade_to_head(engine: AsyncEngine) -> str | None:
                     text("SELECT pg_advisory_unlock(:id)"), {"id": MIGRATION_LOCK_ID}
                 )
                 await connection.commit()
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, OSError) as exc:
         cause = getattr(exc, "orig", None) or exc
         raise MigrationError(f"migration failed: {cause.__class__.__name__}: {cause}") from exc
+    except CommandError as exc:
+        # e.g. the database is at a revision this code does not know (a newer release).
+        raise MigrationError(f"migration failed: {exc}") from exc
     return await current_revision(engine)
 
 

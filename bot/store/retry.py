@@ -66,7 +66,9 @@ class DatabaseRetry:
         retrying = AsyncRetrying(
             retry=retry_if_exception(is_transient),
             stop=stop_after_attempt(self.attempts) | stop_after_delay(self.deadline),
-            wait=wait_exponential_jitter(multiplier=self.initial_wait, max=2.0, jitter=self.initial_wait),
+            wait=wait_exponential_jitter(
+                multiplier=self.initial_wait, max=2.0, jitter=self.initial_wait
+            ),
             before_sleep=before_sleep_log(log, logging.WARNING),
             reraise=False,
         )

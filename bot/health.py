@@ -1,0 +1,102 @@
+"""The worker's HTTP endpoints: /healthz, /readyz and Prometheus /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.channels.base import ChannelAdapter
+from bot.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+CHECK_TIMEOUT_SECONDS = 2.0
+
+
+class HealthServer:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        redis: Redis,
+        metrics: Metrics,
+        channels: Sequence[ChannelAdapter],
+    ) -> None:
+        self.engine = engine
+        self.redis = redis
+        self.metrics = metrics
+        self.channels = channels
+        self._runner: web.AppRunner | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        return app
+
+    async def start(self, host: str, port: int) -> int:
+        """Serve on host:port; returns the port (useful with port 0)."""
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        bound: int = self._runner.addresses[0][1]
+        log.info("health and metrics on http://%s:%d (/healthz /readyz /metrics)", host, bound)
+        return bound
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        checks = await self.readiness()
+        ready = all(status in ("ok", "connected") for status in _flatten(checks))
+        body = {"status": "ready" if ready else "not ready", **checks}
+        return web.json_response(body, status=200 if ready else 503)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def readiness(self) -> dict[str, Any]:
+        postgres, redis = await asyncio.gather(self._check_postgres(), self._check_redis())
+        channels = {c.name: "connected" if c.connected else "disconnected" for c in self.channels}
+        return {"postgres": postgres, "redis": redis, "channels": channels}
+
+    async def _check_postgres(self) -> str:
+        try:
+            async with asyncio.timeout(CHECK_TIMEOUT_SECONDS), self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            return f"down: {exc.__class__.__name__}"
+        return "ok"
+
+    async def _check_redis(self) -> str:
+        try:
+            async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
+                await self.redis.ping()
+        except (RedisError, OSError, TimeoutError) as exc:
+            return f"down: {exc.__class__.__name__}"
+        return "ok"
+
+
+def _flatten(checks: dict[str, Any]) -> list[str]:
+    values: list[str] = []
+    for value in checks.values():
+        values.extend(value.values() if isinstance(value, dict) else [value])
+    return values

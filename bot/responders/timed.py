@@ -1,0 +1,26 @@
+"""A responder decorator that records each reply's latency in the metrics."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import Histogram
+
+from bot.responders.base import Responder, ResponderRequest, ResponderResult
+
+
+class TimedResponder:
+    def __init__(self, inner: Responder, latency: Histogram) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self._latency = latency.labels(inner.name)
+
+    async def respond(self, request: ResponderRequest) -> ResponderResult:
+        started = time.perf_counter()
+        try:
+            return await self.inner.respond(request)
+        finally:
+            self._latency.observe(time.perf_counter() - started)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

@@ -1,0 +1,109 @@
+"""The long-lived worker: channel adapters, supervised, over one asyncio loop.
+
+Start-up: the health server, then every adapter under a supervisor that restarts
+a crashed one with backoff without touching the others. Shutdown (SIGTERM/SIGINT,
+or the end of a finite channel such as the console): stop taking new messages,
+let the ones in flight finish (bounded by SHUTDOWN_GRACE_SECONDS), then close the
+adapters; the caller closes the pools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Sequence
+
+from bot.channels.base import ChannelAdapter
+from bot.channels.dispatch import Dispatcher
+from bot.health import HealthServer
+
+log = logging.getLogger(__name__)
+
+RESTART_BACKOFF_INITIAL = 1.0
+RESTART_BACKOFF_MAX = 60.0
+
+
+class Worker:
+    def __init__(
+        self,
+        adapters: Sequence[ChannelAdapter],
+        dispatcher: Dispatcher,
+        health: HealthServer | None,
+        shutdown_grace: float,
+        restart_backoff: float = RESTART_BACKOFF_INITIAL,
+    ) -> None:
+        self.adapters = list(adapters)
+        self.dispatcher = dispatcher
+        self.health = health
+        self.shutdown_grace = shutdown_grace
+        self.restart_backoff = restart_backoff
+        self.restarts: dict[str, int] = {a.name: 0 for a in self.adapters}
+        self._stop = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, host: str = "0.0.0.0", port: int = 8080) -> bool:
+        """Serve until asked to stop; True if every in-flight message finished."""
+        if self.health is not None:
+            await self.health.start(host, port)
+        self._install_signal_handlers()
+        supervisors = [asyncio.create_task(self._supervise(a), name=a.name) for a in self.adapters]
+        try:
+            await self._stop.wait()
+        finally:
+            drained = await self._shutdown(supervisors)
+        return drained
+
+    async def _supervise(self, adapter: ChannelAdapter) -> None:
+        delay = self.restart_backoff
+        while not self._stop.is_set():
+            try:
+                await adapter.run()
+            except Exception:
+                log.exception("channel %s crashed; restarting in %.0f s", adapter.name, delay)
+            else:
+                if adapter.finite or self._stop.is_set():
+                    self.request_stop()
+                    return
+                log.error("channel %s stopped by itself; restarting in %.0f s", adapter.name, delay)
+            await self._close(adapter)
+            self.restarts[adapter.name] += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            delay = min(delay * 2, RESTART_BACKOFF_MAX)
+
+    async def _shutdown(self, supervisors: list[asyncio.Task[None]]) -> bool:
+        log.info("shutting down: finishing %d message(s) in flight", self.dispatcher.in_flight)
+        self.dispatcher.close()
+        drained = await self.dispatcher.drain(self.shutdown_grace)
+        for adapter in self.adapters:
+            await self._close(adapter)
+        for task in supervisors:
+            task.cancel()
+        await asyncio.gather(*supervisors, return_exceptions=True)
+        if self.health is not None:
+            await self.health.stop()
+        self._remove_signal_handlers()
+        log.info("stopped")
+        return drained
+
+    async def _close(self, adapter: ChannelAdapter) -> None:
+        try:
+            await adapter.stop()
+        except Exception:
+            log.exception("channel %s failed to stop cleanly", adapter.name)
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, self.request_stop)
+
+    def _remove_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signum)
