@@ -170,12 +170,40 @@ class Settings(BaseSettings):
     slack_listen: str = "0.0.0.0"
     slack_port: Annotated[int, Field(ge=0, le=65535)] = 3000
 
+    # LLM: any OpenAI-compatible chat-completions API; unset base URL: the echo responder.
+    llm_base_url: str | None = None  # e.g. https://api.openai.com/v1, http://localhost:11434/v1
+    llm_api_key: SecretStr | None = None
+    llm_timeout_seconds: Seconds = 60.0  # one call
+    llm_retry_deadline_seconds: Seconds = 90.0  # all tries of one reply, waits included
+    llm_max_concurrency: PositiveInt = 8  # calls in flight per worker
+    llm_max_tokens: PositiveInt = 1024
+    llm_temperature: Annotated[float, Field(ge=0, le=2)] | None = None  # unset: the API's
+    llm_context_token_budget: PositiveInt = 4000  # prompt: system + context + message
+    system_prompt: str = "You are a helpful assistant."
+    allowed_models: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: any
+
     @field_validator("discord_shard_ids", mode="before")
     @classmethod
     def _shard_ids(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [int(part) for part in value.replace(" ", "").split(",") if part] or None
         return value
+
+    @field_validator("allowed_models", mode="before")
+    @classmethod
+    def _allowed_models(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("llm_base_url", mode="before")
+    @classmethod
+    def _llm_base_url(cls, value: Any) -> Any:
+        if value in (None, ""):
+            return None
+        if urlsplit(str(value)).scheme not in ("http", "https"):
+            raise ValueError("must start with http:// or https://, e.g. http://localhost:11434/v1")
+        return str(value)
 
     @field_validator("database_url", mode="before")
     @classmethod

@@ -148,7 +148,7 @@ async def test_concurrent_messages_of_a_new_user_across_workers(
         *(workers[i % 3].handle(msg(user, t, pid=f"p{i}")) for i, t in enumerate(texts))
     )
 
-    assert all(r.kind is ReplyKind.ANSWER for r in replies)
+    assert all(r.kind is ReplyKind.ANSWER for r in replies), [(r.kind, r.text) for r in replies]
     users = await fetch(engine, "SELECT id FROM users WHERE channel_user_id = :c", c=user)
     assert len(users) == 1
     conversations = await fetch(

@@ -250,5 +250,5 @@ def _free_port() -> int:
 
 async def _until(condition: Callable[[], bool]) -> None:
     async with asyncio.timeout(10):
-        while not condition():
+        while not condition():  # noqa: ASYNC110 - state owned by other tasks
             await asyncio.sleep(0.02)

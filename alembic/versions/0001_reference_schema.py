@@ -87,7 +87,9 @@ def upgrade() -> None:
             name="fk_messages_conversation_id_conversations",
             ondelete="CASCADE",
         ),
-        sa.CheckConstraint("role IN ('user', 'assistant', 'system')", name="ck_messages_role"),
+        sa.CheckConstraint(
+            "role IN ('user', 'assistant', 'system')", name=op.f("ck_messages_role")
+        ),
         sa.UniqueConstraint(
             "channel_type",
             "platform_message_id",

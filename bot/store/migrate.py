@@ -16,7 +16,7 @@ from alembic.util.exc import CommandError
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from alembic import command
 from bot.errors import MigrationError
@@ -61,10 +61,7 @@ async def upgrade_to_head(engine: AsyncEngine) -> str | None:
                 await connection.run_sync(_upgrade, config)
                 await connection.commit()
             finally:
-                await connection.execute(
-                    text("SELECT pg_advisory_unlock(:id)"), {"id": MIGRATION_LOCK_ID}
-                )
-                await connection.commit()
+                await _unlock(connection)
     except (SQLAlchemyError, OSError) as exc:
         cause = getattr(exc, "orig", None) or exc
         raise MigrationError(f"migration failed: {cause.__class__.__name__}: {cause}") from exc
@@ -72,6 +69,20 @@ async def upgrade_to_head(engine: AsyncEngine) -> str | None:
         # e.g. the database is at a revision this code does not know (a newer release).
         raise MigrationError(f"migration failed: {exc}") from exc
     return await current_revision(engine)
+
+
+async def _unlock(connection: AsyncConnection) -> None:
+    """Release the lock, also after a failed migration left the transaction aborted.
+
+    The lock belongs to the session, so a pooled connection that kept it would block every
+    later migration; a connection that cannot release it is closed, which releases it.
+    """
+    try:
+        await connection.rollback()  # a no-op after the commit of a successful upgrade
+        await connection.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": MIGRATION_LOCK_ID})
+        await connection.commit()
+    except (SQLAlchemyError, OSError):
+        await connection.invalidate()
 
 
 def _upgrade(connection: Connection, config: Config) -> None:

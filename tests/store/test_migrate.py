@@ -1,0 +1,330 @@
+"""Alembic migrations: up, down, models never drift, and concurrent start-up under the lock.
+
+Every test works on databases of its own, created and dropped here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.config import Settings
+from bot.errors import MigrationError
+from bot.store.engine import create_engine
+from bot.store.migrate import current_revision, head_revision, upgrade_to_head
+from bot.store.models import Base
+from tests.conftest import create_database, drop_database
+
+ROOT = Path(__file__).resolve().parents[2]
+ALEMBIC = ROOT / ".venv" / "bin" / "alembic"
+TABLES = {"users", "conversations", "messages", "channel_configs"}
+PROXIES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
+
+NewDatabase = Callable[[], Awaitable[str]]
+
+# Index name -> the definition Postgres reports (after "ON public.").
+EXPECTED_INDEXES = {
+    "uq_users_channel_type_channel_user_id": (
+        "users USING btree (channel_type, channel_user_id)",
+        True,
+    ),
+    "ix_conversations_user_id": ("conversations USING btree (user_id)", False),
+    "ix_conversations_last_activity": ("conversations USING btree (last_activity DESC)", False),
+    "ix_conversations_is_active_user_id": (
+        "conversations USING btree (is_active, user_id)",
+        False,
+    ),
+    "uq_conversations_one_active_per_user": (
+        "conversations USING btree (user_id) WHERE is_active",
+        True,
+    ),
+    "ix_messages_conversation_id_timestamp": (
+        'messages USING btree (conversation_id, "timestamp" DESC)',
+        False,
+    ),
+    "ix_messages_timestamp": ('messages USING btree ("timestamp" DESC)', False),
+    "uq_messages_channel_type_platform_message_id": (
+        "messages USING btree (channel_type, platform_message_id)",
+        True,
+    ),
+    "uq_channel_configs_channel_type": ("channel_configs USING btree (channel_type)", True),
+}
+
+
+@pytest.fixture
+async def new_database(server_urls: tuple[str, str]) -> AsyncIterator[NewDatabase]:
+    """Creates empty databases on demand (plain postgresql:// URLs); drops them after."""
+    admin_url = server_urls[0]
+    names: list[str] = []
+
+    async def create() -> str:
+        names.append(f"bot_mig_{uuid.uuid4().hex[:12]}")
+        return await create_database(admin_url, names[-1])
+
+    yield create
+    for name in names:
+        await drop_database(admin_url, name)
+
+
+@pytest.fixture
+async def make_engine() -> AsyncIterator[Callable[[str], AsyncEngine]]:
+    engines: list[AsyncEngine] = []
+
+    def make(url: str) -> AsyncEngine:
+        engines.append(create_engine(Settings(_env_file=None), url, pool_size=1))
+        return engines[-1]
+
+    yield make
+    for engine in engines:
+        await engine.dispose()
+
+
+async def alembic(url: str, *args: str) -> tuple[int, str]:
+    """The real `alembic` command line from the repository root; (exit code, all output)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.lower() not in PROXIES and k.lower() not in Settings.model_fields
+    }
+    process = await asyncio.create_subprocess_exec(
+        str(ALEMBIC),
+        *args,
+        cwd=ROOT,
+        env={**env, "DATABASE_URL": url},
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return process.returncode, out.decode()
+
+
+async def query(url: str, sql: str) -> list[asyncpg.Record]:
+    connection = await asyncpg.connect(url)
+    try:
+        return list(await connection.fetch(sql))
+    finally:
+        await connection.close()
+
+
+async def execute(url: str, sql: str) -> None:
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute(sql)
+    finally:
+        await connection.close()
+
+
+async def advisory_locks(url: str) -> list[asyncpg.Record]:
+    return await query(
+        url,
+        """SELECT pid FROM pg_locks WHERE locktype = 'advisory'
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())""",
+    )
+
+
+async def tables(url: str) -> set[str]:
+    rows = await query(
+        url, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+    )
+    return {r["table_name"] for r in rows}
+
+
+async def indexes(url: str) -> dict[str, str]:
+    rows = await query(
+        url, "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'"
+    )
+    return {r["indexname"]: r["indexdef"] for r in rows}
+
+
+async def schema_of(url: str) -> dict[str, set[tuple[Any, ...]]]:
+    """Columns, constraints and indexes of the bot's tables, as Postgres reports them."""
+    columns = await query(
+        url,
+        """SELECT table_name, column_name, data_type, character_maximum_length,
+                  is_nullable, column_default
+           FROM information_schema.columns
+           WHERE table_schema = 'public' AND table_name <> 'alembic_version'""",
+    )
+    constraints = await query(
+        url,
+        """SELECT conrelid::regclass::text AS tbl, conname, contype::text,
+                  pg_get_constraintdef(oid) AS def
+           FROM pg_constraint
+           WHERE connamespace = 'public'::regnamespace
+             AND conrelid::regclass::text <> 'alembic_version'""",
+    )
+    return {
+        "columns": {tuple(r) for r in columns},
+        "constraints": {tuple(r) for r in constraints},
+        "indexes": {
+            item for item in (await indexes(url)).items() if item[0] != "alembic_version_pkc"
+        },
+    }
+
+
+def diff_against_models(connection: Connection) -> list[Any]:
+    """What `alembic check` computes: the operations that would make the database match."""
+    context = MigrationContext.configure(
+        connection, opts={"compare_type": True, "compare_server_default": True}
+    )
+    return list(compare_metadata(context, Base.metadata))
+
+
+async def test_upgrade_builds_the_schema_and_downgrade_removes_it(
+    new_database: NewDatabase,
+) -> None:
+    url = await new_database()
+
+    code, out = await alembic(url, "upgrade", "head")
+    assert code == 0, out
+    assert await tables(url) == TABLES | {"alembic_version"}
+    found = await indexes(url)
+    for name, (definition, unique) in EXPECTED_INDEXES.items():
+        kind = "CREATE UNIQUE INDEX" if unique else "CREATE INDEX"
+        assert found.get(name) == f"{kind} {name} ON public.{definition}"
+
+    code, out = await alembic(url, "current")
+    assert code == 0 and f"{head_revision()} (head)" in out, out
+
+    code, out = await alembic(url, "downgrade", "base")
+    assert code == 0, out
+    assert await tables(url) == {"alembic_version"}
+    assert set(await indexes(url)) == {"alembic_version_pkc"}
+    assert await query(url, "SELECT * FROM alembic_version") == []
+
+    code, out = await alembic(url, "upgrade", "head")  # and back up again
+    assert code == 0, out
+    assert await tables(url) == TABLES | {"alembic_version"}
+
+
+async def test_alembic_check_agrees_and_fails_on_drift(
+    new_database: NewDatabase, make_engine: Callable[[str], AsyncEngine]
+) -> None:
+    url = await new_database()
+    engine = make_engine(url)
+    await upgrade_to_head(engine)
+
+    code, out = await alembic(url, "check")
+    assert code == 0, out
+    assert "No new upgrade operations detected" in out
+    async with engine.connect() as connection:
+        assert await connection.run_sync(diff_against_models) == []
+
+    # Now make the database drift from the models; the comparison must notice.
+    async with engine.begin() as connection:
+        await connection.exec_driver_sql("DROP INDEX ix_messages_timestamp")
+        await connection.exec_driver_sql("DROP INDEX uq_conversations_one_active_per_user")
+        await connection.exec_driver_sql("ALTER TABLE users ADD COLUMN nickname text")
+    async with engine.connect() as connection:
+        diff = await connection.run_sync(diff_against_models)
+    found = {(op[0], op[1].name) for op in diff if op[0] == "add_index"}
+    assert found == {
+        ("add_index", "ix_messages_timestamp"),
+        ("add_index", "uq_conversations_one_active_per_user"),
+    }
+    assert any(op[0] == "remove_column" and op[3].name == "nickname" for op in diff)
+
+    code, out = await alembic(url, "check")
+    assert code != 0
+    assert "New upgrade operations detected" in out and "ix_messages_timestamp" in out
+
+
+async def test_models_and_migrations_build_the_same_schema(
+    new_database: NewDatabase, make_engine: Callable[[str], AsyncEngine]
+) -> None:
+    """Beyond `alembic check`: names of check constraints, partial-index predicates, defaults."""
+    migrated, created = await new_database(), await new_database()
+    await upgrade_to_head(make_engine(migrated))
+    async with make_engine(created).begin() as connection:
+        await connection.run_sync(Base.metadata.create_all)
+
+    from_migrations, from_models = await schema_of(migrated), await schema_of(created)
+
+    for part in ("columns", "constraints", "indexes"):
+        assert from_migrations[part] == from_models[part], part
+    checks = {c[1] for c in from_migrations["constraints"] if c[2] == "c"}
+    assert checks == {"ck_messages_role"}
+
+
+async def test_upgrade_to_head_from_four_engines_at_once(
+    new_database: NewDatabase,
+    make_engine: Callable[[str], AsyncEngine],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = await new_database()
+    engines = [make_engine(url) for _ in range(4)]
+
+    with caplog.at_level(logging.INFO, logger="bot.store.migrate"):
+        revisions = await asyncio.gather(*(upgrade_to_head(e) for e in engines))
+
+    head = head_revision()
+    assert head is not None
+    assert revisions == [head] * 4
+    migrated = [r for r in caplog.records if r.getMessage().startswith("database migrated")]
+    assert [r.getMessage() for r in migrated] == [f"database migrated from empty to {head}"]
+    assert await current_revision(engines[0]) == head
+    assert await tables(url) == TABLES | {"alembic_version"}
+    # The lock was released: a later start-up is not blocked and has nothing to do.
+    assert await asyncio.wait_for(upgrade_to_head(engines[1]), timeout=10) == head
+    assert await advisory_locks(url) == []
+
+
+async def test_unreachable_database_is_a_migration_error_without_the_password(
+    make_engine: Callable[[str], AsyncEngine],
+) -> None:
+    engine = make_engine("postgresql://postgres:hunter2pw@127.0.0.1:1/x")
+
+    with pytest.raises(MigrationError) as caught:
+        await upgrade_to_head(engine)
+
+    assert str(caught.value).startswith("migration failed:")
+    assert "hunter2pw" not in str(caught.value)
+
+
+async def test_unknown_revision_in_the_database_is_a_migration_error(
+    new_database: NewDatabase, make_engine: Callable[[str], AsyncEngine]
+) -> None:
+    url = await new_database()
+    await execute(
+        url,
+        "CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY);"
+        "INSERT INTO alembic_version VALUES ('9999_from_the_future')",
+    )
+    engine = make_engine(url)
+
+    with pytest.raises(MigrationError, match="9999_from_the_future"):
+        await upgrade_to_head(engine)
+
+    assert await advisory_locks(url) == []
+
+
+async def test_failed_migration_names_the_cause_and_releases_the_lock(
+    new_database: NewDatabase, make_engine: Callable[[str], AsyncEngine]
+) -> None:
+    url = await new_database()
+    await execute(url, "CREATE TABLE users (squatter int)")
+    engine = make_engine(url)
+
+    with pytest.raises(MigrationError, match='relation "users" already exists'):
+        await upgrade_to_head(engine)
+
+    assert await advisory_locks(url) == []
+    assert await current_revision(engine) is None  # nothing half-applied
+    assert await tables(url) == {"users"}
+    # Once the obstacle is gone the same engine migrates, not blocked by a kept lock.
+    await execute(url, "DROP TABLE users")
+    assert await asyncio.wait_for(upgrade_to_head(engine), timeout=10) == head_revision()

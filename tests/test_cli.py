@@ -1,0 +1,208 @@
+"""The `bot` command line, run as a real subprocess: help, setting errors, `bot migrate`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+
+from bot.config import Settings
+from bot.store.migrate import head_revision
+from tests.conftest import create_database, drop_database
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = ROOT / ".venv" / "bin" / "python"
+PROXIES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+async def bot(*args: str, **env: str) -> Result:
+    """`python -m bot ARGS` from the repository root, with only the given settings set."""
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if k.lower() not in PROXIES and k.lower() not in Settings.model_fields
+    }
+    process = await asyncio.create_subprocess_exec(
+        str(PYTHON if PYTHON.exists() else sys.executable),
+        "-m",
+        "bot",
+        *args,
+        cwd=ROOT,
+        env={**base, **env},
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return Result(process.returncode, out.decode(), err.decode())
+
+
+@pytest.fixture
+async def fresh_database(server_urls: tuple[str, str]) -> AsyncIterator[str]:
+    """A new, empty database of this test; its plain postgresql:// URL."""
+    name = f"bot_cli_{uuid.uuid4().hex[:12]}"
+    url = await create_database(server_urls[0], name)
+    yield url
+    await drop_database(server_urls[0], name)
+
+
+def is_empty(directory: Path) -> bool:
+    return not any(directory.iterdir())
+
+
+async def revision_of(url: str) -> str:
+    connection = await asyncpg.connect(url)
+    try:
+        return str(await connection.fetchval("SELECT version_num FROM alembic_version"))
+    finally:
+        await connection.close()
+
+
+async def test_help_explains_every_command() -> None:
+    main, run, chat, migrate = await asyncio.gather(
+        bot("--help"), bot("run", "--help"), bot("chat", "--help"), bot("migrate", "--help")
+    )
+
+    for result in (main, run, chat, migrate):
+        assert result.code == 0, result.err
+        assert result.err == ""
+    assert "usage: bot" in main.out
+    for command in ("run", "chat", "migrate"):
+        assert command in main.out
+    assert "DATABASE_URL" in main.out and ".env" in main.out
+    assert "--channels" in run.out and "--user" in run.out
+    assert "--user" in chat.out and "standard input" in chat.out
+    assert "usage: bot migrate" in migrate.out and "advisory lock" in " ".join(migrate.out.split())
+
+
+async def test_unknown_command_is_a_usage_error() -> None:
+    result = await bot("fly")
+
+    assert result.code == 2
+    assert "invalid choice" in result.err and "Traceback" not in result.err
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"DB_POOL_SIZE": "abc"}, "DB_POOL_SIZE"),
+        ({"DATABASE_URL": "mysql://u:hunter2pw@127.0.0.1/db"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "postgresql://u:hunter2pw@127.0.0.1:port/db"}, "DATABASE_URL"),
+        ({"REDIS_URL": "redis://:hunter2pw@127.0.0.1:6379/x"}, "REDIS_URL"),
+    ],
+)
+async def test_invalid_setting_is_one_line_and_exit_2(
+    tmp_path: Path, env: dict[str, str], names: str
+) -> None:
+    result = await bot("migrate", DATA_DIR=str(tmp_path), **env)
+
+    assert result.code == 2
+    assert result.out == ""
+    lines = result.err.splitlines()
+    assert len(lines) == 1, result.err
+    assert names in lines[0] and "invalid setting" in lines[0]
+    assert "Traceback" not in result.err and "hunter2pw" not in result.err
+    assert is_empty(tmp_path), "no embedded server may start on a bad setting"
+
+
+async def test_unreachable_database_is_a_readable_error_without_the_password(
+    tmp_path: Path, redis_url: str
+) -> None:
+    result = await bot(
+        "migrate",
+        DATABASE_URL="postgresql://postgres:hunter2pw@127.0.0.1:1/x",
+        REDIS_URL=redis_url,
+        DATA_DIR=str(tmp_path),
+        LOG_LEVEL="DEBUG",
+    )
+
+    assert result.code != 0
+    assert "hunter2pw" not in result.out + result.err
+    assert "Traceback" not in result.err
+    last = result.err.strip().splitlines()[-1]
+    assert last.startswith("bot: cannot reach Postgres at postgresql+asyncpg://postgres:***@")
+    assert "DATABASE_URL" in last
+
+
+async def test_migrate_a_fresh_database_twice(
+    fresh_database: str, redis_url: str, tmp_path: Path
+) -> None:
+    env = {"DATABASE_URL": fresh_database, "REDIS_URL": redis_url, "DATA_DIR": str(tmp_path)}
+    head = head_revision()
+    assert head is not None
+
+    first = await bot("migrate", **env)
+    assert first.code == 0, first.err
+    assert f"database at revision {head}" in first.out
+    assert "Traceback" not in first.err
+    assert await revision_of(fresh_database) == head
+
+    second = await bot("migrate", **env)
+    assert second.code == 0, second.err
+    assert f"database at revision {head}" in second.out
+    assert await revision_of(fresh_database) == head
+    assert is_empty(tmp_path), "configured servers need no embedded ones"
+
+
+async def test_migrate_never_prints_the_database_password(
+    fresh_database: str, redis_url: str, tmp_path: Path
+) -> None:
+    parts = urlsplit(fresh_database)
+    if parts.password is not None:
+        pytest.skip("the test server has a password of its own")
+    # The local test server trusts its clients, so any password is accepted.
+    with_password = parts._replace(
+        netloc=f"{parts.username}:hunter2pw@{parts.netloc.rpartition('@')[2]}"
+    ).geturl()
+
+    result = await bot(
+        "migrate",
+        DATABASE_URL=with_password,
+        REDIS_URL=redis_url,
+        DATA_DIR=str(tmp_path),
+        LOG_LEVEL="DEBUG",
+    )
+
+    assert result.code == 0, result.err
+    assert "postgres:***@" in result.out
+    assert "hunter2pw" not in result.out + result.err
+
+
+async def test_migrate_a_database_of_an_unknown_revision_fails_readably(
+    fresh_database: str, redis_url: str, tmp_path: Path
+) -> None:
+    """A database migrated by a newer release: a one-line error, not a traceback."""
+    connection = await asyncpg.connect(fresh_database)
+    try:
+        await connection.execute(
+            "CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY);"
+            "INSERT INTO alembic_version VALUES ('9999_from_the_future')"
+        )
+    finally:
+        await connection.close()
+
+    result = await bot(
+        "migrate", DATABASE_URL=fresh_database, REDIS_URL=redis_url, DATA_DIR=str(tmp_path)
+    )
+
+    assert result.code == 1
+    assert "Traceback" not in result.err
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert lines[0].startswith("bot: migration failed") and "9999_from_the_future" in lines[0]
