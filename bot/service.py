@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from bot import commands
-from bot.cache.hotstate import BeginStatus, HotState, HotStateCache, RateCount, Refresh
+from bot.cache.guard import CircuitOpen
+from bot.cache.hotstate import BeginStatus, Claim, HotState, HotStateCache, RateCount, Refresh
+from bot.cache.keys import DEDUP_PROCESSING_SECONDS
 from bot.config import Settings
 from bot.domain import (
     ChannelSettings,
@@ -63,6 +66,9 @@ class ConversationService:
         self._locks = KeyedLocks()
         self._local_rate = LocalRateLimiter()
         self._stale_keys: set[str] = set()
+        # Lock tokens whose script failed without telling how far it got, so the user's
+        # lock and the event's claim may still be taken: token -> (message, since when).
+        self._unreleased: dict[str, tuple[IncomingMessage, float]] = {}
         cache.guard.on_recovery(self._forget_stale_keys)
 
     async def handle(self, message: IncomingMessage) -> Reply:
@@ -110,7 +116,12 @@ class ConversationService:
         while True:
             try:
                 hot = await self.cache.begin(message, token)
+            except CircuitOpen:
+                self.stats["cache_unavailable"] += 1
+                return None
             except CacheUnavailable:
+                # Timed out or failed half-way: the script may have taken the lock.
+                self._remember_claim(message, token)
                 self.stats["cache_unavailable"] += 1
                 return None
             if hot.status is not BeginStatus.LOCKED:
@@ -256,43 +267,69 @@ class ConversationService:
     async def _finish(
         self, message: IncomingMessage, token: str, hot: HotState | None, refresh: Refresh
     ) -> None:
+        stale = self.cache.stale_keys(message, refresh.session)
         if hot is None:
-            # Redis was down when we read: what it holds may predate Postgres now.
-            self._stale_keys.update(self.cache.stale_keys(message, refresh.session))
+            # Redis failed when we read: what it holds may predate Postgres now. Dropped
+            # at once if it answers again (a refused call), else when it is back.
+            await self._forget_or_remember(stale, token)
             return
         try:
             await self.cache.finish(message, token, refresh)
         except CacheUnavailable:
-            await self._forget_or_remember(self.cache.stale_keys(message, refresh.session))
+            # FINISH may have stopped half-way: keys written before the commit may stay,
+            # and the lock may still be taken.
+            self._remember_claim(message, token)
+            await self._forget_or_remember(stale, token)
 
     async def _abort(self, message: IncomingMessage, token: str, hot: HotState | None) -> None:
         if hot is None:
+            await self._forget_or_remember([], token)
             return
         try:
             await self.cache.abort(message, token)
         except CacheUnavailable:
-            log.info(
-                "could not release the lock of %s:%s; it expires by itself",
-                message.channel,
-                message.channel_user_id,
-            )
+            self._remember_claim(message, token)
 
-    async def _forget_or_remember(self, keys: list[str]) -> None:
+    def _remember_claim(self, message: IncomingMessage, token: str) -> None:
+        now = time.monotonic()
+        self._unreleased[token] = (message, now)
+        if len(self._unreleased) > 1000:
+            claims = self._unreleased.items()
+            self._unreleased = {t: c for t, c in claims if self._live(c[1], now)}
+
+    def _live(self, since: float, now: float) -> bool:
+        """Whether a claim taken at `since` may still hold a key (both expire by TTL)."""
+        return now - since < max(self.settings.lock_ttl_seconds, DEDUP_PROCESSING_SECONDS)
+
+    async def _forget_or_remember(self, keys: list[str], token: str) -> None:
+        claim = self._unreleased.pop(token, None)
+        held: list[Claim] = [(claim[0], token)] if claim else []
         try:
-            await self.cache.forget(keys)
+            await self.cache.forget(keys, held)
         except CacheUnavailable:
             self._stale_keys.update(keys)
+            if claim:
+                self._unreleased[token] = claim
 
     async def _forget_stale_keys(self) -> None:
+        """Recovery hook: runs before anything else once Redis answers after an outage."""
         keys, self._stale_keys = self._stale_keys, set()
-        if not keys:
+        claims, self._unreleased = self._unreleased, {}
+        now = time.monotonic()
+        held = [(m, t) for t, (m, since) in claims.items() if self._live(since, now)]
+        if not keys and not held:
             return
         try:
-            await self.cache.redis.delete(*keys)
+            await self.cache.forget_unguarded(keys, held)
         except BaseException:
             self._stale_keys.update(keys)
+            self._unreleased.update(claims)
             raise
-        log.info("dropped %d cache keys that predate writes made while Redis was away", len(keys))
+        log.info(
+            "dropped %d cache keys and %d locks that predate writes made while Redis was away",
+            len(keys),
+            len(held),
+        )
 
     def _count(self, kind: str, hit: bool) -> None:
         self.stats[f"{kind}_{'hit' if hit else 'miss'}"] += 1

@@ -22,6 +22,8 @@ from bot.cache.guard import RedisGuard
 from bot.cache.keys import DEDUP_PROCESSING_SECONDS, RATE_WINDOW_SECONDS, Keys
 from bot.domain import ChannelSettings, ContextMessage, IncomingMessage, SessionState
 
+Claim = tuple[IncomingMessage, str]  # a message and the lock token it was handled with
+
 
 class BeginStatus(StrEnum):
     OK = "ok"
@@ -168,18 +170,32 @@ class HotStateCache:
 
     async def abort(self, message: IncomingMessage, lock_token: str) -> None:
         """Release the lock and forget the event so that a redelivery is handled."""
-        key_list = [
-            self.keys.lock(message.channel, message.channel_user_id),
-            self._dedup_key(message),
-        ]
-        args = [lock_token, _flag(message.platform_message_id is not None)]
+        key_list, args = self._abort_call(message, lock_token)
         await self.guard.run(lambda: self._abort(keys=key_list, args=args))
 
-    async def forget(self, keys: Iterable[str]) -> None:
-        """Delete keys whose content may no longer match Postgres."""
-        names = list(keys)
-        if names:
-            await self.guard.run(lambda: self.redis.delete(*names))
+    async def forget(self, keys: Iterable[str], held: Iterable[Claim] = ()) -> None:
+        """Delete keys whose content may no longer match Postgres, and give up `held`.
+
+        `held` are (message, lock token) pairs whose BEGIN, FINISH or ABORT failed
+        without telling us how far it got: the user's lock (and the event's claim) may
+        still be taken, and would hold off the user's next message until it expires.
+        """
+        names, claims = list(keys), list(held)
+        if names or claims:
+            await self.guard.run(lambda: self.forget_unguarded(names, claims))
+
+    async def forget_unguarded(self, keys: Iterable[str], held: Iterable[Claim] = ()) -> None:
+        """`forget` in one round trip, bypassing the guard (for its recovery hooks)."""
+        names, claims = list(keys), list(held)
+        if not names and not claims:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if names:
+                pipe.delete(*names)
+            for message, lock_token in claims:
+                key_list, args = self._abort_call(message, lock_token)
+                await self._abort(keys=key_list, args=args, client=pipe)
+            await pipe.execute()
 
     def stale_keys(self, message: IncomingMessage, session: SessionState | None) -> list[str]:
         names = [self.keys.session(message.channel, message.channel_user_id)]
@@ -193,6 +209,13 @@ class HotStateCache:
         async for batch in _scan_batches(self.redis, self.keys.all_pattern()):
             deleted += await self.redis.delete(*batch)
         return deleted
+
+    def _abort_call(self, message: IncomingMessage, lock_token: str) -> tuple[list[str], list[Any]]:
+        key_list = [
+            self.keys.lock(message.channel, message.channel_user_id),
+            self._dedup_key(message),
+        ]
+        return key_list, [lock_token, _flag(message.platform_message_id is not None)]
 
     def _dedup_key(self, message: IncomingMessage) -> str:
         event = message.platform_message_id or "-"

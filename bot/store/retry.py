@@ -72,8 +72,15 @@ class DatabaseRetry:
             before_sleep=before_sleep_log(log, logging.WARNING),
             reraise=False,
         )
+
+        async def attempt() -> T:
+            # tenacity awaits only what it recognizes as a coroutine function; any
+            # other callable (a lambda returning a coroutine) would be "called" once,
+            # never awaited nor retried.
+            return await work()
+
         try:
-            return await retrying(work)
+            return await retrying(attempt)
         except RetryError as exc:
             cause = exc.last_attempt.exception()
             name = cause.__class__.__name__ if cause else "unknown error"
