@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from bot import commands
-from bot.cache.guard import CircuitOpen
-from bot.cache.hotstate import BeginStatus, Claim, HotState, HotStateCache, RateCount, Refresh
-from bot.cache.keys import DEDUP_PROCESSING_SECONDS
+from bot.cache.hotstate import BeginStatus, HotState, HotStateCache, RateCount, Refresh
 from bot.config import Settings
 from bot.domain import (
     ChannelSettings,
@@ -65,11 +62,6 @@ class ConversationService:
         self.stats: Counter[str] = Counter()
         self._locks = KeyedLocks()
         self._local_rate = LocalRateLimiter()
-        self._stale_keys: set[str] = set()
-        # Lock tokens whose script failed without telling how far it got, so the user's
-        # lock and the event's claim may still be taken: token -> (message, since when).
-        self._unreleased: dict[str, tuple[IncomingMessage, float]] = {}
-        cache.guard.on_recovery(self._forget_stale_keys)
 
     async def handle(self, message: IncomingMessage) -> Reply:
         """Answer one incoming message; never raises for bad input or a failing store."""
@@ -100,12 +92,12 @@ class ConversationService:
                 "cannot store message from %s:%s: %s", message.channel, message.channel_user_id, exc
             )
             self.stats["store_unavailable"] += 1
-            await self._abort(message, token, hot)
+            await self.cache.release(message, token, was_read=hot is not None)
             return Reply(UNAVAILABLE_TEXT, ReplyKind.UNAVAILABLE)
         except BaseException:
-            await self._abort(message, token, hot)
+            await self.cache.release(message, token, was_read=hot is not None)
             raise
-        await self._finish(message, token, hot, refresh)
+        await self.cache.settle(message, token, refresh, was_read=hot is not None)
         return reply
 
     async def _begin(self, message: IncomingMessage, token: str) -> HotState | None:
@@ -114,14 +106,8 @@ class ConversationService:
         deadline = loop.time() + self.settings.lock_wait_seconds
         delay = 0.005
         while True:
-            try:
-                hot = await self.cache.begin(message, token)
-            except CircuitOpen:
-                self.stats["cache_unavailable"] += 1
-                return None
-            except CacheUnavailable:
-                # Timed out or failed half-way: the script may have taken the lock.
-                self._remember_claim(message, token)
+            hot = await self.cache.try_begin(message, token)
+            if hot is None:
                 self.stats["cache_unavailable"] += 1
                 return None
             if hot.status is not BeginStatus.LOCKED:
@@ -263,73 +249,6 @@ class ConversationService:
     def resolve_model(self, session: SessionState, channel: ChannelSettings) -> str:
         """Conversation override > user preference > channel default > DEFAULT_MODEL."""
         return session.model or channel.default_model or self.settings.default_model
-
-    async def _finish(
-        self, message: IncomingMessage, token: str, hot: HotState | None, refresh: Refresh
-    ) -> None:
-        stale = self.cache.stale_keys(message, refresh.session)
-        if hot is None:
-            # Redis failed when we read: what it holds may predate Postgres now. Dropped
-            # at once if it answers again (a refused call), else when it is back.
-            await self._forget_or_remember(stale, token)
-            return
-        try:
-            await self.cache.finish(message, token, refresh)
-        except CacheUnavailable:
-            # FINISH may have stopped half-way: keys written before the commit may stay,
-            # and the lock may still be taken.
-            self._remember_claim(message, token)
-            await self._forget_or_remember(stale, token)
-
-    async def _abort(self, message: IncomingMessage, token: str, hot: HotState | None) -> None:
-        if hot is None:
-            await self._forget_or_remember([], token)
-            return
-        try:
-            await self.cache.abort(message, token)
-        except CacheUnavailable:
-            self._remember_claim(message, token)
-
-    def _remember_claim(self, message: IncomingMessage, token: str) -> None:
-        now = time.monotonic()
-        self._unreleased[token] = (message, now)
-        if len(self._unreleased) > 1000:
-            claims = self._unreleased.items()
-            self._unreleased = {t: c for t, c in claims if self._live(c[1], now)}
-
-    def _live(self, since: float, now: float) -> bool:
-        """Whether a claim taken at `since` may still hold a key (both expire by TTL)."""
-        return now - since < max(self.settings.lock_ttl_seconds, DEDUP_PROCESSING_SECONDS)
-
-    async def _forget_or_remember(self, keys: list[str], token: str) -> None:
-        claim = self._unreleased.pop(token, None)
-        held: list[Claim] = [(claim[0], token)] if claim else []
-        try:
-            await self.cache.forget(keys, held)
-        except CacheUnavailable:
-            self._stale_keys.update(keys)
-            if claim:
-                self._unreleased[token] = claim
-
-    async def _forget_stale_keys(self) -> None:
-        """Recovery hook: runs before anything else once Redis answers after an outage."""
-        keys, self._stale_keys = self._stale_keys, set()
-        claims, self._unreleased = self._unreleased, {}
-        now = time.monotonic()
-        held = [(m, t) for t, (m, since) in claims.items() if self._live(since, now)]
-        if not keys and not held:
-            return
-        try:
-            await self.cache.forget_unguarded(keys, held)
-        except BaseException:
-            self._stale_keys.update(keys)
-            self._unreleased.update(claims)
-            raise
-        log.info(
-            "dropped %d cache keys and %d locks that predate writes made while Redis was away",
-            len(keys),
-            len(held),
-        )
 
     def _count(self, kind: str, hit: bool) -> None:
         self.stats[f"{kind}_{'hit' if hit else 'miss'}"] += 1

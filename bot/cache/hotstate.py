@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -18,11 +18,11 @@ from typing import Any
 from redis.asyncio import Redis
 
 from bot.cache import scripts
-from bot.cache.guard import RedisGuard
+from bot.cache.guard import CircuitOpen, RedisGuard
 from bot.cache.keys import DEDUP_PROCESSING_SECONDS, RATE_WINDOW_SECONDS, Keys
+from bot.cache.repair import CacheRepair, Claim
 from bot.domain import ChannelSettings, ContextMessage, IncomingMessage, SessionState
-
-Claim = tuple[IncomingMessage, str]  # a message and the lock token it was handled with
+from bot.errors import CacheUnavailable
 
 
 class BeginStatus(StrEnum):
@@ -105,6 +105,8 @@ class HotStateCache:
         self.redis = redis
         self.keys = keys
         self.guard = guard
+        self.repair = CacheRepair(max(keys.lock_ttl, DEDUP_PROCESSING_SECONDS))
+        guard.on_recovery(lambda: self.repair.recover(self._forget_unguarded))
         self._begin = redis.register_script(scripts.BEGIN)
         self._rate = redis.register_script(scripts.RATE)
         self._finish = redis.register_script(scripts.FINISH)
@@ -135,6 +137,44 @@ class HotStateCache:
         ]
         result = await self.guard.run(lambda: self._begin(keys=key_list, args=args))
         return _parse_begin(result)
+
+    async def try_begin(self, message: IncomingMessage, lock_token: str) -> HotState | None:
+        """`begin`, or None when Redis cannot be used (the caller falls back to Postgres)."""
+        try:
+            return await self.begin(message, lock_token)
+        except CircuitOpen:
+            return None
+        except CacheUnavailable:
+            # Timed out or failed half-way: the script may have taken the lock.
+            self.repair.remember_claim(message, lock_token)
+            return None
+
+    async def settle(
+        self, message: IncomingMessage, lock_token: str, refresh: Refresh, *, was_read: bool
+    ) -> None:
+        """After the Postgres commit: refresh Redis, or drop what may now be stale."""
+        stale = self.stale_keys(message, refresh.session)
+        if not was_read:
+            # Redis failed when we read: what it holds may predate Postgres now.
+            await self.repair.drop(stale, lock_token, self.forget)
+            return
+        try:
+            await self.finish(message, lock_token, refresh)
+        except CacheUnavailable:
+            # FINISH may have stopped half-way: keys written before the commit may stay,
+            # and the lock may still be taken.
+            self.repair.remember_claim(message, lock_token)
+            await self.repair.drop(stale, lock_token, self.forget)
+
+    async def release(self, message: IncomingMessage, lock_token: str, *, was_read: bool) -> None:
+        """Nothing was stored: release the lock and the event's claim, now or later."""
+        if not was_read:
+            await self.repair.drop([], lock_token, self.forget)
+            return
+        try:
+            await self.abort(message, lock_token)
+        except CacheUnavailable:
+            self.repair.remember_claim(message, lock_token)
 
     async def count_rate(self, user_id: uuid.UUID) -> RateCount:
         count, ttl = await self.guard.run(
@@ -173,22 +213,12 @@ class HotStateCache:
         key_list, args = self._abort_call(message, lock_token)
         await self.guard.run(lambda: self._abort(keys=key_list, args=args))
 
-    async def forget(self, keys: Iterable[str], held: Iterable[Claim] = ()) -> None:
-        """Delete keys whose content may no longer match Postgres, and give up `held`.
+    async def forget(self, keys: list[str], held: list[Claim]) -> None:
+        """Delete keys whose content may no longer match Postgres, and give up `held`:
+        (message, lock token) pairs whose script failed without telling how far it got."""
+        await self.guard.run(lambda: self._forget_unguarded(keys, held))
 
-        `held` are (message, lock token) pairs whose BEGIN, FINISH or ABORT failed
-        without telling us how far it got: the user's lock (and the event's claim) may
-        still be taken, and would hold off the user's next message until it expires.
-        """
-        names, claims = list(keys), list(held)
-        if names or claims:
-            await self.guard.run(lambda: self.forget_unguarded(names, claims))
-
-    async def forget_unguarded(self, keys: Iterable[str], held: Iterable[Claim] = ()) -> None:
-        """`forget` in one round trip, bypassing the guard (for its recovery hooks)."""
-        names, claims = list(keys), list(held)
-        if not names and not claims:
-            return
+    async def _forget_unguarded(self, names: list[str], claims: list[Claim]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             if names:
                 pipe.delete(*names)
