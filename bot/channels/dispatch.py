@@ -36,6 +36,11 @@ class Dispatcher:
     def in_flight(self) -> int:
         return self._in_flight
 
+    @property
+    def closing(self) -> bool:
+        """True once close() was called: adapters stop acknowledging new events."""
+        return self._closing
+
     async def handle(self, message: IncomingMessage) -> Reply:
         if self._closing:
             raise ShuttingDown("the worker is shutting down")

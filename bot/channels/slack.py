@@ -1,0 +1,306 @@
+"""Slack: slack-bolt's AsyncApp over Socket Mode or the HTTP Events API.
+
+Socket Mode when SLACK_APP_TOKEN is set, else the Events API on
+SLACK_LISTEN:SLACK_PORT/slack/events (bolt checks the signature and timestamp and
+answers url_verification). Bolt acks every event before our handler runs, so a
+slow reply never makes Slack retry; a retry that comes anyway carries the same
+event_id, which is the platform message id the service de-duplicates on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import aiohttp
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.async_app import AsyncApp, AsyncBoltContext
+from slack_bolt.response import BoltResponse
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.channels.base import ChannelAdapter, split_text
+from bot.channels.delivery import (
+    PlatformError,
+    PlatformRateLimited,
+    PlatformRejected,
+    PlatformUnavailable,
+    deliver,
+)
+from bot.channels.dispatch import Dispatcher, ShuttingDown
+from bot.config import Settings
+from bot.domain import IncomingMessage
+from bot.errors import ConfigError
+
+T = TypeVar("T")
+
+TEXT_LIMIT = 4000  # Slack's advice for one message's text
+EVENTS_PATH = "/slack/events"
+CONNECT_TIMEOUT = 30.0
+WATCH_INTERVAL = 1.0
+_USER_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})  # written by a person
+_SERVER_ERRORS = frozenset({"internal_error", "fatal_error", "service_unavailable"})
+
+
+class SlackAdapter(ChannelAdapter):
+    name = "slack"
+    reconnect_deadline = 120.0  # seconds without a Socket Mode connection before run() raises
+
+    def __init__(self, settings: Settings, dispatcher: Dispatcher) -> None:
+        super().__init__(settings, dispatcher)
+        if settings.slack_bot_token is None:
+            raise ConfigError("SLACK_BOT_TOKEN is not set")
+        if settings.slack_app_token is None and settings.slack_signing_secret is None:
+            raise ConfigError("Slack needs SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET")
+        secret = settings.slack_signing_secret
+        self._client = AsyncWebClient(
+            token=settings.slack_bot_token.get_secret_value(),
+            base_url=_base_url(settings.slack_api_base_url),
+            logger=self.log,
+            retry_handlers=[],  # deliver() is the one retry policy
+        )
+        self._app = AsyncApp(
+            name=self.name,
+            client=self._client,
+            logger=self.log,
+            signing_secret=secret.get_secret_value() if secret else "",
+            request_verification_enabled=settings.slack_app_token is None,
+            process_before_response=False,
+        )
+        self._app.middleware(self._gate)
+        self._app.event("message")(self._on_event)
+        self._app.event("app_mention")(self._on_event)
+        self._socket: AsyncSocketModeHandler | None = None
+        self._runner: web.AppRunner | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stop_event = asyncio.Event()
+        self._stopping = False
+        self._up = False
+        self.bot_user_id: str | None = None
+        self.port: int | None = None  # the HTTP port actually bound (SLACK_PORT may be 0)
+
+    @property
+    def connected(self) -> bool:
+        if not self._up:
+            return False
+        if self._socket is None:
+            return True
+        client = self._socket.client
+        session = client.current_session
+        return not (client.closed or client.stale or session is None or session.closed)
+
+    async def run(self) -> None:
+        if self._stopping:
+            return
+        try:
+            identity = await _mapped(self._client.auth_test)
+            self.bot_user_id = str(identity["user_id"])
+            if self.settings.slack_app_token is not None:
+                await self._open_socket(self.settings.slack_app_token.get_secret_value())
+            else:
+                await self._open_http()
+            self._up = True
+            self.log.info("slack connected as %s", self.bot_user_id)
+            await self._watch()
+        finally:
+            self._up = False
+            await self._close_transport()
+
+    async def stop(self) -> None:
+        """No new events (refused, so Slack redelivers them), replies in flight finished."""
+        self._stopping = True
+        await self._close_transport()
+        await self._drain(self.settings.shutdown_grace_seconds)
+        self._up = False
+        self._stop_event.set()
+
+    async def _open_socket(self, app_token: str) -> None:
+        handler = AsyncSocketModeHandler(
+            self._app, app_token=app_token, logger=self.log, web_client=self._client
+        )
+        self._socket = handler
+        # Ask for the websocket URL ourselves: the SDK would retry a refused token forever.
+        handler.client.wss_uri = await _mapped(handler.client.issue_new_wss_url)
+        try:
+            await asyncio.wait_for(handler.connect_async(), CONNECT_TIMEOUT)  # type: ignore[no-untyped-call]
+        except TimeoutError:
+            raise PlatformUnavailable("Slack Socket Mode websocket did not open") from None
+
+    async def _open_http(self) -> None:
+        app = web.Application()
+        app.router.add_post(EVENTS_PATH, self._on_request)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+        await runner.setup()
+        self._runner = runner
+        site = web.TCPSite(runner, self.settings.slack_listen, self.settings.slack_port)
+        await site.start()
+        self.port = int(runner.addresses[0][1])
+        self.log.info("slack events on %s:%s%s", self.settings.slack_listen, self.port, EVENTS_PATH)
+
+    async def _watch(self) -> None:
+        """Wait for stop(); raise if Socket Mode stays disconnected (the SDK reconnects)."""
+        loop = asyncio.get_running_loop()
+        lost_since: float | None = None
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_event.wait(), WATCH_INTERVAL)
+            if self.connected or self._stopping:
+                lost_since = None
+                continue
+            lost_since = lost_since or loop.time()
+            if loop.time() - lost_since > self.reconnect_deadline:
+                raise PlatformUnavailable("Slack Socket Mode connection lost")
+
+    async def _close_transport(self) -> None:
+        socket, self._socket = self._socket, None
+        runner, self._runner = self._runner, None
+        if socket is not None:
+            await socket.close_async()  # type: ignore[no-untyped-call]
+        if runner is not None:
+            await runner.cleanup()
+
+    async def _drain(self, grace: float) -> None:
+        deadline = asyncio.get_running_loop().time() + grace
+        while self._tasks:
+            left = deadline - asyncio.get_running_loop().time()
+            _, pending = await asyncio.wait(set(self._tasks), timeout=max(left, 0))
+            if pending and left <= 0:
+                self.log.warning("%d slack replies unfinished at shutdown", len(pending))
+                for task in pending:
+                    task.cancel()
+                return
+
+    async def _on_request(self, request: web.Request) -> web.Response:
+        try:
+            bolt_request = await to_bolt_request(request)
+        except ValueError:  # not JSON, not UTF-8
+            return web.json_response({"error": "malformed request body"}, status=400)
+        return await to_aiohttp_response(await self._app.async_dispatch(bolt_request))
+
+    async def _gate(self, resp: BoltResponse, next: Callable[[], Awaitable[None]]) -> BoltResponse:
+        """Refuse events while shutting down: unacked, Slack delivers them again."""
+        if self._stopping or self.dispatcher.closing:
+            return BoltResponse(status=503, body="shutting down")
+        await next()
+        return resp
+
+    async def _on_event(
+        self, body: dict[str, Any], event: dict[str, Any], context: AsyncBoltContext
+    ) -> None:
+        message = incoming_message(body, event, context.bot_user_id or self.bot_user_id)
+        if message is None:
+            return
+        task = asyncio.create_task(self._answer(message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, message: IncomingMessage) -> None:
+        try:
+            reply = await self.dispatcher.handle(message)
+            for part in split_text(reply.text, TEXT_LIMIT) if reply.text is not None else []:
+                await deliver(functools.partial(self._post, message, part))
+                self.dispatcher.sent(self.name)
+        except ShuttingDown:
+            self.log.warning("slack event %s arrived during shutdown", message.platform_message_id)
+        except PlatformError as exc:
+            self.log.error("slack reply to %s not delivered: %s", message.channel_user_id, exc)
+        except Exception:
+            self.log.exception("slack event %s failed", message.platform_message_id)
+
+    async def _post(self, message: IncomingMessage, text: str) -> None:
+        await _mapped(
+            lambda: self._client.chat_postMessage(
+                channel=str(message.chat_id), thread_ts=message.thread_id, text=escape(text)
+            )
+        )
+
+
+def incoming_message(
+    body: Mapping[str, Any], event: Mapping[str, Any], bot_user_id: str | None
+) -> IncomingMessage | None:
+    """The message a person wrote to the bot, or None for what the bot must ignore."""
+    if not _addressed(event, bot_user_id):
+        return None
+    text = str(event.get("text") or "")
+    if bot_user_id:
+        text = re.sub(rf"<@{re.escape(bot_user_id)}(?:\|[^>]*)?>", " ", text)
+    text = unescape(text).strip()
+    if not text:
+        return None
+    user, channel = str(event["user"]), str(event["channel"])
+    profile = event.get("user_profile")
+    name = profile.get("name") if isinstance(profile, dict) else None  # no users.info call
+    return IncomingMessage(
+        channel="slack",
+        channel_user_id=user,  # workspace-scoped: one bot token serves one workspace
+        text=text,
+        username=name if isinstance(name, str) and name else user,
+        platform_message_id=body.get("event_id") or f"{channel}:{event.get('ts')}",
+        chat_id=channel,
+        thread_id=event.get("thread_ts") or event.get("ts"),
+    )
+
+
+def _addressed(event: Mapping[str, Any], bot_user_id: str | None) -> bool:
+    """A person's (not a bot's, not our own) new message in a DM, or a mention of the bot."""
+    user, kind = event.get("user"), event.get("type")
+    return (
+        not event.get("bot_id")
+        and event.get("subtype") in _USER_SUBTYPES
+        and isinstance(user, str)
+        and user not in ("", bot_user_id)
+        and isinstance(event.get("channel"), str)
+        and (kind == "app_mention" or (kind == "message" and event.get("channel_type") == "im"))
+    )
+
+
+def escape(text: str) -> str:
+    """Slack's three control characters, so a reply can't ping @channel or fake a link."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def unescape(text: str) -> str:
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+def _base_url(url: str | None) -> str:
+    return (url or AsyncWebClient.BASE_URL).rstrip("/") + "/"
+
+
+async def _mapped(call: Callable[[], Awaitable[T]]) -> T:
+    """Run one Slack API call, its failures mapped to the delivery errors."""
+    try:
+        return await call()
+    except SlackApiError as exc:
+        raise platform_error(exc) from None
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise PlatformUnavailable(f"Slack API unreachable ({type(exc).__name__})") from exc
+
+
+def platform_error(exc: SlackApiError) -> PlatformError:
+    response = exc.response
+    status = int(getattr(response, "status_code", None) or getattr(response, "status", 0) or 0)
+    data = getattr(response, "data", None)
+    code = data.get("error") if isinstance(data, dict) else None
+    detail = f"(HTTP {status}, {code or 'no error code'})"
+    if status == 429 or code == "ratelimited":
+        return PlatformRateLimited(_retry_after(getattr(response, "headers", None)), detail)
+    if status >= 500 or status == 0 or code in _SERVER_ERRORS:
+        return PlatformUnavailable(f"Slack API failed {detail}")
+    return PlatformRejected(f"Slack API refused the call {detail}")
+
+
+def _retry_after(headers: Mapping[str, str] | None) -> float:
+    for key, value in (headers or {}).items():
+        if key.lower() == "retry-after":
+            try:
+                return max(float(value), 0.0)
+            except ValueError:
+                break
+    return 1.0

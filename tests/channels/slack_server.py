@@ -1,0 +1,330 @@
+"""A local fake Slack: the Web API methods the SDK calls, and a Socket Mode websocket.
+
+What the SDK sends to chat.postMessage, what this server answers, and every event
+envelope the tests deliver are checked against the published spec subset vendored
+in tests/specs/slack; mismatches are collected in `violations`, which the fixtures
+assert empty. Nothing here is a mock of the SDK: the adapter's real slack_sdk /
+slack_bolt code talks HTTP and websocket to this server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import itertools
+import json
+import re
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+SPECS = Path(__file__).resolve().parents[1] / "specs" / "slack"
+
+BOT_TOKEN = "xoxb-1234-test-bot-token"
+APP_TOKEN = "xapp-1-A0APP12345-test-app-token"
+SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+BOT_USER_ID = "U0BOT12345"
+BOT_ID = "B0BOT123456"
+TEAM_ID = "T0TEAM1234"
+APP_ID = "A0APP12345"
+
+_JSON_TYPES: dict[str, Callable[[Any], bool]] = {
+    "string": lambda v: isinstance(v, str),
+    "boolean": lambda v: isinstance(v, bool),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "null": lambda v: v is None,
+}
+
+
+class Spec:
+    """The vendored spec subset, and a small JSON Schema check for the keywords it uses."""
+
+    def __init__(self) -> None:
+        self.web = json.loads((SPECS / "web_api_subset.json").read_text())
+        self.event_wrapper = json.loads((SPECS / "event_wrapper_schema.json").read_text())
+
+    def errors(self, schema: dict[str, Any], value: Any, at: str = "$") -> list[str]:
+        if "$ref" in schema:
+            return self.errors(self.web["definitions"][schema["$ref"].rsplit("/", 1)[1]], value, at)
+        kind = schema.get("type")
+        if kind is not None and not _JSON_TYPES[kind](value):
+            return [f"{at}: {value!r} is not of type {kind}"]
+        found: list[str] = []
+        if "enum" in schema and value not in schema["enum"]:
+            found.append(f"{at}: {value!r} not in {schema['enum']}")
+        if (
+            isinstance(value, str)
+            and "pattern" in schema
+            and not re.search(schema["pattern"], value)
+        ):
+            found.append(f"{at}: {value!r} does not match {schema['pattern']}")
+        if isinstance(value, dict):
+            found += self._object_errors(schema, value, at)
+        if isinstance(value, list):
+            if len(value) < schema.get("minItems", 0):
+                found.append(f"{at}: fewer than {schema['minItems']} items")
+            if isinstance(schema.get("items"), dict):
+                for i, item in enumerate(value):
+                    found += self.errors(schema["items"], item, f"{at}[{i}]")
+        return found
+
+    def _object_errors(self, schema: dict[str, Any], value: dict[str, Any], at: str) -> list[str]:
+        properties = schema.get("properties", {})
+        found = [
+            f"{at}: missing {name}" for name in schema.get("required", []) if name not in value
+        ]
+        for name, item in value.items():
+            if name in properties:
+                found += self.errors(properties[name], item, f"{at}.{name}")
+            elif schema.get("additionalProperties") is False:
+                found.append(f"{at}: unexpected property {name}")
+        return found
+
+    def operation(self, method: str) -> dict[str, Any]:
+        path = self.web["paths"][f"/{method}"]
+        return dict(path.get("post") or path["get"])
+
+    def request_errors(self, method: str, params: dict[str, Any], authorization: str) -> list[str]:
+        """Check a Web API call's parameters against the operation's parameter list."""
+        found: list[str] = []
+        declared = {p["name"]: p for p in self.operation(method)["parameters"]}
+        for name, param in declared.items():
+            if (
+                param["in"] == "header"
+                and name == "token"
+                and not authorization.startswith("Bearer ")
+            ):
+                found.append(f"{method}: no token in the Authorization header")
+            elif param["in"] == "formData" and param.get("required") and name not in params:
+                found.append(f"{method}: required parameter {name} missing")
+        for name, value in params.items():
+            param = declared.get(name)
+            if param is None or param["in"] != "formData":
+                found.append(f"{method}: parameter {name} is not in the spec")
+            elif not _param_ok(param["type"], value):
+                found.append(f"{method}: {name}={value!r} is not a {param['type']}")
+        return found
+
+    def response_errors(self, method: str, body: dict[str, Any]) -> list[str]:
+        responses = self.operation(method)["responses"]
+        schema = responses["200" if body.get("ok") else "default"]["schema"]
+        return [f"{method} response: {e}" for e in self.errors(schema, body)]
+
+    def envelope_errors(self, body: dict[str, Any]) -> list[str]:
+        return [f"event envelope: {e}" for e in self.errors(self.event_wrapper, body)]
+
+
+def _param_ok(kind: str, value: Any) -> bool:
+    if kind == "boolean":
+        return isinstance(value, bool) or value in ("true", "false", "1", "0")
+    return _JSON_TYPES[kind](value)
+
+
+def sign(body: bytes, timestamp: int, secret: str = SIGNING_SECRET) -> str:
+    """The v0 signature Slack sends in X-Slack-Signature."""
+    base = b"v0:" + str(timestamp).encode() + b":" + body
+    return "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
+
+
+def event_envelope(event: dict[str, Any], event_id: str | None = None) -> dict[str, Any]:
+    """An Events API `event_callback` body around one event, as Slack sends it."""
+    now = int(time.time())
+    return {
+        "token": "legacy-verification-token",
+        "team_id": TEAM_ID,
+        "api_app_id": APP_ID,
+        "event": {"event_ts": event.get("ts", f"{now}.000100"), **event},
+        "type": "event_callback",
+        "event_id": event_id or f"Ev{uuid.uuid4().hex[:10].upper()}",
+        "event_time": now,
+        "authed_users": [BOT_USER_ID],
+        "authorizations": [
+            {
+                "team_id": TEAM_ID,
+                "user_id": BOT_USER_ID,
+                "is_bot": True,
+                "is_enterprise_install": False,
+                "enterprise_id": None,
+            }
+        ],
+        "is_ext_shared_channel": False,
+        "event_context": f"4-{uuid.uuid4().hex}",
+    }
+
+
+class FakeSlack:
+    """Start with `await start()`; `api_url` is what SLACK_API_BASE_URL should be."""
+
+    def __init__(self) -> None:
+        self.spec = Spec()
+        self.calls: Counter[str] = Counter()  # Web API calls by method
+        self.posts: list[dict[str, Any]] = []  # chat.postMessage calls answered ok
+        self.post_attempts = 0
+        self.rate_limit_next = 0  # answer this many next chat.postMessage calls with 429
+        self.fail_next = 0  # answer this many next chat.postMessage calls with 503
+        self.connections_opened = 0
+        self.refuse_connections = False  # apps.connections.open answers an error
+        self.acks: list[dict[str, Any]] = []
+        self.violations: list[str] = []
+        self.sockets: list[web.WebSocketResponse] = []
+        self._ts = itertools.count(100)
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api/"
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/api/auth.test", self._auth_test)
+        app.router.add_post("/api/chat.postMessage", self._post_message)
+        app.router.add_post("/api/apps.connections.open", self._connections_open)
+        app.router.add_get("/socket", self._socket)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    async def stop(self) -> None:
+        for ws in list(self.sockets):
+            await ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # Web API
+
+    async def _params(self, request: web.Request) -> dict[str, Any]:
+        self.calls[request.path.rsplit("/", 1)[1]] += 1
+        if request.content_type == "application/json":
+            body = await request.json()
+            return dict(body or {})
+        return dict(await request.post())
+
+    def _answer(self, method: str, body: dict[str, Any], **kwargs: Any) -> web.Response:
+        self.violations += self.spec.response_errors(method, body)
+        return web.json_response(body, **kwargs)
+
+    async def _auth_test(self, request: web.Request) -> web.Response:
+        params = await self._params(request)
+        authorization = request.headers.get("Authorization", "")
+        self.violations += self.spec.request_errors("auth.test", params, authorization)
+        if request.headers.get("Authorization") != f"Bearer {BOT_TOKEN}":
+            return self._answer("auth.test", {"ok": False, "error": "invalid_auth"})
+        return self._answer(
+            "auth.test",
+            {
+                "ok": True,
+                "url": "https://test-workspace.slack.com/",
+                "team": "Test Workspace",
+                "user": "chatbot",
+                "team_id": TEAM_ID,
+                "user_id": BOT_USER_ID,
+                "bot_id": BOT_ID,
+                "is_enterprise_install": False,
+            },
+        )
+
+    async def _post_message(self, request: web.Request) -> web.Response:
+        params = await self._params(request)
+        authorization = request.headers.get("Authorization", "")
+        self.violations += self.spec.request_errors("chat.postMessage", params, authorization)
+        self.post_attempts += 1
+        if self.rate_limit_next:
+            self.rate_limit_next -= 1
+            body = {"ok": False, "error": "ratelimited"}
+            return web.json_response(body, status=429, headers={"Retry-After": "1"})
+        if self.fail_next:
+            self.fail_next -= 1
+            return web.Response(status=503, text="upstream unavailable")
+        if authorization != f"Bearer {BOT_TOKEN}":
+            return self._answer("chat.postMessage", {"ok": False, "error": "invalid_auth"})
+        self.posts.append(params)
+        ts = f"{int(time.time())}.{next(self._ts):06d}"
+        message = {
+            "type": "message",
+            "text": params.get("text", ""),
+            "ts": ts,
+            "user": BOT_USER_ID,
+            "bot_id": BOT_ID,
+            "team": TEAM_ID,
+        }
+        if params.get("thread_ts"):
+            message["thread_ts"] = params["thread_ts"]
+        body = {"ok": True, "channel": params.get("channel"), "ts": ts, "message": message}
+        return self._answer("chat.postMessage", body)
+
+    async def _connections_open(self, request: web.Request) -> web.Response:
+        await self._params(request)
+        # Not in the pinned spec: shaped after docs.slack.dev's apps.connections.open page.
+        if request.headers.get("Authorization") != f"Bearer {APP_TOKEN}":
+            return web.json_response({"ok": False, "error": "invalid_auth"})
+        if self.refuse_connections:
+            return web.json_response({"ok": False, "error": "internal_error"}, status=500)
+        self.connections_opened += 1
+        ws_url = self.url.replace("http://", "ws://") + f"/socket?ticket={uuid.uuid4()}"
+        return web.json_response({"ok": True, "url": ws_url})
+
+    # Socket Mode
+
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.sockets.append(ws)
+        await ws.send_json(
+            {
+                "type": "hello",
+                "num_connections": 1,
+                "debug_info": {"host": "applink-test", "approximate_connection_time": 18060},
+                "connection_info": {"app_id": APP_ID},
+            }
+        )
+        async for frame in ws:
+            if frame.type == WSMsgType.TEXT:
+                self.acks.append(json.loads(frame.data))
+        self.sockets.remove(ws)
+        return ws
+
+    @property
+    def socket_open(self) -> bool:
+        return any(not ws.closed for ws in self.sockets)
+
+    async def push(self, body: dict[str, Any], retry_attempt: int = 0) -> str:
+        """Deliver an events_api envelope over the open websocket; returns its envelope_id."""
+        self.violations += self.spec.envelope_errors(body)
+        envelope_id = str(uuid.uuid4())
+        ws = next(ws for ws in reversed(self.sockets) if not ws.closed)
+        await ws.send_json(
+            {
+                "envelope_id": envelope_id,
+                "type": "events_api",
+                "accepts_response_payload": False,
+                "retry_attempt": retry_attempt,
+                "retry_reason": "timeout" if retry_attempt else "",
+                "payload": body,
+            }
+        )
+        return envelope_id
+
+    async def drop_sockets(self) -> None:
+        """Close every websocket, as Slack does when it moves a connection."""
+        for ws in list(self.sockets):
+            await ws.close()
+
+
+async def wait_until(predicate: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)

@@ -1,0 +1,502 @@
+"""The Slack adapter end to end: real slack_bolt / slack_sdk against a local fake Slack.
+
+HTTP mode gets signed Events API posts; Socket Mode gets envelopes over a local
+websocket. Replies are asserted on the chat.postMessage requests the SDK really
+sent, and on the rows in the test Postgres.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.channels.delivery import PlatformRejected, PlatformUnavailable
+from bot.channels.dispatch import Dispatcher
+from bot.channels.slack import SlackAdapter
+from bot.config import Settings
+from bot.metrics import Metrics
+from bot.responders import EchoResponder, Responder, ResponderRequest, ResponderResult
+from bot.service import ConversationService
+from tests.channels.slack_server import (
+    APP_TOKEN,
+    BOT_ID,
+    BOT_TOKEN,
+    BOT_USER_ID,
+    SIGNING_SECRET,
+    FakeSlack,
+    event_envelope,
+    sign,
+    wait_until,
+)
+from tests.support import ServiceFactory, messages_of
+
+pytestmark = pytest.mark.timeout(15)
+
+
+def slack_id(prefix: str) -> str:
+    return prefix + uuid.uuid4().hex[:10].upper()
+
+
+def slack_ts(n: int = 100) -> str:
+    return f"{int(time.time())}.{n:06d}"
+
+
+def dm(user: str, text: str, **extra: Any) -> dict[str, Any]:
+    event = {
+        "type": "message",
+        "channel_type": "im",
+        "user": user,
+        "text": text,
+        "channel": "D0DMCHAN123",
+        "ts": slack_ts(),
+        "client_msg_id": str(uuid.uuid4()),
+    }
+    return {**event, **extra}
+
+
+def echo(text: str, earlier: int = 0) -> str:
+    noun = "message" if earlier == 1 else "messages"
+    return f'You said: "{text}" ({earlier} earlier {noun} in my context; model gpt-4o-mini)'
+
+
+class LongResponder(EchoResponder):
+    """Answers 9000 characters, more than two Slack messages hold."""
+
+    text = ("lorem ipsum " * 750).strip()
+
+    async def respond(self, request: ResponderRequest) -> ResponderResult:
+        return ResponderResult(text=self.text, model_used="long")
+
+
+class SlowResponder(EchoResponder):
+    """The echo responder, taking its time: a reply still in flight when the worker stops."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.started = asyncio.Event()
+
+    async def respond(self, request: ResponderRequest) -> ResponderResult:
+        self.started.set()
+        await asyncio.sleep(self.delay)
+        return await super().respond(request)
+
+
+@dataclass
+class Running:
+    adapter: SlackAdapter
+    dispatcher: Dispatcher
+    service: ConversationService
+    task: asyncio.Task[None]
+
+    @property
+    def events_url(self) -> str:
+        return f"http://127.0.0.1:{self.adapter.port}/slack/events"
+
+    def sent(self) -> float:
+        value = self.dispatcher.metrics.registry.get_sample_value(
+            "bot_messages_out_total", {"channel": "slack"}
+        )
+        return value or 0.0
+
+
+Start = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[FakeSlack]:
+    server = FakeSlack()
+    await server.start()
+    yield server
+    await server.stop()
+    assert server.violations == []
+
+
+def adapter_settings(
+    make_settings: Callable[..., Settings], slack: FakeSlack, socket: bool, **overrides: Any
+) -> Settings:
+    values: dict[str, Any] = {
+        "slack_bot_token": BOT_TOKEN,
+        "slack_api_base_url": slack.api_url,
+        "slack_listen": "127.0.0.1",
+        "slack_port": 0,
+        "shutdown_grace_seconds": 10,
+    }
+    values["slack_app_token" if socket else "slack_signing_secret"] = (
+        APP_TOKEN if socket else SIGNING_SECRET
+    )
+    return make_settings(**{**values, **overrides})
+
+
+@pytest.fixture
+async def start(
+    make_service: ServiceFactory,
+    make_settings: Callable[..., Settings],
+    slack: FakeSlack,
+    redis: object,
+) -> AsyncIterator[Start]:
+    """Start a SlackAdapter on a real service (HTTP mode unless socket=True)."""
+    running: list[Running] = []
+
+    async def start(
+        responder: Responder | None = None,
+        socket: bool = False,
+        dispatcher_class: type[Dispatcher] = Dispatcher,
+        **overrides: Any,
+    ) -> Running:
+        service = await make_service(responder=responder)
+        dispatcher = dispatcher_class(service, Metrics())
+        settings = adapter_settings(make_settings, slack, socket, **overrides)
+        adapter = SlackAdapter(settings, dispatcher)
+        task = asyncio.create_task(adapter.run())
+        run = Running(adapter, dispatcher, service, task)
+        running.append(run)
+        await wait_until(lambda: adapter.connected or task.done())
+        if task.done():
+            task.result()
+        return run
+
+    yield start
+    for run in running:
+        await run.adapter.stop()
+        await asyncio.wait_for(asyncio.gather(run.task, return_exceptions=True), 5)
+
+
+async def post_event(
+    url: str,
+    body: dict[str, Any] | bytes,
+    *,
+    secret: str = SIGNING_SECRET,
+    timestamp: int | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, str]:
+    """POST to the adapter's Request URL, signed as Slack signs it."""
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    stamp = int(time.time()) if timestamp is None else timestamp
+    sent = {
+        "Content-Type": "application/json",
+        "X-Slack-Request-Timestamp": str(stamp),
+        "X-Slack-Signature": sign(raw, stamp, secret),
+        **(headers or {}),
+    }
+    async with aiohttp.ClientSession() as session, session.post(url, data=raw, headers=sent) as r:
+        return r.status, await r.text()
+
+
+async def deliver_event(run: Running, slack: FakeSlack, event: dict[str, Any]) -> dict[str, Any]:
+    body = event_envelope(event)
+    slack.violations += slack.spec.envelope_errors(body)
+    status, _ = await post_event(run.events_url, body)
+    assert status == 200
+    return body
+
+
+# HTTP Events API
+
+
+async def test_dm_is_answered_in_its_thread_and_stored(
+    start: Start, slack: FakeSlack, engine: AsyncEngine
+) -> None:
+    run = await start()
+    user = slack_id("U")
+    event = dm(user, "hello bot")
+    body = await deliver_event(run, slack, event)
+    await wait_until(lambda: len(slack.posts) == 1)
+    assert slack.posts == [
+        {"channel": "D0DMCHAN123", "thread_ts": event["ts"], "text": echo("hello bot")}
+    ]
+    rows = await messages_of(engine, user)
+    assert [(r.role, r.content) for r in rows] == [
+        ("user", "hello bot"),
+        ("assistant", echo("hello bot")),
+    ]
+    assert rows[0].platform_message_id == body["event_id"]
+    assert run.sent() == 1
+    # The hot path makes no Web API call but chat.postMessage (auth.test is cached).
+    before = dict(slack.calls)
+    await deliver_event(run, slack, dm(user, "again"))
+    await wait_until(lambda: len(slack.posts) == 2)
+    assert slack.posts[1]["text"] == echo("again", earlier=2)
+    assert dict(slack.calls) == {**before, "chat.postMessage": 2}
+
+
+async def test_mention_in_channel_is_answered_without_the_mention(
+    start: Start, slack: FakeSlack, engine: AsyncEngine
+) -> None:
+    run = await start()
+    user = slack_id("U")
+    parent = slack_ts(7)
+    event = {
+        "type": "app_mention",
+        "user": user,
+        "channel": "C0CHANNEL12",
+        "ts": slack_ts(9),
+        "thread_ts": parent,
+        "text": f"<@{BOT_USER_ID}> is 1 &lt; 2 &amp;&amp; 3 &gt; 2?",
+    }
+    await deliver_event(run, slack, event)
+    await wait_until(lambda: len(slack.posts) == 1)
+    # Slack's entities are decoded for the service and encoded again on the way out.
+    rows = await messages_of(engine, user)
+    assert rows[0].content == "is 1 < 2 && 3 > 2?"
+    assert slack.posts == [
+        {
+            "channel": "C0CHANNEL12",
+            "thread_ts": parent,
+            "text": echo("is 1 &lt; 2 &amp;&amp; 3 &gt; 2?"),
+        }
+    ]
+
+
+async def test_bot_edited_and_foreign_messages_are_ignored(
+    start: Start, slack: FakeSlack, engine: AsyncEngine
+) -> None:
+    run = await start()
+    other = slack_id("U")
+    ignored = [
+        dm(other, "beep", subtype="bot_message", bot_id="B0OTHERBOT1"),
+        dm(other, "from an app", bot_id="B0OTHERBOT1"),
+        dm(BOT_USER_ID, "my own reply", bot_id=BOT_ID),
+        dm(other, "edited", subtype="message_changed"),
+        dm(other, "   "),
+        dm(other, f"<@{BOT_USER_ID}>"),
+        {**dm(other, "in a channel, not addressed"), "channel_type": "channel"},
+    ]
+    for event in ignored:
+        await deliver_event(run, slack, event)
+    user = slack_id("U")
+    await deliver_event(run, slack, dm(user, "real one"))
+    await wait_until(lambda: len(slack.posts) == 1)
+    await wait_until(lambda: run.dispatcher.in_flight == 0)
+    assert slack.posts[0]["text"] == echo("real one")
+    assert await messages_of(engine, other) == []
+    assert await messages_of(engine, BOT_USER_ID) == []
+
+
+async def test_long_reply_is_split_into_slack_sized_messages(
+    start: Start, slack: FakeSlack, engine: AsyncEngine
+) -> None:
+    run = await start(responder=LongResponder())
+    user = slack_id("U")
+    event = dm(user, "tell me everything")
+    await deliver_event(run, slack, event)
+    await wait_until(lambda: len(slack.posts) == 3)
+    assert [len(p["text"]) <= 4000 for p in slack.posts] == [True, True, True]
+    assert {p["thread_ts"] for p in slack.posts} == {event["ts"]}
+    assert " ".join(p["text"] for p in slack.posts) == LongResponder.text
+    rows = await messages_of(engine, user)
+    assert [r.content for r in rows] == ["tell me everything", LongResponder.text]
+    assert run.sent() == 3
+
+
+async def test_slack_retry_of_the_same_event_is_answered_once(
+    start: Start, slack: FakeSlack, engine: AsyncEngine
+) -> None:
+    run = await start()
+    user = slack_id("U")
+    body = event_envelope(dm(user, "only once"))
+    retry = {"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"}
+    assert (await post_event(run.events_url, body))[0] == 200
+    assert (await post_event(run.events_url, body, headers=retry))[0] == 200
+    await wait_until(lambda: run.service.stats["duplicate"] == 1 and len(slack.posts) == 1)
+    await wait_until(lambda: run.dispatcher.in_flight == 0)
+    assert len(slack.posts) == 1
+    rows = await messages_of(engine, user)
+    assert [r.role for r in rows] == ["user", "assistant"]
+
+
+async def test_rate_limited_reply_is_sent_after_retry_after(start: Start, slack: FakeSlack) -> None:
+    run = await start()
+    slack.rate_limit_next = 1
+    await deliver_event(run, slack, dm(slack_id("U"), "patience"))
+    began = time.monotonic()
+    await wait_until(lambda: len(slack.posts) == 1, within=8)
+    assert time.monotonic() - began >= 0.9  # Retry-After: 1 was honoured
+    assert slack.post_attempts == 2
+    assert [p["text"] for p in slack.posts] == [echo("patience")]
+    assert run.sent() == 1
+
+
+async def test_slack_outage_is_retried(start: Start, slack: FakeSlack) -> None:
+    run = await start()
+    slack.fail_next = 2
+    await deliver_event(run, slack, dm(slack_id("U"), "are you there"))
+    await wait_until(lambda: len(slack.posts) == 1, within=10)
+    assert slack.post_attempts == 3
+    assert run.sent() == 1
+
+
+@pytest.mark.parametrize(
+    ("secret", "age"),
+    [("not-the-signing-secret", 0), (SIGNING_SECRET, 301)],
+    ids=["bad-signature", "stale-timestamp"],
+)
+async def test_unverified_requests_are_refused(
+    start: Start, slack: FakeSlack, engine: AsyncEngine, secret: str, age: int
+) -> None:
+    run = await start()
+    user = slack_id("U")
+    body = event_envelope(dm(user, "let me in"))
+    status, _ = await post_event(
+        run.events_url, body, secret=secret, timestamp=int(time.time()) - age
+    )
+    assert status == 401
+    unsigned = {"Content-Type": "application/json"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(run.events_url, data=json.dumps(body), headers=unsigned) as response,
+    ):
+        assert response.status == 401
+    assert await messages_of(engine, user) == []
+    assert slack.posts == [] and run.dispatcher.in_flight == 0
+
+
+async def test_url_verification_is_answered(start: Start) -> None:
+    run = await start()
+    challenge = "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"
+    body = {"token": "Jhj5dZrVaK7ZwHHjRyZWjbDl", "challenge": challenge, "type": "url_verification"}
+    status, text = await post_event(run.events_url, body)
+    assert status == 200
+    assert json.loads(text) == {"challenge": challenge}
+
+
+@pytest.mark.parametrize("raw", [b'{"type": "event_callback", "event": ', b"{\xff\xfe}"])
+async def test_malformed_body_is_a_client_error(start: Start, slack: FakeSlack, raw: bytes) -> None:
+    run = await start()
+    status, _ = await post_event(run.events_url, raw)
+    assert 400 <= status < 500
+    assert slack.posts == []
+
+
+async def test_stop_finishes_the_reply_in_flight(
+    start: Start, slack: FakeSlack, engine: AsyncEngine
+) -> None:
+    responder = SlowResponder(delay=1.0)
+    run = await start(responder=responder)
+    user = slack_id("U")
+    await deliver_event(run, slack, dm(user, "slow one"))
+    await asyncio.wait_for(responder.started.wait(), 5)
+    url = run.events_url
+    await run.adapter.stop()
+    assert [p["text"] for p in slack.posts] == [echo("slow one")]
+    assert len(await messages_of(engine, user)) == 2
+    await asyncio.wait_for(run.task, 2)  # run() returned without an error
+    assert not run.adapter.connected
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await post_event(url, event_envelope(dm(user, "too late")))
+
+
+class ClosingDispatcher(Dispatcher):
+    """A dispatcher the worker has already closed, as during a shutdown."""
+
+    def __init__(self, service: ConversationService, metrics: Metrics) -> None:
+        super().__init__(service, metrics)
+        self.close()
+
+
+@pytest.mark.parametrize("socket", [False, True], ids=["http", "socket-mode"])
+async def test_events_are_not_acked_once_the_dispatcher_closes(
+    start: Start, slack: FakeSlack, engine: AsyncEngine, socket: bool
+) -> None:
+    run = await start(socket=socket, dispatcher_class=ClosingDispatcher)
+    user = slack_id("U")
+    body = event_envelope(dm(user, "redeliver me"))
+    if socket:
+        envelope_id = await slack.push(body)
+        await asyncio.sleep(0.5)
+        assert envelope_id not in {ack.get("envelope_id") for ack in slack.acks}
+    else:
+        status, _ = await post_event(run.events_url, body)
+        assert status == 503
+    # Not acked: Slack delivers it again, to a worker that takes it.
+    assert await messages_of(engine, user) == []
+    assert slack.posts == []
+
+
+# Socket Mode
+
+
+async def test_socket_mode_event_is_acked_and_answered(
+    start: Start, slack: FakeSlack, engine: AsyncEngine
+) -> None:
+    run = await start(socket=True)
+    await wait_until(lambda: slack.socket_open)
+    user = slack_id("U")
+    event = dm(user, "over the socket")
+    envelope_id = await slack.push(event_envelope(event))
+    await wait_until(lambda: len(slack.posts) == 1)
+    assert {"envelope_id": envelope_id} in slack.acks
+    assert slack.posts == [
+        {"channel": "D0DMCHAN123", "thread_ts": event["ts"], "text": echo("over the socket")}
+    ]
+    assert [r.role for r in await messages_of(engine, user)] == ["user", "assistant"]
+    assert run.adapter.connected
+
+
+async def test_socket_mode_retry_is_acked_and_answered_once(
+    start: Start, slack: FakeSlack, engine: AsyncEngine
+) -> None:
+    run = await start(socket=True)
+    user = slack_id("U")
+    body = event_envelope(dm(user, "socket twice"))
+    first = await slack.push(body)
+    second = await slack.push(body, retry_attempt=1)
+    await wait_until(lambda: run.service.stats["duplicate"] == 1 and len(slack.posts) == 1)
+    await wait_until(lambda: {a.get("envelope_id") for a in slack.acks} >= {first, second})
+    await wait_until(lambda: run.dispatcher.in_flight == 0)
+    assert len(slack.posts) == 1
+    assert len(await messages_of(engine, user)) == 2
+
+
+async def test_socket_mode_reconnects_by_itself(start: Start, slack: FakeSlack) -> None:
+    run = await start(socket=True)
+    assert slack.connections_opened == 1
+    await slack.drop_sockets()
+    await wait_until(lambda: slack.connections_opened == 2 and slack.socket_open)
+    await wait_until(lambda: run.adapter.connected)
+    await slack.push(event_envelope(dm(slack_id("U"), "after the reconnect")))
+    await wait_until(lambda: len(slack.posts) == 1)
+    assert slack.posts[0]["text"] == echo("after the reconnect")
+
+
+async def test_socket_mode_lost_for_good_ends_run(start: Start, slack: FakeSlack) -> None:
+    run = await start(socket=True)
+    run.adapter.reconnect_deadline = 0.5
+    slack.refuse_connections = True
+    await slack.drop_sockets()
+    with pytest.raises(PlatformUnavailable):
+        await asyncio.wait_for(run.task, 8)
+    assert not run.adapter.connected
+
+
+@pytest.mark.parametrize(
+    ("socket", "overrides", "error"),
+    [
+        (False, {"slack_bot_token": "xoxb-revoked"}, PlatformRejected),
+        (True, {"slack_app_token": "xapp-revoked"}, PlatformRejected),
+        (False, {"slack_api_base_url": "http://127.0.0.1:9/api/"}, PlatformUnavailable),
+    ],
+    ids=["bad-bot-token", "bad-app-token", "api-unreachable"],
+)
+async def test_run_raises_when_it_cannot_connect(
+    make_service: ServiceFactory,
+    make_settings: Callable[..., Settings],
+    slack: FakeSlack,
+    socket: bool,
+    overrides: dict[str, Any],
+    error: type[Exception],
+) -> None:
+    settings = adapter_settings(make_settings, slack, socket, **overrides)
+    adapter = SlackAdapter(settings, Dispatcher(await make_service(), Metrics()))
+    with pytest.raises(error):
+        await asyncio.wait_for(adapter.run(), 5)
+    assert not adapter.connected
+    await adapter.stop()
