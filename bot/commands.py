@@ -67,10 +67,16 @@ async def _model(
     current = service.resolve_model(turn.session, turn.channel)
     if not command.argument:
         text = f"I'm answering with the model {current}. Change it with /model NAME."
+        if service.settings.allowed_models:
+            text += f" Available: {', '.join(service.settings.allowed_models)}."
         return Reply(text, ReplyKind.COMMAND, model=current), turn.refresh
     wanted = None if command.argument.lower() == "default" else command.argument
     if wanted is not None and not _MODEL_NAME.match(wanted):
         text = "That isn't a valid model name (letters, digits and . _ : / @ + -, at most 100)."
+        return Reply(text, ReplyKind.INVALID), turn.refresh
+    allowed = service.settings.allowed_models
+    if wanted is not None and allowed and wanted not in allowed:
+        text = f"The model {wanted} isn't available here. Choose one of: {', '.join(allowed)}."
         return Reply(text, ReplyKind.INVALID), turn.refresh
     session = await service.store.set_preferred_model(turn.session, wanted)
     model = service.resolve_model(session, turn.channel)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.errors import ConfigError
@@ -182,6 +182,16 @@ class Settings(BaseSettings):
     system_prompt: str = "You are a helpful assistant."
     allowed_models: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: any
 
+    @model_validator(mode="after")
+    def _lock_outlives_a_reply(self) -> Settings:
+        # The user's lock is held while the responder works; it must not expire first.
+        if self.lock_ttl_seconds <= self.llm_retry_deadline_seconds:
+            raise ValueError(
+                f"LOCK_TTL_SECONDS ({self.lock_ttl_seconds}) must be longer than "
+                f"LLM_RETRY_DEADLINE_SECONDS ({self.llm_retry_deadline_seconds:g})"
+            )
+        return self
+
     @field_validator("discord_shard_ids", mode="before")
     @classmethod
     def _shard_ids(cls, value: Any) -> Any:
@@ -250,7 +260,7 @@ def describe_validation_error(exc: ValidationError) -> str:
     # The input value is left out on purpose: it may be a password.
     problems = []
     for error in exc.errors(include_input=False, include_url=False):
-        name = ".".join(str(part) for part in error["loc"]).upper() or "settings"
+        name = ".".join(str(part) for part in error["loc"]).upper()
         message = str(error["msg"]).removeprefix("Value error, ")
-        problems.append(f"{name}: {message}")
+        problems.append(f"{name}: {message}" if name else message)
     return "invalid setting " + "; ".join(problems)

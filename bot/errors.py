@@ -41,3 +41,26 @@ class LockTimeout(BotError):
 
 class ResponderError(BotError):
     """The responder could not produce a reply."""
+
+
+class ResponderTimeout(ResponderError):
+    """The LLM API did not answer within the timeout: worth another try."""
+
+
+class ResponderUnavailable(ResponderError):
+    """The LLM API is busy (429), failing (5xx) or unreachable: worth another try."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after  # seconds the API asked us to wait, if it said
+
+
+class ResponderRejected(ResponderError):
+    """The LLM API refused the request (a 4xx other than 429): retrying won't help."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status

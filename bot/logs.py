@@ -69,5 +69,5 @@ def setup_logging(level: str, fmt: str, secrets: Iterable[str] = ()) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("asyncio", "alembic.runtime.migration", "pgserver"):
+    for noisy in ("asyncio", "alembic.runtime.migration", "pgserver", "httpx", "httpx2", "openai"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -22,7 +22,8 @@ from bot.cache.keys import Keys
 from bot.config import Settings, redact_url
 from bot.errors import InfrastructureError, StoreUnavailable
 from bot.metrics import Metrics
-from bot.responders import EchoResponder, Responder
+from bot.responders import Responder
+from bot.responders.factory import build_responder
 from bot.responders.timed import TimedResponder
 from bot.service import ConversationService
 from bot.store.engine import create_engine
@@ -107,7 +108,7 @@ def build_service(
     retry = DatabaseRetry(settings.db_retry_attempts, settings.db_retry_deadline_seconds)
     guard = RedisGuard(settings.redis_op_timeout_seconds, settings.redis_breaker_cooldown_seconds)
     cache = HotStateCache(redis, Keys.from_settings(settings), guard)
-    responder = responder or EchoResponder()
+    responder = responder or build_responder(settings)
     if metrics is not None:
         responder = TimedResponder(responder, metrics.responder_latency)
     service = ConversationService(settings, Store(engine, retry), cache, responder)

@@ -29,7 +29,7 @@ from bot.domain import (
 )
 from bot.errors import CacheUnavailable, LockTimeout, ResponderError, StaleSession, StoreUnavailable
 from bot.local import KeyedLocks, LocalRateLimiter
-from bot.responders.base import Responder, ResponderRequest, ResponderResult
+from bot.responders.base import Responder, ResponderRequest, ResponderResult, estimate_tokens
 from bot.store.queries import ExchangeRows, Store
 from bot.validation import InvalidInput, clean_text
 
@@ -237,7 +237,7 @@ class ConversationService:
             platform_message_id=turn.message.platform_message_id,
             user_text=turn.message.text,
             user_ts=user_ts,
-            user_tokens=result.prompt_tokens if result else None,
+            user_tokens=result.prompt_tokens if result else estimate_tokens(turn.message.text),
             reply_text=result.text if result else None,
             reply_ts=reply_ts,
             reply_tokens=result.completion_tokens if result else None,

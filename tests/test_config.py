@@ -291,3 +291,23 @@ def test_no_secrets_without_passwords(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REDIS_URL", "redis://cache:6379/0")
 
     assert load_settings().secrets() == []
+
+
+def test_lock_must_outlive_the_responder_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCK_TTL_SECONDS", "30")
+    monkeypatch.setenv("LLM_RETRY_DEADLINE_SECONDS", "45")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value) == (
+        "invalid setting LOCK_TTL_SECONDS (30) must be longer than LLM_RETRY_DEADLINE_SECONDS (45)"
+    )
+    monkeypatch.setenv("LOCK_TTL_SECONDS", "46")
+    assert load_settings().lock_ttl_seconds == 46
+
+
+def test_channel_and_llm_lists_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISCORD_SHARD_IDS", "0, 2")
+    monkeypatch.setenv("ALLOWED_MODELS", "gpt-4o-mini, llama3")
+    settings = load_settings()
+    assert settings.discord_shard_ids == [0, 2]
+    assert settings.allowed_models == ["gpt-4o-mini", "llama3"]

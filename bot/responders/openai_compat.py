@@ -1,0 +1,295 @@
+"""The responder for any OpenAI-compatible chat-completions API: OpenAI, Azure OpenAI,
+OpenRouter, vLLM, Ollama, llama.cpp server, LM Studio.
+
+One call per attempt through the `openai` client (its own retries off), at most
+`max_concurrency` calls in flight per worker, and one retry policy (`llm_retry`):
+timeouts, 429 (after its Retry-After) and 5xx are tried again within a total
+deadline; any other 4xx is not. What finally fails is raised as a ResponderError,
+which the conversation service turns into an apology.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeGuard
+
+import openai
+from openai import AsyncOpenAI, omit
+from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
+from pydantic import SecretStr
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_before_delay,
+    wait_exponential_jitter,
+)
+
+from bot.domain import ContextMessage
+from bot.errors import ResponderError, ResponderRejected, ResponderTimeout, ResponderUnavailable
+from bot.responders.base import ResponderRequest, ResponderResult, estimate_tokens
+
+log = logging.getLogger(__name__)
+
+# Sent when no key is configured: local servers (Ollama, vLLM) ignore it, and the
+# client would otherwise fall back to OPENAI_API_KEY, a secret the logs don't know.
+NO_API_KEY = "no-key"
+
+
+@dataclass(frozen=True, slots=True)
+class LLMOptions:
+    base_url: str
+    api_key: SecretStr | None
+    timeout: float  # one call
+    deadline: float  # all attempts of one reply, waits included
+    max_concurrency: int
+    max_tokens: int
+    temperature: float | None
+    context_token_budget: int  # the prompt: system prompt + context + new message
+    system_prompt: str
+
+
+# --- the request ----------------------------------------------------------------------
+
+
+def build_messages(
+    request: ResponderRequest, options: LLMOptions
+) -> list[ChatCompletionMessageParam]:
+    """System prompt, the context that fits the token budget (oldest first), the message."""
+    system = _channel_str(request.channel_settings, "system_prompt", options.system_prompt)
+    head: list[ChatCompletionMessageParam] = [{"role": "system", "content": system}]
+    head = head if system else []
+    room = options.context_token_budget - estimate_tokens(request.text)
+    room -= estimate_tokens(system) if system else 0
+    context = fit_context(request.context, room)
+    return [*head, *map(_param, context), {"role": "user", "content": request.text}]
+
+
+def fit_context(context: Sequence[ContextMessage], budget: int) -> list[ContextMessage]:
+    """The newest messages (oldest first) whose estimated tokens fit in the budget."""
+    kept: list[ContextMessage] = []
+    for message in reversed(context):
+        budget -= estimate_tokens(message.content)
+        if budget < 0:
+            break
+        kept.append(message)
+    return kept[::-1]
+
+
+def _param(message: ContextMessage) -> ChatCompletionMessageParam:
+    if message.role == "assistant":
+        return {"role": "assistant", "content": message.content}
+    if message.role == "system":
+        return {"role": "system", "content": message.content}
+    return {"role": "user", "content": message.content}
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    max_tokens: int
+    temperature: float | None  # None: the API's default
+
+
+def sampling(request: ResponderRequest, options: LLMOptions) -> Sampling:
+    """max_tokens and temperature: the channel's settings, else the configured ones."""
+    max_tokens = request.channel_settings.get("max_tokens")
+    if not (_is_number(max_tokens) and isinstance(max_tokens, int) and max_tokens > 0):
+        max_tokens = options.max_tokens
+    temperature = request.channel_settings.get("temperature")
+    if not (_is_number(temperature) and 0 <= temperature <= 2):
+        temperature = options.temperature
+    return Sampling(max_tokens, None if temperature is None else float(temperature))
+
+
+def _is_number(value: object) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _channel_str(settings: Mapping[str, Any], key: str, default: str) -> str:
+    value = settings.get(key)
+    return value if isinstance(value, str) else default
+
+
+# --- failures and the retry policy ----------------------------------------------------
+
+
+def retry_after_seconds(headers: Mapping[str, str], now: datetime | None = None) -> float | None:
+    """The wait an answer asks for: `retry-after-ms`, or `Retry-After` in seconds or a date."""
+    millis = headers.get("retry-after-ms")
+    value = headers.get("retry-after")
+    try:
+        if millis:
+            return max(0.0, float(millis) / 1000)
+        if value:
+            return max(0.0, float(value))
+    except ValueError:
+        pass
+    if not value:
+        return None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def map_error(exc: openai.OpenAIError) -> ResponderError:
+    """The client's exception as ours; the message never holds the API key."""
+    if isinstance(exc, openai.APITimeoutError):
+        return ResponderTimeout("the LLM API did not answer in time")
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__.__class__.__name__ if exc.__cause__ else "connection error"
+        return ResponderUnavailable(f"cannot reach the LLM API ({cause})")
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        detail = _error_detail(exc.body)
+        if status in (408, 429) or status >= 500:
+            wait = retry_after_seconds(exc.response.headers)
+            return ResponderUnavailable(
+                f"the LLM API answered {status}{detail}", status=status, retry_after=wait
+            )
+        return ResponderRejected(
+            f"the LLM API refused the request: {status}{detail}", status=status
+        )
+    return ResponderError(f"the LLM API call failed ({exc.__class__.__name__})")
+
+
+def _error_detail(body: object) -> str:
+    error = body.get("error", body) if isinstance(body, dict) else body
+    message = error.get("message") if isinstance(error, dict) else error
+    return f" ({message[:200]})" if isinstance(message, str) and message else ""
+
+
+_backoff = wait_exponential_jitter(multiplier=0.25, max=8, jitter=0.25)
+
+
+def _wait(state: RetryCallState) -> float:
+    error = state.outcome.exception() if state.outcome else None
+    if isinstance(error, ResponderUnavailable) and error.retry_after is not None:
+        return error.retry_after
+    return float(_backoff(state))
+
+
+def _log_retry(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome else None
+    wait = state.next_action.sleep if state.next_action else 0.0
+    log.warning("LLM call failed (%s); try %d in %.2f s", error, state.attempt_number + 1, wait)
+
+
+def llm_retry(deadline: float) -> AsyncRetrying:
+    """The one retry policy for LLM calls: timeouts, 429 and 5xx, within a total deadline.
+
+    A wait that would end past the deadline (a long Retry-After) is not started: the
+    last error is raised instead.
+    """
+    return AsyncRetrying(
+        retry=retry_if_exception_type((ResponderTimeout, ResponderUnavailable)),
+        wait=_wait,
+        stop=stop_before_delay(deadline),
+        before_sleep=_log_retry,
+        reraise=True,
+    )
+
+
+# --- the responder --------------------------------------------------------------------
+
+
+class OpenAICompatResponder:
+    name = "openai"
+
+    def __init__(self, options: LLMOptions, client: AsyncOpenAI | None = None) -> None:
+        self.options = options
+        key = options.api_key.get_secret_value() if options.api_key else ""
+        self._client = client or AsyncOpenAI(
+            base_url=options.base_url,
+            api_key=key or NO_API_KEY,
+            timeout=options.timeout,
+            max_retries=0,  # retries are ours: llm_retry
+        )
+        self._slots = asyncio.Semaphore(options.max_concurrency)
+
+    async def respond(self, request: ResponderRequest) -> ResponderResult:
+        messages = build_messages(request, self.options)
+        params = sampling(request, self.options)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.deadline
+
+        async def attempt() -> ChatCompletion:
+            return await self._attempt(request.model, messages, params, deadline)
+
+        completion: ChatCompletion = await llm_retry(self.options.deadline)(attempt)
+        return parse_completion(completion, request.model, messages)
+
+    async def _attempt(
+        self,
+        model: str,
+        messages: list[ChatCompletionMessageParam],
+        params: Sampling,
+        deadline: float,
+    ) -> ChatCompletion:
+        """One call, in a free slot, within LLM_TIMEOUT_SECONDS and what is left of the deadline."""
+        loop = asyncio.get_running_loop()
+        async with self._slot(deadline):
+            try:
+                async with asyncio.timeout_at(min(loop.time() + self.options.timeout, deadline)):
+                    return await self._client.chat.completions.create(
+                        model=model,
+                        messages=messages,
+                        max_tokens=params.max_tokens,
+                        temperature=omit if params.temperature is None else params.temperature,
+                    )
+            except TimeoutError:
+                raise ResponderTimeout("the LLM API did not answer in time") from None
+            except openai.OpenAIError as exc:
+                raise map_error(exc) from exc
+
+    @asynccontextmanager
+    async def _slot(self, deadline: float) -> AsyncIterator[None]:
+        """One of LLM_MAX_CONCURRENCY places for a call in flight, waited for until the deadline."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._slots.acquire()
+        except TimeoutError:
+            limit = self.options.max_concurrency
+            raise ResponderTimeout(
+                f"no free LLM slot in time (LLM_MAX_CONCURRENCY={limit})"
+            ) from None
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+def parse_completion(
+    completion: ChatCompletion, requested: str, messages: Sequence[ChatCompletionMessageParam]
+) -> ResponderResult:
+    """The reply, the model that gave it, and the reported usage (else an estimate)."""
+    choices = getattr(completion, "choices", None)
+    message = getattr(choices[0], "message", None) if choices else None
+    text = getattr(message, "content", None) or getattr(message, "refusal", None)
+    if not isinstance(text, str) or not text.strip():
+        raise ResponderError("the LLM API answered without a reply text")
+    usage = getattr(completion, "usage", None)
+    prompt = getattr(usage, "prompt_tokens", None)
+    reply = getattr(usage, "completion_tokens", None)
+    model = getattr(completion, "model", None)
+    return ResponderResult(
+        text=text,
+        model_used=model if isinstance(model, str) and model else requested,
+        prompt_tokens=prompt if isinstance(prompt, int) else _estimate(messages),
+        completion_tokens=reply if isinstance(reply, int) else estimate_tokens(text),
+    )
+
+
+def _estimate(messages: Sequence[ChatCompletionMessageParam]) -> int:
+    return sum(estimate_tokens(str(m.get("content", ""))) for m in messages)
