@@ -1,0 +1,288 @@
+"""Discord (discord.py): direct messages, and mentions in server channels and threads.
+
+Translation only: a gateway MESSAGE_CREATE becomes an IncomingMessage, the Reply
+goes back with POST /channels/{id}/messages in parts of at most 2000 characters.
+
+Two settings reroute the SDK, both for running behind a proxy:
+
+- DISCORD_API_BASE_URL replaces `discord.http.Route.BASE`, a class attribute of
+  discord.py, so it is process-wide: set while `run()` runs and restored after it.
+  One process therefore talks to one Discord API (one adapter per process).
+- DISCORD_GATEWAY_URL replaces the host and path of every main gateway websocket the
+  client opens (the URL from GET /gateway/bot, the default gateway used when the shard
+  count is configured, and the resume URL from READY), keeping discord.py's query
+  (`v`, `encoding`, `compress`). It is done per client at `HTTPClient.ws_connect`,
+  the one call all of them go through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import re
+from typing import Any
+
+import aiohttp
+import discord
+import yarl
+from discord.http import INTERNAL_API_VERSION, Route
+
+from bot.channels.base import ChannelAdapter, split_text
+from bot.channels.delivery import (
+    PlatformError,
+    PlatformRateLimited,
+    PlatformRejected,
+    PlatformUnavailable,
+    deliver,
+)
+from bot.channels.dispatch import Dispatcher, ShuttingDown
+from bot.config import Settings
+from bot.domain import IncomingMessage, Reply
+from bot.errors import ConfigError
+
+MESSAGE_LIMIT = 2000  # characters in one Discord message
+_ANSWERED_TYPES = (discord.MessageType.default, discord.MessageType.reply)
+_NETWORK_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
+
+
+def intents() -> discord.Intents:
+    """Default intents plus message content (privileged: enable it in the developer portal)."""
+    wanted = discord.Intents.default()
+    wanted.message_content = True
+    wanted.dm_messages = True
+    wanted.guild_messages = True
+    return wanted
+
+
+def api_base(url: str) -> str:
+    """`Route.BASE` for a configured API URL: the API version is appended unless given."""
+    base = url.rstrip("/")
+    return base if re.search(r"/v\d+$", base) else f"{base}/v{INTERNAL_API_VERSION}"
+
+
+def gateway_via(gateway: yarl.URL, url: str) -> str:
+    """A main gateway URL (it carries `encoding=`) rerouted to `gateway`, query kept."""
+    asked = yarl.URL(url)
+    if "encoding" not in asked.query:
+        return url  # not the main gateway (a voice websocket): leave it alone
+    return str(gateway.update_query(asked.query))
+
+
+def strip_mention(text: str, user_id: int) -> str:
+    return re.sub(rf"\s*<@!?{user_id}>\s*", " ", text).strip()
+
+
+def platform_error(exc: discord.HTTPException) -> PlatformError:
+    """What escapes discord.py's own retries, mapped to the delivery policy's errors."""
+    if exc.status == 429:
+        retry_after = exc.response.headers.get("Retry-After") if exc.response else None
+        return PlatformRateLimited(float(retry_after or 1.0), "(Discord)")
+    if exc.status >= 500:
+        return PlatformUnavailable(f"Discord answered {exc.status}")
+    return PlatformRejected(f"Discord refused the message: {exc.status} {exc.text}".strip())
+
+
+class _Client(discord.AutoShardedClient):
+    """The SDK client, handing its events to the adapter."""
+
+    def __init__(self, adapter: DiscordAdapter, gateway: yarl.URL | None, **options: Any) -> None:
+        super().__init__(**options)
+        self._adapter = adapter
+        if gateway is not None:
+            connect = self.http.ws_connect
+
+            async def ws_connect(url: str, *, compress: int = 0) -> aiohttp.ClientWebSocketResponse:
+                return await connect(gateway_via(gateway, url), compress=compress)
+
+            self.http.ws_connect = ws_connect  # type: ignore[method-assign]
+
+    async def on_ready(self) -> None:
+        self._adapter.on_ready()
+
+    async def on_message(self, message: discord.Message) -> None:
+        await self._adapter.on_message(message)
+
+
+class DiscordAdapter(ChannelAdapter):
+    name = "discord"
+
+    def __init__(
+        self, settings: Settings, dispatcher: Dispatcher, *, guild_ready_timeout: float = 2.0
+    ) -> None:
+        super().__init__(settings, dispatcher)
+        if settings.discord_bot_token is None:
+            raise ConfigError("the Discord channel needs DISCORD_BOT_TOKEN")
+        if settings.discord_shard_ids and settings.discord_shard_count is None:
+            raise ConfigError("DISCORD_SHARD_IDS needs DISCORD_SHARD_COUNT")
+        count = settings.discord_shard_count
+        if count is not None and any(not 0 <= i < count for i in settings.discord_shard_ids or []):
+            raise ConfigError("every DISCORD_SHARD_IDS entry must be below DISCORD_SHARD_COUNT")
+        self._token = settings.discord_bot_token.get_secret_value()
+        self._guild_ready_timeout = guild_ready_timeout
+        self._client: _Client | None = None
+        self._ready = False
+        self._stopping = False
+        self._handling: set[asyncio.Task[Any]] = set()
+        self._saved_api_base: str | None = None
+
+    @property
+    def connected(self) -> bool:
+        client = self._client
+        if not self._ready or client is None or client.is_closed() or not client.shards:
+            return False
+        return not any(shard.is_closed() for shard in client.shards.values())
+
+    async def run(self) -> None:
+        self._stopping = False
+        self._ready = False
+        client = self._client = self._build_client()
+        self._set_api_base()
+        try:
+            await client.start(self._token, reconnect=True)  # login, then the gateway
+        except Exception:
+            if not self._stopping:
+                raise
+        finally:
+            self._ready = False
+            if not client.is_closed():
+                await client.close()
+            self._restore_api_base()
+        if not self._stopping:
+            raise PlatformUnavailable("the Discord gateway connection ended")
+
+    async def stop(self) -> None:
+        """Take no new messages, let the ones being answered finish, then disconnect."""
+        self._stopping = True
+        if self._handling:
+            await asyncio.wait(set(self._handling), timeout=self.settings.shutdown_grace_seconds)
+        client = self._client
+        if client is not None and not client.is_closed():
+            await client.close()
+        self._ready = False
+        self._restore_api_base()
+
+    def on_ready(self) -> None:
+        client = self._client
+        if client is not None and client.user is not None:
+            self.log.info(
+                "connected to Discord as %s (%s), %d server(s), shards %s",
+                client.user.name,
+                client.user.id,
+                len(client.guilds),
+                sorted(client.shards),
+            )
+        self._ready = True
+
+    async def on_message(self, message: discord.Message) -> None:
+        incoming = self.incoming(message)
+        task = asyncio.current_task()  # discord.py runs each event handler as a task
+        if incoming is None or self._stopping or task is None:
+            return
+        self._handling.add(task)
+        try:
+            reply = await self._answer(message.channel, incoming)
+            if reply is not None and reply.text is not None:
+                parts = split_text(reply.text, MESSAGE_LIMIT)
+                await self._send(message.channel, parts, incoming, reply)
+        finally:
+            self._handling.discard(task)
+
+    def incoming(self, message: discord.Message) -> IncomingMessage | None:
+        """The message for the service, or None when the bot should not answer it."""
+        me = self._client.user if self._client is not None else None
+        author = message.author
+        if me is None or author.bot or author.id == me.id:
+            return None
+        if message.type not in _ANSWERED_TYPES:
+            return None
+        text = message.content
+        if not isinstance(message.channel, discord.DMChannel):
+            if not self._mentions(message, me.id):
+                return None
+            text = strip_mention(text, me.id)
+        channel = message.channel
+        thread = channel if isinstance(channel, discord.Thread) else None
+        return IncomingMessage(
+            channel=self.name,
+            channel_user_id=str(author.id),
+            text=text,
+            username=author.name,
+            platform_message_id=str(message.id),
+            chat_id=str(thread.parent_id if thread else channel.id),
+            thread_id=str(thread.id) if thread else None,
+        )
+
+    @staticmethod
+    def _mentions(message: discord.Message, user_id: int) -> bool:
+        """Addressed by name: <@id> in the text, or a reply that pings the bot."""
+        return user_id in message.raw_mentions or any(u.id == user_id for u in message.mentions)
+
+    async def _answer(
+        self, channel: discord.abc.Messageable, incoming: IncomingMessage
+    ) -> Reply | None:
+        async with contextlib.AsyncExitStack() as stack:
+            with contextlib.suppress(discord.HTTPException, *_NETWORK_ERRORS):
+                await stack.enter_async_context(channel.typing())  # cosmetic: never fatal
+            try:
+                return await self.dispatcher.handle(incoming)
+            except ShuttingDown:
+                self.log.info("not answering %s: shutting down", incoming.platform_message_id)
+                return None
+
+    async def _send(
+        self,
+        channel: discord.abc.Messageable,
+        parts: list[str],
+        incoming: IncomingMessage,
+        reply: Reply,
+    ) -> None:
+        for part in parts:
+            try:
+                await deliver(functools.partial(self._post, channel, part))
+            except PlatformError as exc:
+                self.log.error(
+                    "reply not delivered to Discord: %s",
+                    exc,
+                    extra={"channel": self.name, "user_id": incoming.channel_user_id,
+                           "chat_id": incoming.chat_id, "conversation_id": reply.conversation_id},
+                )  # fmt: skip
+                return
+            self.dispatcher.sent(self.name)
+
+    @staticmethod
+    async def _post(channel: discord.abc.Messageable, text: str) -> discord.Message:
+        try:
+            return await channel.send(text)
+        except discord.RateLimited as exc:  # longer than discord.py was willing to wait
+            raise PlatformRateLimited(exc.retry_after, "(Discord)") from exc
+        except discord.HTTPException as exc:
+            raise platform_error(exc) from exc
+        except _NETWORK_ERRORS as exc:
+            raise PlatformUnavailable(f"Discord unreachable: {exc!r}") from exc
+
+    def _build_client(self) -> _Client:
+        options: dict[str, Any] = {
+            "intents": intents(),
+            "allowed_mentions": discord.AllowedMentions.none(),  # replies never ping anyone
+            "max_messages": None,  # no message cache: the service keeps the history
+            "chunk_guilds_at_startup": False,
+            "guild_ready_timeout": self._guild_ready_timeout,
+        }
+        if self.settings.discord_shard_count is not None:
+            options["shard_count"] = self.settings.discord_shard_count
+        if self.settings.discord_shard_ids:
+            options["shard_ids"] = list(self.settings.discord_shard_ids)
+        url = self.settings.discord_gateway_url
+        return _Client(self, yarl.URL(url) if url else None, **options)
+
+    def _set_api_base(self) -> None:
+        url = self.settings.discord_api_base_url
+        if url and self._saved_api_base is None:
+            self._saved_api_base = Route.BASE
+            Route.BASE = api_base(url)
+
+    def _restore_api_base(self) -> None:
+        if self._saved_api_base is not None:
+            Route.BASE = self._saved_api_base
+            self._saved_api_base = None
