@@ -71,4 +71,9 @@ async def deliver(
         before_sleep=_log_retry,
         reraise=True,
     )
-    return await retrying(send)
+
+    async def attempt() -> T:
+        # tenacity awaits only what it recognises as a coroutine function
+        return await send()
+
+    return await retrying(attempt)

@@ -1,0 +1,375 @@
+"""The Telegram channel (python-telegram-bot): updates in, replies out.
+
+Updates arrive by long polling (default) or, with TELEGRAM_WEBHOOK_URL set, by webhook.
+Both receivers are ours, on top of PTB's Bot, because PTB's own ones confirm an update
+before it is handled: an update the dispatcher refuses while the worker shuts down must
+stay unconfirmed (polling) or be answered 503 (webhook), so that Telegram sends it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import math
+import re
+import sys
+import warnings
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from functools import partial
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from telegram import Message, MessageEntity, Update
+from telegram import error as tg
+from telegram.constants import ChatAction, ChatType, MessageLimit, UpdateType
+from telegram.error import InvalidToken, RetryAfter, TelegramError
+from telegram.ext import Application, ExtBot
+from telegram.warnings import PTBDeprecationWarning
+
+from bot.channels.base import ChannelAdapter, split_text
+from bot.channels.delivery import (
+    PlatformError,
+    PlatformRateLimited,
+    PlatformRejected,
+    PlatformUnavailable,
+    deliver,
+)
+from bot.channels.dispatch import Dispatcher, ShuttingDown
+from bot.config import Settings
+from bot.domain import IncomingMessage
+from bot.errors import ConfigError
+
+T = TypeVar("T")
+Bot = ExtBot[None]
+
+ALLOWED_UPDATES = [UpdateType.MESSAGE]  # edits, reactions, channel posts: never fetched
+POLL_TIMEOUT = 30  # seconds a getUpdates long poll may wait on Telegram's side
+MAX_IN_FLIGHT = 256  # updates handled at once before polling pauses
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+_SECRET = re.compile(r"^[A-Za-z0-9_-]{1,256}$")  # what setWebhook accepts
+TYPING_DELAY = 1.0  # a fast reply needs no "typing…"
+TYPING_EVERY = 4.5  # Telegram clears the status after 5 s
+
+
+class TelegramAdapter(ChannelAdapter):
+    name = "telegram"
+
+    def __init__(self, settings: Settings, dispatcher: Dispatcher) -> None:
+        super().__init__(settings, dispatcher)
+        if settings.telegram_bot_token is None:
+            raise ConfigError("TELEGRAM_BOT_TOKEN is not set")
+        self._token = settings.telegram_bot_token.get_secret_value()
+        self._secret = _webhook_secret(settings)
+        self._connected = False
+        self._stopping = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._closed.set()
+        self._receiver: asyncio.Task[None] | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._offset: int | None = None  # next getUpdates offset; sending it confirms the rest
+        self._refusing = False  # the dispatcher refused an update: it is shutting down
+        self._username = ""
+        self._bot_id = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    async def run(self) -> None:
+        # The worker runs the same adapter again after a crash (and a stop()): start afresh.
+        self._stopping.clear()
+        self._closed.clear()
+        self._offset, self._refusing = None, False
+        app = self._build()
+        try:
+            await _call(app.initialize())  # getMe: a bad token or no network raises here
+            if self._stopping.is_set():
+                return
+            self._username, self._bot_id = app.bot.username, app.bot.id
+            receive = self._serve_webhook if self.settings.telegram_webhook_url else self._poll
+            self._receiver = asyncio.create_task(receive(app.bot))
+            await asyncio.wait([self._receiver])
+            if not self._receiver.cancelled() and (error := self._receiver.exception()):
+                raise error
+        finally:
+            await self._close(app)
+            self._closed.set()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._receiver is not None:
+            self._receiver.cancel()
+        await self._closed.wait()
+
+    def _build(self) -> Application[Any, Any, Any, Any, Any, Any]:
+        base_url = self.settings.telegram_api_base_url
+        return (
+            Application.builder()
+            .token(self._token)
+            .base_url(base_url)
+            .base_file_url(_file_url(base_url))
+            .updater(None)
+            .job_queue(None)
+            .build()
+        )
+
+    async def _close(self, app: Application[Any, Any, Any, Any, Any, Any]) -> None:
+        self._connected = False
+        if self._receiver is not None:
+            self._receiver.cancel()
+            await asyncio.wait([self._receiver])
+            self._receiver = None
+        if await self._finish_handlers() and self._offset is not None and not self._refusing:
+            await self._confirm(app.bot)
+        await app.shutdown()
+        await app.bot.shutdown()  # after a failed getMe the app never counted as initialized
+
+    async def _finish_handlers(self) -> bool:
+        """Let the updates in hand be answered (bounded); False if some had to be cut off."""
+        if not self._handlers:
+            return True
+        grace = self.settings.shutdown_grace_seconds
+        _, pending = await asyncio.wait(self._handlers, timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            self.log.warning("%d telegram updates cut off at shutdown", len(pending))
+            await asyncio.wait(pending)
+        return not pending
+
+    async def _confirm(self, bot: Bot) -> None:
+        # Spares the next start from fetching (and de-duplicating) what was answered.
+        try:
+            await bot.get_updates(offset=self._offset, limit=1, timeout=0)
+        except TelegramError as exc:
+            self.log.info("could not confirm the last updates (%s); they come again", exc.message)
+
+    # -- receiving -------------------------------------------------------------------------
+
+    async def _poll(self, bot: Bot) -> None:
+        await _retried(bot.delete_webhook)  # getUpdates fails while a webhook is set
+        self._connected = True
+        while not self._refusing:
+            while len(self._handlers) >= MAX_IN_FLIGHT:
+                await asyncio.wait(self._handlers, return_when=asyncio.FIRST_COMPLETED)
+            # Outages are retried for as long as they last: the adapter reconnects by itself.
+            fetch = partial(self._fetch, bot)
+            updates = await _retried(fetch, attempts=sys.maxsize, deadline=math.inf)
+            for update in updates:
+                self._spawn(update)
+            await self._admitted()
+            if updates and not self._refusing:
+                self._offset = updates[-1].update_id + 1
+        # Another getUpdates would confirm the refused updates: Telegram keeps them for the restart.
+        self.log.info("dispatcher closing: telegram updates from %s left unconfirmed", self._offset)
+        await self._stopping.wait()
+
+    async def _fetch(self, bot: Bot) -> tuple[Update, ...]:
+        try:
+            updates = await bot.get_updates(
+                offset=self._offset, timeout=POLL_TIMEOUT, allowed_updates=ALLOWED_UPDATES
+            )
+        except TelegramError:
+            self._connected = False
+            raise
+        self._connected = True
+        return updates
+
+    async def _serve_webhook(self, bot: Bot) -> None:
+        settings = self.settings
+        url = settings.telegram_webhook_url
+        assert url is not None and self._secret is not None  # checked in __init__
+        server = web.Application(client_max_size=1 << 20)
+        server.router.add_post(urlsplit(url).path or "/", partial(self._on_webhook, bot))
+        runner = web.AppRunner(server, access_log=None, shutdown_timeout=5)
+        await runner.setup()
+        try:
+            host, port = settings.telegram_webhook_listen, settings.telegram_webhook_port
+            await web.TCPSite(runner, host, port).start()
+            hook = partial(bot.set_webhook, url, secret_token=self._secret)
+            await _retried(partial(hook, allowed_updates=ALLOWED_UPDATES))
+            self._connected = True
+            await self._stopping.wait()
+        finally:
+            await runner.cleanup()
+
+    async def _on_webhook(self, bot: Bot, request: web.Request) -> web.Response:
+        given = request.headers.get(SECRET_HEADER, "").encode()
+        if not hmac.compare_digest(given, (self._secret or "").encode()):
+            return _respond(403, "wrong or missing secret token")
+        try:
+            data = await request.json()
+            update = Update.de_json(data, bot) if isinstance(data, dict) else None
+        except (ValueError, TypeError, KeyError, AttributeError):
+            update = None
+        if update is None:
+            return _respond(400, "not a Telegram update")
+        self._spawn(update)
+        await self._admitted()
+        if self._refusing:
+            return _respond(503, "shutting down")  # Telegram delivers it again later
+        return _respond(200, "")
+
+    async def _admitted(self) -> None:
+        # Handlers are created before this sleep, so each runs up to the dispatcher (which
+        # accepts or refuses synchronously) before we go on to confirm or acknowledge.
+        await asyncio.sleep(0)
+
+    # -- handling --------------------------------------------------------------------------
+
+    def _spawn(self, update: Update) -> None:
+        task = asyncio.create_task(self._handle(update), name=f"telegram-{update.update_id}")
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+
+    async def _handle(self, update: Update) -> None:
+        try:
+            await self._answer(update)
+        except ShuttingDown:
+            self._refusing = True
+        except Exception:
+            self.log.exception("telegram update %s failed", update.update_id)
+
+    async def _answer(self, update: Update) -> None:
+        found = self._incoming(update)
+        if found is None:
+            return
+        message, incoming = found
+        typing = asyncio.create_task(self._keep_typing(message))
+        try:
+            reply = await self.dispatcher.handle(incoming)
+        finally:
+            typing.cancel()
+        if reply.text is not None:
+            await self._send(message, incoming, reply.text)
+
+    def _incoming(self, update: Update) -> tuple[Message, IncomingMessage] | None:
+        message = update.message
+        if message is None or message.text is None:
+            return None
+        user = message.from_user
+        # Posts on behalf of a chat (channels, anonymous admins) have no user to talk to.
+        if user is None or user.is_bot or message.sender_chat is not None:
+            return None
+        text = self._addressed_text(message, message.text)
+        if text is None:
+            return None
+        thread = message.message_thread_id
+        return message, IncomingMessage(
+            channel=self.name,
+            channel_user_id=str(user.id),
+            text=text,
+            username=user.username or user.full_name,
+            # update_ids count per bot: a new bot (token) on the same database restarts them.
+            platform_message_id=f"{self._bot_id}:{update.update_id}",
+            chat_id=str(message.chat_id),
+            thread_id=None if thread is None else str(thread),
+        )
+
+    def _addressed_text(self, message: Message, text: str) -> str | None:
+        """The text meant for the bot: all of a private chat, in groups only when addressed."""
+        if message.chat.type == ChatType.PRIVATE:
+            return text
+        mention = f"@{self._username}".lower()
+        mentions = message.parse_entities([MessageEntity.MENTION]).values()
+        if any(found.lower() == mention for found in mentions):
+            name = rf"\s*(?<!\w){re.escape(mention)}\b[,:]?"  # "hey @bot, hi" -> "hey hi"
+            return re.sub(name, "", text, flags=re.IGNORECASE).strip()
+        if self._replies_to_bot(message):
+            return text
+        if text.startswith("/"):
+            _, at, target = text.split(maxsplit=1)[0].partition("@")
+            return text if not at or target.lower() == self._username.lower() else None
+        return None
+
+    def _replies_to_bot(self, message: Message) -> bool:
+        replied = message.reply_to_message
+        if replied is None or replied.from_user is None:
+            return False
+        # In a forum topic every message "replies" to the topic's first message.
+        implicit = message.is_topic_message and replied.message_id == message.message_thread_id
+        return replied.from_user.id == self._bot_id and not implicit
+
+    async def _send(self, message: Message, incoming: IncomingMessage, text: str) -> None:
+        quote = message.chat.type != ChatType.PRIVATE  # say which message is answered
+        for part in split_text(text, MessageLimit.MAX_TEXT_LENGTH):
+            try:
+                reply = partial(message.reply_text, part, do_quote=quote)
+                await _retried(partial(reply, allow_sending_without_reply=True))
+            except PlatformError as exc:
+                self.log.error(
+                    "reply to telegram chat %s not delivered: %s",
+                    incoming.chat_id,
+                    exc,
+                    extra={"channel": self.name, "user_id": incoming.channel_user_id},
+                )
+                return
+            self.dispatcher.sent(self.name)
+            quote = False
+
+    async def _keep_typing(self, message: Message) -> None:
+        await asyncio.sleep(TYPING_DELAY)
+        while True:
+            try:
+                await message.reply_chat_action(ChatAction.TYPING)
+            except TelegramError as exc:
+                self.log.debug("typing status not shown: %s", exc.message)
+            await asyncio.sleep(TYPING_EVERY)
+
+
+async def _call(call: Awaitable[T]) -> T:
+    """Await one Bot API call, with PTB's errors turned into the delivery policy's."""
+    try:
+        return await call
+    except TelegramError as exc:
+        # InvalidToken's message carries the token itself: leave it out of the chain.
+        raise _platform_error(exc) from (None if isinstance(exc, InvalidToken) else exc)
+
+
+async def _retried(
+    request: Callable[[], Awaitable[T]], attempts: int = 6, deadline: float = 120.0
+) -> T:
+    """One Bot API request under the delivery retry policy; `request` makes a fresh one."""
+
+    async def attempt() -> T:
+        return await _call(request())
+
+    return await deliver(attempt, attempts=attempts, deadline=deadline)
+
+
+def _platform_error(exc: TelegramError) -> PlatformError:
+    if isinstance(exc, RetryAfter):
+        with warnings.catch_warnings():  # PTB 22 warns that this becomes a timedelta
+            warnings.simplefilter("ignore", PTBDeprecationWarning)
+            after = exc.retry_after
+        seconds = after.total_seconds() if isinstance(after, timedelta) else float(after)
+        return PlatformRateLimited(seconds, "(Telegram)")
+    if isinstance(exc, InvalidToken):
+        return PlatformRejected("Telegram rejected TELEGRAM_BOT_TOKEN")
+    if isinstance(exc, tg.BadRequest | tg.Forbidden | tg.EndPointNotFound | tg.ChatMigrated):
+        return PlatformRejected(f"Telegram refused the call: {exc.message}")
+    # NetworkError, TimedOut, Conflict (another poller), 5xx, unreadable answers.
+    return PlatformUnavailable(f"Telegram unavailable: {exc.message}")
+
+
+def _webhook_secret(settings: Settings) -> str | None:
+    if not settings.telegram_webhook_url:
+        return None
+    secret = settings.telegram_webhook_secret
+    if secret is None or not _SECRET.match(secret.get_secret_value()):
+        raise ConfigError(
+            "TELEGRAM_WEBHOOK_URL needs TELEGRAM_WEBHOOK_SECRET: 1-256 of A-Z a-z 0-9 _ -"
+        )
+    return secret.get_secret_value()
+
+
+def _file_url(base_url: str) -> str:
+    # Files are served beside the API: https://host/bot -> https://host/file/bot.
+    head, found, _ = base_url.rpartition("/bot")
+    return f"{head}/file/bot" if found else base_url
+
+
+def _respond(status: int, description: str) -> web.Response:
+    return web.json_response({"ok": status == 200, "description": description}, status=status)

@@ -1,0 +1,385 @@
+"""A fake Telegram Bot API on 127.0.0.1 that python-telegram-bot talks to for real.
+
+It speaks /bot<TOKEN>/<method> for getMe, getUpdates (long polling with Telegram's
+offset rules), sendMessage, sendChatAction, setWebhook and deleteWebhook, and checks
+every request the SDK sends and every object it serves against the vendored Bot API
+spec (tests/specs/telegram/api.json): unknown or missing parameters, wrong types.
+What it finds wrong is collected in `problems`; the fixtures assert it stays empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+SPEC_PATH = Path(__file__).resolve().parents[1] / "specs" / "telegram" / "api.json"
+TOKEN = "123456:TEST-fake-telegram-token"
+BOT_ID = 4242
+BOT_USERNAME = "test_chat_bot"
+
+
+class Spec:
+    """The Bot API's methods and types, with a checker for values against them."""
+
+    def __init__(self, path: Path = SPEC_PATH) -> None:
+        data = json.loads(path.read_text())
+        self.methods: dict[str, Any] = data["methods"]
+        self.types: dict[str, Any] = data["types"]
+
+    def check_object(self, type_name: str, value: Any, where: str = "") -> list[str]:
+        where = where or type_name
+        if not isinstance(value, dict):
+            return [f"{where}: {type_name} must be an object, got {value!r}"]
+        return self._check_fields(self.types[type_name]["fields"], value, where)
+
+    def check_call(self, method: str, params: dict[str, Any]) -> list[str]:
+        if method not in self.methods:
+            return [f"{method}: not a Bot API method (or not in the vendored subset)"]
+        return self._check_fields(self.methods[method].get("fields", []), params, method)
+
+    def decode_form(self, method: str, form: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
+        """Form values as the types the spec gives them (the SDK sends objects as JSON)."""
+        fields = {f["name"]: f["types"] for f in self.methods.get(method, {}).get("fields", [])}
+        params: dict[str, Any] = {}
+        problems: list[str] = []
+        for name, raw in form.items():
+            try:
+                params[name] = _decode(fields.get(name, ["String"]), raw)
+            except ValueError:
+                problems.append(f"{method}.{name}: {raw!r} does not decode as {fields[name]}")
+                params[name] = raw
+        return params, problems
+
+    def _check_fields(
+        self, fields: list[dict[str, Any]], value: dict[str, Any], where: str
+    ) -> list[str]:
+        known = {f["name"]: f for f in fields}
+        problems = [f"{where}.{name}: unknown field" for name in value if name not in known]
+        for name, field in known.items():
+            if name not in value:
+                if field["required"]:
+                    problems.append(f"{where}.{name}: required but missing")
+            elif not any(
+                self._matches(t, value[name], f"{where}.{name}") == [] for t in field["types"]
+            ):
+                problems.append(
+                    f"{where}.{name}: {value[name]!r} is not {' or '.join(field['types'])}"
+                )
+        return problems
+
+    def _matches(self, type_name: str, value: Any, where: str) -> list[str]:
+        if type_name.startswith("Array of "):
+            inner = type_name.removeprefix("Array of ")
+            if not isinstance(value, list):
+                return [f"{where}: not an array"]
+            return [
+                p
+                for i, item in enumerate(value)
+                for p in self._matches(inner, item, f"{where}[{i}]")
+            ]
+        scalar = _SCALARS.get(type_name)
+        if scalar is not None:
+            return [] if scalar(value) else [f"{where}: not {type_name}"]
+        if type_name in self.types:
+            return self.check_object(type_name, value, where)
+        # A type outside the vendored subset: its shape is not checked beyond "an object".
+        return [] if isinstance(value, dict) else [f"{where}: not an object"]
+
+
+_SCALARS: dict[str, Callable[[Any], bool]] = {
+    "Integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "Float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "String": lambda v: isinstance(v, str),
+    "Boolean": lambda v: isinstance(v, bool),
+    "True": lambda v: v is True,
+}
+
+
+def _decode(types: list[str], raw: str) -> Any:
+    if types == ["String"]:
+        return raw
+    if "Integer" in types:
+        try:
+            return int(raw)
+        except ValueError:
+            if "String" in types:
+                return raw
+            raise
+    if types in (["Boolean"], ["True"]):
+        if raw not in ("true", "false"):
+            raise ValueError(raw)
+        return raw == "true"
+    return json.loads(raw)
+
+
+@dataclass
+class Call:
+    method: str
+    params: dict[str, Any]
+    at: float
+    status: int = 200
+
+
+class FakeBotApi:
+    """One bot's Bot API endpoint; tests queue updates and read what the SDK sent."""
+
+    def __init__(self, token: str = TOKEN, spec: Spec | None = None) -> None:
+        self.token = token
+        self.spec = spec or Spec()
+        self.bot_user = {
+            "id": BOT_ID, "is_bot": True, "first_name": "Test Bot", "username": BOT_USERNAME,
+            "can_join_groups": True, "can_read_all_group_messages": False,
+            "supports_inline_queries": False,
+        }  # fmt: skip
+        self.calls: list[Call] = []
+        self.problems: list[str] = []
+        self.confirmed = 0  # every update_id below this one has been confirmed
+        self.served: list[int] = []  # update_ids returned by getUpdates, in order
+        self.rate_limited = 0  # answer this many next sendMessage calls with 429
+        self.updates_down = False  # answer getUpdates with 502 while set
+        self.poll_cap = 1.0  # longest a getUpdates waits here, whatever it asked for
+        self.webhook: dict[str, Any] = {}
+        self._updates: list[dict[str, Any]] = []
+        self._replays: list[dict[str, Any]] = []
+        self._arrived = asyncio.Condition()
+        # Fresh ids per server: the tests share one database, which remembers them.
+        self._ids = itertools.count(time.time_ns() // 1000 % 10**12)
+        self._message_ids = itertools.count(500)
+        self._chats: dict[int, dict[str, Any]] = {}
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/bot"
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/bot{token}/{method}", self._endpoint)
+        # A poll the SDK gave up on (stop() cancels it) ends here too, not at its timeout.
+        self._runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=1, handler_cancellation=True
+        )
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.port = self._runner.addresses[0][1]
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # -- what tests use ---------------------------------------------------------------------
+
+    def next_update_id(self) -> int:
+        return next(self._ids)
+
+    def next_message_id(self) -> int:
+        return next(self._message_ids)
+
+    async def push(self, update: dict[str, Any]) -> dict[str, Any]:
+        """Queue an update for getUpdates, after checking it is a valid Update."""
+        self._check("served Update", self.spec.check_object("Update", update))
+        self._remember_chats(update)
+        async with self._arrived:
+            self._updates.append(update)
+            self._arrived.notify_all()
+        return update
+
+    async def replay(self, update: dict[str, Any]) -> None:
+        """Serve an update again although it was confirmed (a re-sent update)."""
+        async with self._arrived:
+            self._replays.append(update)
+            self._arrived.notify_all()
+
+    def calls_of(self, method: str, status: int | None = 200) -> list[Call]:
+        return [c for c in self.calls if c.method == method and status in (None, c.status)]
+
+    @property
+    def sent(self) -> list[dict[str, Any]]:
+        """The sendMessage requests that were answered with a message."""
+        return [c.params for c in self.calls_of("sendMessage")]
+
+    async def wait_for(self, condition: Callable[[], bool], within: float = 10.0) -> None:
+        deadline = time.monotonic() + within
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out; calls so far: {[c.method for c in self.calls]}")
+            await asyncio.sleep(0.02)
+
+    def _remember_chats(self, update: dict[str, Any]) -> None:
+        for kind in ("message", "edited_message"):
+            if kind in update:
+                chat = update[kind]["chat"]
+                self._chats[chat["id"]] = chat
+
+    def _check(self, where: str, problems: list[str]) -> None:
+        self.problems += [f"{where}: {p}" for p in problems]
+
+    # -- the Bot API ------------------------------------------------------------------------
+
+    async def _endpoint(self, request: web.Request) -> web.Response:
+        if request.match_info["token"] != self.token:
+            return _error(401, "Unauthorized")
+        method = request.match_info["method"]
+        params = await self._params(method, request)
+        call = Call(method, params, time.monotonic())
+        self.calls.append(call)
+        self._check(f"{method} request", self.spec.check_call(method, params))
+        handler = getattr(self, f"_api_{method}", None)
+        if handler is None:
+            call.status = 404
+            return _error(404, "Not Found")
+        response: web.Response = await handler(params)
+        call.status = response.status
+        return response
+
+    async def _params(self, method: str, request: web.Request) -> dict[str, Any]:
+        if request.content_type == "application/json":
+            body = await request.json()
+            return body if isinstance(body, dict) else {}
+        form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+        params, problems = self.spec.decode_form(method, form)
+        self._check(f"{method} request", problems)
+        return params
+
+    async def _api_getMe(self, params: dict[str, Any]) -> web.Response:
+        return self._ok(self.bot_user, "User")
+
+    async def _api_deleteWebhook(self, params: dict[str, Any]) -> web.Response:
+        self.webhook = {}
+        return _ok(True)
+
+    async def _api_setWebhook(self, params: dict[str, Any]) -> web.Response:
+        self.webhook = params
+        return _ok(True)
+
+    async def _api_sendChatAction(self, params: dict[str, Any]) -> web.Response:
+        return _ok(True)
+
+    async def _api_getUpdates(self, params: dict[str, Any]) -> web.Response:
+        if self.updates_down:
+            return _error(502, "Bad Gateway")
+        if self.webhook:
+            return _error(409, "Conflict: can't use getUpdates method while webhook is active")
+        offset = params.get("offset") or 0
+        limit = params.get("limit") or 100
+        wait = min(float(params.get("timeout") or 0), self.poll_cap)
+        async with self._arrived:
+            self.confirmed = max(self.confirmed, offset)
+            self._updates = [u for u in self._updates if u["update_id"] >= self.confirmed]
+            if wait and not (self._updates or self._replays):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._arrived.wait_for(lambda: bool(self._updates or self._replays)), wait
+                    )
+            batch = (self._replays + self._updates)[:limit]
+            self._replays = []
+        self.served += [u["update_id"] for u in batch]
+        return _ok(batch)
+
+    async def _api_sendMessage(self, params: dict[str, Any]) -> web.Response:
+        if self.rate_limited > 0:
+            self.rate_limited -= 1
+            return web.json_response(
+                {
+                    "ok": False,
+                    "error_code": 429,
+                    "description": "Too Many Requests: retry after 1",
+                    "parameters": {"retry_after": 1},
+                },
+                status=429,
+            )
+        chat_id = params["chat_id"]
+        chat = self._chats.get(chat_id, {"id": chat_id, "type": "private", "first_name": "User"})
+        message = {
+            "message_id": self.next_message_id(),
+            "from": self.bot_user,
+            "chat": chat,
+            "date": int(time.time()),
+            "text": params["text"],
+        }
+        if "message_thread_id" in params:
+            message["message_thread_id"] = params["message_thread_id"]
+        return self._ok(message, "Message")
+
+    def _ok(self, result: dict[str, Any], type_name: str) -> web.Response:
+        self._check(f"served {type_name}", self.spec.check_object(type_name, result))
+        return _ok(result)
+
+
+def _ok(result: Any) -> web.Response:
+    return web.json_response({"ok": True, "result": result})
+
+
+def _error(status: int, description: str) -> web.Response:
+    return web.json_response(
+        {"ok": False, "error_code": status, "description": description}, status=status
+    )
+
+
+# -- building updates -------------------------------------------------------------------------
+
+
+def user(user_id: int, username: str | None = None, is_bot: bool = False) -> dict[str, Any]:
+    found: dict[str, Any] = {"id": user_id, "is_bot": is_bot, "first_name": f"User{user_id}"}
+    if username:
+        found["username"] = username
+    return found
+
+
+def private_chat(of: dict[str, Any]) -> dict[str, Any]:
+    chat = {"id": of["id"], "type": "private", "first_name": of["first_name"]}
+    if "username" in of:
+        chat["username"] = of["username"]
+    return chat
+
+
+def group_chat(chat_id: int = -1001234567890, kind: str = "supergroup") -> dict[str, Any]:
+    return {"id": chat_id, "type": kind, "title": "Test group"}
+
+
+def utf16_len(text: str) -> int:
+    """Telegram counts entity offsets and lengths in UTF-16 code units."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def entities(text: str, kind: str, word: str) -> list[dict[str, Any]]:
+    """A `kind` entity (mention, bot_command) over each occurrence of `word` in `text`,
+    ignoring case as Telegram does for usernames."""
+    found, start = [], text.lower().find(word.lower())
+    while start >= 0:
+        found.append({"type": kind, "offset": utf16_len(text[:start]), "length": utf16_len(word)})
+        start = text.lower().find(word.lower(), start + len(word))
+    return found
+
+
+def message(
+    server: FakeBotApi,
+    chat: dict[str, Any],
+    sender: dict[str, Any],
+    text: str | None,
+    **extra: Any,
+) -> dict[str, Any]:
+    found: dict[str, Any] = {
+        "message_id": server.next_message_id(),
+        "from": sender,
+        "chat": chat,
+        "date": int(time.time()),
+    }
+    if text is not None:
+        found["text"] = text
+    found.update(extra)
+    return found
+
+
+def update(server: FakeBotApi, body: dict[str, Any], kind: str = "message") -> dict[str, Any]:
+    return {"update_id": server.next_update_id(), kind: body}

@@ -1,0 +1,580 @@
+"""The Telegram adapter: python-telegram-bot for real against a local fake Bot API.
+
+Real Postgres and Redis behind the service; no mocks. Every request the SDK sends and
+every object the fake serves is checked against the vendored Bot API spec.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import random
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.channels.delivery import PlatformRejected, PlatformUnavailable
+from bot.channels.dispatch import Dispatcher
+from bot.channels.telegram import SECRET_HEADER, TelegramAdapter
+from bot.config import Settings
+from bot.errors import ConfigError
+from bot.metrics import Metrics
+from bot.responders import EchoResponder, Responder, ResponderRequest, ResponderResult
+from tests.channels.telegram_server import (
+    BOT_ID,
+    BOT_USERNAME,
+    TOKEN,
+    FakeBotApi,
+    Spec,
+    entities,
+    group_chat,
+    message,
+    private_chat,
+    update,
+    user,
+)
+from tests.support import ServiceFactory, fetch, messages_of
+
+pytestmark = pytest.mark.timeout(15)
+
+WEBHOOK_SECRET = "s3cret-Token_for-tests"
+
+
+def echo(text: str, earlier: int = 0) -> str:
+    noun = "message" if earlier == 1 else "messages"
+    return f'You said: "{text}" ({earlier} earlier {noun} in my context; model gpt-4o-mini)'
+
+
+class LongResponder(EchoResponder):
+    """Answers with 9000 characters of words: more than two Telegram messages hold."""
+
+    text = ("lorem ipsum " * 750).strip() + "!"
+
+    async def respond(self, request: ResponderRequest) -> ResponderResult:
+        return ResponderResult(text=self.text, model_used="long")
+
+
+class GatedResponder(EchoResponder):
+    """The echo responder that holds every reply until released: a slow LLM."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def respond(self, request: ResponderRequest) -> ResponderResult:
+        self.started.set()
+        await self.release.wait()
+        return await super().respond(request)
+
+
+@dataclass
+class Running:
+    adapter: TelegramAdapter
+    dispatcher: Dispatcher
+    task: asyncio.Task[None]
+
+
+Start = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+async def telegram() -> AsyncIterator[FakeBotApi]:
+    server = FakeBotApi()
+    await server.start()
+    yield server
+    await server.close()
+    assert server.problems == []
+
+
+@pytest.fixture
+async def start(
+    telegram: FakeBotApi,
+    make_service: ServiceFactory,
+    make_settings: Callable[..., Settings],
+    redis: Redis,
+) -> AsyncIterator[Start]:
+    """Start adapters on the fake Bot API; each is stopped (and its run awaited) after."""
+    started: list[Running] = []
+
+    async def start_adapter(
+        responder: Responder | None = None, dispatcher: Dispatcher | None = None, **overrides: Any
+    ) -> Running:
+        settings = make_settings(
+            telegram_bot_token=TOKEN, telegram_api_base_url=telegram.base_url, **overrides
+        )
+        if dispatcher is None:
+            dispatcher = Dispatcher(await make_service(responder=responder), Metrics())
+        adapter = TelegramAdapter(settings, dispatcher)
+        running = Running(adapter, dispatcher, asyncio.create_task(adapter.run()))
+        started.append(running)
+        await until(lambda: adapter.connected or running.task.done())
+        if running.task.done():
+            running.task.result()  # raise what stopped it
+        return running
+
+    yield start_adapter
+    for running in started:
+        await asyncio.wait_for(running.adapter.stop(), 10)
+        await asyncio.wait_for(running.task, 10)
+
+
+async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+_user_ids = itertools.count(random.randrange(10**9, 2 * 10**9))
+
+
+def new_id() -> int:
+    """A Telegram user id no other test of this run uses."""
+    return next(_user_ids)
+
+
+async def usernames(engine: AsyncEngine, user_id: int) -> list[str]:
+    rows = await fetch(
+        engine,
+        "SELECT username FROM users WHERE channel_type = 'telegram' AND channel_user_id = :c",
+        c=str(user_id),
+    )
+    return [row.username for row in rows]
+
+
+# -- private chats ------------------------------------------------------------------------
+
+
+async def test_private_message_is_answered_and_stored(
+    start: Start, telegram: FakeBotApi, engine: AsyncEngine
+) -> None:
+    await start()
+    alice = user(new_id(), "alice")
+    sent = await telegram.push(
+        update(telegram, message(telegram, private_chat(alice), alice, "hi"))
+    )
+
+    await telegram.wait_for(lambda: len(telegram.sent) == 1)
+    [reply] = telegram.sent
+    assert reply["chat_id"] == alice["id"] and reply["text"] == echo("hi")
+    assert "reply_parameters" not in reply  # a private chat needs no quote
+    rows = await messages_of(engine, str(alice["id"]))
+    assert [(r.role, r.content) for r in rows] == [("user", "hi"), ("assistant", echo("hi"))]
+    assert rows[0].platform_message_id == f"{BOT_ID}:{sent['update_id']}"
+    assert await usernames(engine, alice["id"]) == ["alice"]
+
+
+async def test_polling_fetches_messages_only_and_confirms(
+    start: Start, telegram: FakeBotApi
+) -> None:
+    running = await start()
+    bob = user(new_id(), "bob")
+    sent = await telegram.push(update(telegram, message(telegram, private_chat(bob), bob, "yo")))
+    await telegram.wait_for(lambda: len(telegram.sent) == 1)
+
+    polls = telegram.calls_of("getUpdates")
+    assert telegram.calls_of("deleteWebhook") and polls
+    assert polls[0].params["allowed_updates"] == ["message"] and polls[0].params["timeout"] == 30
+    await running.adapter.stop()
+    assert telegram.confirmed == sent["update_id"] + 1  # confirmed on the way out
+    assert not running.adapter.connected and running.task.done()
+
+    # The worker runs the same adapter again after a crash: it starts afresh.
+    again = asyncio.create_task(running.adapter.run())
+    await until(lambda: running.adapter.connected)
+    await telegram.push(update(telegram, message(telegram, private_chat(bob), bob, "again")))
+    await telegram.wait_for(lambda: len(telegram.sent) == 2)
+    await running.adapter.stop()
+    await asyncio.wait_for(again, 5)
+
+
+# -- groups -------------------------------------------------------------------------------
+
+
+async def test_group_messages_not_addressed_to_the_bot_are_ignored(
+    start: Start, telegram: FakeBotApi, engine: AsyncEngine
+) -> None:
+    await start()
+    group, carol, bot_sender = (
+        group_chat(),
+        user(new_id(), "carol"),
+        user(new_id(), "otherbot", True),
+    )
+    mention = f"@{BOT_USERNAME} posting as the group"  # addressed, but not by a user
+    mentioned = entities(mention, "mention", f"@{BOT_USERNAME}")
+    ignored = [
+        message(telegram, group, carol, "just chatting"),
+        message(telegram, group, carol, "/help@some_other_bot"),
+        message(telegram, group, carol, None, photo=[]),  # not text
+        message(telegram, private_chat(bot_sender), bot_sender, "I am a bot"),
+        message(telegram, group, carol, mention, sender_chat=group, entities=mentioned),
+    ]
+    for body in ignored:
+        await telegram.push(update(telegram, body))
+    edited = message(telegram, private_chat(carol), carol, "edited", edit_date=int(time.time()))
+    await telegram.push(update(telegram, edited, kind="edited_message"))
+    # An addressed message after them: once it is answered, the others were handled.
+    dave = user(new_id(), "dave")
+    await telegram.push(update(telegram, message(telegram, group, dave, "/help")))
+
+    await telegram.wait_for(lambda: len(telegram.sent) == 1)
+    await asyncio.sleep(0.2)
+    assert len(telegram.sent) == 1 and telegram.sent[0]["text"].startswith("Commands")
+    assert await messages_of(engine, str(carol["id"])) == []
+    assert await messages_of(engine, str(bot_sender["id"])) == []
+
+
+async def test_group_mention_is_answered_without_the_mention(
+    start: Start, telegram: FakeBotApi, engine: AsyncEngine
+) -> None:
+    await start()
+    group = group_chat()
+    said = {
+        f"@{BOT_USERNAME} what's up?": "what's up?",
+        # After an emoji, so the entity's UTF-16 offset differs from the str index.
+        f"👋 hey @{BOT_USERNAME.upper()}, how are you?": "👋 hey how are you?",
+    }
+    asked: dict[int, dict[str, Any]] = {}
+    for text in said:
+        sender = user(new_id(), None)  # no username: the full name is kept instead
+        body = message(
+            telegram, group, sender, text, entities=entities(text, "mention", f"@{BOT_USERNAME}")
+        )
+        asked[sender["id"]] = body
+        await telegram.push(update(telegram, body))
+
+    await telegram.wait_for(lambda: len(telegram.sent) == 2)
+    by_message_id = {body["message_id"]: body for body in asked.values()}
+    for reply in telegram.sent:  # each quotes the message it answers
+        body = by_message_id[reply["reply_parameters"]["message_id"]]
+        assert reply["reply_parameters"]["allow_sending_without_reply"] is True
+        assert (reply["chat_id"], reply["text"]) == (group["id"], echo(said[body["text"]]))
+    for sender_id, body in asked.items():
+        rows = await messages_of(engine, str(sender_id))
+        assert [r.content for r in rows] == [said[body["text"]], echo(said[body["text"]])]
+        assert await usernames(engine, sender_id) == [f"User{sender_id}"]
+
+
+async def test_reply_to_the_bot_in_a_group_is_answered(start: Start, telegram: FakeBotApi) -> None:
+    await start()
+    group, frank = group_chat(-100777, "group"), user(new_id(), "frank")
+    bot_message = message(telegram, group, telegram.bot_user, "an earlier answer")
+    other_message = message(telegram, group, user(new_id()), "someone else")
+    await telegram.push(
+        update(telegram, message(telegram, group, frank, "not me", reply_to_message=other_message))
+    )
+    await telegram.push(
+        update(
+            telegram, message(telegram, group, frank, "tell me more", reply_to_message=bot_message)
+        )
+    )
+
+    await telegram.wait_for(lambda: len(telegram.sent) == 1)
+    await asyncio.sleep(0.2)
+    assert [(m["chat_id"], m["text"]) for m in telegram.sent] == [
+        (group["id"], echo("tell me more"))
+    ]
+
+
+# -- replies ------------------------------------------------------------------------------
+
+
+async def test_long_reply_is_split_into_telegram_sized_messages(
+    start: Start, telegram: FakeBotApi, engine: AsyncEngine
+) -> None:
+    await start(responder=LongResponder())
+    grace = user(new_id(), "grace")
+    group = group_chat(-100888)
+    text = f"@{BOT_USERNAME} talk"
+    body = message(
+        telegram, group, grace, text, entities=entities(text, "mention", f"@{BOT_USERNAME}")
+    )
+    await telegram.push(update(telegram, body))
+
+    await telegram.wait_for(lambda: len(telegram.sent) == 3)
+    parts = [m["text"] for m in telegram.sent]
+    assert all(len(p) <= 4096 for p in parts) and {m["chat_id"] for m in telegram.sent} == {
+        group["id"]
+    }
+    assert " ".join(parts) == LongResponder.text
+    assert "reply_parameters" in telegram.sent[0]  # the first part says what it answers
+    assert all("reply_parameters" not in m for m in telegram.sent[1:])
+    rows = await messages_of(engine, str(grace["id"]))
+    assert [r.content for r in rows] == ["talk", LongResponder.text]
+
+
+async def test_redelivered_update_is_answered_once(
+    start: Start, telegram: FakeBotApi, engine: AsyncEngine
+) -> None:
+    await start()
+    heidi = user(new_id(), "heidi")
+    sent = await telegram.push(
+        update(telegram, message(telegram, private_chat(heidi), heidi, "once"))
+    )
+    await telegram.wait_for(lambda: len(telegram.sent) == 1)
+
+    await telegram.replay(sent)
+    await telegram.wait_for(lambda: telegram.served.count(sent["update_id"]) == 2)
+    after = await telegram.push(
+        update(telegram, message(telegram, private_chat(heidi), heidi, "twice"))
+    )
+    await telegram.wait_for(lambda: len(telegram.sent) == 2)
+    await asyncio.sleep(0.2)
+    assert [m["text"] for m in telegram.sent] == [echo("once"), echo("twice", 2)]
+    rows = await messages_of(engine, str(heidi["id"]))
+    assert [r.platform_message_id for r in rows if r.role == "user"] == [
+        f"{BOT_ID}:{sent['update_id']}",
+        f"{BOT_ID}:{after['update_id']}",
+    ]
+
+
+# PTB 22 warns, making the RetryAfter, that retry_after becomes a timedelta one day.
+@pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")
+async def test_rate_limited_reply_arrives_once_after_retry_after(
+    start: Start, telegram: FakeBotApi
+) -> None:
+    await start()
+    ivan = user(new_id(), "ivan")
+    telegram.rate_limited = 1
+    await telegram.push(update(telegram, message(telegram, private_chat(ivan), ivan, "hurry")))
+
+    await telegram.wait_for(lambda: len(telegram.sent) == 1)
+    [limited] = telegram.calls_of("sendMessage", status=429)
+    [delivered] = telegram.calls_of("sendMessage")
+    assert delivered.params["text"] == echo("hurry") == limited.params["text"]
+    assert delivered.at - limited.at >= 0.95  # waited the retry_after Telegram asked for
+    await asyncio.sleep(0.3)
+    assert len(telegram.sent) == 1
+
+
+# -- connection ---------------------------------------------------------------------------
+
+
+async def test_polling_outage_is_ridden_out(start: Start, telegram: FakeBotApi) -> None:
+    running = await start()
+    telegram.updates_down = True
+    await until(lambda: not running.adapter.connected)
+    judy = user(new_id(), "judy")
+    await telegram.push(update(telegram, message(telegram, private_chat(judy), judy, "back?")))
+    telegram.updates_down = False
+
+    await telegram.wait_for(lambda: len(telegram.sent) == 1)
+    assert running.adapter.connected and not running.task.done()
+    assert telegram.calls_of("getUpdates", status=502)
+
+
+async def test_rejected_token_or_no_server_makes_run_raise(
+    make_settings: Callable[..., Settings], telegram: FakeBotApi, make_service: ServiceFactory
+) -> None:
+    dispatcher = Dispatcher(await make_service(), Metrics())
+    wrong = "999:not-the-token"
+    adapter = TelegramAdapter(
+        make_settings(telegram_bot_token=wrong, telegram_api_base_url=telegram.base_url),
+        dispatcher,
+    )
+    with pytest.raises(PlatformRejected) as rejected:
+        await asyncio.wait_for(adapter.run(), 10)
+    assert wrong not in str(rejected.value) and rejected.value.__cause__ is None
+    assert not adapter.connected
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}/bot"
+    adapter = TelegramAdapter(
+        make_settings(telegram_bot_token=TOKEN, telegram_api_base_url=closed), dispatcher
+    )
+    with pytest.raises(PlatformUnavailable):
+        await asyncio.wait_for(adapter.run(), 10)
+    await adapter.stop()  # what the worker does before restarting it: a no-op now
+
+
+def test_configuration_is_checked_up_front(make_settings: Callable[..., Settings]) -> None:
+    dispatcher: Any = None
+    with pytest.raises(ConfigError, match="TELEGRAM_BOT_TOKEN"):
+        TelegramAdapter(make_settings(telegram_bot_token=None), dispatcher)
+    for secret in (None, "has spaces", "x" * 257):
+        with pytest.raises(ConfigError, match="TELEGRAM_WEBHOOK_SECRET"):
+            TelegramAdapter(
+                make_settings(
+                    telegram_bot_token=TOKEN,
+                    telegram_webhook_url="https://bot.example.com/hook",
+                    telegram_webhook_secret=secret,
+                ),
+                dispatcher,
+            )
+
+
+# -- shutdown -----------------------------------------------------------------------------
+
+
+async def test_stop_lets_a_reply_in_flight_finish(
+    start: Start, telegram: FakeBotApi, engine: AsyncEngine
+) -> None:
+    responder = GatedResponder()
+    running = await start(responder=responder)
+    kim = user(new_id(), "kim")
+    await telegram.push(update(telegram, message(telegram, private_chat(kim), kim, "slow one")))
+    await asyncio.wait_for(responder.started.wait(), 5)
+    await telegram.wait_for(lambda: bool(telegram.calls_of("sendChatAction")))  # "typing…"
+
+    stopping = asyncio.create_task(running.adapter.stop())
+    await asyncio.sleep(0.3)
+    assert not stopping.done() and not running.adapter.connected  # no longer polling, waiting
+    responder.release.set()
+    await asyncio.wait_for(stopping, 5)
+
+    assert [m["text"] for m in telegram.sent] == [echo("slow one")]
+    assert telegram.calls_of("sendChatAction")[0].params == {
+        "chat_id": kim["id"],
+        "action": "typing",
+    }
+    rows = await messages_of(engine, str(kim["id"]))
+    assert [r.role for r in rows] == ["user", "assistant"]
+    assert running.task.done() and running.task.exception() is None
+
+
+async def test_updates_refused_at_shutdown_stay_unconfirmed_for_the_restart(
+    start: Start, telegram: FakeBotApi, engine: AsyncEngine
+) -> None:
+    """The worker's order: close the dispatcher, drain, stop the adapter; then a restart."""
+    first = await start()
+    leo = user(new_id(), "leo")
+    first.dispatcher.close()
+    late = await telegram.push(update(telegram, message(telegram, private_chat(leo), leo, "late")))
+    await telegram.wait_for(lambda: late["update_id"] in telegram.served)
+    await asyncio.sleep(0.2)
+    assert await first.dispatcher.drain(5)
+    await first.adapter.stop()
+
+    assert telegram.sent == [] and await messages_of(engine, str(leo["id"])) == []
+    assert telegram.confirmed <= late["update_id"]  # Telegram still holds it
+
+    service = first.dispatcher.service
+    await start(dispatcher=Dispatcher(service, Metrics()))
+    await telegram.wait_for(lambda: len(telegram.sent) == 1)
+    assert telegram.sent[0]["text"] == echo("late")
+    assert [r.content for r in await messages_of(engine, str(leo["id"]))] == ["late", echo("late")]
+
+
+# -- webhook ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+async def webhook(start: Start) -> AsyncIterator[tuple[Running, str]]:
+    port = free_port()
+    running = await start(
+        telegram_webhook_url="https://bot.example.com/telegram/hook",
+        telegram_webhook_listen="127.0.0.1",
+        telegram_webhook_port=port,
+        telegram_webhook_secret=WEBHOOK_SECRET,
+    )
+    yield running, f"http://127.0.0.1:{port}/telegram/hook"
+
+
+async def post(url: str, body: bytes, secret: str | None = WEBHOOK_SECRET) -> int:
+    headers = {"Content-Type": "application/json"}
+    if secret is not None:
+        headers[SECRET_HEADER] = secret
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=body, headers=headers) as r,
+    ):
+        return r.status
+
+
+def as_json(value: dict[str, Any]) -> bytes:
+    return json.dumps(value).encode()
+
+
+async def test_webhook_is_set_with_the_secret(
+    webhook: tuple[Running, str], telegram: FakeBotApi
+) -> None:
+    assert telegram.webhook == {
+        "url": "https://bot.example.com/telegram/hook",
+        "secret_token": WEBHOOK_SECRET,
+        "allowed_updates": ["message"],
+    }
+    assert telegram.calls_of("getUpdates") == []
+
+
+async def test_webhook_with_the_secret_is_answered_once(
+    webhook: tuple[Running, str], telegram: FakeBotApi, engine: AsyncEngine
+) -> None:
+    _, url = webhook
+    mia = user(new_id(), "mia")
+    body = update(telegram, message(telegram, private_chat(mia), mia, "via webhook"))
+    assert telegram.spec.check_object("Update", body) == []
+
+    assert await post(url, as_json(body)) == 200
+    await telegram.wait_for(lambda: len(telegram.sent) == 1)
+    assert await post(url, as_json(body)) == 200  # Telegram re-sends after a timeout
+    await asyncio.sleep(0.3)
+    assert [(m["chat_id"], m["text"]) for m in telegram.sent] == [(mia["id"], echo("via webhook"))]
+    rows = await messages_of(engine, str(mia["id"]))
+    assert [r.role for r in rows] == ["user", "assistant"]
+
+
+async def test_webhook_refuses_wrong_secret_and_bad_bodies(
+    webhook: tuple[Running, str], telegram: FakeBotApi, engine: AsyncEngine
+) -> None:
+    _, url = webhook
+    nick = user(new_id(), "nick")
+    body = as_json(update(telegram, message(telegram, private_chat(nick), nick, "let me in")))
+
+    assert await post(url, body, secret="wrong-secret") == 403
+    assert await post(url, body, secret=None) == 403
+    assert await post(url, body, secret=WEBHOOK_SECRET[:-1]) == 403
+    assert await post(url, b'{"update_id": 1, "message": ', secret=WEBHOOK_SECRET) == 400
+    assert await post(url, b"\xff\xfe not utf-8", secret=WEBHOOK_SECRET) == 400
+    assert await post(url, b'["not", "an", "update"]', secret=WEBHOOK_SECRET) == 400
+    assert await post(url, b'{"message": {"text": "no ids"}}', secret=WEBHOOK_SECRET) == 400
+    await asyncio.sleep(0.2)
+    assert telegram.sent == [] and await messages_of(engine, str(nick["id"])) == []
+
+
+async def test_webhook_answers_503_while_shutting_down(
+    webhook: tuple[Running, str], telegram: FakeBotApi, engine: AsyncEngine
+) -> None:
+    running, url = webhook
+    olga = user(new_id(), "olga")
+    body = update(telegram, message(telegram, private_chat(olga), olga, "at closing time"))
+    running.dispatcher.close()
+    assert await post(url, as_json(body)) == 503  # so Telegram delivers it again later
+    assert await messages_of(engine, str(olga["id"])) == []
+
+
+# -- the spec checker itself --------------------------------------------------------------
+
+
+def test_spec_checker_catches_what_telegram_would_refuse() -> None:
+    spec = Spec()
+    assert spec.check_call("sendMessage", {"chat_id": 1, "text": "hi"}) == []
+    assert spec.check_call("sendMessage", {"text": "hi"}) == [
+        "sendMessage.chat_id: required but missing"
+    ]
+    assert spec.check_call("sendMessage", {"chat_id": 1, "text": "hi", "colour": "red"}) == [
+        "sendMessage.colour: unknown field"
+    ]
+    assert spec.check_call("sendMessage", {"chat_id": 1.5, "text": "hi"}) != []
+    good = {
+        "update_id": 1,
+        "message": {"message_id": 2, "date": 0, "chat": {"id": 3, "type": "private"}},
+    }
+    assert spec.check_object("Update", good) == []
+    bad = {"update_id": 1, "message": {"message_id": 2, "chat": {"id": "3"}}}
+    assert len(spec.check_object("Update", bad)) == 1  # the message is not a Message
