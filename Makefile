@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint migrate chat clean
+.PHONY: run test lint migrate chat bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ lint: $(STAMP)  ## ruff and mypy
 
 migrate: $(STAMP)  ## apply pending migrations
 	$(BIN)/bot migrate
+
+bench: $(STAMP)  ## measure the hot path against a hand-written baseline; BENCH_ARGS="--users 50 ..."
+	$(BIN)/bot bench $(BENCH_ARGS)
 
 clean:  ## remove the virtualenv (the data under .data is kept)
 	rm -rf $(VENV)

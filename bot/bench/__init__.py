@@ -1,0 +1,1 @@
+"""`bot bench`: the hot path measured against a hand-written baseline (docs/benchmarks.md)."""

@@ -1,0 +1,170 @@
+"""Counters the bench attaches to the clients it drives, so every figure is counted.
+
+Postgres, from the driver: every statement SQLAlchemy sends (`before_cursor_execute`)
+and every call the asyncpg connection makes on its own behalf (BEGIN, COMMIT,
+ROLLBACK, the pool's pre-ping, statement preparation), through an asyncpg
+`connection_class` that SQLAlchemy's `do_connect` event puts in place. Redis: a
+round trip is one write of packed commands to the socket followed by the replies
+(one per `send_packed_command`), a call is one packed command (a script is one
+call), and the commands the server ran, scripts included, come from
+`INFO commandstats` deltas.
+
+Nothing here is used outside the bench: production clients never see these hooks.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+from redis.asyncio import Redis
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+if TYPE_CHECKING:
+    from redis.asyncio.connection import AbstractConnection as _ConnectionBase
+else:
+    _ConnectionBase = object
+
+# Kinds of Postgres round trip.
+READ, WRITE, CONTROL, PING, PREPARE = "read", "write", "control", "ping", "prepare"
+PG_KINDS = (READ, WRITE, CONTROL, PING, PREPARE)
+
+_CONTROL = re.compile(
+    r"(BEGIN|COMMIT|ROLLBACK|START|END|ABORT|SAVEPOINT|RELEASE|SET|RESET|SHOW|DISCARD)\b",
+    re.IGNORECASE,
+)
+_LOCKING = re.compile(r"\bFOR\s+(NO\s+KEY\s+UPDATE|UPDATE|KEY\s+SHARE|SHARE)\b", re.IGNORECASE)
+_WRITES = re.compile(
+    r"\b(INSERT|UPDATE|DELETE|MERGE|COPY|TRUNCATE|CREATE|ALTER|DROP|VACUUM|ANALYZE)\b",
+    re.IGNORECASE,
+)
+_COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
+
+
+@functools.lru_cache(maxsize=1024)
+def classify(sql: str) -> str:
+    """read, write (any statement that can change data, CTEs included), control or ping."""
+    statement = _COMMENTS.sub(" ", sql).strip().rstrip(";").strip()
+    if not statement:
+        return PING  # SQLAlchemy's pre-ping sends an empty statement
+    if _CONTROL.match(statement):
+        return CONTROL
+    return WRITE if _WRITES.search(_LOCKING.sub(" ", statement)) else READ
+
+
+class PgProbe:
+    """Postgres round trips of one engine (or raw asyncpg connections), by kind."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def attach(self, engine: AsyncEngine) -> None:
+        """Count `engine`'s traffic; call before it opens its first connection."""
+        sync = engine.sync_engine
+        event.listen(sync, "do_connect", self._do_connect)
+        event.listen(sync, "connect", self._on_connect)
+        event.listen(sync, "checkout", self._on_checkout)
+        event.listen(sync, "before_cursor_execute", self._before_cursor_execute)
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `asyncpg.connect` that count that connection's calls."""
+        return {"connection_class": CountingConnection}
+
+    def adopt(self, connection: Any) -> None:
+        if isinstance(connection, CountingConnection):
+            connection.bench_probe = self
+
+    def snapshot(self) -> Counter[str]:
+        return Counter(self.counts)
+
+    def _do_connect(self, dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+        cparams.update(self.connect_kwargs())
+
+    def _on_connect(self, dbapi_connection: Any, record: Any) -> None:
+        self.counts["connections"] += 1
+        self.adopt(dbapi_connection.driver_connection)
+
+    def _on_checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        self.counts["checkouts"] += 1
+
+    def _before_cursor_execute(
+        self, conn: Any, cursor: Any, statement: str, *args: Any, **kwargs: Any
+    ) -> None:
+        self.counts[classify(statement)] += 1
+
+
+class CountingConnection(asyncpg.Connection):  # type: ignore[misc]
+    """An asyncpg connection that reports the calls asyncpg makes outside SQLAlchemy's
+    cursor: transaction control, pings, preparing statements, and raw queries."""
+
+    bench_probe: PgProbe | None = None
+
+    def _count(self, kind: str) -> None:
+        if self.bench_probe is not None:
+            self.bench_probe.counts[kind] += 1
+
+    async def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        self._count(classify(query))
+        return await super().execute(query, *args, **kwargs)
+
+    async def fetch(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        self._count(classify(query))
+        return await super().fetch(query, *args, **kwargs)
+
+    async def fetchrow(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        self._count(classify(query))
+        return await super().fetchrow(query, *args, **kwargs)
+
+    async def fetchval(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        self._count(classify(query))
+        return await super().fetchval(query, *args, **kwargs)
+
+    async def prepare(self, query: str, **kwargs: Any) -> Any:
+        self._count(PREPARE)
+        return await super().prepare(query, **kwargs)
+
+
+class _CountingRedisConnection(_ConnectionBase):
+    bench_probe: RedisProbe
+
+    def pack_command(self, *args: Any) -> Any:
+        self.bench_probe.counts["calls"] += 1
+        return super().pack_command(*args)
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        self.bench_probe.counts["round_trips"] += 1
+        await super().send_packed_command(command, check_health)
+
+
+class RedisProbe:
+    """Client-side Redis round trips and calls of one client."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def attach(self, redis: Redis) -> None:
+        """Count `redis`'s traffic; call before it opens its first connection."""
+        pool = redis.connection_pool
+        base = pool.connection_class
+        pool.connection_class = type(
+            f"Counting{base.__name__}", (_CountingRedisConnection, base), {"bench_probe": self}
+        )
+
+    def snapshot(self) -> Counter[str]:
+        return Counter(self.counts)
+
+
+async def command_stats(redis: Redis) -> Counter[str]:
+    """Commands the server has run, by name (scripts' inner commands included)."""
+    info: dict[str, Any] = await redis.info("commandstats")
+    return Counter(
+        {
+            name.removeprefix("cmdstat_"): int(stats["calls"])
+            for name, stats in info.items()
+            if isinstance(stats, dict) and name != "cmdstat_info"
+        }
+    )

@@ -1,0 +1,185 @@
+"""Figures from samples, Redis memory of cached sessions, targets, and the printed table."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from redis.asyncio import Redis
+
+from bot.bench.driver import BenchUser, Sample
+from bot.bench.probes import PG_KINDS, PING, PREPARE
+from bot.cache.keys import Keys
+
+HIT_KINDS = ("session", "context", "channel_config")
+
+# The targets of issue 7, checked on every run where they apply.
+MAX_WARM_REDIS_ROUND_TRIPS = 2
+MIN_BASELINE_RATIO = 0.8
+MAX_P99_MS = 25.0
+MAX_SESSION_BYTES = 8 * 1024
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """Nearest-rank percentile of sorted values (0 when there are none)."""
+    if not ordered:
+        return 0.0
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))]
+
+
+def summarize(sample: Sample) -> dict[str, Any]:
+    n = max(sample.messages, 1)
+    ordered = sorted(sample.latencies)
+    pg = {kind: sample.postgres[kind] / n for kind in PG_KINDS}
+    hits = {}
+    for kind in HIT_KINDS:
+        hit, miss = sample.stats[f"{kind}_hit"], sample.stats[f"{kind}_miss"]
+        if hit + miss:
+            hits[kind] = hit / (hit + miss)
+    return {
+        "messages": sample.messages,
+        "seconds": round(sample.seconds, 3),
+        "messages_per_second": sample.messages / sample.seconds if sample.seconds else 0.0,
+        "messages_per_second_by_round": [round(t, 1) for t in sample.throughputs],
+        "client_cpu_ms_per_message": sample.cpu_seconds * 1000 / n,
+        "latency_ms": {
+            name: percentile(ordered, q) * 1000
+            for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99), ("max", 1.0))
+        },
+        "postgres_per_message": {
+            **pg,
+            "round_trips": sum(pg.values()),
+            "connections_opened": sample.postgres["connections"],
+        },
+        "redis_per_message": {
+            "round_trips": sample.redis["round_trips"] / n,
+            "calls": sample.redis["calls"] / n,
+            "commands": sum(sample.redis_commands.values()) / n,
+        },
+        "redis_commands_by_name": {
+            name: round(count / n, 3) for name, count in sample.redis_commands.most_common()
+        },
+        "hit_ratio": hits,
+        "replies": dict(sample.replies),
+    }
+
+
+async def session_memory(
+    redis: Redis, keys: Keys, channel: str, users: list[BenchUser], limit: int = 500
+) -> dict[str, Any]:
+    """MEMORY USAGE (all samples) of each user's session hash plus its context list."""
+    totals: list[int] = []
+    sessions: list[int] = []
+    lengths: list[int] = []
+    for user in users[:limit]:
+        if user.conversation_id is None:
+            continue
+        session = await redis.memory_usage(keys.session(channel, user.channel_user_id), samples=0)
+        context_key = keys.context(user.conversation_id)
+        context = await redis.memory_usage(context_key, samples=0)
+        if session is None or context is None:
+            continue
+        sessions.append(session)
+        totals.append(session + context)
+        lengths.append(await redis.llen(context_key))
+    if not totals:
+        return {"sessions_measured": 0}
+    return {
+        "sessions_measured": len(totals),
+        "session_bytes": sum(sessions) / len(sessions),
+        "context_bytes": (sum(totals) - sum(sessions)) / len(totals),
+        "context_messages": sum(lengths) / len(lengths),
+        "full_context_messages": keys.context_messages,
+        "bytes_per_session": sum(totals) / len(totals),
+        "max_bytes_per_session": max(totals),
+    }
+
+
+def targets(report: dict[str, Any]) -> dict[str, bool]:
+    """Which targets this run met (only those this run can check)."""
+    warm = report["service"]["warm"]
+    met = {
+        "warm_zero_postgres_reads": warm["postgres_per_message"]["read"] == 0,
+        "warm_redis_round_trips_at_most_2": (
+            warm["redis_per_message"]["round_trips"] <= MAX_WARM_REDIS_ROUND_TRIPS
+        ),
+        "warm_p99_under_25_ms": warm["latency_ms"]["p99"] < MAX_P99_MS,
+    }
+    if report.get("baseline_ratio") is not None:
+        met["throughput_at_least_0.8x_baseline"] = report["baseline_ratio"] >= MIN_BASELINE_RATIO
+    memory = report["memory"]
+    if memory.get("sessions_measured"):
+        met["session_with_context_under_8_kb"] = memory["max_bytes_per_session"] < MAX_SESSION_BYTES
+    return met
+
+
+_HEADER = "", "msgs", "msg/s", "CPU ms", "p50 ms", "p95 ms", "p99 ms", "PG reads", "PG writes"
+_HEADER2 = "PG other", "Redis RT", "calls", "commands"
+_ROW = "{:<15}{:>8}{:>9}{:>8}{:>8}{:>8}{:>8}{:>10}{:>10}{:>10}{:>10}{:>8}{:>9}"
+
+
+def _row(name: str, phase: dict[str, Any]) -> str:
+    lat, pg, rd = phase["latency_ms"], phase["postgres_per_message"], phase["redis_per_message"]
+    other = pg["control"] + pg[PING] + pg[PREPARE]
+    return _ROW.format(
+        name,
+        phase["messages"],
+        f"{phase['messages_per_second']:.0f}",
+        f"{phase['client_cpu_ms_per_message']:.2f}",
+        f"{lat['p50']:.1f}",
+        f"{lat['p95']:.1f}",
+        f"{lat['p99']:.1f}",
+        f"{pg['read']:.2f}",
+        f"{pg['write']:.2f}",
+        f"{other:.2f}",
+        f"{rd['round_trips']:.2f}",
+        f"{rd['calls']:.2f}",
+        f"{rd['commands']:.1f}",
+    )
+
+
+def render(report: dict[str, Any]) -> str:
+    """The report as the table `bot bench` prints."""
+    config = report["config"]
+    lines = [
+        f"bot bench: {config['users']} users x {config['messages']} messages, concurrency "
+        f"{config['concurrency']}, {config['rounds']} rounds, {config['history']} stored "
+        f"messages, {config['loop']} loop (Postgres {config['postgres']}, Redis {config['redis']})",
+        "",
+        _ROW.format(*_HEADER, *_HEADER2),
+    ]
+    phases = [(f"service {k}", v) for k, v in report["service"].items()]
+    if report.get("baseline"):
+        phases.append(("baseline", report["baseline"]))
+    lines += [_row(name, phase) for name, phase in phases]
+    lines.append(
+        "  (CPU ms: this process per message; Postgres and Redis columns: per message; "
+        "PG other: BEGIN/COMMIT/ROLLBACK, pre-ping, PREPARE)"
+    )
+    for kind, phase in report["service"].items():
+        ratios = ", ".join(f"{k} {v:.2f}" for k, v in phase["hit_ratio"].items())
+        lines.append(f"cache hit ratio, {kind}: {ratios or 'n/a'}")
+    if report.get("baseline_ratio") is not None:
+        by_round = ", ".join(f"{r:.2f}" for r in report["baseline_ratio_by_round"])
+        cpu = report["service"]["warm"]["client_cpu_ms_per_message"] / max(
+            report["baseline"]["client_cpu_ms_per_message"], 1e-9
+        )
+        lines.append(
+            f"throughput service/baseline: {report['baseline_ratio']:.2f} median of rounds "
+            f"({by_round}); {report['baseline_ratio_overall']:.2f} overall; "
+            f"client CPU per message service/baseline: {cpu:.2f}"
+        )
+    memory = report["memory"]
+    if memory.get("sessions_measured"):
+        lines.append(
+            f"Redis per cached session: {memory['bytes_per_session']:.0f} B "
+            f"(session {memory['session_bytes']:.0f} B + context of "
+            f"{memory['context_messages']:.1f}/{memory['full_context_messages']} messages "
+            f"{memory['context_bytes']:.0f} B; max {memory['max_bytes_per_session']} B) over "
+            f"{memory['sessions_measured']} sessions"
+        )
+    lines.append(
+        "targets: "
+        + ", ".join(f"{name} {'ok' if ok else 'MISSED'}" for name, ok in report["targets"].items())
+    )
+    return "\n".join(lines)

@@ -1,0 +1,204 @@
+"""One bench run: its own database and key prefix, the rounds, the report, the clean-up.
+
+Each round runs the service (a cold phase on an emptied cache, then a warm phase)
+and the baseline on the same servers at the same concurrency; the order flips every
+round, so machine noise and the growth of the tables hit both alike.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import statistics
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+from redis.asyncio import Redis
+from sqlalchemy import text
+
+from bot.bench.baseline import Baseline
+from bot.bench.driver import BenchUser, Meter, Sample, ServiceDriver
+from bot.bench.probes import PgProbe, RedisProbe
+from bot.bench.report import session_memory, summarize, targets
+from bot.bench.setup import bench_database, delete_keys, insert_history, wait_until_loaded
+from bot.cache.keys import Keys
+from bot.config import Settings
+from bot.errors import ConfigError
+from bot.responders.echo import EchoResponder
+from bot.runtime import build_service, create_redis, open_endpoints
+from bot.store.engine import create_engine
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "bench"
+NO_RATE_LIMIT = 1_000_000_000  # simulated users send far faster than people
+
+
+@dataclass(frozen=True, slots=True)
+class BenchOptions:
+    users: int = 200
+    messages: int = 20  # warm messages per user and round
+    concurrency: int = 16
+    history: int = 0
+    rounds: int = 3
+    baseline: bool = True
+    loop: str = "asyncio"
+    profile: Path | None = None  # write a pyinstrument profile of the warm phases here
+
+
+@dataclass(slots=True)
+class _Totals:
+    cold: Sample
+    warm: Sample
+    baseline: Sample
+    ratios: list[float]
+
+
+async def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
+    """Run the bench on the configured (or embedded) servers; returns the report."""
+    run_id = uuid.uuid4().hex[:10]
+    prefix = f"bench:{run_id}:"
+    async with (
+        open_endpoints(settings) as endpoints,
+        bench_database(settings, endpoints.database_url, f"bot_bench_{run_id}") as url,
+    ):
+        control = Redis.from_url(endpoints.redis_url)
+        try:
+            await wait_until_loaded(control)
+            settings = settings.model_copy(
+                update={
+                    "database_url": SecretStr(url),
+                    "redis_url": SecretStr(endpoints.redis_url),
+                    "redis_key_prefix": f"{prefix}svc:",
+                    "rate_limit_per_minute": NO_RATE_LIMIT,
+                }
+            )
+            report = await _run(settings, options, control, f"{prefix}base:")
+            report["config"].update(database=f"bot_bench_{run_id}", key_prefix=prefix)
+            return report
+        finally:
+            await delete_keys(control, prefix)
+            await control.aclose()
+
+
+async def _run(
+    settings: Settings, options: BenchOptions, control: Redis, baseline_prefix: str
+) -> dict[str, Any]:
+    assert settings.database_url is not None and settings.redis_url is not None
+    url, redis_url = settings.database_url.get_secret_value(), settings.redis_url.get_secret_value()
+    profiler = _profiler(options.profile)
+    if options.history:
+        log.info("storing %d messages of history", options.history)
+        await insert_history(url, options.history)
+    engine = create_engine(settings, url)
+    redis = create_redis(settings, redis_url)
+    base_redis = create_redis(settings, redis_url)
+    pg, rd, base_pg, base_rd = PgProbe(), RedisProbe(), PgProbe(), RedisProbe()
+    pg.attach(engine)
+    rd.attach(redis)
+    base_rd.attach(base_redis)
+    service = build_service(settings, engine, redis, EchoResponder())
+    users = [BenchUser(f"user-{i:05d}") for i in range(options.users)]
+    driver = ServiceDriver(service, users, CHANNEL, Meter(pg, rd, control, service.stats))
+    base_keys = Keys.from_settings(
+        settings.model_copy(update={"redis_key_prefix": baseline_prefix})
+    )
+    baseline = Baseline(url, base_redis, base_keys, CHANNEL, base_pg, settings.default_model)
+    try:
+        if options.baseline:
+            names = [f"base-{i:05d}" for i in range(options.users)]
+            await baseline.open(min(options.concurrency, options.users), names)
+        base_meter = Meter(base_pg, base_rd, control)
+        totals = await _rounds(options, control, driver, baseline, base_meter, profiler)
+        report = {
+            "config": await _config(options, engine, control),
+            "service": {"cold": summarize(totals.cold), "warm": summarize(totals.warm)},
+            "baseline": summarize(totals.baseline) if options.baseline else None,
+            "baseline_ratio": statistics.median(totals.ratios) if totals.ratios else None,
+            "baseline_ratio_overall": _ratio(totals),
+            "baseline_ratio_by_round": totals.ratios,
+            "memory": await session_memory(control, service.cache.keys, CHANNEL, users),
+        }
+        report["targets"] = targets(report)
+        if profiler is not None and options.profile is not None:
+            _write_profile(profiler, options.profile)
+        return report
+    finally:
+        await baseline.close()
+        await redis.aclose()
+        await base_redis.aclose()
+        await engine.dispose()
+
+
+async def _rounds(
+    options: BenchOptions,
+    control: Redis,
+    driver: ServiceDriver,
+    baseline: Baseline,
+    baseline_meter: Meter,
+    profiler: Any,
+) -> _Totals:
+    totals = _Totals(Sample("cold"), Sample("warm"), Sample("baseline"), [])
+    c, m = options.concurrency, options.messages
+    for round_no in range(options.rounds):
+        service_first = round_no % 2 == 0
+        if options.baseline and not service_first:
+            totals.baseline.add(base := await baseline.run(round_no, m, c, baseline_meter))
+        await delete_keys(control, driver.service.cache.keys.prefix)  # the cold phase's empty cache
+        totals.cold.add(await driver.cold(round_no, c))
+        if profiler is not None:
+            profiler.start()
+        totals.warm.add(warm := await driver.warm(round_no, m, c))
+        if profiler is not None:
+            profiler.stop()
+        if options.baseline and service_first:
+            totals.baseline.add(base := await baseline.run(round_no, m, c, baseline_meter))
+        if options.baseline:
+            totals.ratios.append(round(warm.throughputs[0] / base.throughputs[0], 3))
+        log.info("round %d of %d done", round_no + 1, options.rounds)
+    return totals
+
+
+def _ratio(totals: _Totals) -> float | None:
+    warm, base = totals.warm, totals.baseline
+    if not base.seconds or not warm.seconds:
+        return None
+    return (warm.messages / warm.seconds) / (base.messages / base.seconds)
+
+
+async def _config(options: BenchOptions, engine: Any, control: Redis) -> dict[str, Any]:
+    async with engine.connect() as connection:
+        postgres = (await connection.execute(text("SHOW server_version"))).scalar_one()
+    redis_info = await control.info("server")
+    return {
+        "users": options.users,
+        "messages": options.messages,
+        "concurrency": options.concurrency,
+        "effective_concurrency": min(options.concurrency, options.users),
+        "history": options.history,
+        "rounds": options.rounds,
+        "loop": options.loop,
+        "profiled": options.profile is not None,
+        "postgres": str(postgres).split()[0],
+        "redis": redis_info.get("redis_version", "?"),
+    }
+
+
+def _profiler(path: Path | None) -> Any:
+    """A pyinstrument profiler when asked for (an optional tool, not a dependency)."""
+    if path is None:
+        return None
+    try:
+        module = importlib.import_module("pyinstrument")
+    except ImportError:
+        raise ConfigError("--profile needs pyinstrument: pip install pyinstrument") from None
+    return module.Profiler(async_mode="disabled")
+
+
+def _write_profile(profiler: Any, path: Path) -> None:
+    html = path.suffix in {".html", ".htm"}
+    path.write_text(profiler.output_html() if html else profiler.output_text(unicode=True))
+    log.info("profile of the warm phases written to %s", path)

@@ -1,0 +1,146 @@
+"""The bench's own database and key prefix, the stored history, and cleaning up after.
+
+The bench never touches real data: it creates a fresh database `bot_bench_<random>`
+on the configured server and drops it at the end, and uses a Redis key prefix
+`bench:<random>:` whose keys it deletes at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+from redis.asyncio import Redis
+
+from bot.config import Settings, normalize_database_url, redact_url
+from bot.errors import InfrastructureError
+from bot.store.engine import create_engine
+from bot.store.migrate import upgrade_to_head
+
+log = logging.getLogger(__name__)
+
+HISTORY_CHANNEL = "bench-history"
+HISTORY_PER_CONVERSATION = 100
+LOADING_TIMEOUT_SECONDS = 300
+
+
+def asyncpg_url(url: str) -> str:
+    """The plain postgresql:// form asyncpg wants."""
+    return normalize_database_url(url).replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(asyncpg_url(url))
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@asynccontextmanager
+async def bench_database(settings: Settings, server_url: str, name: str) -> AsyncIterator[str]:
+    """Create database `name` on the server of `server_url`, migrate it, drop it after."""
+    admin = await _admin(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    except asyncpg.PostgresError as exc:
+        await admin.close()
+        raise InfrastructureError(
+            f"cannot create the bench database {name} on {redact_url(server_url)}: {exc}; "
+            "the bench needs a role that may CREATE DATABASE"
+        ) from None
+    url = with_database(server_url, name)
+    try:
+        engine = create_engine(settings, url, pool_size=1)
+        try:
+            await upgrade_to_head(engine)
+        finally:
+            await engine.dispose()
+        yield url
+    finally:
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+async def _admin(server_url: str) -> asyncpg.Connection:
+    try:
+        return await asyncpg.connect(asyncpg_url(server_url))
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise InfrastructureError(
+            f"cannot reach Postgres at {redact_url(server_url)} ({exc.__class__.__name__})"
+        ) from None
+
+
+async def insert_history(database_url: str, messages: int) -> None:
+    """`messages` stored messages in conversations of other users, written server-side
+    (INSERT … SELECT generate_series), with their indexes, then VACUUM ANALYZE."""
+    if messages <= 0:
+        return
+    conversations = -(-messages // HISTORY_PER_CONVERSATION)
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute(
+            """
+            INSERT INTO users (channel_type, channel_user_id, username)
+            SELECT $1::text, 'history-' || n, 'history user ' || n FROM generate_series(1, $2) AS n
+            """,
+            HISTORY_CHANNEL,
+            conversations,
+        )
+        await connection.execute(
+            """
+            INSERT INTO conversations (user_id, channel_type, started_at, last_activity)
+            SELECT id, $1::text, now() - interval '30 days', now() - interval '1 day'
+            FROM users WHERE channel_type = $1::text
+            """,
+            HISTORY_CHANNEL,
+        )
+        await connection.execute(
+            """
+            INSERT INTO messages (conversation_id, role, content, timestamp, token_count,
+                                  channel_type, platform_message_id, model_used)
+            SELECT c.id,
+                   CASE WHEN n % 2 = 1 THEN 'user' ELSE 'assistant' END,
+                   'stored message ' || n || ' of an earlier conversation, about as long as '
+                       || 'a chat message usually is, give or take a few words',
+                   c.started_at + n * interval '1 minute',
+                   24,
+                   $1::text,
+                   CASE WHEN n % 2 = 1 THEN c.id::text || '-' || n END,
+                   CASE WHEN n % 2 = 0 THEN 'echo' END
+            FROM (SELECT id, started_at, row_number() OVER (ORDER BY id) AS k
+                  FROM conversations WHERE channel_type = $1::text) AS c
+            CROSS JOIN generate_series(1, $2) AS n
+            WHERE (c.k - 1) * $2 + n <= $3
+            """,
+            HISTORY_CHANNEL,
+            HISTORY_PER_CONVERSATION,
+            messages,
+        )
+        await connection.execute("VACUUM ANALYZE")
+    finally:
+        await connection.close()
+
+
+async def wait_until_loaded(redis: Redis) -> None:
+    """Wait while Redis loads its dataset (a restarted embedded Redis replays its AOF)."""
+    async with asyncio.timeout(LOADING_TIMEOUT_SECONDS):
+        while (await redis.info("persistence")).get("loading"):  # noqa: ASYNC110 - polling Redis
+            await asyncio.sleep(0.1)
+
+
+async def delete_keys(redis: Redis, prefix: str) -> int:
+    """Delete every key under `prefix` (SCAN, then DEL in batches); returns how many."""
+    deleted = 0
+    batch: list[bytes] = []
+    async for key in redis.scan_iter(match=f"{prefix}*", count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            deleted += await redis.delete(*batch)
+            batch = []
+    if batch:
+        deleted += await redis.delete(*batch)
+    return deleted

@@ -1,0 +1,117 @@
+"""`bot bench` at tiny size against the test servers: it runs, counts what the design
+promises for the warm path, and leaves nothing behind. Counts only, never a time."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from bot.bench.probes import CONTROL, PING, READ, WRITE, classify
+from bot.bench.report import percentile
+from tests.conftest import _plain
+from tests.test_cli import bot
+
+USERS, MESSAGES, ROUNDS = 5, 4, 2
+
+
+@pytest.fixture(scope="module")
+async def report(server_urls: tuple[str, str]) -> dict[str, Any]:
+    admin_url, redis_url = server_urls
+    result = await bot(
+        "bench",
+        *("--users", str(USERS), "--messages", str(MESSAGES), "--rounds", str(ROUNDS)),
+        *("--concurrency", "4", "--history", "250", "--json"),
+        DATABASE_URL=admin_url,
+        REDIS_URL=redis_url,
+    )
+    assert result.code == 0, result.err
+    parsed: dict[str, Any] = json.loads(result.out)
+    return parsed
+
+
+def test_warm_path_reads_nothing_from_postgres_and_makes_two_redis_round_trips(
+    report: dict[str, Any],
+) -> None:
+    warm = report["service"]["warm"]
+    assert warm["messages"] == USERS * MESSAGES * ROUNDS
+    assert warm["replies"] == {"answer": USERS * MESSAGES * ROUNDS}
+    assert warm["postgres_per_message"][READ] == 0
+    assert warm["postgres_per_message"][WRITE] == 1  # the one exchange statement
+    assert warm["redis_per_message"]["round_trips"] <= 2
+    assert warm["redis_per_message"]["calls"] <= 2  # the BEGIN and FINISH scripts
+    assert warm["redis_per_message"]["commands"] > 2  # what the scripts ran, server-side
+    assert warm["hit_ratio"] == {"session": 1.0, "context": 1.0, "channel_config": 1.0}
+
+
+def test_cold_phase_misses_the_cache_and_reads_postgres(report: dict[str, Any]) -> None:
+    cold = report["service"]["cold"]
+    assert cold["messages"] == USERS * ROUNDS
+    assert cold["replies"] == {"answer": USERS * ROUNDS}
+    assert cold["hit_ratio"]["session"] == 0 and cold["hit_ratio"]["context"] == 0
+    assert cold["postgres_per_message"][READ] >= 1  # at least the context
+    assert cold["postgres_per_message"][WRITE] >= 2  # the user upsert and the exchange
+
+
+def test_baseline_does_the_storage_work_it_promises(report: dict[str, Any]) -> None:
+    baseline = report["baseline"]
+    assert baseline["messages"] == USERS * MESSAGES * ROUNDS
+    assert baseline["postgres_per_message"][READ] == 0
+    assert baseline["postgres_per_message"][WRITE] == 3  # two inserts, one update
+    assert baseline["postgres_per_message"][CONTROL] == 2  # BEGIN, COMMIT
+    assert baseline["redis_per_message"]["round_trips"] == 2  # read, refresh
+    assert len(report["baseline_ratio_by_round"]) == ROUNDS
+    assert report["baseline_ratio"] > 0
+
+
+def test_memory_of_cached_sessions_is_measured(report: dict[str, Any]) -> None:
+    memory = report["memory"]
+    assert memory["sessions_measured"] == USERS
+    assert memory["context_messages"] == 2 * (1 + MESSAGES) * ROUNDS  # 20: a full context
+    assert 0 < memory["session_bytes"] < memory["bytes_per_session"]
+
+
+async def test_bench_leaves_no_database_and_no_keys(
+    report: dict[str, Any], server_urls: tuple[str, str]
+) -> None:
+    admin_url, redis_url = server_urls
+    database, prefix = report["config"]["database"], report["config"]["key_prefix"]
+    assert database.startswith("bot_bench_") and prefix.startswith("bench:")
+    connection = await asyncpg.connect(_plain(admin_url))
+    try:
+        found = await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
+    finally:
+        await connection.close()
+    assert found is None
+    redis = Redis.from_url(redis_url)
+    try:
+        assert [key async for key in redis.scan_iter(match=f"{prefix}*")] == []
+    finally:
+        await redis.aclose()
+
+
+@pytest.mark.parametrize(
+    ("sql", "kind"),
+    [
+        ("SELECT id FROM conversations WHERE user_id = $1 AND is_active", READ),
+        ("SELECT updated_at FROM users", READ),
+        ("SELECT id FROM conversations WHERE id = $1 FOR NO KEY UPDATE", READ),
+        ("WITH c AS (UPDATE conversations SET x = 1 RETURNING id) SELECT * FROM c", WRITE),
+        ("INSERT INTO users (a) VALUES ($1) ON CONFLICT DO NOTHING", WRITE),
+        ("-- a comment\n  DELETE FROM messages", WRITE),
+        ("BEGIN ISOLATION LEVEL READ COMMITTED;", CONTROL),
+        ("COMMIT;", CONTROL),
+        (";", PING),
+    ],
+)
+def test_statements_are_classified_as_reads_writes_and_control(sql: str, kind: str) -> None:
+    assert classify(sql) == kind
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 0.5) == 50 and percentile(values, 0.99) == 99
+    assert percentile(values, 1.0) == 100 and percentile([], 0.5) == 0
