@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from bot.bench.cli import register as register_bench
 from bot.channels import registry
 from bot.channels.console import ConsoleChannel
 from bot.channels.dispatch import Dispatcher
@@ -18,6 +19,7 @@ from bot.config import Settings, load_settings, redact_url
 from bot.errors import BotError, ConfigError
 from bot.health import HealthServer
 from bot.logs import setup_logging
+from bot.ops.cli import register as register_ops
 from bot.runtime import open_runtime
 from bot.store.migrate import upgrade_to_head
 from bot.worker import Worker
@@ -71,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
         "advisory lock so that several workers starting at once do not race.",
     )
     migrate.set_defaults(handler=_migrate)
+    register_ops(commands)
+    register_bench(commands)
     return parser
 
 
@@ -103,7 +107,10 @@ async def _chat(settings: Settings, args: argparse.Namespace) -> int:
     async with open_runtime(settings) as runtime:
         dispatcher = Dispatcher(runtime.service, runtime.metrics)
         console = _console(runtime.settings, dispatcher, args.user)
-        await console.run()
+        try:
+            await console.run()
+        finally:
+            await runtime.service.publish_stats()
     return 0
 
 

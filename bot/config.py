@@ -142,6 +142,11 @@ class Settings(BaseSettings):
     max_message_chars: PositiveInt = 8000
     history_default: PositiveInt = 5
 
+    # Feature flags and the management commands of `bot ops` (docs/ops_manage.md).
+    flags_refresh_seconds: Seconds = 5.0  # safety net beside the pub/sub invalidation
+    purge_batch_size: PositiveInt = 1000  # rows per transaction of `bot ops purge`
+    cache_batch_size: PositiveInt = 500  # keys per SCAN/DEL and users per warm batch
+
     # Worker.
     http_host: str = "0.0.0.0"
     http_port: Annotated[int, Field(ge=0, le=65535)] = 8080

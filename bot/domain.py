@@ -29,6 +29,8 @@ class ReplyKind(StrEnum):
     DUPLICATE = "duplicate"  # a redelivered event: answered already, say nothing
     INVALID = "invalid"  # bad input, refused with an explanation
     UNAVAILABLE = "unavailable"  # Postgres could not store the exchange
+    MAINTENANCE = "maintenance"  # the `maintenance` flag is on: a polite notice, nothing stored
+    MUTED = "muted"  # the `replies_disabled` flag is on: say nothing, nothing stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,3 +84,24 @@ class StoredExchange:
     user_message_id: uuid.UUID
     reply_message_id: uuid.UUID | None
     duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FlagRow:
+    """One `feature_flags` row: scope is 'global' or a channel name; value is JSON."""
+
+    scope: str
+    name: str
+    value: Any
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelConfigRow:
+    """One `channel_configs` row as ops show it."""
+
+    channel: str
+    default_model: str | None
+    settings: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime

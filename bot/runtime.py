@@ -16,11 +16,14 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.cache.flags import FlagCache
 from bot.cache.guard import RedisGuard
 from bot.cache.hotstate import HotStateCache
 from bot.cache.keys import Keys
+from bot.channels import registry
 from bot.config import Settings, redact_url
 from bot.errors import InfrastructureError, StoreUnavailable
+from bot.flags import FeatureFlags, FlagSource
 from bot.metrics import Metrics
 from bot.responders import Responder
 from bot.responders.factory import build_responder
@@ -103,15 +106,25 @@ def build_service(
     redis: Redis,
     responder: Responder | None = None,
     metrics: Metrics | None = None,
+    flags: FlagSource | None = None,
 ) -> ConversationService:
-    """The service wired to the given engine and Redis client (tests use this too)."""
+    """The service wired to the given engine and Redis client (tests use this too).
+
+    Without `flags`, the service gets FeatureFlags of its own, empty until started
+    (`await service.flags.start()`; open_runtime does it).
+    """
     retry = DatabaseRetry(settings.db_retry_attempts, settings.db_retry_deadline_seconds)
     guard = RedisGuard(settings.redis_op_timeout_seconds, settings.redis_breaker_cooldown_seconds)
-    cache = HotStateCache(redis, Keys.from_settings(settings), guard)
+    keys = Keys.from_settings(settings)
+    cache = HotStateCache(redis, keys, guard)
+    store = Store(engine, retry)
+    if flags is None:
+        flag_cache = FlagCache(redis, keys, guard, registry.ALL_NAMES)
+        flags = FeatureFlags(flag_cache, store, settings.flags_refresh_seconds)
     responder = responder or build_responder(settings)
     if metrics is not None:
         responder = TimedResponder(responder, metrics.responder_latency)
-    service = ConversationService(settings, Store(engine, retry), cache, responder)
+    service = ConversationService(settings, store, cache, responder, flags)
     if metrics is not None:
         metrics.export_tallies(lambda: service.stats)
     return service
@@ -130,10 +143,14 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIter
             await check_redis(redis, endpoints.redis_url)
             if migrate:
                 await upgrade_to_head(engine)
+                if isinstance(service.flags, FeatureFlags):  # the table exists now
+                    await service.flags.start()
             yield Runtime(
                 settings, endpoints, engine, redis, service.store, service.cache, service, metrics
             )
         finally:
+            if isinstance(service.flags, FeatureFlags):
+                await service.flags.stop()
             await service.responder.aclose()
             await redis.aclose()
             await engine.dispose()

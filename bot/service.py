@@ -28,6 +28,7 @@ from bot.domain import (
     SessionState,
 )
 from bot.errors import CacheUnavailable, LockTimeout, ResponderError, StaleSession, StoreUnavailable
+from bot.flags import MAINTENANCE, REPLIES_DISABLED, FlagSource, StaticFlags
 from bot.local import KeyedLocks, LocalRateLimiter
 from bot.responders.base import Responder, ResponderRequest, ResponderResult, estimate_tokens
 from bot.store.queries import ExchangeRows, Store
@@ -53,18 +54,43 @@ class Turn:
 
 class ConversationService:
     def __init__(
-        self, settings: Settings, store: Store, cache: HotStateCache, responder: Responder
+        self,
+        settings: Settings,
+        store: Store,
+        cache: HotStateCache,
+        responder: Responder,
+        flags: FlagSource | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.cache = cache
         self.responder = responder
+        self.flags = flags or StaticFlags()  # held in memory: no round trip per message
         self.stats: Counter[str] = Counter()
+        self._published: Counter[str] = Counter()
         self._locks = KeyedLocks()
         self._local_rate = LocalRateLimiter()
 
+    async def publish_stats(self) -> None:
+        """Send the tallies counted since the last call to Redis; kept for later if down."""
+        delta = self.stats - self._published
+        if not delta:
+            return
+        try:
+            await self.cache.add_stats(delta)
+        except CacheUnavailable:
+            return
+        self._published.update(delta)
+
     async def handle(self, message: IncomingMessage) -> Reply:
         """Answer one incoming message; never raises for bad input or a failing store."""
+        flags = self.flags.current
+        if flags.enabled(MAINTENANCE, message.channel):
+            self.stats["maintenance"] += 1
+            return Reply(flags.maintenance_text(message.channel), ReplyKind.MAINTENANCE)
+        if flags.enabled(REPLIES_DISABLED, message.channel):
+            self.stats["muted"] += 1
+            return Reply(None, ReplyKind.MUTED)
         try:
             message = replace(
                 message, text=clean_text(message.text, self.settings.max_message_chars)

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 RESTART_BACKOFF_INITIAL = 1.0
 RESTART_BACKOFF_MAX = 60.0
+STATS_PUBLISH_SECONDS = 10.0  # how often tallies reach `bot ops stats`
 
 
 class Worker:
@@ -33,12 +34,14 @@ class Worker:
         health: HealthServer | None,
         shutdown_grace: float,
         restart_backoff: float = RESTART_BACKOFF_INITIAL,
+        stats_interval: float = STATS_PUBLISH_SECONDS,
     ) -> None:
         self.adapters = list(adapters)
         self.dispatcher = dispatcher
         self.health = health
         self.shutdown_grace = shutdown_grace
         self.restart_backoff = restart_backoff
+        self.stats_interval = stats_interval
         self.restarts: dict[str, int] = {a.name: 0 for a in self.adapters}
         self._stop = asyncio.Event()
 
@@ -51,6 +54,7 @@ class Worker:
             await self.health.start(host, port)
         self._install_signal_handlers()
         supervisors = [asyncio.create_task(self._supervise(a), name=a.name) for a in self.adapters]
+        supervisors.append(asyncio.create_task(self._publish_stats(), name="stats"))
         try:
             await self._stop.wait()
         finally:
@@ -75,6 +79,12 @@ class Worker:
                 await asyncio.wait_for(self._stop.wait(), delay)
             delay = min(delay * 2, RESTART_BACKOFF_MAX)
 
+    async def _publish_stats(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.stats_interval)
+            await self.dispatcher.service.publish_stats()
+
     async def _shutdown(self, supervisors: list[asyncio.Task[None]]) -> bool:
         log.info("shutting down: finishing %d message(s) in flight", self.dispatcher.in_flight)
         self.dispatcher.close()
@@ -84,6 +94,7 @@ class Worker:
         for task in supervisors:
             task.cancel()
         await asyncio.gather(*supervisors, return_exceptions=True)
+        await self.dispatcher.service.publish_stats()
         if self.health is not None:
             await self.health.stop()
         self._remove_signal_handlers()

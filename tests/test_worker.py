@@ -13,8 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.cache.keys import Keys
 from bot.channels.base import ChannelAdapter
 from bot.channels.dispatch import Dispatcher, ShuttingDown
 from bot.config import Settings
@@ -99,7 +101,7 @@ async def test_crashed_adapter_is_restarted_without_stopping_the_others(
 
 
 async def test_shutdown_finishes_the_message_in_flight(
-    make_service: ServiceFactory, settings: Settings, engine: AsyncEngine
+    make_service: ServiceFactory, settings: Settings, engine: AsyncEngine, redis: Redis
 ) -> None:
     responder = SlowResponder(delay=0.5)
     dispatcher = Dispatcher(await make_service(responder=responder), Metrics())
@@ -117,6 +119,9 @@ async def test_shutdown_finishes_the_message_in_flight(
     assert late and len(channel.replies) == 1
     rows = await messages_of(engine, user)
     assert [r.content for r in rows if r.role == "user"] == ["slow one"]
+    # The worker's tallies reached the deployment-wide counters on the way out.
+    counters = await redis.hgetall(Keys.from_settings(settings).stats())
+    assert counters[b"exchange"] == b"1" and counters[b"session_miss"] == b"1"
 
 
 async def _refused(dispatcher: Dispatcher, message: IncomingMessage) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -175,6 +175,17 @@ class HotStateCache:
             await self.abort(message, lock_token)
         except CacheUnavailable:
             self.repair.remember_claim(message, lock_token)
+
+    async def add_stats(self, delta: Mapping[str, int]) -> None:
+        """Add a worker's tallies to the deployment-wide counters (for `bot ops stats`)."""
+
+        async def write() -> None:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for field, count in delta.items():
+                    pipe.hincrby(self.keys.stats(), field, count)
+                await pipe.execute()
+
+        await self.guard.run(write)
 
     async def count_rate(self, user_id: uuid.UUID) -> RateCount:
         count, ttl = await self.guard.run(

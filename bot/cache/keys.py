@@ -24,6 +24,7 @@ CHANNEL_CONFIG = "channel_config"
 FEATURES = "features"
 DEDUP = "dedup"
 LOCK = "lock"
+STATS = "stats"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,14 @@ class Keys:
     def features_channel(self, channel: str) -> str:
         return f"{self.prefix}{FEATURES}:channel:{channel}"
 
+    def features_invalidation_channel(self) -> str:
+        """The pub/sub channel on which ops announce a flag change to every worker."""
+        return f"{self.prefix}{FEATURES}:invalidate"
+
+    def kind_of(self, key: str) -> str:
+        """The kind of a key of this deployment (session, rate, …): for ops counts."""
+        return key.removeprefix(self.prefix).partition(":")[0]
+
     def channel_config(self, channel: str) -> str:
         return f"{self.prefix}{CHANNEL_CONFIG}:{channel}"
 
@@ -87,6 +96,10 @@ class Keys:
     def lock(self, channel: str, channel_user_id: str) -> str:
         """Serializes one user's messages (and so their conversation) across workers."""
         return f"{self.prefix}{LOCK}:chat:{channel}:{channel_user_id}"
+
+    def stats(self) -> str:
+        """A hash of counters (session_hit, rate_limited, duplicate …) summed over workers."""
+        return f"{self.prefix}{STATS}:counters"
 
     def all_pattern(self) -> str:
         return f"{self.prefix}*"

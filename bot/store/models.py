@@ -108,6 +108,13 @@ class Message(Base):
         # Invariant 2: a redelivered platform event is stored at most once per channel.
         # NULLs are distinct, so replies and console lines (no platform id) never collide.
         UniqueConstraint("channel_type", "platform_message_id"),
+        # Full-text search of `bot ops conversation search` (revision 0003): queries use
+        # the same expression, to_tsvector('simple', content) @@ websearch_to_tsquery(…).
+        Index(
+            "ix_messages_content_fts",
+            text("to_tsvector('simple'::regconfig, content)"),
+            postgresql_using="gin",
+        ),
     )
 
     id: Mapped[uuid.UUID] = _uuid_pk()
@@ -133,4 +140,17 @@ class ChannelConfig(Base):
     default_model: Mapped[str | None] = mapped_column(String(100))
     settings: Mapped[dict[str, Any]] = _jsonb()
     created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
+class FeatureFlag(Base):
+    """A feature flag; scope is 'global' or a channel name (revision 0002)."""
+
+    __tablename__ = "feature_flags"
+    __table_args__ = (UniqueConstraint("scope", "name"),)
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    scope: Mapped[str] = mapped_column(String(32), nullable=False)
+    name: Mapped[str] = mapped_column(String(64), nullable=False)
+    value: Mapped[Any] = mapped_column(JSONB, nullable=False)
     updated_at: Mapped[datetime] = _now()

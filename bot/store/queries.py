@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.domain import ChannelSettings, ContextMessage, SessionState, StoredExchange
 from bot.errors import StaleSession
+from bot.store.manage_queries import ManageQueries
 from bot.store.retry import DatabaseRetry
 
 T = TypeVar("T")
@@ -125,7 +126,7 @@ class ExchangeRows:
     reply_id: uuid.UUID
 
 
-class Store:
+class Store(ManageQueries):
     def __init__(self, engine: AsyncEngine, retry: DatabaseRetry) -> None:
         self.engine = engine
         self.retry = retry

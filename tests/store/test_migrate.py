@@ -29,7 +29,7 @@ from tests.conftest import create_database, drop_database
 
 ROOT = Path(__file__).resolve().parents[2]
 ALEMBIC = ROOT / ".venv" / "bin" / "alembic"
-TABLES = {"users", "conversations", "messages", "channel_configs"}
+TABLES = {"users", "conversations", "messages", "channel_configs", "feature_flags"}
 PROXIES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
 
 NewDatabase = Callable[[], Awaitable[str]]

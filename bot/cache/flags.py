@@ -1,0 +1,154 @@
+"""Feature flags in Redis: the hashes `features:global` and `features:channel:{channel}`.
+
+Field = flag name, value = JSON; every hash written from Postgres also holds the
+field `_loaded`, so a flushed or evicted hash is told apart from "no flags".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from redis.asyncio import Redis
+
+from bot.cache.keys import Keys
+from bot.domain import FlagRow
+from bot.errors import CacheUnavailable
+from bot.flags import GLOBAL, LOADED_FIELD, FlagSet
+from bot.store.queries import Store
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Guard(Protocol):
+    """Bounds a Redis call in time and turns its failure into CacheUnavailable:
+    the worker's RedisGuard, or a plain bound for a one-shot ops command."""
+
+    op_timeout: float
+
+    async def run(self, operation: Callable[[], Awaitable[T]]) -> T: ...
+
+
+class FlagCache:
+    """The Redis side: read and rewrite the hashes, publish a change."""
+
+    def __init__(self, redis: Redis, keys: Keys, guard: Guard, channels: Sequence[str]):
+        self.redis = redis
+        self.keys = keys
+        self.guard = guard
+        self.channels = tuple(channels)
+
+    def hash_keys(self, rows: Sequence[FlagRow] = ()) -> dict[str, str]:
+        """Scope -> key: global, every known channel, and any channel with a flag."""
+        scopes = [GLOBAL, *self.channels, *(r.scope for r in rows if r.scope != GLOBAL)]
+        return {
+            scope: self.keys.features_global()
+            if scope == GLOBAL
+            else self.keys.features_channel(scope)
+            for scope in dict.fromkeys(scopes)
+        }
+
+    async def read(self) -> FlagSet | None:
+        """The cached flags; None when a hash is missing (flushed, evicted, never filled)."""
+        scopes = self.hash_keys()
+
+        async def run() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in scopes.values():
+                    pipe.hgetall(key)
+                return list(await pipe.execute())
+
+        found = await self.guard.run(run)
+        decoded: dict[str, dict[str, Any]] = {}
+        for scope, raw in zip(scopes, found, strict=True):
+            values = {_text(k): _text(v) for k, v in raw.items()}
+            if LOADED_FIELD not in values:
+                return None
+            decoded[scope] = _decode(scope, values)
+        global_ = decoded.pop(GLOBAL)
+        return FlagSet(global_, {c: v for c, v in decoded.items() if v})
+
+    async def write(self, rows: Sequence[FlagRow]) -> None:
+        """Replace every hash with `rows`, atomically (MULTI)."""
+        scopes = self.hash_keys(rows)
+
+        async def run() -> None:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for scope, key in scopes.items():
+                    fields: dict[Any, Any] = {LOADED_FIELD: "1"}
+                    fields.update((r.name, json.dumps(r.value)) for r in rows if r.scope == scope)
+                    pipe.delete(key)
+                    pipe.hset(key, mapping=fields)
+                await pipe.execute()
+
+        await self.guard.run(run)
+
+    async def drop(self) -> None:
+        """Delete the hashes, so that workers refill them from Postgres."""
+        keys = list(self.hash_keys().values())
+        await self.guard.run(lambda: self.redis.delete(*keys))
+
+    async def publish(self) -> int:
+        """Tell every worker to reload; returns how many listeners got the message."""
+        channel = self.keys.features_invalidation_channel()
+        return int(await self.guard.run(lambda: self.redis.publish(channel, "1")))
+
+
+@dataclass(frozen=True, slots=True)
+class FlagChange:
+    existed: bool  # the flag was set before this change
+    rows: list[FlagRow]  # every flag after it
+    cached: bool  # Redis holds the change
+    notified: int | None  # workers that got the invalidation; None: not published
+
+
+async def change_flag(
+    store: Store, cache: FlagCache, scope: str, name: str, value: Any, *, unset: bool = False
+) -> FlagChange:
+    """Change one flag in Postgres and Redis, then tell every worker.
+
+    Redis is rewritten inside the Postgres transaction; if Redis is unreachable the
+    change is still committed (Postgres is the source of truth) and `cached` is False.
+    """
+    cached = False
+
+    async def write(rows: list[FlagRow]) -> None:
+        nonlocal cached
+        cached = False
+        with contextlib.suppress(CacheUnavailable):
+            await cache.write(rows)
+            cached = True
+
+    try:
+        existed, rows = await store.change_flag(scope, name, value, write, unset=unset)
+    except BaseException:
+        if cached:  # Redis may now show what did not commit: make workers ask Postgres
+            with contextlib.suppress(CacheUnavailable):
+                await cache.drop()
+        raise
+    notified = None
+    if cached:
+        with contextlib.suppress(CacheUnavailable):
+            notified = await cache.publish()
+    return FlagChange(existed, rows, cached, notified)
+
+
+def _decode(scope: str, values: dict[str, str]) -> dict[str, Any]:
+    decoded: dict[str, Any] = {}
+    for name, raw in values.items():
+        if name == LOADED_FIELD:
+            continue
+        try:
+            decoded[name] = json.loads(raw)
+        except ValueError:
+            log.warning("ignoring unreadable feature flag %s in scope %s", name, scope)
+    return decoded
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,1 @@
+"""`bot ops`: inspect and manage the bot's Redis and Postgres (docs/ops.md)."""

@@ -1,0 +1,192 @@
+"""`bot ops`: look into the bot's Redis and Postgres, and fix things.
+
+`register` adds the `ops` command with its inspection sub-commands (health, stats,
+user, conversation; bot/ops/commands.py). The management sub-commands (flags, config,
+cache, purge) live in bot/ops/manage.py: when that module exists, `register` calls
+its `register_manage(ops_subcommands)` with the same sub-parsers object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import uuid
+from typing import TYPE_CHECKING
+
+from bot.ops.commands import (
+    Command,
+    conversation_search,
+    conversation_show,
+    handler,
+    health,
+    stats,
+    user_delete,
+    user_export,
+    user_show,
+)
+
+if TYPE_CHECKING:
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+MANAGE_MODULE = "bot.ops.manage"  # the other half of `bot ops`, if installed
+DOCS = "Each command's redis-cli / psql equivalent: docs/ops.md."
+DESCRIPTION = f"""\
+Inspect and manage the bot's state: Postgres (the source of truth) and Redis (its
+cache), the configured servers or the embedded ones. Every command prints tables,
+or one JSON object with --json; progress goes to standard error. Exit codes: 0 ok,
+1 something is down or not found, 2 bad input.
+{DOCS}"""
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not 1 <= number <= 100_000:
+        raise argparse.ArgumentTypeError("must be from 1 to 100000")
+    return number
+
+
+def _conversation_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a conversation id (a UUID): {value!r}") from None
+
+
+def _search_text(value: str) -> str:
+    if not value.strip() or "\x00" in value:
+        raise argparse.ArgumentTypeError("give some words to search for")
+    return value
+
+
+def _leaf(
+    parent: Subparsers, name: str, help: str, text: str, run: Command
+) -> argparse.ArgumentParser:
+    parser = parent.add_parser(name, help=help, description=f"{text} {DOCS}")
+    parser.add_argument("--json", action="store_true", help="print one JSON object for scripts")
+    parser.set_defaults(handler=handler(run))
+    return parser
+
+
+def _group(parent: Subparsers, name: str, help: str) -> Subparsers:
+    parser = parent.add_parser(name, help=help, description=f"{help}. {DOCS}")
+    return parser.add_subparsers(dest=f"ops_{name}_command", metavar="COMMAND", required=True)
+
+
+def _user_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("channel", metavar="CHANNEL", help="console, discord, telegram or slack")
+    parser.add_argument("user", metavar="USER_ID", help="the user's id on that platform")
+
+
+def register(subparsers: Subparsers) -> None:
+    """Add `bot ops` and its sub-commands to the `bot` command line."""
+    ops = subparsers.add_parser(
+        "ops",
+        help="inspect and manage Redis and Postgres (health, stats, users, conversations …)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = ops.add_subparsers(dest="ops_command", metavar="COMMAND", required=True)
+    _register_inspection(commands)
+    if importlib.util.find_spec(MANAGE_MODULE) is not None:
+        importlib.import_module(MANAGE_MODULE).register_manage(commands)
+
+
+def _register_inspection(commands: Subparsers) -> None:
+    check = _leaf(
+        commands,
+        "health",
+        "are Postgres and Redis up, and the schema current?",
+        "Reach Postgres and Redis and time a round trip to each; compare the database's "
+        "migration revision with this code's head; show Redis memory and maxmemory-policy. "
+        "Exit 1 if a store is down or the schema is behind (run `bot migrate`).",
+        health,
+    )
+    check.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="give up on a store after this long (default %(default)s)",
+    )
+    _leaf(
+        commands,
+        "stats",
+        "what the bot is doing: users, messages, cache, sizes",
+        "Active users per channel (Redis active sets), live sessions, open and recently "
+        "active conversations, messages in the last hour and 24 h per channel and replies "
+        "per model, rate-limited and de-duplicated counts and cache hit ratios summed over "
+        "all workers (when the workers publish them), Redis memory and keys by kind, "
+        "Postgres table and index sizes and index usage.",
+        stats,
+    )
+    _register_user(_group(commands, "user", "one user: show, export or delete"))
+    _register_conversation(_group(commands, "conversation", "conversations: show, search"))
+
+
+def _register_user(users: Subparsers) -> None:
+    show = _leaf(
+        users,
+        "show",
+        "the user's row, cached session and conversations",
+        "The users row, the cached session with its TTL, this minute's rate counter, and "
+        "each conversation with its message count and how many are in the cached context.",
+        user_show,
+    )
+    _user_arguments(show)
+    export = _leaf(
+        users,
+        "export",
+        "everything stored about the user, as JSON",
+        "Write the user's row, conversations with all their messages, and what Redis holds "
+        "about them (session, rate counter, cached contexts) as one JSON document.",
+        user_export,
+    )
+    _user_arguments(export)
+    export.add_argument(
+        "--output", "-o", metavar="FILE", help="write to FILE (mode 600) instead of standard output"
+    )
+    delete = _leaf(
+        users,
+        "delete",
+        "erase the user from Postgres and Redis",
+        "Delete the user's row and, by cascade, their conversations and messages; then "
+        "their session, rate counter, cached contexts and active-set entry in Redis. Asks "
+        "for confirmation; without a terminal it refuses unless --yes is given.",
+        user_delete,
+    )
+    _user_arguments(delete)
+    delete.add_argument("--yes", "-y", action="store_true", help="do not ask: delete")
+
+
+def _register_conversation(group: Subparsers) -> None:
+    show = _leaf(
+        group,
+        "show",
+        "a conversation's messages",
+        "The newest messages of the conversation, oldest first, with role, model, tokens "
+        "and time; `cached` marks those also in the Redis context.",
+        conversation_show,
+    )
+    show.add_argument("id", type=_conversation_id, metavar="ID", help="the conversation id")
+    show.add_argument(
+        "--limit", "-n", type=_positive, default=50, help="how many messages (default %(default)s)"
+    )
+    search = _leaf(
+        group,
+        "search",
+        "full-text search over all messages",
+        "Postgres full-text search (GIN index, 'simple' configuration: no stemming). "
+        'Web-search syntax: words (all must match), "a phrase", -excluded, or. Newest '
+        "first, with conversation, user, time and a snippet.",
+        conversation_search,
+    )
+    search.add_argument(
+        "text", type=_search_text, nargs="+", metavar="TEXT", help="what to search for"
+    )
+    search.add_argument(
+        "--limit", "-n", type=_positive, default=20, help="most results (default %(default)s)"
+    )

@@ -1,0 +1,294 @@
+"""What `bot ops health` and `bot ops stats` read, without changing anything.
+
+ops is its own read-only reader of the stores: the SQL is here, beside the commands
+that need it; every Redis key name comes from Keys (bot/cache/keys.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import statistics
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from alembic.script import ScriptDirectory
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from bot.cache import keys as kinds
+from bot.cache.keys import Keys
+from bot.logs import redact
+from bot.store.migrate import alembic_config, current_revision
+
+Progress = Callable[[int], None]  # called with how many items were just done
+
+PINGS = 3
+SCAN_BATCH = 1000
+CACHE_KINDS = (kinds.SESSION, kinds.CONTEXT, kinds.CHANNEL_CONFIG)
+KNOWN_KINDS = frozenset(
+    {
+        *(kinds.SESSION, kinds.RATE, kinds.ACTIVE, kinds.CONTEXT, kinds.CHANNEL_CONFIG),
+        *(kinds.FEATURES, kinds.DEDUP, kinds.LOCK, kinds.STATS),
+    }
+)
+STORE_ERRORS = (SQLAlchemyError, RedisError, OSError, TimeoutError)
+
+_MESSAGES_BY = """
+    SELECT {column} AS {name},
+           count(*) FILTER (WHERE timestamp > now() - interval '1 hour') AS last_hour,
+           count(*) AS last_24h
+    FROM messages WHERE timestamp > now() - interval '24 hours' {extra}
+    GROUP BY 1 ORDER BY last_24h DESC, 1
+"""
+_STATS_SQL = {
+    "conversations": """
+        SELECT (SELECT count(*) FROM conversations WHERE is_active) AS open,
+               count(*) FILTER (WHERE last_activity > now() - interval '1 hour')
+                   AS active_last_hour,
+               count(*) AS active_last_24h
+        FROM conversations WHERE last_activity > now() - interval '24 hours'
+    """,
+    "messages_by_channel": _MESSAGES_BY.format(column="channel_type", name="channel", extra=""),
+    "replies_by_model": _MESSAGES_BY.format(
+        column="coalesce(model_used, '?')", name="model", extra="AND role = 'assistant'"
+    ),
+    "tables": """
+        SELECT relname AS table, n_live_tup AS rows, pg_total_relation_size(relid) AS total_bytes,
+               pg_relation_size(relid) AS table_bytes, pg_indexes_size(relid) AS index_bytes,
+               seq_scan, idx_scan
+        FROM pg_stat_user_tables WHERE schemaname = current_schema()
+        ORDER BY total_bytes DESC, relname
+    """,
+    "indexes": """
+        SELECT relname AS table, indexrelname AS index, idx_scan AS scans,
+               idx_tup_read AS tuples_read, pg_relation_size(indexrelid) AS bytes
+        FROM pg_stat_user_indexes WHERE schemaname = current_schema()
+        ORDER BY relname, indexrelname
+    """,
+}
+
+
+_REDIS_FIELDS = (
+    *("latency_ms", "version", "used_memory", "used_memory_human"),
+    *("maxmemory", "maxmemory_policy"),
+)
+
+
+class NotFound(LookupError):
+    """What the command was asked about does not exist (exit code 1)."""
+
+
+def describe(exc: BaseException, secrets: Iterable[str] = ()) -> str:
+    """One line about a store failure, with any password masked."""
+    cause = getattr(exc, "orig", None) or exc
+    detail = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    name = type(cause).__name__
+    return redact(f"{name}: {detail}" if detail else name, secrets)
+
+
+def glob_escape(value: str) -> str:
+    """`value` matched literally by a Redis SCAN/KEYS pattern."""
+    return re.sub(r"([\\*?\[\]])", r"\\\1", value)
+
+
+def as_text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+async def _median_ms(ping: Callable[[], Awaitable[object]]) -> float:
+    """Median round trip of a few pings, in ms, after one that may open the connection."""
+    await ping()
+    times = []
+    for _ in range(PINGS):
+        start = time.perf_counter()
+        await ping()
+        times.append((time.perf_counter() - start) * 1000)
+    return round(statistics.median(times), 3)
+
+
+# --- health ---------------------------------------------------------------------------
+
+
+async def postgres_health(engine: AsyncEngine, budget: float, secrets: list[str]) -> dict[str, Any]:
+    try:
+        async with asyncio.timeout(budget), engine.connect() as connection:
+            latency = await _median_ms(lambda: connection.execute(text("SELECT 1")))
+            version = (await connection.execute(text("SHOW server_version"))).scalar()
+        revision = await asyncio.wait_for(current_revision(engine), budget)
+    except STORE_ERRORS as exc:
+        failed = {"ok": False, "error": describe(exc, secrets), "latency_ms": None}
+        return {**failed, "version": None, "revision": None}
+    return {
+        "ok": True,
+        "error": None,
+        "latency_ms": latency,
+        "version": version,
+        "revision": revision,
+    }
+
+
+def migration_status(current: str | None, reachable: bool) -> dict[str, Any]:
+    script = ScriptDirectory.from_config(alembic_config())
+    head = script.get_current_head()
+    known = {revision.revision for revision in script.walk_revisions()}
+    if not reachable:
+        status = "unknown"  # Postgres is down
+    elif current == head:
+        status = "current"
+    elif current is None or current in known:
+        status = "behind"  # run `bot migrate` (workers do it when they start)
+    else:
+        status = "ahead"  # a revision this code does not know: a newer release migrated
+    return {"ok": status == "current", "current": current, "head": head, "status": status}
+
+
+async def redis_health(redis: Redis, budget: float, secrets: list[str]) -> dict[str, Any]:
+    try:
+        async with asyncio.timeout(budget):
+            latency = await _median_ms(redis.ping)
+            memory = await redis.info("memory")
+            server = await redis.info("server")
+    except STORE_ERRORS as exc:
+        failed: dict[str, Any] = dict.fromkeys(_REDIS_FIELDS)
+        return {**failed, "ok": False, "error": describe(exc, secrets)}
+    return {
+        "ok": True,
+        "error": None,
+        "latency_ms": latency,
+        "version": server.get("redis_version"),
+        "used_memory": memory.get("used_memory"),
+        "used_memory_human": memory.get("used_memory_human"),
+        "maxmemory": memory.get("maxmemory"),
+        "maxmemory_policy": memory.get("maxmemory_policy"),
+    }
+
+
+def health_warnings(redis: dict[str, Any]) -> list[str]:
+    """Not failures, but what an operator should know about Redis memory."""
+    if not redis.get("ok"):
+        return []
+    if not redis.get("maxmemory"):
+        return ["Redis has no maxmemory: it may grow until the host runs out of memory"]
+    if redis.get("maxmemory_policy") == "noeviction":
+        return ["Redis maxmemory-policy is noeviction: when full it refuses writes"]
+    return []
+
+
+async def health(
+    engine: AsyncEngine, redis: Redis, budget: float, secrets: list[str]
+) -> dict[str, Any]:
+    """Both stores reachable, their round trips, the schema revision, Redis memory."""
+    postgres, cache = await asyncio.gather(
+        postgres_health(engine, budget, secrets), redis_health(redis, budget, secrets)
+    )
+    migrations = migration_status(postgres.pop("revision"), postgres["ok"])
+    return {
+        "ok": bool(postgres["ok"] and cache["ok"] and migrations["ok"]),
+        "postgres": postgres,
+        "redis": cache,
+        "migrations": migrations,
+        "warnings": health_warnings(cache),
+    }
+
+
+# --- stats: Redis ---------------------------------------------------------------------
+
+
+async def scan_kinds(
+    redis: Redis, keys: Keys, progress: Progress
+) -> tuple[Counter[str], list[str]]:
+    """Key counts by kind under this deployment's prefix, and the names of the active sets."""
+    counts: Counter[str] = Counter()
+    active: list[str] = []
+    seen = 0
+    async for raw in redis.scan_iter(match=glob_escape(keys.prefix) + "*", count=SCAN_BATCH):
+        name = as_text(raw)
+        kind = keys.kind_of(name)
+        counts[kind if kind in KNOWN_KINDS else "other"] += 1
+        if kind == kinds.ACTIVE:
+            active.append(name)
+        seen += 1
+        if seen % SCAN_BATCH == 0:
+            progress(SCAN_BATCH)
+    progress(seen % SCAN_BATCH)
+    return counts, active
+
+
+async def active_users(redis: Redis, keys: Keys, names: list[str]) -> dict[str, int]:
+    """Users seen per channel within the active window (ZCOUNT of each active set)."""
+    since = time.time() - keys.active_window
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.zcount(name, since, "+inf")
+        counts = await pipe.execute()
+    channel_of = keys.active("")
+    found = {name.removeprefix(channel_of): int(n) for name, n in zip(names, counts, strict=True)}
+    return dict(sorted(found.items()))
+
+
+async def counters(redis: Redis, keys: Keys) -> dict[str, Any] | None:
+    """The service's tallies summed over every worker, if the workers publish them."""
+    raw = await redis.hgetall(keys.stats())
+    if not raw:
+        return None
+    values: dict[str, int] = {}
+    for field, value in raw.items():
+        try:
+            values[as_text(field)] = int(value)
+        except ValueError:
+            continue
+    cache = {}
+    for kind in CACHE_KINDS:
+        hits, misses = values.get(f"{kind}_hit", 0), values.get(f"{kind}_miss", 0)
+        ratio = round(hits / (hits + misses), 4) if hits + misses else None
+        cache[kind] = {"hits": hits, "misses": misses, "ratio": ratio}
+    return {
+        "rate_limited": values.get("rate_limited", 0),
+        "duplicate": values.get("duplicate", 0),
+        "cache": cache,
+        "all": dict(sorted(values.items())),
+    }
+
+
+async def redis_stats(redis: Redis, keys: Keys, progress: Progress) -> dict[str, Any]:
+    counts, active = await scan_kinds(redis, keys, progress)
+    memory = await redis.info("memory")
+    return {
+        "active_users": {
+            "window_seconds": keys.active_window,
+            "by_channel": await active_users(redis, keys, active),
+        },
+        "live_sessions": counts.get(kinds.SESSION, 0),
+        "counters": await counters(redis, keys),
+        "redis": {
+            "used_memory": memory.get("used_memory"),
+            "used_memory_human": memory.get("used_memory_human"),
+            "keys_by_kind": dict(sorted(counts.items())),
+        },
+    }
+
+
+# --- stats: Postgres ------------------------------------------------------------------
+
+
+async def _rows(connection: AsyncConnection, sql: str) -> list[dict[str, Any]]:
+    return [dict(row._mapping) for row in await connection.execute(text(sql))]
+
+
+async def postgres_stats(engine: AsyncEngine) -> dict[str, Any]:
+    async with engine.connect() as connection:
+        found = {name: await _rows(connection, sql) for name, sql in _STATS_SQL.items()}
+    return {
+        "conversations": found["conversations"][0],
+        "messages": {
+            "by_channel": found["messages_by_channel"],
+            "replies_by_model": found["replies_by_model"],
+        },
+        "postgres": {"tables": found["tables"], "indexes": found["indexes"]},
+    }

@@ -1,0 +1,138 @@
+"""`bot ops flags|config|cache|purge`: change what the bot does, and clean up after it.
+
+bot/ops/cli.py calls `register_manage` with the `ops` sub-parsers. This module holds
+the flags commands; config is in bot/ops/manage_config.py, cache and purge in
+bot/ops/manage_cache.py. Tables for people, one JSON object with --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from bot.cache.flags import FlagCache, change_flag
+from bot.channels import registry
+from bot.config import Settings
+from bot.domain import FlagRow
+from bot.flags import GLOBAL, KNOWN_FLAGS, FlagSet, parse_value
+from bot.ops.manage_cache import register_cache, register_purge
+from bot.ops.manage_config import register_config
+from bot.ops.manage_support import Manage, channel_arg, emit, group, leaf, warn
+from bot.ops.render import Out
+
+if TYPE_CHECKING:
+    from bot.ops.manage_support import Subparsers
+
+
+def register_manage(ops: Subparsers) -> None:
+    """Add the flags, config, cache and purge commands to `bot ops`."""
+    _register_flags(group(ops, "flags", "feature flags: list, get, set, unset"))
+    register_config(group(ops, "config", "channel configs: show, set"))
+    register_cache(group(ops, "cache", "the Redis cache: flush, warm"))
+    register_purge(ops)
+
+
+def _register_flags(flags: Subparsers) -> None:
+    known = "; ".join(f"{name}: {spec.help}" for name, spec in KNOWN_FLAGS.items())
+    names = sorted(KNOWN_FLAGS)
+    leaf(flags, "list", "every flag set, by scope", f"Every flag set. Flags: {known}.", _list)
+    get = leaf(
+        flags,
+        "get",
+        "the value of a flag in force",
+        "The value in force: the channel's if set, else the global one.",
+        _get,
+    )
+    get.add_argument("name", choices=names, metavar="NAME", help=", ".join(names))
+    get.add_argument("--channel", type=channel_arg, help="for this channel (default: global)")
+    set_ = leaf(
+        flags,
+        "set",
+        "set a flag, globally or for one channel",
+        "Write the flag to Postgres and Redis and tell every worker: they follow within "
+        f"seconds. Booleans take true/false, on/off, yes/no, 1/0. Flags: {known}.",
+        _set,
+        _check_value,
+    )
+    set_.add_argument("name", choices=names, metavar="NAME", help=", ".join(names))
+    set_.add_argument("value", metavar="VALUE")
+    set_.add_argument("--channel", type=channel_arg, help="only this channel (default: global)")
+    unset = leaf(
+        flags, "unset", "remove a flag", "Remove the flag: its default applies again.", _unset
+    )
+    unset.add_argument("name", choices=names, metavar="NAME", help=", ".join(names))
+    unset.add_argument("--channel", type=channel_arg, help="only this channel (default: global)")
+
+
+def _check_value(args: argparse.Namespace, settings: Settings) -> None:
+    args.parsed_value = parse_value(args.name, args.value)
+
+
+def _rows(rows: list[FlagRow]) -> list[dict[str, Any]]:
+    return [
+        {"scope": r.scope, "name": r.name, "value": r.value, "updated_at": r.updated_at}
+        for r in rows
+    ]
+
+
+def _flags_table(out: Out, rows: list[dict[str, Any]]) -> None:
+    cells = [(r["scope"], r["name"], r["value"], r.get("updated_at")) for r in rows]
+    out.table("Feature flags", ["scope", "name", "value", "updated"], cells, "no flag is set")
+
+
+async def _list(manage: Manage, args: argparse.Namespace, out: Out) -> int:
+    rows = _rows(await manage.store.list_flags())
+    emit(out, {"flags": rows}, lambda: _flags_table(out, rows))
+    return 0
+
+
+async def _get(manage: Manage, args: argparse.Namespace, out: Out) -> int:
+    flags = FlagSet.from_rows(await manage.store.list_flags())
+    value = flags.value(args.name, args.channel)
+    own = args.channel is not None and args.name in flags.channels.get(args.channel, {})
+    source = args.channel if own else (GLOBAL if args.name in flags.global_ else "unset")
+    data = {"name": args.name, "channel": args.channel, "value": value, "from": source}
+    emit(out, data, lambda: out.pairs(f"Flag {args.name}", data))
+    return 0
+
+
+async def _set(manage: Manage, args: argparse.Namespace, out: Out) -> int:
+    return await _change(manage, args, out, args.parsed_value, unset=False)
+
+
+async def _unset(manage: Manage, args: argparse.Namespace, out: Out) -> int:
+    return await _change(manage, args, out, None, unset=True)
+
+
+async def _change(
+    manage: Manage, args: argparse.Namespace, out: Out, value: Any, *, unset: bool
+) -> int:
+    scope = args.channel or GLOBAL
+    cache = FlagCache(manage.redis, manage.keys, manage.guard, registry.ALL_NAMES)
+    change = await change_flag(manage.store, cache, scope, args.name, value, unset=unset)
+    action = ("unset" if change.existed else "was not set") if unset else "set"
+    data: dict[str, Any] = {
+        "scope": scope,
+        "name": args.name,
+        "value": None if unset else value,
+        "action": action,
+        "cached": change.cached,
+        "workers_notified": change.notified,
+        "flags": _rows(change.rows),
+    }
+    if not change.cached:
+        warn(
+            out,
+            data,
+            "Redis is unreachable: the change is in Postgres only. Workers that lost Redis "
+            "read it from there and refill Redis when it is back; run this again once Redis "
+            "answers to be sure every worker follows.",
+        )
+
+    def view() -> None:
+        summary = {k: v for k, v in data.items() if k not in ("flags", "warnings")}
+        out.pairs(f"Flag {args.name}: {action}", summary)
+        _flags_table(out, data["flags"])
+
+    emit(out, data, view)
+    return 0

@@ -1,0 +1,174 @@
+"""`bot ops cache flush|warm` and `bot ops purge`: Redis housekeeping and retention."""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+from collections import Counter
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from bot.errors import CacheUnavailable
+from bot.ops import housekeeping
+from bot.ops.housekeeping import BadInput
+from bot.ops.inspect import NotFound
+from bot.ops.manage_support import Manage, emit, leaf, warn
+from bot.ops.render import Out
+
+if TYPE_CHECKING:
+    from bot.ops.manage_support import Subparsers
+
+
+def register_cache(cache: Subparsers) -> None:
+    flush = leaf(
+        cache,
+        "flush",
+        "delete cached state (Postgres keeps everything)",
+        "Delete keys of this deployment only (its REDIS_KEY_PREFIX). --user: the user's "
+        "session, rate counter and the context of each of their conversations; "
+        "--conversation: its context; --all: every key but the locks of messages in flight "
+        "(SCAN, in batches of CACHE_BATCH_SIZE).",
+        _flush,
+    )
+    scope = flush.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--user", type=_user, metavar="CHANNEL:ID", help="e.g. discord:1234")
+    scope.add_argument("--conversation", type=_uuid, metavar="ID", help="a conversation id")
+    scope.add_argument("--all", action="store_true", help="every key under the prefix")
+    warm = leaf(
+        cache,
+        "warm",
+        "refill sessions and contexts of recently active users",
+        "From Postgres, put back the session and recent context of every user whose active "
+        "conversation had a message since --since; keys already cached are left alone.",
+        _warm,
+    )
+    warm.add_argument("--since", type=_age, default="1h", metavar="AGE", help="default: 1h")
+
+
+def register_purge(ops: Subparsers) -> None:
+    purge = leaf(
+        ops,
+        "purge",
+        "delete messages older than a cutoff, in small batches",
+        "Delete messages older than --older-than in batches of PURGE_BATCH_SIZE rows, one "
+        "short transaction each (never a long lock), then inactive conversations left "
+        "empty; drop the Redis contexts of the conversations touched. --dry-run counts only.",
+        _purge,
+    )
+    purge.add_argument("--older-than", type=_age, required=True, metavar="AGE", help="e.g. 90d")
+    purge.add_argument("--dry-run", action="store_true", help="count only; change nothing")
+
+
+def _user(value: str) -> tuple[str, str]:
+    channel, sep, cuid = value.partition(":")
+    if not (sep and channel and cuid):
+        raise argparse.ArgumentTypeError(f"takes CHANNEL:ID (e.g. discord:1234), not {value!r}")
+    return channel, cuid
+
+
+def _uuid(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a conversation id (a UUID): {value!r}") from None
+
+
+def _age(value: str) -> timedelta:
+    try:
+        return housekeeping.parse_duration(value)
+    except BadInput as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _counts(scope: str, deleted: Counter[str], **extra: Any) -> dict[str, Any]:
+    return {"scope": scope, "deleted": dict(deleted), "total": deleted.total(), **extra}
+
+
+def _deleted_view(out: Out, data: dict[str, Any]) -> None:
+    rows = [(kind, count) for kind, count in sorted(data["deleted"].items())]
+    out.table(f"Deleted ({data['scope']})", ["kind", "#keys"], [*rows, ("total", data["total"])])
+    if data.get("kept_locks"):
+        out.note(f"kept {data['kept_locks']} lock keys of messages in flight", style="dim")
+
+
+async def _flush(manage: Manage, args: argparse.Namespace, out: Out) -> int:
+    keys, redis = manage.keys, manage.redis
+    if args.all:
+        with out.progress("deleting keys") as advance:
+            result = await housekeeping.flush_all(
+                redis, keys, manage.settings.cache_batch_size, advance
+            )
+        data = _counts("all", result.deleted, kept_locks=result.kept_locks)
+    elif args.conversation:
+        deleted = await housekeeping.flush_keys(redis, [keys.context(args.conversation)], keys)
+        data = _counts(f"conversation {args.conversation}", deleted)
+    else:
+        channel, cuid = args.user
+        found = await manage.store.user_conversations(channel, cuid)
+        if found is None:
+            raise NotFound(f"no user {cuid!r} on channel {channel!r}")
+        names = housekeeping.user_keys(keys, channel, cuid, *found)
+        data = _counts(f"user {channel}:{cuid}", await housekeeping.flush_keys(redis, names, keys))
+    emit(out, data, lambda: _deleted_view(out, data))
+    return 0
+
+
+async def _warm(manage: Manage, args: argparse.Namespace, out: Out) -> int:
+    since = housekeeping.cutoff_before(args.since)
+    total = await manage.store.count_active_since(since)
+    batch = manage.settings.cache_batch_size
+    with out.progress("warming users", total=total) as advance:
+        result = await housekeeping.warm(
+            manage.redis, manage.keys, manage.store, since, batch, advance
+        )
+    data = {
+        "since": since,
+        "users": result.users,
+        "sessions_filled": result.sessions_filled,
+        "contexts_filled": result.contexts_filled,
+    }
+    emit(out, data, lambda: out.pairs("Warmed", data))
+    return 0
+
+
+async def _purge(manage: Manage, args: argparse.Namespace, out: Out) -> int:
+    cutoff = housekeeping.cutoff_before(args.older_than)
+    store, keys, batch = manage.store, manage.keys, manage.settings.purge_batch_size
+    redis = manage.redis if await _reachable(manage) else None
+    if args.dry_run:
+        result = await housekeeping.purge_dry_run(store, redis, keys, cutoff, batch)
+    else:
+        counts = await store.count_purgeable(cutoff)
+        with out.progress("purging rows", total=counts.messages + counts.conversations) as step:
+            result = await housekeeping.purge(store, redis, keys, cutoff, batch, step)
+    data: dict[str, Any] = {
+        "cutoff": cutoff,
+        "dry_run": result.dry_run,
+        "postgres": {"messages": result.messages, "conversations": result.conversations},
+        "redis": {"context": result.contexts},
+        "seconds": round(result.seconds, 3),
+    }
+    if result.contexts is None:
+        ttl = manage.settings.context_ttl_seconds
+        warn(out, data, f"Redis is unreachable: cached contexts expire within {ttl} s")
+
+    def view() -> None:
+        verb = "would remove" if result.dry_run else "removed"
+        rows = [
+            ("postgres", "messages", result.messages),
+            ("postgres", "conversations", result.conversations),
+            ("redis", "context keys", result.contexts),
+        ]
+        out.table(f"Older than {cutoff:%Y-%m-%d %H:%M}Z: {verb}", ["store", "what", "#"], rows)
+        out.note(f"{data['seconds']} s", style="dim")
+
+    emit(out, data, view)
+    return 0
+
+
+async def _reachable(manage: Manage) -> bool:
+    try:
+        await manage.guard.run(manage.redis.ping)
+    except CacheUnavailable:
+        return False
+    return True

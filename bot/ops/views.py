@@ -1,0 +1,247 @@
+"""The tables of each inspection command (the `--json` output is the data itself)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+
+from bot.ops.conversations import HIGHLIGHT
+from bot.ops.render import Out, size
+
+MAX_CONTENT = 300  # characters of a message shown in a table; --json has them all
+
+
+def _state(ok: bool, good: str = "ok", bad: str = "DOWN") -> Text:
+    return Text(good, style="green") if ok else Text(bad, style="bold red")
+
+
+def _clip(content: str) -> str:
+    return content if len(content) <= MAX_CONTENT else content[: MAX_CONTENT - 1] + "…"
+
+
+def _seconds(value: Any) -> str:
+    return "-" if value is None else f"{value} s"
+
+
+def _store_details(part: dict[str, Any], name: str, extra: str = "") -> str:
+    if part["error"]:
+        return f"{part['url']}: {part['error']}"
+    return f"{name} {part['version']} at {part['url']}{extra}"
+
+
+def health_view(out: Out, data: dict[str, Any]) -> None:
+    pg, rd, mig = data["postgres"], data["redis"], data["migrations"]
+    limit = size(rd["maxmemory"]) if rd["maxmemory"] else "no limit"
+    memory = f"; memory {rd['used_memory_human']} of {limit}, policy {rd['maxmemory_policy']}"
+    revision = f"database at {mig['current'] or 'no revision'}, code head {mig['head']}"
+    rows = [
+        ("Postgres", _state(pg["ok"]), pg["latency_ms"], _store_details(pg, "Postgres")),
+        ("Redis", _state(rd["ok"]), rd["latency_ms"], _store_details(rd, "Redis", memory)),
+        ("Migrations", _state(mig["ok"], mig["status"], mig["status"].upper()), None, revision),
+    ]
+    out.table("Health", ["component", "status", "round trip ms", "details"], rows)
+    for warning in data["warnings"]:
+        out.note(f"warning: {warning}", style="yellow")
+    out.note(
+        "healthy" if data["ok"] else "NOT healthy", style="green" if data["ok"] else "bold red"
+    )
+
+
+def stats_view(out: Out, data: dict[str, Any]) -> None:
+    active = data["active_users"]
+    out.table(
+        f"Active users (last {active['window_seconds']} s, from Redis)",
+        ["channel", "# users"],
+        active["by_channel"].items(),
+        empty="nobody in the window",
+    )
+    conversations = data["conversations"]
+    out.pairs(
+        "Sessions and conversations",
+        {
+            "live sessions (Redis)": data["live_sessions"],
+            "open conversations": conversations["open"],
+            "active in the last hour": conversations["active_last_hour"],
+            "active in the last 24 h": conversations["active_last_24h"],
+        },
+    )
+    for title, rows, name in (
+        ("Messages by channel", data["messages"]["by_channel"], "channel"),
+        ("Replies by model", data["messages"]["replies_by_model"], "model"),
+    ):
+        out.table(
+            title,
+            [name, "# last hour", "# last 24 h"],
+            [(row[name], row["last_hour"], row["last_24h"]) for row in rows],
+            empty="none in the last 24 h",
+        )
+    _counters_view(out, data["counters"])
+    redis = data["redis"]
+    out.table(
+        f"Redis keys by kind (memory used: {redis['used_memory_human']})",
+        ["kind", "# keys"],
+        redis["keys_by_kind"].items(),
+        empty="no keys",
+    )
+    _postgres_view(out, data["postgres"])
+
+
+def _counters_view(out: Out, counters: dict[str, Any] | None) -> None:
+    if counters is None:
+        out.note(
+            "Counters across workers (rate limited, de-duplicated, cache hit ratio): n/a, "
+            "no worker has published its counters",
+            style="dim",
+        )
+        return
+    out.pairs(
+        "Counters (all workers)",
+        {"rate limited": counters["rate_limited"], "de-duplicated": counters["duplicate"]},
+    )
+    rows = [
+        (kind, c["hits"], c["misses"], "-" if c["ratio"] is None else f"{c['ratio']:.1%}")
+        for kind, c in counters["cache"].items()
+    ]
+    out.table("Cache hit ratio (all workers)", ["kind", "# hits", "# misses", "# ratio"], rows)
+
+
+def _postgres_view(out: Out, postgres: dict[str, Any]) -> None:
+    out.table(
+        "Postgres tables",
+        ["table", "# rows", "size total", "size table", "size indexes", "# seq scans"],
+        [
+            (
+                t["table"],
+                t["rows"],
+                size(t["total_bytes"]),
+                size(t["table_bytes"]),
+                size(t["index_bytes"]),
+                t["seq_scan"],
+            )
+            for t in postgres["tables"]
+        ],
+    )
+    out.table(
+        "Postgres indexes (usage since the statistics were reset)",
+        ["table", "index", "# scans", "# tuples read", "size"],
+        [
+            (i["table"], i["index"], i["scans"], i["tuples_read"], size(i["bytes"]))
+            for i in postgres["indexes"]
+        ],
+    )
+
+
+def user_view(out: Out, data: dict[str, Any]) -> None:
+    user, cache = data["user"], data["cache"]
+    out.pairs(
+        f"User {user['channel_type']}:{user['channel_user_id']}",
+        {
+            "id": user["id"],
+            "username": user["username"],
+            "preferred model": user["preferred_model"],
+            "created": user["created_at"],
+            "updated": user["updated_at"],
+            "metadata": user["metadata"],
+        },
+    )
+    session, rate = cache["session"], cache["rate"]
+    out.pairs(
+        "Cached in Redis",
+        {
+            "session": session["key"] if session else "not cached",
+            "session fields": session["fields"] if session else None,
+            "session expires in": _seconds(session["ttl_seconds"]) if session else None,
+            "messages this minute": rate["count"] if rate else 0,
+            "last seen (active set)": cache["active_last_seen"],
+        },
+    )
+    out.table(
+        "Conversations",
+        ["id", "active", "started", "last activity", "# messages", "# tokens", "# cached"],
+        [
+            (
+                c["id"],
+                c["is_active"],
+                c["started_at"],
+                c["last_activity"],
+                c["messages"],
+                c["tokens"],
+                c["cached_context"],
+            )
+            for c in data["conversations"]
+        ],
+    )
+
+
+def delete_view(out: Out, data: dict[str, Any]) -> None:
+    user, pg, rd = data["user"], data["postgres"], data["redis"]
+    out.pairs(
+        f"Deleted user {user['channel_type']}:{user['channel_user_id']} ({user['id']})",
+        {
+            "Postgres": f"1 user, {pg['conversations']} conversations, {pg['messages']} messages",
+            "Redis": f"session {rd['session']}, rate counter {rd['rate']}, "
+            f"contexts {rd['context']}, active-set entry {rd['active']}",
+        },
+    )
+    out.note(
+        "Kept: dedup keys (a platform event id and its state, no personal data; they stop a "
+        "redelivered event from being stored again) and lock keys (they expire by themselves).",
+        style="dim",
+    )
+
+
+def conversation_view(out: Out, data: dict[str, Any]) -> None:
+    c, context = data["conversation"], data["context"]
+    out.pairs(
+        f"Conversation {c['id']}",
+        {
+            "user": f"{c['channel_type']}:{c['channel_user_id']} ({c['username'] or '-'})",
+            "active": c["is_active"],
+            "model override": c["model_override"],
+            "started": c["started_at"],
+            "last activity": c["last_activity"],
+            "messages": c["messages"],
+            "cached context": f"{context['length']} in {context['key']}, "
+            f"expires in {_seconds(context['ttl_seconds'])}",
+        },
+    )
+    out.table(
+        f"Last {len(data['messages'])} messages (cached: also in the Redis context)",
+        ["time", "role", "model", "# tokens", "cached", "content"],
+        [
+            (
+                m["timestamp"],
+                m["role"],
+                m["model_used"],
+                m["token_count"],
+                m["cached"],
+                _clip(m["content"]),
+            )
+            for m in data["messages"]
+        ],
+        empty="no messages",
+    )
+
+
+def export_view(out: Out, data: dict[str, Any]) -> None:
+    out.pairs("Exported", data)
+
+
+def search_view(out: Out, data: dict[str, Any]) -> None:
+    results = data["results"]
+    out.table(
+        f"Messages matching {data['query']!r} (newest first, at most {data['limit']})",
+        ["time", "conversation", "user", "role", "snippet"],
+        [
+            (
+                r["timestamp"],
+                r["conversation_id"],
+                f"{r['channel']}:{r['channel_user_id']}",
+                r["role"],
+                out.highlighted(r["snippet"], HIGHLIGHT),
+            )
+            for r in results
+        ],
+        empty="no message matches",
+    )

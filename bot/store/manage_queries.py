@@ -1,0 +1,306 @@
+"""The SQL of feature flags, channel configs, retention and cache warming.
+
+A mixin of `Store` (bot/store/queries.py), so every query still lives in the store
+and every public method is one transaction, retried as a unit.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import TextClause, bindparam, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bot.domain import ChannelConfigRow, ContextMessage, FlagRow, SessionState
+
+T = TypeVar("T")
+FlagsWritten = Callable[[list[FlagRow]], Awaitable[None]]
+
+# Any fixed 64-bit number: "the feature flags" among advisory locks. Writers of flags
+# and refills of their Redis cache take it, so the cache is written in commit order.
+FLAGS_LOCK_ID = 0x6368_6174_626F_7402
+
+_FLAGS_LOCK = text("SELECT pg_advisory_xact_lock(:id)")
+_ALL_FLAGS = text("SELECT scope, name, value, updated_at FROM feature_flags ORDER BY scope, name")
+_UPSERT_FLAG = text(
+    """
+    INSERT INTO feature_flags (scope, name, value) VALUES (:scope, :name, CAST(:value AS jsonb))
+    ON CONFLICT (scope, name) DO UPDATE SET value = EXCLUDED.value, updated_at = now()
+    """
+)
+_DELETE_FLAG = text("DELETE FROM feature_flags WHERE scope = :scope AND name = :name RETURNING id")
+
+_CONFIG_COLUMNS = "channel_type, default_model, settings, created_at, updated_at"
+_CHANNEL_CONFIGS = text(f"SELECT {_CONFIG_COLUMNS} FROM channel_configs ORDER BY channel_type")
+_UPSERT_CHANNEL_CONFIG = text(
+    f"""
+    INSERT INTO channel_configs (channel_type, default_model, settings)
+    VALUES (:channel, CASE WHEN :set_model THEN CAST(:default_model AS varchar) END, :patch)
+    ON CONFLICT (channel_type) DO UPDATE SET
+        default_model = CASE WHEN :set_model THEN EXCLUDED.default_model
+                             ELSE channel_configs.default_model END,
+        settings = (channel_configs.settings - CAST(:removed AS text[])) || EXCLUDED.settings,
+        updated_at = now()
+    RETURNING {_CONFIG_COLUMNS}
+    """
+).bindparams(bindparam("patch", type_=JSONB))
+
+_USER_CONVERSATIONS = text(
+    """
+    SELECT u.id AS user_id, COALESCE(array_agg(c.id) FILTER (WHERE c.id IS NOT NULL), '{}')
+           AS conversation_ids
+    FROM users u LEFT JOIN conversations c ON c.user_id = u.id
+    WHERE u.channel_type = :channel AND u.channel_user_id = :channel_user_id
+    GROUP BY u.id
+    """
+)
+
+# Retention: bounded batches, each its own short transaction; SKIP LOCKED never waits.
+_PURGE_MESSAGES = text(
+    """
+    DELETE FROM messages WHERE id IN (
+        SELECT id FROM messages WHERE timestamp < :cutoff
+        ORDER BY timestamp LIMIT :limit FOR UPDATE SKIP LOCKED)
+    RETURNING conversation_id
+    """
+)
+# Inactive, idle since before the cutoff, and with no message the cutoff keeps.
+_EMPTY_INACTIVE = """
+    NOT c.is_active AND c.last_activity < :cutoff
+    AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = c.id
+                    AND m.timestamp >= :cutoff)
+"""
+_PURGE_CONVERSATIONS = text(
+    """
+    DELETE FROM conversations WHERE id IN (
+        SELECT c.id FROM conversations c
+        WHERE NOT c.is_active AND c.last_activity < :cutoff
+          AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = c.id)
+        LIMIT :limit FOR UPDATE SKIP LOCKED)
+    RETURNING id
+    """
+)
+_COUNT_PURGEABLE = text(
+    f"""
+    SELECT (SELECT count(*) FROM messages WHERE timestamp < :cutoff) AS messages,
+           (SELECT count(*) FROM conversations c WHERE {_EMPTY_INACTIVE}) AS conversations
+    """
+)
+_PURGEABLE_CONVERSATIONS = text(
+    f"""
+    SELECT c.id FROM conversations c
+    WHERE c.id > :after AND (
+        EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = c.id
+                AND m.timestamp < :cutoff)
+        OR ({_EMPTY_INACTIVE}))
+    ORDER BY c.id LIMIT :limit
+    """
+)
+
+# Warming: the active conversations of users seen since a time, with their context.
+_COUNT_ACTIVE_SINCE = text(
+    "SELECT count(*) FROM conversations WHERE is_active AND last_activity >= :since"
+)
+_ACTIVE_SINCE = text(
+    """
+    SELECT c.id AS conversation_id, c.user_id, u.channel_type, u.channel_user_id,
+           COALESCE(c.model_override, u.preferred_model) AS model, c.last_activity
+    FROM conversations c JOIN users u ON u.id = c.user_id
+    WHERE c.is_active AND c.last_activity >= :since AND c.id > :after
+    ORDER BY c.id LIMIT :limit
+    """
+)
+_CONTEXTS = text(
+    """
+    SELECT c.id AS conversation_id, m.role, m.content, m.timestamp
+    FROM unnest(CAST(:ids AS uuid[])) AS c(id)
+    CROSS JOIN LATERAL (
+        SELECT role, content, timestamp FROM messages WHERE conversation_id = c.id
+        ORDER BY timestamp DESC, role DESC LIMIT :limit) m
+    """
+)
+_NIL = uuid.UUID(int=0)
+
+
+@dataclass(frozen=True, slots=True)
+class WarmSession:
+    """One user's session and recent context (newest first), to put back in Redis."""
+
+    channel: str
+    channel_user_id: str
+    session: SessionState
+    last_activity: datetime
+    context: list[ContextMessage]
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeCounts:
+    messages: int
+    conversations: int
+
+
+class ManageQueries:
+    async def _transaction(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        raise NotImplementedError  # Store's
+
+    # --- feature flags ----------------------------------------------------------------
+
+    async def list_flags(self) -> list[FlagRow]:
+        return await self._transaction(_all_flags)
+
+    async def refill_flags(self, write: FlagsWritten) -> list[FlagRow]:
+        """Every flag, handed to `write` (the Redis refill) under the flags lock."""
+
+        async def work(connection: AsyncConnection) -> list[FlagRow]:
+            await connection.execute(_FLAGS_LOCK, {"id": FLAGS_LOCK_ID})
+            rows = await _all_flags(connection)
+            await write(rows)
+            return rows
+
+        return await self._transaction(work)
+
+    async def change_flag(
+        self, scope: str, name: str, value: Any, write: FlagsWritten, *, unset: bool = False
+    ) -> tuple[bool, list[FlagRow]]:
+        """Set (or unset) one flag, then hand every flag to `write` before the commit.
+
+        Returns whether the flag existed before, and all flags after the change.
+        """
+
+        async def work(connection: AsyncConnection) -> tuple[bool, list[FlagRow]]:
+            await connection.execute(_FLAGS_LOCK, {"id": FLAGS_LOCK_ID})
+            params = {"scope": scope, "name": name}
+            before = await _all_flags(connection)
+            existed = any(row.scope == scope and row.name == name for row in before)
+            if unset:
+                await connection.execute(_DELETE_FLAG, params)
+            else:
+                await connection.execute(_UPSERT_FLAG, {**params, "value": json.dumps(value)})
+            rows = await _all_flags(connection)
+            await write(rows)
+            return existed, rows
+
+        return await self._transaction(work)
+
+    # --- channel configs --------------------------------------------------------------
+
+    async def channel_configs(self) -> list[ChannelConfigRow]:
+        async def work(connection: AsyncConnection) -> list[ChannelConfigRow]:
+            return [_config_row(row) for row in await connection.execute(_CHANNEL_CONFIGS)]
+
+        return await self._transaction(work)
+
+    async def update_channel_config(
+        self, channel: str, patch: dict[str, Any], removed: Sequence[str]
+    ) -> ChannelConfigRow:
+        """Upsert a channel's row: `default_model` goes to its column, the rest into
+        `settings` (merged); keys in `removed` are taken out (default_model set NULL)."""
+        settings = {k: v for k, v in patch.items() if k != "default_model"}
+        params = {
+            "channel": channel,
+            "set_model": "default_model" in patch or "default_model" in removed,
+            "default_model": patch.get("default_model"),
+            "patch": settings,
+            "removed": [key for key in removed if key != "default_model"],
+        }
+
+        async def work(connection: AsyncConnection) -> ChannelConfigRow:
+            return _config_row((await connection.execute(_UPSERT_CHANNEL_CONFIG, params)).one())
+
+        return await self._transaction(work)
+
+    # --- cache management -------------------------------------------------------------
+
+    async def user_conversations(
+        self, channel: str, channel_user_id: str
+    ) -> tuple[uuid.UUID, list[uuid.UUID]] | None:
+        """A user's id and the ids of all their conversations; None if no such user."""
+        params = {"channel": channel, "channel_user_id": channel_user_id}
+
+        async def work(connection: AsyncConnection) -> tuple[uuid.UUID, list[uuid.UUID]] | None:
+            row = (await connection.execute(_USER_CONVERSATIONS, params)).first()
+            return None if row is None else (row.user_id, list(row.conversation_ids))
+
+        return await self._transaction(work)
+
+    async def count_active_since(self, since: datetime) -> int:
+        async def work(connection: AsyncConnection) -> int:
+            found = await connection.execute(_COUNT_ACTIVE_SINCE, {"since": since})
+            return int(found.scalar_one())
+
+        return await self._transaction(work)
+
+    async def active_sessions(
+        self, since: datetime, after: uuid.UUID | None, limit: int, context_limit: int
+    ) -> list[WarmSession]:
+        """One page (by conversation id, after `after`) of active conversations seen since."""
+
+        async def work(connection: AsyncConnection) -> list[WarmSession]:
+            params = {"since": since, "after": after or _NIL, "limit": limit}
+            rows = list(await connection.execute(_ACTIVE_SINCE, params))
+            ids = [row.conversation_id for row in rows]
+            context: dict[uuid.UUID, list[ContextMessage]] = {i: [] for i in ids}
+            found = await connection.execute(_CONTEXTS, {"ids": ids, "limit": context_limit})
+            for m in found:
+                context[m.conversation_id].append(ContextMessage(m.role, m.content, m.timestamp))
+            return [
+                WarmSession(
+                    row.channel_type,
+                    row.channel_user_id,
+                    SessionState(row.user_id, row.conversation_id, row.model),
+                    row.last_activity,
+                    context[row.conversation_id],
+                )
+                for row in rows
+            ]
+
+        return await self._transaction(work)
+
+    # --- retention --------------------------------------------------------------------
+
+    async def count_purgeable(self, cutoff: datetime) -> PurgeCounts:
+        async def work(connection: AsyncConnection) -> PurgeCounts:
+            row = (await connection.execute(_COUNT_PURGEABLE, {"cutoff": cutoff})).one()
+            return PurgeCounts(int(row.messages), int(row.conversations))
+
+        return await self._transaction(work)
+
+    async def purgeable_conversations(
+        self, cutoff: datetime, after: uuid.UUID | None, limit: int
+    ) -> list[uuid.UUID]:
+        """One page of the conversations a purge would touch (lose messages or be deleted)."""
+        params = {"cutoff": cutoff, "after": after or _NIL, "limit": limit}
+        return await self._ids(_PURGEABLE_CONVERSATIONS, params)
+
+    async def purge_messages(self, cutoff: datetime, limit: int) -> list[uuid.UUID]:
+        """Delete up to `limit` messages older than `cutoff`; their conversations' ids."""
+        return await self._ids(_PURGE_MESSAGES, {"cutoff": cutoff, "limit": limit})
+
+    async def purge_conversations(self, cutoff: datetime, limit: int) -> list[uuid.UUID]:
+        """Delete up to `limit` inactive conversations left empty before `cutoff`."""
+        return await self._ids(_PURGE_CONVERSATIONS, {"cutoff": cutoff, "limit": limit})
+
+    async def _ids(self, statement: TextClause, params: dict[str, Any]) -> list[uuid.UUID]:
+        """One transaction of one statement returning ids."""
+
+        async def work(connection: AsyncConnection) -> list[uuid.UUID]:
+            return list((await connection.execute(statement, params)).scalars())
+
+        return await self._transaction(work)
+
+
+async def _all_flags(connection: AsyncConnection) -> list[FlagRow]:
+    rows = await connection.execute(_ALL_FLAGS)
+    return [FlagRow(row.scope, row.name, row.value, row.updated_at) for row in rows]
+
+
+def _config_row(row: Any) -> ChannelConfigRow:
+    return ChannelConfigRow(
+        row.channel_type, row.default_model, dict(row.settings), row.created_at, row.updated_at
+    )
