@@ -59,6 +59,25 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.refused_at_shutdown = Counter(
+            "bot_refused_at_shutdown",
+            "Messages refused while the worker shut down (Slack and Telegram deliver them "
+            "again; Discord does not)",
+            ["channel"],
+            registry=self.registry,
+        )
+        self.adapter_errors = Counter(
+            "bot_adapter_errors",
+            "Events an adapter failed to handle for an unexpected reason (a bug: see the logs)",
+            ["channel"],
+            registry=self.registry,
+        )
+        self.platform_rate_limited = Counter(
+            "bot_platform_rate_limited",
+            "Platform API calls that waited out the platform's rate limit (HTTP 429)",
+            ["channel"],
+            registry=self.registry,
+        )
         self.responder_latency = Histogram(
             "bot_responder_latency_seconds",
             "Time the responder took for one reply",

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections import deque
 from collections.abc import Sequence
 
 from bot.channels.base import ChannelAdapter
@@ -23,6 +24,9 @@ log = logging.getLogger(__name__)
 
 RESTART_BACKOFF_INITIAL = 1.0
 RESTART_BACKOFF_MAX = 60.0
+# A run that lasted this long was a working connection, not part of a crash loop: the
+# next restart starts again from the initial delay.
+STABLE_RUN_SECONDS = RESTART_BACKOFF_MAX
 STATS_PUBLISH_SECONDS = 10.0  # how often tallies reach `bot ops stats`
 
 
@@ -35,6 +39,7 @@ class Worker:
         shutdown_grace: float,
         restart_backoff: float = RESTART_BACKOFF_INITIAL,
         stats_interval: float = STATS_PUBLISH_SECONDS,
+        stable_run: float = STABLE_RUN_SECONDS,
     ) -> None:
         self.adapters = list(adapters)
         self.dispatcher = dispatcher
@@ -42,7 +47,12 @@ class Worker:
         self.shutdown_grace = shutdown_grace
         self.restart_backoff = restart_backoff
         self.stats_interval = stats_interval
+        self.stable_run = stable_run
         self.restarts: dict[str, int] = {a.name: 0 for a in self.adapters}
+        # The delays of the latest restarts per channel, for ops and tests.
+        self.restart_delays: dict[str, deque[float]] = {
+            a.name: deque(maxlen=32) for a in self.adapters
+        }
         self._stop = asyncio.Event()
 
     def request_stop(self) -> None:
@@ -62,22 +72,31 @@ class Worker:
         return drained
 
     async def _supervise(self, adapter: ChannelAdapter) -> None:
+        loop = asyncio.get_running_loop()
         delay = self.restart_backoff
         while not self._stop.is_set():
+            started = loop.time()
             try:
                 await adapter.run()
             except Exception:
-                log.exception("channel %s crashed; restarting in %.0f s", adapter.name, delay)
+                delay = self._next_delay(delay, loop.time() - started)
+                log.exception("channel %s crashed; restarting in %.1f s", adapter.name, delay)
             else:
                 if adapter.finite or self._stop.is_set():
                     self.request_stop()
                     return
-                log.error("channel %s stopped by itself; restarting in %.0f s", adapter.name, delay)
+                delay = self._next_delay(delay, loop.time() - started)
+                log.error("channel %s stopped by itself; restarting in %.1f s", adapter.name, delay)
             await self._close(adapter)
             self.restarts[adapter.name] += 1
+            self.restart_delays[adapter.name].append(delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
             delay = min(delay * 2, RESTART_BACKOFF_MAX)
+
+    def _next_delay(self, delay: float, lasted: float) -> float:
+        """The wait before the next run: back to the start after a run that held up."""
+        return self.restart_backoff if lasted >= self.stable_run else delay
 
     async def _publish_stats(self) -> None:
         while not self._stop.is_set():

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pty
+import select
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -25,6 +31,8 @@ from bot.embedded import EmbeddedRedis
 from bot.health import HealthServer
 from bot.metrics import Metrics
 from bot.responders import EchoResponder, ResponderRequest, ResponderResult
+from bot.service import UNAVAILABLE_TEXT
+from bot.store.engine import create_engine
 from bot.worker import Worker
 from tests.channels.test_console import chat_env
 from tests.conftest import ROOT
@@ -98,6 +106,36 @@ async def test_crashed_adapter_is_restarted_without_stopping_the_others(
     await _until(lambda: len(flaky.replies) == 1)
     worker.request_stop()
     assert await running is True
+
+
+class ShortLivedChannel(QueueChannel):
+    """Each run lasts the next of `lifetimes` seconds, then crashes; then it stays up."""
+
+    def __init__(self, settings: Settings, dispatcher: Dispatcher, lifetimes: list[float]) -> None:
+        super().__init__(settings, dispatcher)
+        self.lifetimes = lifetimes
+
+    async def run(self) -> None:
+        if self.runs < len(self.lifetimes):
+            self.runs += 1
+            await asyncio.sleep(self.lifetimes[self.runs - 1])
+            raise ConnectionError("connection lost")
+        await super().run()
+
+
+async def test_restart_backoff_starts_again_after_a_run_that_held_up(
+    make_service: ServiceFactory, settings: Settings
+) -> None:
+    dispatcher = Dispatcher(await make_service(), Metrics())
+    channel = ShortLivedChannel(settings, dispatcher, lifetimes=[0, 0, 0, 1.2, 0])
+    worker = Worker([channel], dispatcher, None, 5, restart_backoff=0.05, stable_run=1.0)
+    running = asyncio.create_task(worker.run())
+    await _until(lambda: channel.connected)
+    worker.request_stop()
+    assert await running is True
+    # Three quick crashes back off further each time; a run of 1.2 s (longer than
+    # stable_run) was a working connection, so its crash starts from the beginning.
+    assert list(worker.restart_delays["queue"]) == pytest.approx([0.05, 0.1, 0.2, 0.05, 0.1])
 
 
 async def test_shutdown_finishes_the_message_in_flight(
@@ -186,6 +224,84 @@ async def test_readiness_names_redis_when_it_is_down(
     assert body["redis"].startswith("down") and body["postgres"] == "ok"
 
 
+async def test_readiness_names_postgres_when_it_is_down(settings: Settings, redis: Redis) -> None:
+    unreachable = create_engine(settings, f"postgresql://postgres@127.0.0.1:{_free_port()}/x")
+    health = HealthServer(unreachable, redis, Metrics(), [])
+    port = await health.start("127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession() as http:
+            response = await http.get(f"http://127.0.0.1:{port}/readyz")
+            body = await response.json()
+    finally:
+        await health.stop()
+        await unreachable.dispose()
+    assert response.status == 503
+    assert body["status"] == "not ready"
+    assert body["postgres"].startswith("down") and body["redis"] == "ok"
+
+
+async def _scrape(metrics: Metrics, engine: AsyncEngine, redis: Redis) -> dict[str, float]:
+    """GET /metrics of a health server on these metrics: every sample, by name."""
+    health = HealthServer(engine, redis, metrics, [])
+    port = await health.start("127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession() as http:
+            exposition = await (await http.get(f"http://127.0.0.1:{port}/metrics")).text()
+    finally:
+        await health.stop()
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if not sample.labels
+    }
+
+
+async def test_metrics_count_redelivered_events(
+    make_service: ServiceFactory, engine: AsyncEngine, redis: Redis
+) -> None:
+    metrics = Metrics()
+    dispatcher = Dispatcher(await make_service(metrics=metrics), metrics)
+    user, event = new_user(), f"evt-{uuid.uuid4().hex}"
+    assert (await _scrape(metrics, engine, redis))["bot_deduplicated_total"] == 0
+    await dispatcher.handle(msg(user, "once", pid=event))
+    await dispatcher.handle(msg(user, "once", pid=event))  # the platform sent it again
+    assert (await _scrape(metrics, engine, redis))["bot_deduplicated_total"] == 1
+
+
+async def test_metrics_count_redis_errors(
+    make_service: ServiceFactory, engine: AsyncEngine, redis: Redis
+) -> None:
+    metrics = Metrics()
+    service = await make_service(metrics=metrics, redis_url=f"redis://127.0.0.1:{_free_port()}/0")
+    dispatcher = Dispatcher(service, metrics)
+    assert (await _scrape(metrics, engine, redis))["bot_redis_errors_total"] == 0
+    reply = await dispatcher.handle(msg(new_user(), "is redis there?"))
+    assert reply.text is not None and reply.text.startswith('You said: "is redis there?"')
+    scraped = await _scrape(metrics, engine, redis)
+    assert scraped["bot_redis_errors_total"] >= 1
+    assert scraped["bot_postgres_errors_total"] == 0
+
+
+async def test_metrics_count_postgres_errors(
+    make_service: ServiceFactory, engine: AsyncEngine, redis: Redis
+) -> None:
+    metrics = Metrics()
+    service = await make_service(
+        metrics=metrics,
+        database_url=f"postgresql://postgres@127.0.0.1:{_free_port()}/gone",
+        db_connect_timeout_seconds=0.5,
+        db_retry_deadline_seconds=1.0,
+    )
+    dispatcher = Dispatcher(service, metrics)
+    assert (await _scrape(metrics, engine, redis))["bot_postgres_errors_total"] == 0
+    reply = await dispatcher.handle(msg(new_user(), "is postgres there?"))
+    assert reply.text == UNAVAILABLE_TEXT
+    scraped = await _scrape(metrics, engine, redis)
+    assert scraped["bot_postgres_errors_total"] == 1
+    assert scraped["bot_redis_errors_total"] == 0
+
+
 def test_bot_run_without_channels_explains_what_enables_them(tmp_path: Path) -> None:
     env = chat_env(None, tmp_path)
     env["LOG_LEVEL"] = "INFO"
@@ -207,10 +323,20 @@ def test_bot_run_without_channels_explains_what_enables_them(tmp_path: Path) -> 
 def test_bot_run_serves_health_and_exits_cleanly_on_sigterm(
     settings: Settings, redis: object, tmp_path: Path
 ) -> None:
+    """Only the channels named start, here the console, though Discord and Telegram are
+    configured too (at addresses nothing answers, in case they started after all)."""
     port = _free_port()
-    env = chat_env(settings, tmp_path) | {"HTTP_PORT": str(port), "HTTP_HOST": "127.0.0.1"}
+    nowhere = f"http://127.0.0.1:{_free_port()}"
+    env = chat_env(settings, tmp_path) | {
+        "HTTP_PORT": str(port),
+        "HTTP_HOST": "127.0.0.1",
+        "DISCORD_BOT_TOKEN": "discord-token",
+        "DISCORD_API_BASE_URL": f"{nowhere}/api",
+        "TELEGRAM_BOT_TOKEN": "123:telegram-token",
+        "TELEGRAM_API_BASE_URL": f"{nowhere}/bot",
+    }
     worker = subprocess.Popen(
-        [sys.executable, "-m", "bot", "run", "--channels", "console", "--user", new_user()],
+        [sys.executable, "-m", "bot", "run", "--channels", " console ", "--user", new_user()],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -231,6 +357,88 @@ def test_bot_run_serves_health_and_exits_cleanly_on_sigterm(
         if worker.poll() is None:
             worker.kill()
         worker.communicate(timeout=10)
+
+
+def _bot_run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bot", "run", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+    )
+
+
+def test_bot_run_refuses_an_unknown_channel_as_a_usage_error(tmp_path: Path) -> None:
+    done = _bot_run(chat_env(None, tmp_path), "--channels", "console, irc")
+    assert done.returncode == 2
+    assert "unknown channel(s) irc; choose from console, discord, telegram, slack" in done.stderr
+    assert "usage: bot run" in done.stderr and "Traceback" not in done.stderr
+    assert not any(tmp_path.iterdir()), "nothing may start on a bad argument"
+
+
+def test_bot_run_names_the_setting_a_named_channel_lacks(tmp_path: Path) -> None:
+    done = _bot_run(chat_env(None, tmp_path), "--channels", "console,telegram")
+    assert done.returncode == 1
+    assert done.stderr.strip() == "bot: channel telegram needs TELEGRAM_BOT_TOKEN"
+    assert not any(tmp_path.iterdir()), "nothing may start without the credential"
+
+
+def test_bot_run_on_a_terminal_without_credentials_opens_the_console(
+    settings: Settings, redis: object, tmp_path: Path
+) -> None:
+    env = chat_env(settings, tmp_path) | {"HTTP_PORT": str(_free_port()), "HTTP_HOST": "127.0.0.1"}
+    assert env["LOG_LEVEL"] == "WARNING"  # the explanation must survive a quiet log level
+    controller, terminal = pty.openpty()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "bot", "run", "--user", new_user()],
+        stdin=terminal,
+        stdout=terminal,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    os.close(terminal)
+    try:
+        shown = _read_until(controller, "you> ")
+        os.write(controller, b"hello terminal\n")
+        shown += _read_until(controller, 'You said: "hello terminal"')
+        os.write(controller, b"\x04")  # Ctrl-D ends the chat, and so the worker
+        assert worker.wait(timeout=30) == 0
+        assert worker.stderr is not None
+        logged = worker.stderr.read()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(timeout=10)
+        os.close(controller)
+    assert "Chatting as" in shown
+    for setting in ("DISCORD_BOT_TOKEN", "TELEGRAM_BOT_TOKEN", "SLACK_SIGNING_SECRET"):
+        assert setting in logged
+    assert "no channel configured: opening the console chat" in logged
+
+
+def _read_until(fd: int, wanted: str, within: float = 30.0) -> str:
+    """What the terminal shows until `wanted` appears (bounded in time)."""
+    deadline = time.monotonic() + within
+    shown = ""
+    while wanted not in shown:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"{wanted!r} not shown; the terminal showed {shown!r}")
+        readable, _, _ = select.select([fd], [], [], left)
+        if readable:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the process closed the terminal
+                chunk = b""
+            if not chunk:
+                raise AssertionError(f"{wanted!r} not shown before the end: {shown!r}")
+            shown += chunk.decode(errors="replace")
+    return shown
 
 
 def _get_json(url: str) -> dict[str, object]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import threading
 from collections.abc import AsyncIterator
 from typing import TextIO
 
@@ -80,11 +81,21 @@ class ConsoleChannel(ChannelAdapter):
 
 async def _lines(stream: TextIO) -> AsyncIterator[str]:
     """Lines of the stream, read without blocking the loop (and so cancellable)."""
+    lines = _pipe_lines(stream) if _pollable(stream) else _thread_lines(stream)
+    async for line in lines:
+        yield line
+
+
+def _pollable(stream: TextIO) -> bool:
+    """Whether the loop can watch the stream: a terminal, pipe or socket.
+
+    Regular files and other devices (/dev/null) cannot be registered with epoll.
+    """
     mode = os.fstat(stream.fileno()).st_mode
-    if stat.S_ISREG(mode):  # a file never blocks, and cannot be watched by the loop
-        for line in stream:
-            yield line
-        return
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stream.isatty()
+
+
+async def _pipe_lines(stream: TextIO) -> AsyncIterator[str]:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=MAX_LINE_BYTES)
     transport, _ = await loop.connect_read_pipe(
@@ -95,3 +106,43 @@ async def _lines(stream: TextIO) -> AsyncIterator[str]:
             yield line_bytes.decode("utf-8", errors="replace")
     finally:
         transport.close()
+
+
+async def _thread_lines(stream: TextIO) -> AsyncIterator[str]:
+    """Lines read by a daemon thread: one blocked in a read never holds up the exit."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str | OSError] = asyncio.Queue(maxsize=16)
+    reader = threading.Thread(
+        target=_read_lines, args=(stream, loop, queue), name="console-input", daemon=True
+    )
+    reader.start()
+    while True:
+        item = await queue.get()
+        if isinstance(item, OSError):
+            raise item
+        if not item:
+            return
+        yield item
+
+
+def _read_lines(
+    stream: TextIO, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | OSError]
+) -> None:
+    binary = getattr(stream, "buffer", None)  # decoded here, like the pipe's lines
+
+    def hand_over(item: str | OSError) -> bool:
+        # Waits while the queue is full, so a long file is not read into memory at once.
+        try:
+            asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
+        except RuntimeError:  # the loop is closed: the chat has ended, nobody reads on
+            return False
+        return True
+
+    try:
+        while True:
+            raw = binary.readline() if binary is not None else stream.readline()
+            line = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+            if not hand_over(line) or not line:
+                return
+    except OSError as exc:
+        hand_over(exc)

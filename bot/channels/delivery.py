@@ -55,20 +55,32 @@ def _wait(state: RetryCallState) -> float:
     return float(_backoff(state))
 
 
-def _log_retry(state: RetryCallState) -> None:
-    error = state.outcome.exception() if state.outcome else None
-    log.warning("platform call failed (%s); retry %d", error, state.attempt_number)
+def _before_retry(on_rate_limited: Callable[[], None] | None) -> Callable[[RetryCallState], None]:
+    def before_sleep(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        log.warning("platform call failed (%s); retry %d", error, state.attempt_number)
+        if isinstance(error, PlatformRateLimited) and on_rate_limited is not None:
+            on_rate_limited()
+
+    return before_sleep
 
 
 async def deliver(
-    send: Callable[[], Awaitable[T]], *, attempts: int = 6, deadline: float = 120.0
+    send: Callable[[], Awaitable[T]],
+    *,
+    attempts: int = 6,
+    deadline: float = 120.0,
+    on_rate_limited: Callable[[], None] | None = None,
 ) -> T:
-    """Run one platform call, honouring rate limits and retrying outages, then giving up."""
+    """Run one platform call, honouring rate limits and retrying outages, then giving up.
+
+    `on_rate_limited` is called each time the call waits out the platform's retry-after.
+    """
     retrying = AsyncRetrying(
         retry=retry_if_exception_type((PlatformRateLimited, PlatformUnavailable)),
         stop=stop_after_attempt(attempts) | stop_after_delay(deadline),
         wait=_wait,
-        before_sleep=_log_retry,
+        before_sleep=_before_retry(on_rate_limited),
         reraise=True,
     )
 

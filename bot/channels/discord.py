@@ -103,6 +103,9 @@ class _Client(discord.AutoShardedClient):
     async def on_message(self, message: discord.Message) -> None:
         await self._adapter.on_message(message)
 
+    async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
+        self._adapter.on_error(event_method)
+
 
 class DiscordAdapter(ChannelAdapter):
     name = "discord"
@@ -177,7 +180,11 @@ class DiscordAdapter(ChannelAdapter):
     async def on_message(self, message: discord.Message) -> None:
         incoming = self.incoming(message)
         task = asyncio.current_task()  # discord.py runs each event handler as a task
-        if incoming is None or self._stopping or task is None:
+        if incoming is None or task is None:
+            return
+        if self._stopping:
+            self.dispatcher.refused(self.name)
+            self._refused(incoming)
             return
         self._handling.add(task)
         try:
@@ -187,6 +194,19 @@ class DiscordAdapter(ChannelAdapter):
                 await self._send(message.channel, parts, incoming, reply)
         finally:
             self._handling.discard(task)
+
+    def on_error(self, event: str) -> None:
+        """The last guard, called by discord.py inside the `except` of a failed handler."""
+        self.dispatcher.failed(self.name)
+        self.log.exception("discord %s handler failed", event)
+
+    def _refused(self, incoming: IncomingMessage) -> None:
+        # Discord has no redelivery: the message stays unanswered (counted in a metric).
+        self.log.warning(
+            "discord message %s refused: shutting down (Discord does not deliver it again)",
+            incoming.platform_message_id,
+            extra={"channel": self.name, "user_id": incoming.channel_user_id},
+        )
 
     def incoming(self, message: discord.Message) -> IncomingMessage | None:
         """The message for the service, or None when the bot should not answer it."""
@@ -226,8 +246,8 @@ class DiscordAdapter(ChannelAdapter):
                 await stack.enter_async_context(channel.typing())  # cosmetic: never fatal
             try:
                 return await self.dispatcher.handle(incoming)
-            except ShuttingDown:
-                self.log.info("not answering %s: shutting down", incoming.platform_message_id)
+            except ShuttingDown:  # counted by the dispatcher
+                self._refused(incoming)
                 return None
 
     async def _send(
@@ -239,7 +259,12 @@ class DiscordAdapter(ChannelAdapter):
     ) -> None:
         for part in parts:
             try:
-                await deliver(functools.partial(self._post, channel, part))
+                await deliver(
+                    functools.partial(self._post, channel, part),
+                    on_rate_limited=functools.partial(
+                        self.dispatcher.platform_rate_limited, self.name
+                    ),
+                )
             except PlatformError as exc:
                 self.log.error(
                     "reply not delivered to Discord: %s",

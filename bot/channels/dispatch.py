@@ -43,6 +43,7 @@ class Dispatcher:
 
     async def handle(self, message: IncomingMessage) -> Reply:
         if self._closing:
+            self.refused(message.channel)
             raise ShuttingDown("the worker is shutting down")
         self._in_flight += 1
         self._idle.clear()
@@ -71,6 +72,18 @@ class Dispatcher:
     def sent(self, channel: str) -> None:
         """An adapter delivered a reply (or one part of it) to the platform."""
         self.metrics.messages_out.labels(channel).inc()
+
+    def refused(self, channel: str) -> None:
+        """A message was turned away because the worker (or its adapter) is stopping."""
+        self.metrics.refused_at_shutdown.labels(channel).inc()
+
+    def failed(self, channel: str) -> None:
+        """An adapter's last-resort guard caught an error nothing else handles (a bug)."""
+        self.metrics.adapter_errors.labels(channel).inc()
+
+    def platform_rate_limited(self, channel: str) -> None:
+        """A platform call waits out the platform's rate limit before its next try."""
+        self.metrics.platform_rate_limited.labels(channel).inc()
 
     def close(self) -> None:
         self._closing = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bot.channels.base import ChannelAdapter
@@ -43,20 +44,29 @@ PLATFORM_CHANNELS = (
 ALL_NAMES = ("console", *(spec.name for spec in PLATFORM_CHANNELS))
 
 
-def select(settings: Settings, requested: str | None) -> list[ChannelSpec]:
-    """The channels to start: those named (each must be configured), else every configured one.
-
-    The console is not in the list: it has no credentials and is built by the caller.
-    """
-    by_name = {spec.name: spec for spec in PLATFORM_CHANNELS}
-    if requested is None:
-        return [spec for spec in PLATFORM_CHANNELS if spec.configured(settings)]
-    names = [name.strip() for name in requested.split(",") if name.strip()]
-    unknown = sorted(set(names) - set(ALL_NAMES))
+def parse_names(text: str) -> tuple[str, ...]:
+    """Channel names as written for `--channels`: comma-separated, spaces and repeats
+    ignored, each one a channel the bot has."""
+    names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    if not names:
+        raise ConfigError(f"name at least one channel, from {', '.join(ALL_NAMES)}")
+    unknown = [name for name in names if name not in ALL_NAMES]
     if unknown:
         raise ConfigError(
             f"unknown channel(s) {', '.join(unknown)}; choose from {', '.join(ALL_NAMES)}"
         )
+    return names
+
+
+def select(settings: Settings, names: Sequence[str] | None) -> list[ChannelSpec]:
+    """The channels to start: those named (from parse_names; each must be configured),
+    else every configured one.
+
+    The console is not in the list: it has no credentials and is built by the caller.
+    """
+    if names is None:
+        return [spec for spec in PLATFORM_CHANNELS if spec.configured(settings)]
+    by_name = {spec.name: spec for spec in PLATFORM_CHANNELS}
     chosen = [by_name[name] for name in names if name in by_name]
     missing = [spec for spec in chosen if not spec.configured(settings)]
     if missing:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import re
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -44,6 +46,8 @@ TEXT_LIMIT = 4000  # Slack's advice for one message's text
 EVENTS_PATH = "/slack/events"
 CONNECT_TIMEOUT = 30.0
 WATCH_INTERVAL = 1.0
+NAME_LOOKUP_TIMEOUT = 5.0  # a slow users.info must not hold the reply for long
+NAMES_CACHED = 10_000  # display names kept in memory, least recently used dropped first
 _USER_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})  # written by a person
 _SERVER_ERRORS = frozenset({"internal_error", "fatal_error", "service_unavailable"})
 
@@ -82,6 +86,8 @@ class SlackAdapter(ChannelAdapter):
         self._stop_event = asyncio.Event()
         self._stopping = False
         self._up = False
+        self._names: OrderedDict[str, str] = OrderedDict()  # user id -> display name (LRU)
+        self._lookups: dict[str, asyncio.Future[str]] = {}  # users.info calls under way
         self.bot_user_id: str | None = None
         self.port: int | None = None  # the HTTP port actually bound (SLACK_PORT may be 0)
 
@@ -96,8 +102,9 @@ class SlackAdapter(ChannelAdapter):
         return not (client.closed or client.stale or session is None or session.closed)
 
     async def run(self) -> None:
-        if self._stopping:
-            return
+        # The worker calls stop() on a crashed run before it runs the adapter again.
+        self._stopping = False
+        self._stop_event.clear()
         try:
             identity = await _mapped(self._client.auth_test)
             self.bot_user_id = str(identity["user_id"])
@@ -117,6 +124,8 @@ class SlackAdapter(ChannelAdapter):
         self._stopping = True
         await self._close_transport()
         await self._drain(self.settings.shutdown_grace_seconds)
+        for lookup in list(self._lookups.values()):
+            lookup.cancel()  # nobody waits for it any more
         self._up = False
         self._stop_event.set()
 
@@ -202,16 +211,61 @@ class SlackAdapter(ChannelAdapter):
 
     async def _answer(self, message: IncomingMessage) -> None:
         try:
+            if message.username is None:
+                name = await self._display_name(message.channel_user_id)
+                message = dataclasses.replace(message, username=name)
             reply = await self.dispatcher.handle(message)
             for part in split_text(reply.text, TEXT_LIMIT) if reply.text is not None else []:
-                await deliver(functools.partial(self._post, message, part))
+                await deliver(
+                    functools.partial(self._post, message, part),
+                    on_rate_limited=functools.partial(
+                        self.dispatcher.platform_rate_limited, self.name
+                    ),
+                )
                 self.dispatcher.sent(self.name)
         except ShuttingDown:
             self.log.warning("slack event %s arrived during shutdown", message.platform_message_id)
         except PlatformError as exc:
             self.log.error("slack reply to %s not delivered: %s", message.channel_user_id, exc)
-        except Exception:
+        except Exception:  # the last guard: a bug must not kill the task silently
+            self.dispatcher.failed(self.name)
             self.log.exception("slack event %s failed", message.platform_message_id)
+
+    async def _display_name(self, user_id: str) -> str:
+        """The user's display name from users.info, cached; the id when Slack won't say."""
+        cached = self._names.get(user_id)
+        if cached is not None:
+            self._names.move_to_end(user_id)
+            return cached
+        # One call per user at a time, and its waiters resume in arrival order: messages
+        # of one user reach the service in the order they came.
+        lookup = self._lookups.get(user_id)
+        if lookup is None:
+            lookup = self._lookups[user_id] = asyncio.ensure_future(self._look_up(user_id))
+            lookup.add_done_callback(lambda _: self._lookups.pop(user_id, None))
+        return await asyncio.shield(lookup)  # a cancelled waiter leaves it to the others
+
+    async def _look_up(self, user_id: str) -> str:
+        try:
+            found = await _mapped(
+                lambda: asyncio.wait_for(self._client.users_info(user=user_id), NAME_LOOKUP_TIMEOUT)
+            )
+        except PlatformRejected as exc:  # no users:read scope, unknown user: it stays so
+            self.log.warning("no display name for slack user %s: %s", user_id, exc)
+            return self._remember(user_id, user_id)
+        except PlatformError as exc:  # an outage: the next message asks again
+            self.log.warning("no display name for slack user %s: %s", user_id, exc)
+            return user_id
+        user = found.get("user")
+        fields = user if isinstance(user, dict) else {}
+        name = _profile_name(fields.get("profile"), fields.get("name"))
+        return self._remember(user_id, name or user_id)
+
+    def _remember(self, user_id: str, name: str) -> str:
+        self._names[user_id] = name
+        if len(self._names) > NAMES_CACHED:
+            self._names.popitem(last=False)  # the least recently seen
+        return name
 
     async def _post(self, message: IncomingMessage, text: str) -> None:
         await _mapped(
@@ -234,17 +288,25 @@ def incoming_message(
     if not text:
         return None
     user, channel = str(event["user"]), str(event["channel"])
-    profile = event.get("user_profile")
-    name = profile.get("name") if isinstance(profile, dict) else None  # no users.info call
     return IncomingMessage(
         channel="slack",
         channel_user_id=user,  # workspace-scoped: one bot token serves one workspace
         text=text,
-        username=name if isinstance(name, str) and name else user,
+        # Events rarely carry the profile; without it the adapter asks users.info.
+        username=_profile_name(event.get("user_profile")),
         platform_message_id=body.get("event_id") or f"{channel}:{event.get('ts')}",
         chat_id=channel,
         thread_id=event.get("thread_ts") or event.get("ts"),
     )
+
+
+def _profile_name(profile: object, handle: object = None) -> str | None:
+    """What Slack shows for a person: display name, else full name, else the handle."""
+    fields = profile if isinstance(profile, dict) else {}
+    for name in (fields.get("display_name"), fields.get("real_name"), fields.get("name"), handle):
+        if isinstance(name, str) and name.strip():
+            return name.strip()
+    return None
 
 
 def _addressed(event: Mapping[str, Any], bot_user_id: str | None) -> bool:

@@ -156,7 +156,9 @@ class TelegramAdapter(ChannelAdapter):
                 await asyncio.wait(self._handlers, return_when=asyncio.FIRST_COMPLETED)
             # Outages are retried for as long as they last: the adapter reconnects by itself.
             fetch = partial(self._fetch, bot)
-            updates = await _retried(fetch, attempts=sys.maxsize, deadline=math.inf)
+            updates = await _retried(
+                fetch, sys.maxsize, math.inf, on_rate_limited=self._count_rate_limited
+            )
             for update in updates:
                 self._spawn(update)
             await self._admitted()
@@ -229,7 +231,8 @@ class TelegramAdapter(ChannelAdapter):
             await self._answer(update)
         except ShuttingDown:
             self._refusing = True
-        except Exception:
+        except Exception:  # the last guard: one broken update must not stop the others
+            self.dispatcher.failed(self.name)
             self.log.exception("telegram update %s failed", update.update_id)
 
     async def _answer(self, update: Update) -> None:
@@ -297,7 +300,10 @@ class TelegramAdapter(ChannelAdapter):
         for part in split_text(text, MessageLimit.MAX_TEXT_LENGTH):
             try:
                 reply = partial(message.reply_text, part, do_quote=quote)
-                await _retried(partial(reply, allow_sending_without_reply=True))
+                await _retried(
+                    partial(reply, allow_sending_without_reply=True),
+                    on_rate_limited=self._count_rate_limited,
+                )
             except PlatformError as exc:
                 self.log.error(
                     "reply to telegram chat %s not delivered: %s",
@@ -308,6 +314,9 @@ class TelegramAdapter(ChannelAdapter):
                 return
             self.dispatcher.sent(self.name)
             quote = False
+
+    def _count_rate_limited(self) -> None:
+        self.dispatcher.platform_rate_limited(self.name)
 
     async def _keep_typing(self, message: Message) -> None:
         await asyncio.sleep(TYPING_DELAY)
@@ -329,14 +338,20 @@ async def _call(call: Awaitable[T]) -> T:
 
 
 async def _retried(
-    request: Callable[[], Awaitable[T]], attempts: int = 6, deadline: float = 120.0
+    request: Callable[[], Awaitable[T]],
+    attempts: int = 6,
+    deadline: float = 120.0,
+    *,
+    on_rate_limited: Callable[[], None] | None = None,
 ) -> T:
     """One Bot API request under the delivery retry policy; `request` makes a fresh one."""
 
     async def attempt() -> T:
         return await _call(request())
 
-    return await deliver(attempt, attempts=attempts, deadline=deadline)
+    return await deliver(
+        attempt, attempts=attempts, deadline=deadline, on_rate_limited=on_rate_limited
+    )
 
 
 def _platform_error(exc: TelegramError) -> PlatformError:

@@ -1,8 +1,8 @@
 """A local Discord for discord.py to talk to: the REST API under /api/v10 and the gateway.
 
 REST: what the adapter's client calls (login, application info, gateway discovery,
-messages, typing, DM channels), every call recorded, with a switch that answers the
-next message posts with 429. Gateway: HELLO, IDENTIFY → READY + GUILD_CREATE,
+messages, typing, DM channels), every call recorded, with switches that answer the
+next message posts with 429 or a server error. Gateway: HELLO, IDENTIFY → READY + GUILD_CREATE,
 heartbeat ACKs, RECONNECT → RESUME with a replay, and MESSAGE_CREATE dispatches the
 tests push. Frames are zlib-stream compressed when the client asks for it, as Discord
 does. Every request the SDK sends, every response and every object pushed is checked
@@ -240,6 +240,8 @@ class FakeDiscord:
         self.sessions: dict[str, Session] = {}
         self.rate_limited_posts = 0  # the next N message posts get a 429
         self.rate_limit_via = True  # Discord's 429s carry Via; without it discord.py gives up
+        self.failing_posts = 0  # the next N message posts get `failing_status`
+        self.failing_status = 503
         self.message_content_allowed = True  # the privileged intent enabled in the portal
         self.forbidden_channels: set[str] = set()  # posting there: 403 Missing Permissions
         self._runner: web.AppRunner | None = None
@@ -388,6 +390,8 @@ class FakeDiscord:
         return response
 
     def _check_response(self, operation: Json, path: str, response: web.Response) -> None:
+        if response.status >= 500:
+            return  # outages come from Discord's edge, not the API: the spec has no 5xx
         spec = operation["responses"].get(str(response.status)) or operation["responses"].get(
             f"{str(response.status)[0]}XX"
         )
@@ -429,6 +433,9 @@ class FakeDiscord:
         if self.rate_limited_posts > 0:
             self.rate_limited_posts -= 1
             return self._rate_limited()
+        if self.failing_posts > 0:
+            self.failing_posts -= 1
+            return web.Response(status=self.failing_status, text="upstream connect error")
         body = await request.json()
         message = self.message(self.bot, body.get("content") or "",
                                channel_id=request.match_info["channel_id"])  # fmt: skip

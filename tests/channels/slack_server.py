@@ -55,8 +55,11 @@ class Spec:
     def errors(self, schema: dict[str, Any], value: Any, at: str = "$") -> list[str]:
         if "$ref" in schema:
             return self.errors(self.web["definitions"][schema["$ref"].rsplit("/", 1)[1]], value, at)
+        if isinstance(schema.get("items"), list) and not isinstance(value, list):
+            return self._union_errors(schema["items"], value, at)  # the spec's "any of"
         kind = schema.get("type")
-        if kind is not None and not _JSON_TYPES[kind](value):
+        kinds = kind if isinstance(kind, list) else [kind] if kind is not None else []
+        if kinds and not any(_JSON_TYPES[k](value) for k in kinds):
             return [f"{at}: {value!r} is not of type {kind}"]
         found: list[str] = []
         if "enum" in schema and value not in schema["enum"]:
@@ -70,12 +73,23 @@ class Spec:
         if isinstance(value, dict):
             found += self._object_errors(schema, value, at)
         if isinstance(value, list):
-            if len(value) < schema.get("minItems", 0):
-                found.append(f"{at}: fewer than {schema['minItems']} items")
-            if isinstance(schema.get("items"), dict):
-                for i, item in enumerate(value):
-                    found += self.errors(schema["items"], item, f"{at}[{i}]")
+            found += self._array_errors(schema, value, at)
         return found
+
+    def _array_errors(self, schema: dict[str, Any], value: list[Any], at: str) -> list[str]:
+        found: list[str] = []
+        if len(value) < schema.get("minItems", 0):
+            found.append(f"{at}: fewer than {schema['minItems']} items")
+        if isinstance(schema.get("items"), dict):
+            for i, item in enumerate(value):
+                found += self.errors(schema["items"], item, f"{at}[{i}]")
+        return found
+
+    def _union_errors(self, choices: list[dict[str, Any]], value: Any, at: str) -> list[str]:
+        found = [self.errors(choice, value, at) for choice in choices]
+        if any(not errors for errors in found):
+            return []
+        return [f"{at}: matches none of {len(choices)} alternatives", *min(found, key=len)]
 
     def _object_errors(self, schema: dict[str, Any], value: dict[str, Any], at: str) -> list[str]:
         properties = schema.get("properties", {})
@@ -94,21 +108,22 @@ class Spec:
         return dict(path.get("post") or path["get"])
 
     def request_errors(self, method: str, params: dict[str, Any], authorization: str) -> list[str]:
-        """Check a Web API call's parameters against the operation's parameter list."""
+        """Check a Web API call's parameters against the operation's parameter list.
+
+        The token may go in the Authorization header whatever the spec's `in` says (Slack
+        takes it there for every method, and the SDK always sends it there).
+        """
         found: list[str] = []
         declared = {p["name"]: p for p in self.operation(method)["parameters"]}
         for name, param in declared.items():
-            if (
-                param["in"] == "header"
-                and name == "token"
-                and not authorization.startswith("Bearer ")
-            ):
-                found.append(f"{method}: no token in the Authorization header")
-            elif param["in"] == "formData" and param.get("required") and name not in params:
+            if name == "token":
+                if not authorization.startswith("Bearer "):
+                    found.append(f"{method}: no token in the Authorization header")
+            elif param["in"] in _PARAMS_IN and param.get("required") and name not in params:
                 found.append(f"{method}: required parameter {name} missing")
         for name, value in params.items():
             param = declared.get(name)
-            if param is None or param["in"] != "formData":
+            if param is None or param["in"] not in _PARAMS_IN:
                 found.append(f"{method}: parameter {name} is not in the spec")
             elif not _param_ok(param["type"], value):
                 found.append(f"{method}: {name}={value!r} is not a {param['type']}")
@@ -121,6 +136,9 @@ class Spec:
 
     def envelope_errors(self, body: dict[str, Any]) -> list[str]:
         return [f"event envelope: {e}" for e in self.errors(self.event_wrapper, body)]
+
+
+_PARAMS_IN = ("formData", "query")
 
 
 def _param_ok(kind: str, value: Any) -> bool:
@@ -173,6 +191,10 @@ class FakeSlack:
         self.fail_next = 0  # answer this many next chat.postMessage calls with 503
         self.connections_opened = 0
         self.refuse_connections = False  # apps.connections.open answers an error
+        self.display_names: dict[str, str] = {}  # users.info: display name by user id
+        self.unknown_users: set[str] = set()  # users.info answers user_not_found
+        self.users_info_down = False  # users.info answers 503
+        self.users_info_delay = 0.0  # seconds users.info takes to answer
         self.acks: list[dict[str, Any]] = []
         self.violations: list[str] = []
         self.sockets: list[web.WebSocketResponse] = []
@@ -189,6 +211,7 @@ class FakeSlack:
         app.router.add_route("*", "/api/auth.test", self._auth_test)
         app.router.add_post("/api/chat.postMessage", self._post_message)
         app.router.add_post("/api/apps.connections.open", self._connections_open)
+        app.router.add_route("*", "/api/users.info", self._users_info)
         app.router.add_get("/socket", self._socket)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -206,6 +229,8 @@ class FakeSlack:
 
     async def _params(self, request: web.Request) -> dict[str, Any]:
         self.calls[request.path.rsplit("/", 1)[1]] += 1
+        if request.method == "GET":
+            return dict(request.query)
         if request.content_type == "application/json":
             body = await request.json()
             return dict(body or {})
@@ -263,6 +288,41 @@ class FakeSlack:
             message["thread_ts"] = params["thread_ts"]
         body = {"ok": True, "channel": params.get("channel"), "ts": ts, "message": message}
         return self._answer("chat.postMessage", body)
+
+    def display_name(self, user_id: str) -> str:
+        """The display name users.info gives for a user (every user has one by default)."""
+        return self.display_names.get(user_id, f"Person {user_id[-4:]}")
+
+    async def _users_info(self, request: web.Request) -> web.Response:
+        params = await self._params(request)
+        authorization = request.headers.get("Authorization", "")
+        self.violations += self.spec.request_errors("users.info", params, authorization)
+        await asyncio.sleep(self.users_info_delay)
+        if self.users_info_down:
+            return web.Response(status=503, text="upstream unavailable")
+        if authorization != f"Bearer {BOT_TOKEN}":
+            return self._answer("users.info", {"ok": False, "error": "invalid_auth"})
+        user_id = str(params.get("user", ""))
+        if user_id in self.unknown_users or not re.match(r"^[UW][A-Z0-9]{2,}$", user_id):
+            return self._answer("users.info", {"ok": False, "error": "user_not_found"})
+        return self._answer("users.info", {"ok": True, "user": self._user(user_id)})
+
+    def _user(self, user_id: str) -> dict[str, Any]:
+        display, real = self.display_name(user_id), f"Real Name {user_id[-4:]}"
+        profile = {
+            "avatar_hash": "ge3b51ca72de", "status_text": "", "status_emoji": "",
+            "real_name": real, "display_name": display, "real_name_normalized": real,
+            "display_name_normalized": display, "title": "", "phone": "", "skype": "",
+            "fields": None, "team": TEAM_ID,
+        }  # fmt: skip
+        return {
+            "id": user_id, "team_id": TEAM_ID, "name": f"handle.{user_id[-4:].lower()}",
+            "deleted": False, "color": "9f69e7", "real_name": real, "tz": "Europe/Berlin",
+            "tz_label": "Central European Time", "tz_offset": 3600, "profile": profile,
+            "is_admin": False, "is_owner": False, "is_primary_owner": False,
+            "is_restricted": False, "is_ultra_restricted": False, "is_bot": False,
+            "is_app_user": False, "updated": 1_700_000_000, "has_2fa": False,
+        }  # fmt: skip
 
     async def _connections_open(self, request: web.Request) -> web.Response:
         await self._params(request)

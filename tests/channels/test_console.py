@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import select
+import signal
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 
 from bot.config import Settings
+from bot.embedded.process import live_process
 from tests.conftest import ROOT
 from tests.support import new_user
 
@@ -68,4 +72,81 @@ def test_chat_without_configuration_uses_embedded_servers(tmp_path: Path) -> Non
     assert second.returncode == 0, second.stderr
     assert "2 earlier messages" in second.stdout
     assert (data_dir / "postgres" / "PG_VERSION").exists()
+    assert not (data_dir / "postgres" / "postmaster.pid").exists()
+
+
+def test_chat_with_stdin_at_dev_null_exits_at_once(
+    settings: Settings, redis: object, tmp_path: Path
+) -> None:
+    """/dev/null is a character device the event loop cannot watch: read it all the same."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bot", "chat", "--user", new_user()],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=chat_env(settings, tmp_path),
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "" and "Traceback" not in done.stderr
+
+
+def test_chat_as_a_user_id_too_long_to_store_is_refused_not_a_crash(
+    settings: Settings, redis: object, tmp_path: Path
+) -> None:
+    done = chat("hello\nagain\n", "x" * 300, chat_env(settings, tmp_path), ROOT)
+
+    assert done.returncode == 0, done.stderr
+    refusal = (
+        "I can't answer messages from this account: its user id is 300 characters long, "
+        "and the limit is 255."
+    )
+    assert done.stdout.splitlines() == [refusal, refusal]
+    assert "Traceback" not in done.stderr
+
+
+def read_line(process: subprocess.Popen[str], timeout: float) -> str:
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    assert ready, f"no output within {timeout} s"
+    return process.stdout.readline()
+
+
+def test_sigterm_stops_the_chat_and_its_embedded_servers(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    chat_process = subprocess.Popen(
+        [sys.executable, "-m", "bot", "chat", "--user", "terminated"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=chat_env(None, data_dir),
+        cwd=tmp_path,
+    )
+    pids: list[tuple[int, str]] = []
+    left_running: list[int] = []
+    try:
+        assert chat_process.stdin is not None
+        chat_process.stdin.write("hello\n")
+        chat_process.stdin.flush()
+        assert '"hello"' in read_line(chat_process, 120)  # servers up, migrated, answering
+        postmaster = (data_dir / "postgres" / "postmaster.pid").read_text().split()
+        redis_state = json.loads((data_dir / "redis" / "server.json").read_text())
+        pids = [(int(postmaster[0]), "postgres"), (redis_state["pid"], "redis-server")]
+        assert all(live_process(pid, name) for pid, name in pids)
+
+        chat_process.send_signal(signal.SIGTERM)
+
+        assert chat_process.wait(timeout=60) == 0
+    finally:
+        if chat_process.poll() is None:
+            chat_process.kill()
+        _, err = chat_process.communicate(timeout=30)
+        for pid, name in pids:  # never leave a server behind, even when the test fails
+            if (left := live_process(pid, name)) is not None:
+                left_running.append(pid)
+                left.kill()
+    assert "Traceback" not in err
+    assert left_running == []
     assert not (data_dir / "postgres" / "postmaster.pid").exists()

@@ -83,9 +83,10 @@ class Bot:
     expect_clean_run: bool = True  # run() returns normally once stop() was called
 
     def sent(self) -> float:
-        value = self.metrics.registry.get_sample_value(
-            "bot_messages_out_total", {"channel": "discord"}
-        )
+        return self.sample("bot_messages_out_total")
+
+    def sample(self, name: str) -> float:
+        value = self.metrics.registry.get_sample_value(name, {"channel": "discord"})
         return value or 0.0
 
 
@@ -328,6 +329,7 @@ async def test_rate_limited_reply_is_delivered_once_after_the_wait(
     assert [call.status for call in attempts] == [429, 200]
     retried_by_us = "rate limited, retry after 1 s (Discord)" in caplog.text
     assert retried_by_us == (handled_by == "the adapter")
+    assert bot.sample("bot_platform_rate_limited_total") == (1 if retried_by_us else 0)
     assert [row[0] for row in await user_rows(engine, heidi)] == ["user", "assistant"]
     assert bot.sent() == 1
 
@@ -353,7 +355,10 @@ async def test_refused_reply_is_not_retried(
 
 
 async def test_stop_finishes_the_message_in_flight_and_takes_no_new_ones(
-    start_bot: StartBot, discord_server: FakeDiscord, engine: AsyncEngine
+    start_bot: StartBot,
+    discord_server: FakeDiscord,
+    engine: AsyncEngine,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     responder = SlowResponder(delay=1.0)
     bot = await start_bot(responder)
@@ -364,7 +369,8 @@ async def test_stop_finishes_the_message_in_flight_and_takes_no_new_ones(
 
     stopping = asyncio.create_task(bot.adapter.stop())
     await asyncio.sleep(0.1)
-    await discord_server.push_message(discord_server.message(late, "too late"))
+    too_late = discord_server.message(late, "too late")
+    await discord_server.push_message(too_late)
     await asyncio.wait_for(stopping, 10)
 
     assert [post["content"] for post in discord_server.posts(message["channel_id"])] == [
@@ -373,9 +379,97 @@ async def test_stop_finishes_the_message_in_flight_and_takes_no_new_ones(
     assert [row[0] for row in await user_rows(engine, judy)] == ["user", "assistant"]
     assert [m.text for m in bot.dispatcher.seen] == ["slow one"]  # "too late" not taken
     assert await user_rows(engine, late) == []
+    assert bot.sample("bot_refused_at_shutdown_total") == 1
+    assert refusal_logged(caplog, too_late)
     await asyncio.wait_for(bot.run, 5)  # run() returns normally after stop()
     assert not bot.adapter.connected
     assert Route.BASE == DEFAULT_API_BASE
+
+
+async def test_the_adapter_runs_again_after_a_stop(
+    start_bot: StartBot, discord_server: FakeDiscord
+) -> None:
+    """What the worker does after a crash: stop() the adapter, then run() it again."""
+    bot = await start_bot()
+    await bot.adapter.stop()
+    await asyncio.wait_for(bot.run, 10)
+    bot.run = asyncio.create_task(bot.adapter.run())  # the fixture stops this one
+    await discord_server.wait_for(lambda: bot.adapter.connected or bot.run.done(), 12)
+    message = discord_server.message(user("nora"), "back again")
+    assert await answered(discord_server, message) == [echo("back again")]
+
+
+def refusal_logged(caplog: pytest.LogCaptureFixture, message: Json) -> bool:
+    """A WARNING names the channel and the message that Discord will not deliver again."""
+    return any(
+        r.levelname == "WARNING" and "discord" in r.getMessage() and message["id"] in r.getMessage()
+        for r in caplog.records
+    )
+
+
+async def test_message_arriving_during_the_drain_is_refused_loudly(
+    start_bot: StartBot,
+    discord_server: FakeDiscord,
+    engine: AsyncEngine,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The worker closes the dispatcher, then drains, then stops the adapters: a message
+    in between is refused, and as Discord never redelivers it, that is a counted warning."""
+    responder = SlowResponder(delay=1.0)
+    bot = await start_bot(responder)
+    kim, lou = user("kim"), user("lou")
+    first = discord_server.message(kim, "in flight")
+    await discord_server.push_message(first)
+    await asyncio.wait_for(responder.started.wait(), 5)
+
+    bot.dispatcher.close()  # what the worker does first on SIGTERM
+    during = discord_server.message(lou, "during the drain")
+    await discord_server.push_message(during)
+    await discord_server.wait_for(lambda: bot.sample("bot_refused_at_shutdown_total") == 1)
+    assert await bot.dispatcher.drain(5)
+
+    await discord_server.wait_for(lambda: len(discord_server.posts(first["channel_id"])) == 1)
+    assert discord_server.posts(during["channel_id"]) == []
+    assert await user_rows(engine, lou) == []
+    assert refusal_logged(caplog, during)
+
+
+@pytest.mark.parametrize(("status", "handled_by"), [(500, "discord.py"), (503, "the adapter")])
+async def test_server_error_then_success_delivers_one_reply(
+    start_bot: StartBot, discord_server: FakeDiscord, engine: AsyncEngine, status: int,
+    handled_by: str,
+) -> None:  # fmt: skip
+    """discord.py retries a 500 itself; a 503 reaches the delivery policy, which retries it."""
+    bot = await start_bot()
+    discord_server.failing_posts, discord_server.failing_status = 1, status
+    nina = user("nina")
+    message = discord_server.message(nina, "still there?")
+    assert await answered(discord_server, message) == [echo("still there?")]
+
+    posts = discord_server.calls_to("POST", f"/channels/{message['channel_id']}/messages")
+    assert [call.status for call in posts] == [status, 200]
+    assert [row[0] for row in await user_rows(engine, nina)] == ["user", "assistant"]
+    assert bot.sent() == 1
+
+
+class BrokenResponder(EchoResponder):
+    """A responder with a bug: an error the service has no answer for."""
+
+    async def respond(self, request: ResponderRequest) -> ResponderResult:
+        raise RuntimeError("responder bug")
+
+
+async def test_unexpected_error_is_logged_with_its_traceback_and_counted(
+    start_bot: StartBot, discord_server: FakeDiscord, caplog: pytest.LogCaptureFixture
+) -> None:
+    bot = await start_bot(BrokenResponder())
+    message = discord_server.message(user("olga"), "boom")
+    await discord_server.push_message(message)
+    await discord_server.wait_for(lambda: bot.sample("bot_adapter_errors_total") == 1)
+    (record,) = [r for r in caplog.records if "on_message handler failed" in r.getMessage()]
+    assert record.levelname == "ERROR" and record.exc_info is not None
+    assert discord_server.posts(message["channel_id"]) == []
+    assert bot.adapter.connected  # one broken message does not take the channel down
 
 
 async def test_configured_shards_connect_through_the_gateway_url(

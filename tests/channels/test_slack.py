@@ -8,7 +8,9 @@ sent, and on the rows in the test Postgres.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,13 +21,15 @@ import aiohttp
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.channels import slack as slack_channel
 from bot.channels.delivery import PlatformRejected, PlatformUnavailable
 from bot.channels.dispatch import Dispatcher
 from bot.channels.slack import SlackAdapter
 from bot.config import Settings
 from bot.metrics import Metrics
 from bot.responders import EchoResponder, Responder, ResponderRequest, ResponderResult
-from bot.service import ConversationService
+from bot.service import UNAVAILABLE_TEXT, ConversationService
+from bot.worker import Worker
 from tests.channels.slack_server import (
     APP_TOKEN,
     BOT_ID,
@@ -37,7 +41,7 @@ from tests.channels.slack_server import (
     sign,
     wait_until,
 )
-from tests.support import ServiceFactory, messages_of
+from tests.support import ServiceFactory, fetch, messages_of
 
 pytestmark = pytest.mark.timeout(15)
 
@@ -150,9 +154,10 @@ async def start(
         responder: Responder | None = None,
         socket: bool = False,
         dispatcher_class: type[Dispatcher] = Dispatcher,
+        service_settings: dict[str, Any] | None = None,
         **overrides: Any,
     ) -> Running:
-        service = await make_service(responder=responder)
+        service = await make_service(responder=responder, **(service_settings or {}))
         dispatcher = dispatcher_class(service, Metrics())
         settings = adapter_settings(make_settings, slack, socket, **overrides)
         adapter = SlackAdapter(settings, dispatcher)
@@ -323,6 +328,10 @@ async def test_rate_limited_reply_is_sent_after_retry_after(start: Start, slack:
     assert slack.post_attempts == 2
     assert [p["text"] for p in slack.posts] == [echo("patience")]
     assert run.sent() == 1
+    limited = run.dispatcher.metrics.registry.get_sample_value(
+        "bot_platform_rate_limited_total", {"channel": "slack"}
+    )
+    assert limited == 1
 
 
 async def test_slack_outage_is_retried(start: Start, slack: FakeSlack) -> None:
@@ -500,3 +509,179 @@ async def test_run_raises_when_it_cannot_connect(
         await asyncio.wait_for(adapter.run(), 5)
     assert not adapter.connected
     await adapter.stop()
+
+
+# Display names
+
+
+async def usernames(engine: AsyncEngine, user: str) -> list[str]:
+    rows = await fetch(
+        engine,
+        "SELECT username FROM users WHERE channel_type = 'slack' AND channel_user_id = :u",
+        u=user,
+    )
+    return [row.username for row in rows]
+
+
+async def test_username_is_the_display_name_from_users_info(
+    start: Start, slack: FakeSlack, engine: AsyncEngine
+) -> None:
+    run = await start()
+    user = slack_id("U")
+    slack.display_names[user] = "Ada Lovelace"
+    await deliver_event(run, slack, dm(user, "who am I"))
+    await wait_until(lambda: len(slack.posts) == 1)
+    await deliver_event(run, slack, dm(user, "and now?"))
+    await wait_until(lambda: len(slack.posts) == 2)
+    assert await usernames(engine, user) == ["Ada Lovelace"]
+    assert slack.calls["users.info"] == 1  # the name is cached in the process
+
+
+async def test_messages_of_a_new_user_keep_their_order_while_the_name_is_looked_up(
+    start: Start, slack: FakeSlack, engine: AsyncEngine
+) -> None:
+    run = await start()
+    slack.users_info_delay = 0.3  # all three arrive while users.info is under way
+    user = slack_id("U")
+    for text in ("first", "second", "third"):
+        await deliver_event(run, slack, dm(user, text))
+    await wait_until(lambda: len(slack.posts) == 3)
+    assert slack.calls["users.info"] == 1
+    rows = await messages_of(engine, user)
+    assert [r.content for r in rows if r.role == "user"] == ["first", "second", "third"]
+    # Each was answered with the ones before it in its context.
+    assert {p["text"] for p in slack.posts} == {
+        echo("first"),
+        echo("second", 2),
+        echo("third", 4),
+    }
+
+
+async def test_display_name_falls_back_to_the_full_name(
+    start: Start, slack: FakeSlack, engine: AsyncEngine
+) -> None:
+    run = await start()
+    user = slack_id("U")
+    slack.display_names[user] = ""  # never set one: Slack shows the full name
+    await deliver_event(run, slack, dm(user, "hi"))
+    await wait_until(lambda: len(slack.posts) == 1)
+    assert await usernames(engine, user) == [f"Real Name {user[-4:]}"]
+
+
+@pytest.mark.parametrize("failure", ["user_not_found", "unavailable"])
+async def test_username_is_the_user_id_when_users_info_fails(
+    start: Start, slack: FakeSlack, engine: AsyncEngine, failure: str
+) -> None:
+    run = await start()
+    user = slack_id("U")
+    if failure == "user_not_found":
+        slack.unknown_users.add(user)
+    else:
+        slack.users_info_down = True
+    await deliver_event(run, slack, dm(user, "still answered"))
+    await wait_until(lambda: len(slack.posts) == 1)
+    await deliver_event(run, slack, dm(user, "and again"))
+    await wait_until(lambda: len(slack.posts) == 2)
+    assert slack.posts[0]["text"] == echo("still answered")
+    assert await usernames(engine, user) == [user]
+    # A refusal stays one (asked once); an outage passes (asked again next time).
+    assert slack.calls["users.info"] == (1 if failure == "user_not_found" else 2)
+
+
+async def test_display_names_cached_are_bounded(
+    start: Start, slack: FakeSlack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slack_channel, "NAMES_CACHED", 2)
+    run = await start()
+    first, second, third = slack_id("U"), slack_id("U"), slack_id("U")
+    for n, user in enumerate([first, second, first, third, second, first], start=1):
+        await deliver_event(run, slack, dm(user, f"message {n}"))
+        await wait_until(functools.partial(posted, slack, n))
+    # first, second, (first cached), third drops second, second drops first, first again
+    assert slack.calls["users.info"] == 5
+
+
+# Supervision and the last guard
+
+
+async def test_worker_restarts_slack_after_its_connection_is_lost_for_good(
+    make_service: ServiceFactory,
+    make_settings: Callable[..., Settings],
+    slack: FakeSlack,
+    engine: AsyncEngine,
+    redis: object,
+) -> None:
+    dispatcher = Dispatcher(await make_service(), Metrics())
+    adapter = SlackAdapter(adapter_settings(make_settings, slack, socket=True), dispatcher)
+    adapter.reconnect_deadline = 0.3
+    worker = Worker([adapter], dispatcher, None, shutdown_grace=5, restart_backoff=0.05)
+    running = asyncio.create_task(worker.run())
+    try:
+        await wait_until(lambda: adapter.connected)
+        slack.refuse_connections = True
+        await slack.drop_sockets()  # and no new websocket: the first run() raises
+        await wait_until(lambda: worker.restarts["slack"] >= 1, within=8)
+        slack.refuse_connections = False
+        await wait_until(lambda: adapter.connected and slack.socket_open, within=8)
+        user = slack_id("U")
+        await slack.push(event_envelope(dm(user, "after the restart")))
+        await wait_until(lambda: len(slack.posts) == 1)
+    finally:
+        worker.request_stop()
+        drained = await asyncio.wait_for(running, 10)
+    assert drained is True
+    assert slack.posts[0]["text"] == echo("after the restart")
+    assert [r.role for r in await messages_of(engine, user)] == ["user", "assistant"]
+
+
+class BrokenResponder(EchoResponder):
+    """A responder with a bug: an error the service has no answer for."""
+
+    async def respond(self, request: ResponderRequest) -> ResponderResult:
+        raise RuntimeError("responder bug")
+
+
+async def test_unexpected_error_is_logged_with_its_traceback_and_counted(
+    start: Start, slack: FakeSlack, caplog: pytest.LogCaptureFixture
+) -> None:
+    run = await start(responder=BrokenResponder())
+    body = await deliver_event(run, slack, dm(slack_id("U"), "boom"))
+    await wait_until(lambda: errors(run) == 1)
+    (record,) = [r for r in caplog.records if body["event_id"] in r.getMessage()]
+    assert record.levelname == "ERROR" and record.exc_info is not None
+    assert slack.posts == []
+
+
+async def test_store_outage_is_answered_not_an_adapter_error(
+    start: Start, slack: FakeSlack
+) -> None:
+    """The service turns a Postgres outage into a reply; the adapter's last guard stays idle."""
+    run = await start(
+        service_settings={
+            "database_url": f"postgresql://postgres@127.0.0.1:{closed_port()}/gone",
+            "db_connect_timeout_seconds": 0.5,
+            "db_retry_deadline_seconds": 1.0,
+        }
+    )
+    await deliver_event(run, slack, dm(slack_id("U"), "anyone home?"))
+    await wait_until(lambda: len(slack.posts) == 1, within=10)
+    assert slack.posts[0]["text"] == UNAVAILABLE_TEXT
+    assert errors(run) == 0
+
+
+def errors(run: Running) -> float:
+    value = run.dispatcher.metrics.registry.get_sample_value(
+        "bot_adapter_errors_total", {"channel": "slack"}
+    )
+    return value or 0.0
+
+
+def posted(slack: FakeSlack, count: int) -> bool:
+    return len(slack.posts) == count
+
+
+def closed_port() -> int:
+    """A local port nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -28,6 +28,7 @@ from bot.config import Settings
 from bot.errors import ConfigError
 from bot.metrics import Metrics
 from bot.responders import EchoResponder, Responder, ResponderRequest, ResponderResult
+from bot.service import UNAVAILABLE_TEXT
 from tests.channels.telegram_server import (
     BOT_ID,
     BOT_USERNAME,
@@ -464,6 +465,23 @@ async def test_updates_refused_at_shutdown_stay_unconfirmed_for_the_restart(
     assert [r.content for r in await messages_of(engine, str(leo["id"]))] == ["late", echo("late")]
 
 
+async def test_the_adapter_runs_again_after_a_stop(start: Start, telegram: FakeBotApi) -> None:
+    """What the worker does after a crash: stop() the adapter, then run() it again."""
+    running = await start()
+    await running.adapter.stop()
+    await asyncio.wait_for(running.task, 10)
+    again = asyncio.create_task(running.adapter.run())
+    try:
+        await until(lambda: running.adapter.connected or again.done())
+        mia = user(new_id(), "mia")
+        await telegram.push(update(telegram, message(telegram, private_chat(mia), mia, "back")))
+        await telegram.wait_for(lambda: len(telegram.sent) == 1)
+    finally:
+        await asyncio.wait_for(running.adapter.stop(), 10)
+        await asyncio.wait_for(again, 10)
+    assert telegram.sent[0]["text"] == echo("back")
+
+
 # -- webhook ------------------------------------------------------------------------------
 
 
@@ -578,3 +596,59 @@ def test_spec_checker_catches_what_telegram_would_refuse() -> None:
     assert spec.check_object("Update", good) == []
     bad = {"update_id": 1, "message": {"message_id": 2, "chat": {"id": "3"}}}
     assert len(spec.check_object("Update", bad)) == 1  # the message is not a Message
+
+
+# -- the last guard -----------------------------------------------------------------------
+
+
+class BrokenResponder(EchoResponder):
+    """A responder with a bug for one text: an error the service has no answer for."""
+
+    async def respond(self, request: ResponderRequest) -> ResponderResult:
+        if request.text == "boom":
+            raise RuntimeError("responder bug")
+        return await super().respond(request)
+
+
+def adapter_errors(dispatcher: Dispatcher) -> float:
+    value = dispatcher.metrics.registry.get_sample_value(
+        "bot_adapter_errors_total", {"channel": "telegram"}
+    )
+    return value or 0.0
+
+
+async def test_unexpected_error_is_logged_counted_and_polling_goes_on(
+    start: Start, telegram: FakeBotApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    running = await start(BrokenResponder())
+    kim = user(new_id(), "kim")
+    broken = await telegram.push(
+        update(telegram, message(telegram, private_chat(kim), kim, "boom"))
+    )
+    await telegram.push(update(telegram, message(telegram, private_chat(kim), kim, "fine")))
+
+    await telegram.wait_for(lambda: len(telegram.sent) == 1)
+    assert telegram.sent[0]["text"] == echo("fine")
+    await until(lambda: adapter_errors(running.dispatcher) == 1)
+    (record,) = [r for r in caplog.records if str(broken["update_id"]) in r.getMessage()]
+    assert record.levelname == "ERROR" and record.exc_info is not None  # with its traceback
+    # A broken update is not fetched again and again: the offset moved past it.
+    await telegram.wait_for(lambda: telegram.confirmed > broken["update_id"])
+
+
+async def test_store_outage_is_answered_not_an_adapter_error(
+    start: Start, telegram: FakeBotApi, make_service: ServiceFactory
+) -> None:
+    service = await make_service(
+        database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/gone",
+        db_connect_timeout_seconds=0.5,
+        db_retry_deadline_seconds=1.0,
+    )
+    dispatcher = Dispatcher(service, Metrics())
+    await start(dispatcher=dispatcher)
+    lea = user(new_id(), "lea")
+    await telegram.push(update(telegram, message(telegram, private_chat(lea), lea, "hello?")))
+
+    await telegram.wait_for(lambda: len(telegram.sent) == 1)
+    assert telegram.sent[0]["text"] == UNAVAILABLE_TEXT
+    assert adapter_errors(dispatcher) == 0
