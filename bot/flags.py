@@ -177,8 +177,12 @@ class FeatureFlags:
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
+        # Cancel until done: on Python 3.11, asyncio.wait_for (redis-py sends every command
+        # under one) swallows a cancel that lands as the send completes.
+        while pending := [task for task in tasks if not task.done()]:
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=0.1)
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _refresh(self) -> None:

@@ -13,6 +13,15 @@ from typing import Any
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]+)@")
 _QUERY_PASSWORD = re.compile(r"(?i)(?P<key>[?&]password=)[^&\s'\"]+")
 _EXTRA_FIELDS = ("channel", "user_id", "conversation_id", "chat_id")
+# A shorter secret (a password "e") is too common in ordinary text to mask there: it
+# would mangle every word that holds it. URL passwords of any length are masked by
+# the patterns above.
+MIN_SECRET_LENGTH = 4
+
+
+def maskable(secrets: Iterable[str]) -> list[str]:
+    """The secrets worth masking wherever they appear in text."""
+    return [secret for secret in secrets if len(secret) >= MIN_SECRET_LENGTH]
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
@@ -28,7 +37,7 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 class RedactingFilter(logging.Filter):
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
-        self.secrets = [s for s in secrets if len(s) >= 4]
+        self.secrets = maskable(secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = redact(record.getMessage(), self.secrets)

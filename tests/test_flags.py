@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 
 import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.cache.flags import FlagCache, change_flag
+from bot.cache.flags import FlagCache, FlagChange, change_flag
 from bot.cache.keys import Keys
 from bot.domain import ReplyKind
 from bot.embedded import EmbeddedRedis
@@ -59,7 +59,9 @@ def cache_of(service: ConversationService) -> FlagCache:
     return flags.cache
 
 
-async def set_flag(service: ConversationService, name: str, value: object, scope: str = GLOBAL):
+async def set_flag(
+    service: ConversationService, name: str, value: object, scope: str = GLOBAL
+) -> FlagChange:
     return await change_flag(service.store, cache_of(service), scope, name, value)
 
 
@@ -154,13 +156,13 @@ async def test_a_change_reaches_two_workers_within_seconds_by_pubsub(started: St
 
     assert change.cached and change.notified is not None and change.notified >= 2
     for worker in (one, two):
-        assert await until(lambda w=worker: in_maintenance(w, user), within=3) < 3
+        assert await until(partial(in_maintenance, worker, user), within=3) < 3
     reply = await two.handle(msg(user, "still there?"))
     assert reply.text == MAINTENANCE_TEXT
 
     await unset_flag(two, "maintenance")
     for worker in (one, two):
-        await until(lambda w=worker: _answers(w, user), within=3)
+        await until(partial(_answers, worker, user), within=3)
 
 
 async def _answers(service: ConversationService, user: str) -> bool:
@@ -177,7 +179,7 @@ async def test_a_lost_invalidation_is_caught_by_the_periodic_refresh(
     await one.store.change_flag(GLOBAL, "replies_disabled", True, cache.write)
 
     for worker in (one, two):
-        await until(lambda w=worker: _muted(w), within=3)
+        await until(partial(_muted, worker), within=3)
 
 
 async def _muted(service: ConversationService) -> bool:
@@ -203,16 +205,6 @@ async def test_flushed_hashes_are_refilled_from_postgres(
 
 async def _muted_on(service: ConversationService, channel: str) -> bool:
     return service.flags.current.enabled("replies_disabled", channel)
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def test_redis_down_keeps_the_flags_and_postgres_changes_still_arrive(

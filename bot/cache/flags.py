@@ -105,6 +105,9 @@ class FlagChange:
     rows: list[FlagRow]  # every flag after it
     cached: bool  # Redis holds the change
     notified: int | None  # workers that got the invalidation; None: not published
+    # Why the invalidation could not be published although Redis holds the change:
+    # workers then follow at their next refresh (FLAGS_REFRESH_SECONDS).
+    publish_error: str | None = None
 
 
 async def change_flag(
@@ -131,11 +134,13 @@ async def change_flag(
             with contextlib.suppress(CacheUnavailable):
                 await cache.drop()
         raise
-    notified = None
-    if cached:
-        with contextlib.suppress(CacheUnavailable):
-            notified = await cache.publish()
-    return FlagChange(existed, rows, cached, notified)
+    if not cached:
+        return FlagChange(existed, rows, cached=False, notified=None)
+    try:
+        notified = await cache.publish()
+    except CacheUnavailable as exc:  # the caller tells the operator; nothing is lost
+        return FlagChange(existed, rows, True, None, publish_error=str(exc))
+    return FlagChange(existed, rows, True, notified)
 
 
 def _decode(scope: str, values: dict[str, str]) -> dict[str, Any]:

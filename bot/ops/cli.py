@@ -1,19 +1,16 @@
 """`bot ops`: look into the bot's Redis and Postgres, and fix things.
 
 `register` adds the `ops` command with its inspection sub-commands (health, stats,
-user, conversation; bot/ops/commands.py). The management sub-commands (flags, config,
-cache, purge) live in bot/ops/manage.py: when that module exists, `register` calls
-its `register_manage(ops_subcommands)` with the same sub-parsers object.
+user, conversation; bot/ops/commands.py) and the management sub-commands (flags,
+config, cache, purge; bot/ops/manage.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
-import uuid
 from typing import TYPE_CHECKING
 
+from bot.ops.arguments import conversation_id, positive, search_text
 from bot.ops.commands import (
     Command,
     conversation_search,
@@ -25,11 +22,11 @@ from bot.ops.commands import (
     user_export,
     user_show,
 )
+from bot.ops.manage import register_manage
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
-MANAGE_MODULE = "bot.ops.manage"  # the other half of `bot ops`, if installed
 DOCS = "Each command's redis-cli / psql equivalent: docs/ops.md."
 DESCRIPTION = f"""\
 Inspect and manage the bot's state: Postgres (the source of truth) and Redis (its
@@ -37,29 +34,6 @@ cache), the configured servers or the embedded ones. Every command prints tables
 or one JSON object with --json; progress goes to standard error. Exit codes: 0 ok,
 1 something is down or not found, 2 bad input.
 {DOCS}"""
-
-
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not 1 <= number <= 100_000:
-        raise argparse.ArgumentTypeError("must be from 1 to 100000")
-    return number
-
-
-def _conversation_id(value: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a conversation id (a UUID): {value!r}") from None
-
-
-def _search_text(value: str) -> str:
-    if not value.strip() or "\x00" in value:
-        raise argparse.ArgumentTypeError("give some words to search for")
-    return value
 
 
 def _leaf(
@@ -91,8 +65,7 @@ def register(subparsers: Subparsers) -> None:
     )
     commands = ops.add_subparsers(dest="ops_command", metavar="COMMAND", required=True)
     _register_inspection(commands)
-    if importlib.util.find_spec(MANAGE_MODULE) is not None:
-        importlib.import_module(MANAGE_MODULE).register_manage(commands)
+    register_manage(commands)
 
 
 def _register_inspection(commands: Subparsers) -> None:
@@ -171,9 +144,9 @@ def _register_conversation(group: Subparsers) -> None:
         "and time; `cached` marks those also in the Redis context.",
         conversation_show,
     )
-    show.add_argument("id", type=_conversation_id, metavar="ID", help="the conversation id")
+    show.add_argument("id", type=conversation_id, metavar="ID", help="the conversation id")
     show.add_argument(
-        "--limit", "-n", type=_positive, default=50, help="how many messages (default %(default)s)"
+        "--limit", "-n", type=positive, default=50, help="how many messages (default %(default)s)"
     )
     search = _leaf(
         group,
@@ -185,8 +158,8 @@ def _register_conversation(group: Subparsers) -> None:
         conversation_search,
     )
     search.add_argument(
-        "text", type=_search_text, nargs="+", metavar="TEXT", help="what to search for"
+        "text", type=search_text, nargs="+", metavar="TEXT", help="what to search for"
     )
     search.add_argument(
-        "--limit", "-n", type=_positive, default=20, help="most results (default %(default)s)"
+        "--limit", "-n", type=positive, default=20, help="most results (default %(default)s)"
     )

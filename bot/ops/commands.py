@@ -1,7 +1,9 @@
 """The inspection commands of `bot ops`: open the stores, query, print, exit code.
 
 Each command is a coroutine (stores, parsed arguments, output) -> exit code: 0 ok,
-1 something is down or not found, 2 bad input. bot/ops/cli.py wires them to argparse.
+1 something is down or not found, 2 bad input. bot/ops/cli.py wires them to argparse;
+`handler` checks the arguments before any store is reached and maps every failure to
+its message and exit code.
 """
 
 from __future__ import annotations
@@ -16,18 +18,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeout
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cache.keys import Keys
 from bot.config import Settings, redact_url
 from bot.ops import conversations, inspect, records, views
-from bot.ops.inspect import NotFound, describe
+from bot.ops.arguments import check_text
+from bot.ops.errors import BadInput, NotFound
+from bot.ops.inspect import describe
 from bot.ops.render import Out, to_json
 from bot.runtime import Endpoints, create_redis, open_endpoints
 from bot.store.engine import create_engine
+from bot.store.retry import is_transient
 
+BAD_INPUT = 2
 Handler = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 
 
@@ -41,6 +49,9 @@ class Stores:
 
 
 Command = Callable[[Stores, argparse.Namespace, Out], Awaitable[int]]
+Check = Callable[[argparse.Namespace, Settings], None]  # raises BadInput
+Read = Callable[..., Awaitable[dict[str, Any]]]  # (engine, redis, keys, *fields) -> report
+View = Callable[[Out, Any], None]
 
 
 @asynccontextmanager
@@ -56,26 +67,50 @@ async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
             await engine.dispose()
 
 
-def _store_of(exc: BaseException) -> str:
+def store_failure(exc: BaseException) -> str:
+    """What went wrong with a store: out of reach, or refusing what was asked."""
+    if isinstance(exc, RedisConnectionError | RedisTimeout):
+        return "Redis is unavailable"
     if isinstance(exc, RedisError):
-        return "Redis"
-    return "Postgres" if isinstance(exc, SQLAlchemyError) else "Postgres or Redis"
+        return "Redis refused the command"
+    if isinstance(exc, SQLAlchemyError):
+        return "Postgres is unavailable" if is_transient(exc) else "Postgres refused the query"
+    return "Postgres or Redis is unavailable"  # the connection failed before either named it
 
 
-def handler(command: Command) -> Handler:
-    """The argparse handler: open the stores, run, map failures to exit codes."""
+def handler(command: Command, check: Check | None = None) -> Handler:
+    """The argparse handler: check the arguments, open the stores, run, map failures
+    to exit codes."""
 
     async def run(settings: Settings, args: argparse.Namespace) -> int:
         out = Out(args.json, settings.secrets())
         try:
+            check_text(args)
+            if check is not None:
+                check(args, settings)
             async with open_stores(settings) as stores:
                 return await command(stores, args, out)
+        except BadInput as exc:
+            out.error(str(exc))
+            return BAD_INPUT
         except NotFound as exc:
             out.error(str(exc))
             return 1
         except inspect.STORE_ERRORS as exc:
-            out.error(f"{_store_of(exc)} is unavailable: {describe(exc, out.secrets)}")
+            out.error(f"{store_failure(exc)}: {describe(exc, out.secrets)}")
             return 1
+
+    return run
+
+
+def report(read: Read, view: View, *fields: str) -> Command:
+    """A command that reads one report from both stores, about what the arguments named
+    `fields` say, and prints it."""
+
+    async def run(stores: Stores, args: argparse.Namespace, out: Out) -> int:
+        values = [getattr(args, field) for field in fields]
+        out.emit(await read(stores.engine, stores.redis, stores.keys, *values), view)
+        return 0
 
     return run
 
@@ -99,12 +134,7 @@ async def stats(stores: Stores, args: argparse.Namespace, out: Out) -> int:
     return 0
 
 
-async def user_show(stores: Stores, args: argparse.Namespace, out: Out) -> int:
-    data = await records.show_user(
-        stores.engine, stores.redis, stores.keys, args.channel, args.user
-    )
-    out.emit(data, views.user_view)
-    return 0
+user_show = report(records.show_user, views.user_view, "channel", "user")
 
 
 async def user_export(stores: Stores, args: argparse.Namespace, out: Out) -> int:
@@ -117,7 +147,10 @@ async def user_export(stores: Stores, args: argparse.Namespace, out: Out) -> int
     if args.output is None:
         sys.stdout.write(document)
         return 0
-    await asyncio.to_thread(_write_private, args.output, document)
+    try:
+        await asyncio.to_thread(_write_private, args.output, document)
+    except OSError as exc:  # the path given, not a store: say so
+        raise BadInput(f"cannot write {args.output}: {exc.strerror or exc}") from None
     written = {
         "output": args.output,
         "user": data["user"]["id"],
@@ -159,12 +192,7 @@ async def user_delete(stores: Stores, args: argparse.Namespace, out: Out) -> int
     return 0
 
 
-async def conversation_show(stores: Stores, args: argparse.Namespace, out: Out) -> int:
-    data = await conversations.show_conversation(
-        stores.engine, stores.redis, stores.keys, args.id, args.limit
-    )
-    out.emit(data, views.conversation_view)
-    return 0
+conversation_show = report(conversations.show_conversation, views.conversation_view, "id", "limit")
 
 
 async def conversation_search(stores: Stores, args: argparse.Namespace, out: Out) -> int:

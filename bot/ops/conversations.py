@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cache.keys import Keys
-from bot.ops.inspect import NotFound
+from bot.ops.errors import NotFound
 from bot.ops.records import context_item, ttl_or_none
 
 HIGHLIGHT = ("«", "»")  # around the matched words of a search snippet

@@ -6,11 +6,11 @@ all SQL is in the store. Long runs report progress through a callback.
 
 from __future__ import annotations
 
-import re
+import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,25 +21,29 @@ from redis.exceptions import RedisError
 from bot.cache import keys as kinds
 from bot.cache.hotstate import encode_context
 from bot.cache.keys import Keys
-from bot.store.manage_queries import WarmSession
+from bot.ops.inspect import KNOWN_KINDS
+from bot.store.manage_queries import PurgeCounts, WarmSession
 from bot.store.queries import Store
 
 Progress = Callable[[int], None]  # called with how many items were just done
 
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
-# Kinds a flush deletes; `lock` keys are left alone: they order messages in flight
-# and expire by themselves within LOCK_TTL_SECONDS.
-FLUSHED_KINDS = (
+# What `cache flush --all` deletes: copies of Postgres rows and state the next message
+# rebuilds. STATE_KINDS only with --include-state: rate counters (a user could exceed
+# the limit for a minute), dedup markers (a redelivered event would be stored again)
+# and the workers' stats counters (the totals restart). `lock` keys are never
+# deleted: they order messages in flight and expire within LOCK_TTL_SECONDS.
+CACHE_KINDS = (
     kinds.SESSION,
-    kinds.RATE,
-    kinds.ACTIVE,
     kinds.CONTEXT,
     kinds.CHANNEL_CONFIG,
     kinds.FEATURES,
-    kinds.DEDUP,
-    kinds.STATS,
+    kinds.ACTIVE,
 )
+STATE_KINDS = (kinds.RATE, kinds.DEDUP, kinds.STATS)
+# A purge retries rows another transaction holds locked (SKIP LOCKED passed them
+# over) after pauses growing from the first to the longest, within its lock wait.
+LOCKED_PAUSE_FIRST = 0.05
+LOCKED_PAUSE_LONGEST = 1.0
 
 # Fill a user's session and context only where absent, so a live worker's fresher
 # state is never overwritten. KEYS: session, context. ARGV: session ttl, context ttl,
@@ -60,21 +64,6 @@ if #ARGV > 6 and redis.call('EXISTS', KEYS[2]) == 0 then
 end
 return {session, context}
 """
-
-
-class BadInput(ValueError):
-    """An argument an operator gave is not valid; the message says what is."""
-
-
-def parse_duration(text: str) -> timedelta:
-    """`90d`, `12h`, `30m`, `45s`, `2w` as a positive timedelta."""
-    match = _DURATION.match(text)
-    if match is None or int(match.group(1)) == 0:
-        raise BadInput(
-            f"{text!r} is not a duration; use a positive number and a unit: "
-            "s, m, h, d or w (e.g. 90d, 1h)"
-        )
-    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
 
 
 def cutoff_before(duration: timedelta, now: datetime | None = None) -> datetime:
@@ -117,11 +106,16 @@ def user_keys(
 @dataclass(slots=True)
 class FlushAll:
     deleted: Counter[str] = field(default_factory=Counter)
-    kept_locks: int = 0
+    kept: Counter[str] = field(default_factory=Counter)  # keys of this deployment left, by kind
 
 
-async def flush_all(redis: Redis, keys: Keys, batch: int, progress: Progress) -> FlushAll:
-    """Every key of this deployment (SCAN under its prefix) except the locks in flight."""
+async def flush_all(
+    redis: Redis, keys: Keys, batch: int, progress: Progress, include_state: bool = False
+) -> FlushAll:
+    """The cached keys of this deployment (SCAN under its prefix): CACHE_KINDS, and
+    STATE_KINDS too with `include_state`; every other key is counted as kept, by kind
+    (keys of no kind the bot knows as `other`)."""
+    flushed = frozenset(CACHE_KINDS + STATE_KINDS if include_state else CACHE_KINDS)
     result = FlushAll()
     pending: list[str] = []
 
@@ -134,12 +128,12 @@ async def flush_all(redis: Redis, keys: Keys, batch: int, progress: Progress) ->
     async for raw in redis.scan_iter(match=keys.all_pattern(), count=batch):
         name = raw.decode() if isinstance(raw, bytes) else str(raw)
         kind = keys.kind_of(name)
-        if kind == kinds.LOCK:
-            result.kept_locks += 1
-        elif kind in FLUSHED_KINDS:  # with an empty prefix, other deployments' keys differ
-            pending.append(name)
-            if len(pending) >= batch:
-                await delete()
+        if kind not in flushed:  # with an empty prefix, other applications' keys too
+            result.kept[kind if kind in KNOWN_KINDS else "other"] += 1
+            continue
+        pending.append(name)
+        if len(pending) >= batch:
+            await delete()
     if pending:
         await delete()
     return result
@@ -208,6 +202,31 @@ class PurgeResult:
     conversations: int = 0
     contexts: int | None = 0  # Redis context keys dropped (or that would be); None: unknown
     seconds: float = 0.0
+    # Rows still past the cutoff but held locked by other transactions when the lock
+    # wait ran out: left for the next purge.
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+Touched = Callable[[list[uuid.UUID]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class _PurgeTable:
+    """One table's purge: a batch deleted, and how many rows the purge still matches."""
+
+    store: Store
+    name: str  # "messages" or "conversations", as in PurgeCounts
+    cutoff: datetime
+    batch: int
+
+    async def delete(self) -> list[uuid.UUID]:
+        store = self.store
+        delete = store.purge_messages if self.name == "messages" else store.purge_conversations
+        return await delete(self.cutoff, self.batch)
+
+    async def left(self) -> int:
+        counts: PurgeCounts = await self.store.count_purge_matches(self.cutoff)
+        return int(getattr(counts, self.name))
 
 
 async def purge(
@@ -217,30 +236,60 @@ async def purge(
     cutoff: datetime,
     batch: int,
     progress: Progress,
+    lock_wait: float = 5.0,
 ) -> PurgeResult:
     """Delete messages older than `cutoff`, in batches of one short transaction each,
     then inactive conversations left empty; drop the Redis contexts they leave stale.
 
-    `redis` None: Redis is unreachable; Postgres is purged anyway (contexts: None).
+    Rows another transaction holds locked are retried for up to `lock_wait` seconds,
+    then reported as skipped. `redis` None: Redis is unreachable; Postgres is purged
+    anyway (contexts: None).
     """
     started = time.monotonic()
     result = PurgeResult(cutoff, dry_run=False, contexts=0 if redis else None)
-    for table in ("messages", "conversations"):
-        delete = store.purge_messages if table == "messages" else store.purge_conversations
-        while True:
-            touched = await delete(cutoff, batch)
-            setattr(result, table, getattr(result, table) + len(touched))
-            if touched and redis is not None and result.contexts is not None:
-                try:
-                    dropped = await flush_keys(redis, map(keys.context, set(touched)), keys)
-                    result.contexts += dropped[kinds.CONTEXT]
-                except (RedisError, OSError):
-                    result.contexts = None  # Redis went away: the rest expire by their TTL
-            progress(len(touched))
-            if len(touched) < batch:
-                break
+
+    async def touched(ids: list[uuid.UUID]) -> None:
+        progress(len(ids))
+        if ids and redis is not None and result.contexts is not None:
+            try:
+                dropped = await flush_keys(redis, map(keys.context, set(ids)), keys)
+                result.contexts += dropped[kinds.CONTEXT]
+            except (RedisError, OSError):
+                result.contexts = None  # Redis went away: the rest expire by their TTL
+
+    for name in ("messages", "conversations"):
+        table = _PurgeTable(store, name, cutoff, batch)
+        deleted, skipped = await _purge_table(table, lock_wait, touched)
+        setattr(result, name, deleted)
+        if skipped:
+            result.skipped[name] = skipped
     result.seconds = time.monotonic() - started
     return result
+
+
+async def _purge_table(table: _PurgeTable, lock_wait: float, touched: Touched) -> tuple[int, int]:
+    """Delete batch after batch until a batch comes back short and no row matches any
+    more. A short batch with rows still matching means SKIP LOCKED passed over rows
+    another transaction holds: wait a little and try again, within `lock_wait`.
+    Returns (rows deleted, rows still matching when the wait ran out)."""
+    deleted, waited, pause = 0, 0.0, LOCKED_PAUSE_FIRST
+    while True:
+        ids = await table.delete()
+        deleted += len(ids)
+        await touched(ids)
+        if len(ids) == table.batch:
+            continue
+        remaining = await table.left()
+        if not remaining:
+            return deleted, 0
+        if ids:
+            continue  # progress: go on at once, locked rows come back in a later batch
+        if waited >= lock_wait:
+            return deleted, remaining
+        step = min(pause, lock_wait - waited)
+        await asyncio.sleep(step)
+        waited += step
+        pause = min(pause * 2, LOCKED_PAUSE_LONGEST)
 
 
 async def purge_dry_run(

@@ -7,7 +7,6 @@ that need it; every Redis key name comes from Keys (bot/cache/keys.py).
 from __future__ import annotations
 
 import asyncio
-import re
 import statistics
 import time
 from collections import Counter
@@ -37,6 +36,8 @@ KNOWN_KINDS = frozenset(
         *(kinds.FEATURES, kinds.DEDUP, kinds.LOCK, kinds.STATS),
     }
 )
+# OSError: a connection that failed before a driver wrapped the error (refused, no such
+# host). A command's own file errors are mapped where they happen, never left to this.
 STORE_ERRORS = (SQLAlchemyError, RedisError, OSError, TimeoutError)
 
 _MESSAGES_BY = """
@@ -80,21 +81,12 @@ _REDIS_FIELDS = (
 )
 
 
-class NotFound(LookupError):
-    """What the command was asked about does not exist (exit code 1)."""
-
-
 def describe(exc: BaseException, secrets: Iterable[str] = ()) -> str:
     """One line about a store failure, with any password masked."""
     cause = getattr(exc, "orig", None) or exc
     detail = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
     name = type(cause).__name__
     return redact(f"{name}: {detail}" if detail else name, secrets)
-
-
-def glob_escape(value: str) -> str:
-    """`value` matched literally by a Redis SCAN/KEYS pattern."""
-    return re.sub(r"([\\*?\[\]])", r"\\\1", value)
 
 
 def as_text(value: bytes | str) -> str:
@@ -207,7 +199,7 @@ async def scan_kinds(
     counts: Counter[str] = Counter()
     active: list[str] = []
     seen = 0
-    async for raw in redis.scan_iter(match=glob_escape(keys.prefix) + "*", count=SCAN_BATCH):
+    async for raw in redis.scan_iter(match=keys.all_pattern(), count=SCAN_BATCH):
         name = as_text(raw)
         kind = keys.kind_of(name)
         counts[kind if kind in KNOWN_KINDS else "other"] += 1

@@ -10,14 +10,16 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from bot.cache.flags import FlagCache, change_flag
+from bot.cache.flags import FlagCache, FlagChange, change_flag
 from bot.channels import registry
 from bot.config import Settings
 from bot.domain import FlagRow
-from bot.flags import GLOBAL, KNOWN_FLAGS, FlagSet, parse_value
+from bot.flags import GLOBAL, KNOWN_FLAGS, FlagError, FlagSet, parse_value
+from bot.ops.arguments import channel
+from bot.ops.errors import BadInput
 from bot.ops.manage_cache import register_cache, register_purge
 from bot.ops.manage_config import register_config
-from bot.ops.manage_support import Manage, channel_arg, emit, group, leaf, warn
+from bot.ops.manage_support import Manage, emit, group, leaf, warn
 from bot.ops.render import Out
 
 if TYPE_CHECKING:
@@ -44,7 +46,7 @@ def _register_flags(flags: Subparsers) -> None:
         _get,
     )
     get.add_argument("name", choices=names, metavar="NAME", help=", ".join(names))
-    get.add_argument("--channel", type=channel_arg, help="for this channel (default: global)")
+    get.add_argument("--channel", type=channel, help="for this channel (default: global)")
     set_ = leaf(
         flags,
         "set",
@@ -56,16 +58,19 @@ def _register_flags(flags: Subparsers) -> None:
     )
     set_.add_argument("name", choices=names, metavar="NAME", help=", ".join(names))
     set_.add_argument("value", metavar="VALUE")
-    set_.add_argument("--channel", type=channel_arg, help="only this channel (default: global)")
+    set_.add_argument("--channel", type=channel, help="only this channel (default: global)")
     unset = leaf(
         flags, "unset", "remove a flag", "Remove the flag: its default applies again.", _unset
     )
     unset.add_argument("name", choices=names, metavar="NAME", help=", ".join(names))
-    unset.add_argument("--channel", type=channel_arg, help="only this channel (default: global)")
+    unset.add_argument("--channel", type=channel, help="only this channel (default: global)")
 
 
 def _check_value(args: argparse.Namespace, settings: Settings) -> None:
-    args.parsed_value = parse_value(args.name, args.value)
+    try:
+        args.parsed_value = parse_value(args.name, args.value)
+    except FlagError as exc:
+        raise BadInput(str(exc)) from None
 
 
 def _rows(rows: list[FlagRow]) -> list[dict[str, Any]]:
@@ -120,14 +125,7 @@ async def _change(
         "workers_notified": change.notified,
         "flags": _rows(change.rows),
     }
-    if not change.cached:
-        warn(
-            out,
-            data,
-            "Redis is unreachable: the change is in Postgres only. Workers that lost Redis "
-            "read it from there and refill Redis when it is back; run this again once Redis "
-            "answers to be sure every worker follows.",
-        )
+    _warn_unless_delivered(out, data, change, manage.settings.flags_refresh_seconds)
 
     def view() -> None:
         summary = {k: v for k, v in data.items() if k not in ("flags", "warnings")}
@@ -136,3 +134,24 @@ async def _change(
 
     emit(out, data, view)
     return 0
+
+
+def _warn_unless_delivered(
+    out: Out, data: dict[str, Any], change: FlagChange, refresh: float
+) -> None:
+    if not change.cached:
+        warn(
+            out,
+            data,
+            "Redis is unreachable: the change is in Postgres only. Workers that lost Redis "
+            "read it from there and refill Redis when it is back; run this again once Redis "
+            "answers to be sure every worker follows.",
+        )
+    elif change.publish_error is not None:
+        warn(
+            out,
+            data,
+            f"the change is in Postgres and Redis, but telling the workers failed "
+            f"({change.publish_error}): they pick it up within FLAGS_REFRESH_SECONDS "
+            f"({refresh:g} s).",
+        )

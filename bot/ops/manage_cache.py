@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import uuid
 from collections import Counter
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from bot.config import Settings
 from bot.errors import CacheUnavailable
 from bot.ops import housekeeping
-from bot.ops.housekeeping import BadInput
-from bot.ops.inspect import NotFound
+from bot.ops.arguments import age, conversation_id, seconds, user_ref
+from bot.ops.errors import BadInput, NotFound
 from bot.ops.manage_support import Manage, emit, leaf, warn
 from bot.ops.render import Out
 
@@ -26,14 +25,22 @@ def register_cache(cache: Subparsers) -> None:
         "delete cached state (Postgres keeps everything)",
         "Delete keys of this deployment only (its REDIS_KEY_PREFIX). --user: the user's "
         "session, rate counter and the context of each of their conversations; "
-        "--conversation: its context; --all: every key but the locks of messages in flight "
-        "(SCAN, in batches of CACHE_BATCH_SIZE).",
+        "--conversation: its context; --all: every cached key (sessions, contexts, channel "
+        "configs, feature-flag hashes, active sets; SCAN, in batches of CACHE_BATCH_SIZE), "
+        "keeping rate counters, dedup markers, the stats counters and locks.",
         _flush,
+        _check_flush,
     )
     scope = flush.add_mutually_exclusive_group(required=True)
-    scope.add_argument("--user", type=_user, metavar="CHANNEL:ID", help="e.g. discord:1234")
-    scope.add_argument("--conversation", type=_uuid, metavar="ID", help="a conversation id")
-    scope.add_argument("--all", action="store_true", help="every key under the prefix")
+    scope.add_argument("--user", type=user_ref, metavar="CHANNEL:ID", help="e.g. discord:1234")
+    scope.add_argument("--conversation", type=conversation_id, metavar="ID", help="its context")
+    scope.add_argument("--all", action="store_true", help="every cached key under the prefix")
+    flush.add_argument(
+        "--include-state",
+        action="store_true",
+        help="with --all: also rate counters, dedup markers (a redelivered event would be "
+        "stored again) and the stats counters; locks of messages in flight are always kept",
+    )
     warm = leaf(
         cache,
         "warm",
@@ -42,7 +49,7 @@ def register_cache(cache: Subparsers) -> None:
         "conversation had a message since --since; keys already cached are left alone.",
         _warm,
     )
-    warm.add_argument("--since", type=_age, default="1h", metavar="AGE", help="default: 1h")
+    warm.add_argument("--since", type=age, default="1h", metavar="AGE", help="default: 1h")
 
 
 def register_purge(ops: Subparsers) -> None:
@@ -52,32 +59,25 @@ def register_purge(ops: Subparsers) -> None:
         "delete messages older than a cutoff, in small batches",
         "Delete messages older than --older-than in batches of PURGE_BATCH_SIZE rows, one "
         "short transaction each (never a long lock), then inactive conversations left "
-        "empty; drop the Redis contexts of the conversations touched. --dry-run counts only.",
+        "empty; drop the Redis contexts of the conversations touched. Rows other "
+        "transactions hold locked are retried for --lock-wait seconds, then reported as "
+        "skipped. --dry-run counts only.",
         _purge,
     )
-    purge.add_argument("--older-than", type=_age, required=True, metavar="AGE", help="e.g. 90d")
+    purge.add_argument("--older-than", type=age, required=True, metavar="AGE", help="e.g. 90d")
     purge.add_argument("--dry-run", action="store_true", help="count only; change nothing")
+    purge.add_argument(
+        "--lock-wait",
+        type=seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long to retry rows locked by other transactions (default %(default)s)",
+    )
 
 
-def _user(value: str) -> tuple[str, str]:
-    channel, sep, cuid = value.partition(":")
-    if not (sep and channel and cuid):
-        raise argparse.ArgumentTypeError(f"takes CHANNEL:ID (e.g. discord:1234), not {value!r}")
-    return channel, cuid
-
-
-def _uuid(value: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a conversation id (a UUID): {value!r}") from None
-
-
-def _age(value: str) -> timedelta:
-    try:
-        return housekeeping.parse_duration(value)
-    except BadInput as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def _check_flush(args: argparse.Namespace, settings: Settings) -> None:
+    if args.include_state and not args.all:
+        raise BadInput("--include-state goes with --all")
 
 
 def _counts(scope: str, deleted: Counter[str], **extra: Any) -> dict[str, Any]:
@@ -87,8 +87,9 @@ def _counts(scope: str, deleted: Counter[str], **extra: Any) -> dict[str, Any]:
 def _deleted_view(out: Out, data: dict[str, Any]) -> None:
     rows = [(kind, count) for kind, count in sorted(data["deleted"].items())]
     out.table(f"Deleted ({data['scope']})", ["kind", "#keys"], [*rows, ("total", data["total"])])
-    if data.get("kept_locks"):
-        out.note(f"kept {data['kept_locks']} lock keys of messages in flight", style="dim")
+    if data.get("kept"):
+        kept = ", ".join(f"{count} {kind}" for kind, count in sorted(data["kept"].items()))
+        out.note(f"kept: {kept}", style="dim")
 
 
 async def _flush(manage: Manage, args: argparse.Namespace, out: Out) -> int:
@@ -96,9 +97,9 @@ async def _flush(manage: Manage, args: argparse.Namespace, out: Out) -> int:
     if args.all:
         with out.progress("deleting keys") as advance:
             result = await housekeeping.flush_all(
-                redis, keys, manage.settings.cache_batch_size, advance
+                redis, keys, manage.settings.cache_batch_size, advance, args.include_state
             )
-        data = _counts("all", result.deleted, kept_locks=result.kept_locks)
+        data = _counts("all", result.deleted, kept=dict(result.kept))
     elif args.conversation:
         deleted = await housekeeping.flush_keys(redis, [keys.context(args.conversation)], keys)
         data = _counts(f"conversation {args.conversation}", deleted)
@@ -140,17 +141,28 @@ async def _purge(manage: Manage, args: argparse.Namespace, out: Out) -> int:
     else:
         counts = await store.count_purgeable(cutoff)
         with out.progress("purging rows", total=counts.messages + counts.conversations) as step:
-            result = await housekeeping.purge(store, redis, keys, cutoff, batch, step)
+            result = await housekeeping.purge(
+                store, redis, keys, cutoff, batch, step, args.lock_wait
+            )
     data: dict[str, Any] = {
         "cutoff": cutoff,
         "dry_run": result.dry_run,
         "postgres": {"messages": result.messages, "conversations": result.conversations},
         "redis": {"context": result.contexts},
+        "skipped": result.skipped,
         "seconds": round(result.seconds, 3),
     }
     if result.contexts is None:
         ttl = manage.settings.context_ttl_seconds
         warn(out, data, f"Redis is unreachable: cached contexts expire within {ttl} s")
+    if result.skipped:
+        held = ", ".join(f"{table}: {count}" for table, count in result.skipped.items())
+        warn(
+            out,
+            data,
+            f"rows past the cutoff stayed locked by other transactions for {args.lock_wait:g} s "
+            f"and were not purged ({held}); run the purge again later",
+        )
 
     def view() -> None:
         verb = "would remove" if result.dry_run else "removed"

@@ -9,7 +9,8 @@ from redis.exceptions import RedisError
 
 from bot.config import Settings
 from bot.ops import channel_settings
-from bot.ops.manage_support import Manage, channel_arg, emit, leaf, warn
+from bot.ops.arguments import channel
+from bot.ops.manage_support import Manage, emit, leaf, warn
 from bot.ops.render import Out
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ def register_config(config: Subparsers) -> None:
         "where it comes from (the row, or the global setting). Without CHANNEL: every row.",
         _show,
     )
-    show.add_argument("channel", nargs="?", type=channel_arg, metavar="CHANNEL")
+    show.add_argument("channel", nargs="?", type=channel, metavar="CHANNEL")
     set_ = leaf(
         config,
         "set",
@@ -35,7 +36,7 @@ def register_config(config: Subparsers) -> None:
         _set,
         _check_pairs,
     )
-    set_.add_argument("channel", type=channel_arg, metavar="CHANNEL")
+    set_.add_argument("channel", type=channel, metavar="CHANNEL")
     set_.add_argument("pairs", nargs="+", metavar="KEY=VALUE")
 
 

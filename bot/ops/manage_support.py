@@ -1,8 +1,8 @@
 """What the management commands share: the parser helpers and the handler adapter.
 
-The handler is bot/ops/commands.py's (stores opened the same way, the same exit
-codes: 0 ok, 1 down or not found, 2 bad input); this adds checks of the arguments
-that run before any store is reached, and maps the retried store's errors.
+The handler is bot/ops/commands.py's (arguments checked before any store is reached,
+stores opened the same way, the same exit codes: 0 ok, 1 down or not found, 2 bad
+input); this adds the errors of the retried store and of the bounded Redis calls.
 """
 
 from __future__ import annotations
@@ -18,13 +18,10 @@ from redis.exceptions import RedisError
 from rich.text import Text
 
 from bot.cache.keys import Keys
-from bot.channels import registry
 from bot.config import Settings
 from bot.errors import CacheUnavailable, StoreUnavailable
-from bot.flags import FlagError
 from bot.logs import redact
-from bot.ops.commands import Stores, handler
-from bot.ops.housekeeping import BadInput
+from bot.ops.commands import Check, Stores, handler
 from bot.ops.render import Out
 from bot.store.queries import Store
 from bot.store.retry import DatabaseRetry
@@ -33,8 +30,6 @@ if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 Handler = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
-Check = Callable[[argparse.Namespace, Settings], None]  # raises BadInput or FlagError
-BAD_INPUT = 2
 OPS_REDIS_TIMEOUT = 2.0  # seconds for one Redis call of a command: not the hot path
 T = TypeVar("T")
 DOCS = "Each command's redis-cli / psql equivalent: docs/ops_manage.md."
@@ -89,18 +84,7 @@ def managed(command: Command, check: Check | None = None) -> Handler:
             out.error(str(exc))
             return 1
 
-    opened = handler(run)
-
-    async def checked(settings: Settings, args: argparse.Namespace) -> int:
-        if check is not None:
-            try:
-                check(args, settings)
-            except (BadInput, FlagError) as exc:
-                Out(False, settings.secrets()).error(str(exc))
-                return BAD_INPUT
-        return await opened(settings, args)
-
-    return checked
+    return handler(run, check)
 
 
 def leaf(
@@ -115,15 +99,6 @@ def leaf(
 def group(parent: Subparsers, name: str, help: str) -> Subparsers:
     parser = parent.add_parser(name, help=help, description=f"{help}. {DOCS}")
     return parser.add_subparsers(dest=f"ops_{name}_command", metavar="COMMAND", required=True)
-
-
-def channel_arg(value: str) -> str:
-    """A channel the bot has (flags and configs of another name would never be read)."""
-    if value not in registry.ALL_NAMES:
-        raise argparse.ArgumentTypeError(
-            f"unknown channel {value!r}; choose from {', '.join(registry.ALL_NAMES)}"
-        )
-    return value
 
 
 def warn(out: Out, data: dict[str, Any], message: str) -> None:

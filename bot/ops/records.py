@@ -17,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.cache.hotstate import decode_context
 from bot.cache.keys import Keys
-from bot.ops.inspect import NotFound, Progress, as_text
+from bot.ops.errors import NotFound
+from bot.ops.inspect import Progress, as_text
 
 _USER = text(
     """SELECT id, channel_type, channel_user_id, username, preferred_model, created_at,

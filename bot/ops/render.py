@@ -1,14 +1,18 @@
 """Output of the inspection commands: rich tables for people, one JSON object for scripts.
 
 Tables and JSON go to standard output; errors, prompts and progress bars to standard
-error, so `--json` output stays parseable. Every string printed passes through the
-log redaction, so no password of a URL (or any other secret) reaches the terminal.
+error, so `--json` output stays parseable. URLs are put into a report already redacted
+(bot/config.py redact_url); besides, every value printed (a JSON string, a table cell,
+a message) has any secret of the settings masked, with the log filter's rule: secrets
+too short to tell apart from ordinary text are left to redact_url. Masking works on
+values, never on rendered text, so JSON keys and syntax are never touched.
 Stored text is shown as plain text, never as rich markup.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -28,9 +32,12 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from bot.logs import redact
+from bot.logs import maskable, redact
 
 _UNITS = ("B", "kB", "MB", "GB", "TB")
+# Off a terminal rich would wrap at 80 columns and split UUIDs over two lines; piped
+# output is for grep, so it gets wide lines unless COLUMNS says otherwise.
+PIPED_WIDTH = 200
 
 
 def json_default(value: Any) -> Any:
@@ -45,6 +52,27 @@ def json_default(value: Any) -> Any:
 
 def to_json(data: Any) -> str:
     return json.dumps(data, default=json_default, ensure_ascii=False, indent=2)
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A console for people; wide when its output is piped (see PIPED_WIDTH)."""
+    made = Console(stderr=stderr, highlight=False)
+    if not made.is_terminal and "COLUMNS" not in os.environ:
+        made.width = PIPED_WIDTH
+    return made
+
+
+def masked(data: Any, secrets: Sequence[str]) -> Any:
+    """`data` with the secrets masked in every string value; keys and structure kept."""
+    if isinstance(data, str):
+        return redact(data, secrets)
+    if isinstance(data, bytes):
+        return redact(data.decode("utf-8", "replace"), secrets)
+    if isinstance(data, Mapping):
+        return {key: masked(value, secrets) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [masked(value, secrets) for value in data]
+    return data
 
 
 def size(value: Any) -> str:
@@ -83,15 +111,15 @@ class Out:
         err: Console | None = None,
     ) -> None:
         self.as_json = as_json
-        self.secrets = [secret for secret in secrets if secret]
-        self.console = console or Console(highlight=False)
-        self.err = err or Console(stderr=True, highlight=False)
+        self.secrets = maskable(secrets)
+        self.console = console or make_console()
+        self.err = err or make_console(stderr=True)
 
     def clean(self, value: Any) -> str:
-        return redact(show(value), self.secrets)
+        return show(masked(value, self.secrets))
 
     def json(self, data: Any) -> None:
-        sys.stdout.write(redact(to_json(data), self.secrets) + "\n")
+        sys.stdout.write(to_json(masked(data, self.secrets)) + "\n")
         sys.stdout.flush()
 
     def emit(self, data: Any, view: Callable[[Out, Any], None]) -> None:

@@ -50,12 +50,8 @@ def health_view(out: Out, data: dict[str, Any]) -> None:
 
 def stats_view(out: Out, data: dict[str, Any]) -> None:
     active = data["active_users"]
-    out.table(
-        f"Active users (last {active['window_seconds']} s, from Redis)",
-        ["channel", "# users"],
-        active["by_channel"].items(),
-        empty="nobody in the window",
-    )
+    title = f"Active users (last {active['window_seconds']} s, from Redis)"
+    _tally(out, title, ("channel", "users"), active["by_channel"], "nobody in the window")
     conversations = data["conversations"]
     out.pairs(
         "Sessions and conversations",
@@ -78,13 +74,17 @@ def stats_view(out: Out, data: dict[str, Any]) -> None:
         )
     _counters_view(out, data["counters"])
     redis = data["redis"]
-    out.table(
-        f"Redis keys by kind (memory used: {redis['used_memory_human']})",
-        ["kind", "# keys"],
-        redis["keys_by_kind"].items(),
-        empty="no keys",
-    )
+    title = f"Redis keys by kind (memory used: {redis['used_memory_human']})"
+    _tally(out, title, ("kind", "keys"), redis["keys_by_kind"], "no keys")
     _postgres_view(out, data["postgres"])
+
+
+def _tally(
+    out: Out, title: str, names: tuple[str, str], counts: dict[str, int], empty: str
+) -> None:
+    """A table of counts: what is counted, and how many."""
+    what, unit = names
+    out.table(title, [what, f"# {unit}"], counts.items(), empty=empty)
 
 
 def _counters_view(out: Out, counters: dict[str, Any] | None) -> None:

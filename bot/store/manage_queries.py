@@ -62,33 +62,45 @@ _USER_CONVERSATIONS = text(
 )
 
 # Retention: bounded batches, each its own short transaction; SKIP LOCKED never waits.
+# The deletes and the count of what they still match share their predicates, so the
+# purge knows when rows were passed over (locked) rather than gone.
+_OLD_MESSAGE = "timestamp < :cutoff"
+_EMPTY_CONVERSATION = """
+    NOT c.is_active AND c.last_activity < :cutoff
+    AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = c.id)
+"""
 _PURGE_MESSAGES = text(
-    """
+    f"""
     DELETE FROM messages WHERE id IN (
-        SELECT id FROM messages WHERE timestamp < :cutoff
+        SELECT id FROM messages WHERE {_OLD_MESSAGE}
         ORDER BY timestamp LIMIT :limit FOR UPDATE SKIP LOCKED)
     RETURNING conversation_id
     """
 )
-# Inactive, idle since before the cutoff, and with no message the cutoff keeps.
+_PURGE_CONVERSATIONS = text(
+    f"""
+    DELETE FROM conversations WHERE id IN (
+        SELECT c.id FROM conversations c WHERE {_EMPTY_CONVERSATION}
+        LIMIT :limit FOR UPDATE SKIP LOCKED)
+    RETURNING id
+    """
+)
+_COUNT_PURGE_MATCHES = text(
+    f"""
+    SELECT (SELECT count(*) FROM messages WHERE {_OLD_MESSAGE}) AS messages,
+           (SELECT count(*) FROM conversations c WHERE {_EMPTY_CONVERSATION}) AS conversations
+    """
+)
+# Inactive, idle since before the cutoff, and with no message the cutoff keeps: what
+# the purge will have deleted once the old messages are gone (for the counts up front).
 _EMPTY_INACTIVE = """
     NOT c.is_active AND c.last_activity < :cutoff
     AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = c.id
                     AND m.timestamp >= :cutoff)
 """
-_PURGE_CONVERSATIONS = text(
-    """
-    DELETE FROM conversations WHERE id IN (
-        SELECT c.id FROM conversations c
-        WHERE NOT c.is_active AND c.last_activity < :cutoff
-          AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = c.id)
-        LIMIT :limit FOR UPDATE SKIP LOCKED)
-    RETURNING id
-    """
-)
 _COUNT_PURGEABLE = text(
     f"""
-    SELECT (SELECT count(*) FROM messages WHERE timestamp < :cutoff) AS messages,
+    SELECT (SELECT count(*) FROM messages WHERE {_OLD_MESSAGE}) AS messages,
            (SELECT count(*) FROM conversations c WHERE {_EMPTY_INACTIVE}) AS conversations
     """
 )
@@ -265,8 +277,16 @@ class ManageQueries:
     # --- retention --------------------------------------------------------------------
 
     async def count_purgeable(self, cutoff: datetime) -> PurgeCounts:
+        """What a whole purge would delete (conversations: once their old messages are gone)."""
+        return await self._counts(_COUNT_PURGEABLE, cutoff)
+
+    async def count_purge_matches(self, cutoff: datetime) -> PurgeCounts:
+        """What the purge deletes match right now, locked rows included."""
+        return await self._counts(_COUNT_PURGE_MATCHES, cutoff)
+
+    async def _counts(self, statement: TextClause, cutoff: datetime) -> PurgeCounts:
         async def work(connection: AsyncConnection) -> PurgeCounts:
-            row = (await connection.execute(_COUNT_PURGEABLE, {"cutoff": cutoff})).one()
+            row = (await connection.execute(statement, {"cutoff": cutoff})).one()
             return PurgeCounts(int(row.messages), int(row.conversations))
 
         return await self._transaction(work)

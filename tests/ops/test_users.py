@@ -1,0 +1,201 @@
+"""`bot ops user show|export|delete`: one user in both stores."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+import uuid
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.cache.keys import Keys
+from bot.config import Settings
+from tests.ops.conftest import Ops, channel_name, chat, keys_of
+from tests.support import ServiceFactory, fetch, msg, new_user
+
+pytestmark = pytest.mark.timeout(15)
+
+
+async def test_user_show_has_the_row_the_cached_session_and_conversations(
+    ops: Ops, make_service: ServiceFactory, settings: Settings, keys: Keys
+) -> None:
+    channel, user = channel_name(), new_user()
+    await chat(make_service, channel, user, "first", "second", "/reset", "third")
+
+    data = (await ops("user", "show", channel, user, "--json")).data
+
+    assert data["user"]["channel_user_id"] == user and data["user"]["username"] == user
+    session = data["cache"]["session"]
+    assert session["key"] == keys.session(channel, user)
+    assert 0 < session["ttl_seconds"] <= settings.session_ttl_seconds
+    active, closed = data["conversations"]  # newest first
+    assert (active["is_active"], active["messages"]) == (True, 2)
+    assert (closed["is_active"], closed["messages"]) == (False, 4)
+    assert session["fields"]["conversation_id"] == active["id"]
+    assert data["cache"]["rate"]["count"] >= 1
+
+
+async def test_piped_tables_keep_each_id_on_one_line(
+    ops: Ops, make_service: ServiceFactory
+) -> None:
+    channel, user = channel_name(), new_user()
+    await chat(make_service, channel, user, "first", "/reset", "second")
+    ids = [
+        c["id"] for c in (await ops("user", "show", channel, user, "--json")).data["conversations"]
+    ]
+
+    piped = await ops("user", "show", channel, user)  # no COLUMNS, not a terminal: wide
+    narrow = await ops("user", "show", channel, user, COLUMNS="80")  # as asked
+
+    def rows(output: str) -> set[str]:
+        """The conversation ids that begin a table row whole."""
+        return {i for i in ids for line in output.splitlines() if line.startswith(f"│ {i} ")}
+
+    assert piped.code == 0 and narrow.code == 0
+    assert rows(piped.out) == set(ids), piped.out
+    assert rows(narrow.out) == set(), narrow.out  # folded, as COLUMNS asks
+
+
+async def test_user_show_of_an_unknown_user_exits_1(ops: Ops) -> None:
+    result = await ops("user", "show", "console", new_user(), "--json")
+
+    assert result.code == 1
+    assert "no user" in result.err and result.out == ""
+
+
+async def test_user_export_holds_every_message_and_the_cache(
+    ops: Ops, make_service: ServiceFactory, tmp_path: Path
+) -> None:
+    channel, user = channel_name(), new_user()
+    await chat(make_service, channel, user, "alpha one", "/reset", "beta two")
+    target = tmp_path / "export.json"
+
+    written = (await ops("user", "export", channel, user, "--output", str(target), "--json")).data
+
+    assert written == {
+        "output": str(target),
+        "user": written["user"],
+        "conversations": 2,
+        "messages": 4,
+    }
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
+    document = json.loads(target.read_text())
+    contents = [m["content"] for c in document["conversations"] for m in c["messages"]]
+    assert "alpha one" in contents and "beta two" in contents and len(contents) == 4
+    assert document["user"]["channel_user_id"] == user
+    assert document["redis"]["session"]["fields"]["user_id"] == document["user"]["id"]
+    cached = [item["content"] for items in document["redis"]["contexts"].values() for item in items]
+    assert "beta two" in cached
+    to_stdout = await ops("user", "export", channel, user)
+    assert json.loads(to_stdout.out)["user"] == document["user"]
+
+
+async def test_user_export_to_a_path_that_cannot_be_written_says_so(
+    ops: Ops, make_service: ServiceFactory, tmp_path: Path
+) -> None:
+    channel, user = channel_name(), new_user()
+    await chat(make_service, channel, user, "hello")
+    target = tmp_path / "missing" / "export.json"
+
+    result = await ops("user", "export", channel, user, "-o", str(target))
+
+    assert result.code == 2, result
+    assert f"cannot write {target}: No such file or directory" in result.err
+    assert "unavailable" not in result.err and not target.parent.exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["user", "show", "console", "bad\udcffbyte"],  # a byte that is not UTF-8, as argv has it
+        ["user", "export", "console", "nul\x00byte"],
+        ["conversation", "search", "caf\udce9"],
+    ],
+)
+async def test_arguments_that_are_not_text_are_bad_input(ops: Ops, argv: list[str]) -> None:
+    result = await ops(*argv, "--json")
+
+    assert result.code == 2, result
+    assert "not valid UTF-8" in result.err or "NUL" in result.err
+    assert "unavailable" not in result.err and result.out == ""
+
+
+async def _user_rows(engine: AsyncEngine, channel: str, user: str) -> dict[str, int]:
+    rows = await fetch(
+        engine,
+        """SELECT (SELECT count(*) FROM users WHERE channel_type = :c AND channel_user_id = :u),
+                  (SELECT count(*) FROM conversations c JOIN users u ON u.id = c.user_id
+                   WHERE u.channel_type = :c AND u.channel_user_id = :u)""",
+        c=channel,
+        u=user,
+    )
+    return {"users": rows[0][0], "conversations": rows[0][1]}
+
+
+async def test_user_delete_erases_the_user_from_both_stores(
+    ops: Ops, make_service: ServiceFactory, engine: AsyncEngine, redis: Redis, keys: Keys
+) -> None:
+    channel, gone, kept = channel_name(), new_user(), new_user()
+    service = await make_service()
+    for text, pid in (("one", "p1"), ("/reset", "p2"), ("two", "p3")):
+        await service.handle(msg(gone, text, pid=pid, channel=channel))
+    await chat(make_service, channel, kept, "stay")
+    shown = (await ops("user", "show", channel, gone, "--json")).data
+    conversations = [uuid.UUID(c["id"]) for c in shown["conversations"]]
+    user_id = uuid.UUID(shown["user"]["id"])
+
+    data = (await ops("user", "delete", channel, gone, "--yes", "--json")).data
+
+    assert data["postgres"] == {"users": 1, "conversations": 2, "messages": 4}
+    assert data["redis"]["session"] == 1 and data["redis"]["active"] == 1
+    assert await _user_rows(engine, channel, gone) == {"users": 0, "conversations": 0}
+    assert (
+        await fetch(
+            engine,
+            "SELECT 1 FROM messages WHERE conversation_id = ANY(:ids)",
+            ids=conversations,
+        )
+        == []
+    )
+    left = await keys_of(redis, keys)
+    about = {keys.session(channel, gone), keys.rate(user_id)}
+    about |= {keys.context(c) for c in conversations}
+    assert not (left & about)
+    assert not any(gone in key for key in left if not key.startswith(keys.dedup(channel, "")))
+    assert await redis.zscore(keys.active(channel), gone) is None
+    assert await redis.exists(keys.dedup(channel, "p1"))  # kept: no personal data
+    # The other user is untouched.
+    assert await _user_rows(engine, channel, kept) == {"users": 1, "conversations": 1}
+    assert keys.session(channel, kept) in left
+    assert await redis.zscore(keys.active(channel), kept) is not None
+    again = await ops("user", "delete", channel, gone, "--yes")
+    assert again.code == 1 and "no user" in again.err
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_user_delete_asks_first_and_refuses_without_a_terminal(
+    ops: Ops, make_service: ServiceFactory, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    channel, user = channel_name(), new_user()
+    await chat(make_service, channel, user, "hello")
+
+    refused = await ops("user", "delete", channel, user)  # pytest's stdin is no terminal
+    assert refused.code == 2 and "--yes" in refused.err
+    monkeypatch.setattr("sys.stdin", FakeTerminal("no\n"))
+    declined = await ops("user", "delete", channel, user)
+    assert declined.code == 1 and "Delete user" in declined.err
+    assert await _user_rows(engine, channel, user) == {"users": 1, "conversations": 1}
+
+    monkeypatch.setattr("sys.stdin", FakeTerminal("yes\n"))
+    confirmed = await ops("user", "delete", channel, user)
+    assert confirmed.code == 0 and "Deleted user" in confirmed.out
+    assert await _user_rows(engine, channel, user) == {"users": 0, "conversations": 0}
