@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -50,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--channels",
+        type=_channel_names,
         help="comma-separated channels to start, from discord, telegram, slack, console "
         "(default: every channel whose credentials are set)",
     )
@@ -98,34 +101,46 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     async with open_runtime(settings, migrate=False) as runtime:
-        revision = await upgrade_to_head(runtime.engine)
+        revision = await upgrade_to_head(runtime.engine, settings.migration_lock_wait_seconds)
         print(f"database at revision {revision} ({redact_url(runtime.endpoints.database_url)})")
     return 0
 
 
 async def _chat(settings: Settings, args: argparse.Namespace) -> int:
+    """The console channel under the worker: SIGTERM/SIGINT stop reading, finish the
+    message in flight, close the pools and stop the embedded servers, then exit 0."""
+    stop = asyncio.Event()
+    _note_stop_signals(stop)  # start-up finishes first: it may be launching servers
     async with open_runtime(settings) as runtime:
         dispatcher = Dispatcher(runtime.service, runtime.metrics)
         console = _console(runtime.settings, dispatcher, args.user)
-        try:
-            await console.run()
-        finally:
-            await runtime.service.publish_stats()
-    return 0
+        worker = Worker([console], dispatcher, None, settings.shutdown_grace_seconds)
+        if stop.is_set():
+            worker.request_stop()
+        drained = await worker.run()  # with signal handlers of its own while it runs
+        _note_stop_signals(stop)  # a second signal must not cut short the stop of servers
+    return 0 if drained else 1
+
+
+def _note_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
+            loop.add_signal_handler(signum, stop.set)
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
     specs = registry.select(settings, args.channels)
-    wants_console = args.channels is not None and "console" in args.channels.split(",")
+    wants_console = args.channels is not None and "console" in args.channels
     if not specs and not wants_console:
-        for spec in registry.PLATFORM_CHANNELS:
-            log.info("channel %s is off: set %s to enable it", spec.name, spec.needs)
+        for spec in registry.PLATFORM_CHANNELS:  # WARNING: LOG_LEVEL=WARNING still says why
+            log.warning("channel %s is off: set %s to enable it", spec.name, spec.needs)
         if not sys.stdin.isatty():
             raise ConfigError(
                 "no channel is configured (see the lines above) and standard input is not a "
                 "terminal for the console chat; set a channel's credentials, or use `bot chat`"
             )
-        log.info("no channel configured: opening the console chat")
+        log.warning("no channel configured: opening the console chat")
         wants_console = True
     async with open_runtime(settings) as runtime:
         dispatcher = Dispatcher(runtime.service, runtime.metrics)
@@ -136,6 +151,13 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
         worker = Worker(adapters, dispatcher, health, settings.shutdown_grace_seconds)
         drained = await worker.run(settings.http_host, settings.http_port)
     return 0 if drained else 1
+
+
+def _channel_names(text: str) -> tuple[str, ...]:
+    try:
+        return registry.parse_names(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None  # argparse: usage error, exit 2
 
 
 def _console(settings: Settings, dispatcher: Dispatcher, user: str | None) -> ConsoleChannel:

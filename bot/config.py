@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.errors import ConfigError
@@ -18,6 +18,7 @@ _DATABASE_SCHEMES = {
 }
 _REDIS_SCHEMES = {"redis", "rediss", "unix"}
 
+ENV_FILE = ".env"
 Seconds = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 
@@ -94,7 +95,7 @@ class Settings(BaseSettings):
     """Every knob of the bot; the environment variable is the field name in upper case."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+        env_file=ENV_FILE, env_file_encoding="utf-8", extra="ignore", case_sensitive=False
     )
 
     # Where the state lives. Unset URLs start embedded servers under DATA_DIR.
@@ -108,6 +109,9 @@ class Settings(BaseSettings):
     db_pool_size: PositiveInt = 20
     db_max_overflow: Annotated[int, Field(ge=0)] = 10
     db_pool_pre_ping: bool = True
+    # Ping only connections idle this long: a busy pool pays no ping per message, and a
+    # connection that died in between fails as a disconnect the retry policy cures.
+    db_pool_ping_idle_seconds: Annotated[float, Field(ge=0)] = 10.0
     db_pool_recycle_seconds: PositiveInt = 3600
     db_pool_timeout_seconds: Seconds = 10.0
     db_statement_timeout_ms: PositiveInt = 30_000
@@ -116,6 +120,8 @@ class Settings(BaseSettings):
     db_application_name: str = "chatbot"
     db_retry_attempts: PositiveInt = 5
     db_retry_deadline_seconds: Seconds = 15.0
+    # How long start-up waits for another worker's migration (under the advisory lock).
+    migration_lock_wait_seconds: Seconds = 600.0
 
     # Redis client.
     redis_max_connections: PositiveInt = 50
@@ -134,7 +140,11 @@ class Settings(BaseSettings):
     context_ttl_seconds: PositiveInt = 7200
     channel_config_ttl_seconds: PositiveInt = 300
     dedup_ttl_seconds: PositiveInt = 86_400
-    lock_ttl_seconds: PositiveInt = 120
+    # A claim on an event being handled; only a crashed worker's claim ever expires by it.
+    dedup_processing_seconds: PositiveInt = 300
+    # The holder renews its user's lock every third of this while it works, so a crashed
+    # worker's lock frees within it however long a reply takes.
+    lock_ttl_seconds: PositiveInt = 30
     lock_wait_seconds: Seconds = 60.0
 
     # Conversation.
@@ -186,16 +196,6 @@ class Settings(BaseSettings):
     llm_context_token_budget: PositiveInt = 4000  # prompt: system + context + message
     system_prompt: str = "You are a helpful assistant."
     allowed_models: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: any
-
-    @model_validator(mode="after")
-    def _lock_outlives_a_reply(self) -> Settings:
-        # The user's lock is held while the responder works; it must not expire first.
-        if self.lock_ttl_seconds <= self.llm_retry_deadline_seconds:
-            raise ValueError(
-                f"LOCK_TTL_SECONDS ({self.lock_ttl_seconds}) must be longer than "
-                f"LLM_RETRY_DEADLINE_SECONDS ({self.llm_retry_deadline_seconds:g})"
-            )
-        return self
 
     @field_validator("discord_shard_ids", mode="before")
     @classmethod
@@ -259,6 +259,18 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"cannot read {_env_file(overrides)}: line {line} is not valid UTF-8; "
+            "save the file as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {_env_file(overrides)}: {exc.strerror or exc}") from None
+
+
+def _env_file(overrides: dict[str, Any]) -> str:
+    return str(overrides.get("_env_file") or ENV_FILE)
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -23,8 +23,20 @@ class MigrationError(BotError):
     """The schema could not be brought to the current revision."""
 
 
-class StoreUnavailable(BotError):
+class StoreError(BotError):
+    """Postgres could not do the work asked of it; none of it was written."""
+
+
+class StoreUnavailable(StoreError):
     """Postgres did not answer within the retry budget; nothing was written."""
+
+
+class StoreFailed(StoreError):
+    """Postgres refused the work for a reason a retry does not cure (a full disk, a bug).
+
+    The message names the error class and SQLSTATE only: a server's error text may
+    quote the data it refused.
+    """
 
 
 class StaleSession(BotError):

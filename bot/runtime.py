@@ -142,7 +142,7 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIter
             await check_postgres(engine, endpoints.database_url, settings)
             await check_redis(redis, endpoints.redis_url)
             if migrate:
-                await upgrade_to_head(engine)
+                await upgrade_to_head(engine, settings.migration_lock_wait_seconds)
                 if isinstance(service.flags, FeatureFlags):  # the table exists now
                     await service.flags.start()
             yield Runtime(

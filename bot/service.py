@@ -10,6 +10,7 @@ then told to the user, with nothing half-written.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections import Counter
@@ -27,12 +28,19 @@ from bot.domain import (
     ReplyKind,
     SessionState,
 )
-from bot.errors import CacheUnavailable, LockTimeout, ResponderError, StaleSession, StoreUnavailable
+from bot.errors import (
+    CacheUnavailable,
+    LockTimeout,
+    ResponderError,
+    StaleSession,
+    StoreError,
+    StoreUnavailable,
+)
 from bot.flags import MAINTENANCE, REPLIES_DISABLED, FlagSource, StaticFlags
 from bot.local import KeyedLocks, LocalRateLimiter
 from bot.responders.base import Responder, ResponderRequest, ResponderResult, estimate_tokens
 from bot.store.queries import ExchangeRows, Store
-from bot.validation import InvalidInput, clean_text
+from bot.validation import InvalidInput, check_user_id, clean_text, clean_username
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +100,21 @@ class ConversationService:
             self.stats["muted"] += 1
             return Reply(None, ReplyKind.MUTED)
         try:
-            message = replace(
-                message, text=clean_text(message.text, self.settings.max_message_chars)
-            )
+            message = self._validated(message)
         except InvalidInput as exc:
             self.stats["invalid"] += 1
             return Reply(str(exc), ReplyKind.INVALID)
         async with self._locks.hold(f"{message.channel}:{message.channel_user_id}"):
             return await self._handle_locked(message)
+
+    def _validated(self, message: IncomingMessage) -> IncomingMessage:
+        """The message as it will be stored, or InvalidInput saying why it cannot be."""
+        return replace(
+            message,
+            channel_user_id=check_user_id(message.channel_user_id),
+            username=clean_username(message.username),
+            text=clean_text(message.text, self.settings.max_message_chars),
+        )
 
     async def _handle_locked(self, message: IncomingMessage) -> Reply:
         token = uuid.uuid4().hex
@@ -111,20 +126,36 @@ class ConversationService:
         if hot is not None and hot.status is BeginStatus.DUPLICATE:
             self.stats["duplicate"] += 1
             return Reply(None, ReplyKind.DUPLICATE)
+        was_read = hot is not None
         try:
-            reply, refresh = await self._process(message, hot)
-        except StoreUnavailable as exc:
-            log.error(
-                "cannot store message from %s:%s: %s", message.channel, message.channel_user_id, exc
-            )
-            self.stats["store_unavailable"] += 1
-            await self.cache.release(message, token, was_read=hot is not None)
+            async with self._lock_renewal(message, token, was_read):
+                reply, refresh = await self._process(message, hot)
+        except StoreError as exc:
+            self._store_failed(message, exc)
+            await self.cache.release(message, token, was_read=was_read)
             return Reply(UNAVAILABLE_TEXT, ReplyKind.UNAVAILABLE)
         except BaseException:
-            await self.cache.release(message, token, was_read=hot is not None)
+            await self.cache.release(message, token, was_read=was_read)
             raise
-        await self.cache.settle(message, token, refresh, was_read=hot is not None)
+        await self.cache.settle(message, token, refresh, was_read=was_read)
         return reply
+
+    def _lock_renewal(
+        self, message: IncomingMessage, token: str, locked: bool
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        """Keeps the user's Redis lock while we work; nothing to keep if Redis was down."""
+        if not locked:
+            return contextlib.nullcontext()
+        return self.cache.keep_lock(message, token)
+
+    def _store_failed(self, message: IncomingMessage, exc: StoreError) -> None:
+        # One line with the error class: the user is told, the claim released, the
+        # platform may redeliver, and nothing of the exchange was written.
+        log.error(
+            "cannot store message from %s:%s: %s", message.channel, message.channel_user_id, exc
+        )
+        kind = "store_unavailable" if isinstance(exc, StoreUnavailable) else "store_failed"
+        self.stats[kind] += 1
 
     async def _begin(self, message: IncomingMessage, token: str) -> HotState | None:
         """Hot state from Redis, waiting for another worker's lock; None if Redis is down."""

@@ -11,6 +11,10 @@ from bot.errors import BotError
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
+# The widths of users.channel_user_id and users.username (VARCHAR(255)).
+MAX_USER_ID_CHARS = 255
+MAX_USERNAME_CHARS = 255
+
 
 class InvalidInput(BotError):
     """The message cannot be handled; the text says why, for the user."""
@@ -27,3 +31,32 @@ def clean_text(text: str, max_chars: int) -> str:
             "Please shorten it or split it into several messages."
         )
     return cleaned
+
+
+def check_user_id(channel_user_id: str) -> str:
+    """The platform's id of the sender, or InvalidInput if it cannot be stored.
+
+    An id is a key: cutting it would merge different users, so it is refused instead.
+    """
+    if len(channel_user_id) > MAX_USER_ID_CHARS:
+        raise InvalidInput(
+            f"I can't answer messages from this account: its user id is "
+            f"{len(channel_user_id):,} characters long, and the limit is {MAX_USER_ID_CHARS}."
+        )
+    if (
+        not channel_user_id.strip()
+        or _CONTROL.search(channel_user_id)
+        or _SURROGATE.search(channel_user_id)
+    ):
+        raise InvalidInput(
+            "I can't answer messages from this account: its user id is empty or not valid text."
+        )
+    return channel_user_id
+
+
+def clean_username(username: str | None) -> str | None:
+    """The display name as stored: cosmetic, so cleaned and cut rather than refused."""
+    if username is None:
+        return None
+    cleaned = _SURROGATE.sub("\ufffd", _CONTROL.sub("", username)).strip()
+    return cleaned[:MAX_USERNAME_CHARS] or None

@@ -13,13 +13,14 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.cache.keys import glob_escape
 from bot.config import Settings
 from bot.metrics import Metrics
 from bot.responders import Responder
@@ -28,6 +29,9 @@ from bot.service import ConversationService
 from bot.store.engine import create_engine
 from bot.store.migrate import upgrade_to_head
 from tests.support import ServiceFactory
+
+if TYPE_CHECKING:
+    from bot import embedded
 
 # Tests talk to 127.0.0.1 only; a proxy from the environment must not get in between.
 for _name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
@@ -125,6 +129,19 @@ def redis_url(server_urls: tuple[str, str]) -> str:
 
 
 @pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[embedded.EmbeddedRedis]:
+    """A Redis server of this test alone: to stop, restart or reconfigure."""
+    from bot import embedded
+
+    server = embedded.EmbeddedRedis(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
 def make_settings(database_url: str, redis_url: str) -> Callable[..., Settings]:
     """Settings for the test servers with a key prefix of this test's own."""
     prefix = f"test:{uuid.uuid4().hex[:10]}:"
@@ -155,14 +172,20 @@ async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
+async def delete_prefix(client: Redis, prefix: str) -> None:
+    """Delete every key under a test's prefix, read literally (not as a glob)."""
+    assert prefix, "an empty prefix would match every key of the shared Redis"
+    keys = [key async for key in client.scan_iter(match=f"{glob_escape(prefix)}*")]
+    if keys:
+        await client.delete(*keys)
+
+
 @pytest.fixture
 async def redis(settings: Settings) -> AsyncIterator[Redis]:
     assert settings.redis_url is not None
     client = create_redis(settings, settings.redis_url.get_secret_value())
     yield client
-    keys = [key async for key in client.scan_iter(match=f"{settings.redis_key_prefix}*")]
-    if keys:
-        await client.delete(*keys)
+    await delete_prefix(client, settings.redis_key_prefix)
     await client.aclose()
 
 
@@ -173,8 +196,11 @@ async def make_service(
     """Build services like a worker does: own engine and Redis client, shared prefix.
 
     Several services from one factory behave like several workers of one deployment.
+    Their keys on the suite's Redis are deleted at teardown; a test's own Redis server
+    (redis_url=...) is the test's to clean.
     """
     built: list[tuple[AsyncEngine, Redis]] = []
+    prefixes: set[str] = set()
 
     async def make(
         responder: Responder | None = None,
@@ -190,12 +216,20 @@ async def make_service(
         engine = create_engine(custom, db)
         client = create_redis(custom, rd)
         built.append((engine, client))
+        if redis_url is None:
+            prefixes.add(custom.redis_key_prefix)
         return build_service(custom, engine, client, responder, metrics)
 
     yield make
     for engine, client in built:
         await client.aclose()
         await engine.dispose()
+    if prefixes:
+        assert settings.redis_url is not None
+        cleaner = create_redis(settings, settings.redis_url.get_secret_value())
+        for prefix in prefixes:
+            await delete_prefix(cleaner, prefix)
+        await cleaner.aclose()
 
 
 @pytest.fixture

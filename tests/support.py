@@ -25,6 +25,11 @@ async def fetch(engine: AsyncEngine, sql: str, **params: Any) -> list[Any]:
         return list(await connection.execute(text(sql), params))
 
 
+async def execute(engine: AsyncEngine, sql: str, **params: Any) -> None:
+    async with engine.begin() as connection:
+        await connection.execute(text(sql), params)
+
+
 async def messages_of(engine: AsyncEngine, channel_user_id: str) -> list[Any]:
     return await fetch(
         engine,

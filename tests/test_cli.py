@@ -30,8 +30,8 @@ class Result:
     err: str
 
 
-async def bot(*args: str, **env: str) -> Result:
-    """`python -m bot ARGS` from the repository root, with only the given settings set."""
+async def bot(*args: str, cwd: Path = ROOT, **env: str) -> Result:
+    """`python -m bot ARGS` (from the repository root), with only the given settings set."""
     base = {
         k: v
         for k, v in os.environ.items()
@@ -42,7 +42,7 @@ async def bot(*args: str, **env: str) -> Result:
         "-m",
         "bot",
         *args,
-        cwd=ROOT,
+        cwd=cwd,
         env={**base, **env},
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
@@ -119,6 +119,18 @@ async def test_invalid_setting_is_one_line_and_exit_2(
     assert names in lines[0] and "invalid setting" in lines[0]
     assert "Traceback" not in result.err and "hunter2pw" not in result.err
     assert is_empty(tmp_path), "no embedded server may start on a bad setting"
+
+
+async def test_dotenv_file_that_is_not_utf8_is_one_line_naming_it(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_bytes(b"DATABASE_URL=postgresql://u:hunter2pw@h/db\nX=\xff\n")
+
+    result = await bot("migrate", cwd=tmp_path, DATA_DIR=str(tmp_path / "data"))
+
+    assert result.code == 2 and result.out == ""
+    assert (
+        result.err == "bot: cannot read .env: line 2 is not valid UTF-8; save the file as UTF-8\n"
+    )
+    assert not (tmp_path / "data").exists(), "no embedded server may start on a bad setting"
 
 
 async def test_unreachable_database_is_a_readable_error_without_the_password(

@@ -293,16 +293,40 @@ def test_no_secrets_without_passwords(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings().secrets() == []
 
 
-def test_lock_must_outlive_the_responder_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LOCK_TTL_SECONDS", "30")
-    monkeypatch.setenv("LLM_RETRY_DEADLINE_SECONDS", "45")
-    with pytest.raises(ConfigError) as caught:
-        load_settings()
-    assert str(caught.value) == (
-        "invalid setting LOCK_TTL_SECONDS (30) must be longer than LLM_RETRY_DEADLINE_SECONDS (45)"
-    )
-    monkeypatch.setenv("LOCK_TTL_SECONDS", "46")
-    assert load_settings().lock_ttl_seconds == 46
+def test_lock_and_claim_lifetimes_are_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = load_settings()
+    # Short: the holder renews it, so only a crashed worker's lock ever runs out.
+    assert defaults.lock_ttl_seconds == 30 and defaults.lock_wait_seconds == 60
+    assert defaults.dedup_processing_seconds == 300
+    assert defaults.migration_lock_wait_seconds == 600
+
+    monkeypatch.setenv("LOCK_TTL_SECONDS", "5")
+    monkeypatch.setenv("LLM_RETRY_DEADLINE_SECONDS", "300")  # longer than the lock: fine
+    monkeypatch.setenv("DEDUP_PROCESSING_SECONDS", "60")
+    monkeypatch.setenv("MIGRATION_LOCK_WAIT_SECONDS", "2.5")
+    settings = load_settings()
+    assert settings.lock_ttl_seconds == 5 and settings.dedup_processing_seconds == 60
+    assert settings.migration_lock_wait_seconds == 2.5
+    assert "DEDUP_PROCESSING_SECONDS" in config_error(monkeypatch, DEDUP_PROCESSING_SECONDS="0")
+
+
+def test_dotenv_file_that_is_not_utf8_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_bytes(b"LOG_LEVEL=DEBUG\nSYSTEM_PROMPT=caf\xe9\n")
+
+    message = config_error(monkeypatch)
+
+    assert message == "cannot read .env: line 2 is not valid UTF-8; save the file as UTF-8"
+
+
+def test_unreadable_dotenv_file_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A file that exists but fails to read (permissions do not stop root, the tests' user).
+    (tmp_path / ".env").symlink_to("/proc/self/mem")
+
+    assert config_error(monkeypatch) == "cannot read .env: Input/output error"
 
 
 def test_channel_and_llm_lists_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:

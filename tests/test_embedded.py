@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import os
+import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,6 +19,7 @@ import pytest
 import redis
 
 from bot.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
+from bot.embedded.process import live_process
 
 S = TypeVar("S", EmbeddedPostgres, EmbeddedRedis)
 
@@ -66,14 +69,14 @@ def busy_port() -> Iterator[int]:
 def test_postgres_data_and_port_survive_restart(
     tmp_path: Path,
     track: Callable[[EmbeddedPostgres], EmbeddedPostgres],
-    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     pg = track(EmbeddedPostgres(tmp_path / "postgres"))
-    with caplog.at_level(logging.INFO, logger="bot.embedded"):
-        pg.start()
+    pg.start()
     assert pg.owned and pg.pid and pg.port
     assert pg.url == f"postgresql://postgres@127.0.0.1:{pg.port}/postgres"
-    assert f"listening on 127.0.0.1:{pg.port}" in caplog.text
+    # Printed whatever LOG_LEVEL: the operator needs it to connect.
+    assert f"listening on 127.0.0.1:{pg.port}" in capsys.readouterr().err
     pg_query(pg.url, "CREATE TABLE notes (body text); INSERT INTO notes VALUES ('kept')")
     port = pg.port
 
@@ -216,3 +219,56 @@ def test_redis_port_in_use_raises_with_log_tail(
         server.start()
     assert "Address already in use" in str(excinfo.value)
     assert not server.owned and server.pid is None
+
+
+@pytest.mark.parametrize("server_class", [EmbeddedRedis, EmbeddedPostgres])
+def test_a_server_orphaned_by_a_killed_run_is_adopted_and_stopped_at_exit(
+    tmp_path: Path,
+    server_class: type[EmbeddedRedis] | type[EmbeddedPostgres],
+    track: Callable[[Any], Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data_dir = tmp_path / "data"
+    # A run that started the server and was killed before it could stop it.
+    killed_run = (
+        f"from bot.embedded import {server_class.__name__} as Server\n"
+        f"Server({str(data_dir)!r}).start()\n"
+        "import os, signal\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", killed_run], capture_output=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    orphan = json.loads((data_dir / server_class.state_name).read_text())
+    assert orphan["owner"]["pid"] != os.getpid()
+
+    server = track(server_class(data_dir))
+    server.start()
+
+    assert server.owned and server.port == orphan["port"]
+    assert "adopting it" in capsys.readouterr().err
+    pid = server.pid
+    server.stop()
+    assert live_process(pid, server.process_name) is None
+    assert not listening(orphan["port"])
+
+
+def test_a_server_the_bot_did_not_start_is_left_running_saying_why(
+    tmp_path: Path,
+    track: Callable[[EmbeddedRedis], EmbeddedRedis],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    first = track(EmbeddedRedis(tmp_path / "redis"))
+    first.start()
+    state = json.loads(first.state_file.read_text())
+    del state["owner"]  # as if someone started it by hand
+    first.state_file.write_text(json.dumps(state))
+
+    second = track(EmbeddedRedis(tmp_path / "redis"))
+    second.start()
+    assert not second.owned
+    second.stop()
+
+    said = capsys.readouterr().err.splitlines()[-1]
+    assert said.startswith("embedded Redis left running on 127.0.0.1:")
+    assert said.endswith(": it was not started by the bot (no owner recorded)")
+    assert listening(first.port)

@@ -27,7 +27,7 @@ from bot.cache.keys import Keys
 from bot.config import Settings
 from bot.domain import Reply, ReplyKind
 from bot.embedded import EmbeddedPostgres
-from bot.errors import StoreUnavailable
+from bot.errors import StoreFailed, StoreUnavailable
 from bot.service import UNAVAILABLE_TEXT, ConversationService
 from bot.store.engine import create_engine
 from bot.store.migrate import upgrade_to_head
@@ -345,9 +345,71 @@ async def test_only_transient_errors_are_retried(
         raise exc
 
     with pytest.raises(IntegrityError):
-        await retry.run(lambda: fails_with(duplicate))
+        await retry.run(lambda: fails_with(duplicate))  # the query tells a race from a bug
     assert len(calls) == 1
+    calls.clear()
+    with pytest.raises(StoreFailed) as failed:
+        await retry.run(lambda: fails_with(bad_sql))  # any other refusal: a store error
+    assert len(calls) == 1 and failed.value.__cause__ is bad_sql
+    assert str(failed.value) == "Postgres refused the work: UndefinedTableError (SQLSTATE 42P01)"
     calls.clear()
     with pytest.raises(StoreUnavailable) as unavailable:
         await retry.run(lambda: fails_with(terminated))
     assert len(calls) == 3 and unavailable.value.__cause__ is terminated
+
+
+DISK_FULL = """
+CREATE FUNCTION test_disk_full() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.content = 'fill the disk' THEN
+        RAISE EXCEPTION 'could not extend file: No space left on device'
+            USING ERRCODE = '53100';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER test_disk_full BEFORE INSERT ON messages
+    FOR EACH ROW EXECUTE FUNCTION test_disk_full();
+"""
+NO_DISK_FULL = "DROP TRIGGER test_disk_full ON messages; DROP FUNCTION test_disk_full();"
+
+
+async def run_sql(pg: AsyncEngine, sql: str) -> None:
+    async with pg.connect() as connection:
+        driver = await connection.get_raw_connection()
+        await driver.driver_connection.execute(sql)  # type: ignore[union-attr]
+
+
+async def test_a_database_error_no_retry_cures_is_told_logged_once_and_released(
+    make_service: ServiceFactory,
+    pg_url: str,
+    pg: AsyncEngine,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    service = await build(make_service, pg_url)
+    keys = Keys.from_settings(service.settings)
+    user = new_user()
+    first = await service.handle(msg(user, "one", pid=f"{user}:d-1"))
+    assert first.kind is ReplyKind.ANSWER
+    caplog.set_level(logging.WARNING)
+
+    await run_sql(pg, DISK_FULL)  # Postgres now refuses this one insert, as with a full disk
+    try:
+        refused = await service.handle(msg(user, "fill the disk", pid=f"{user}:d-2"))
+    finally:
+        await run_sql(pg, NO_DISK_FULL)
+
+    assert refused.kind is ReplyKind.UNAVAILABLE and refused.text == UNAVAILABLE_TEXT
+    logged = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.name for r in logged] == ["bot.service"], caplog.text
+    assert "DiskFullError (SQLSTATE 53100)" in logged[0].getMessage()
+    assert "No space left" not in caplog.text  # the server's text may quote data: not logged
+    assert service.stats["store_failed"] == 1 and service.stats["store_unavailable"] == 0
+    assert await redis.get(keys.dedup("console", f"{user}:d-2")) is None  # claim released
+    assert not await redis.exists(keys.lock("console", user))
+    assert [r.content for r in await messages_of(pg, user)] == ["one", first.text]
+
+    redelivered = await service.handle(msg(user, "fill the disk", pid=f"{user}:d-2"))
+    assert redelivered.kind is ReplyKind.ANSWER and earlier(redelivered) == 2
+    rows = await messages_of(pg, user)
+    assert [r.content for r in rows if r.role == "user"] == ["one", "fill the disk"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.domain import ReplyKind
+from bot.domain import IncomingMessage, ReplyKind
 from bot.service import ConversationService
-from bot.validation import InvalidInput, clean_text
-from tests.support import messages_of, msg, new_user
+from bot.validation import InvalidInput, check_user_id, clean_text, clean_username
+from tests.support import execute, fetch, messages_of, msg, new_user
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\n\t", "\x00\x00", "\x07\x1b"])
@@ -97,3 +97,45 @@ async def test_commands(service: ConversationService, engine: AsyncEngine) -> No
     assert "0 earlier messages" in (after.text or "")
     assert (await service.handle(msg(user, "/model@somebot"))).kind is ReplyKind.COMMAND
     assert len(await messages_of(engine, user)) == 6  # commands are not stored
+
+
+async def test_an_over_long_user_id_is_refused_and_nothing_stored(
+    service: ConversationService, engine: AsyncEngine
+) -> None:
+    user = "u" * 300  # users.channel_user_id is VARCHAR(255)
+
+    reply = await service.handle(msg(user, "hello"))
+
+    assert reply.kind is ReplyKind.INVALID
+    assert reply.text == (
+        "I can't answer messages from this account: its user id is 300 characters long, "
+        "and the limit is 255."
+    )
+    assert await fetch(engine, "SELECT 1 FROM users WHERE channel_user_id LIKE 'uuuu%'") == []
+    assert service.stats["store_failed"] == 0 and service.stats["invalid"] == 1
+    fits = "u" * 255
+    assert (await service.handle(msg(fits, "hello"))).kind is ReplyKind.ANSWER
+    await execute(engine, "DELETE FROM users WHERE channel_user_id = :u", u=fits)
+
+
+async def test_an_over_long_display_name_is_cut_not_refused(
+    service: ConversationService, engine: AsyncEngine
+) -> None:
+    user = new_user()
+    message = IncomingMessage("console", user, "hi", username="Ω" * 300 + "\x00")
+
+    reply = await service.handle(message)
+
+    assert reply.kind is ReplyKind.ANSWER
+    rows = await fetch(engine, "SELECT username FROM users WHERE channel_user_id = :u", u=user)
+    assert rows[0].username == "Ω" * 255
+
+
+def test_user_ids_are_checked_and_display_names_cleaned() -> None:
+    assert check_user_id("U024BE7LH") == "U024BE7LH"
+    for bad in ("", "  ", "a\x00b", "\ud800", "x" * 256):
+        with pytest.raises(InvalidInput):
+            check_user_id(bad)
+    assert clean_username(None) is None
+    assert clean_username(" \x07 ") is None
+    assert clean_username(" Ada\x00 ") == "Ada"

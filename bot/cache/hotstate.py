@@ -6,10 +6,13 @@ operation budget and then nothing until it is back.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -19,16 +22,18 @@ from redis.asyncio import Redis
 
 from bot.cache import scripts
 from bot.cache.guard import CircuitOpen, RedisGuard
-from bot.cache.keys import DEDUP_PROCESSING_SECONDS, RATE_WINDOW_SECONDS, Keys
+from bot.cache.keys import RATE_WINDOW_SECONDS, Keys
 from bot.cache.repair import CacheRepair, Claim
 from bot.domain import ChannelSettings, ContextMessage, IncomingMessage, SessionState
 from bot.errors import CacheUnavailable
+
+log = logging.getLogger(__name__)
 
 
 class BeginStatus(StrEnum):
     OK = "ok"
     LOCKED = "locked"  # another worker handles this user's previous message
-    DUPLICATE = "duplicate"  # this platform event was (or is being) handled
+    DUPLICATE = "duplicate"  # this platform event was handled already
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,12 +110,13 @@ class HotStateCache:
         self.redis = redis
         self.keys = keys
         self.guard = guard
-        self.repair = CacheRepair(max(keys.lock_ttl, DEDUP_PROCESSING_SECONDS))
+        self.repair = CacheRepair(max(keys.lock_ttl, keys.dedup_processing_ttl))
         guard.on_recovery(lambda: self.repair.recover(self._forget_unguarded))
         self._begin = redis.register_script(scripts.BEGIN)
         self._rate = redis.register_script(scripts.RATE)
         self._finish = redis.register_script(scripts.FINISH)
         self._abort = redis.register_script(scripts.ABORT)
+        self._extend = redis.register_script(scripts.EXTEND)
 
     async def begin(self, message: IncomingMessage, lock_token: str) -> HotState:
         """Take the user's lock, claim the event, count the rate, read all hot state."""
@@ -126,7 +132,7 @@ class HotStateCache:
             lock_token,
             keys.lock_ttl * 1000,
             _flag(message.platform_message_id is not None),
-            DEDUP_PROCESSING_SECONDS,
+            keys.dedup_processing_ttl,
             keys.rate_template(),
             RATE_WINDOW_SECONDS,
             f"{time.time():.3f}",
@@ -148,6 +154,49 @@ class HotStateCache:
             # Timed out or failed half-way: the script may have taken the lock.
             self.repair.remember_claim(message, lock_token)
             return None
+
+    @asynccontextmanager
+    async def keep_lock(self, message: IncomingMessage, lock_token: str) -> AsyncIterator[None]:
+        """Renew the user's lock every third of its TTL while the body works.
+
+        A slow reply keeps the lock however long it takes, while the lock of a worker
+        that crashed frees within the TTL.
+        """
+        renewal = asyncio.create_task(self._renew_lock(message, lock_token))
+        try:
+            yield
+        finally:
+            # Cancel until done: on Python 3.11, asyncio.wait_for (redis-py sends every
+            # command under one) swallows a cancel that lands as the send completes.
+            while not renewal.done():
+                renewal.cancel()
+                await asyncio.wait([renewal], timeout=0.1)
+            if not renewal.cancelled() and (error := renewal.exception()) is not None:
+                log.error("renewing a user's lock failed", exc_info=error)
+
+    async def extend_lock(self, message: IncomingMessage, lock_token: str) -> bool:
+        """Renew the user's lock for another TTL; False if it is no longer ours."""
+        key = self.keys.lock(message.channel, message.channel_user_id)
+        renewed = await self.guard.run(
+            lambda: self._extend(keys=[key], args=[lock_token, self.keys.lock_ttl * 1000])
+        )
+        return bool(renewed)
+
+    async def _renew_lock(self, message: IncomingMessage, lock_token: str) -> None:
+        while True:
+            await asyncio.sleep(self.keys.lock_ttl / 3)
+            try:
+                if await self.extend_lock(message, lock_token):
+                    continue
+            except CacheUnavailable:
+                continue  # Redis is away; the next renewal may still come in time
+            log.warning(
+                "the lock of %s:%s expired while its message was handled; another worker "
+                "may take the user's next message meanwhile",
+                message.channel,
+                message.channel_user_id,
+            )
+            return
 
     async def settle(
         self, message: IncomingMessage, lock_token: str, refresh: Refresh, *, was_read: bool

@@ -7,13 +7,13 @@ the reference layout.
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 
 from bot.config import Settings
 
 RATE_WINDOW_SECONDS = 60  # the key is per minute by name
-DEDUP_PROCESSING_SECONDS = 300  # a crashed worker's claim on an event expires after this
 
 # Kinds of key, for ops and cache statistics: the part before the first colon.
 SESSION = "session"
@@ -38,6 +38,7 @@ class Keys:
     active_window: int
     channel_config_ttl: int
     dedup_ttl: int
+    dedup_processing_ttl: int
     lock_ttl: int
 
     @classmethod
@@ -50,6 +51,7 @@ class Keys:
             active_window=settings.active_window_seconds,
             channel_config_ttl=settings.channel_config_ttl_seconds,
             dedup_ttl=settings.dedup_ttl_seconds,
+            dedup_processing_ttl=settings.dedup_processing_seconds,
             lock_ttl=settings.lock_ttl_seconds,
         )
 
@@ -90,11 +92,15 @@ class Keys:
         return f"{self.prefix}{CHANNEL_CONFIG}:{channel}"
 
     def dedup(self, channel: str, platform_message_id: str) -> str:
-        """A platform event seen: 'processing' while handled, 'done' after."""
+        """A platform event seen: 'processing' while handled, 'done' after.
+
+        Only 'done' marks a duplicate: a 'processing' claim found by whoever holds the
+        user's lock was left by a holder that is gone, and is taken over."""
         return f"{self.prefix}{DEDUP}:{channel}:{platform_message_id}"
 
     def lock(self, channel: str, channel_user_id: str) -> str:
-        """Serializes one user's messages (and so their conversation) across workers."""
+        """Serializes one user's messages (and so their conversation) across workers;
+        the holder renews it while it works, so it outlives a slow reply but not a crash."""
         return f"{self.prefix}{LOCK}:chat:{channel}:{channel_user_id}"
 
     def stats(self) -> str:
@@ -102,4 +108,10 @@ class Keys:
         return f"{self.prefix}{STATS}:counters"
 
     def all_pattern(self) -> str:
-        return f"{self.prefix}*"
+        """A SCAN pattern of every key of this deployment; the prefix matched literally."""
+        return f"{glob_escape(self.prefix)}*"
+
+
+def glob_escape(value: str) -> str:
+    """`value` matched literally by a Redis SCAN/KEYS pattern."""
+    return re.sub(r"([\\*?\[\]])", r"\\\1", value)

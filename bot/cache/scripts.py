@@ -6,14 +6,21 @@
 #       context length.
 # Returns {'locked'} | {'duplicate'} |
 #         {'ok', session fields (flat), config json or '', rate count, rate ttl, context}.
+# Only 'done' marks a duplicate. The lock is taken before the event is claimed, so a
+# 'processing' claim found here belongs to a holder that is gone (crashed, or so slow
+# its lock expired): it is taken over, and should that holder still finish, the
+# database's unique key stores the exchange once and the later of the two gets nothing.
 BEGIN = r"""
 local token = ARGV[1]
 if not redis.call('SET', KEYS[1], token, 'NX', 'PX', ARGV[2]) then
   if redis.call('GET', KEYS[1]) ~= token then return {'locked'} end
 end
-if ARGV[3] == '1' and not redis.call('SET', KEYS[2], 'processing', 'NX', 'EX', ARGV[4]) then
-  redis.call('DEL', KEYS[1])
-  return {'duplicate'}
+if ARGV[3] == '1' then
+  if redis.call('GET', KEYS[2]) == 'done' then
+    redis.call('DEL', KEYS[1])
+    return {'duplicate'}
+  end
+  redis.call('SET', KEYS[2], 'processing', 'EX', ARGV[4])
 end
 local now = tonumber(ARGV[7])
 redis.call('ZADD', KEYS[5], now, ARGV[9])
@@ -86,9 +93,23 @@ return 1
 """
 
 # Give up handling a message: release the lock and forget the event, so that a
-# redelivery is processed. KEYS: lock, dedup. ARGV: lock token, has dedup.
+# redelivery is processed. Without the lock the claim is left alone: it may be
+# another worker's by now, and one of ours left behind is taken over anyway.
+# KEYS: lock, dedup. ARGV: lock token, has dedup.
 ABORT = r"""
-if ARGV[2] == '1' then redis.call('DEL', KEYS[2]) end
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  if ARGV[2] == '1' then redis.call('DEL', KEYS[2]) end
+  redis.call('DEL', KEYS[1])
+end
 return 1
+"""
+
+# Renew a user's lock while its holder works. KEYS: lock. ARGV: lock token, ttl ms.
+# Returns 1 if renewed, 0 if the lock is no longer ours.
+EXTEND = r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
 """

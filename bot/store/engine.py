@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from bot.config import Settings, normalize_database_url
+
+_IDLE_SINCE = "bot_idle_since"  # where a pooled connection remembers its last check-in
 
 
 def create_engine(settings: Settings, url: str, *, pool_size: int | None = None) -> AsyncEngine:
@@ -13,11 +21,12 @@ def create_engine(settings: Settings, url: str, *, pool_size: int | None = None)
     A frozen server never enforces its own statement_timeout, so asyncpg's
     command_timeout is what keeps a hung Postgres from holding a message forever.
     """
-    return create_async_engine(
+    ping_every_checkout = settings.db_pool_pre_ping and settings.db_pool_ping_idle_seconds == 0
+    engine = create_async_engine(
         normalize_database_url(url),
         pool_size=pool_size or settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
-        pool_pre_ping=settings.db_pool_pre_ping,
+        pool_pre_ping=ping_every_checkout,
         pool_recycle=settings.db_pool_recycle_seconds,
         pool_timeout=settings.db_pool_timeout_seconds,
         hide_parameters=True,
@@ -30,3 +39,34 @@ def create_engine(settings: Settings, url: str, *, pool_size: int | None = None)
             },
         },
     )
+    if settings.db_pool_pre_ping and not ping_every_checkout:
+        ping_idle_connections(engine, settings.db_pool_ping_idle_seconds)
+    return engine
+
+
+def ping_idle_connections(engine: AsyncEngine, idle_seconds: float) -> None:
+    """Ping a pooled connection on checkout only if it sat idle for `idle_seconds`.
+
+    SQLAlchemy's pre-ping costs the asyncpg dialect three round trips (BEGIN, ping,
+    ROLLBACK) on every checkout, more than the one statement a warm message writes.
+    A connection handed back moments ago is as good as a ping; one that died since
+    fails with a disconnect, which invalidates the pool and is retried.
+    """
+    sync_engine = engine.sync_engine
+    dialect = sync_engine.dialect
+
+    @event.listens_for(sync_engine, "checkin")
+    def remember_idle_since(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(sync_engine, "checkout")
+    def ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
+        idle_since = record.info.pop(_IDLE_SINCE, None)
+        if idle_since is None or time.monotonic() - idle_since < idle_seconds:
+            return  # new, or in use moments ago
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as exc:
+            if dialect.is_disconnect(exc, dbapi_connection, None):
+                raise InvalidatePoolError(f"idle connection is gone: {type(exc).__name__}") from exc
+            raise

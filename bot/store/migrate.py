@@ -6,6 +6,7 @@ first one migrate and the others wait, then find nothing to do.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 
 # Any fixed 64-bit number; it names "the bot's schema migration" among advisory locks.
 MIGRATION_LOCK_ID = 0x6368_6174_626F_7401
+DEFAULT_LOCK_WAIT_SECONDS = 600.0  # the MIGRATION_LOCK_WAIT_SECONDS setting's default
+_POLL_MAX_SECONDS = 1.0
 
 
 def alembic_config() -> Config:
@@ -49,14 +52,17 @@ async def current_revision(engine: AsyncEngine) -> str | None:
         )
 
 
-async def upgrade_to_head(engine: AsyncEngine) -> str | None:
-    """Bring the schema to the newest revision; return the revision now in place."""
+async def upgrade_to_head(
+    engine: AsyncEngine, lock_wait: float = DEFAULT_LOCK_WAIT_SECONDS
+) -> str | None:
+    """Bring the schema to the newest revision; return the revision now in place.
+
+    Waits up to `lock_wait` seconds for another process's migration to finish.
+    """
     config = alembic_config()
     try:
         async with engine.connect() as connection:
-            await connection.execute(
-                text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID}
-            )
+            await _lock(connection, lock_wait)
             try:
                 await connection.run_sync(_upgrade, config)
                 await connection.commit()
@@ -69,6 +75,28 @@ async def upgrade_to_head(engine: AsyncEngine) -> str | None:
         # e.g. the database is at a revision this code does not know (a newer release).
         raise MigrationError(f"migration failed: {exc}") from exc
     return await current_revision(engine)
+
+
+async def _lock(connection: AsyncConnection, lock_wait: float) -> None:
+    """Take the migration lock, polling: a blocking pg_advisory_lock would run under the
+    engine's command timeout and fail behind any migration longer than that."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + lock_wait
+    delay = 0.05
+    while True:
+        taken = await connection.scalar(
+            text("SELECT pg_try_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID}
+        )
+        await connection.commit()  # no transaction left open (and no snapshot held) between tries
+        if taken:
+            return
+        if loop.time() + delay > deadline:
+            raise MigrationError(
+                f"another process held the migration lock for more than {lock_wait:g} s "
+                "(MIGRATION_LOCK_WAIT_SECONDS); is a migration stuck?"
+            )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, _POLL_MAX_SECONDS)
 
 
 async def _unlock(connection: AsyncConnection) -> None:

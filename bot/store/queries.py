@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.domain import ChannelSettings, ContextMessage, SessionState, StoredExchange
-from bot.errors import StaleSession
+from bot.errors import StaleSession, StoreFailed
 from bot.store.manage_queries import ManageQueries
 from bot.store.retry import DatabaseRetry
 
@@ -60,15 +60,18 @@ _CHANNEL_CONFIG = text(
     "SELECT default_model, settings FROM channel_configs WHERE channel_type = :channel"
 )
 
-# One statement: touch the conversation (only if still active), store the user's
-# message unless this platform event or this very row is already there, and store
-# the reply only if the user's message went in.
+# One statement: lock the conversation if it is still active (a concurrent /reset
+# waits for us, or we see it closed), store the user's message unless this platform
+# event or this very row is already there, and store the reply and touch
+# last_activity only if the user's message went in: nothing inserted, nothing changed.
+# It runs in an explicit transaction all the same: a statement sent to a server that
+# hangs and then resumes must not commit after the user was told it failed.
 _SAVE_EXCHANGE = text(
     """
     WITH conversation AS (
-        UPDATE conversations SET last_activity = :activity
+        SELECT id FROM conversations
         WHERE id = :conversation_id AND is_active
-        RETURNING id
+        FOR NO KEY UPDATE
     ), user_message AS (
         INSERT INTO messages (id, conversation_id, role, content, timestamp, token_count,
                               channel_type, platform_message_id)
@@ -84,6 +87,9 @@ _SAVE_EXCHANGE = text(
                :reply_tokens, :channel, :model_used
         FROM user_message WHERE :has_reply
         RETURNING id
+    ), touched AS (
+        UPDATE conversations SET last_activity = :activity
+        FROM user_message WHERE conversations.id = :conversation_id
     )
     SELECT (SELECT id FROM conversation) AS conversation_id,
            (SELECT id FROM user_message) AS user_message_id,
@@ -102,10 +108,6 @@ _SET_PREFERRED_MODEL = text(
 )
 
 _MODEL_OVERRIDE = text("SELECT model_override FROM conversations WHERE id = :conversation_id")
-
-
-class _NothingInserted(Exception):
-    """Internal: the exchange inserted no row; roll back and find out why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,9 +153,7 @@ class Store(ManageQueries):
                 )
             ).one()
             params = {"user_id": user.id, "channel": channel}
-            conversation = (await connection.execute(_OPEN_CONVERSATION, params)).first()
-            if conversation is None:
-                conversation = (await connection.execute(_ACTIVE_CONVERSATION, params)).one()
+            conversation = await self._open_or_find_active(connection, params)
             return SessionState(
                 user_id=user.id,
                 conversation_id=conversation.id,
@@ -188,20 +188,17 @@ class Store(ManageQueries):
         Raises StaleSession when the conversation is gone or closed.
         """
 
-        async def work(connection: AsyncConnection) -> StoredExchange:
-            result = (await connection.execute(_SAVE_EXCHANGE, _exchange_params(rows))).one()
-            if result.conversation_id is None:
-                raise StaleSession(f"conversation {rows.conversation_id} is not active")
-            if result.user_message_id is None:
-                raise _NothingInserted  # rolls back the touch of last_activity
-            return StoredExchange(result.user_message_id, result.reply_id)
+        async def work(connection: AsyncConnection) -> tuple[Any, ...]:
+            return tuple((await connection.execute(_SAVE_EXCHANGE, _exchange_params(rows))).one())
 
         try:
-            return await self._transaction(work)
+            conversation_id, user_message_id, reply_id = await self._transaction(work)
         except IntegrityError as exc:  # the conversation was deleted under us
             raise StaleSession(f"conversation {rows.conversation_id} is gone") from exc
-        except _NothingInserted:
-            pass
+        if conversation_id is None:
+            raise StaleSession(f"conversation {rows.conversation_id} is not active")
+        if user_message_id is not None:
+            return StoredExchange(user_message_id, reply_id)
         # Either an earlier attempt of ours committed (its acknowledgement was lost),
         # or this platform event was stored before: a redelivery.
         if await self._message_exists(rows.user_message_id):
@@ -222,15 +219,32 @@ class Store(ManageQueries):
         async def work(connection: AsyncConnection) -> SessionState:
             await connection.execute(_CLOSE_ACTIVE, {"user_id": user_id})
             params = {"user_id": user_id, "channel": channel}
-            conversation = (await connection.execute(_OPEN_CONVERSATION, params)).one()
+            # A reset racing ours may have opened one first: then both end up in it.
+            conversation = await self._open_or_find_active(connection, params)
             preferred = (
                 await connection.execute(
                     text("SELECT preferred_model FROM users WHERE id = :user_id"), params
                 )
             ).scalar_one()
-            return SessionState(user_id, conversation.id, preferred)
+            return SessionState(user_id, conversation.id, conversation.model_override or preferred)
 
         return await self._transaction(work)
+
+    @staticmethod
+    async def _open_or_find_active(connection: AsyncConnection, params: dict[str, Any]) -> Any:
+        """The row (id, model_override) of a conversation opened now, or of the active one.
+
+        Opening does nothing when another transaction holds the user's active
+        conversation; a fresh statement then sees it, unless it was closed in between.
+        """
+        for _ in range(3):
+            opened = (await connection.execute(_OPEN_CONVERSATION, params)).first()
+            if opened is not None:
+                return opened
+            active = (await connection.execute(_ACTIVE_CONVERSATION, params)).first()
+            if active is not None:
+                return active
+        raise StoreFailed(f"the active conversation of user {params['user_id']} keeps changing")
 
     async def set_preferred_model(self, session: SessionState, model: str | None) -> SessionState:
         """Set the user's preferred model; returns the session's resolved model after it."""

@@ -7,7 +7,13 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import asyncpg
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import (
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from tenacity import (
     AsyncRetrying,
@@ -19,7 +25,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from bot.errors import StoreUnavailable
+from bot.errors import StoreFailed, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -85,3 +91,16 @@ class DatabaseRetry:
             cause = exc.last_attempt.exception()
             name = cause.__class__.__name__ if cause else "unknown error"
             raise StoreUnavailable(f"Postgres unavailable after retries: {name}") from cause
+        except IntegrityError:
+            raise  # a violated constraint: the query that hit it tells a race from a bug
+        except SQLAlchemyError as exc:
+            raise StoreFailed(f"Postgres refused the work: {describe_failure(exc)}") from exc
+
+
+def describe_failure(exc: SQLAlchemyError) -> str:
+    """The driver's error class and SQLSTATE, never the server's text (it may quote data)."""
+    orig = getattr(exc, "orig", None)
+    cause = (orig.__cause__ or orig) if orig is not None else exc
+    sqlstate = getattr(cause, "sqlstate", None) or getattr(orig, "sqlstate", None)
+    name = cause.__class__.__name__
+    return f"{name} (SQLSTATE {sqlstate})" if isinstance(sqlstate, str) else name

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -23,12 +24,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.config import Settings
 from bot.errors import MigrationError
 from bot.store.engine import create_engine
-from bot.store.migrate import current_revision, head_revision, upgrade_to_head
+from bot.store.migrate import (
+    MIGRATION_LOCK_ID,
+    current_revision,
+    head_revision,
+    upgrade_to_head,
+)
 from bot.store.models import Base
 from tests.conftest import create_database, drop_database
 
 ROOT = Path(__file__).resolve().parents[2]
-ALEMBIC = ROOT / ".venv" / "bin" / "alembic"
 TABLES = {"users", "conversations", "messages", "channel_configs", "feature_flags"}
 PROXIES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
 
@@ -91,18 +96,23 @@ async def make_engine() -> AsyncIterator[Callable[[str], AsyncEngine]]:
         await engine.dispose()
 
 
-async def alembic(url: str, *args: str) -> tuple[int, str]:
-    """The real `alembic` command line from the repository root; (exit code, all output)."""
+async def alembic(url: str | None, *args: str) -> tuple[int, str]:
+    """The real `alembic` command line of this interpreter, from the repository root;
+    (exit code, all output). `url` None leaves DATABASE_URL unset."""
     env = {
         k: v
         for k, v in os.environ.items()
         if k.lower() not in PROXIES and k.lower() not in Settings.model_fields
     }
+    if url is not None:
+        env["DATABASE_URL"] = url
     process = await asyncio.create_subprocess_exec(
-        str(ALEMBIC),
+        sys.executable,
+        "-m",
+        "alembic",
         *args,
         cwd=ROOT,
-        env={**env, "DATABASE_URL": url},
+        env=env,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -328,3 +338,69 @@ async def test_failed_migration_names_the_cause_and_releases_the_lock(
     # Once the obstacle is gone the same engine migrates, not blocked by a kept lock.
     await execute(url, "DROP TABLE users")
     assert await asyncio.wait_for(upgrade_to_head(engine), timeout=10) == head_revision()
+
+
+async def hold_migration_lock(url: str) -> asyncpg.Connection:
+    """Another process's migration in progress: a connection holding the advisory lock."""
+    connection = await asyncpg.connect(url)
+    await connection.execute(f"SELECT pg_advisory_lock({MIGRATION_LOCK_ID})")
+    return connection
+
+
+async def test_upgrade_waits_out_a_migration_longer_than_the_command_timeout(
+    new_database: NewDatabase,
+) -> None:
+    url = await new_database()
+    settings = Settings(_env_file=None, db_command_timeout_seconds=0.3)
+    engine = create_engine(settings, url, pool_size=1)
+    holder = await hold_migration_lock(url)
+    try:
+        upgrade = asyncio.create_task(upgrade_to_head(engine, lock_wait=30))
+        # Several command timeouts pass while the other migration holds the lock.
+        await asyncio.sleep(1.5)
+        assert not upgrade.done(), upgrade
+        assert await tables(url) == set()
+        await holder.close()  # the other migration ends: its session's lock goes with it
+        assert await asyncio.wait_for(upgrade, timeout=30) == head_revision()
+    finally:
+        await holder.close()
+        await engine.dispose()
+    assert await tables(url) == TABLES | {"alembic_version"}
+    assert await advisory_locks(url) == []
+
+
+async def test_upgrade_gives_up_on_a_lock_held_past_the_deadline(
+    new_database: NewDatabase, make_engine: Callable[[str], AsyncEngine]
+) -> None:
+    url = await new_database()
+    holder = await hold_migration_lock(url)
+    try:
+        with pytest.raises(MigrationError, match="MIGRATION_LOCK_WAIT_SECONDS"):
+            await upgrade_to_head(make_engine(url), lock_wait=0.5)
+    finally:
+        await holder.close()
+    assert await tables(url) == set()
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (None, "alembic: DATABASE_URL is not set; alembic needs it (or use `bot migrate`)"),
+        (
+            "mysql://u:hunter2pw@127.0.0.1/db",
+            "alembic: invalid setting DATABASE_URL: must start with postgresql://",
+        ),
+        (
+            "postgresql://postgres:hunter2pw@127.0.0.1:1/x",
+            "alembic: failed on postgresql+asyncpg://postgres:***@127.0.0.1:1/x: ",
+        ),
+    ],
+)
+async def test_alembic_without_a_usable_database_says_so_in_one_line(
+    url: str | None, expected: str
+) -> None:
+    code, out = await alembic(url, "current")
+
+    assert code != 0
+    assert out.startswith(expected) and out.count("\n") == 1, out
+    assert "hunter2pw" not in out and "Traceback" not in out

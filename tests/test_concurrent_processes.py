@@ -1,0 +1,98 @@
+"""Invariant 3 across processes: the first messages of one new user, sent at the same
+moment by several worker processes, make one user and one conversation, each message
+stored once and in order (the per-user lock lives in Redis, not in a process)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import select
+import subprocess
+import sys
+from typing import Any
+
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.config import Settings
+from tests.conftest import ROOT
+from tests.support import fetch, messages_of, new_user
+
+PROCESSES = 4
+MESSAGES_EACH = 3
+TIMEOUT = 120.0
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
+    env["DATABASE_URL"] = settings.database_url.get_secret_value()  # type: ignore[union-attr]
+    env["REDIS_URL"] = settings.redis_url.get_secret_value()  # type: ignore[union-attr]
+    env["REDIS_KEY_PREFIX"] = settings.redis_key_prefix
+    env["LOG_LEVEL"] = "WARNING"
+    return env
+
+
+def read_line(process: subprocess.Popen[str]) -> str:
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], TIMEOUT)
+    assert ready, "a worker process did not answer in time"
+    return process.stdout.readline()
+
+
+def run_workers(settings: Settings, user: str, texts: list[list[str]]) -> list[list[Any]]:
+    """Start one worker process per list of texts, let them all go at once, collect replies."""
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.concurrent_client", user, *own],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=worker_env(settings),
+            cwd=ROOT,
+        )
+        for own in texts
+    ]
+    try:
+        assert [read_line(w) for w in workers] == ["ready\n"] * len(workers)
+        for worker in workers:  # all at once: each sends its messages together too
+            assert worker.stdin is not None
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+        results = [json.loads(read_line(w)) for w in workers]
+        assert [w.wait(timeout=TIMEOUT) for w in workers] == [0] * len(workers)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+            worker.communicate(timeout=30)
+    return [reply for result in results for reply in result]
+
+
+async def test_first_messages_of_a_new_user_from_several_processes(
+    settings: Settings, engine: AsyncEngine, redis: Redis
+) -> None:
+    user = new_user()
+    texts = [[f"p{p} m{m}" for m in range(MESSAGES_EACH)] for p in range(PROCESSES)]
+
+    replies = await asyncio.to_thread(run_workers, settings, user, texts)
+
+    assert [kind for kind, _ in replies] == ["answer"] * PROCESSES * MESSAGES_EACH, replies
+    users = await fetch(engine, "SELECT id FROM users WHERE channel_user_id = :u", u=user)
+    assert len(users) == 1
+    conversations = await fetch(
+        engine, "SELECT id, is_active FROM conversations WHERE user_id = :u", u=users[0].id
+    )
+    assert [c.is_active for c in conversations] == [True]
+    rows = await messages_of(engine, user)
+    everything = sorted(text for own in texts for text in own)
+    assert sorted(r.content for r in rows if r.role == "user") == everything  # each once
+    # In order: each user message followed by its own reply, time strictly increasing.
+    for asked, answered in zip(rows[::2], rows[1::2], strict=True):
+        assert (asked.role, answered.role) == ("user", "assistant")
+        assert answered.content.startswith(f'You said: "{asked.content}"')
+    assert all(a.timestamp < b.timestamp for a, b in itertools.pairwise(rows))
+    earlier = [int(r.content.split("(")[1].split()[0]) for r in rows[1::2]]
+    assert earlier == [min(2 * i, 20) for i in range(PROCESSES * MESSAGES_EACH)]  # context cap

@@ -1,0 +1,117 @@
+"""A worker that crashes or stalls mid-message (DESIGN invariant 2): whoever takes the
+user's lock next takes over its claim, and the exchange is still stored exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.cache.hotstate import BeginStatus
+from bot.cache.keys import Keys
+from bot.domain import ReplyKind
+from bot.responders import EchoResponder, ResponderRequest, ResponderResult
+from tests.support import ServiceFactory, messages_of, msg, new_user
+
+# A short lock, so that a lock nobody renews runs out within the test.
+SHORT_LOCK = {"lock_ttl_seconds": 1, "lock_wait_seconds": 20}
+
+
+class GatedResponder(EchoResponder):
+    """The echo responder, answering only once the test opens the gate (a slow LLM)."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def respond(self, request: ResponderRequest) -> ResponderResult:
+        self.entered.set()
+        await self.gate.wait()
+        return await super().respond(request)
+
+
+async def test_redelivery_after_a_crash_mid_message_is_answered_and_stored_once(
+    make_service: ServiceFactory, engine: AsyncEngine, redis: Redis
+) -> None:
+    crashed = await make_service(**SHORT_LOCK)
+    survivor = await make_service(**SHORT_LOCK)
+    keys = Keys.from_settings(survivor.settings)
+    user = new_user()
+    event = msg(user, "are you there?", pid=f"{user}:1")
+    # The crashed worker took the user's lock and claimed the event, then died: nothing
+    # renews its lock, nothing finishes its claim.
+    assert (await crashed.cache.begin(event, "token-of-the-dead")).status is BeginStatus.OK
+    assert await redis.get(keys.dedup("console", f"{user}:1")) == b"processing"
+
+    redelivered = await asyncio.wait_for(survivor.handle(event), timeout=30)
+    again = await survivor.handle(event)
+
+    assert redelivered.kind is ReplyKind.ANSWER, redelivered
+    assert again.kind is ReplyKind.DUPLICATE and again.silent
+    rows = await messages_of(engine, user)
+    assert [(r.role, r.content) for r in rows] == [
+        ("user", "are you there?"),
+        ("assistant", redelivered.text),
+    ]
+    assert await redis.get(keys.dedup("console", f"{user}:1")) == b"done"
+    assert not await redis.exists(keys.lock("console", user))
+
+
+async def test_a_stalled_holder_and_its_successor_store_the_event_once(
+    make_service: ServiceFactory, engine: AsyncEngine, redis: Redis
+) -> None:
+    gate = GatedResponder()
+    stalled = await make_service(responder=gate, **SHORT_LOCK)
+    successor = await make_service(**SHORT_LOCK)
+    keys = Keys.from_settings(successor.settings)
+    user = new_user()
+    event = msg(user, "hello", pid=f"{user}:1")
+
+    first = asyncio.create_task(stalled.handle(event))
+    await asyncio.wait_for(gate.entered.wait(), timeout=10)
+    # Its lock is gone while it still works (its renewals could not reach Redis, say).
+    assert await redis.delete(keys.lock("console", user)) == 1
+    taken_over = await asyncio.wait_for(successor.handle(event), timeout=10)
+    gate.gate.set()
+    late = await asyncio.wait_for(first, timeout=10)
+
+    assert taken_over.kind is ReplyKind.ANSWER, taken_over
+    assert late.kind is ReplyKind.DUPLICATE and late.silent  # no second reply
+    rows = await messages_of(engine, user)
+    assert [(r.role, r.content) for r in rows] == [
+        ("user", "hello"),
+        ("assistant", taken_over.text),
+    ]
+    assert await redis.get(keys.dedup("console", f"{user}:1")) == b"done"
+
+
+async def test_a_slow_reply_keeps_the_users_lock_past_its_ttl(
+    make_service: ServiceFactory, engine: AsyncEngine, redis: Redis
+) -> None:
+    gate = GatedResponder()
+    slow = await make_service(responder=gate, **SHORT_LOCK)
+    other = await make_service(**SHORT_LOCK)
+    keys = Keys.from_settings(other.settings)
+    user = new_user()
+
+    first = asyncio.create_task(slow.handle(msg(user, "first")))
+    await asyncio.wait_for(gate.entered.wait(), timeout=10)
+    second = asyncio.create_task(other.handle(msg(user, "second")))
+    await asyncio.sleep(3)  # three lock TTLs while the reply is being written
+
+    assert not second.done(), second  # still waiting for the user's lock
+    assert await redis.exists(keys.lock("console", user))
+    gate.gate.set()
+    replies = await asyncio.wait_for(asyncio.gather(first, second), timeout=30)
+
+    assert [r.kind for r in replies] == [ReplyKind.ANSWER] * 2
+    rows = await messages_of(engine, user)
+    assert [(r.role, r.content) for r in rows] == [
+        ("user", "first"),
+        ("assistant", replies[0].text),
+        ("user", "second"),
+        ("assistant", replies[1].text),
+    ]
+    assert "(2 earlier messages" in (replies[1].text or "")
+    assert not await redis.exists(keys.lock("console", user))
