@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from typing import Any
 
 from redis.asyncio import Redis
-from sqlalchemy import event, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.bench.probes import CONTROL, WRITE, PgProbe
 from bot.cache.keys import Keys
 from bot.domain import ReplyKind
 from bot.service import ConversationService
@@ -63,24 +65,36 @@ async def _user_id(engine: AsyncEngine, channel_user_id: str) -> Any:
 async def test_warm_path_reads_nothing_from_postgres(
     service: ConversationService, engine: AsyncEngine
 ) -> None:
+    probe = PgProbe()  # counts what the driver sends, whichever layer sends it
+    probe.attach(service.store.engine)
     user = new_user()
     await service.handle(msg(user, "first"))
-    statements: list[str] = []
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
-
-    event.listen(service.store.engine.sync_engine, "before_cursor_execute", record)
-    try:
-        reply = await service.handle(msg(user, "second"))
-    finally:
-        event.remove(service.store.engine.sync_engine, "before_cursor_execute", record)
+    before = probe.snapshot()
+    reply = await service.handle(msg(user, "second"))
+    sent = probe.snapshot() - before
 
     assert "2 earlier messages" in (reply.text or "")
-    assert len(statements) == 1, statements  # the one exchange statement, no reads
-    assert statements[0].lstrip().startswith("WITH conversation AS")
+    # The one exchange statement in BEGIN … COMMIT: no reads, no ping of a busy pool.
+    assert sent == Counter({WRITE: 1, CONTROL: 2, "checkouts": 1}), sent
     assert service.stats["session_hit"] == 1 and service.stats["context_hit"] == 1
     assert service.stats["channel_config_hit"] == 1
+
+
+async def test_an_unreadable_cached_context_is_rebuilt_from_postgres(
+    service: ConversationService, redis: Redis
+) -> None:
+    user = new_user()
+    first = await service.handle(msg(user, "one"))
+    assert first.conversation_id is not None
+    key = Keys.from_settings(service.settings).context(first.conversation_id)
+    await redis.lpush(key, "not json", '{"role": "user"}')  # a bug or a hand edit
+
+    second = await service.handle(msg(user, "two"))
+
+    assert second.kind is ReplyKind.ANSWER and "2 earlier messages" in (second.text or "")
+    assert service.stats["context_miss"] == 2  # the first message's, and this one
+    cached = [json.loads(item) for item in await redis.lrange(key, 0, -1)]
+    assert [c["content"] for c in cached] == [second.text, "two", first.text, "one"]
 
 
 async def test_flushing_redis_continues_the_same_conversation(

@@ -72,7 +72,20 @@ def encode_context(message: ContextMessage) -> str:
 
 
 def decode_context(raw: bytes | str) -> ContextMessage:
-    data = json.loads(raw)
+    return _context_message(json.loads(raw))
+
+
+def decode_contexts(raw: bytes | str) -> list[ContextMessage] | None:
+    """The context as BEGIN returns it (one JSON array); None if any of it is unreadable,
+    so that it is rebuilt from Postgres like a miss."""
+    try:
+        return [_context_message(item) for item in json.loads(raw)]
+    except (ValueError, KeyError, TypeError):
+        log.warning("unreadable cached context: rebuilding it from Postgres")
+        return None
+
+
+def _context_message(data: dict[str, Any]) -> ContextMessage:
     return ContextMessage(
         role=data["role"],
         content=data["content"],
@@ -349,5 +362,5 @@ def _parse_begin(result: list[Any]) -> HotState:
         session=session,
         channel=decode_channel(config) if config else None,
         rate=RateCount(int(count), int(ttl)) if session else None,
-        context=[decode_context(item) for item in context] if context else None,
+        context=decode_contexts(context) if context else None,
     )

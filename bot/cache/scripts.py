@@ -5,7 +5,8 @@
 #       rate window s, now (s), active window s, active member, context key template,
 #       context length.
 # Returns {'locked'} | {'duplicate'} |
-#         {'ok', session fields (flat), config json or '', rate count, rate ttl, context}.
+#         {'ok', session fields (flat), config json or '', rate count, rate ttl,
+#          context as one JSON array, newest first, or ''}.
 # Only 'done' marks a duplicate. The lock is taken before the event is claimed, so a
 # 'processing' claim found here belongs to a holder that is gone (crashed, or so slow
 # its lock expired): it is taken over, and should that holder still finish, the
@@ -28,7 +29,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - tonumber(ARGV[8]))
 redis.call('EXPIRE', KEYS[5], ARGV[8])
 local session = redis.call('HGETALL', KEYS[3])
 local config = redis.call('GET', KEYS[4]) or ''
-local count, ttl, context = 0, 0, {}
+local count, ttl, context = 0, 0, ''
 local fields = {}
 for i = 1, #session, 2 do fields[session[i]] = session[i + 1] end
 if fields['user_id'] then
@@ -42,7 +43,9 @@ if fields['user_id'] then
 end
 if fields['conversation_id'] then
   local key = string.gsub(ARGV[10], '{conversation_id}', fields['conversation_id'])
-  context = redis.call('LRANGE', key, 0, tonumber(ARGV[11]) - 1)
+  local items = redis.call('LRANGE', key, 0, tonumber(ARGV[11]) - 1)
+  -- One string, not a list: one reply to parse and one json.loads on the client.
+  if #items > 0 then context = '[' .. table.concat(items, ',') .. ']' end
 end
 return {'ok', session, config, count, ttl, context}
 """

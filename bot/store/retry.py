@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -25,7 +26,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from bot.errors import StoreFailed, StoreUnavailable
+from bot.errors import StoreError, StoreFailed, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -37,31 +38,54 @@ _TRANSIENT_SQLSTATE_PREFIXES = ("08", "57P", "53300", "40001", "40P01")
 _TRANSIENT_DRIVER_ERRORS = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    # A connection whose server went away between two uses can be left in a state
+    # asyncpg refuses to work from; a fresh connection cures it.
+    asyncpg.InternalClientError,
     ConnectionError,
     OSError,
     TimeoutError,
 )
 
 
+# What the store's work raises for Postgres: SQLAlchemy's wrappers, and asyncpg's own
+# errors from the statements the warm path sends through asyncpg directly.
+DatabaseErrors = (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_CONSTRAINT_VIOLATIONS = (IntegrityError, asyncpg.IntegrityConstraintViolationError)
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a driver error, wrapped by SQLAlchemy or not."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        state = getattr(exc.orig.__cause__, "sqlstate", None) or getattr(exc.orig, "sqlstate", None)
+    else:
+        state = getattr(exc, "sqlstate", None)
+    return state if isinstance(state, str) else None
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for failures a retry may cure; never for bad SQL or violated constraints."""
-    if isinstance(exc, PoolTimeout | OSError | TimeoutError | ConnectionError):
+    if isinstance(exc, (PoolTimeout, *_TRANSIENT_DRIVER_ERRORS)):
+        return True
+    sqlstate = _sqlstate(exc)
+    if sqlstate is not None and sqlstate.startswith(_TRANSIENT_SQLSTATE_PREFIXES):
         return True
     if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated:
-            return True
         cause = exc.orig.__cause__ if exc.orig is not None else None
-        sqlstate = getattr(cause, "sqlstate", None) or getattr(exc.orig, "sqlstate", None)
-        if isinstance(sqlstate, str) and sqlstate.startswith(_TRANSIENT_SQLSTATE_PREFIXES):
-            return True
-        if isinstance(cause, _TRANSIENT_DRIVER_ERRORS):
+        if exc.connection_invalidated or isinstance(cause, _TRANSIENT_DRIVER_ERRORS):
             return True
         return isinstance(exc, InterfaceError | OperationalError) and sqlstate is None
     return False
 
 
 class DatabaseRetry:
-    """Runs a unit of database work, retrying transient failures within a deadline."""
+    """Runs a unit of database work, retrying transient failures within a deadline.
+
+    The first attempt runs bare: building the tenacity policy costs more than a warm
+    message's Python work on the store, and almost every attempt succeeds. A transient
+    failure hands the rest of the attempts and the deadline to tenacity, whose first
+    retry comes at once (the pool has dropped the dead connections) and the later
+    ones after a jittered backoff.
+    """
 
     def __init__(self, attempts: int, deadline: float, initial_wait: float = 0.05) -> None:
         self.attempts = attempts
@@ -69,9 +93,21 @@ class DatabaseRetry:
         self.initial_wait = initial_wait
 
     async def run(self, work: Callable[[], Awaitable[T]]) -> T:
+        started = time.monotonic()
+        try:
+            return await work()
+        except _CONSTRAINT_VIOLATIONS:
+            raise  # the query that hit it tells a race from a bug
+        except (*DatabaseErrors, *_TRANSIENT_DRIVER_ERRORS) as exc:
+            if not is_transient(exc) or self.attempts < 2:
+                raise _failure(exc, attempts=1) from exc
+            log.warning("retrying a Postgres call after %s", exc.__class__.__name__)
+        return await self._retry(work, self.deadline - (time.monotonic() - started))
+
+    async def _retry(self, work: Callable[[], Awaitable[T]], deadline: float) -> T:
         retrying = AsyncRetrying(
             retry=retry_if_exception(is_transient),
-            stop=stop_after_attempt(self.attempts) | stop_after_delay(self.deadline),
+            stop=stop_after_attempt(self.attempts - 1) | stop_after_delay(max(deadline, 0)),
             wait=wait_exponential_jitter(
                 multiplier=self.initial_wait, max=2.0, jitter=self.initial_wait
             ),
@@ -89,18 +125,27 @@ class DatabaseRetry:
             return await retrying(attempt)
         except RetryError as exc:
             cause = exc.last_attempt.exception()
-            name = cause.__class__.__name__ if cause else "unknown error"
-            raise StoreUnavailable(f"Postgres unavailable after retries: {name}") from cause
-        except IntegrityError:
-            raise  # a violated constraint: the query that hit it tells a race from a bug
-        except SQLAlchemyError as exc:
-            raise StoreFailed(f"Postgres refused the work: {describe_failure(exc)}") from exc
+            raise _failure(cause, attempts=self.attempts) from cause
+        except _CONSTRAINT_VIOLATIONS:
+            raise
+        except DatabaseErrors as exc:
+            raise _failure(exc, attempts=self.attempts) from exc
 
 
-def describe_failure(exc: SQLAlchemyError) -> str:
+def _failure(exc: BaseException | None, *, attempts: int) -> StoreError:
+    """Our error for what the last attempt raised: unavailable if a retry might have
+    cured it, refused otherwise."""
+    if exc is None or is_transient(exc):
+        name = exc.__class__.__name__ if exc else "unknown error"
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        return StoreUnavailable(f"Postgres unavailable{tries}: {name}")
+    return StoreFailed(f"Postgres refused the work: {describe_failure(exc)}")
+
+
+def describe_failure(exc: BaseException) -> str:
     """The driver's error class and SQLSTATE, never the server's text (it may quote data)."""
     orig = getattr(exc, "orig", None)
     cause = (orig.__cause__ or orig) if orig is not None else exc
-    sqlstate = getattr(cause, "sqlstate", None) or getattr(orig, "sqlstate", None)
+    sqlstate = _sqlstate(exc)
     name = cause.__class__.__name__
-    return f"{name} (SQLSTATE {sqlstate})" if isinstance(sqlstate, str) else name
+    return f"{name} (SQLSTATE {sqlstate})" if sqlstate else name
