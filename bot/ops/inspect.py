@@ -1,7 +1,7 @@
 """What `bot ops health` and `bot ops stats` read, without changing anything.
 
-ops is its own read-only reader of the stores: the SQL is here, beside the commands
-that need it; every Redis key name comes from Keys (bot/cache/keys.py).
+The SQL is in the store (bot/store/monitoring.py); every Redis key name comes from
+Keys (bot/cache/keys.py).
 """
 
 from __future__ import annotations
@@ -11,19 +11,21 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import asdict
 from typing import Any
 
 from alembic.script import ScriptDirectory
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cache import keys as kinds
 from bot.cache.keys import Keys
 from bot.logs import redact
 from bot.store.migrate import alembic_config, current_revision
+from bot.store.monitoring import Monitoring
+from bot.store.records import MessageCounts
 
 Progress = Callable[[int], None]  # called with how many items were just done
 
@@ -39,41 +41,6 @@ KNOWN_KINDS = frozenset(
 # OSError: a connection that failed before a driver wrapped the error (refused, no such
 # host). A command's own file errors are mapped where they happen, never left to this.
 STORE_ERRORS = (SQLAlchemyError, RedisError, OSError, TimeoutError)
-
-_MESSAGES_BY = """
-    SELECT {column} AS {name},
-           count(*) FILTER (WHERE timestamp > now() - interval '1 hour') AS last_hour,
-           count(*) AS last_24h
-    FROM messages WHERE timestamp > now() - interval '24 hours' {extra}
-    GROUP BY 1 ORDER BY last_24h DESC, 1
-"""
-_STATS_SQL = {
-    "conversations": """
-        SELECT (SELECT count(*) FROM conversations WHERE is_active) AS open,
-               count(*) FILTER (WHERE last_activity > now() - interval '1 hour')
-                   AS active_last_hour,
-               count(*) AS active_last_24h
-        FROM conversations WHERE last_activity > now() - interval '24 hours'
-    """,
-    "messages_by_channel": _MESSAGES_BY.format(column="channel_type", name="channel", extra=""),
-    "replies_by_model": _MESSAGES_BY.format(
-        column="coalesce(model_used, '?')", name="model", extra="AND role = 'assistant'"
-    ),
-    "tables": """
-        SELECT relname AS table, n_live_tup AS rows, pg_total_relation_size(relid) AS total_bytes,
-               pg_relation_size(relid) AS table_bytes, pg_indexes_size(relid) AS index_bytes,
-               seq_scan, idx_scan
-        FROM pg_stat_user_tables WHERE schemaname = current_schema()
-        ORDER BY total_bytes DESC, relname
-    """,
-    "indexes": """
-        SELECT relname AS table, indexrelname AS index, idx_scan AS scans,
-               idx_tup_read AS tuples_read, pg_relation_size(indexrelid) AS bytes
-        FROM pg_stat_user_indexes WHERE schemaname = current_schema()
-        ORDER BY relname, indexrelname
-    """,
-}
-
 
 _REDIS_FIELDS = (
     *("latency_ms", "version", "used_memory", "used_memory_human"),
@@ -109,9 +76,9 @@ async def _median_ms(ping: Callable[[], Awaitable[object]]) -> float:
 
 async def postgres_health(engine: AsyncEngine, budget: float, secrets: list[str]) -> dict[str, Any]:
     try:
-        async with asyncio.timeout(budget), engine.connect() as connection:
-            latency = await _median_ms(lambda: connection.execute(text("SELECT 1")))
-            version = (await connection.execute(text("SHOW server_version"))).scalar()
+        async with asyncio.timeout(budget), Monitoring(engine).probe() as probe:
+            latency = await _median_ms(probe.ping)
+            version = await probe.server_version()
         revision = await asyncio.wait_for(current_revision(engine), budget)
     except STORE_ERRORS as exc:
         failed = {"ok": False, "error": describe(exc, secrets), "latency_ms": None}
@@ -269,18 +236,20 @@ async def redis_stats(redis: Redis, keys: Keys, progress: Progress) -> dict[str,
 # --- stats: Postgres ------------------------------------------------------------------
 
 
-async def _rows(connection: AsyncConnection, sql: str) -> list[dict[str, Any]]:
-    return [dict(row._mapping) for row in await connection.execute(text(sql))]
+def _counts(name: str, row: MessageCounts) -> dict[str, Any]:
+    return {name: row.value, "last_hour": row.last_hour, "last_24h": row.last_24h}
 
 
 async def postgres_stats(engine: AsyncEngine) -> dict[str, Any]:
-    async with engine.connect() as connection:
-        found = {name: await _rows(connection, sql) for name, sql in _STATS_SQL.items()}
+    activity = await Monitoring(engine).activity()
     return {
-        "conversations": found["conversations"][0],
+        "conversations": asdict(activity.conversations),
         "messages": {
-            "by_channel": found["messages_by_channel"],
-            "replies_by_model": found["replies_by_model"],
+            "by_channel": [_counts("channel", row) for row in activity.messages_by_channel],
+            "replies_by_model": [_counts("model", row) for row in activity.replies_by_model],
         },
-        "postgres": {"tables": found["tables"], "indexes": found["indexes"]},
+        "postgres": {
+            "tables": [asdict(row) for row in activity.tables],
+            "indexes": [asdict(row) for row in activity.indexes],
+        },
     }

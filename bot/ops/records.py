@@ -8,52 +8,27 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cache.hotstate import decode_context
 from bot.cache.keys import Keys
 from bot.ops.errors import NotFound
 from bot.ops.inspect import Progress, as_text
+from bot.store.ops_queries import OpsQueries
+from bot.store.records import ExportedConversation, UserConversations, UserExport, UserRow
 
-_USER = text(
-    """SELECT id, channel_type, channel_user_id, username, preferred_model, created_at,
-              updated_at, metadata
-       FROM users WHERE channel_type = :channel AND channel_user_id = :channel_user_id"""
-)
-_CONVERSATIONS = text(
-    """SELECT c.id, c.is_active, c.model_override, c.started_at, c.last_activity, c.metadata,
-              count(m.id) AS messages, coalesce(sum(m.token_count), 0) AS tokens
-       FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id
-       WHERE c.user_id = :user_id GROUP BY c.id ORDER BY c.started_at DESC"""
-)
-_ALL_MESSAGES = text(
-    """SELECT id, role, content, model_used, token_count, timestamp, platform_message_id,
-              metadata
-       FROM messages WHERE conversation_id = :conversation_id ORDER BY timestamp, role DESC"""
-)
-_LOCK_USER = text("SELECT id FROM users WHERE id = :id FOR UPDATE")
-_DELETE_USER = text("DELETE FROM users WHERE id = :id")
+Found = TypeVar("Found", UserConversations, UserExport)
 
 
-def _row(row: Any) -> dict[str, Any]:
-    return dict(row._mapping)
-
-
-async def _find_user(connection: AsyncConnection, channel: str, user: str) -> dict[str, Any]:
-    params = {"channel": channel, "channel_user_id": user}
-    row = (await connection.execute(_USER, params)).first()
-    if row is None:
+def _found(found: Found | None, channel: str, user: str) -> Found:
+    if found is None:
         raise NotFound(f"no user {user!r} on channel {channel!r}")
-    return _row(row)
-
-
-async def _conversations(connection: AsyncConnection, user_id: uuid.UUID) -> list[dict[str, Any]]:
-    return [_row(r) for r in await connection.execute(_CONVERSATIONS, {"user_id": user_id})]
+    return found
 
 
 def context_item(raw: bytes | str) -> dict[str, Any]:
@@ -69,11 +44,11 @@ def ttl_or_none(seconds: int) -> int | None:
 
 
 async def cached_user(
-    redis: Redis, keys: Keys, user: dict[str, Any], conversations: Sequence[uuid.UUID]
+    redis: Redis, keys: Keys, user: UserRow, conversations: Sequence[uuid.UUID]
 ) -> dict[str, Any]:
     """The user's session (with TTL), rate counter, last activity and cached contexts."""
-    channel, member = user["channel_type"], user["channel_user_id"]
-    session, rate = keys.session(channel, member), keys.rate(user["id"])
+    channel, member = user.channel_type, user.channel_user_id
+    session, rate = keys.session(channel, member), keys.rate(user.id)
     async with redis.pipeline(transaction=False) as pipe:
         pipe.hgetall(session)
         pipe.ttl(session)
@@ -106,85 +81,77 @@ async def cached_user(
 async def show_user(
     engine: AsyncEngine, redis: Redis, keys: Keys, channel: str, user: str
 ) -> dict[str, Any]:
-    async with engine.connect() as connection:
-        row = await _find_user(connection, channel, user)
-        conversations = await _conversations(connection, row["id"])
-    cache = await cached_user(redis, keys, row, [c["id"] for c in conversations])
+    found = _found(await OpsQueries(engine).user_with_conversations(channel, user), channel, user)
+    cache = await cached_user(redis, keys, found.user, [c.id for c in found.conversations])
     contexts = cache.pop("contexts")
-    for conversation in conversations:
-        conversation["cached_context"] = len(contexts.get(str(conversation["id"]), []))
-    return {"user": row, "cache": cache, "conversations": conversations}
+    conversations = [
+        {**asdict(conversation), "cached_context": len(contexts.get(str(conversation.id), []))}
+        for conversation in found.conversations
+    ]
+    return {"user": asdict(found.user), "cache": cache, "conversations": conversations}
+
+
+def _exported(item: ExportedConversation) -> dict[str, Any]:
+    """The conversation's row, its message count replaced by the messages themselves."""
+    row = asdict(item.conversation)
+    row["messages"] = [asdict(message) for message in item.messages]
+    return row
 
 
 async def export_user(
     engine: AsyncEngine, redis: Redis, keys: Keys, channel: str, user: str, progress: Progress
 ) -> dict[str, Any]:
     """Everything stored about the user, in both stores, as one JSON-ready object."""
-    async with engine.connect() as connection:
-        # One snapshot: messages arriving meanwhile are either all in or all out.
-        await connection.execution_options(
-            isolation_level="REPEATABLE READ", postgresql_readonly=True
-        )
-        await connection.begin()
-        row = await _find_user(connection, channel, user)
-        conversations = await _conversations(connection, row["id"])
-        for conversation in conversations:
-            params = {"conversation_id": conversation["id"]}
-            found = await connection.execute(_ALL_MESSAGES, params)
-            conversation["messages"] = [_row(message) for message in found]
-            progress(1)
-    cache = await cached_user(redis, keys, row, [c["id"] for c in conversations])
+    queries = OpsQueries(engine)
+    found = _found(await queries.export_user(channel, user, progress), channel, user)
+    ids = [item.conversation.id for item in found.conversations]
+    cache = await cached_user(redis, keys, found.user, ids)
     return {
         "exported_at": datetime.now(UTC),
-        "user": row,
-        "conversations": conversations,
+        "user": asdict(found.user),
+        "conversations": [_exported(item) for item in found.conversations],
         "redis": cache,
     }
 
 
 async def user_summary(engine: AsyncEngine, channel: str, user: str) -> dict[str, Any]:
     """What a delete would remove from Postgres: for the confirmation prompt."""
-    async with engine.connect() as connection:
-        row = await _find_user(connection, channel, user)
-        conversations = await _conversations(connection, row["id"])
-    messages = sum(int(c["messages"]) for c in conversations)
-    return {"user": row, "conversations": len(conversations), "messages": messages}
+    found = _found(await OpsQueries(engine).user_with_conversations(channel, user), channel, user)
+    conversations = len(found.conversations)
+    return {"user": asdict(found.user), "conversations": conversations, "messages": found.messages}
 
 
 async def delete_user(
     engine: AsyncEngine, redis: Redis, keys: Keys, channel: str, user: str
 ) -> dict[str, Any]:
-    """Erase the user: their row with its conversations and messages (ON DELETE CASCADE),
-    then every Redis key about them. Postgres first: it is the record."""
+    """Erase the user: their row, and with it (the foreign keys cascade) their
+    conversations and messages, then every Redis key about them. Postgres first: it is
+    the record."""
     await redis.ping()  # both stores must be reachable before anything is erased
-    async with engine.begin() as connection:
-        row = await _find_user(connection, channel, user)
-        await connection.execute(_LOCK_USER, {"id": row["id"]})
-        conversations = await _conversations(connection, row["id"])
-        await connection.execute(_DELETE_USER, {"id": row["id"]})
-    ids = [c["id"] for c in conversations]
+    found = _found(await OpsQueries(engine).delete_user(channel, user), channel, user)
+    ids = [c.id for c in found.conversations]
     return {
-        "user": {"id": row["id"], "channel_type": channel, "channel_user_id": user},
+        "user": {"id": found.user.id, "channel_type": channel, "channel_user_id": user},
         "postgres": {
             "users": 1,
-            "conversations": len(conversations),
-            "messages": sum(int(c["messages"]) for c in conversations),
+            "conversations": len(found.conversations),
+            "messages": found.messages,
         },
-        "redis": await _delete_user_keys(redis, keys, row, ids),
+        "redis": await _delete_user_keys(redis, keys, found.user, ids),
     }
 
 
 async def _delete_user_keys(
-    redis: Redis, keys: Keys, user: dict[str, Any], conversations: list[uuid.UUID]
+    redis: Redis, keys: Keys, user: UserRow, conversations: list[uuid.UUID]
 ) -> dict[str, int]:
     """Session, rate counter, each conversation's context, and the user's entry in the
     channel's active set. Dedup keys stay: they hold a platform event id and 'done', no
     personal data, and keep a redelivered event from being stored again. Lock keys stay:
     they expire within LOCK_TTL_SECONDS and order a message still in flight."""
-    channel, member = user["channel_type"], user["channel_user_id"]
+    channel, member = user.channel_type, user.channel_user_id
     async with redis.pipeline(transaction=False) as pipe:
         pipe.unlink(keys.session(channel, member))
-        pipe.unlink(keys.rate(user["id"]))
+        pipe.unlink(keys.rate(user.id))
         pipe.zrem(keys.active(channel), member)
         for conversation in conversations:
             pipe.unlink(keys.context(conversation))

@@ -1,0 +1,102 @@
+"""The SQL of `bot ops health` and `bot ops stats`: round trips, the server version,
+recent activity, and the size and use of the tables and indexes. Read only.
+
+As in bot/store/ops_queries.py nothing is retried: a health check reports a failure
+at once, as the SQLAlchemy error that names it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from bot.store.records import (
+    ConversationActivity,
+    IndexUsage,
+    MessageCounts,
+    PostgresActivity,
+    TableUsage,
+)
+
+_PING = text("SELECT 1")
+_SERVER_VERSION = text("SHOW server_version")
+
+_MESSAGES_BY = """
+    SELECT {column} AS value,
+           count(*) FILTER (WHERE timestamp > now() - interval '1 hour') AS last_hour,
+           count(*) AS last_24h
+    FROM messages WHERE timestamp > now() - interval '24 hours' {extra}
+    GROUP BY 1 ORDER BY last_24h DESC, 1
+"""
+_CONVERSATION_ACTIVITY = text(
+    """
+    SELECT (SELECT count(*) FROM conversations WHERE is_active) AS open,
+           count(*) FILTER (WHERE last_activity > now() - interval '1 hour')
+               AS active_last_hour,
+           count(*) AS active_last_24h
+    FROM conversations WHERE last_activity > now() - interval '24 hours'
+    """
+)
+_MESSAGES_BY_CHANNEL = text(_MESSAGES_BY.format(column="channel_type", extra=""))
+_REPLIES_BY_MODEL = text(
+    _MESSAGES_BY.format(column="coalesce(model_used, '?')", extra="AND role = 'assistant'")
+)
+_TABLES = text(
+    """
+    SELECT relname AS table, n_live_tup AS rows, pg_total_relation_size(relid) AS total_bytes,
+           pg_relation_size(relid) AS table_bytes, pg_indexes_size(relid) AS index_bytes,
+           seq_scan, idx_scan
+    FROM pg_stat_user_tables WHERE schemaname = current_schema()
+    ORDER BY total_bytes DESC, relname
+    """
+)
+_INDEXES = text(
+    """
+    SELECT relname AS table, indexrelname AS index, idx_scan AS scans,
+           idx_tup_read AS tuples_read, pg_relation_size(indexrelid) AS bytes
+    FROM pg_stat_user_indexes WHERE schemaname = current_schema()
+    ORDER BY relname, indexrelname
+    """
+)
+
+
+class PostgresProbe:
+    """Round trips on one connection, for a health check to time."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
+
+    async def ping(self) -> None:
+        await self._connection.execute(_PING)
+
+    async def server_version(self) -> str | None:
+        version = (await self._connection.execute(_SERVER_VERSION)).scalar()
+        return None if version is None else str(version)
+
+
+class Monitoring:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @asynccontextmanager
+    async def probe(self) -> AsyncIterator[PostgresProbe]:
+        """A connection of the pool, held for the probe's round trips."""
+        async with self.engine.connect() as connection:
+            yield PostgresProbe(connection)
+
+    async def activity(self) -> PostgresActivity:
+        async with self.engine.connect() as connection:
+            conversations = (await connection.execute(_CONVERSATION_ACTIVITY)).one()
+            by_channel = await connection.execute(_MESSAGES_BY_CHANNEL)
+            channels = tuple(MessageCounts(**row._mapping) for row in by_channel)
+            by_model = await connection.execute(_REPLIES_BY_MODEL)
+            models = tuple(MessageCounts(**row._mapping) for row in by_model)
+            tables = await connection.execute(_TABLES)
+            table_usage = tuple(TableUsage(**row._mapping) for row in tables)
+            indexes = await connection.execute(_INDEXES)
+            index_usage = tuple(IndexUsage(**row._mapping) for row in indexes)
+        activity = ConversationActivity(**conversations._mapping)
+        return PostgresActivity(activity, channels, models, table_usage, index_usage)

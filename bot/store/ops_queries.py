@@ -1,0 +1,174 @@
+"""The SQL of `bot ops user …` and `bot ops conversation …`: read a user or a
+conversation, export a user, erase a user, search messages.
+
+Unlike Store (bot/store/queries.py) nothing here is retried: an operator's one-shot
+command reports a failure at once, as the SQLAlchemy error that names it (mapped to a
+message and exit code by bot/ops/commands.py).
+
+Search is Postgres full-text search over messages.content, served by the GIN index
+ix_messages_content_fts of revision 0003; the WHERE clause repeats the indexed
+expression, to_tsvector('simple', content), so that the planner can use it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from bot.store.records import (
+    ConversationHistory,
+    ConversationRow,
+    ConversationSummary,
+    ExportedConversation,
+    MessageRow,
+    RecentMessage,
+    SearchHit,
+    UserConversations,
+    UserExport,
+    UserRow,
+)
+
+Progress = Callable[[int], None]  # called with how many items were just done
+
+_USER = text(
+    """SELECT id, channel_type, channel_user_id, username, preferred_model, created_at,
+              updated_at, metadata
+       FROM users WHERE channel_type = :channel AND channel_user_id = :channel_user_id"""
+)
+_CONVERSATIONS = text(
+    """SELECT c.id, c.is_active, c.model_override, c.started_at, c.last_activity, c.metadata,
+              count(m.id) AS messages, coalesce(sum(m.token_count), 0) AS tokens
+       FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id
+       WHERE c.user_id = :user_id GROUP BY c.id ORDER BY c.started_at DESC"""
+)
+_ALL_MESSAGES = text(
+    """SELECT id, role, content, model_used, token_count, timestamp, platform_message_id,
+              metadata
+       FROM messages WHERE conversation_id = :conversation_id ORDER BY timestamp, role DESC"""
+)
+_LOCK_USER = text("SELECT id FROM users WHERE id = :id FOR UPDATE")
+_DELETE_USER = text("DELETE FROM users WHERE id = :id")
+
+_CONVERSATION = text(
+    """SELECT c.id, c.channel_type, c.is_active, c.model_override, c.started_at,
+              c.last_activity, c.user_id, u.channel_user_id, u.username,
+              (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS messages
+       FROM conversations c JOIN users u ON u.id = c.user_id WHERE c.id = :id"""
+)
+_RECENT = text(
+    """SELECT * FROM (
+           SELECT id, role, model_used, token_count, timestamp, content FROM messages
+           WHERE conversation_id = :id ORDER BY timestamp DESC, role LIMIT :limit
+       ) recent ORDER BY timestamp, role DESC"""
+)
+# The matches first (the index finds them, newest first), then a snippet for each of
+# the few kept: ts_headline reads the whole text, so it runs after the LIMIT.
+_SEARCH = text(
+    """WITH query AS (SELECT websearch_to_tsquery('simple', :text) AS q),
+       hits AS (
+           SELECT m.id, m.conversation_id, m.role, m.timestamp, m.content
+           FROM messages m, query
+           WHERE to_tsvector('simple', m.content) @@ query.q
+           ORDER BY m.timestamp DESC LIMIT :limit
+       )
+       SELECT hits.conversation_id, hits.id AS message_id, u.channel_type AS channel,
+              u.channel_user_id, u.username, hits.role, hits.timestamp,
+              ts_headline('simple', hits.content, query.q, :options) AS snippet
+       FROM hits CROSS JOIN query
+       JOIN conversations c ON c.id = hits.conversation_id JOIN users u ON u.id = c.user_id
+       ORDER BY hits.timestamp DESC"""
+)
+_HEADLINE = 'StartSel="{}", StopSel="{}", MaxWords=30, MinWords=12, ShortWord=0'
+
+
+class OpsQueries:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def user_with_conversations(
+        self, channel: str, channel_user_id: str
+    ) -> UserConversations | None:
+        """The user's row and a summary of each of their conversations; None if no such user."""
+        async with self.engine.connect() as connection:
+            return await _user_with_conversations(connection, channel, channel_user_id)
+
+    async def export_user(
+        self, channel: str, channel_user_id: str, progress: Progress
+    ) -> UserExport | None:
+        """The user's row and every conversation with all its messages; `progress` is
+        told of each conversation read. None if no such user."""
+        async with self.engine.connect() as connection:
+            # One snapshot: messages arriving meanwhile are either all in or all out.
+            await connection.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
+            await connection.begin()
+            found = await _user_with_conversations(connection, channel, channel_user_id)
+            if found is None:
+                return None
+            conversations = []
+            for conversation in found.conversations:
+                params = {"conversation_id": conversation.id}
+                rows = await connection.execute(_ALL_MESSAGES, params)
+                messages = tuple(MessageRow(**row._mapping) for row in rows)
+                conversations.append(ExportedConversation(conversation, messages))
+                progress(1)
+        return UserExport(found.user, tuple(conversations))
+
+    async def delete_user(self, channel: str, channel_user_id: str) -> UserConversations | None:
+        """Delete the user's row, and with it (ON DELETE CASCADE) their conversations and
+        messages; what was deleted, or None if no such user."""
+        async with self.engine.begin() as connection:
+            row = await _user(connection, channel, channel_user_id)
+            if row is None:
+                return None
+            await connection.execute(_LOCK_USER, {"id": row.id})
+            conversations = await _conversations(connection, row.id)
+            await connection.execute(_DELETE_USER, {"id": row.id})
+        return UserConversations(row, conversations)
+
+    async def conversation_history(
+        self, conversation_id: uuid.UUID, limit: int
+    ) -> ConversationHistory | None:
+        """The conversation and its newest `limit` messages, oldest first; None if none."""
+        async with self.engine.connect() as connection:
+            row = (await connection.execute(_CONVERSATION, {"id": conversation_id})).first()
+            if row is None:
+                return None
+            found = await connection.execute(_RECENT, {"id": conversation_id, "limit": limit})
+            messages = tuple(RecentMessage(**message._mapping) for message in found)
+        return ConversationHistory(ConversationRow(**row._mapping), messages)
+
+    async def search_messages(
+        self, query: str, limit: int, marks: tuple[str, str]
+    ) -> list[SearchHit]:
+        """Messages matching a web-search style query (words, "a phrase", -not, or),
+        newest first; in each snippet the matched words stand between `marks`."""
+        params = {"text": query, "limit": limit, "options": _HEADLINE.format(*marks)}
+        async with self.engine.connect() as connection:
+            return [SearchHit(**row._mapping) for row in await connection.execute(_SEARCH, params)]
+
+
+async def _user(connection: AsyncConnection, channel: str, channel_user_id: str) -> UserRow | None:
+    params = {"channel": channel, "channel_user_id": channel_user_id}
+    row = (await connection.execute(_USER, params)).first()
+    return None if row is None else UserRow(**row._mapping)
+
+
+async def _conversations(
+    connection: AsyncConnection, user_id: uuid.UUID
+) -> tuple[ConversationSummary, ...]:
+    rows = await connection.execute(_CONVERSATIONS, {"user_id": user_id})
+    return tuple(ConversationSummary(**row._mapping) for row in rows)
+
+
+async def _user_with_conversations(
+    connection: AsyncConnection, channel: str, channel_user_id: str
+) -> UserConversations | None:
+    row = await _user(connection, channel, channel_user_id)
+    if row is None:
+        return None
+    return UserConversations(row, await _conversations(connection, row.id))

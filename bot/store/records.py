@@ -1,0 +1,175 @@
+"""Rows as `bot ops` reads them (bot/store/ops_queries.py, bot/store/monitoring.py).
+
+Fields are in the order of the columns selected: `bot ops … --json` prints each row
+as an object with its keys in this order.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+# --- users and conversations ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UserRow:
+    id: uuid.UUID
+    channel_type: str
+    channel_user_id: str
+    username: str | None
+    preferred_model: str | None
+    created_at: datetime
+    updated_at: datetime
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationSummary:
+    """One of a user's conversations, with its message and token totals."""
+
+    id: uuid.UUID
+    is_active: bool
+    model_override: str | None
+    started_at: datetime
+    last_activity: datetime
+    metadata: dict[str, Any]
+    messages: int
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class UserConversations:
+    user: UserRow
+    conversations: tuple[ConversationSummary, ...]  # newest first
+
+    @property
+    def messages(self) -> int:
+        return sum(conversation.messages for conversation in self.conversations)
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRow:
+    """A whole `messages` row, as an export holds it."""
+
+    id: uuid.UUID
+    role: str
+    content: str
+    model_used: str | None
+    token_count: int | None
+    timestamp: datetime
+    platform_message_id: str | None
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ExportedConversation:
+    conversation: ConversationSummary
+    messages: tuple[MessageRow, ...]  # oldest first
+
+
+@dataclass(frozen=True, slots=True)
+class UserExport:
+    """Everything Postgres holds about one user, read in one snapshot."""
+
+    user: UserRow
+    conversations: tuple[ExportedConversation, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationRow:
+    """A conversation with who it belongs to and how many messages it has."""
+
+    id: uuid.UUID
+    channel_type: str
+    is_active: bool
+    model_override: str | None
+    started_at: datetime
+    last_activity: datetime
+    user_id: uuid.UUID
+    channel_user_id: str
+    username: str | None
+    messages: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecentMessage:
+    id: uuid.UUID
+    role: str
+    model_used: str | None
+    token_count: int | None
+    timestamp: datetime
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationHistory:
+    conversation: ConversationRow
+    messages: tuple[RecentMessage, ...]  # the newest few, oldest first
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    """A message matching a full-text search, with a snippet around the matched words."""
+
+    conversation_id: uuid.UUID
+    message_id: uuid.UUID
+    channel: str
+    channel_user_id: str
+    username: str | None
+    role: str
+    timestamp: datetime
+    snippet: str
+
+
+# --- activity and table statistics ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationActivity:
+    open: int  # active, however long ago their last message was
+    active_last_hour: int  # with a message in the last hour, open or not
+    active_last_24h: int
+
+
+@dataclass(frozen=True, slots=True)
+class MessageCounts:
+    """Messages of the last hour and 24 hours that share one value."""
+
+    value: str  # the channel, or the model that wrote the reply ('?' if not noted)
+    last_hour: int
+    last_24h: int
+
+
+@dataclass(frozen=True, slots=True)
+class TableUsage:
+    table: str
+    rows: int
+    total_bytes: int
+    table_bytes: int
+    index_bytes: int
+    seq_scan: int | None
+    idx_scan: int | None  # None: the table has no index
+
+
+@dataclass(frozen=True, slots=True)
+class IndexUsage:
+    table: str
+    index: str
+    scans: int
+    tuples_read: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresActivity:
+    """Conversations and messages of the last 24 hours, and the size and use of the
+    tables and indexes of the current schema."""
+
+    conversations: ConversationActivity
+    messages_by_channel: tuple[MessageCounts, ...]
+    replies_by_model: tuple[MessageCounts, ...]
+    tables: tuple[TableUsage, ...]
+    indexes: tuple[IndexUsage, ...]
