@@ -21,6 +21,8 @@ HELP_TEXT = (
 )
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,99}$")
 _COMMAND = re.compile(r"^/([A-Za-z0-9_]+)(?:@\S+)?(?:\s+(.*))?$", re.DOTALL)
+# ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+_COUNT = re.compile(r"[0-9]{1,4}")
 MAX_HISTORY = 50
 
 
@@ -90,7 +92,7 @@ async def _history(
     command: Command, turn: Turn, service: ConversationService
 ) -> tuple[Reply, Refresh]:
     argument = command.argument or str(service.settings.history_default)
-    if not argument.isdigit() or not 1 <= int(argument) <= MAX_HISTORY:
+    if not _COUNT.fullmatch(argument) or not 1 <= int(argument) <= MAX_HISTORY:
         text = f"Usage: /history [n], with n from 1 to {MAX_HISTORY}."
         return Reply(text, ReplyKind.INVALID), turn.refresh
     messages = await service.store.recent_messages(turn.session.conversation_id, 2 * int(argument))

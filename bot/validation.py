@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from bot.errors import BotError
@@ -10,10 +11,13 @@ from bot.errors import BotError
 # (which cannot be encoded as UTF-8, and so cannot be stored).
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
+# What Postgres cannot hold in a text column: NUL, and what UTF-8 cannot encode.
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
 
 # The widths of users.channel_user_id and users.username (VARCHAR(255)).
 MAX_USER_ID_CHARS = 255
 MAX_USERNAME_CHARS = 255
+MAX_EVENT_ID_CHARS = 255  # messages.platform_message_id
 
 
 class InvalidInput(BotError):
@@ -60,3 +64,18 @@ def clean_username(username: str | None) -> str | None:
         return None
     cleaned = _SURROGATE.sub("\ufffd", _CONTROL.sub("", username)).strip()
     return cleaned[:MAX_USERNAME_CHARS] or None
+
+
+def storable_event_id(event_id: str | None) -> str | None:
+    """The platform's event id as stored, for de-duplication.
+
+    An id that does not fit the column or cannot be stored is replaced by its digest
+    rather than refused: the message is fine, and a redelivery gets the same digest.
+    An empty id identifies nothing, so it is none.
+    """
+    if not event_id:
+        return None
+    if len(event_id) <= MAX_EVENT_ID_CHARS and not _UNSTORABLE.search(event_id):
+        return event_id
+    digest = hashlib.sha256(event_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"sha256:{digest}"

@@ -7,10 +7,14 @@ Reply → platform API call. All behaviour lives in the conversation service.
 from __future__ import annotations
 
 import abc
+import json
 import logging
+
+from aiohttp import web
 
 from bot.channels.dispatch import Dispatcher
 from bot.config import Settings
+from bot.errors import BotError
 
 
 class ChannelAdapter(abc.ABC):
@@ -57,3 +61,53 @@ def split_text(text: str, limit: int) -> list[str]:
     if rest or not parts:
         parts.append(rest)
     return [part for part in parts if part] or [text[:limit]]
+
+
+class WebhookRefused(BotError):
+    """A webhook request refused before any SDK code saw it; `status` is the 4xx to answer."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def webhook_application(settings: Settings) -> web.Application:
+    """An aiohttp app that never reads more of a request body than the limit allows."""
+    return web.Application(client_max_size=settings.webhook_max_body_bytes)
+
+
+def check_declared_size(request: web.Request, limit: int) -> None:
+    """413 for a Content-Length over `limit`, before a byte of the body is read."""
+    if request.content_length is not None and request.content_length > limit:
+        raise WebhookRefused(413, f"request body over {limit} bytes")
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, refused with 413 when it is over `limit` bytes.
+
+    A body without a Content-Length is cut off by the app's client_max_size (set by
+    webhook_application) as it arrives.
+    """
+    check_declared_size(request, limit)
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise WebhookRefused(413, f"request body over {limit} bytes") from None
+
+
+def check_media_type(request: web.Request, accepted: frozenset[str]) -> None:
+    if request.content_type not in accepted:
+        raise WebhookRefused(415, f"content type must be one of {', '.join(sorted(accepted))}")
+
+
+def parse_json(body: bytes) -> object:
+    """A UTF-8 JSON document, or 400: not UTF-8, not JSON, or nested too deep to parse."""
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
+        raise WebhookRefused(400, "request body is not UTF-8 JSON") from None
+
+
+def refusal(exc: WebhookRefused) -> web.Response:
+    return web.json_response({"ok": False, "error": exc.reason}, status=exc.status)

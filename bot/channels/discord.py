@@ -73,6 +73,38 @@ def strip_mention(text: str, user_id: int) -> str:
     return re.sub(rf"\s*<@!?{user_id}>\s*", " ", text).strip()
 
 
+def incoming_message(message: discord.Message, me_id: int) -> IncomingMessage | None:
+    """A person's message to the bot (user id `me_id`), or None for what it must ignore.
+
+    discord.py copies payload fields without checking their types: a field that is not
+    what Discord documents makes the message ignored, never an error.
+    """
+    author, text, channel = message.author, message.content, message.channel
+    if author.bot or author.id == me_id or message.webhook_id is not None:
+        return None
+    if message.type not in _ANSWERED_TYPES or not isinstance(text, str):
+        return None
+    if not isinstance(channel, discord.DMChannel):
+        if not _mentions(message, me_id):
+            return None
+        text = strip_mention(text, me_id)
+    thread = channel if isinstance(channel, discord.Thread) else None
+    return IncomingMessage(
+        channel="discord",
+        channel_user_id=str(author.id),
+        text=text,
+        username=author.name if isinstance(author.name, str) and author.name else None,
+        platform_message_id=str(message.id),
+        chat_id=str(thread.parent_id if thread else channel.id),
+        thread_id=str(thread.id) if thread else None,
+    )
+
+
+def _mentions(message: discord.Message, user_id: int) -> bool:
+    """Addressed by name: <@id> in the text, or a reply that pings the bot."""
+    return user_id in message.raw_mentions or any(u.id == user_id for u in message.mentions)
+
+
 def platform_error(exc: discord.HTTPException) -> PlatformError:
     """What escapes discord.py's own retries, mapped to the delivery policy's errors."""
     if exc.status == 429:
@@ -211,32 +243,7 @@ class DiscordAdapter(ChannelAdapter):
     def incoming(self, message: discord.Message) -> IncomingMessage | None:
         """The message for the service, or None when the bot should not answer it."""
         me = self._client.user if self._client is not None else None
-        author = message.author
-        if me is None or author.bot or author.id == me.id:
-            return None
-        if message.type not in _ANSWERED_TYPES:
-            return None
-        text = message.content
-        if not isinstance(message.channel, discord.DMChannel):
-            if not self._mentions(message, me.id):
-                return None
-            text = strip_mention(text, me.id)
-        channel = message.channel
-        thread = channel if isinstance(channel, discord.Thread) else None
-        return IncomingMessage(
-            channel=self.name,
-            channel_user_id=str(author.id),
-            text=text,
-            username=author.name,
-            platform_message_id=str(message.id),
-            chat_id=str(thread.parent_id if thread else channel.id),
-            thread_id=str(thread.id) if thread else None,
-        )
-
-    @staticmethod
-    def _mentions(message: discord.Message, user_id: int) -> bool:
-        """Addressed by name: <@id> in the text, or a reply that pings the bot."""
-        return user_id in message.raw_mentions or any(u.id == user_id for u in message.mentions)
+        return None if me is None else incoming_message(message, me.id)
 
     async def _answer(
         self, channel: discord.abc.Messageable, incoming: IncomingMessage

@@ -1,10 +1,12 @@
 """Slack: slack-bolt's AsyncApp over Socket Mode or the HTTP Events API.
 
 Socket Mode when SLACK_APP_TOKEN is set, else the Events API on
-SLACK_LISTEN:SLACK_PORT/slack/events (bolt checks the signature and timestamp and
-answers url_verification). Bolt acks every event before our handler runs, so a
-slow reply never makes Slack retry; a retry that comes anyway carries the same
-event_id, which is the platform message id the service de-duplicates on.
+SLACK_LISTEN:SLACK_PORT/slack/events: the body's size, the signature and timestamp,
+the content type and the JSON are checked before bolt sees a request (4xx otherwise,
+docs/channels/slack.md), and bolt answers url_verification. Bolt acks every event
+before our handler runs, so a slow reply never makes Slack retry; a retry that comes
+anyway carries the same event_id, which is the platform message id the service
+de-duplicates on.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -25,9 +26,20 @@ from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
+from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.channels.base import ChannelAdapter, split_text
+from bot.channels.base import (
+    ChannelAdapter,
+    WebhookRefused,
+    check_declared_size,
+    check_media_type,
+    parse_json,
+    read_body,
+    refusal,
+    split_text,
+    webhook_application,
+)
 from bot.channels.delivery import (
     PlatformError,
     PlatformRateLimited,
@@ -36,6 +48,7 @@ from bot.channels.delivery import (
     deliver,
 )
 from bot.channels.dispatch import Dispatcher, ShuttingDown
+from bot.channels.slack_events import escape, incoming_message, profile_name
 from bot.config import Settings
 from bot.domain import IncomingMessage
 from bot.errors import ConfigError
@@ -44,11 +57,14 @@ T = TypeVar("T")
 
 TEXT_LIMIT = 4000  # Slack's advice for one message's text
 EVENTS_PATH = "/slack/events"
+JSON_ONLY = frozenset({"application/json"})  # what the Events API posts
 CONNECT_TIMEOUT = 30.0
 WATCH_INTERVAL = 1.0
 NAME_LOOKUP_TIMEOUT = 5.0  # a slow users.info must not hold the reply for long
 NAMES_CACHED = 10_000  # display names kept in memory, least recently used dropped first
-_USER_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})  # written by a person
+# What bolt raises reading a body of a shape it does not expect (a list where it wants
+# an object, a number where it wants text): it checks no types itself.
+_UNREADABLE = (AttributeError, IndexError, KeyError, TypeError, ValueError)
 _SERVER_ERRORS = frozenset({"internal_error", "fatal_error", "service_unavailable"})
 
 
@@ -63,6 +79,7 @@ class SlackAdapter(ChannelAdapter):
         if settings.slack_app_token is None and settings.slack_signing_secret is None:
             raise ConfigError("Slack needs SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET")
         secret = settings.slack_signing_secret
+        self._verifier = SignatureVerifier(secret.get_secret_value()) if secret else None
         self._client = AsyncWebClient(
             token=settings.slack_bot_token.get_secret_value(),
             base_url=_base_url(settings.slack_api_base_url),
@@ -78,6 +95,7 @@ class SlackAdapter(ChannelAdapter):
             process_before_response=False,
         )
         self._app.middleware(self._gate)
+        self._app.error(self._on_bolt_error)
         self._app.event("message")(self._on_event)
         self._app.event("app_mention")(self._on_event)
         self._socket: AsyncSocketModeHandler | None = None
@@ -142,7 +160,7 @@ class SlackAdapter(ChannelAdapter):
             raise PlatformUnavailable("Slack Socket Mode websocket did not open") from None
 
     async def _open_http(self) -> None:
-        app = web.Application()
+        app = webhook_application(self.settings)
         app.router.add_post(EVENTS_PATH, self._on_request)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
         await runner.setup()
@@ -187,10 +205,57 @@ class SlackAdapter(ChannelAdapter):
 
     async def _on_request(self, request: web.Request) -> web.Response:
         try:
-            bolt_request = await to_bolt_request(request)
-        except ValueError:  # not JSON, not UTF-8
-            return web.json_response({"error": "malformed request body"}, status=400)
+            await self._check_request(request)
+        except WebhookRefused as exc:
+            return refusal(exc)
+        try:
+            bolt_request = await to_bolt_request(request)  # the body read and checked above
+        except _UNREADABLE as exc:
+            self._unreadable(exc)
+            return refusal(WebhookRefused(400, "not a Slack event"))
         return await to_aiohttp_response(await self._app.async_dispatch(bolt_request))
+
+    async def _check_request(self, request: web.Request) -> None:
+        """What bolt would choke on, refused with a 4xx before bolt parses it.
+
+        Size first, then the signature (bolt checks it again: cheap), so that nothing
+        unauthenticated is parsed; then the body must be a JSON object.
+        """
+        limit = self.settings.webhook_max_body_bytes
+        check_declared_size(request, limit)
+        body = await read_body(request, limit)
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise WebhookRefused(400, "request body is not UTF-8") from None
+        if not self._signed(request, text):
+            raise WebhookRefused(401, "invalid or missing signature, or a stale timestamp")
+        check_media_type(request, JSON_ONLY)
+        if not isinstance(parse_json(body), dict):
+            raise WebhookRefused(400, "request body is not a JSON object")
+
+    def _signed(self, request: web.Request, text: str) -> bool:
+        timestamp = request.headers.get("X-Slack-Request-Timestamp", "")
+        signature = request.headers.get("X-Slack-Signature", "")
+        # ASCII digits only: the SDK's int() raises on other text, and takes other digits.
+        if self._verifier is None or not (timestamp.isascii() and timestamp.isdigit()):
+            return False
+        return self._verifier.is_valid(text, timestamp, signature)
+
+    async def _on_bolt_error(self, error: Exception) -> BoltResponse | None:
+        """Bolt's error handler: a body bolt cannot read is the sender's fault, a 400."""
+        if isinstance(error, _UNREADABLE):
+            self._unreadable(error)
+            return BoltResponse(status=400, body="not a Slack event")
+        self.log.error("slack request failed", exc_info=error)
+        return None  # bolt answers 500
+
+    def _unreadable(self, error: Exception) -> None:
+        self.log.warning(
+            "slack request answered 400: bolt could not read it (%s)",
+            type(error).__name__,
+            exc_info=error,
+        )
 
     async def _gate(self, resp: BoltResponse, next: Callable[[], Awaitable[None]]) -> BoltResponse:
         """Refuse events while shutting down: unacked, Slack delivers them again."""
@@ -258,7 +323,7 @@ class SlackAdapter(ChannelAdapter):
             return user_id
         user = found.get("user")
         fields = user if isinstance(user, dict) else {}
-        name = _profile_name(fields.get("profile"), fields.get("name"))
+        name = profile_name(fields.get("profile"), fields.get("name"))
         return self._remember(user_id, name or user_id)
 
     def _remember(self, user_id: str, name: str) -> str:
@@ -273,62 +338,6 @@ class SlackAdapter(ChannelAdapter):
                 channel=str(message.chat_id), thread_ts=message.thread_id, text=escape(text)
             )
         )
-
-
-def incoming_message(
-    body: Mapping[str, Any], event: Mapping[str, Any], bot_user_id: str | None
-) -> IncomingMessage | None:
-    """The message a person wrote to the bot, or None for what the bot must ignore."""
-    if not _addressed(event, bot_user_id):
-        return None
-    text = str(event.get("text") or "")
-    if bot_user_id:
-        text = re.sub(rf"<@{re.escape(bot_user_id)}(?:\|[^>]*)?>", " ", text)
-    text = unescape(text).strip()
-    if not text:
-        return None
-    user, channel = str(event["user"]), str(event["channel"])
-    return IncomingMessage(
-        channel="slack",
-        channel_user_id=user,  # workspace-scoped: one bot token serves one workspace
-        text=text,
-        # Events rarely carry the profile; without it the adapter asks users.info.
-        username=_profile_name(event.get("user_profile")),
-        platform_message_id=body.get("event_id") or f"{channel}:{event.get('ts')}",
-        chat_id=channel,
-        thread_id=event.get("thread_ts") or event.get("ts"),
-    )
-
-
-def _profile_name(profile: object, handle: object = None) -> str | None:
-    """What Slack shows for a person: display name, else full name, else the handle."""
-    fields = profile if isinstance(profile, dict) else {}
-    for name in (fields.get("display_name"), fields.get("real_name"), fields.get("name"), handle):
-        if isinstance(name, str) and name.strip():
-            return name.strip()
-    return None
-
-
-def _addressed(event: Mapping[str, Any], bot_user_id: str | None) -> bool:
-    """A person's (not a bot's, not our own) new message in a DM, or a mention of the bot."""
-    user, kind = event.get("user"), event.get("type")
-    return (
-        not event.get("bot_id")
-        and event.get("subtype") in _USER_SUBTYPES
-        and isinstance(user, str)
-        and user not in ("", bot_user_id)
-        and isinstance(event.get("channel"), str)
-        and (kind == "app_mention" or (kind == "message" and event.get("channel_type") == "im"))
-    )
-
-
-def escape(text: str) -> str:
-    """Slack's three control characters, so a reply can't ping @channel or fake a link."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def unescape(text: str) -> str:
-    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
 def _base_url(url: str | None) -> str:

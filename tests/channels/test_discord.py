@@ -193,7 +193,7 @@ async def test_direct_message_is_answered_and_stored(
         id=alice["id"],
     )
     assert account.username == "alice"
-    assert bot.sent() == 1
+    await discord_server.wait_for(lambda: bot.sent() == 1)  # counted once the response is read
     assert bot.dispatcher.seen == [
         IncomingMessage(
             channel="discord",
@@ -267,7 +267,7 @@ async def test_messages_not_for_the_bot_are_ignored(
     assert discord_server.posts(ignored["channel_id"]) == []
     assert not discord_server.calls_to("POST", f"/channels/{ignored['channel_id']}/typing")
     assert await user_rows(engine, ignored["author"]) == []
-    assert bot.sent() == 1
+    await discord_server.wait_for(lambda: bot.sent() == 1)  # counted once the response is read
 
 
 async def test_long_reply_is_split_into_messages_of_at_most_2000_characters(
@@ -283,7 +283,7 @@ async def test_long_reply_is_split_into_messages_of_at_most_2000_characters(
         ("user", "tell me a lot"),
         ("assistant", LongResponder.text),  # stored whole, sent in parts
     ]
-    assert bot.sent() == 3
+    await discord_server.wait_for(lambda: bot.sent() == 3)  # counted once the response is read
 
 
 async def test_redelivered_message_is_answered_once(
@@ -331,7 +331,7 @@ async def test_rate_limited_reply_is_delivered_once_after_the_wait(
     assert retried_by_us == (handled_by == "the adapter")
     assert bot.sample("bot_platform_rate_limited_total") == (1 if retried_by_us else 0)
     assert [row[0] for row in await user_rows(engine, heidi)] == ["user", "assistant"]
-    assert bot.sent() == 1
+    await discord_server.wait_for(lambda: bot.sent() == 1)  # counted once the response is read
 
 
 async def test_refused_reply_is_not_retried(
@@ -449,7 +449,7 @@ async def test_server_error_then_success_delivers_one_reply(
     posts = discord_server.calls_to("POST", f"/channels/{message['channel_id']}/messages")
     assert [call.status for call in posts] == [status, 200]
     assert [row[0] for row in await user_rows(engine, nina)] == ["user", "assistant"]
-    assert bot.sent() == 1
+    await discord_server.wait_for(lambda: bot.sent() == 1)  # counted once the response is read
 
 
 class BrokenResponder(EchoResponder):
