@@ -22,7 +22,7 @@ from bot.errors import BotError, ConfigError
 from bot.health import HealthServer
 from bot.logs import setup_logging
 from bot.ops.cli import register as register_ops
-from bot.runtime import open_runtime
+from bot.runtime import Schema, open_runtime
 from bot.store.migrate import upgrade_to_head
 from bot.worker import Worker
 
@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="run the worker: migrate, then serve every configured channel",
-        description="Apply pending migrations, then serve the configured channels, with "
+        description="Apply pending migrations (unless --no-migrate), then serve the "
+        "configured channels, with "
         "/healthz, /readyz and /metrics on HTTP_PORT. With no channel credentials, say which "
         "settings enable which channel and, on an interactive terminal, open the console "
         "chat. SIGTERM/SIGINT finish the messages in flight, then exit 0.",
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: every channel whose credentials are set)",
     )
     run.add_argument("--user", default=None, help="console user name (default: your login)")
+    _no_migrate_option(run)
     run.set_defaults(handler=_run)
 
     chat = commands.add_parser(
@@ -67,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Example: printf 'hello\\n/model\\n' | bot chat --user alice",
     )
     chat.add_argument("--user", default=None, help="who is chatting (default: your login)")
+    _no_migrate_option(chat)
     chat.set_defaults(handler=_chat)
 
     migrate = commands.add_parser(
@@ -79,6 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
     register_ops(commands)
     register_bench(commands)
     return parser
+
+
+def _no_migrate_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="do not migrate at start, only check the schema is current (as MIGRATE_ON_START="
+        "false does): for a database role that may not change the schema",
+    )
+
+
+def _schema(settings: Settings, args: argparse.Namespace) -> Schema:
+    migrate = settings.migrate_on_start and not args.no_migrate
+    return Schema.MIGRATE if migrate else Schema.REQUIRE_CURRENT
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -100,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
-    async with open_runtime(settings, migrate=False) as runtime:
+    async with open_runtime(settings, schema=Schema.LEAVE) as runtime:
         revision = await upgrade_to_head(runtime.engine, settings.migration_lock_wait_seconds)
         print(f"database at revision {revision} ({redact_url(runtime.endpoints.database_url)})")
     return 0
@@ -111,7 +128,7 @@ async def _chat(settings: Settings, args: argparse.Namespace) -> int:
     message in flight, close the pools and stop the embedded servers, then exit 0."""
     stop = asyncio.Event()
     _note_stop_signals(stop)  # start-up finishes first: it may be launching servers
-    async with open_runtime(settings) as runtime:
+    async with open_runtime(settings, schema=_schema(settings, args)) as runtime:
         dispatcher = Dispatcher(runtime.service, runtime.metrics)
         console = _console(runtime.settings, dispatcher, args.user)
         worker = Worker([console], dispatcher, None, settings.shutdown_grace_seconds)
@@ -142,7 +159,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
             )
         log.warning("no channel configured: opening the console chat")
         wants_console = True
-    async with open_runtime(settings) as runtime:
+    async with open_runtime(settings, schema=_schema(settings, args)) as runtime:
         dispatcher = Dispatcher(runtime.service, runtime.metrics)
         adapters = [registry.build(spec, settings, dispatcher) for spec in specs]
         if wants_console:

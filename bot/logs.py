@@ -8,10 +8,12 @@ import re
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any
 
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]+)@")
-_QUERY_PASSWORD = re.compile(r"(?i)(?P<key>[?&]password=)[^&\s'\"]+")
+# password=, and a TLS key's passphrase: sslpassword= (libpq), ssl_password= (redis-py).
+_QUERY_PASSWORD = re.compile(r"(?i)(?P<key>[?&](?:ssl_?)?password=)[^&\s'\"]+")
 _EXTRA_FIELDS = ("channel", "user_id", "conversation_id", "chat_id")
 # A shorter secret (a password "e") is too common in ordinary text to mask there: it
 # would mangle every word that holds it. URL passwords of any length are masked by
@@ -78,5 +80,17 @@ def setup_logging(level: str, fmt: str, secrets: Iterable[str] = ()) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    sys.excepthook = _log_uncaught
     for noisy in ("asyncio", "alembic.runtime.migration", "pgserver", "httpx", "httpx2", "openai"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def _log_uncaught(
+    kind: type[BaseException], error: BaseException, traceback: TracebackType | None
+) -> None:
+    """An error nobody caught goes through the masking handler: Python's own printer
+    would write its message, which may quote a URL or a token, to stderr as it is."""
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, error, traceback)
+        return
+    logging.getLogger("bot").critical("unexpected error", exc_info=(kind, error, traceback))

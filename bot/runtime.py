@@ -8,12 +8,16 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from enum import Enum
 from typing import Protocol
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cache.flags import FlagCache
@@ -22,15 +26,16 @@ from bot.cache.hotstate import HotStateCache
 from bot.cache.keys import Keys
 from bot.channels import registry
 from bot.config import Settings, redact_url
-from bot.errors import InfrastructureError, StoreUnavailable
+from bot.errors import InfrastructureError, MigrationError, StoreError
 from bot.flags import FeatureFlags, FlagSource
+from bot.logs import maskable, redact
 from bot.metrics import Metrics
 from bot.responders import Responder
 from bot.responders.factory import build_responder
 from bot.responders.timed import TimedResponder
 from bot.service import ConversationService
 from bot.store.engine import create_engine
-from bot.store.migrate import upgrade_to_head
+from bot.store.migrate import current_revision, head_revision, upgrade_to_head
 from bot.store.queries import Store
 from bot.store.retry import DatabaseRetry
 
@@ -115,6 +120,10 @@ def build_service(
     """
     retry = DatabaseRetry(settings.db_retry_attempts, settings.db_retry_deadline_seconds)
     guard = RedisGuard(settings.redis_op_timeout_seconds, settings.redis_breaker_cooldown_seconds)
+    # Connections pooled before an outage may be dead (a restarted Redis): once the probe
+    # finds Redis back, each of them would trip the breaker again in turn. Registered
+    # before the cache's repair hook, so that the repair runs on a fresh connection.
+    guard.on_recovery(lambda: redis.connection_pool.disconnect(inuse_connections=False))
     keys = Keys.from_settings(settings)
     cache = HotStateCache(redis, keys, guard)
     store = Store(engine, retry)
@@ -130,9 +139,20 @@ def build_service(
     return service
 
 
+class Schema(Enum):
+    """What start-up does about the database schema."""
+
+    MIGRATE = "migrate"  # bring it to the newest revision (MIGRATE_ON_START=true)
+    REQUIRE_CURRENT = "require current"  # refuse to start unless it is (a runtime role)
+    LEAVE = "leave"  # nothing: the caller migrates (`bot migrate`)
+
+
 @asynccontextmanager
-async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIterator[Runtime]:
-    """Start or reach the servers, migrate, and build the service; close all on exit."""
+async def open_runtime(
+    settings: Settings, *, schema: Schema = Schema.MIGRATE
+) -> AsyncIterator[Runtime]:
+    """Start or reach the servers, see to the schema, and build the service; close all
+    on exit."""
     async with open_endpoints(settings) as endpoints:
         engine = create_engine(settings, endpoints.database_url)
         redis = create_redis(settings, endpoints.redis_url)
@@ -141,10 +161,12 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIter
         try:
             await check_postgres(engine, endpoints.database_url, settings)
             await check_redis(redis, endpoints.redis_url)
-            if migrate:
+            if schema is Schema.MIGRATE:
                 await upgrade_to_head(engine, settings.migration_lock_wait_seconds)
-                if isinstance(service.flags, FeatureFlags):  # the table exists now
-                    await service.flags.start()
+            elif schema is Schema.REQUIRE_CURRENT:
+                await require_current_schema(engine)
+            if schema is not Schema.LEAVE and isinstance(service.flags, FeatureFlags):
+                await service.flags.start()  # the table exists now
             yield Runtime(
                 settings, endpoints, engine, redis, service.store, service.cache, service, metrics
             )
@@ -156,6 +178,25 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIter
             await engine.dispose()
 
 
+async def require_current_schema(engine: AsyncEngine) -> None:
+    """Refuse to serve from a schema other than the one this release was written for."""
+    try:
+        current = await current_revision(engine)
+    except SQLAlchemyError as exc:
+        cause = getattr(exc, "orig", None) or exc
+        raise MigrationError(
+            f"cannot read the schema revision ({type(cause).__name__}); the runtime role "
+            "needs SELECT on alembic_version (docs/deployment.md)"
+        ) from exc
+    head = head_revision()
+    if current != head:
+        raise MigrationError(
+            f"the database schema is at revision {current or 'none (empty database)'} but "
+            f"this release needs {head}: run `bot migrate` with the migration role first "
+            "(or set MIGRATE_ON_START=true to migrate at start)"
+        )
+
+
 async def check_postgres(engine: AsyncEngine, url: str, settings: Settings) -> None:
     retry = DatabaseRetry(attempts=3, deadline=settings.db_connect_timeout_seconds * 2)
 
@@ -165,11 +206,28 @@ async def check_postgres(engine: AsyncEngine, url: str, settings: Settings) -> N
 
     try:
         await retry.run(ping)
-    except StoreUnavailable as exc:
+    except StoreError as exc:
+        # Printed by the command line, not logged: masked here, not by the log filter.
+        reason = redact(postgres_failure(exc), maskable(settings.secrets()))
         raise InfrastructureError(
-            f"cannot reach Postgres at {redact_url(url)} ({exc.__cause__.__class__.__name__}); "
+            f"cannot reach Postgres at {redact_url(url)} ({reason}); "
             "check DATABASE_URL and that the server is running"
         ) from None
+
+
+def postgres_failure(exc: BaseException) -> str:
+    """The driver's error under our StoreError, and the likely TLS mistake behind it."""
+    cause = exc.__cause__ or exc
+    orig = getattr(cause, "orig", None)
+    if orig is not None:  # SQLAlchemy's wrapper, around its adapter of asyncpg's error
+        cause = orig.__cause__ or orig
+    lines = str(cause).strip().splitlines()
+    detail = f"{type(cause).__name__}: {lines[0]}" if lines else type(cause).__name__
+    if "CERTIFICATE_VERIFY_FAILED" in detail:
+        return f"{detail}; sslrootcert must name the CA that signed the server's certificate"
+    if "no encryption" in detail:
+        return f"{detail}; the server wants TLS: add ?sslmode=require (or verify-full)"
+    return detail
 
 
 async def check_redis(redis: Redis, url: str) -> None:
@@ -180,8 +238,26 @@ async def check_redis(redis: Redis, url: str) -> None:
         log.warning(
             "cannot reach Redis at %s (%s); starting anyway, answering from Postgres",
             redact_url(url),
-            exc.__class__.__name__,
+            redis_failure(url, exc),
         )
+
+
+def redis_failure(url: str, exc: BaseException) -> str:
+    """What went wrong, and the likely TLS mistake behind it: a plain redis:// URL to a
+    TLS port, or a rediss:// URL without the CA of the server's certificate."""
+    lines = str(exc).strip().splitlines()
+    detail = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    scheme = urlsplit(url).scheme
+    dropped = isinstance(exc, RedisConnectionError) and not isinstance(exc, AuthenticationError)
+    if scheme == "redis" and dropped and "connecting to" not in detail:
+        # A TLS port drops a plaintext client; a refused connection says "connecting to".
+        return f"{detail}; if that server speaks TLS, the URL must start with rediss://"
+    if scheme == "rediss" and "CERTIFICATE_VERIFY_FAILED" in detail:
+        return (
+            f"{detail}; set ssl_ca_certs=/path/to/ca.pem in REDIS_URL to the CA that signed "
+            "the server's certificate"
+        )
+    return detail
 
 
 def _secret(value: SecretStr | None) -> str | None:

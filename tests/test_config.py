@@ -156,7 +156,7 @@ def test_bad_redis_url_is_rejected_readably(
         ("DB_MAX_OVERFLOW", "-1"),
         ("SESSION_TTL_SECONDS", "1.5x"),
         ("RATE_LIMIT_PER_MINUTE", "0"),
-        ("MAX_MESSAGE_CHARS", ""),
+        ("MAX_MESSAGE_CHARS", " "),
         ("DB_POOL_TIMEOUT_SECONDS", "0"),
         ("LOG_LEVEL", "chatty"),
     ],
@@ -335,3 +335,12 @@ def test_channel_and_llm_lists_are_comma_separated(monkeypatch: pytest.MonkeyPat
     settings = load_settings()
     assert settings.discord_shard_ids == [0, 2]
     assert settings.allowed_models == ["gpt-4o-mini", "llama3"]
+
+
+def test_an_empty_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLACK_APP_TOKEN", "")
+    monkeypatch.setenv("DATABASE_URL", "")
+    monkeypatch.setenv("RATE_LIMIT_PER_MINUTE", "")
+    settings = Settings(_env_file=None)
+    assert settings.slack_app_token is None and settings.database_url is None
+    assert settings.rate_limit_per_minute == 60

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 from redis.asyncio import Redis
 
-from bot.config import Settings, normalize_database_url, redact_url
+from bot.config import Settings, asyncpg_dsn, redact_url
 from bot.errors import InfrastructureError
 from bot.store.engine import create_engine
 from bot.store.migrate import upgrade_to_head
@@ -28,13 +28,8 @@ HISTORY_PER_CONVERSATION = 100
 LOADING_TIMEOUT_SECONDS = 300
 
 
-def asyncpg_url(url: str) -> str:
-    """The plain postgresql:// form asyncpg wants."""
-    return normalize_database_url(url).replace("postgresql+asyncpg://", "postgresql://", 1)
-
-
 def with_database(url: str, name: str) -> str:
-    parts = urlsplit(asyncpg_url(url))
+    parts = urlsplit(asyncpg_dsn(url))
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
@@ -67,7 +62,7 @@ async def bench_database(settings: Settings, server_url: str, name: str) -> Asyn
 
 async def _admin(server_url: str) -> asyncpg.Connection:
     try:
-        return await asyncpg.connect(asyncpg_url(server_url))
+        return await asyncpg.connect(asyncpg_dsn(server_url))
     except (OSError, asyncpg.PostgresError) as exc:
         raise InfrastructureError(
             f"cannot reach Postgres at {redact_url(server_url)} ({exc.__class__.__name__})"

@@ -10,7 +10,7 @@ from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from bot.config import Settings, normalize_database_url
+from bot.config import Settings, database_connect_args
 
 _IDLE_SINCE = "bot_idle_since"  # where a pooled connection remembers its last check-in
 
@@ -22,8 +22,9 @@ def create_engine(settings: Settings, url: str, *, pool_size: int | None = None)
     command_timeout is what keeps a hung Postgres from holding a message forever.
     """
     ping_every_checkout = settings.db_pool_pre_ping and settings.db_pool_ping_idle_seconds == 0
+    url, tls_args = database_connect_args(url)  # certificate files become an SSLContext
     engine = create_async_engine(
-        normalize_database_url(url),
+        url,
         pool_size=pool_size or settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_pre_ping=ping_every_checkout,
@@ -31,6 +32,7 @@ def create_engine(settings: Settings, url: str, *, pool_size: int | None = None)
         pool_timeout=settings.db_pool_timeout_seconds,
         hide_parameters=True,
         connect_args={
+            **tls_args,
             "timeout": settings.db_connect_timeout_seconds,
             "command_timeout": settings.db_command_timeout_seconds,
             "server_settings": {
