@@ -83,7 +83,9 @@ class StoredExchange:
 
     user_message_id: uuid.UUID
     reply_message_id: uuid.UUID | None
-    duplicate: bool = False
+    duplicate: bool = False  # the platform event was stored before, by another handling
+    reply_text: str | None = None  # of a duplicate: the reply stored with it, if any
+    reply_model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from bot.domain import (
     Reply,
     ReplyKind,
     SessionState,
+    StoredExchange,
 )
 from bot.errors import (
     CacheUnavailable,
@@ -40,7 +41,13 @@ from bot.flags import MAINTENANCE, REPLIES_DISABLED, FlagSource, StaticFlags
 from bot.local import KeyedLocks, LocalRateLimiter
 from bot.responders.base import Responder, ResponderRequest, ResponderResult, estimate_tokens
 from bot.store.queries import ExchangeRows, Store
-from bot.validation import InvalidInput, check_user_id, clean_text, clean_username
+from bot.validation import (
+    InvalidInput,
+    check_user_id,
+    clean_text,
+    clean_username,
+    storable_event_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +65,7 @@ class Turn:
     channel: ChannelSettings
     rate: RateCount
     refresh: Refresh
+    taken_over: bool  # an earlier handling of this event never finished (Redis says)
 
 
 class ConversationService:
@@ -114,6 +122,7 @@ class ConversationService:
             channel_user_id=check_user_id(message.channel_user_id),
             username=clean_username(message.username),
             text=clean_text(message.text, self.settings.max_message_chars),
+            platform_message_id=storable_event_id(message.platform_message_id),
         )
 
     async def _handle_locked(self, message: IncomingMessage) -> Reply:
@@ -132,10 +141,11 @@ class ConversationService:
                 reply, refresh = await self._process(message, hot)
         except StoreError as exc:
             self._store_failed(message, exc)
-            await self.cache.release(message, token, was_read=was_read)
+            # A commit may have gone through unacknowledged: a redelivery checks Postgres.
+            await self.cache.release(message, token, was_read=was_read, unfinished=True)
             return Reply(UNAVAILABLE_TEXT, ReplyKind.UNAVAILABLE)
         except BaseException:
-            await self.cache.release(message, token, was_read=was_read)
+            await self.cache.release(message, token, was_read=was_read, unfinished=True)
             raise
         await self.cache.settle(message, token, refresh, was_read=was_read)
         return reply
@@ -201,7 +211,8 @@ class ConversationService:
             channel = loaded_channel = await self.store.load_channel(message.channel)
         rate = hot.rate if hot and hot.rate else await self._count_rate(session.user_id, hot)
         refresh = Refresh(session=session, channel=loaded_channel)
-        return Turn(message, session, channel, rate, refresh)
+        taken_over = hot is not None and hot.taken_over
+        return Turn(message, session, channel, rate, refresh, taken_over)
 
     async def _count_rate(self, user_id: uuid.UUID, hot: HotState | None) -> RateCount:
         if hot is not None:
@@ -243,8 +254,8 @@ class ConversationService:
                 raise
             return await self._recover_stale(turn)
         if stored.duplicate:
-            self.stats["duplicate"] += 1
-            return Reply(None, ReplyKind.DUPLICATE), turn.refresh
+            # The cached context may lack the stored exchange: rebuild it next time.
+            return self._redelivered(turn, stored), replace(turn.refresh, context_mode="replace")
         new = [ContextMessage("user", rows.user_text, rows.user_ts)]
         if result is not None:
             new.insert(0, ContextMessage("assistant", result.text, rows.reply_ts))
@@ -257,6 +268,18 @@ class ConversationService:
         if result is None:
             return Reply(RESPONDER_FAILED_TEXT, ReplyKind.UNAVAILABLE), refresh
         return Reply(result.text, ReplyKind.ANSWER, turn.session.conversation_id, model), refresh
+
+    def _redelivered(self, turn: Turn, stored: StoredExchange) -> Reply:
+        """A platform event Postgres holds already. If Redis says its earlier handling
+        never finished (the worker died after the commit, or the user was told it failed
+        while the commit went through), send the reply stored then. Otherwise it was
+        answered (or nobody can tell): say nothing, as for any duplicate."""
+        self.stats["duplicate"] += 1
+        if not turn.taken_over or stored.reply_text is None:
+            return Reply(None, ReplyKind.DUPLICATE)
+        self.stats["reply_resent"] += 1
+        conversation = turn.session.conversation_id
+        return Reply(stored.reply_text, ReplyKind.ANSWER, conversation, stored.reply_model)
 
     async def _recover_stale(self, turn: Turn) -> tuple[Reply, Refresh]:
         """The cached session pointed at a closed or deleted conversation: rebuild it."""

@@ -9,7 +9,9 @@ drops it after; each test gets its own Redis key prefix and deletes its keys.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -139,6 +141,37 @@ def own_redis(tmp_path: Path) -> Iterator[embedded.EmbeddedRedis]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def fault_postgres() -> Iterator[embedded.EmbeddedPostgres]:
+    """A Postgres server of the fault tests' own, to stop, restart, pause and kill
+    connections of. Each module works in a database of its own on it, and leaves the
+    server up and answering (resumed and started) after each test."""
+    from bot import embedded
+
+    # Not under pytest's basetemp: every pytest session that starts (another one's on
+    # this machine too) makes /tmp/pytest-of-<user> private again, and as root Postgres
+    # runs as another user, whose pg_ctl could then no longer reach its data directory.
+    root = Path(tempfile.mkdtemp(prefix="bot-fault-pg-"))
+    server = embedded.EmbeddedPostgres(root / "data")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root)
+
+
+async def create_migrated_database(admin_url: str, name: str) -> str:
+    """A new database `name` on the server of `admin_url`, migrated to head."""
+    url = await create_database(admin_url, name)
+    engine = create_engine(Settings(_env_file=None), url, pool_size=1)
+    try:
+        await upgrade_to_head(engine)
+    finally:
+        await engine.dispose()
+    return url
 
 
 @pytest.fixture

@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import os
+import select
+import subprocess
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.config import Settings
 from bot.domain import IncomingMessage
 from bot.responders import EchoResponder, ResponderRequest, ResponderResult
 from bot.service import ConversationService
 
 ServiceFactory = Callable[..., Awaitable[ConversationService]]
+
+# Postgres settings for fault tests: every call, connect and the whole retry policy
+# are bounded, so an outage is told within seconds.
+FAST_POSTGRES: dict[str, Any] = {
+    "db_command_timeout_seconds": 1.0,
+    "db_connect_timeout_seconds": 1.0,
+    "db_retry_deadline_seconds": 2.0,
+    "db_pool_timeout_seconds": 1.0,
+}
 
 
 def new_user() -> str:
@@ -55,3 +69,40 @@ class CountingResponder(EchoResponder):
     async def respond(self, request: ResponderRequest) -> ResponderResult:
         self.calls.append(request)
         return await super().respond(request)
+
+
+async def admin_fetch(server_url: str, sql: str) -> list[Any]:
+    """Rows of `sql` run on a connection of its own (not through any pool under test)."""
+    connection = await asyncpg.connect(server_url, timeout=5)
+    try:
+        return list(await connection.fetch(sql))
+    finally:
+        await connection.close()
+
+
+async def terminate_backends(server_url: str, database: str, application_name: str) -> int:
+    """pg_terminate_backend every connection of `application_name` to `database`."""
+    rows = await admin_fetch(
+        server_url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        f"WHERE datname = '{database}' AND application_name = '{application_name}'",
+    )
+    return sum(1 for row in rows if row[0])
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    """The environment of a worker process talking to the same servers as `settings`."""
+    env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
+    env["DATABASE_URL"] = settings.database_url.get_secret_value()  # type: ignore[union-attr]
+    env["REDIS_URL"] = settings.redis_url.get_secret_value()  # type: ignore[union-attr]
+    env["REDIS_KEY_PREFIX"] = settings.redis_key_prefix
+    env["LOG_LEVEL"] = "WARNING"
+    return env
+
+
+def read_line(process: subprocess.Popen[str], within: float = 120.0) -> str:
+    """The next line a worker process prints, or an AssertionError after `within` s."""
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], within)
+    assert ready, "a worker process did not answer in time"
+    return process.stdout.readline()

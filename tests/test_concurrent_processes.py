@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
-import select
 import subprocess
 import sys
 from typing import Any
@@ -18,27 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.config import Settings
 from tests.conftest import ROOT
-from tests.support import fetch, messages_of, new_user
+from tests.support import fetch, messages_of, new_user, read_line, worker_env
 
 PROCESSES = 4
 MESSAGES_EACH = 3
 TIMEOUT = 120.0
-
-
-def worker_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
-    env["DATABASE_URL"] = settings.database_url.get_secret_value()  # type: ignore[union-attr]
-    env["REDIS_URL"] = settings.redis_url.get_secret_value()  # type: ignore[union-attr]
-    env["REDIS_KEY_PREFIX"] = settings.redis_key_prefix
-    env["LOG_LEVEL"] = "WARNING"
-    return env
-
-
-def read_line(process: subprocess.Popen[str]) -> str:
-    assert process.stdout is not None
-    ready, _, _ = select.select([process.stdout], [], [], TIMEOUT)
-    assert ready, "a worker process did not answer in time"
-    return process.stdout.readline()
 
 
 def run_workers(settings: Settings, user: str, texts: list[list[str]]) -> list[list[Any]]:
@@ -56,12 +38,12 @@ def run_workers(settings: Settings, user: str, texts: list[list[str]]) -> list[l
         for own in texts
     ]
     try:
-        assert [read_line(w) for w in workers] == ["ready\n"] * len(workers)
+        assert [read_line(w, TIMEOUT) for w in workers] == ["ready\n"] * len(workers)
         for worker in workers:  # all at once: each sends its messages together too
             assert worker.stdin is not None
             worker.stdin.write("go\n")
             worker.stdin.flush()
-        results = [json.loads(read_line(w)) for w in workers]
+        results = [json.loads(read_line(w, TIMEOUT)) for w in workers]
         assert [w.wait(timeout=TIMEOUT) for w in workers] == [0] * len(workers)
     finally:
         for worker in workers:

@@ -1,8 +1,8 @@
 """Invariant 5 by real faults: a Postgres outage is retried, then told; nothing is lost.
 
-One embedded Postgres (a real server in a temp dir) serves the whole module and is
-hung (SIGSTOP), stopped, restarted and has its connections killed; Redis is the
-suite's shared test server.
+The fault tests' own embedded Postgres (a real server in a temp dir), in a database of
+this module, is hung (SIGSTOP), stopped, restarted and has its connections killed;
+Redis is the suite's shared test server.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import asyncpg
 import pytest
 from redis.asyncio import Redis
 from sqlalchemy import text
@@ -30,48 +29,38 @@ from bot.embedded import EmbeddedPostgres
 from bot.errors import StoreFailed, StoreUnavailable
 from bot.service import UNAVAILABLE_TEXT, ConversationService
 from bot.store.engine import create_engine
-from bot.store.migrate import upgrade_to_head
 from bot.store.retry import DatabaseRetry, is_transient
-from tests.conftest import create_database
-from tests.support import ServiceFactory, messages_of, msg, new_user
+from tests.conftest import create_migrated_database
+from tests.support import (
+    FAST_POSTGRES,
+    ServiceFactory,
+    admin_fetch,
+    messages_of,
+    msg,
+    new_user,
+    terminate_backends,
+)
 
-COMMAND_TIMEOUT = 1.0
-CONNECT_TIMEOUT = 1.0
-RETRY_DEADLINE = 2.0
-# Fast failure: every call, connect and the whole retry policy are bounded.
-FAST: dict[str, Any] = {
-    "db_command_timeout_seconds": COMMAND_TIMEOUT,
-    "db_connect_timeout_seconds": CONNECT_TIMEOUT,
-    "db_retry_deadline_seconds": RETRY_DEADLINE,
-    "db_pool_timeout_seconds": 1.0,
-}
+COMMAND_TIMEOUT = FAST_POSTGRES["db_command_timeout_seconds"]
+CONNECT_TIMEOUT = FAST_POSTGRES["db_connect_timeout_seconds"]
+RETRY_DEADLINE = FAST_POSTGRES["db_retry_deadline_seconds"]
 # The longest one message may take when Postgres does not answer: the retry deadline,
 # plus the attempt running when it passes (a ping or connect, then a statement), plus
 # slack for a loaded machine.
 UNAVAILABLE_BOUND = RETRY_DEADLINE + CONNECT_TIMEOUT + COMMAND_TIMEOUT + 1.5
 DATABASE = "bot_faults"
+UNFINISHED = b"unfinished"  # a failed handling's claim: a redelivery takes it over
 
 
 @pytest.fixture(scope="module")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("faults-pg") / "data")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def pg_server(fault_postgres: EmbeddedPostgres) -> EmbeddedPostgres:
+    return fault_postgres
 
 
 @pytest.fixture(scope="module")
 async def pg_url(pg_server: EmbeddedPostgres) -> str:
-    """A migrated database on the module's own server (which dies with the module)."""
-    url = await create_database(pg_server.url, DATABASE)
-    engine = create_engine(Settings(_env_file=None), url, pool_size=1)
-    try:
-        await upgrade_to_head(engine)
-    finally:
-        await engine.dispose()
-    return url
+    """A migrated database of this module on the fault tests' own server."""
+    return await create_migrated_database(pg_server.url, DATABASE)
 
 
 @pytest.fixture(autouse=True)
@@ -91,7 +80,7 @@ async def pg(pg_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 async def build(make_service: ServiceFactory, pg_url: str, **overrides: Any) -> ConversationService:
-    return await make_service(database_url=pg_url, **{**FAST, **overrides})
+    return await make_service(database_url=pg_url, **{**FAST_POSTGRES, **overrides})
 
 
 def earlier(reply: Reply) -> int:
@@ -101,20 +90,11 @@ def earlier(reply: Reply) -> int:
 
 
 async def admin(pg_server: EmbeddedPostgres, sql: str) -> list[Any]:
-    connection = await asyncpg.connect(pg_server.url, timeout=5)
-    try:
-        return list(await connection.fetch(sql))
-    finally:
-        await connection.close()
+    return await admin_fetch(pg_server.url, sql)
 
 
 async def terminate(pg_server: EmbeddedPostgres, application_name: str) -> int:
-    rows = await admin(
-        pg_server,
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-        f"WHERE datname = '{DATABASE}' AND application_name = '{application_name}'",
-    )
-    return sum(1 for row in rows if row[0])
+    return await terminate_backends(pg_server.url, DATABASE, application_name)
 
 
 async def cached_context(redis: Redis, service: ConversationService, reply: Reply) -> list[str]:
@@ -156,7 +136,7 @@ async def test_hung_postgres_is_told_in_bounded_time_and_nothing_half_written(
     rows = await messages_of(pg, user)
     assert [r.content for r in rows if r.role == "user"] == ["warm"]  # nothing half-written
     assert len(rows) == 2
-    assert await redis.get(keys.dedup("console", f"{user}:h-1")) is None  # a redelivery is handled
+    assert await redis.get(keys.dedup("console", f"{user}:h-1")) == UNFINISHED  # redelivery handled
     assert await cached_context(redis, service, warm) == context_before
 
     after = await service.handle(msg(user, "while hung", pid=f"{user}:h-1"))  # redelivered
@@ -193,8 +173,8 @@ async def test_stopped_postgres_tells_the_user_and_a_redelivery_is_stored_once(
         assert newcomer.kind is ReplyKind.UNAVAILABLE and newcomer.text == UNAVAILABLE_TEXT
         assert took < UNAVAILABLE_BOUND, took
         # Not marked done, lock released: the platform's redelivery will be handled.
-        assert await redis.get(keys.dedup("console", f"{user}:s-2")) is None
-        assert await redis.get(keys.dedup("console", f"{user}:s-new")) is None
+        assert await redis.get(keys.dedup("console", f"{user}:s-2")) == UNFINISHED
+        assert await redis.get(keys.dedup("console", f"{user}:s-new")) == UNFINISHED
         assert not await redis.exists(keys.lock("console", user))
         # Redis holds nothing Postgres does not.
         assert await cached_context(redis, service, first) == context_before
@@ -405,7 +385,7 @@ async def test_a_database_error_no_retry_cures_is_told_logged_once_and_released(
     assert "DiskFullError (SQLSTATE 53100)" in logged[0].getMessage()
     assert "No space left" not in caplog.text  # the server's text may quote data: not logged
     assert service.stats["store_failed"] == 1 and service.stats["store_unavailable"] == 0
-    assert await redis.get(keys.dedup("console", f"{user}:d-2")) is None  # claim released
+    assert await redis.get(keys.dedup("console", f"{user}:d-2")) == UNFINISHED  # released
     assert not await redis.exists(keys.lock("console", user))
     assert [r.content for r in await messages_of(pg, user)] == ["one", first.text]
 

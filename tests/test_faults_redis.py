@@ -284,3 +284,28 @@ async def test_a_corrupt_key_read_is_no_outage_and_is_repaired(
     assert service.stats["session_hit"] == hits + 2  # the cache is whole again
     assert await inspect.llen(keys.context(first.conversation_id)) == 8
     assert len(await messages_of(engine, user)) == 8
+
+
+async def test_connections_pooled_before_a_restart_trip_the_breaker_once(
+    make_service: ServiceFactory, redis_server: EmbeddedRedis, engine: AsyncEngine
+) -> None:
+    service = await build(make_service, redis_server)
+    users = [new_user() for _ in range(8)]
+    await asyncio.gather(*(service.handle(msg(u, "warm")) for u in users))  # pools several
+
+    redis_server.kill()
+    redis_server.start()  # on the same port: each pooled connection is dead now
+    first = await service.handle(msg(users[0], "after restart"))  # finds one dead: trips
+    assert first.kind is ReplyKind.ANSWER and service.stats["cache_unavailable"] == 1
+    await asyncio.sleep(COOLDOWN + 0.1)
+    probe = await service.handle(msg(users[0], "probe"))
+    assert probe.kind is ReplyKind.ANSWER and not service.cache.guard.is_open
+
+    hits = service.stats["session_hit"]
+    rest = await asyncio.gather(*(service.handle(msg(u, "all at once")) for u in users[1:]))
+    assert [r.kind for r in rest] == [ReplyKind.ANSWER] * 7
+    # The probe found Redis back; no other dead connection sent the bot back to Postgres.
+    assert service.stats["cache_unavailable"] == 1
+    assert service.stats["session_hit"] == hits + 7
+    assert not service.cache.guard.is_open
+    assert len(await messages_of(engine, users[0])) == 6

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -56,6 +57,36 @@ async def test_redelivery_after_a_crash_mid_message_is_answered_and_stored_once(
     ]
     assert await redis.get(keys.dedup("console", f"{user}:1")) == b"done"
     assert not await redis.exists(keys.lock("console", user))
+
+
+class DyingAfterCommit(Exception):
+    """Raised by the cache's settle: the worker dies between the commit and the reply."""
+
+
+async def test_a_worker_that_died_after_its_commit_has_the_stored_reply_sent_once(
+    make_service: ServiceFactory, engine: AsyncEngine, redis: Redis
+) -> None:
+    dying = await make_service(**SHORT_LOCK)
+    survivor = await make_service(**SHORT_LOCK)
+    user = new_user()
+    event = msg(user, "did you get this?", pid=f"{user}:1")
+
+    async def die(*args: object, **kwargs: object) -> None:
+        raise DyingAfterCommit  # its lock and its 'processing' claim stay behind
+
+    dying.cache.settle = die  # type: ignore[method-assign]
+    with pytest.raises(DyingAfterCommit):
+        await dying.handle(event)
+    stored = await messages_of(engine, user)
+    assert [r.role for r in stored] == ["user", "assistant"]  # committed, never sent
+
+    redelivered = await asyncio.wait_for(survivor.handle(event), timeout=30)
+    again = await survivor.handle(event)
+
+    assert redelivered.kind is ReplyKind.ANSWER and redelivered.text == stored[1].content
+    assert again.kind is ReplyKind.DUPLICATE and again.silent
+    assert len(await messages_of(engine, user)) == 2  # nothing stored twice
+    assert survivor.stats["reply_resent"] == 1
 
 
 async def test_a_stalled_holder_and_its_successor_store_the_event_once(

@@ -51,6 +51,7 @@ class HotState:
     channel: ChannelSettings | None = None
     rate: RateCount | None = None
     context: list[ContextMessage] | None = None
+    taken_over: bool = False  # an earlier handling of this event never finished
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,13 +229,16 @@ class HotStateCache:
             self.repair.remember_claim(message, lock_token)
             await self.repair.drop(stale, lock_token, self.forget)
 
-    async def release(self, message: IncomingMessage, lock_token: str, *, was_read: bool) -> None:
-        """Nothing was stored: release the lock and the event's claim, now or later."""
+    async def release(
+        self, message: IncomingMessage, lock_token: str, *, was_read: bool, unfinished: bool
+    ) -> None:
+        """Nothing was stored (or, if `unfinished`, nothing may have been): release the
+        lock and the event's claim, now or later."""
         if not was_read:
             await self.repair.drop([], lock_token, self.forget)
             return
         try:
-            await self.abort(message, lock_token)
+            await self.abort(message, lock_token, unfinished=unfinished)
         except CacheUnavailable:
             self.repair.remember_claim(message, lock_token)
 
@@ -281,9 +285,12 @@ class HotStateCache:
         ]
         await self.guard.run(lambda: self._finish(keys=key_list, args=args))
 
-    async def abort(self, message: IncomingMessage, lock_token: str) -> None:
-        """Release the lock and forget the event so that a redelivery is handled."""
-        key_list, args = self._abort_call(message, lock_token)
+    async def abort(
+        self, message: IncomingMessage, lock_token: str, *, unfinished: bool = False
+    ) -> None:
+        """Release the lock and forget the event (or mark it unfinished) so that a
+        redelivery is handled."""
+        key_list, args = self._abort_call(message, lock_token, unfinished)
         await self.guard.run(lambda: self._abort(keys=key_list, args=args))
 
     async def forget(self, keys: list[str], held: list[Claim]) -> None:
@@ -313,12 +320,15 @@ class HotStateCache:
             deleted += await self.redis.delete(*batch)
         return deleted
 
-    def _abort_call(self, message: IncomingMessage, lock_token: str) -> tuple[list[str], list[Any]]:
+    def _abort_call(
+        self, message: IncomingMessage, lock_token: str, unfinished: bool = False
+    ) -> tuple[list[str], list[Any]]:
         key_list = [
             self.keys.lock(message.channel, message.channel_user_id),
             self._dedup_key(message),
         ]
-        return key_list, [lock_token, _flag(message.platform_message_id is not None)]
+        mark = self.keys.dedup_ttl if unfinished else ""
+        return key_list, [lock_token, _flag(message.platform_message_id is not None), mark]
 
     def _dedup_key(self, message: IncomingMessage) -> str:
         event = message.platform_message_id or "-"
@@ -355,7 +365,7 @@ def _parse_begin(result: list[Any]) -> HotState:
     status = BeginStatus(_text(result[0]))
     if status is not BeginStatus.OK:
         return HotState(status)
-    _, flat, config, count, ttl, context = result
+    _, flat, config, count, ttl, context, taken_over = result
     session = decode_session(flat)
     return HotState(
         status=status,
@@ -363,4 +373,5 @@ def _parse_begin(result: list[Any]) -> HotState:
         channel=decode_channel(config) if config else None,
         rate=RateCount(int(count), int(ttl)) if session else None,
         context=decode_contexts(context) if context else None,
+        taken_over=bool(taken_over),
     )

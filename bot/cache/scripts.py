@@ -6,21 +6,27 @@
 #       context length.
 # Returns {'locked'} | {'duplicate'} |
 #         {'ok', session fields (flat), config json or '', rate count, rate ttl,
-#          context as one JSON array, newest first, or ''}.
+#          context as one JSON array, newest first, or '', 1 if an unfinished claim
+#          was taken over else 0}.
 # Only 'done' marks a duplicate. The lock is taken before the event is claimed, so a
 # 'processing' claim found here belongs to a holder that is gone (crashed, or so slow
-# its lock expired): it is taken over, and should that holder still finish, the
-# database's unique key stores the exchange once and the later of the two gets nothing.
+# its lock expired), and an 'unfinished' one to a handling that failed with its outcome
+# unknown: either is taken over, and the service told so, because Postgres may hold the
+# exchange whose reply never went out. Should a slow holder still finish, the database's
+# unique key stores the exchange once and the later of the two gets nothing.
 BEGIN = r"""
 local token = ARGV[1]
 if not redis.call('SET', KEYS[1], token, 'NX', 'PX', ARGV[2]) then
   if redis.call('GET', KEYS[1]) ~= token then return {'locked'} end
 end
+local taken_over = 0
 if ARGV[3] == '1' then
-  if redis.call('GET', KEYS[2]) == 'done' then
+  local claim = redis.call('GET', KEYS[2])
+  if claim == 'done' then
     redis.call('DEL', KEYS[1])
     return {'duplicate'}
   end
+  if claim then taken_over = 1 end
   redis.call('SET', KEYS[2], 'processing', 'EX', ARGV[4])
 end
 local now = tonumber(ARGV[7])
@@ -47,7 +53,7 @@ if fields['conversation_id'] then
   -- One string, not a list: one reply to parse and one json.loads on the client.
   if #items > 0 then context = '[' .. table.concat(items, ',') .. ']' end
 end
-return {'ok', session, config, count, ttl, context}
+return {'ok', session, config, count, ttl, context, taken_over}
 """
 
 # Count one message against a user's per-minute limit; never leaves a key without TTL.
@@ -96,12 +102,17 @@ return 1
 """
 
 # Give up handling a message: release the lock and forget the event, so that a
-# redelivery is processed. Without the lock the claim is left alone: it may be
-# another worker's by now, and one of ours left behind is taken over anyway.
-# KEYS: lock, dedup. ARGV: lock token, has dedup.
+# redelivery is processed; or, after a failure whose outcome is unknown (a commit may
+# have gone through), mark the claim 'unfinished' for a redelivery to take over. Without
+# the lock the claim is left alone: it may be another worker's by now, and one of ours
+# left behind is taken over anyway.
+# KEYS: lock, dedup. ARGV: lock token, has dedup, '' to forget or the unfinished TTL s.
 ABORT = r"""
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  if ARGV[2] == '1' then redis.call('DEL', KEYS[2]) end
+  if ARGV[2] == '1' and ARGV[3] == '' then redis.call('DEL', KEYS[2]) end
+  if ARGV[2] == '1' and ARGV[3] ~= '' then
+    redis.call('SET', KEYS[2], 'unfinished', 'EX', ARGV[3])
+  end
   redis.call('DEL', KEYS[1])
 end
 return 1

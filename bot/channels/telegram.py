@@ -21,14 +21,24 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from telegram import Message, MessageEntity, Update
+from telegram import Message, Update
 from telegram import error as tg
 from telegram.constants import ChatAction, ChatType, MessageLimit, UpdateType
 from telegram.error import InvalidToken, RetryAfter, TelegramError
 from telegram.ext import Application, ExtBot
 from telegram.warnings import PTBDeprecationWarning
 
-from bot.channels.base import ChannelAdapter, split_text
+from bot.channels.base import (
+    ChannelAdapter,
+    WebhookRefused,
+    check_declared_size,
+    check_media_type,
+    parse_json,
+    read_body,
+    refusal,
+    split_text,
+    webhook_application,
+)
 from bot.channels.delivery import (
     PlatformError,
     PlatformRateLimited,
@@ -37,6 +47,7 @@ from bot.channels.delivery import (
     deliver,
 )
 from bot.channels.dispatch import Dispatcher, ShuttingDown
+from bot.channels.telegram_updates import incoming_message, parse_update
 from bot.config import Settings
 from bot.domain import IncomingMessage
 from bot.errors import ConfigError
@@ -46,8 +57,11 @@ Bot = ExtBot[None]
 
 ALLOWED_UPDATES = [UpdateType.MESSAGE]  # edits, reactions, channel posts: never fetched
 POLL_TIMEOUT = 30  # seconds a getUpdates long poll may wait on Telegram's side
-MAX_IN_FLIGHT = 256  # updates handled at once before polling pauses
+MAX_IN_FLIGHT = 90  # updates handled at once before polling pauses; under getUpdates' 100,
+# so that a poll that brings back every update still in hand has room for new ones
+REPOLL_DELAY = 0.5  # after a poll that brought back only updates still in hand
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+JSON_ONLY = frozenset({"application/json"})  # what Telegram posts
 _SECRET = re.compile(r"^[A-Za-z0-9_-]{1,256}$")  # what setWebhook accepts
 TYPING_DELAY = 1.0  # a fast reply needs no "typing…"
 TYPING_EVERY = 4.5  # Telegram clears the status after 5 s
@@ -68,7 +82,8 @@ class TelegramAdapter(ChannelAdapter):
         self._closed.set()
         self._receiver: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
-        self._offset: int | None = None  # next getUpdates offset; sending it confirms the rest
+        self._next: int | None = None  # one past the newest update taken in hand
+        self._in_hand: set[int] = set()  # updates not yet answered (or refused, or cut off)
         self._refusing = False  # the dispatcher refused an update: it is shutting down
         self._username = ""
         self._bot_id = 0
@@ -81,7 +96,7 @@ class TelegramAdapter(ChannelAdapter):
         # The worker runs the same adapter again after a crash (and a stop()): start afresh.
         self._stopping.clear()
         self._closed.clear()
-        self._offset, self._refusing = None, False
+        self._next, self._in_hand, self._refusing = None, set(), False
         app = self._build()
         try:
             await _call(app.initialize())  # getMe: a bad token or no network raises here
@@ -121,7 +136,8 @@ class TelegramAdapter(ChannelAdapter):
             self._receiver.cancel()
             await asyncio.wait([self._receiver])
             self._receiver = None
-        if await self._finish_handlers() and self._offset is not None and not self._refusing:
+        await self._finish_handlers()
+        if self._watermark() is not None:
             await self._confirm(app.bot)
         await app.shutdown()
         await app.bot.shutdown()  # after a failed getMe the app never counted as initialized
@@ -139,10 +155,16 @@ class TelegramAdapter(ChannelAdapter):
             await asyncio.wait(pending)
         return not pending
 
+    def _watermark(self) -> int | None:
+        """The getUpdates offset: sending it confirms every update below it to Telegram,
+        so it never passes one still being answered, refused at shutdown or cut off. A
+        worker that dies gets those (and the answered ones above them) again."""
+        return min(self._in_hand) if self._in_hand else self._next
+
     async def _confirm(self, bot: Bot) -> None:
         # Spares the next start from fetching (and de-duplicating) what was answered.
         try:
-            await bot.get_updates(offset=self._offset, limit=1, timeout=0)
+            await bot.get_updates(offset=self._watermark(), limit=1, timeout=0)
         except TelegramError as exc:
             self.log.info("could not confirm the last updates (%s); they come again", exc.message)
 
@@ -153,25 +175,35 @@ class TelegramAdapter(ChannelAdapter):
         self._connected = True
         while not self._refusing:
             while len(self._handlers) >= MAX_IN_FLIGHT:
-                await asyncio.wait(self._handlers, return_when=asyncio.FIRST_COMPLETED)
+                await self._any_answered(POLL_TIMEOUT)
             # Outages are retried for as long as they last: the adapter reconnects by itself.
             fetch = partial(self._fetch, bot)
             updates = await _retried(
                 fetch, sys.maxsize, math.inf, on_rate_limited=self._count_rate_limited
             )
-            for update in updates:
+            fresh = [u for u in updates if self._next is None or u.update_id >= self._next]
+            for update in fresh:
                 self._spawn(update)
+            if fresh:
+                self._next = fresh[-1].update_id + 1
             await self._admitted()
-            if updates and not self._refusing:
-                self._offset = updates[-1].update_id + 1
-        # Another getUpdates would confirm the refused updates: Telegram keeps them for the restart.
-        self.log.info("dispatcher closing: telegram updates from %s left unconfirmed", self._offset)
+            if updates and not fresh:
+                # Only updates still in hand came back: wait for one of them to be answered
+                # (or a moment, for new ones) rather than asking again at once.
+                await self._any_answered(REPOLL_DELAY)
+        self.log.info("dispatcher closing: telegram updates from %s left unconfirmed", self._next)
         await self._stopping.wait()
+
+    async def _any_answered(self, wait_at_most: float) -> None:
+        if self._handlers:
+            await asyncio.wait(self._handlers, timeout=wait_at_most, return_when="FIRST_COMPLETED")
+        else:
+            await asyncio.sleep(wait_at_most)
 
     async def _fetch(self, bot: Bot) -> tuple[Update, ...]:
         try:
             updates = await bot.get_updates(
-                offset=self._offset, timeout=POLL_TIMEOUT, allowed_updates=ALLOWED_UPDATES
+                offset=self._watermark(), timeout=POLL_TIMEOUT, allowed_updates=ALLOWED_UPDATES
             )
         except TelegramError:
             self._connected = False
@@ -183,7 +215,7 @@ class TelegramAdapter(ChannelAdapter):
         settings = self.settings
         url = settings.telegram_webhook_url
         assert url is not None and self._secret is not None  # checked in __init__
-        server = web.Application(client_max_size=1 << 20)
+        server = webhook_application(settings)
         server.router.add_post(urlsplit(url).path or "/", partial(self._on_webhook, bot))
         runner = web.AppRunner(server, access_log=None, shutdown_timeout=5)
         await runner.setup()
@@ -198,21 +230,28 @@ class TelegramAdapter(ChannelAdapter):
             await runner.cleanup()
 
     async def _on_webhook(self, bot: Bot, request: web.Request) -> web.Response:
-        given = request.headers.get(SECRET_HEADER, "").encode()
-        if not hmac.compare_digest(given, (self._secret or "").encode()):
-            return _respond(403, "wrong or missing secret token")
         try:
-            data = await request.json()
-            update = Update.de_json(data, bot) if isinstance(data, dict) else None
-        except (ValueError, TypeError, KeyError, AttributeError):
-            update = None
-        if update is None:
-            return _respond(400, "not a Telegram update")
+            update = await self._webhook_update(bot, request)
+        except WebhookRefused as exc:
+            return refusal(exc)
         self._spawn(update)
         await self._admitted()
         if self._refusing:
             return _respond(503, "shutting down")  # Telegram delivers it again later
         return _respond(200, "")
+
+    async def _webhook_update(self, bot: Bot, request: web.Request) -> Update:
+        """The update a webhook request carries: size, secret, type and shape checked."""
+        limit = self.settings.webhook_max_body_bytes
+        check_declared_size(request, limit)
+        given = request.headers.get(SECRET_HEADER, "").encode()
+        if not hmac.compare_digest(given, (self._secret or "").encode()):
+            raise WebhookRefused(403, "wrong or missing secret token")
+        check_media_type(request, JSON_ONLY)
+        update = parse_update(parse_json(await read_body(request, limit)), bot)
+        if update is None:
+            raise WebhookRefused(400, "not a Telegram update")
+        return update
 
     async def _admitted(self) -> None:
         # Handlers are created before this sleep, so each runs up to the dispatcher (which
@@ -222,24 +261,28 @@ class TelegramAdapter(ChannelAdapter):
     # -- handling --------------------------------------------------------------------------
 
     def _spawn(self, update: Update) -> None:
+        self._in_hand.add(update.update_id)
         task = asyncio.create_task(self._handle(update), name=f"telegram-{update.update_id}")
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
 
     async def _handle(self, update: Update) -> None:
+        # Refused and cut-off updates stay in hand, so they stay unconfirmed.
         try:
             await self._answer(update)
         except ShuttingDown:
             self._refusing = True
+            return
         except Exception:  # the last guard: one broken update must not stop the others
             self.dispatcher.failed(self.name)
             self.log.exception("telegram update %s failed", update.update_id)
+        self._in_hand.discard(update.update_id)
 
     async def _answer(self, update: Update) -> None:
-        found = self._incoming(update)
-        if found is None:
+        message = update.message
+        incoming = incoming_message(update, self._bot_id, self._username)
+        if message is None or incoming is None:
             return
-        message, incoming = found
         typing = asyncio.create_task(self._keep_typing(message))
         try:
             reply = await self.dispatcher.handle(incoming)
@@ -247,53 +290,6 @@ class TelegramAdapter(ChannelAdapter):
             typing.cancel()
         if reply.text is not None:
             await self._send(message, incoming, reply.text)
-
-    def _incoming(self, update: Update) -> tuple[Message, IncomingMessage] | None:
-        message = update.message
-        if message is None or message.text is None:
-            return None
-        user = message.from_user
-        # Posts on behalf of a chat (channels, anonymous admins) have no user to talk to.
-        if user is None or user.is_bot or message.sender_chat is not None:
-            return None
-        text = self._addressed_text(message, message.text)
-        if text is None:
-            return None
-        thread = message.message_thread_id
-        return message, IncomingMessage(
-            channel=self.name,
-            channel_user_id=str(user.id),
-            text=text,
-            username=user.username or user.full_name,
-            # update_ids count per bot: a new bot (token) on the same database restarts them.
-            platform_message_id=f"{self._bot_id}:{update.update_id}",
-            chat_id=str(message.chat_id),
-            thread_id=None if thread is None else str(thread),
-        )
-
-    def _addressed_text(self, message: Message, text: str) -> str | None:
-        """The text meant for the bot: all of a private chat, in groups only when addressed."""
-        if message.chat.type == ChatType.PRIVATE:
-            return text
-        mention = f"@{self._username}".lower()
-        mentions = message.parse_entities([MessageEntity.MENTION]).values()
-        if any(found.lower() == mention for found in mentions):
-            name = rf"\s*(?<!\w){re.escape(mention)}\b[,:]?"  # "hey @bot, hi" -> "hey hi"
-            return re.sub(name, "", text, flags=re.IGNORECASE).strip()
-        if self._replies_to_bot(message):
-            return text
-        if text.startswith("/"):
-            _, at, target = text.split(maxsplit=1)[0].partition("@")
-            return text if not at or target.lower() == self._username.lower() else None
-        return None
-
-    def _replies_to_bot(self, message: Message) -> bool:
-        replied = message.reply_to_message
-        if replied is None or replied.from_user is None:
-            return False
-        # In a forum topic every message "replies" to the topic's first message.
-        implicit = message.is_topic_message and replied.message_id == message.message_thread_id
-        return replied.from_user.id == self._bot_id and not implicit
 
     async def _send(self, message: Message, incoming: IncomingMessage, text: str) -> None:
         quote = message.chat.type != ChatType.PRIVATE  # say which message is answered

@@ -97,7 +97,23 @@ _SAVE_EXCHANGE = """
            (SELECT id FROM reply) AS reply_id
 """
 
-_MESSAGE_EXISTS = text("SELECT 1 FROM messages WHERE id = :id")
+# The user message stored by an earlier attempt of ours (:id) or for the same platform
+# event, and its reply: the next message of the conversation, if it is the assistant's
+# (an exchange whose responder failed has none, and the next message is the user's).
+_STORED_EXCHANGE = text(
+    """
+    SELECT u.id, r.id AS reply_id, r.content AS reply_text, r.model_used
+    FROM messages AS u
+    LEFT JOIN LATERAL (
+        SELECT id, role, content, model_used FROM messages AS n
+        WHERE n.conversation_id = u.conversation_id AND n.timestamp > u.timestamp
+        ORDER BY n.timestamp LIMIT 1
+    ) AS r ON r.role = 'assistant'
+    WHERE u.id = :id OR (u.channel_type = :channel AND u.platform_message_id = :event)
+    ORDER BY u.id = :id DESC
+    LIMIT 1
+    """
+)
 
 _CLOSE_ACTIVE = text(
     "UPDATE conversations SET is_active = false WHERE user_id = :user_id AND is_active"
@@ -223,19 +239,27 @@ class Store(ManageQueries):
             raise StaleSession(f"conversation {rows.conversation_id} is not active")
         if user_message_id is not None:
             return StoredExchange(user_message_id, reply_id)
-        # Either an earlier attempt of ours committed (its acknowledgement was lost),
-        # or this platform event was stored before: a redelivery.
-        if await self._message_exists(rows.user_message_id):
-            reply = rows.reply_id if rows.reply_text is not None else None
-            return StoredExchange(rows.user_message_id, reply)
-        return StoredExchange(rows.user_message_id, None, duplicate=True)
+        return await self._stored_exchange(rows)
 
-    async def _message_exists(self, message_id: uuid.UUID) -> bool:
-        async def work(connection: AsyncConnection) -> bool:
-            found = await connection.execute(_MESSAGE_EXISTS, {"id": message_id})
-            return found.first() is not None
+    async def _stored_exchange(self, rows: ExchangeRows) -> StoredExchange:
+        """What is stored for an exchange that inserted nothing: an earlier attempt of ours
+        (it committed, its acknowledgement was lost), or another handling of the same
+        platform event (a redelivery), with the reply stored then."""
 
-        return await self._transaction(work)
+        async def work(connection: AsyncConnection) -> Any:
+            params = {
+                "id": rows.user_message_id,
+                "channel": rows.channel,
+                "event": rows.platform_message_id,
+            }
+            return (await connection.execute(_STORED_EXCHANGE, params)).first()
+
+        found = await self._transaction(work)
+        if found is None:  # gone since: deleted by ops, or purged
+            return StoredExchange(rows.user_message_id, None, duplicate=True)
+        if found.id == rows.user_message_id:
+            return StoredExchange(found.id, found.reply_id)
+        return StoredExchange(found.id, found.reply_id, True, found.reply_text, found.model_used)
 
     async def reset_conversation(self, user_id: uuid.UUID, channel: str) -> SessionState:
         """Close the user's active conversation and open a new one."""

@@ -197,6 +197,43 @@ async def test_polling_fetches_messages_only_and_confirms(
     await asyncio.wait_for(again, 5)
 
 
+class GateForOne(EchoResponder):
+    """Holds only the reply to `slow_text` until released; answers the rest at once."""
+
+    def __init__(self, slow_text: str) -> None:
+        self.slow_text = slow_text
+        self.release = asyncio.Event()
+
+    async def respond(self, request: ResponderRequest) -> ResponderResult:
+        if request.text == self.slow_text:
+            await self.release.wait()
+        return await super().respond(request)
+
+
+async def test_an_update_still_being_answered_is_never_confirmed(
+    start: Start, telegram: FakeBotApi
+) -> None:
+    responder = GateForOne("slow")
+    await start(responder=responder)
+    ann, bob = user(new_id(), "ann"), user(new_id(), "bob")
+    slow = await telegram.push(update(telegram, message(telegram, private_chat(ann), ann, "slow")))
+    await telegram.push(update(telegram, message(telegram, private_chat(bob), bob, "quick")))
+    await telegram.wait_for(lambda: len(telegram.sent) == 1)  # the later one is answered
+
+    polls_before = len(telegram.calls_of("getUpdates"))
+    await asyncio.sleep(1.2)  # polling goes on, without spinning, for newer updates
+    assert 1 <= len(telegram.calls_of("getUpdates")) - polls_before <= 6
+    # A worker dying now would get the slow one again: it is not confirmed.
+    assert telegram.confirmed <= slow["update_id"]
+
+    responder.release.set()
+    await telegram.wait_for(lambda: len(telegram.sent) == 2)
+    await telegram.push(update(telegram, message(telegram, private_chat(bob), bob, "next")))
+    await telegram.wait_for(lambda: len(telegram.sent) == 3)
+    assert telegram.confirmed > slow["update_id"]
+    assert [m["text"] for m in telegram.sent] == [echo("quick"), echo("slow"), echo("next", 2)]
+
+
 # -- groups -------------------------------------------------------------------------------
 
 
