@@ -174,19 +174,23 @@ class HotStateCache:
         """Renew the user's lock every third of its TTL while the body works.
 
         A slow reply keeps the lock however long it takes, while the lock of a worker
-        that crashed frees within the TTL.
+        that crashed frees within the TTL. Most messages are done long before the first
+        renewal is due: for them this costs one timer, no task.
         """
-        renewal = asyncio.create_task(self._renew_lock(message, lock_token))
+        renewal: asyncio.Task[None] | None = None
+
+        def start_renewing() -> None:
+            nonlocal renewal
+            renewal = asyncio.create_task(self._renew_lock(message, lock_token))
+
+        loop = asyncio.get_running_loop()
+        due = loop.call_later(self.keys.lock_ttl / 3, start_renewing)
         try:
             yield
         finally:
-            # Cancel until done: on Python 3.11, asyncio.wait_for (redis-py sends every
-            # command under one) swallows a cancel that lands as the send completes.
-            while not renewal.done():
-                renewal.cancel()
-                await asyncio.wait([renewal], timeout=0.1)
-            if not renewal.cancelled() and (error := renewal.exception()) is not None:
-                log.error("renewing a user's lock failed", exc_info=error)
+            due.cancel()
+            if renewal is not None:
+                await _stop_renewing(renewal)
 
     async def extend_lock(self, message: IncomingMessage, lock_token: str) -> bool:
         """Renew the user's lock for another TTL; False if it is no longer ours."""
@@ -198,12 +202,13 @@ class HotStateCache:
 
     async def _renew_lock(self, message: IncomingMessage, lock_token: str) -> None:
         while True:
-            await asyncio.sleep(self.keys.lock_ttl / 3)
             try:
-                if await self.extend_lock(message, lock_token):
-                    continue
+                renewed = await self.extend_lock(message, lock_token)
             except CacheUnavailable:
-                continue  # Redis is away; the next renewal may still come in time
+                renewed = True  # Redis is away; the next renewal may still come in time
+            if renewed:
+                await asyncio.sleep(self.keys.lock_ttl / 3)
+                continue
             log.warning(
                 "the lock of %s:%s expired while its message was handled; another worker "
                 "may take the user's next message meanwhile",
@@ -333,6 +338,16 @@ class HotStateCache:
     def _dedup_key(self, message: IncomingMessage) -> str:
         event = message.platform_message_id or "-"
         return self.keys.dedup(message.channel, event)
+
+
+async def _stop_renewing(renewal: asyncio.Task[None]) -> None:
+    # Cancel until done: on Python 3.11, asyncio.wait_for (redis-py sends every command
+    # under one) swallows a cancel that lands as the send completes.
+    while not renewal.done():
+        renewal.cancel()
+        await asyncio.wait([renewal], timeout=0.1)
+    if not renewal.cancelled() and (error := renewal.exception()) is not None:
+        log.error("renewing a user's lock failed", exc_info=error)
 
 
 async def _scan_batches(redis: Redis, pattern: str, size: int = 500) -> Any:
