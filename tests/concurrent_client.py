@@ -8,22 +8,12 @@ import asyncio
 import json
 import sys
 
-from bot.config import load_settings
 from bot.domain import IncomingMessage
-from bot.runtime import build_service, create_redis
-from bot.store.engine import create_engine
+from tests.support import service_told_to_go
 
 
 async def main(user: str, texts: list[str]) -> None:
-    settings = load_settings(_env_file=None)
-    assert settings.database_url is not None and settings.redis_url is not None
-    engine = create_engine(settings, settings.database_url.get_secret_value())
-    redis = create_redis(settings, settings.redis_url.get_secret_value())
-    service = build_service(settings, engine, redis)
-    try:
-        await redis.ping()  # connected before the start, so the messages leave together
-        print("ready", flush=True)
-        await asyncio.to_thread(sys.stdin.readline)
+    async with service_told_to_go() as service:
         replies = await asyncio.gather(
             *(
                 service.handle(IncomingMessage("console", user, text, platform_message_id=text))
@@ -31,9 +21,6 @@ async def main(user: str, texts: list[str]) -> None:
             )
         )
         print(json.dumps([[reply.kind, reply.text] for reply in replies]), flush=True)
-    finally:
-        await redis.aclose()
-        await engine.dispose()
 
 
 if __name__ == "__main__":

@@ -29,8 +29,11 @@ from bot.responders import Responder
 from bot.runtime import build_service, create_redis
 from bot.service import ConversationService
 from bot.store.engine import create_engine
-from bot.store.migrate import upgrade_to_head
-from tests.support import ServiceFactory
+from tests.channels.discord_server import FakeDiscord
+from tests.channels.slack_server import FakeSlack
+from tests.channels.telegram_server import FakeBotApi
+from tests.responders.llm_server import LLMServer
+from tests.support import ServiceFactory, migrate_to_head
 
 if TYPE_CHECKING:
     from bot import embedded
@@ -39,8 +42,6 @@ if TYPE_CHECKING:
 for _name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
     os.environ.pop(_name, None)
 os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _answers(host: str, port: int) -> bool:
@@ -115,13 +116,7 @@ async def database_url(server_urls: tuple[str, str]) -> AsyncIterator[str]:
     """A database of this run, migrated to head, dropped at the end."""
     admin_url = server_urls[0]
     name = f"bot_test_{uuid.uuid4().hex[:12]}"
-    url = await create_database(admin_url, name)
-    engine = create_engine(Settings(_env_file=None), url, pool_size=1)
-    try:
-        await upgrade_to_head(engine)
-    finally:
-        await engine.dispose()
-    yield url
+    yield await create_migrated_database(admin_url, name)
     await drop_database(admin_url, name)
 
 
@@ -163,14 +158,19 @@ def fault_postgres() -> Iterator[embedded.EmbeddedPostgres]:
         shutil.rmtree(root)
 
 
+@pytest.fixture
+def fault_postgres_restored(fault_postgres: embedded.EmbeddedPostgres) -> Iterator[None]:
+    """Whatever a test did to the fault tests' Postgres, the next one finds it up and
+    answering."""
+    yield
+    fault_postgres.resume()
+    fault_postgres.start()
+
+
 async def create_migrated_database(admin_url: str, name: str) -> str:
     """A new database `name` on the server of `admin_url`, migrated to head."""
     url = await create_database(admin_url, name)
-    engine = create_engine(Settings(_env_file=None), url, pool_size=1)
-    try:
-        await upgrade_to_head(engine)
-    finally:
-        await engine.dispose()
+    await migrate_to_head(url)
     return url
 
 
@@ -268,3 +268,40 @@ async def make_service(
 @pytest.fixture
 async def service(make_service: ServiceFactory, redis: Redis) -> ConversationService:
     return await make_service()
+
+
+# -- local stand-ins of the platforms and the LLM, checked at teardown ----------------------
+
+
+@pytest.fixture
+async def telegram() -> AsyncIterator[FakeBotApi]:
+    server = FakeBotApi()
+    await server.start()
+    yield server
+    await server.close()
+    assert server.problems == []  # what the adapter sent Telegram was well-formed
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[FakeSlack]:
+    server = FakeSlack()
+    await server.start()
+    yield server
+    await server.stop()
+    assert server.violations == []  # what the adapter sent Slack was well-formed
+
+
+@pytest.fixture
+async def discord_server() -> AsyncIterator[FakeDiscord]:
+    server = FakeDiscord()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[LLMServer]:
+    server = LLMServer()
+    await server.start()
+    yield server
+    await server.stop()

@@ -1,24 +1,37 @@
-"""Helpers shared by the tests: queries, message builders, a counting responder."""
+"""Helpers shared by the tests: queries, message builders, test responders, ports,
+polling, and worker processes that start together."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import select
+import socket
 import subprocess
+import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.config import Settings
-from bot.domain import IncomingMessage
+from bot.channels.dispatch import Dispatcher
+from bot.config import Settings, load_settings
+from bot.domain import IncomingMessage, Reply
+from bot.metrics import Metrics
 from bot.responders import EchoResponder, ResponderRequest, ResponderResult
+from bot.runtime import build_service, create_redis
 from bot.service import ConversationService
+from bot.store.engine import create_engine
+from bot.store.migrate import upgrade_to_head
 
 ServiceFactory = Callable[..., Awaitable[ConversationService]]
+ROOT = Path(__file__).resolve().parents[1]  # the repository
 
 # Postgres settings for fault tests: every call, connect and the whole retry policy
 # are bounded, so an outage is told within seconds.
@@ -56,8 +69,40 @@ async def messages_of(engine: AsyncEngine, channel_user_id: str) -> list[Any]:
     )
 
 
+async def usernames(engine: AsyncEngine, channel: str, channel_user_id: str) -> list[str]:
+    """The display names stored for one user of `channel`."""
+    rows = await fetch(
+        engine,
+        "SELECT username FROM users WHERE channel_type = :channel AND channel_user_id = :cuid",
+        channel=channel,
+        cuid=channel_user_id,
+    )
+    return [row.username for row in rows]
+
+
+@asynccontextmanager
+async def engine_on(url: str) -> AsyncIterator[AsyncEngine]:
+    """A one-connection engine of the test's own on `url` (not any pool under test)."""
+    engine = create_engine(Settings(_env_file=None), url, pool_size=1)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+async def migrate_to_head(url: str) -> None:
+    async with engine_on(url) as engine:
+        await upgrade_to_head(engine)
+
+
 def msg(user: str, text: str, pid: str | None = None, channel: str = "console") -> IncomingMessage:
     return IncomingMessage(channel, user, text, username=user, platform_message_id=pid)
+
+
+def echo(text: str, earlier: int = 0) -> str:
+    """The echo responder's answer to `text`, having seen `earlier` messages before it."""
+    noun = "message" if earlier == 1 else "messages"
+    return f'You said: "{text}" ({earlier} earlier {noun} in my context; model gpt-4o-mini)'
 
 
 class CountingResponder(EchoResponder):
@@ -69,6 +114,61 @@ class CountingResponder(EchoResponder):
     async def respond(self, request: ResponderRequest) -> ResponderResult:
         self.calls.append(request)
         return await super().respond(request)
+
+
+class SlowResponder(EchoResponder):
+    """The echo responder, taking `delay` s: a message stays in flight meanwhile."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.started = asyncio.Event()
+
+    async def respond(self, request: ResponderRequest) -> ResponderResult:
+        self.started.set()
+        await asyncio.sleep(self.delay)
+        return await super().respond(request)
+
+
+class GatedResponder(EchoResponder):
+    """The echo responder holding every reply until the test sets `release`: a slow LLM."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def respond(self, request: ResponderRequest) -> ResponderResult:
+        self.started.set()
+        await self.release.wait()
+        return await super().respond(request)
+
+
+class RecordingDispatcher(Dispatcher):
+    """The real dispatcher, keeping the normalized messages the adapter handed it."""
+
+    def __init__(self, service: ConversationService, metrics: Metrics) -> None:
+        super().__init__(service, metrics)
+        self.seen: list[IncomingMessage] = []
+
+    async def handle(self, message: IncomingMessage) -> Reply:
+        self.seen.append(message)
+        return await super().handle(message)
+
+
+def free_port() -> int:
+    """A local port nothing listens on (at least for now)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def until(condition: Callable[[], object], within: float = 10.0, what: str = "") -> None:
+    """Poll until `condition()` holds; an AssertionError naming `what` after `within` s."""
+    try:
+        async with asyncio.timeout(within):
+            while not condition():  # noqa: ASYNC110 - state of servers and tasks on this loop
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"{what or 'the condition'}: not within {within} s") from None
 
 
 async def admin_fetch(server_url: str, sql: str) -> list[Any]:
@@ -106,3 +206,53 @@ def read_line(process: subprocess.Popen[str], within: float = 120.0) -> str:
     ready, _, _ = select.select([process.stdout], [], [], within)
     assert ready, "a worker process did not answer in time"
     return process.stdout.readline()
+
+
+def run_together(settings: Settings, commands: list[list[str]], within: float) -> list[Any]:
+    """Start a worker process per command, let them all go at once, and return the JSON
+    line each prints then (the other side of `service_told_to_go`)."""
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", *command],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=worker_env(settings),
+            cwd=ROOT,
+        )
+        for command in commands
+    ]
+    try:
+        assert [read_line(w, within) for w in workers] == ["ready\n"] * len(workers)
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+        results = [json.loads(read_line(w, within)) for w in workers]
+        assert [w.wait(timeout=within) for w in workers] == [0] * len(workers)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+            worker.communicate(timeout=30)
+    return results
+
+
+@asynccontextmanager
+async def service_told_to_go() -> AsyncIterator[ConversationService]:
+    """In a worker process of `run_together`: a service built from the environment's
+    settings, connected, once "ready" was printed and a line came on stdin."""
+    settings = load_settings(_env_file=None)
+    assert settings.database_url is not None and settings.redis_url is not None
+    engine = create_engine(settings, settings.database_url.get_secret_value())
+    redis = create_redis(settings, settings.redis_url.get_secret_value())
+    service = build_service(settings, engine, redis)
+    try:
+        await redis.ping()  # connected before the start, so that the workers go together
+        print("ready", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
+        yield service
+    finally:
+        await redis.aclose()
+        await engine.dispose()

@@ -6,17 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
-import subprocess
-import sys
 from typing import Any
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.config import Settings
-from tests.conftest import ROOT
-from tests.support import fetch, messages_of, new_user, read_line, worker_env
+from tests.support import fetch, messages_of, new_user, run_together
 
 PROCESSES = 4
 MESSAGES_EACH = 3
@@ -25,31 +21,8 @@ TIMEOUT = 120.0
 
 def run_workers(settings: Settings, user: str, texts: list[list[str]]) -> list[list[Any]]:
     """Start one worker process per list of texts, let them all go at once, collect replies."""
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.concurrent_client", user, *own],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=worker_env(settings),
-            cwd=ROOT,
-        )
-        for own in texts
-    ]
-    try:
-        assert [read_line(w, TIMEOUT) for w in workers] == ["ready\n"] * len(workers)
-        for worker in workers:  # all at once: each sends its messages together too
-            assert worker.stdin is not None
-            worker.stdin.write("go\n")
-            worker.stdin.flush()
-        results = [json.loads(read_line(w, TIMEOUT)) for w in workers]
-        assert [w.wait(timeout=TIMEOUT) for w in workers] == [0] * len(workers)
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-            worker.communicate(timeout=30)
+    commands = [["tests.concurrent_client", user, *own] for own in texts]
+    results = run_together(settings, commands, TIMEOUT)
     return [reply for result in results for reply in result]
 
 

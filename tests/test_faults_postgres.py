@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -23,18 +22,18 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cache.keys import Keys
-from bot.config import Settings
 from bot.domain import Reply, ReplyKind
 from bot.embedded import EmbeddedPostgres
 from bot.errors import StoreFailed, StoreUnavailable
 from bot.service import UNAVAILABLE_TEXT, ConversationService
-from bot.store.engine import create_engine
 from bot.store.retry import DatabaseRetry, is_transient
 from tests.conftest import create_migrated_database
 from tests.support import (
     FAST_POSTGRES,
     ServiceFactory,
     admin_fetch,
+    engine_on,
+    free_port,
     messages_of,
     msg,
     new_user,
@@ -50,6 +49,7 @@ RETRY_DEADLINE = FAST_POSTGRES["db_retry_deadline_seconds"]
 UNAVAILABLE_BOUND = RETRY_DEADLINE + CONNECT_TIMEOUT + COMMAND_TIMEOUT + 1.5
 DATABASE = "bot_faults"
 UNFINISHED = b"unfinished"  # a failed handling's claim: a redelivery takes it over
+pytestmark = pytest.mark.usefixtures("fault_postgres_restored")
 
 
 @pytest.fixture(scope="module")
@@ -63,20 +63,11 @@ async def pg_url(pg_server: EmbeddedPostgres) -> str:
     return await create_migrated_database(pg_server.url, DATABASE)
 
 
-@pytest.fixture(autouse=True)
-def server_running(pg_server: EmbeddedPostgres) -> Iterator[None]:
-    """Whatever a test did to the server, the next one finds it up and answering."""
-    yield
-    pg_server.resume()
-    pg_server.start()
-
-
 @pytest.fixture
 async def pg(pg_url: str) -> AsyncIterator[AsyncEngine]:
     """An engine of the test's own, to look at what the bot stored."""
-    engine = create_engine(Settings(_env_file=None), pg_url, pool_size=1)
-    yield engine
-    await engine.dispose()
+    async with engine_on(pg_url) as engine:
+        yield engine
 
 
 async def build(make_service: ServiceFactory, pg_url: str, **overrides: Any) -> ConversationService:
@@ -267,12 +258,6 @@ async def failure(engine: AsyncEngine, sql: str, **params: Any) -> BaseException
     raise AssertionError(f"{sql!r} did not fail")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_only_transient_errors_are_retried(
     pg_server: EmbeddedPostgres, pg_url: str, pg: AsyncEngine
 ) -> None:
@@ -306,13 +291,8 @@ async def test_only_transient_errors_are_retried(
     assert is_transient(terminated), repr(terminated)
 
     # A server that is not there.
-    nowhere = create_engine(
-        Settings(_env_file=None), f"postgresql://postgres@127.0.0.1:{free_port()}/x"
-    )
-    try:
+    async with engine_on(f"postgresql://postgres@127.0.0.1:{free_port()}/x") as nowhere:
         refused = await failure(nowhere, "SELECT 1")
-    finally:
-        await nowhere.dispose()
     assert is_transient(refused), repr(refused)
 
     # The policy: a bad statement is tried once and surfaces as it is; a transient

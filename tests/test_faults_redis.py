@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -29,19 +28,9 @@ GUARD_LOGGER = "bot.cache.guard"
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()  # resumes a paused server first
-
-
-@pytest.fixture
-async def inspect(redis_server: EmbeddedRedis) -> AsyncIterator[Redis]:
+async def inspect(own_redis: EmbeddedRedis) -> AsyncIterator[Redis]:
     """A client of the test's own, to look at (and tamper with) what the bot keeps."""
-    client = Redis.from_url(redis_server.url, socket_timeout=5)
+    client = Redis.from_url(own_redis.url, socket_timeout=5)
     yield client
     await client.aclose()
 
@@ -70,12 +59,12 @@ def guard_warnings(caplog: pytest.LogCaptureFixture, about: str = "") -> list[st
 
 async def test_redis_stopped_answers_from_postgres_and_recovers_by_itself(
     make_service: ServiceFactory,
-    redis_server: EmbeddedRedis,
+    own_redis: EmbeddedRedis,
     inspect: Redis,
     engine: AsyncEngine,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    service = await build(make_service, redis_server)
+    service = await build(make_service, own_redis)
     keys = Keys.from_settings(service.settings)
     user = new_user()
     first = await service.handle(msg(user, "before 0"))
@@ -85,8 +74,8 @@ async def test_redis_stopped_answers_from_postgres_and_recovers_by_itself(
     session_key, context_key = keys.session("console", user), keys.context(conversation)
     assert await inspect.llen(context_key) == 4
 
-    port = redis_server.port
-    redis_server.stop()
+    port = own_redis.port
+    own_redis.stop()
     caplog.set_level(logging.INFO, logger=GUARD_LOGGER)
     during: list[Reply] = []
     for i in range(6):
@@ -108,8 +97,8 @@ async def test_redis_stopped_answers_from_postgres_and_recovers_by_itself(
     ]
     assert len(rows) == 16
 
-    redis_server.start()
-    assert redis_server.port == port
+    own_redis.start()
+    assert own_redis.port == port
     await inspect.connection_pool.disconnect()  # its old connection died with the server
     # What the bot cached before the outage is back from the append-only file, stale.
     assert await inspect.llen(context_key) == 4
@@ -133,10 +122,10 @@ async def test_redis_stopped_answers_from_postgres_and_recovers_by_itself(
 
 
 async def test_redis_stopped_still_rate_limits_locally(
-    make_service: ServiceFactory, redis_server: EmbeddedRedis, engine: AsyncEngine
+    make_service: ServiceFactory, own_redis: EmbeddedRedis, engine: AsyncEngine
 ) -> None:
-    service = await build(make_service, redis_server, rate_limit_per_minute=2)
-    redis_server.stop()
+    service = await build(make_service, own_redis, rate_limit_per_minute=2)
+    own_redis.stop()
     user = new_user()
     replies = [await service.handle(msg(user, f"m{i}")) for i in range(4)]
 
@@ -149,17 +138,17 @@ async def test_redis_stopped_still_rate_limits_locally(
 
 async def test_redis_hung_costs_the_budget_once_then_nothing(
     make_service: ServiceFactory,
-    redis_server: EmbeddedRedis,
+    own_redis: EmbeddedRedis,
     inspect: Redis,
     engine: AsyncEngine,
 ) -> None:
-    service = await build(make_service, redis_server, lock_wait_seconds=5)
+    service = await build(make_service, own_redis, lock_wait_seconds=5)
     keys = Keys.from_settings(service.settings)
     user = new_user()
     warm = await service.handle(msg(user, "warm", pid=f"{user}:w"))
     assert warm.kind is ReplyKind.ANSWER
 
-    redis_server.pause()
+    own_redis.pause()
     try:
         started = time.monotonic()
         first = await service.handle(msg(user, "hung 0", pid=f"{user}:h0"))
@@ -171,7 +160,7 @@ async def test_redis_hung_costs_the_budget_once_then_nothing(
         rest_took = time.monotonic() - started
         assert service.cache.guard.is_open
     finally:
-        redis_server.resume()
+        own_redis.resume()
 
     assert first.kind is ReplyKind.ANSWER and earlier(first) == 2
     assert OP_TIMEOUT * 0.9 <= first_took < 3, first_took
@@ -214,13 +203,13 @@ class CorruptingResponder(EchoResponder):
 
 async def test_failed_refresh_after_commit_drops_the_stale_keys(
     make_service: ServiceFactory,
-    redis_server: EmbeddedRedis,
+    own_redis: EmbeddedRedis,
     inspect: Redis,
     engine: AsyncEngine,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     responder = CorruptingResponder(inspect)
-    service = await build(make_service, redis_server, responder=responder, lock_wait_seconds=5)
+    service = await build(make_service, own_redis, responder=responder, lock_wait_seconds=5)
     keys = Keys.from_settings(service.settings)
     user = new_user()
     first = await service.handle(msg(user, "one", pid=f"{user}:p1"))
@@ -254,12 +243,12 @@ async def test_failed_refresh_after_commit_drops_the_stale_keys(
 
 async def test_a_corrupt_key_read_is_no_outage_and_is_repaired(
     make_service: ServiceFactory,
-    redis_server: EmbeddedRedis,
+    own_redis: EmbeddedRedis,
     inspect: Redis,
     engine: AsyncEngine,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    service = await build(make_service, redis_server, lock_wait_seconds=5)
+    service = await build(make_service, own_redis, lock_wait_seconds=5)
     keys = Keys.from_settings(service.settings)
     user, other = new_user(), new_user()
     first = await service.handle(msg(user, "one"))
@@ -287,14 +276,14 @@ async def test_a_corrupt_key_read_is_no_outage_and_is_repaired(
 
 
 async def test_connections_pooled_before_a_restart_trip_the_breaker_once(
-    make_service: ServiceFactory, redis_server: EmbeddedRedis, engine: AsyncEngine
+    make_service: ServiceFactory, own_redis: EmbeddedRedis, engine: AsyncEngine
 ) -> None:
-    service = await build(make_service, redis_server)
+    service = await build(make_service, own_redis)
     users = [new_user() for _ in range(8)]
     await asyncio.gather(*(service.handle(msg(u, "warm")) for u in users))  # pools several
 
-    redis_server.kill()
-    redis_server.start()  # on the same port: each pooled connection is dead now
+    own_redis.kill()
+    own_redis.start()  # on the same port: each pooled connection is dead now
     first = await service.handle(msg(users[0], "after restart"))  # finds one dead: trips
     assert first.kind is ReplyKind.ANSWER and service.stats["cache_unavailable"] == 1
     await asyncio.sleep(COOLDOWN + 0.1)

@@ -12,24 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.cache.hotstate import BeginStatus
 from bot.cache.keys import Keys
 from bot.domain import ReplyKind
-from bot.responders import EchoResponder, ResponderRequest, ResponderResult
-from tests.support import ServiceFactory, messages_of, msg, new_user
+from tests.support import GatedResponder, ServiceFactory, messages_of, msg, new_user
 
 # A short lock, so that a lock nobody renews runs out within the test.
 SHORT_LOCK = {"lock_ttl_seconds": 1, "lock_wait_seconds": 20}
-
-
-class GatedResponder(EchoResponder):
-    """The echo responder, answering only once the test opens the gate (a slow LLM)."""
-
-    def __init__(self) -> None:
-        self.entered = asyncio.Event()
-        self.gate = asyncio.Event()
-
-    async def respond(self, request: ResponderRequest) -> ResponderResult:
-        self.entered.set()
-        await self.gate.wait()
-        return await super().respond(request)
 
 
 async def test_redelivery_after_a_crash_mid_message_is_answered_and_stored_once(
@@ -100,11 +86,11 @@ async def test_a_stalled_holder_and_its_successor_store_the_event_once(
     event = msg(user, "hello", pid=f"{user}:1")
 
     first = asyncio.create_task(stalled.handle(event))
-    await asyncio.wait_for(gate.entered.wait(), timeout=10)
+    await asyncio.wait_for(gate.started.wait(), timeout=10)
     # Its lock is gone while it still works (its renewals could not reach Redis, say).
     assert await redis.delete(keys.lock("console", user)) == 1
     taken_over = await asyncio.wait_for(successor.handle(event), timeout=10)
-    gate.gate.set()
+    gate.release.set()
     late = await asyncio.wait_for(first, timeout=10)
 
     assert taken_over.kind is ReplyKind.ANSWER, taken_over
@@ -127,13 +113,13 @@ async def test_a_slow_reply_keeps_the_users_lock_past_its_ttl(
     user = new_user()
 
     first = asyncio.create_task(slow.handle(msg(user, "first")))
-    await asyncio.wait_for(gate.entered.wait(), timeout=10)
+    await asyncio.wait_for(gate.started.wait(), timeout=10)
     second = asyncio.create_task(other.handle(msg(user, "second")))
     await asyncio.sleep(3)  # three lock TTLs while the reply is being written
 
     assert not second.done(), second  # still waiting for the user's lock
     assert await redis.exists(keys.lock("console", user))
-    gate.gate.set()
+    gate.release.set()
     replies = await asyncio.wait_for(asyncio.gather(first, second), timeout=30)
 
     assert [r.kind for r in replies] == [ReplyKind.ANSWER] * 2

@@ -8,12 +8,12 @@ import os
 import pty
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -30,13 +30,20 @@ from bot.domain import IncomingMessage, Reply
 from bot.embedded import EmbeddedRedis
 from bot.health import HealthServer
 from bot.metrics import Metrics
-from bot.responders import EchoResponder, ResponderRequest, ResponderResult
 from bot.service import UNAVAILABLE_TEXT
 from bot.store.engine import create_engine
 from bot.worker import Worker
 from tests.channels.test_console import chat_env
-from tests.conftest import ROOT
-from tests.support import ServiceFactory, messages_of, msg, new_user
+from tests.support import (
+    ROOT,
+    ServiceFactory,
+    SlowResponder,
+    free_port,
+    messages_of,
+    msg,
+    new_user,
+    until,
+)
 
 
 class QueueChannel(ChannelAdapter):
@@ -78,17 +85,6 @@ class QueueChannel(ChannelAdapter):
         self._connected = False
 
 
-class SlowResponder(EchoResponder):
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
-        self.started = asyncio.Event()
-
-    async def respond(self, request: ResponderRequest) -> ResponderResult:
-        self.started.set()
-        await asyncio.sleep(self.delay)
-        return await super().respond(request)
-
-
 async def test_crashed_adapter_is_restarted_without_stopping_the_others(
     make_service: ServiceFactory, settings: Settings
 ) -> None:
@@ -100,10 +96,10 @@ async def test_crashed_adapter_is_restarted_without_stopping_the_others(
     running = asyncio.create_task(worker.run())
     user = new_user()
     await steady.inbox.put(msg(user, "steady"))
-    await _until(lambda: flaky.connected and len(steady.replies) == 1)
+    await until(lambda: flaky.connected and len(steady.replies) == 1)
     assert worker.restarts["flaky"] == 2 and flaky.runs == 3
     await flaky.inbox.put(msg(user, "flaky works"))
-    await _until(lambda: len(flaky.replies) == 1)
+    await until(lambda: len(flaky.replies) == 1)
     worker.request_stop()
     assert await running is True
 
@@ -130,7 +126,7 @@ async def test_restart_backoff_starts_again_after_a_run_that_held_up(
     channel = ShortLivedChannel(settings, dispatcher, lifetimes=[0, 0, 0, 1.2, 0])
     worker = Worker([channel], dispatcher, None, 5, restart_backoff=0.05, stable_run=1.0)
     running = asyncio.create_task(worker.run())
-    await _until(lambda: channel.connected)
+    await until(lambda: channel.connected)
     worker.request_stop()
     assert await running is True
     # Three quick crashes back off further each time; a run of 1.2 s (longer than
@@ -170,6 +166,16 @@ async def _refused(dispatcher: Dispatcher, message: IncomingMessage) -> bool:
     return False
 
 
+@asynccontextmanager
+async def serving(health: HealthServer) -> AsyncIterator[str]:
+    """The base URL of `health`, serving on a free port until the block ends."""
+    port = await health.start("127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await health.stop()
+
+
 async def test_health_readiness_and_metrics(
     make_service: ServiceFactory, settings: Settings, engine: AsyncEngine, tmp_path: Path
 ) -> None:
@@ -178,26 +184,21 @@ async def test_health_readiness_and_metrics(
     dispatcher = Dispatcher(service, metrics)
     channel = QueueChannel(settings, dispatcher)
     health = HealthServer(engine, service.cache.redis, metrics, [channel])
-    port = await health.start("127.0.0.1", 0)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        async with aiohttp.ClientSession() as http:
-            assert (await http.get(f"{base}/healthz")).status == 200
-            not_ready = await http.get(f"{base}/readyz")
-            assert not_ready.status == 503
-            assert (await not_ready.json())["channels"] == {"queue": "disconnected"}
-            channel._connected = True
-            ready = await http.get(f"{base}/readyz")
-            body = await ready.json()
-            assert ready.status == 200, body
-            assert body["postgres"] == "ok" and body["redis"] == "ok"
+    async with serving(health) as base, aiohttp.ClientSession() as http:
+        assert (await http.get(f"{base}/healthz")).status == 200
+        not_ready = await http.get(f"{base}/readyz")
+        assert not_ready.status == 503
+        assert (await not_ready.json())["channels"] == {"queue": "disconnected"}
+        channel._connected = True
+        ready = await http.get(f"{base}/readyz")
+        body = await ready.json()
+        assert ready.status == 200, body
+        assert body["postgres"] == "ok" and body["redis"] == "ok"
 
-            user = new_user()
-            await dispatcher.handle(msg(user, "count me"))
-            await dispatcher.handle(msg(user, "count me too"))
-            exposition = await (await http.get(f"{base}/metrics")).text()
-    finally:
-        await health.stop()
+        user = new_user()
+        await dispatcher.handle(msg(user, "count me"))
+        await dispatcher.handle(msg(user, "count me too"))
+        exposition = await (await http.get(f"{base}/metrics")).text()
     assert 'bot_messages_in_total{channel="console"} 2.0' in exposition
     assert 'bot_cache_requests_total{kind="session",result="hit"} 1.0' in exposition
     assert 'bot_responder_latency_seconds_count{responder="echo"} 2.0' in exposition
@@ -206,34 +207,26 @@ async def test_health_readiness_and_metrics(
 
 
 async def test_readiness_names_redis_when_it_is_down(
-    make_service: ServiceFactory, engine: AsyncEngine, tmp_path: Path
+    make_service: ServiceFactory, engine: AsyncEngine, own_redis: EmbeddedRedis
 ) -> None:
-    redis_server = EmbeddedRedis(tmp_path / "redis")
-    redis_server.start()
-    service = await make_service(redis_url=redis_server.url)
+    service = await make_service(redis_url=own_redis.url)
     health = HealthServer(engine, service.cache.redis, Metrics(), [])
-    redis_server.stop()
-    port = await health.start("127.0.0.1", 0)
-    try:
-        async with aiohttp.ClientSession() as http:
-            response = await http.get(f"http://127.0.0.1:{port}/readyz")
-            body = await response.json()
-    finally:
-        await health.stop()
+    own_redis.stop()
+    async with serving(health) as base, aiohttp.ClientSession() as http:
+        response = await http.get(f"{base}/readyz")
+        body = await response.json()
     assert response.status == 503
     assert body["redis"].startswith("down") and body["postgres"] == "ok"
 
 
 async def test_readiness_names_postgres_when_it_is_down(settings: Settings, redis: Redis) -> None:
-    unreachable = create_engine(settings, f"postgresql://postgres@127.0.0.1:{_free_port()}/x")
+    unreachable = create_engine(settings, f"postgresql://postgres@127.0.0.1:{free_port()}/x")
     health = HealthServer(unreachable, redis, Metrics(), [])
-    port = await health.start("127.0.0.1", 0)
     try:
-        async with aiohttp.ClientSession() as http:
-            response = await http.get(f"http://127.0.0.1:{port}/readyz")
+        async with serving(health) as base, aiohttp.ClientSession() as http:
+            response = await http.get(f"{base}/readyz")
             body = await response.json()
     finally:
-        await health.stop()
         await unreachable.dispose()
     assert response.status == 503
     assert body["status"] == "not ready"
@@ -243,12 +236,8 @@ async def test_readiness_names_postgres_when_it_is_down(settings: Settings, redi
 async def _scrape(metrics: Metrics, engine: AsyncEngine, redis: Redis) -> dict[str, float]:
     """GET /metrics of a health server on these metrics: every sample, by name."""
     health = HealthServer(engine, redis, metrics, [])
-    port = await health.start("127.0.0.1", 0)
-    try:
-        async with aiohttp.ClientSession() as http:
-            exposition = await (await http.get(f"http://127.0.0.1:{port}/metrics")).text()
-    finally:
-        await health.stop()
+    async with serving(health) as base, aiohttp.ClientSession() as http:
+        exposition = await (await http.get(f"{base}/metrics")).text()
     return {
         sample.name: sample.value
         for family in text_string_to_metric_families(exposition)
@@ -273,7 +262,7 @@ async def test_metrics_count_redis_errors(
     make_service: ServiceFactory, engine: AsyncEngine, redis: Redis
 ) -> None:
     metrics = Metrics()
-    service = await make_service(metrics=metrics, redis_url=f"redis://127.0.0.1:{_free_port()}/0")
+    service = await make_service(metrics=metrics, redis_url=f"redis://127.0.0.1:{free_port()}/0")
     dispatcher = Dispatcher(service, metrics)
     assert (await _scrape(metrics, engine, redis))["bot_redis_errors_total"] == 0
     reply = await dispatcher.handle(msg(new_user(), "is redis there?"))
@@ -289,7 +278,7 @@ async def test_metrics_count_postgres_errors(
     metrics = Metrics()
     service = await make_service(
         metrics=metrics,
-        database_url=f"postgresql://postgres@127.0.0.1:{_free_port()}/gone",
+        database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/gone",
         db_connect_timeout_seconds=0.5,
         db_retry_deadline_seconds=1.0,
     )
@@ -305,15 +294,7 @@ async def test_metrics_count_postgres_errors(
 def test_bot_run_without_channels_explains_what_enables_them(tmp_path: Path) -> None:
     env = chat_env(None, tmp_path)
     env["LOG_LEVEL"] = "INFO"
-    done = subprocess.run(
-        [sys.executable, "-m", "bot", "run"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=60,
-    )
+    done = _bot_run(env)
     assert done.returncode == 1
     for setting in ("DISCORD_BOT_TOKEN", "TELEGRAM_BOT_TOKEN", "SLACK_SIGNING_SECRET"):
         assert setting in done.stderr
@@ -325,8 +306,8 @@ def test_bot_run_serves_health_and_exits_cleanly_on_sigterm(
 ) -> None:
     """Only the channels named start, here the console, though Discord and Telegram are
     configured too (at addresses nothing answers, in case they started after all)."""
-    port = _free_port()
-    nowhere = f"http://127.0.0.1:{_free_port()}"
+    port = free_port()
+    nowhere = f"http://127.0.0.1:{free_port()}"
     env = chat_env(settings, tmp_path) | {
         "HTTP_PORT": str(port),
         "HTTP_HOST": "127.0.0.1",
@@ -389,7 +370,7 @@ def test_bot_run_names_the_setting_a_named_channel_lacks(tmp_path: Path) -> None
 def test_bot_run_on_a_terminal_without_credentials_opens_the_console(
     settings: Settings, redis: object, tmp_path: Path
 ) -> None:
-    env = chat_env(settings, tmp_path) | {"HTTP_PORT": str(_free_port()), "HTTP_HOST": "127.0.0.1"}
+    env = chat_env(settings, tmp_path) | {"HTTP_PORT": str(free_port()), "HTTP_HOST": "127.0.0.1"}
     assert env["LOG_LEVEL"] == "WARNING"  # the explanation must survive a quiet log level
     controller, terminal = pty.openpty()
     worker = subprocess.Popen(
@@ -453,15 +434,3 @@ def _get_json(url: str) -> dict[str, object]:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-async def _until(condition: Callable[[], bool]) -> None:
-    async with asyncio.timeout(10):
-        while not condition():  # noqa: ASYNC110 - state owned by other tasks
-            await asyncio.sleep(0.02)

@@ -380,11 +380,3 @@ class FakeSlack:
         """Close every websocket, as Slack does when it moves a connection."""
         for ws in list(self.sockets):
             await ws.close()
-
-
-async def wait_until(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)

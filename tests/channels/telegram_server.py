@@ -383,3 +383,8 @@ def message(
 
 def update(server: FakeBotApi, body: dict[str, Any], kind: str = "message") -> dict[str, Any]:
     return {"update_id": server.next_update_id(), kind: body}
+
+
+def private_update(server: FakeBotApi, sender: dict[str, Any], text: str) -> dict[str, Any]:
+    """An update of `sender`'s message `text` in their private chat with the bot."""
+    return update(server, message(server, private_chat(sender), sender, text))

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from bot.config import Settings
 from bot.embedded.process import live_process
-from tests.conftest import ROOT
-from tests.support import new_user
+from tests.support import ROOT, new_user
 
 
 def chat_env(settings: Settings | None, data_dir: Path) -> dict[str, str]:

@@ -19,24 +19,25 @@ from discord.http import Route
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.channels.discord import DiscordAdapter, api_base, gateway_via, strip_mention
-from bot.channels.dispatch import Dispatcher
-from bot.domain import IncomingMessage, Reply
+from bot.domain import IncomingMessage
 from bot.metrics import Metrics
 from bot.responders import EchoResponder, Responder, ResponderRequest, ResponderResult
 from bot.service import ConversationService
 from tests.channels.discord_server import TOKEN, FakeDiscord, Json, SpecChecker, user
-from tests.support import ServiceFactory, fetch, messages_of
+from tests.support import (
+    RecordingDispatcher,
+    ServiceFactory,
+    SlowResponder,
+    echo,
+    messages_of,
+    usernames,
+)
 
 DEFAULT_API_BASE = Route.BASE
 INTENTS = {"guilds": 1 << 0, "guild_messages": 1 << 9, "direct_messages": 1 << 12,
            "message_content": 1 << 15}  # fmt: skip
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def echo(text: str, earlier: int = 0) -> str:
-    noun = "message" if earlier == 1 else "messages"
-    return f'You said: "{text}" ({earlier} earlier {noun} in my context; model gpt-4o-mini)'
 
 
 class LongResponder(EchoResponder):
@@ -46,31 +47,6 @@ class LongResponder(EchoResponder):
 
     async def respond(self, request: ResponderRequest) -> ResponderResult:
         return ResponderResult(text=self.text, model_used="long")
-
-
-class SlowResponder(EchoResponder):
-    """The echo responder, taking its time (a message stays in flight meanwhile)."""
-
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
-        self.started = asyncio.Event()
-
-    async def respond(self, request: ResponderRequest) -> ResponderResult:
-        self.started.set()
-        await asyncio.sleep(self.delay)
-        return await super().respond(request)
-
-
-class RecordingDispatcher(Dispatcher):
-    """The real dispatcher, keeping the normalized messages the adapter handed it."""
-
-    def __init__(self, service: ConversationService, metrics: Metrics) -> None:
-        super().__init__(service, metrics)
-        self.seen: list[IncomingMessage] = []
-
-    async def handle(self, message: IncomingMessage) -> Reply:
-        self.seen.append(message)
-        return await super().handle(message)
 
 
 @dataclass
@@ -91,14 +67,6 @@ class Bot:
 
 
 StartBot = Callable[..., Awaitable[Bot]]
-
-
-@pytest.fixture
-async def discord_server() -> AsyncIterator[FakeDiscord]:
-    server = FakeDiscord()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture
@@ -187,12 +155,7 @@ async def test_direct_message_is_answered_and_stored(
         ("user", "hello there", message["id"]),
         ("assistant", echo("hello there"), None),
     ]
-    (account,) = await fetch(
-        engine,
-        "SELECT username FROM users WHERE channel_type = 'discord' AND channel_user_id = :id",
-        id=alice["id"],
-    )
-    assert account.username == "alice"
+    assert await usernames(engine, "discord", alice["id"]) == ["alice"]
     await discord_server.wait_for(lambda: bot.sent() == 1)  # counted once the response is read
     assert bot.dispatcher.seen == [
         IncomingMessage(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -39,9 +38,16 @@ from tests.channels.slack_server import (
     FakeSlack,
     event_envelope,
     sign,
-    wait_until,
 )
-from tests.support import ServiceFactory, fetch, messages_of
+from tests.support import (
+    ServiceFactory,
+    SlowResponder,
+    echo,
+    free_port,
+    messages_of,
+    until,
+    usernames,
+)
 
 pytestmark = pytest.mark.timeout(15)
 
@@ -67,11 +73,6 @@ def dm(user: str, text: str, **extra: Any) -> dict[str, Any]:
     return {**event, **extra}
 
 
-def echo(text: str, earlier: int = 0) -> str:
-    noun = "message" if earlier == 1 else "messages"
-    return f'You said: "{text}" ({earlier} earlier {noun} in my context; model gpt-4o-mini)'
-
-
 class LongResponder(EchoResponder):
     """Answers 9000 characters, more than two Slack messages hold."""
 
@@ -79,19 +80,6 @@ class LongResponder(EchoResponder):
 
     async def respond(self, request: ResponderRequest) -> ResponderResult:
         return ResponderResult(text=self.text, model_used="long")
-
-
-class SlowResponder(EchoResponder):
-    """The echo responder, taking its time: a reply still in flight when the worker stops."""
-
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
-        self.started = asyncio.Event()
-
-    async def respond(self, request: ResponderRequest) -> ResponderResult:
-        self.started.set()
-        await asyncio.sleep(self.delay)
-        return await super().respond(request)
 
 
 @dataclass
@@ -113,15 +101,6 @@ class Running:
 
 
 Start = Callable[..., Awaitable[Running]]
-
-
-@pytest.fixture
-async def slack() -> AsyncIterator[FakeSlack]:
-    server = FakeSlack()
-    await server.start()
-    yield server
-    await server.stop()
-    assert server.violations == []
 
 
 def adapter_settings(
@@ -164,7 +143,7 @@ async def start(
         task = asyncio.create_task(adapter.run())
         run = Running(adapter, dispatcher, service, task)
         running.append(run)
-        await wait_until(lambda: adapter.connected or task.done())
+        await until(lambda: adapter.connected or task.done())
         if task.done():
             task.result()
         return run
@@ -214,7 +193,7 @@ async def test_dm_is_answered_in_its_thread_and_stored(
     user = slack_id("U")
     event = dm(user, "hello bot")
     body = await deliver_event(run, slack, event)
-    await wait_until(lambda: len(slack.posts) == 1)
+    await until(lambda: len(slack.posts) == 1)
     assert slack.posts == [
         {"channel": "D0DMCHAN123", "thread_ts": event["ts"], "text": echo("hello bot")}
     ]
@@ -224,11 +203,11 @@ async def test_dm_is_answered_in_its_thread_and_stored(
         ("assistant", echo("hello bot")),
     ]
     assert rows[0].platform_message_id == body["event_id"]
-    await wait_until(lambda: run.sent() == 1)  # counted once the response is read
+    await until(lambda: run.sent() == 1)  # counted once the response is read
     # The hot path makes no Web API call but chat.postMessage (auth.test is cached).
     before = dict(slack.calls)
     await deliver_event(run, slack, dm(user, "again"))
-    await wait_until(lambda: len(slack.posts) == 2)
+    await until(lambda: len(slack.posts) == 2)
     assert slack.posts[1]["text"] == echo("again", earlier=2)
     assert dict(slack.calls) == {**before, "chat.postMessage": 2}
 
@@ -248,7 +227,7 @@ async def test_mention_in_channel_is_answered_without_the_mention(
         "text": f"<@{BOT_USER_ID}> is 1 &lt; 2 &amp;&amp; 3 &gt; 2?",
     }
     await deliver_event(run, slack, event)
-    await wait_until(lambda: len(slack.posts) == 1)
+    await until(lambda: len(slack.posts) == 1)
     # Slack's entities are decoded for the service and encoded again on the way out.
     rows = await messages_of(engine, user)
     assert rows[0].content == "is 1 < 2 && 3 > 2?"
@@ -279,8 +258,8 @@ async def test_bot_edited_and_foreign_messages_are_ignored(
         await deliver_event(run, slack, event)
     user = slack_id("U")
     await deliver_event(run, slack, dm(user, "real one"))
-    await wait_until(lambda: len(slack.posts) == 1)
-    await wait_until(lambda: run.dispatcher.in_flight == 0)
+    await until(lambda: len(slack.posts) == 1)
+    await until(lambda: run.dispatcher.in_flight == 0)
     assert slack.posts[0]["text"] == echo("real one")
     assert await messages_of(engine, other) == []
     assert await messages_of(engine, BOT_USER_ID) == []
@@ -293,13 +272,13 @@ async def test_long_reply_is_split_into_slack_sized_messages(
     user = slack_id("U")
     event = dm(user, "tell me everything")
     await deliver_event(run, slack, event)
-    await wait_until(lambda: len(slack.posts) == 3)
+    await until(lambda: len(slack.posts) == 3)
     assert [len(p["text"]) <= 4000 for p in slack.posts] == [True, True, True]
     assert {p["thread_ts"] for p in slack.posts} == {event["ts"]}
     assert " ".join(p["text"] for p in slack.posts) == LongResponder.text
     rows = await messages_of(engine, user)
     assert [r.content for r in rows] == ["tell me everything", LongResponder.text]
-    await wait_until(lambda: run.sent() == 3)  # counted once the response is read
+    await until(lambda: run.sent() == 3)  # counted once the response is read
 
 
 async def test_slack_retry_of_the_same_event_is_answered_once(
@@ -311,8 +290,8 @@ async def test_slack_retry_of_the_same_event_is_answered_once(
     retry = {"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"}
     assert (await post_event(run.events_url, body))[0] == 200
     assert (await post_event(run.events_url, body, headers=retry))[0] == 200
-    await wait_until(lambda: run.service.stats["duplicate"] == 1 and len(slack.posts) == 1)
-    await wait_until(lambda: run.dispatcher.in_flight == 0)
+    await until(lambda: run.service.stats["duplicate"] == 1 and len(slack.posts) == 1)
+    await until(lambda: run.dispatcher.in_flight == 0)
     assert len(slack.posts) == 1
     rows = await messages_of(engine, user)
     assert [r.role for r in rows] == ["user", "assistant"]
@@ -323,11 +302,11 @@ async def test_rate_limited_reply_is_sent_after_retry_after(start: Start, slack:
     slack.rate_limit_next = 1
     await deliver_event(run, slack, dm(slack_id("U"), "patience"))
     began = time.monotonic()
-    await wait_until(lambda: len(slack.posts) == 1, within=8)
+    await until(lambda: len(slack.posts) == 1, within=8)
     assert time.monotonic() - began >= 0.9  # Retry-After: 1 was honoured
     assert slack.post_attempts == 2
     assert [p["text"] for p in slack.posts] == [echo("patience")]
-    await wait_until(lambda: run.sent() == 1)  # counted once the response is read
+    await until(lambda: run.sent() == 1)  # counted once the response is read
     limited = run.dispatcher.metrics.registry.get_sample_value(
         "bot_platform_rate_limited_total", {"channel": "slack"}
     )
@@ -338,9 +317,9 @@ async def test_slack_outage_is_retried(start: Start, slack: FakeSlack) -> None:
     run = await start()
     slack.fail_next = 2
     await deliver_event(run, slack, dm(slack_id("U"), "are you there"))
-    await wait_until(lambda: len(slack.posts) == 1, within=10)
+    await until(lambda: len(slack.posts) == 1, within=10)
     assert slack.post_attempts == 3
-    await wait_until(lambda: run.sent() == 1)  # counted once the response is read
+    await until(lambda: run.sent() == 1)  # counted once the response is read
 
 
 @pytest.mark.parametrize(
@@ -437,11 +416,11 @@ async def test_socket_mode_event_is_acked_and_answered(
     start: Start, slack: FakeSlack, engine: AsyncEngine
 ) -> None:
     run = await start(socket=True)
-    await wait_until(lambda: slack.socket_open)
+    await until(lambda: slack.socket_open)
     user = slack_id("U")
     event = dm(user, "over the socket")
     envelope_id = await slack.push(event_envelope(event))
-    await wait_until(lambda: len(slack.posts) == 1)
+    await until(lambda: len(slack.posts) == 1)
     assert {"envelope_id": envelope_id} in slack.acks
     assert slack.posts == [
         {"channel": "D0DMCHAN123", "thread_ts": event["ts"], "text": echo("over the socket")}
@@ -458,9 +437,9 @@ async def test_socket_mode_retry_is_acked_and_answered_once(
     body = event_envelope(dm(user, "socket twice"))
     first = await slack.push(body)
     second = await slack.push(body, retry_attempt=1)
-    await wait_until(lambda: run.service.stats["duplicate"] == 1 and len(slack.posts) == 1)
-    await wait_until(lambda: {a.get("envelope_id") for a in slack.acks} >= {first, second})
-    await wait_until(lambda: run.dispatcher.in_flight == 0)
+    await until(lambda: run.service.stats["duplicate"] == 1 and len(slack.posts) == 1)
+    await until(lambda: {a.get("envelope_id") for a in slack.acks} >= {first, second})
+    await until(lambda: run.dispatcher.in_flight == 0)
     assert len(slack.posts) == 1
     assert len(await messages_of(engine, user)) == 2
 
@@ -469,10 +448,10 @@ async def test_socket_mode_reconnects_by_itself(start: Start, slack: FakeSlack) 
     run = await start(socket=True)
     assert slack.connections_opened == 1
     await slack.drop_sockets()
-    await wait_until(lambda: slack.connections_opened == 2 and slack.socket_open)
-    await wait_until(lambda: run.adapter.connected)
+    await until(lambda: slack.connections_opened == 2 and slack.socket_open)
+    await until(lambda: run.adapter.connected)
     await slack.push(event_envelope(dm(slack_id("U"), "after the reconnect")))
-    await wait_until(lambda: len(slack.posts) == 1)
+    await until(lambda: len(slack.posts) == 1)
     assert slack.posts[0]["text"] == echo("after the reconnect")
 
 
@@ -514,15 +493,6 @@ async def test_run_raises_when_it_cannot_connect(
 # Display names
 
 
-async def usernames(engine: AsyncEngine, user: str) -> list[str]:
-    rows = await fetch(
-        engine,
-        "SELECT username FROM users WHERE channel_type = 'slack' AND channel_user_id = :u",
-        u=user,
-    )
-    return [row.username for row in rows]
-
-
 async def test_username_is_the_display_name_from_users_info(
     start: Start, slack: FakeSlack, engine: AsyncEngine
 ) -> None:
@@ -530,10 +500,10 @@ async def test_username_is_the_display_name_from_users_info(
     user = slack_id("U")
     slack.display_names[user] = "Ada Lovelace"
     await deliver_event(run, slack, dm(user, "who am I"))
-    await wait_until(lambda: len(slack.posts) == 1)
+    await until(lambda: len(slack.posts) == 1)
     await deliver_event(run, slack, dm(user, "and now?"))
-    await wait_until(lambda: len(slack.posts) == 2)
-    assert await usernames(engine, user) == ["Ada Lovelace"]
+    await until(lambda: len(slack.posts) == 2)
+    assert await usernames(engine, "slack", user) == ["Ada Lovelace"]
     assert slack.calls["users.info"] == 1  # the name is cached in the process
 
 
@@ -545,7 +515,7 @@ async def test_messages_of_a_new_user_keep_their_order_while_the_name_is_looked_
     user = slack_id("U")
     for text in ("first", "second", "third"):
         await deliver_event(run, slack, dm(user, text))
-    await wait_until(lambda: len(slack.posts) == 3)
+    await until(lambda: len(slack.posts) == 3)
     assert slack.calls["users.info"] == 1
     rows = await messages_of(engine, user)
     assert [r.content for r in rows if r.role == "user"] == ["first", "second", "third"]
@@ -564,8 +534,8 @@ async def test_display_name_falls_back_to_the_full_name(
     user = slack_id("U")
     slack.display_names[user] = ""  # never set one: Slack shows the full name
     await deliver_event(run, slack, dm(user, "hi"))
-    await wait_until(lambda: len(slack.posts) == 1)
-    assert await usernames(engine, user) == [f"Real Name {user[-4:]}"]
+    await until(lambda: len(slack.posts) == 1)
+    assert await usernames(engine, "slack", user) == [f"Real Name {user[-4:]}"]
 
 
 @pytest.mark.parametrize("failure", ["user_not_found", "unavailable"])
@@ -579,11 +549,11 @@ async def test_username_is_the_user_id_when_users_info_fails(
     else:
         slack.users_info_down = True
     await deliver_event(run, slack, dm(user, "still answered"))
-    await wait_until(lambda: len(slack.posts) == 1)
+    await until(lambda: len(slack.posts) == 1)
     await deliver_event(run, slack, dm(user, "and again"))
-    await wait_until(lambda: len(slack.posts) == 2)
+    await until(lambda: len(slack.posts) == 2)
     assert slack.posts[0]["text"] == echo("still answered")
-    assert await usernames(engine, user) == [user]
+    assert await usernames(engine, "slack", user) == [user]
     # A refusal stays one (asked once); an outage passes (asked again next time).
     assert slack.calls["users.info"] == (1 if failure == "user_not_found" else 2)
 
@@ -596,7 +566,7 @@ async def test_display_names_cached_are_bounded(
     first, second, third = slack_id("U"), slack_id("U"), slack_id("U")
     for n, user in enumerate([first, second, first, third, second, first], start=1):
         await deliver_event(run, slack, dm(user, f"message {n}"))
-        await wait_until(functools.partial(posted, slack, n))
+        await until(functools.partial(posted, slack, n))
     # first, second, (first cached), third drops second, second drops first, first again
     assert slack.calls["users.info"] == 5
 
@@ -617,15 +587,15 @@ async def test_worker_restarts_slack_after_its_connection_is_lost_for_good(
     worker = Worker([adapter], dispatcher, None, shutdown_grace=5, restart_backoff=0.05)
     running = asyncio.create_task(worker.run())
     try:
-        await wait_until(lambda: adapter.connected)
+        await until(lambda: adapter.connected)
         slack.refuse_connections = True
         await slack.drop_sockets()  # and no new websocket: the first run() raises
-        await wait_until(lambda: worker.restarts["slack"] >= 1, within=8)
+        await until(lambda: worker.restarts["slack"] >= 1, within=8)
         slack.refuse_connections = False
-        await wait_until(lambda: adapter.connected and slack.socket_open, within=8)
+        await until(lambda: adapter.connected and slack.socket_open, within=8)
         user = slack_id("U")
         await slack.push(event_envelope(dm(user, "after the restart")))
-        await wait_until(lambda: len(slack.posts) == 1)
+        await until(lambda: len(slack.posts) == 1)
     finally:
         worker.request_stop()
         drained = await asyncio.wait_for(running, 10)
@@ -646,7 +616,7 @@ async def test_unexpected_error_is_logged_with_its_traceback_and_counted(
 ) -> None:
     run = await start(responder=BrokenResponder())
     body = await deliver_event(run, slack, dm(slack_id("U"), "boom"))
-    await wait_until(lambda: errors(run) == 1)
+    await until(lambda: errors(run) == 1)
     (record,) = [r for r in caplog.records if body["event_id"] in r.getMessage()]
     assert record.levelname == "ERROR" and record.exc_info is not None
     assert slack.posts == []
@@ -658,13 +628,13 @@ async def test_store_outage_is_answered_not_an_adapter_error(
     """The service turns a Postgres outage into a reply; the adapter's last guard stays idle."""
     run = await start(
         service_settings={
-            "database_url": f"postgresql://postgres@127.0.0.1:{closed_port()}/gone",
+            "database_url": f"postgresql://postgres@127.0.0.1:{free_port()}/gone",
             "db_connect_timeout_seconds": 0.5,
             "db_retry_deadline_seconds": 1.0,
         }
     )
     await deliver_event(run, slack, dm(slack_id("U"), "anyone home?"))
-    await wait_until(lambda: len(slack.posts) == 1, within=10)
+    await until(lambda: len(slack.posts) == 1, within=10)
     assert slack.posts[0]["text"] == UNAVAILABLE_TEXT
     assert errors(run) == 0
 
@@ -678,10 +648,3 @@ def errors(run: Running) -> float:
 
 def posted(slack: FakeSlack, count: int) -> bool:
     return len(slack.posts) == count
-
-
-def closed_port() -> int:
-    """A local port nothing listens on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])

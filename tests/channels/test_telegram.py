@@ -10,7 +10,6 @@ import asyncio
 import itertools
 import json
 import random
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -39,19 +38,23 @@ from tests.channels.telegram_server import (
     group_chat,
     message,
     private_chat,
+    private_update,
     update,
     user,
 )
-from tests.support import ServiceFactory, fetch, messages_of
+from tests.support import (
+    GatedResponder,
+    ServiceFactory,
+    echo,
+    free_port,
+    messages_of,
+    until,
+    usernames,
+)
 
 pytestmark = pytest.mark.timeout(15)
 
 WEBHOOK_SECRET = "s3cret-Token_for-tests"
-
-
-def echo(text: str, earlier: int = 0) -> str:
-    noun = "message" if earlier == 1 else "messages"
-    return f'You said: "{text}" ({earlier} earlier {noun} in my context; model gpt-4o-mini)'
 
 
 class LongResponder(EchoResponder):
@@ -63,19 +66,6 @@ class LongResponder(EchoResponder):
         return ResponderResult(text=self.text, model_used="long")
 
 
-class GatedResponder(EchoResponder):
-    """The echo responder that holds every reply until released: a slow LLM."""
-
-    def __init__(self) -> None:
-        self.started = asyncio.Event()
-        self.release = asyncio.Event()
-
-    async def respond(self, request: ResponderRequest) -> ResponderResult:
-        self.started.set()
-        await self.release.wait()
-        return await super().respond(request)
-
-
 @dataclass
 class Running:
     adapter: TelegramAdapter
@@ -84,15 +74,6 @@ class Running:
 
 
 Start = Callable[..., Awaitable[Running]]
-
-
-@pytest.fixture
-async def telegram() -> AsyncIterator[FakeBotApi]:
-    server = FakeBotApi()
-    await server.start()
-    yield server
-    await server.close()
-    assert server.problems == []
 
 
 @pytest.fixture
@@ -127,28 +108,12 @@ async def start(
         await asyncio.wait_for(running.task, 10)
 
 
-async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
 _user_ids = itertools.count(random.randrange(10**9, 2 * 10**9))
 
 
 def new_id() -> int:
     """A Telegram user id no other test of this run uses."""
     return next(_user_ids)
-
-
-async def usernames(engine: AsyncEngine, user_id: int) -> list[str]:
-    rows = await fetch(
-        engine,
-        "SELECT username FROM users WHERE channel_type = 'telegram' AND channel_user_id = :c",
-        c=str(user_id),
-    )
-    return [row.username for row in rows]
 
 
 # -- private chats ------------------------------------------------------------------------
@@ -159,9 +124,7 @@ async def test_private_message_is_answered_and_stored(
 ) -> None:
     await start()
     alice = user(new_id(), "alice")
-    sent = await telegram.push(
-        update(telegram, message(telegram, private_chat(alice), alice, "hi"))
-    )
+    sent = await telegram.push(private_update(telegram, alice, "hi"))
 
     await telegram.wait_for(lambda: len(telegram.sent) == 1)
     [reply] = telegram.sent
@@ -170,7 +133,7 @@ async def test_private_message_is_answered_and_stored(
     rows = await messages_of(engine, str(alice["id"]))
     assert [(r.role, r.content) for r in rows] == [("user", "hi"), ("assistant", echo("hi"))]
     assert rows[0].platform_message_id == f"{BOT_ID}:{sent['update_id']}"
-    assert await usernames(engine, alice["id"]) == ["alice"]
+    assert await usernames(engine, "telegram", str(alice["id"])) == ["alice"]
 
 
 async def test_polling_fetches_messages_only_and_confirms(
@@ -178,7 +141,7 @@ async def test_polling_fetches_messages_only_and_confirms(
 ) -> None:
     running = await start()
     bob = user(new_id(), "bob")
-    sent = await telegram.push(update(telegram, message(telegram, private_chat(bob), bob, "yo")))
+    sent = await telegram.push(private_update(telegram, bob, "yo"))
     await telegram.wait_for(lambda: len(telegram.sent) == 1)
 
     polls = telegram.calls_of("getUpdates")
@@ -191,7 +154,7 @@ async def test_polling_fetches_messages_only_and_confirms(
     # The worker runs the same adapter again after a crash: it starts afresh.
     again = asyncio.create_task(running.adapter.run())
     await until(lambda: running.adapter.connected)
-    await telegram.push(update(telegram, message(telegram, private_chat(bob), bob, "again")))
+    await telegram.push(private_update(telegram, bob, "again"))
     await telegram.wait_for(lambda: len(telegram.sent) == 2)
     await running.adapter.stop()
     await asyncio.wait_for(again, 5)
@@ -216,8 +179,8 @@ async def test_an_update_still_being_answered_is_never_confirmed(
     responder = GateForOne("slow")
     await start(responder=responder)
     ann, bob = user(new_id(), "ann"), user(new_id(), "bob")
-    slow = await telegram.push(update(telegram, message(telegram, private_chat(ann), ann, "slow")))
-    await telegram.push(update(telegram, message(telegram, private_chat(bob), bob, "quick")))
+    slow = await telegram.push(private_update(telegram, ann, "slow"))
+    await telegram.push(private_update(telegram, bob, "quick"))
     await telegram.wait_for(lambda: len(telegram.sent) == 1)  # the later one is answered
 
     polls_before = len(telegram.calls_of("getUpdates"))
@@ -228,7 +191,7 @@ async def test_an_update_still_being_answered_is_never_confirmed(
 
     responder.release.set()
     await telegram.wait_for(lambda: len(telegram.sent) == 2)
-    await telegram.push(update(telegram, message(telegram, private_chat(bob), bob, "next")))
+    await telegram.push(private_update(telegram, bob, "next"))
     await telegram.wait_for(lambda: len(telegram.sent) == 3)
     assert telegram.confirmed > slow["update_id"]
     assert [m["text"] for m in telegram.sent] == [echo("quick"), echo("slow"), echo("next", 2)]
@@ -298,7 +261,7 @@ async def test_group_mention_is_answered_without_the_mention(
     for sender_id, body in asked.items():
         rows = await messages_of(engine, str(sender_id))
         assert [r.content for r in rows] == [said[body["text"]], echo(said[body["text"]])]
-        assert await usernames(engine, sender_id) == [f"User{sender_id}"]
+        assert await usernames(engine, "telegram", str(sender_id)) == [f"User{sender_id}"]
 
 
 async def test_reply_to_the_bot_in_a_group_is_answered(start: Start, telegram: FakeBotApi) -> None:
@@ -354,16 +317,12 @@ async def test_redelivered_update_is_answered_once(
 ) -> None:
     await start()
     heidi = user(new_id(), "heidi")
-    sent = await telegram.push(
-        update(telegram, message(telegram, private_chat(heidi), heidi, "once"))
-    )
+    sent = await telegram.push(private_update(telegram, heidi, "once"))
     await telegram.wait_for(lambda: len(telegram.sent) == 1)
 
     await telegram.replay(sent)
     await telegram.wait_for(lambda: telegram.served.count(sent["update_id"]) == 2)
-    after = await telegram.push(
-        update(telegram, message(telegram, private_chat(heidi), heidi, "twice"))
-    )
+    after = await telegram.push(private_update(telegram, heidi, "twice"))
     await telegram.wait_for(lambda: len(telegram.sent) == 2)
     await asyncio.sleep(0.2)
     assert [m["text"] for m in telegram.sent] == [echo("once"), echo("twice", 2)]
@@ -382,7 +341,7 @@ async def test_rate_limited_reply_arrives_once_after_retry_after(
     await start()
     ivan = user(new_id(), "ivan")
     telegram.rate_limited = 1
-    await telegram.push(update(telegram, message(telegram, private_chat(ivan), ivan, "hurry")))
+    await telegram.push(private_update(telegram, ivan, "hurry"))
 
     await telegram.wait_for(lambda: len(telegram.sent) == 1)
     [limited] = telegram.calls_of("sendMessage", status=429)
@@ -401,7 +360,7 @@ async def test_polling_outage_is_ridden_out(start: Start, telegram: FakeBotApi) 
     telegram.updates_down = True
     await until(lambda: not running.adapter.connected)
     judy = user(new_id(), "judy")
-    await telegram.push(update(telegram, message(telegram, private_chat(judy), judy, "back?")))
+    await telegram.push(private_update(telegram, judy, "back?"))
     telegram.updates_down = False
 
     await telegram.wait_for(lambda: len(telegram.sent) == 1)
@@ -423,9 +382,7 @@ async def test_rejected_token_or_no_server_makes_run_raise(
     assert wrong not in str(rejected.value) and rejected.value.__cause__ is None
     assert not adapter.connected
 
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{probe.getsockname()[1]}/bot"
+    closed = f"http://127.0.0.1:{free_port()}/bot"
     adapter = TelegramAdapter(
         make_settings(telegram_bot_token=TOKEN, telegram_api_base_url=closed), dispatcher
     )
@@ -459,7 +416,7 @@ async def test_stop_lets_a_reply_in_flight_finish(
     responder = GatedResponder()
     running = await start(responder=responder)
     kim = user(new_id(), "kim")
-    await telegram.push(update(telegram, message(telegram, private_chat(kim), kim, "slow one")))
+    await telegram.push(private_update(telegram, kim, "slow one"))
     await asyncio.wait_for(responder.started.wait(), 5)
     await telegram.wait_for(lambda: bool(telegram.calls_of("sendChatAction")))  # "typing…"
 
@@ -486,7 +443,7 @@ async def test_updates_refused_at_shutdown_stay_unconfirmed_for_the_restart(
     first = await start()
     leo = user(new_id(), "leo")
     first.dispatcher.close()
-    late = await telegram.push(update(telegram, message(telegram, private_chat(leo), leo, "late")))
+    late = await telegram.push(private_update(telegram, leo, "late"))
     await telegram.wait_for(lambda: late["update_id"] in telegram.served)
     await asyncio.sleep(0.2)
     assert await first.dispatcher.drain(5)
@@ -511,7 +468,7 @@ async def test_the_adapter_runs_again_after_a_stop(start: Start, telegram: FakeB
     try:
         await until(lambda: running.adapter.connected or again.done())
         mia = user(new_id(), "mia")
-        await telegram.push(update(telegram, message(telegram, private_chat(mia), mia, "back")))
+        await telegram.push(private_update(telegram, mia, "back"))
         await telegram.wait_for(lambda: len(telegram.sent) == 1)
     finally:
         await asyncio.wait_for(running.adapter.stop(), 10)
@@ -520,13 +477,6 @@ async def test_the_adapter_runs_again_after_a_stop(start: Start, telegram: FakeB
 
 
 # -- webhook ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -572,7 +522,7 @@ async def test_webhook_with_the_secret_is_answered_once(
 ) -> None:
     _, url = webhook
     mia = user(new_id(), "mia")
-    body = update(telegram, message(telegram, private_chat(mia), mia, "via webhook"))
+    body = private_update(telegram, mia, "via webhook")
     assert telegram.spec.check_object("Update", body) == []
 
     assert await post(url, as_json(body)) == 200
@@ -589,7 +539,7 @@ async def test_webhook_refuses_wrong_secret_and_bad_bodies(
 ) -> None:
     _, url = webhook
     nick = user(new_id(), "nick")
-    body = as_json(update(telegram, message(telegram, private_chat(nick), nick, "let me in")))
+    body = as_json(private_update(telegram, nick, "let me in"))
 
     assert await post(url, body, secret="wrong-secret") == 403
     assert await post(url, body, secret=None) == 403
@@ -607,7 +557,7 @@ async def test_webhook_answers_503_while_shutting_down(
 ) -> None:
     running, url = webhook
     olga = user(new_id(), "olga")
-    body = update(telegram, message(telegram, private_chat(olga), olga, "at closing time"))
+    body = private_update(telegram, olga, "at closing time")
     running.dispatcher.close()
     assert await post(url, as_json(body)) == 503  # so Telegram delivers it again later
     assert await messages_of(engine, str(olga["id"])) == []
@@ -659,10 +609,8 @@ async def test_unexpected_error_is_logged_counted_and_polling_goes_on(
 ) -> None:
     running = await start(BrokenResponder())
     kim = user(new_id(), "kim")
-    broken = await telegram.push(
-        update(telegram, message(telegram, private_chat(kim), kim, "boom"))
-    )
-    await telegram.push(update(telegram, message(telegram, private_chat(kim), kim, "fine")))
+    broken = await telegram.push(private_update(telegram, kim, "boom"))
+    await telegram.push(private_update(telegram, kim, "fine"))
 
     await telegram.wait_for(lambda: len(telegram.sent) == 1)
     assert telegram.sent[0]["text"] == echo("fine")
@@ -684,7 +632,7 @@ async def test_store_outage_is_answered_not_an_adapter_error(
     dispatcher = Dispatcher(service, Metrics())
     await start(dispatcher=dispatcher)
     lea = user(new_id(), "lea")
-    await telegram.push(update(telegram, message(telegram, private_chat(lea), lea, "hello?")))
+    await telegram.push(private_update(telegram, lea, "hello?"))
 
     await telegram.wait_for(lambda: len(telegram.sent) == 1)
     assert telegram.sent[0]["text"] == UNAVAILABLE_TEXT

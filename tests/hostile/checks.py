@@ -1,15 +1,21 @@
-"""Assertions shared by the hostile-input tests."""
+"""Assertions and requests shared by the hostile-input tests."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
 
+import aiohttp
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cache.hotstate import decode_context
 from bot.cache.keys import Keys
 from bot.domain import IncomingMessage
 from bot.service import ConversationService
+from tests.support import fetch
 
 
 def assert_well_formed(message: IncomingMessage, channel: str) -> None:
@@ -28,3 +34,31 @@ async def cached_context(
     """The context list of a conversation as Redis holds it, newest first."""
     key = Keys.from_settings(service.settings).context(conversation)
     return [(m.role, m.content) for m in map(decode_context, await redis.lrange(key, 0, -1))]
+
+
+async def post_status(
+    url: str,
+    body: bytes | AsyncIterator[bytes],
+    headers: dict[str, str],
+    content_type: str | None,
+) -> int:
+    """The status of a POST of `body` with `headers`, and a Content-Type only when one is
+    given (aiohttp would otherwise add its own)."""
+    if content_type is not None:
+        headers = {**headers, "Content-Type": content_type}
+    async with (
+        aiohttp.ClientSession(skip_auto_headers=["Content-Type"]) as session,
+        session.post(url, data=body, headers=headers) as response,
+    ):
+        return response.status
+
+
+async def stored_since(engine: AsyncEngine, channel: str, since: datetime) -> list[Any]:
+    """The messages of `channel` stored since `since` (content, platform message id)."""
+    return await fetch(
+        engine,
+        "SELECT content, platform_message_id FROM messages"
+        " WHERE channel_type = :channel AND timestamp >= :since",
+        channel=channel,
+        since=since,
+    )

@@ -19,37 +19,14 @@ from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.channels.discord import DiscordAdapter, incoming_message
-from bot.channels.dispatch import Dispatcher
-from bot.domain import IncomingMessage, Reply
 from bot.metrics import Metrics
-from bot.service import ConversationService
 from tests.channels.discord_server import TOKEN, FakeDiscord, Json, snowflake, user
 from tests.hostile.checks import assert_well_formed
 from tests.hostile.strategies import any_text, documented_cleaning, hostile_text, json_values
-from tests.support import ServiceFactory, messages_of
+from tests.support import RecordingDispatcher, ServiceFactory, messages_of
 
 pytestmark = pytest.mark.timeout(90)
 HOSTILE = settings.get_profile("hostile")
-
-
-class RecordingDispatcher(Dispatcher):
-    """The real dispatcher, keeping what the adapter handed it."""
-
-    def __init__(self, service: ConversationService, metrics: Metrics) -> None:
-        super().__init__(service, metrics)
-        self.seen: list[IncomingMessage] = []
-
-    async def handle(self, message: IncomingMessage) -> Reply:
-        self.seen.append(message)
-        return await super().handle(message)
-
-
-@pytest.fixture
-async def discord_server() -> AsyncIterator[FakeDiscord]:
-    server = FakeDiscord()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture

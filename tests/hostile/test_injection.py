@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.domain import IncomingMessage, ReplyKind
 from tests.hostile.checks import cached_context
 from tests.hostile.strategies import INJECTION_SHAPES
-from tests.support import ServiceFactory, fetch, messages_of, new_user
+from tests.support import ServiceFactory, fetch, messages_of, new_user, usernames
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -73,11 +73,6 @@ async def test_injection_shaped_names_and_ids_are_stored_verbatim(
         user = f"{new_user()}{shape.strip()}"[:255]
         reply = await service.handle(IncomingMessage("console", user, "hi", username=shape))
         assert reply.kind is ReplyKind.ANSWER, (shape, reply)
-        rows = await fetch(
-            engine,
-            "SELECT username FROM users WHERE channel_type = 'console' AND channel_user_id = :c",
-            c=user,
-        )
-        assert [row.username for row in rows] == [shape.strip()]
+        assert await usernames(engine, "console", user) == [shape.strip()]
         again = await service.handle(IncomingMessage("console", user, "again", username=shape))
         assert "2 earlier messages" in (again.text or ""), shape  # its session, from Redis

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -32,24 +31,15 @@ from tests.channels.slack_server import (
     FakeSlack,
     event_envelope,
     sign,
-    wait_until,
 )
+from tests.hostile.checks import post_status, stored_since
 from tests.hostile.strategies import json_values
 from tests.hostile.test_slack_translation import events
-from tests.support import ServiceFactory, fetch
+from tests.support import ServiceFactory, until
 
 pytestmark = pytest.mark.timeout(90)
 HOSTILE = settings.get_profile("hostile")
 LIMIT = 4096  # WEBHOOK_MAX_BODY_BYTES here, so that "oversized" stays small
-
-
-@pytest.fixture
-async def slack() -> AsyncIterator[FakeSlack]:
-    server = FakeSlack()
-    await server.start()
-    yield server
-    await server.stop()
-    assert server.violations == []  # what the adapter sent Slack was well-formed
 
 
 @pytest.fixture
@@ -70,7 +60,7 @@ async def events_url(
     )
     adapter = SlackAdapter(settings, Dispatcher(await make_service(), Metrics()))
     task = asyncio.create_task(adapter.run())
-    await wait_until(lambda: adapter.connected or task.done())
+    await until(lambda: adapter.connected or task.done())
     assert adapter.connected, task
     yield f"http://127.0.0.1:{adapter.port}/slack/events"
     await adapter.stop()
@@ -92,22 +82,7 @@ async def post(
         signature = sign(body, int(stamp))
     if signature is not None:
         headers["X-Slack-Signature"] = signature
-    if content_type is not None:
-        headers["Content-Type"] = content_type
-    async with (
-        aiohttp.ClientSession(skip_auto_headers=["Content-Type"]) as session,
-        session.post(url, data=body, headers=headers) as response,
-    ):
-        return response.status
-
-
-async def stored_since(engine: AsyncEngine, since: datetime) -> list[str]:
-    rows = await fetch(
-        engine,
-        "SELECT content FROM messages WHERE channel_type = 'slack' AND timestamp >= :since",
-        since=since,
-    )
-    return [row.content for row in rows]
+    return await post_status(url, body, headers, content_type)
 
 
 def dm_body(text: str = "hello") -> bytes:
@@ -140,7 +115,7 @@ async def test_timestamps_that_are_not_now_are_refused(
     signature = sign(body, int(timestamp)) if timestamp.strip().isdigit() else "v0=00"
 
     assert await post(events_url, body, timestamp=timestamp, signature=signature) == 401
-    assert await stored_since(engine, since) == [] and slack.posts == []
+    assert await stored_since(engine, "slack", since) == [] and slack.posts == []
 
 
 async def test_a_captured_request_replayed_with_a_new_timestamp_is_refused(
@@ -155,7 +130,7 @@ async def test_a_captured_request_replayed_with_a_new_timestamp_is_refused(
     assert await post(events_url, body, timestamp=str(old), signature=captured) == 401
     fresh = str(int(time.time()))
     assert await post(events_url, body, timestamp=fresh, signature=captured) == 401
-    assert await stored_since(engine, since) == [] and slack.posts == []
+    assert await stored_since(engine, "slack", since) == [] and slack.posts == []
 
 
 async def test_oversized_bodies_are_refused_with_413(
@@ -175,9 +150,9 @@ async def test_oversized_bodies_are_refused_with_413(
     )
     assert await post(events_url, body, signature="v0=unsigned") == 413
     await asyncio.sleep(0.2)
-    assert await stored_since(engine, since) == [] and slack.posts == []
+    assert await stored_since(engine, "slack", since) == [] and slack.posts == []
     assert await post(events_url, dm_body("y" * (LIMIT - 1000))) == 200
-    await wait_until(lambda: len(slack.posts) == 1)
+    await until(lambda: len(slack.posts) == 1)
 
 
 @pytest.mark.parametrize(
@@ -188,7 +163,7 @@ async def test_wrong_content_type_is_refused_with_415(
 ) -> None:
     since = datetime.now(UTC)
     assert await post(events_url, dm_body(), content_type=content_type) == 415
-    assert await stored_since(engine, since) == []
+    assert await stored_since(engine, "slack", since) == []
 
 
 WRONG_SHAPES: list[Any] = [
@@ -220,7 +195,7 @@ async def test_signed_json_of_the_wrong_shape_is_never_a_5xx(
     status = await post(events_url, json.dumps(shape).encode())
     assert status < 500
     await asyncio.sleep(0.1)
-    assert await stored_since(engine, since) == [] and slack.posts == []
+    assert await stored_since(engine, "slack", since) == [] and slack.posts == []
 
 
 async def test_json_nested_too_deep_is_refused_with_400(events_url: str) -> None:

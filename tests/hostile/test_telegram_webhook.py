@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,31 +23,16 @@ from bot.channels.dispatch import Dispatcher
 from bot.channels.telegram import SECRET_HEADER, TelegramAdapter
 from bot.config import Settings
 from bot.metrics import Metrics
-from tests.channels.telegram_server import TOKEN, FakeBotApi, message, private_chat, update, user
+from tests.channels.telegram_server import TOKEN, FakeBotApi, private_update, user
+from tests.hostile.checks import post_status, stored_since
 from tests.hostile.strategies import json_values
 from tests.hostile.test_telegram_translation import update_bodies
-from tests.support import ServiceFactory, fetch
+from tests.support import ServiceFactory, free_port
 
 pytestmark = pytest.mark.timeout(90)
 HOSTILE = settings.get_profile("hostile")
 SECRET = "hostile-webhook-secret_0123456789"
 LIMIT = 4096  # WEBHOOK_MAX_BODY_BYTES here, so that "oversized" stays small
-
-
-@pytest.fixture
-async def telegram() -> AsyncIterator[FakeBotApi]:
-    server = FakeBotApi()
-    await server.start()
-    yield server
-    await server.close()
-    assert server.problems == []  # what the adapter sent Telegram was well-formed
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -86,31 +69,13 @@ async def post(
     secret: str | None = SECRET,
     content_type: str | None = "application/json",
 ) -> int:
-    headers = {}
-    if secret is not None:
-        headers[SECRET_HEADER] = secret
-    if content_type is not None:
-        headers["Content-Type"] = content_type
-    async with (
-        aiohttp.ClientSession(skip_auto_headers=["Content-Type"]) as session,
-        session.post(url, data=body, headers=headers) as response,
-    ):
-        return response.status
-
-
-async def stored_since(engine: AsyncEngine, since: datetime) -> list[str]:
-    rows = await fetch(
-        engine,
-        "SELECT platform_message_id FROM messages WHERE channel_type = 'telegram'"
-        " AND timestamp >= :since",
-        since=since,
-    )
-    return [row.platform_message_id for row in rows]
+    headers = {} if secret is None else {SECRET_HEADER: secret}
+    return await post_status(url, body, headers, content_type)
 
 
 def valid_update(server: FakeBotApi, text: str = "hello") -> dict[str, Any]:
     sender = user(424242, "hostile")
-    return update(server, message(server, private_chat(sender), sender, text))
+    return private_update(server, sender, text)
 
 
 async def chunks(body: bytes, size: int = 1024) -> AsyncIterator[bytes]:
@@ -130,7 +95,7 @@ async def test_oversized_bodies_are_refused_with_413(
     assert await post(hook, chunks(body)) == 413  # chunked: cut off as it arrives
     assert await post(hook, body, secret="wrong") == 413  # refused before anything else
     await asyncio.sleep(0.2)
-    assert telegram.sent == [] and await stored_since(engine, since) == []
+    assert telegram.sent == [] and await stored_since(engine, "telegram", since) == []
     # Just under the limit is fine.
     fits = valid_update(telegram, "y" * (LIMIT - len(body) + LIMIT - 50))
     assert len(json.dumps(fits).encode()) <= LIMIT
@@ -150,7 +115,7 @@ async def test_wrong_content_type_is_refused_with_415(
     assert await post(hook, body, content_type=content_type) == 415
     assert await post(hook, body, content_type="application/json; charset=utf-8") == 200
     await telegram.wait_for(lambda: len(telegram.sent) == 1)
-    assert len(await stored_since(engine, since)) == 2  # the accepted one and its reply
+    assert len(await stored_since(engine, "telegram", since)) == 2  # the accepted one and its reply
 
 
 WRONG_SHAPES = [
@@ -173,7 +138,7 @@ async def test_json_of_the_wrong_shape_is_refused_with_400(
 ) -> None:
     since = datetime.now(UTC)
     assert await post(hook, json.dumps(body).encode()) == 400
-    assert await stored_since(engine, since) == []
+    assert await stored_since(engine, "telegram", since) == []
 
 
 async def test_json_nested_too_deep_is_refused_with_400(hook: str) -> None:

@@ -6,13 +6,15 @@ Every scenario adds its result line to a collector printed at the end of the run
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.embedded import EmbeddedPostgres
 from tests.conftest import create_migrated_database
 from tests.reliability.load import LoadResult
+from tests.support import engine_on
 
 OWNED_DATABASE = "bot_reliability"
 FIGURES = pytest.StashKey[list[str]]()
@@ -24,6 +26,13 @@ Report = Callable[[LoadResult], None]
 async def owned_pg_url(fault_postgres: EmbeddedPostgres) -> str:
     """A migrated database of these scenarios on the fault tests' own Postgres."""
     return await create_migrated_database(fault_postgres.url, OWNED_DATABASE)
+
+
+@pytest.fixture
+async def owned_pg(owned_pg_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine of the test's own, to count what the bot stored."""
+    async with engine_on(owned_pg_url) as engine:
+        yield engine
 
 
 @pytest.fixture

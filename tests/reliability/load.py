@@ -232,6 +232,26 @@ async def run_with_fault(load: Load, fault: Callable[[], Coroutine[Any, Any, Non
     return seconds
 
 
+async def run_with_outage(
+    load: Load, after: int, seconds: float, begin: Callable[[], object], end: Callable[[], object]
+) -> float:
+    """`run_with_fault` with an outage: once `after` messages are settled, `begin` it, hold
+    it for `seconds`, then `end` it whatever happened. Both run in a thread, as stopping or
+    starting a server blocks."""
+
+    async def outage() -> None:
+        await load.until_settled(after)
+        load.fault_start()
+        try:
+            await asyncio.to_thread(begin)
+            await asyncio.sleep(seconds)
+        finally:
+            await asyncio.to_thread(end)
+            load.fault_end()
+
+    return await run_with_fault(load, outage)
+
+
 # -- what Postgres holds ------------------------------------------------------------------
 
 _STORED = """

@@ -15,11 +15,9 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.config import Settings
 from bot.domain import ReplyKind
 from bot.embedded import EmbeddedPostgres
 from bot.service import UNAVAILABLE_TEXT
-from bot.store.engine import create_engine
 from tests.reliability.conftest import OWNED_DATABASE
 from tests.reliability.partition import Partition
 from tests.support import FAST_POSTGRES, ServiceFactory, messages_of, msg, new_user
@@ -31,13 +29,6 @@ async def partition(fault_postgres: EmbeddedPostgres) -> AsyncIterator[Partition
     await proxy.start()
     yield proxy
     await proxy.stop()
-
-
-@pytest.fixture
-async def owned_pg(owned_pg_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(Settings(_env_file=None), owned_pg_url, pool_size=1)
-    yield engine
-    await engine.dispose()
 
 
 @pytest.mark.timeout(60)

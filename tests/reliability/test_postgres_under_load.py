@@ -13,18 +13,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.config import Settings
 from bot.embedded import EmbeddedPostgres
-from bot.store.engine import create_engine
 from tests.reliability.conftest import OWNED_DATABASE, Report
-from tests.reliability.load import Load, LoadPlan, assert_nothing_lost, measure, run_with_fault
+from tests.reliability.load import (
+    Load,
+    LoadPlan,
+    assert_nothing_lost,
+    measure,
+    run_with_fault,
+    run_with_outage,
+)
 from tests.support import FAST_POSTGRES, ServiceFactory, terminate_backends
 
+pytestmark = pytest.mark.usefixtures("fault_postgres_restored")
 PLAN = LoadPlan(users=30, per_user=8, concurrency=8)
 FAULT_AFTER = 2 * PLAN.users  # settled messages before the fault
 DOWN = 1.0  # seconds between the end of the stop and the start
@@ -40,22 +45,6 @@ UNAVAILABLE_BOUND = (
 )
 
 
-@pytest.fixture(autouse=True)
-def server_running(fault_postgres: EmbeddedPostgres) -> Iterator[None]:
-    """Whatever a test did to the server, the next one finds it up and answering."""
-    yield
-    fault_postgres.resume()
-    fault_postgres.start()
-
-
-@pytest.fixture
-async def owned_pg(owned_pg_url: str) -> AsyncIterator[AsyncEngine]:
-    """An engine of the test's own, to count what the bot stored."""
-    engine = create_engine(Settings(_env_file=None), owned_pg_url, pool_size=1)
-    yield engine
-    await engine.dispose()
-
-
 @pytest.mark.timeout(90)
 async def test_postgres_restarted_mid_load(
     make_service: ServiceFactory,
@@ -67,17 +56,9 @@ async def test_postgres_restarted_mid_load(
     service = await make_service(database_url=owned_pg_url, **FAST_POSTGRES)
     load = Load(service.handle, PLAN)
 
-    async def restart() -> None:
-        await load.until_settled(FAULT_AFTER)
-        load.fault_start()
-        try:
-            await asyncio.to_thread(fault_postgres.stop)
-            await asyncio.sleep(DOWN)
-        finally:
-            await asyncio.to_thread(fault_postgres.start)
-            load.fault_end()
-
-    seconds = await run_with_fault(load, restart)
+    seconds = await run_with_outage(
+        load, FAULT_AFTER, DOWN, fault_postgres.stop, fault_postgres.start
+    )
     result = await measure(load, owned_pg, "postgres restart", seconds)
     report(result.noting(store_unavailable=service.stats["store_unavailable"]))
 

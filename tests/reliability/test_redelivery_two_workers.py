@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -23,7 +21,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.config import Settings
 from bot.domain import ReplyKind
-from tests.conftest import ROOT
 from tests.reliability.conftest import Report
 from tests.reliability.load import (
     Attempt,
@@ -33,7 +30,7 @@ from tests.reliability.load import (
     finals,
     summarize,
 )
-from tests.support import read_line, worker_env
+from tests.support import run_together
 
 PLAN = LoadPlan(users=30, per_user=6, concurrency=8, think_seconds=0.0)
 WORKERS = 2
@@ -42,32 +39,8 @@ TIMEOUT = 60.0
 
 def run_twins(settings: Settings, spec: dict[str, Any]) -> list[list[Attempt]]:
     """Start the workers, let them go at once, and collect each one's attempts."""
-    command = [sys.executable, "-m", "tests.reliability.worker_process", json.dumps(spec)]
-    workers = [
-        subprocess.Popen(
-            command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=worker_env(settings),
-            cwd=ROOT,
-        )
-        for _ in range(WORKERS)
-    ]
-    try:
-        assert [read_line(w, TIMEOUT) for w in workers] == ["ready\n"] * WORKERS
-        for worker in workers:
-            assert worker.stdin is not None
-            worker.stdin.write("go\n")
-            worker.stdin.flush()
-        results = [json.loads(read_line(w, TIMEOUT)) for w in workers]
-        assert [w.wait(timeout=TIMEOUT) for w in workers] == [0] * WORKERS
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-            worker.communicate(timeout=30)
+    command = ["tests.reliability.worker_process", json.dumps(spec)]
+    results = run_together(settings, [command] * WORKERS, TIMEOUT)
     return [[Attempt.from_json(a) for a in result] for result in results]
 
 

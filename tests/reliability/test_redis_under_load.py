@@ -8,8 +8,6 @@ duplicate nothing, and use the cache again by itself once Redis is back.
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -17,7 +15,7 @@ from bot.domain import ReplyKind
 from bot.embedded import EmbeddedRedis
 from bot.service import ConversationService
 from tests.reliability.conftest import Report
-from tests.reliability.load import Load, LoadPlan, assert_nothing_lost, measure, run_with_fault
+from tests.reliability.load import Load, LoadPlan, assert_nothing_lost, measure, run_with_outage
 from tests.support import ServiceFactory
 
 OP_TIMEOUT = 0.5  # REDIS_OP_TIMEOUT_SECONDS
@@ -54,17 +52,7 @@ async def test_redis_killed_mid_load_and_restarted(
     service = await build(make_service, own_redis)
     load = Load(service.handle, PLAN, healthy=lambda: cache_in_use(service))
 
-    async def kill_and_restart() -> None:
-        await load.until_settled(FAULT_AFTER)
-        load.fault_start()
-        own_redis.kill()
-        try:
-            await asyncio.sleep(OUTAGE)
-        finally:
-            await asyncio.to_thread(own_redis.start)
-            load.fault_end()
-
-    seconds = await run_with_fault(load, kill_and_restart)
+    seconds = await run_with_outage(load, FAULT_AFTER, OUTAGE, own_redis.kill, own_redis.start)
     result = await measure(load, engine, "redis SIGKILL + restart", seconds)
     report(result.noting(from_postgres=service.stats["cache_unavailable"]))
 
@@ -82,17 +70,7 @@ async def test_redis_hung_mid_load_then_resumed(
     service = await build(make_service, own_redis)
     load = Load(service.handle, PLAN, healthy=lambda: cache_in_use(service))
 
-    async def pause_and_resume() -> None:
-        await load.until_settled(FAULT_AFTER)
-        load.fault_start()
-        own_redis.pause()
-        try:
-            await asyncio.sleep(PAUSE)
-        finally:
-            own_redis.resume()
-            load.fault_end()
-
-    seconds = await run_with_fault(load, pause_and_resume)
+    seconds = await run_with_outage(load, FAULT_AFTER, PAUSE, own_redis.pause, own_redis.resume)
     result = await measure(load, engine, "redis SIGSTOP + SIGCONT", seconds)
     report(result.noting(from_postgres=service.stats["cache_unavailable"]))
 

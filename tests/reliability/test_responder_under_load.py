@@ -11,7 +11,6 @@ the others must notice nothing.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -20,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.domain import ReplyKind
 from tests.reliability.conftest import Report
-from tests.reliability.load import Load, LoadPlan, assert_nothing_lost, measure, run_with_fault
+from tests.reliability.load import Load, LoadPlan, assert_nothing_lost, measure, run_with_outage
 from tests.responders.llm_server import LLMServer, Step, error
 from tests.support import ServiceFactory
 
@@ -39,6 +38,12 @@ class PickyLLM(LLMServer):
     def __init__(self) -> None:
         super().__init__()
         self.victims: dict[str, Step] = {}
+        self.faulty = False
+
+    def break_down(self) -> None:
+        self.faulty = True
+
+    def mend(self) -> None:
         self.faulty = False
 
     async def _completions(self, request: web.Request) -> web.Response:
@@ -74,18 +79,8 @@ async def test_llm_hanging_or_failing_for_some_users_mid_load(
     victims = set(hanging + failing)
     llm.victims = {u: Step(delay=600) for u in hanging} | {u: error(500) for u in failing}
 
-    async def break_llm_for_victims() -> None:
-        await load.until_settled(FAULT_AFTER)
-        load.fault_start()
-        llm.faulty = True
-        try:
-            await asyncio.sleep(FAULT_SECONDS)
-        finally:
-            llm.faulty = False
-            load.fault_end()
-
     try:
-        seconds = await run_with_fault(load, break_llm_for_victims)
+        seconds = await run_with_outage(load, FAULT_AFTER, FAULT_SECONDS, llm.break_down, llm.mend)
     finally:
         await service.responder.aclose()
     result = await measure(load, engine, "llm hangs / fails (6 users)", seconds, victims)

@@ -18,7 +18,6 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,16 +31,13 @@ from tests.channels.telegram_server import (
     BOT_ID,
     TOKEN,
     FakeBotApi,
-    message,
-    private_chat,
-    update,
+    private_update,
     user,
 )
-from tests.conftest import ROOT
 from tests.reliability.conftest import Report
 from tests.reliability.load import Attempt, assert_nothing_lost, check_store, finals, summarize
 from tests.responders.llm_server import LLMServer, Step
-from tests.support import fetch, worker_env
+from tests.support import ROOT, fetch, until, worker_env
 
 USERS = 20
 PER_USER = 6
@@ -68,21 +64,9 @@ class TelegramUser:
 
 
 @pytest.fixture
-async def telegram() -> AsyncIterator[FakeBotApi]:
-    server = FakeBotApi()
-    await server.start()
-    yield server
-    await server.close()
-    assert server.problems == []
-
-
-@pytest.fixture
-async def llm() -> AsyncIterator[LLMServer]:
-    server = LLMServer()
-    server.default = Step(delay=LLM_DELAY)
-    await server.start()
-    yield server
-    await server.stop()
+def llm(llm: LLMServer) -> LLMServer:
+    llm.default = Step(delay=LLM_DELAY)
+    return llm
 
 
 def reply_to(text: str) -> str:
@@ -129,9 +113,8 @@ async def talk(telegram: FakeBotApi, person: TelegramUser, stop_at: float) -> No
     """Send PER_USER messages, each once the previous one was answered."""
     for number in range(PER_USER):
         text = f"message {number} from {person.channel_user_id}"
-        chat = private_chat(person.sender)
         pushed_at = time.monotonic()
-        pushed = await telegram.push(update(telegram, message(telegram, chat, person.sender, text)))
+        pushed = await telegram.push(private_update(telegram, person.sender, text))
         person.pushed[text] = pushed["update_id"]
         while not replies(telegram)[reply_to(text)]:
             assert time.monotonic() < stop_at, f"{text!r} never answered"
@@ -159,10 +142,44 @@ async def stored_texts(engine: AsyncEngine, people: list[TelegramUser]) -> set[s
     return {row.content for row in rows}
 
 
-async def until(condition: Callable[[], bool], within: float) -> None:
-    async with asyncio.timeout(within):
-        while not condition():  # noqa: ASYNC110 - the servers' state, seen by polling
-            await asyncio.sleep(0.02)
+def bot_run_env(
+    settings: Settings, telegram: FakeBotApi, llm: LLMServer, **more: str
+) -> dict[str, str]:
+    """The environment of a `bot run` on the local Telegram and LLM, HTTP on any port."""
+    return worker_env(settings) | {
+        "TELEGRAM_BOT_TOKEN": TOKEN,
+        "TELEGRAM_API_BASE_URL": telegram.base_url,
+        "LLM_BASE_URL": llm.url,
+        "HTTP_HOST": "127.0.0.1",
+        "HTTP_PORT": "0",
+        **more,
+    }
+
+
+def new_people() -> list[TelegramUser]:
+    base = 10**9 + uuid.uuid4().int % 10**8  # fresh Telegram user ids for this run
+    return [TelegramUser(user(base + i), {}) for i in range(USERS)]
+
+
+async def in_flight_mid_load(telegram: FakeBotApi, llm: LLMServer) -> set[str]:
+    """Once SIGTERM_AFTER replies are out and enough LLM requests are open: their texts."""
+    await until(
+        lambda: (
+            sum(replies(telegram).values()) >= SIGTERM_AFTER
+            and llm.in_flight >= IN_FLIGHT_AT_SIGTERM
+        ),
+        within=LOAD_WITHIN,
+        what="the load in flight",
+    )
+    return open_requests(llm, telegram)
+
+
+async def end_all(users: list[asyncio.Task[None]], *workers: Worker) -> None:
+    for task in users:
+        task.cancel()
+    await asyncio.gather(*users, return_exceptions=True)
+    for worker in workers:
+        await worker.kill()
 
 
 @pytest.mark.timeout(150)
@@ -174,30 +191,15 @@ async def test_sigterm_mid_load_finishes_what_is_in_flight(
     tmp_path: Path,
     report: Report,
 ) -> None:
-    env = worker_env(settings) | {
-        "TELEGRAM_BOT_TOKEN": TOKEN,
-        "TELEGRAM_API_BASE_URL": telegram.base_url,
-        "LLM_BASE_URL": llm.url,
-        "HTTP_HOST": "127.0.0.1",
-        "HTTP_PORT": "0",
-        "SHUTDOWN_GRACE_SECONDS": "20",
-    }
-    base = 10**9 + uuid.uuid4().int % 10**8  # fresh Telegram user ids for this run
-    people = [TelegramUser(user(base + i), {}) for i in range(USERS)]
+    env = bot_run_env(settings, telegram, llm, SHUTDOWN_GRACE_SECONDS="20")
+    people = new_people()
     first, second = Worker(env, tmp_path / "first.log"), Worker(env, tmp_path / "second.log")
     started = time.monotonic()
     users: list[asyncio.Task[None]] = []
     try:
         await first.start()
         users += [asyncio.create_task(talk(telegram, p, started + LOAD_WITHIN)) for p in people]
-        await until(
-            lambda: (
-                sum(replies(telegram).values()) >= SIGTERM_AFTER
-                and llm.in_flight >= IN_FLIGHT_AT_SIGTERM
-            ),
-            within=LOAD_WITHIN,
-        )
-        in_flight = open_requests(llm, telegram)
+        in_flight = await in_flight_mid_load(telegram, llm)
         signalled = time.monotonic()
         first_exit = await first.stop()
         shutdown = time.monotonic() - signalled
@@ -208,11 +210,7 @@ async def test_sigterm_mid_load_finishes_what_is_in_flight(
         await asyncio.gather(*users)
         second_exit = await second.stop()
     finally:
-        for task in users:
-            task.cancel()
-        await asyncio.gather(*users, return_exceptions=True)
-        await first.kill()
-        await second.kill()
+        await end_all(users, first, second)
     seconds = time.monotonic() - started
 
     attempts = [
@@ -256,29 +254,15 @@ async def test_sigkill_mid_load_messages_in_flight_come_again(
 ) -> None:
     """A worker that dies without a word (SIGKILL, OOM): what it had in hand must reach
     the next worker again, as nothing of it was answered."""
-    env = worker_env(settings) | {
-        "TELEGRAM_BOT_TOKEN": TOKEN,
-        "TELEGRAM_API_BASE_URL": telegram.base_url,
-        "LLM_BASE_URL": llm.url,
-        "HTTP_HOST": "127.0.0.1",
-        "HTTP_PORT": "0",
-        "LOCK_TTL_SECONDS": "3",  # the dead worker's user locks free soon
-    }
-    base = 10**9 + uuid.uuid4().int % 10**8
-    people = [TelegramUser(user(base + i), {}) for i in range(USERS)]
+    # The dead worker's user locks free soon.
+    env = bot_run_env(settings, telegram, llm, LOCK_TTL_SECONDS="3")
+    people = new_people()
     first, second = Worker(env, tmp_path / "first.log"), Worker(env, tmp_path / "second.log")
     users: list[asyncio.Task[None]] = []
     try:
         await first.start()
         users += [asyncio.create_task(talk(telegram, p, math.inf)) for p in people]
-        await until(
-            lambda: (
-                sum(replies(telegram).values()) >= SIGTERM_AFTER
-                and llm.in_flight >= IN_FLIGHT_AT_SIGTERM
-            ),
-            within=LOAD_WITHIN,
-        )
-        in_flight = open_requests(llm, telegram)
+        in_flight = await in_flight_mid_load(telegram, llm)
         await first.kill()
         confirmed = telegram.confirmed  # Telegram will not send these again
         await second.start()
@@ -286,11 +270,7 @@ async def test_sigkill_mid_load_messages_in_flight_come_again(
         unanswered = {text for text in in_flight if not replies(telegram)[reply_to(text)]}
         second_exit = await second.stop()
     finally:
-        for task in users:
-            task.cancel()
-        await asyncio.gather(*users, return_exceptions=True)
-        await first.kill()
-        await second.kill()
+        await end_all(users, first, second)
 
     assert second_exit == 0, (tmp_path / "second.log").read_text()
     update_ids = {text: i for p in people for text, i in p.pushed.items()}

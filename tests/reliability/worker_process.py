@@ -14,28 +14,15 @@ import json
 import sys
 from typing import Any
 
-from bot.config import load_settings
-from bot.runtime import build_service, create_redis
-from bot.store.engine import create_engine
 from tests.reliability.load import Load, LoadPlan
+from tests.support import service_told_to_go
 
 
 async def main(spec: dict[str, Any]) -> None:
-    settings = load_settings(_env_file=None)
-    assert settings.database_url is not None and settings.redis_url is not None
-    engine = create_engine(settings, settings.database_url.get_secret_value())
-    redis = create_redis(settings, settings.redis_url.get_secret_value())
-    service = build_service(settings, engine, redis)
-    try:
-        await redis.ping()  # connected before the start, so both workers go together
-        print("ready", flush=True)
-        await asyncio.to_thread(sys.stdin.readline)
+    async with service_told_to_go() as service:
         load = Load(service.handle, LoadPlan(**spec["plan"]), users=spec["users"])
         await load.run()
         print(json.dumps([attempt.as_json() for attempt in load.attempts]), flush=True)
-    finally:
-        await redis.aclose()
-        await engine.dispose()
 
 
 if __name__ == "__main__":

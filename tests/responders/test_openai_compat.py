@@ -22,20 +22,11 @@ from bot.responders.base import estimate_tokens
 from bot.responders.openai_compat import fit_context, retry_after_seconds
 from bot.service import RESPONDER_FAILED_TEXT, ConversationService
 from tests.channels.test_console import chat, chat_env
-from tests.conftest import ROOT
 from tests.responders.llm_server import LLMServer, Step, error
-from tests.support import ServiceFactory, messages_of, msg, new_user
+from tests.support import ROOT, ServiceFactory, messages_of, msg, new_user
 
 API_KEY = "sk-test-secret-4f1e2d"
 LLMService = Callable[..., Awaitable[ConversationService]]
-
-
-@pytest.fixture
-async def llm() -> AsyncIterator[LLMServer]:
-    server = LLMServer()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture

@@ -17,16 +17,14 @@ import asyncpg
 import pytest
 
 from bot.config import Settings
-from bot.store.engine import create_engine
-from bot.store.migrate import upgrade_to_head
 from tests.channels.discord_server import TOKEN as DISCORD_TOKEN
 from tests.channels.slack_server import APP_TOKEN as SLACK_APP_TOKEN
 from tests.channels.slack_server import BOT_TOKEN as SLACK_BOT_TOKEN
 from tests.channels.slack_server import SIGNING_SECRET as SLACK_SIGNING_SECRET
 from tests.channels.telegram_server import TOKEN as TELEGRAM_TOKEN
-from tests.conftest import ROOT
 from tests.responders.llm_server import LLMServer
 from tests.security.servers import Certificates, OwnPostgres, OwnRedis, make_certificates
+from tests.support import ROOT, migrate_to_head
 
 PYTHON = ROOT / ".venv" / "bin" / "python"
 NOWHERE = "http://127.0.0.1:9"  # the discard port: nothing listens
@@ -212,11 +210,7 @@ async def scan_stores(
         f'CREATE DATABASE "{database}" OWNER {role}',
     )
     url = own_pg.url(role, PG_PASSWORD, database)
-    engine = create_engine(Settings(_env_file=None), url, pool_size=1)
-    try:
-        await upgrade_to_head(engine)
-    finally:
-        await engine.dispose()
+    await migrate_to_head(url)
     server = OwnRedis(tmp_path_factory.mktemp("scan-redis"), REDIS_PASSWORD)
     server.start()
     try:
@@ -228,14 +222,6 @@ async def scan_stores(
             f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)',
             f"DROP ROLE IF EXISTS {role}",
         )
-
-
-@pytest.fixture
-async def llm() -> AsyncIterator[LLMServer]:
-    server = LLMServer()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -23,15 +22,11 @@ import pytest
 import redis
 import trustme
 
+from tests.support import free_port
+
 HOST = "127.0.0.1"
 TLS_ONLY = "tls_only"  # a group role: its members' connections must use TLS
 START_TIMEOUT = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from sqlalchemy import text
 from bot.config import Settings
 from bot.store.engine import create_engine
 from bot.store.migrate import head_revision
-from tests.conftest import ROOT
 from tests.security.conftest import (
     admin_execute,
     admin_fetch,
@@ -23,6 +22,7 @@ from tests.security.conftest import (
     unique,
 )
 from tests.security.servers import TLS_ONLY, Certificates, OwnPostgres
+from tests.support import ROOT
 
 pytestmark = pytest.mark.timeout(180)
 

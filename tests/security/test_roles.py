@@ -14,9 +14,9 @@ import asyncpg
 import pytest
 
 from bot.store.migrate import head_revision
-from tests.conftest import ROOT
 from tests.security.conftest import admin_execute, bot_env, run_bot, unique
 from tests.security.servers import OwnPostgres
+from tests.support import ROOT
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -11,7 +11,6 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.conftest import ROOT
 from tests.responders.llm_server import LLMServer, error
 from tests.security.conftest import (
     LLM_API_KEY,
@@ -24,6 +23,7 @@ from tests.security.conftest import (
     run_bot,
     unique,
 )
+from tests.support import ROOT
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -28,9 +28,9 @@ from tests.channels.slack_server import BOT_TOKEN as SLACK_BOT_TOKEN
 from tests.channels.slack_server import SIGNING_SECRET as SLACK_SIGNING_SECRET
 from tests.channels.slack_server import FakeSlack, event_envelope, sign
 from tests.channels.telegram_server import TOKEN as TELEGRAM_TOKEN
-from tests.channels.telegram_server import FakeBotApi, message, private_chat, update, user
+from tests.channels.telegram_server import FakeBotApi, private_update, user
 from tests.security.conftest import PYTHON, SECRETS, TELEGRAM_WEBHOOK_SECRET, Captured
-from tests.security.servers import free_port
+from tests.support import free_port, until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -55,15 +55,6 @@ async def platforms() -> AsyncIterator[Platforms]:
     await found.slack.stop()
     await found.telegram.close()
     await found.discord.stop()
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    try:
-        async with asyncio.timeout(WITHIN):
-            while not condition():  # noqa: ASYNC110 - state of servers on this loop
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"{what}: not within {WITHIN} s") from None
 
 
 async def get(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
@@ -192,16 +183,14 @@ async def test_worker_with_every_channel_shows_no_secret(
         session = running.session
         await discord.push_message(discord.message(discord.owner, words["discord"]))
         sender = user(7001, "scan_user")
-        body = json.dumps(
-            update(telegram, message(telegram, private_chat(sender), sender, words["tg"]))
-        ).encode()
+        body = json.dumps(private_update(telegram, sender, words["tg"])).encode()
         hook_url = f"http://127.0.0.1:{hook_port}{HOOK_PATH}"
         right = await hook(session, hook_url, body, TELEGRAM_WEBHOOK_SECRET)
         wrong = await hook(session, hook_url, body, "not-the-secret")
         await slack.push(event_envelope(slack_dm(words["slack"])))
-        await until(lambda: len(discord.posts()) >= 1, "discord reply")
-        await until(lambda: len(telegram.sent) >= 1, "telegram reply")
-        await until(lambda: len(slack.posts) >= 1, "slack reply")
+        await until(lambda: len(discord.posts()) >= 1, WITHIN, "discord reply")
+        await until(lambda: len(telegram.sent) >= 1, WITHIN, "telegram reply")
+        await until(lambda: len(slack.posts) >= 1, WITHIN, "slack reply")
         endpoints = {
             path: await get(session, base + path) for path in ("/healthz", "/readyz", "/metrics")
         }
@@ -257,7 +246,7 @@ async def test_slack_events_endpoint_shows_no_secret(
             }
             async with session.post(url, data=raw, headers=headers) as response:
                 answers.append((response.status, await response.text()))
-        await until(lambda: len(slack.posts) >= 1, "slack reply")
+        await until(lambda: len(slack.posts) >= 1, WITHIN, "slack reply")
     for status, text in answers:
         captured.add(f"slack events answer {status}", text)
 
@@ -291,7 +280,7 @@ async def test_platforms_refusing_the_tokens_show_no_secret(
     captured = Captured()
     async with worker(env, "discord,telegram,slack", tmp_path, captured, connected=False) as run:
         for name in ("discord", "telegram", "slack"):
-            await until(logged(run.err, f"channel {name} "), f"the {name} channel failing")
+            await until(logged(run.err, f"channel {name} "), WITHIN, f"the {name} channel failing")
         status, readiness = await get(run.session, f"http://127.0.0.1:{env['HTTP_PORT']}/readyz")
     captured.add("/readyz", readiness)
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 SECRET = "Uncaught-S3cret-value"
 CRASH = f"""
