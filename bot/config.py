@@ -269,6 +269,9 @@ class Settings(BaseSettings):
     # worker's lock frees within it however long a reply takes.
     lock_ttl_seconds: PositiveInt = 30
     lock_wait_seconds: Seconds = 60.0
+    # How long a redelivery waits for a reply being sent by another worker (its event
+    # 'answered', not yet 'done') before taking it for lost and sending the stored reply.
+    delivery_lease_seconds: PositiveInt = 30
 
     # Conversation.
     default_model: str = "gpt-4o-mini"

@@ -87,6 +87,17 @@ class ConversationService:
         self._locks = KeyedLocks()
         self._local_rate = LocalRateLimiter()
 
+    def delivered(self, message: IncomingMessage) -> None:
+        """The adapter delivered the reply to `message` (all of it) to the platform: its
+        event is done, and a redelivery of it says nothing."""
+        event = storable_event_id(message.platform_message_id)
+        self.cache.mark_delivered(replace(message, platform_message_id=event))
+
+    async def close(self) -> None:
+        """Write what is pending in Redis: delivered events, tallies (at shutdown)."""
+        await self.cache.flush_delivered()
+        await self.publish_stats()
+
     async def publish_stats(self) -> None:
         """Send the tallies counted since the last call to Redis; kept for later if down."""
         delta = self.stats - self._published
@@ -177,7 +188,7 @@ class ConversationService:
             if hot is None:
                 self.stats["cache_unavailable"] += 1
                 return None
-            if hot.status is not BeginStatus.LOCKED:
+            if hot.status not in (BeginStatus.LOCKED, BeginStatus.DELIVERING):
                 return hot
             if loop.time() + delay > deadline:
                 raise LockTimeout(f"{message.channel}:{message.channel_user_id}")

@@ -113,7 +113,7 @@ class Worker:
         for task in supervisors:
             task.cancel()
         await asyncio.gather(*supervisors, return_exceptions=True)
-        await self.dispatcher.service.publish_stats()
+        await self.dispatcher.service.close()
         if self.health is not None:
             await self.health.stop()
         self._remove_signal_handlers()

@@ -99,6 +99,13 @@ def msg(user: str, text: str, pid: str | None = None, channel: str = "console") 
     return IncomingMessage(channel, user, text, username=user, platform_message_id=pid)
 
 
+async def handled(service: ConversationService, message: IncomingMessage) -> Reply:
+    """`handle` as an adapter calls it: and then the reply reaches the user."""
+    reply = await service.handle(message)
+    service.delivered(message)
+    return reply
+
+
 def echo(text: str, earlier: int = 0) -> str:
     """The echo responder's answer to `text`, having seen `earlier` messages before it."""
     noun = "message" if earlier == 1 else "messages"

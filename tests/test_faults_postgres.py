@@ -34,6 +34,7 @@ from tests.support import (
     admin_fetch,
     engine_on,
     free_port,
+    handled,
     messages_of,
     msg,
     new_user,
@@ -174,8 +175,9 @@ async def test_stopped_postgres_tells_the_user_and_a_redelivery_is_stored_once(
     finally:
         pg_server.start()
 
-    redelivered = await service.handle(msg(user, "two", pid=f"{user}:s-2"))
+    redelivered = await handled(service, msg(user, "two", pid=f"{user}:s-2"))
     again = await service.handle(msg(user, "two", pid=f"{user}:s-2"))
+    await service.cache.flush_delivered()
     assert redelivered.kind is ReplyKind.ANSWER and earlier(redelivered) == 2
     assert redelivered.conversation_id == first.conversation_id
     assert again.kind is ReplyKind.DUPLICATE

@@ -19,6 +19,7 @@ from tests.support import (
     CountingResponder,
     ServiceFactory,
     fetch,
+    handled,
     messages_of,
     msg,
     new_user,
@@ -131,10 +132,10 @@ async def test_redelivered_event_is_answered_and_stored_once(
     service: ConversationService, engine: AsyncEngine
 ) -> None:
     user = new_user()
-    first = await service.handle(msg(user, "hi", pid="evt-1"))
-    again = await service.handle(msg(user, "hi", pid="evt-1"))
+    first = await handled(service, msg(user, "hi", pid="evt-1"))
+    again = await handled(service, msg(user, "hi", pid="evt-1"))
     await service.cache.flush()  # the database's unique key still knows the event
-    third = await service.handle(msg(user, "hi", pid="evt-1"))
+    third = await handled(service, msg(user, "hi", pid="evt-1"))
 
     assert first.kind is ReplyKind.ANSWER
     assert again.kind is ReplyKind.DUPLICATE and again.silent

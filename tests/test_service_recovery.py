@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.cache.hotstate import BeginStatus
 from bot.cache.keys import Keys
 from bot.domain import ReplyKind
-from tests.support import GatedResponder, ServiceFactory, messages_of, msg, new_user
+from tests.support import GatedResponder, ServiceFactory, handled, messages_of, msg, new_user
 
 # A short lock, so that a lock nobody renews runs out within the test.
 SHORT_LOCK = {"lock_ttl_seconds": 1, "lock_wait_seconds": 20}
@@ -31,8 +31,9 @@ async def test_redelivery_after_a_crash_mid_message_is_answered_and_stored_once(
     assert (await crashed.cache.begin(event, "token-of-the-dead")).status is BeginStatus.OK
     assert await redis.get(keys.dedup("console", f"{user}:1")) == b"processing"
 
-    redelivered = await asyncio.wait_for(survivor.handle(event), timeout=30)
+    redelivered = await asyncio.wait_for(handled(survivor, event), timeout=30)
     again = await survivor.handle(event)
+    await survivor.cache.flush_delivered()
 
     assert redelivered.kind is ReplyKind.ANSWER, redelivered
     assert again.kind is ReplyKind.DUPLICATE and again.silent
@@ -66,7 +67,7 @@ async def test_a_worker_that_died_after_its_commit_has_the_stored_reply_sent_onc
     stored = await messages_of(engine, user)
     assert [r.role for r in stored] == ["user", "assistant"]  # committed, never sent
 
-    redelivered = await asyncio.wait_for(survivor.handle(event), timeout=30)
+    redelivered = await asyncio.wait_for(handled(survivor, event), timeout=30)
     again = await survivor.handle(event)
 
     assert redelivered.kind is ReplyKind.ANSWER and redelivered.text == stored[1].content
@@ -89,7 +90,8 @@ async def test_a_stalled_holder_and_its_successor_store_the_event_once(
     await asyncio.wait_for(gate.started.wait(), timeout=10)
     # Its lock is gone while it still works (its renewals could not reach Redis, say).
     assert await redis.delete(keys.lock("console", user)) == 1
-    taken_over = await asyncio.wait_for(successor.handle(event), timeout=10)
+    taken_over = await asyncio.wait_for(handled(successor, event), timeout=10)
+    await successor.cache.flush_delivered()
     gate.release.set()
     late = await asyncio.wait_for(first, timeout=10)
 
@@ -132,3 +134,47 @@ async def test_a_slow_reply_keeps_the_users_lock_past_its_ttl(
     ]
     assert "(2 earlier messages" in (replies[1].text or "")
     assert not await redis.exists(keys.lock("console", user))
+
+
+async def test_an_event_is_done_only_once_its_reply_was_delivered(
+    make_service: ServiceFactory, engine: AsyncEngine, redis: Redis
+) -> None:
+    sender = await make_service(delivery_lease_seconds=30)
+    other = await make_service(delivery_lease_seconds=30)
+    keys = Keys.from_settings(sender.settings)
+    user = new_user()
+    event = msg(user, "hello", pid=f"{user}:1")
+    dedup = keys.dedup("console", f"{user}:1")
+
+    first = await sender.handle(event)
+    assert first.kind is ReplyKind.ANSWER
+    assert (await redis.get(dedup) or b"").startswith(b"answered:")  # being sent
+    # Another worker given the same event meanwhile waits for the sending to end...
+    retry = asyncio.create_task(other.handle(event))
+    await asyncio.sleep(0.3)
+    assert not retry.done()
+    sender.delivered(event)  # ...which the adapter reports once the reply is out
+    again = await asyncio.wait_for(retry, timeout=5)
+
+    assert again.kind is ReplyKind.DUPLICATE and again.silent  # no second reply
+    assert await redis.get(dedup) == b"done"
+    assert len(await messages_of(engine, user)) == 2
+
+
+async def test_a_reply_never_delivered_is_sent_by_the_redelivery_after_the_lease(
+    make_service: ServiceFactory, engine: AsyncEngine
+) -> None:
+    dead = await make_service(delivery_lease_seconds=1)  # stored its reply, then died
+    survivor = await make_service(delivery_lease_seconds=1)
+    user = new_user()
+    event = msg(user, "still there?", pid=f"{user}:1")
+
+    first = await dead.handle(event)  # never delivered
+    started = asyncio.get_running_loop().time()
+    redelivered = await asyncio.wait_for(handled(survivor, event), timeout=10)
+    waited = asyncio.get_running_loop().time() - started
+
+    assert redelivered.kind is ReplyKind.ANSWER and redelivered.text == first.text
+    assert waited >= 0.5  # it waited for the lease: the first worker might still send it
+    assert survivor.stats["reply_resent"] == 1
+    assert len(await messages_of(engine, user)) == 2

@@ -169,6 +169,7 @@ class ServiceDriver:
                 platform_message_id=f"{tag}-{user.channel_user_id}-{number}",
             )
             reply = await self.service.handle(message)
+            self.service.delivered(message)  # as an adapter does once the reply is sent
             self.meter.replies[reply.kind.value] += 1
             if reply.kind is ReplyKind.ANSWER:
                 user.conversation_id = reply.conversation_id

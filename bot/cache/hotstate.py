@@ -7,20 +7,28 @@ operation budget and then nothing until it is back.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from redis.asyncio import Redis
 
 from bot.cache import scripts
+from bot.cache.codec import (
+    decode_channel,
+    decode_contexts,
+    decode_session,
+    encode_channel,
+    encode_context,
+    encode_session,
+    text_of,
+)
+from bot.cache.delivery import DeliveredEvents
 from bot.cache.guard import CircuitOpen, RedisGuard
 from bot.cache.keys import RATE_WINDOW_SECONDS, Keys
 from bot.cache.repair import CacheRepair, Claim
@@ -29,11 +37,14 @@ from bot.errors import CacheUnavailable
 
 log = logging.getLogger(__name__)
 
+DELIVERY_MARK_DELAY = 0.05  # s a delivered event waits for a FINISH to carry its mark
+
 
 class BeginStatus(StrEnum):
     OK = "ok"
     LOCKED = "locked"  # another worker handles this user's previous message
     DUPLICATE = "duplicate"  # this platform event was handled already
+    DELIVERING = "delivering"  # its reply is being sent by another worker: wait
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,61 +75,6 @@ class Refresh:
     channel: ChannelSettings | None = None  # set when it was loaded from Postgres
 
 
-def encode_context(message: ContextMessage) -> str:
-    return json.dumps(
-        {"role": message.role, "content": message.content, "ts": message.timestamp.timestamp()},
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
-
-
-def decode_context(raw: bytes | str) -> ContextMessage:
-    return _context_message(json.loads(raw))
-
-
-def decode_contexts(raw: bytes | str) -> list[ContextMessage] | None:
-    """The context as BEGIN returns it (one JSON array); None if any of it is unreadable,
-    so that it is rebuilt from Postgres like a miss."""
-    try:
-        return [_context_message(item) for item in json.loads(raw)]
-    except (ValueError, KeyError, TypeError):
-        log.warning("unreadable cached context: rebuilding it from Postgres")
-        return None
-
-
-def _context_message(data: dict[str, Any]) -> ContextMessage:
-    return ContextMessage(
-        role=data["role"],
-        content=data["content"],
-        timestamp=datetime.fromtimestamp(data["ts"], UTC),
-    )
-
-
-def encode_channel(channel: ChannelSettings) -> str:
-    return json.dumps({"default_model": channel.default_model, "settings": channel.settings})
-
-
-def decode_channel(raw: bytes | str) -> ChannelSettings:
-    data = json.loads(raw)
-    return ChannelSettings(default_model=data.get("default_model"), settings=data["settings"])
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def decode_session(flat: Sequence[bytes | str]) -> SessionState | None:
-    fields = {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
-    try:
-        return SessionState(
-            user_id=uuid.UUID(fields["user_id"]),
-            conversation_id=uuid.UUID(fields["conversation_id"]),
-            model=fields.get("model") or None,
-        )
-    except (KeyError, ValueError):
-        return None  # absent or unreadable: rebuild from Postgres
-
-
 class HotStateCache:
     def __init__(self, redis: Redis, keys: Keys, guard: RedisGuard) -> None:
         self.redis = redis
@@ -131,9 +87,30 @@ class HotStateCache:
         self._finish = redis.register_script(scripts.FINISH)
         self._abort = redis.register_script(scripts.ABORT)
         self._extend = redis.register_script(scripts.EXTEND)
+        self.delivered = DeliveredEvents(self._mark_done, DELIVERY_MARK_DELAY)
+
+    def mark_delivered(self, message: IncomingMessage) -> None:
+        """The adapter delivered the reply to this event: it is to be marked done."""
+        if message.platform_message_id is not None:
+            self.delivered.add(self._dedup_key(message))
+
+    async def flush_delivered(self) -> None:
+        """Mark every delivered event done now (at shutdown)."""
+        await self.delivered.flush()
+
+    async def _mark_done(self, dedup_keys: list[str]) -> None:
+        async def write() -> None:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in dedup_keys:
+                    pipe.set(key, "done", xx=True, ex=self.keys.dedup_ttl)
+                await pipe.execute()
+
+        await self.guard.run(write)
 
     async def begin(self, message: IncomingMessage, lock_token: str) -> HotState:
         """Take the user's lock, claim the event, count the rate, read all hot state."""
+        if message.platform_message_id is not None and self._dedup_key(message) in self.delivered:
+            return HotState(BeginStatus.DUPLICATE)  # answered here, not marked done yet
         keys = self.keys
         key_list = [
             keys.lock(message.channel, message.channel_user_id),
@@ -154,6 +131,7 @@ class HotStateCache:
             message.channel_user_id,
             keys.context_template(),
             keys.context_messages,
+            keys.delivery_lease,
         ]
         result = await self.guard.run(lambda: self._begin(keys=key_list, args=args))
         return _parse_begin(result)
@@ -265,9 +243,11 @@ class HotStateCache:
         return RateCount(int(count), int(ttl))
 
     async def finish(self, message: IncomingMessage, lock_token: str, refresh: Refresh) -> None:
-        """Write back session, context and config, mark the event done, release the lock."""
+        """Write back session, context and config, mark the event answered (and the ones
+        delivered since the last call done), release the lock."""
         keys = self.keys
         session = refresh.session
+        delivered = self.delivered.take()
         key_list = [
             keys.session(message.channel, message.channel_user_id),
             keys.context(session.conversation_id) if session else keys.context(uuid.UUID(int=0)),
@@ -285,7 +265,10 @@ class HotStateCache:
             keys.dedup_ttl,
             encode_channel(refresh.channel) if refresh.channel else "",
             keys.channel_config_ttl,
-            _encode_session(session) if session else "",
+            encode_session(session) if session else "",
+            f"{time.time():.3f}",
+            len(delivered),
+            *delivered,
             *(encode_context(m) for m in refresh.context),
         ]
         await self.guard.run(lambda: self._finish(keys=key_list, args=args))
@@ -365,19 +348,8 @@ def _flag(value: bool) -> str:
     return "1" if value else "0"
 
 
-def _encode_session(session: SessionState) -> str:
-    return json.dumps(
-        {
-            "user_id": str(session.user_id),
-            "conversation_id": str(session.conversation_id),
-            "model": session.model or "",
-            "last_activity": f"{time.time():.3f}",
-        }
-    )
-
-
 def _parse_begin(result: list[Any]) -> HotState:
-    status = BeginStatus(_text(result[0]))
+    status = BeginStatus(text_of(result[0]))
     if status is not BeginStatus.OK:
         return HotState(status)
     _, flat, config, count, ttl, context, taken_over = result

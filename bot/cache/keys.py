@@ -40,6 +40,7 @@ class Keys:
     dedup_ttl: int
     dedup_processing_ttl: int
     lock_ttl: int
+    delivery_lease: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Keys:
@@ -53,6 +54,7 @@ class Keys:
             dedup_ttl=settings.dedup_ttl_seconds,
             dedup_processing_ttl=settings.dedup_processing_seconds,
             lock_ttl=settings.lock_ttl_seconds,
+            delivery_lease=settings.delivery_lease_seconds,
         )
 
     def session(self, channel: str, channel_user_id: str) -> str:

@@ -221,9 +221,11 @@ class DiscordAdapter(ChannelAdapter):
         self._handling.add(task)
         try:
             reply = await self._answer(message.channel, incoming)
-            if reply is not None and reply.text is not None:
-                parts = split_text(reply.text, MESSAGE_LIMIT)
-                await self._send(message.channel, parts, incoming, reply)
+            if reply is None:
+                return
+            parts = split_text(reply.text, MESSAGE_LIMIT) if reply.text is not None else []
+            if await self._send(message.channel, parts, incoming, reply):
+                self.dispatcher.delivered(incoming)
         finally:
             self._handling.discard(task)
 
@@ -263,7 +265,8 @@ class DiscordAdapter(ChannelAdapter):
         parts: list[str],
         incoming: IncomingMessage,
         reply: Reply,
-    ) -> None:
+    ) -> bool:
+        """Post the parts in order; False if one could not be delivered."""
         for part in parts:
             try:
                 await deliver(
@@ -279,8 +282,9 @@ class DiscordAdapter(ChannelAdapter):
                     extra={"channel": self.name, "user_id": incoming.channel_user_id,
                            "chat_id": incoming.chat_id, "conversation_id": reply.conversation_id},
                 )  # fmt: skip
-                return
+                return False
             self.dispatcher.sent(self.name)
+        return True
 
     @staticmethod
     async def _post(channel: discord.abc.Messageable, text: str) -> discord.Message:

@@ -73,6 +73,10 @@ class Dispatcher:
         """An adapter delivered a reply (or one part of it) to the platform."""
         self.metrics.messages_out.labels(channel).inc()
 
+    def delivered(self, message: IncomingMessage) -> None:
+        """An adapter delivered the whole reply to `message`: its event is done."""
+        self.service.delivered(message)
+
     def refused(self, channel: str) -> None:
         """A message was turned away because the worker (or its adapter) is stopping."""
         self.metrics.refused_at_shutdown.labels(channel).inc()

@@ -288,6 +288,7 @@ class SlackAdapter(ChannelAdapter):
                     ),
                 )
                 self.dispatcher.sent(self.name)
+            self.dispatcher.delivered(message)
         except ShuttingDown:
             self.log.warning("slack event %s arrived during shutdown", message.platform_message_id)
         except PlatformError as exc:

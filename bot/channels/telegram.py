@@ -288,10 +288,11 @@ class TelegramAdapter(ChannelAdapter):
             reply = await self.dispatcher.handle(incoming)
         finally:
             typing.cancel()
-        if reply.text is not None:
-            await self._send(message, incoming, reply.text)
+        if reply.text is None or await self._send(message, incoming, reply.text):
+            self.dispatcher.delivered(incoming)
 
-    async def _send(self, message: Message, incoming: IncomingMessage, text: str) -> None:
+    async def _send(self, message: Message, incoming: IncomingMessage, text: str) -> bool:
+        """Send the reply in parts; False if one could not be delivered."""
         quote = message.chat.type != ChatType.PRIVATE  # say which message is answered
         for part in split_text(text, MessageLimit.MAX_TEXT_LENGTH):
             try:
@@ -307,9 +308,10 @@ class TelegramAdapter(ChannelAdapter):
                     exc,
                     extra={"channel": self.name, "user_id": incoming.channel_user_id},
                 )
-                return
+                return False
             self.dispatcher.sent(self.name)
             quote = False
+        return True
 
     def _count_rate_limited(self) -> None:
         self.dispatcher.platform_rate_limited(self.name)

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from bot.cache import keys as kinds
-from bot.cache.hotstate import encode_context
+from bot.cache.codec import encode_context
 from bot.cache.keys import Keys
 from bot.ops.inspect import KNOWN_KINDS
 from bot.store.manage_queries import PurgeCounts, WarmSession

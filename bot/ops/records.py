@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.cache.hotstate import decode_context
+from bot.cache.codec import decode_context
 from bot.cache.keys import Keys
 from bot.ops.errors import NotFound
 from bot.ops.inspect import Progress, as_text

@@ -41,8 +41,11 @@ def test_warm_path_reads_nothing_from_postgres_and_makes_two_redis_round_trips(
     assert warm["replies"] == {"answer": USERS * MESSAGES * ROUNDS}
     assert warm["postgres_per_message"][READ] == 0
     assert warm["postgres_per_message"][WRITE] == 1  # the one exchange statement
-    assert warm["redis_per_message"]["round_trips"] <= 2
-    assert warm["redis_per_message"]["calls"] <= 2  # the BEGIN and FINISH scripts
+    # The BEGIN and FINISH scripts; delivery marks ride on FINISH, but for the last
+    # messages of a phase, which take one call of their own once it went quiet.
+    idle_flushes = ROUNDS / warm["messages"]
+    assert warm["redis_per_message"]["round_trips"] <= 2 + idle_flushes
+    assert warm["redis_per_message"]["calls"] <= 2 + idle_flushes
     assert warm["redis_per_message"]["commands"] > 2  # what the scripts ran, server-side
     assert warm["hit_ratio"] == {"session": 1.0, "context": 1.0, "channel_config": 1.0}
 

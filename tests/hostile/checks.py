@@ -11,7 +11,7 @@ import aiohttp
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.cache.hotstate import decode_context
+from bot.cache.codec import decode_context
 from bot.cache.keys import Keys
 from bot.domain import IncomingMessage
 from bot.service import ConversationService

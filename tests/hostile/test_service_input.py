@@ -26,7 +26,7 @@ from tests.hostile.strategies import (
     user_ids,
     usernames,
 )
-from tests.support import ServiceFactory, execute, fetch, messages_of, new_user
+from tests.support import ServiceFactory, execute, fetch, handled, messages_of, new_user
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -179,7 +179,7 @@ async def test_any_platform_event_id_is_stored_once(
     unique = f"{user}{event_id}"  # ids are unique per platform; hypothesis repeats them
     message = IncomingMessage("console", user, "once", username=user, platform_message_id=unique)
 
-    first = await service.handle(message)
+    first = await handled(service, message)
     again = await service.handle(message)
 
     assert first.kind is ReplyKind.ANSWER, first

@@ -20,17 +20,16 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.domain import IncomingMessage, Reply, ReplyKind
-from bot.service import RESPONDER_FAILED_TEXT
-from tests.support import fetch
+from bot.domain import IncomingMessage, ReplyKind
+from bot.service import RESPONDER_FAILED_TEXT, ConversationService
+from tests.support import fetch, handled
 
-Handle = Callable[[IncomingMessage], Awaitable[Reply]]
 CONTEXT_MESSAGES = 20  # the default CONTEXT_MESSAGES: what the echo responder can see
 _ECHO_EARLIER = re.compile(r"\((\d+) earlier messages? in my context")
 
@@ -92,17 +91,18 @@ class Attempt:
 
 
 class Load:
-    """Runs a plan's users against `handle` and records every attempt."""
+    """Runs a plan's users against a service, as an adapter does (each reply then
+    delivered), and records every attempt."""
 
     def __init__(
         self,
-        handle: Handle,
+        service: ConversationService,
         plan: LoadPlan,
         *,
         users: Sequence[str] | None = None,
         healthy: Callable[[], bool] = lambda: True,
     ) -> None:
-        self.handle = handle
+        self.service = service
         self.plan = plan
         prefix = f"rel-{uuid.uuid4().hex[:8]}"
         self.users = list(users or [f"{prefix}-{i:02d}" for i in range(plan.users)])
@@ -177,7 +177,7 @@ class Load:
     async def _attempt(self, message: IncomingMessage) -> Attempt:
         async with self._slots:
             started = time.monotonic()
-            reply = await self.handle(message)
+            reply = await handled(self.service, message)
             finished = time.monotonic()
         assert message.platform_message_id is not None
         attempt = Attempt(

@@ -20,7 +20,7 @@ from bot.embedded import EmbeddedPostgres
 from bot.service import UNAVAILABLE_TEXT
 from tests.reliability.conftest import OWNED_DATABASE
 from tests.reliability.partition import Partition
-from tests.support import FAST_POSTGRES, ServiceFactory, messages_of, msg, new_user
+from tests.support import FAST_POSTGRES, ServiceFactory, handled, messages_of, msg, new_user
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ async def test_commit_whose_answer_was_lost_is_answered_on_redelivery(
     assert len(rows) == 4  # stored, with its reply, though the user was told it failed
     stored_reply = rows[3].content
 
-    redelivered = await service.handle(msg(user, "lost answer", pid=f"{user}:2"))
+    redelivered = await handled(service, msg(user, "lost answer", pid=f"{user}:2"))
     assert len(await messages_of(owned_pg, user)) == 4  # still stored once
     assert redelivered.kind is ReplyKind.ANSWER and redelivered.text == stored_reply
     again = await service.handle(msg(user, "lost answer", pid=f"{user}:2"))

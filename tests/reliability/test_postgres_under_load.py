@@ -54,7 +54,7 @@ async def test_postgres_restarted_mid_load(
     report: Report,
 ) -> None:
     service = await make_service(database_url=owned_pg_url, **FAST_POSTGRES)
-    load = Load(service.handle, PLAN)
+    load = Load(service, PLAN)
 
     seconds = await run_with_outage(
         load, FAULT_AFTER, DOWN, fault_postgres.stop, fault_postgres.start
@@ -81,7 +81,7 @@ async def test_connections_terminated_mid_load(
     service = await make_service(
         database_url=owned_pg_url, db_application_name=app, **FAST_POSTGRES
     )
-    load = Load(service.handle, PLAN)
+    load = Load(service, PLAN)
     terminated: list[int] = []
     caplog.set_level(logging.WARNING, logger="bot.store.retry")
 

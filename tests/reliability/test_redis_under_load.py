@@ -50,7 +50,7 @@ async def test_redis_killed_mid_load_and_restarted(
     make_service: ServiceFactory, own_redis: EmbeddedRedis, engine: AsyncEngine, report: Report
 ) -> None:
     service = await build(make_service, own_redis)
-    load = Load(service.handle, PLAN, healthy=lambda: cache_in_use(service))
+    load = Load(service, PLAN, healthy=lambda: cache_in_use(service))
 
     seconds = await run_with_outage(load, FAULT_AFTER, OUTAGE, own_redis.kill, own_redis.start)
     result = await measure(load, engine, "redis SIGKILL + restart", seconds)
@@ -68,7 +68,7 @@ async def test_redis_hung_mid_load_then_resumed(
     make_service: ServiceFactory, own_redis: EmbeddedRedis, engine: AsyncEngine, report: Report
 ) -> None:
     service = await build(make_service, own_redis)
-    load = Load(service.handle, PLAN, healthy=lambda: cache_in_use(service))
+    load = Load(service, PLAN, healthy=lambda: cache_in_use(service))
 
     seconds = await run_with_outage(load, FAULT_AFTER, PAUSE, own_redis.pause, own_redis.resume)
     result = await measure(load, engine, "redis SIGSTOP + SIGCONT", seconds)

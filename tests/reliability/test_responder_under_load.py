@@ -73,7 +73,7 @@ async def test_llm_hanging_or_failing_for_some_users_mid_load(
         llm_timeout_seconds=LLM_TIMEOUT,
         llm_retry_deadline_seconds=LLM_DEADLINE,
     )
-    load = Load(service.handle, PLAN)
+    load = Load(service, PLAN)
     hanging = load.users[:HANGING]
     failing = load.users[HANGING : HANGING + FAILING]
     victims = set(hanging + failing)

@@ -20,7 +20,7 @@ from tests.support import service_told_to_go
 
 async def main(spec: dict[str, Any]) -> None:
     async with service_told_to_go() as service:
-        load = Load(service.handle, LoadPlan(**spec["plan"]), users=spec["users"])
+        load = Load(service, LoadPlan(**spec["plan"]), users=spec["users"])
         await load.run()
         print(json.dumps([attempt.as_json() for attempt in load.attempts]), flush=True)
 

@@ -1,0 +1,83 @@
+"""How hot state is written in Redis: JSON for context items, channel configs and
+session updates, and the session hash read back. One home for the formats, shared by
+the service's cache and by ops."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from bot.domain import ChannelSettings, ContextMessage, SessionState
+
+log = logging.getLogger(__name__)
+
+
+def encode_context(message: ContextMessage) -> str:
+    return json.dumps(
+        {"role": message.role, "content": message.content, "ts": message.timestamp.timestamp()},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+def decode_context(raw: bytes | str) -> ContextMessage:
+    return _context_message(json.loads(raw))
+
+
+def decode_contexts(raw: bytes | str) -> list[ContextMessage] | None:
+    """The context as BEGIN returns it (one JSON array); None if any of it is unreadable,
+    so that it is rebuilt from Postgres like a miss."""
+    try:
+        return [_context_message(item) for item in json.loads(raw)]
+    except (ValueError, KeyError, TypeError):
+        log.warning("unreadable cached context: rebuilding it from Postgres")
+        return None
+
+
+def _context_message(data: dict[str, Any]) -> ContextMessage:
+    return ContextMessage(
+        role=data["role"],
+        content=data["content"],
+        timestamp=datetime.fromtimestamp(data["ts"], UTC),
+    )
+
+
+def encode_channel(channel: ChannelSettings) -> str:
+    return json.dumps({"default_model": channel.default_model, "settings": channel.settings})
+
+
+def decode_channel(raw: bytes | str) -> ChannelSettings:
+    data = json.loads(raw)
+    return ChannelSettings(default_model=data.get("default_model"), settings=data["settings"])
+
+
+def text_of(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def decode_session(flat: Sequence[bytes | str]) -> SessionState | None:
+    fields = {text_of(flat[i]): text_of(flat[i + 1]) for i in range(0, len(flat), 2)}
+    try:
+        return SessionState(
+            user_id=uuid.UUID(fields["user_id"]),
+            conversation_id=uuid.UUID(fields["conversation_id"]),
+            model=fields.get("model") or None,
+        )
+    except (KeyError, ValueError):
+        return None  # absent or unreadable: rebuild from Postgres
+
+
+def encode_session(session: SessionState) -> str:
+    return json.dumps(
+        {
+            "user_id": str(session.user_id),
+            "conversation_id": str(session.conversation_id),
+            "model": session.model or "",
+            "last_activity": f"{time.time():.3f}",
+        }
+    )
