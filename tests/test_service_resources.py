@@ -7,37 +7,22 @@ from __future__ import annotations
 import asyncio
 
 from bot.domain import ReplyKind
-from bot.responders import EchoResponder, ResponderRequest, ResponderResult
-from tests.support import ServiceFactory, msg, new_user
-
-
-class HeldResponder(EchoResponder):
-    """Answers only when released, and notes how many connections were checked out
-    of the service's pool while it waited."""
-
-    def __init__(self) -> None:
-        self.waiting = asyncio.Event()
-        self.release = asyncio.Event()
-
-    async def respond(self, request: ResponderRequest) -> ResponderResult:
-        self.waiting.set()
-        await self.release.wait()
-        return await super().respond(request)
+from tests.support import GatedResponder, ServiceFactory, msg, new_user
 
 
 async def test_no_database_connection_is_held_while_the_responder_works(
     make_service: ServiceFactory,
 ) -> None:
-    responder = HeldResponder()
+    responder = GatedResponder()
     service = await make_service(responder=responder)
     pool = service.store.engine.sync_engine.pool
     user = new_user()
 
     for text in ("first, cold", "second, warm"):
-        responder.waiting.clear()
+        responder.started.clear()
         responder.release.clear()
         handling = asyncio.create_task(service.handle(msg(user, text)))
-        await asyncio.wait_for(responder.waiting.wait(), timeout=10)
+        await asyncio.wait_for(responder.started.wait(), timeout=10)
         assert pool.checkedout() == 0, text  # type: ignore[attr-defined]
         responder.release.set()
         reply = await asyncio.wait_for(handling, timeout=10)

@@ -15,9 +15,8 @@
 # (crashed, or so slow its lock expired), an older 'answered' one to a worker that died
 # before its reply went out, and an 'unfinished' one to a handling that failed with its
 # outcome unknown: each is taken over, and the service told so, because Postgres may
-# hold the exchange whose reply never went out. Should a slow
-# holder still finish, the database's unique key stores the exchange once and the
-# later of the two gets nothing.
+# hold the exchange whose reply never went out. Should a slow holder still finish, the
+# database's unique key stores the exchange once and the later of the two gets nothing.
 BEGIN = r"""
 local token = ARGV[1]
 if not redis.call('SET', KEYS[1], token, 'NX', 'PX', ARGV[2]) then

@@ -49,7 +49,7 @@ _TRANSIENT_DRIVER_ERRORS = (
 
 # What the store's work raises for Postgres: SQLAlchemy's wrappers, and asyncpg's own
 # errors from the statements the warm path sends through asyncpg directly.
-DatabaseErrors = (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_DATABASE_ERRORS = (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError)
 _CONSTRAINT_VIOLATIONS = (IntegrityError, asyncpg.IntegrityConstraintViolationError)
 
 
@@ -98,7 +98,7 @@ class DatabaseRetry:
             return await work()
         except _CONSTRAINT_VIOLATIONS:
             raise  # the query that hit it tells a race from a bug
-        except (*DatabaseErrors, *_TRANSIENT_DRIVER_ERRORS) as exc:
+        except (*_DATABASE_ERRORS, *_TRANSIENT_DRIVER_ERRORS) as exc:
             if not is_transient(exc) or self.attempts < 2:
                 raise _failure(exc, attempts=1) from exc
             log.warning("retrying a Postgres call after %s", exc.__class__.__name__)
@@ -128,7 +128,7 @@ class DatabaseRetry:
             raise _failure(cause, attempts=self.attempts) from cause
         except _CONSTRAINT_VIOLATIONS:
             raise
-        except DatabaseErrors as exc:
+        except _DATABASE_ERRORS as exc:
             raise _failure(exc, attempts=self.attempts) from exc
 
 
