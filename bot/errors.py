@@ -1,7 +1,37 @@
-"""The bot's exceptions: one type per failure a caller can act on.
+"""Every error the bot raises on purpose, in one tree.
 
-Foreign errors (asyncpg, SQLAlchemy, redis-py, SDKs) are mapped to these where they
-enter, carrying what the caller needs.
+Foreign errors (asyncpg, SQLAlchemy, redis-py, the platform SDKs, the LLM API) are
+mapped to these where they enter, carrying what a caller needs (a status, a
+retry-after, a SQLSTATE) and never a secret or a server's quote of the data:
+
+    BotError
+    ├── ConfigError              a setting is missing or invalid (names the setting)
+    ├── InfrastructureError      Postgres or Redis cannot be started or reached at start-up
+    │   └── EmbeddedServerError  an embedded server would not start, stop or answer
+    ├── MigrationError           the schema cannot be brought to the current revision
+    ├── InvalidInput             a user's message cannot be handled; the text says why
+    ├── OperatorError            an operator's command cannot be carried out (bot ops)
+    │   ├── BadInput             an argument is not valid (exit code 2)
+    │   │   └── FlagError        a feature flag's name or value is not valid
+    │   └── NotFound             what the command names does not exist (exit code 1)
+    ├── StoreError               Postgres did not do the work; none of it was written
+    │   ├── StoreUnavailable     not within the retry budget (down, hung, restarting)
+    │   ├── StoreFailed          refused for a reason a retry does not cure
+    │   │   └── StoreConflict    a constraint refused the rows (a race, or a bug)
+    │   └── StaleSession         a cached session names a conversation that is gone
+    ├── CacheUnavailable         Redis failed, timed out or refused; fall back to Postgres
+    │   └── CircuitOpen          not even tried: Redis failed moments ago
+    ├── LockTimeout              a user's previous message held the turn for too long
+    ├── ResponderError           no reply from the responder
+    │   ├── ResponderTimeout     the LLM API did not answer in time (retried)
+    │   ├── ResponderUnavailable 429, 5xx or unreachable (retried)
+    │   └── ResponderRejected    any other 4xx (not retried)
+    ├── PlatformError            a platform API call failed
+    │   ├── PlatformRateLimited  429: wait `retry_after` seconds (retried)
+    │   ├── PlatformUnavailable  5xx or the network (retried)
+    │   └── PlatformRejected     any other refusal: a bad token, an unknown chat
+    ├── WebhookRefused           a webhook request refused with a 4xx before any SDK saw it
+    └── ShuttingDown             the worker takes no new messages
 """
 
 from __future__ import annotations
@@ -19,8 +49,32 @@ class InfrastructureError(BotError):
     """Postgres or Redis could not be started or reached at start-up."""
 
 
+class EmbeddedServerError(InfrastructureError):
+    """An embedded server could not be started, stopped or reached."""
+
+
 class MigrationError(BotError):
     """The schema could not be brought to the current revision."""
+
+
+class InvalidInput(BotError):
+    """The message cannot be handled; the text says why, for the user."""
+
+
+class OperatorError(BotError):
+    """An operator's command cannot be carried out; the message says why."""
+
+
+class BadInput(OperatorError):
+    """An argument an operator gave is not valid; the message says what is (exit code 2)."""
+
+
+class FlagError(BadInput):
+    """A flag name or value an operator gave is not valid."""
+
+
+class NotFound(OperatorError):
+    """What the command was asked about does not exist (exit code 1)."""
 
 
 class StoreError(BotError):
@@ -39,7 +93,18 @@ class StoreFailed(StoreError):
     """
 
 
-class StaleSession(BotError):
+class StoreConflict(StoreFailed):
+    """A constraint refused the rows: `sqlstate` tells which kind (23503 a foreign key,
+    23505 a unique key, …) and `constraint` its name, so that the query that hit it can
+    tell a race it expects from a bug."""
+
+    def __init__(self, message: str, *, sqlstate: str | None, constraint: str | None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.constraint = constraint
+
+
+class StaleSession(StoreError):
     """A cached session points at rows Postgres no longer holds (deleted or closed)."""
 
 
@@ -47,8 +112,12 @@ class CacheUnavailable(BotError):
     """Redis failed or timed out; callers fall back to Postgres."""
 
 
+class CircuitOpen(CacheUnavailable):
+    """The call never reached Redis: the breaker is open after a recent failure."""
+
+
 class LockTimeout(BotError):
-    """The per-conversation lock was not acquired in time."""
+    """The per-user lock was not acquired in time."""
 
 
 class ResponderError(BotError):
@@ -76,3 +145,34 @@ class ResponderRejected(ResponderError):
     def __init__(self, message: str, *, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+class PlatformError(BotError):
+    """A platform API call failed."""
+
+
+class PlatformRateLimited(PlatformError):
+    def __init__(self, retry_after: float, detail: str = "") -> None:
+        super().__init__(f"rate limited, retry after {retry_after:g} s {detail}".strip())
+        self.retry_after = retry_after
+
+
+class PlatformUnavailable(PlatformError):
+    """Server error or network failure: worth another try."""
+
+
+class PlatformRejected(PlatformError):
+    """The platform refused the call (bad token, unknown chat, ...): retrying won't help."""
+
+
+class WebhookRefused(BotError):
+    """A webhook request refused before any SDK code saw it; `status` is the 4xx to answer."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class ShuttingDown(BotError):
+    """The worker is stopping and takes no new messages."""

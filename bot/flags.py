@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from redis.exceptions import RedisError
 
 from bot.domain import FlagRow
-from bot.errors import BotError, CacheUnavailable, StoreUnavailable
+from bot.errors import CacheUnavailable, FlagError, StoreUnavailable
 from bot.store.queries import Store
 
 if TYPE_CHECKING:
@@ -41,10 +41,6 @@ REPLIES_DISABLED = "replies_disabled"
 MAINTENANCE_TEXT = "Sorry, I'm down for maintenance right now. Please try again a little later."
 _TRUE = {"true", "on", "yes", "1"}
 _FALSE = {"false", "off", "no", "0"}
-
-
-class FlagError(BotError):
-    """A flag name or value an operator gave is not valid."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,12 +86,7 @@ async def open_endpoints(settings: Settings) -> AsyncIterator[Endpoints]:
 
 
 async def _start(stack: AsyncExitStack, server: _Server) -> None:
-    from bot.embedded import EmbeddedServerError
-
-    try:
-        await asyncio.to_thread(server.start)
-    except EmbeddedServerError as exc:
-        raise InfrastructureError(str(exc)) from exc
+    await asyncio.to_thread(server.start)  # EmbeddedServerError, an InfrastructureError
     stack.push_async_callback(asyncio.to_thread, server.stop)
 
 

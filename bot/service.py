@@ -31,6 +31,7 @@ from bot.domain import (
 )
 from bot.errors import (
     CacheUnavailable,
+    InvalidInput,
     LockTimeout,
     ResponderError,
     StaleSession,
@@ -42,7 +43,6 @@ from bot.local import KeyedLocks, LocalRateLimiter
 from bot.responders.base import Responder, ResponderRequest, ResponderResult, estimate_tokens
 from bot.store.queries import ExchangeRows, Store
 from bot.validation import (
-    InvalidInput,
     check_user_id,
     clean_text,
     clean_username,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from bot.errors import BotError
+from bot.errors import InvalidInput
 
 # C0 controls other than tab, newline and carriage return, DEL, and lone surrogates
 # (which cannot be encoded as UTF-8, and so cannot be stored).
@@ -18,10 +18,6 @@ _UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
 MAX_USER_ID_CHARS = 255
 MAX_USERNAME_CHARS = 255
 MAX_EVENT_ID_CHARS = 255  # messages.platform_message_id
-
-
-class InvalidInput(BotError):
-    """The message cannot be handled; the text says why, for the user."""
 
 
 def clean_text(text: str, max_chars: int) -> str:

@@ -18,8 +18,9 @@ import asyncpg
 import pytest
 import redis
 
-from bot.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
+from bot.embedded import EmbeddedPostgres, EmbeddedRedis
 from bot.embedded.process import live_process
+from bot.errors import EmbeddedServerError
 
 S = TypeVar("S", EmbeddedPostgres, EmbeddedRedis)
 

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.cache.keys import Keys
 from bot.domain import Reply, ReplyKind
 from bot.embedded import EmbeddedPostgres
-from bot.errors import StoreFailed, StoreUnavailable
+from bot.errors import StoreConflict, StoreFailed, StoreUnavailable
 from bot.service import UNAVAILABLE_TEXT, ConversationService
 from bot.store.retry import DatabaseRetry, is_transient
 from tests.conftest import create_migrated_database
@@ -306,9 +306,11 @@ async def test_only_transient_errors_are_retried(
         calls.append(exc)
         raise exc
 
-    with pytest.raises(IntegrityError):
+    with pytest.raises(StoreConflict) as conflict:
         await retry.run(lambda: fails_with(duplicate))  # the query tells a race from a bug
-    assert len(calls) == 1
+    assert len(calls) == 1 and conflict.value.__cause__ is duplicate
+    assert conflict.value.sqlstate == "23505"
+    assert conflict.value.constraint == "uq_users_channel_type_channel_user_id"
     calls.clear()
     with pytest.raises(StoreFailed) as failed:
         await retry.run(lambda: fails_with(bad_sql))  # any other refusal: a store error

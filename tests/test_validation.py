@@ -6,8 +6,9 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.domain import IncomingMessage, ReplyKind
+from bot.errors import InvalidInput
 from bot.service import ConversationService
-from bot.validation import InvalidInput, check_user_id, clean_text, clean_username
+from bot.validation import check_user_id, clean_text, clean_username
 from tests.support import execute, fetch, messages_of, msg, new_user
 
 

@@ -24,10 +24,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cache.keys import Keys
 from bot.channels.base import ChannelAdapter
-from bot.channels.dispatch import Dispatcher, ShuttingDown
+from bot.channels.dispatch import Dispatcher
 from bot.config import Settings
 from bot.domain import IncomingMessage, Reply
 from bot.embedded import EmbeddedRedis
+from bot.errors import ShuttingDown
 from bot.health import HealthServer
 from bot.metrics import Metrics
 from bot.service import UNAVAILABLE_TEXT

@@ -21,7 +21,7 @@ from redis.exceptions import (
     ResponseError,
 )
 
-from bot.errors import CacheUnavailable
+from bot.errors import CacheUnavailable, CircuitOpen
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +30,6 @@ RecoveryHook = Callable[[], Awaitable[None]]
 
 # Error replies that mean the server as a whole cannot serve us for a while.
 _SERVER_WIDE_REPLIES = (ReadOnlyError, OutOfMemoryError, ClusterDownError)
-
-
-class CircuitOpen(CacheUnavailable):
-    """The call never reached Redis: the breaker is open after a recent failure."""
 
 
 def is_outage(exc: BaseException) -> bool:

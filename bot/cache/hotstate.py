@@ -29,11 +29,11 @@ from bot.cache.codec import (
     text_of,
 )
 from bot.cache.delivery import DeliveredEvents
-from bot.cache.guard import CircuitOpen, RedisGuard
+from bot.cache.guard import RedisGuard
 from bot.cache.keys import RATE_WINDOW_SECONDS, Keys
 from bot.cache.repair import CacheRepair, Claim
 from bot.domain import ChannelSettings, ContextMessage, IncomingMessage, SessionState
-from bot.errors import CacheUnavailable
+from bot.errors import CacheUnavailable, CircuitOpen
 
 log = logging.getLogger(__name__)
 

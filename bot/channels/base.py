@@ -14,7 +14,7 @@ from aiohttp import web
 
 from bot.channels.dispatch import Dispatcher
 from bot.config import Settings
-from bot.errors import BotError
+from bot.errors import WebhookRefused
 
 
 class ChannelAdapter(abc.ABC):
@@ -61,15 +61,6 @@ def split_text(text: str, limit: int) -> list[str]:
     if rest or not parts:
         parts.append(rest)
     return [part for part in parts if part] or [text[:limit]]
-
-
-class WebhookRefused(BotError):
-    """A webhook request refused before any SDK code saw it; `status` is the 4xx to answer."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 def webhook_application(settings: Settings) -> web.Application:

@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator
 from typing import TextIO
 
 from bot.channels.base import ChannelAdapter
-from bot.channels.dispatch import Dispatcher, ShuttingDown
+from bot.channels.dispatch import Dispatcher
 from bot.config import Settings
 from bot.domain import IncomingMessage
+from bot.errors import ShuttingDown
 
 CHANNEL = "console"
 PROMPT = "you> "

@@ -20,29 +20,11 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from bot.errors import BotError
+from bot.errors import PlatformRateLimited, PlatformUnavailable
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class PlatformError(BotError):
-    """A platform API call failed."""
-
-
-class PlatformRateLimited(PlatformError):
-    def __init__(self, retry_after: float, detail: str = "") -> None:
-        super().__init__(f"rate limited, retry after {retry_after:g} s {detail}".strip())
-        self.retry_after = retry_after
-
-
-class PlatformUnavailable(PlatformError):
-    """Server error or network failure: worth another try."""
-
-
-class PlatformRejected(PlatformError):
-    """The platform refused the call (bad token, unknown chat, ...): retrying won't help."""
 
 
 _backoff = wait_exponential_jitter(multiplier=0.5, max=30, jitter=0.5)

@@ -29,17 +29,18 @@ import yarl
 from discord.http import INTERNAL_API_VERSION, Route
 
 from bot.channels.base import ChannelAdapter, split_text
-from bot.channels.delivery import (
+from bot.channels.delivery import deliver
+from bot.channels.dispatch import Dispatcher
+from bot.config import Settings
+from bot.domain import IncomingMessage, Reply
+from bot.errors import (
+    ConfigError,
     PlatformError,
     PlatformRateLimited,
     PlatformRejected,
     PlatformUnavailable,
-    deliver,
+    ShuttingDown,
 )
-from bot.channels.dispatch import Dispatcher, ShuttingDown
-from bot.config import Settings
-from bot.domain import IncomingMessage, Reply
-from bot.errors import ConfigError
 
 MESSAGE_LIMIT = 2000  # characters in one Discord message
 _ANSWERED_TYPES = (discord.MessageType.default, discord.MessageType.reply)

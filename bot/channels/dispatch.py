@@ -12,15 +12,11 @@ import logging
 import time
 
 from bot.domain import IncomingMessage, Reply
-from bot.errors import BotError
+from bot.errors import ShuttingDown
 from bot.metrics import Metrics
 from bot.service import ConversationService
 
 log = logging.getLogger(__name__)
-
-
-class ShuttingDown(BotError):
-    """The worker is stopping and takes no new messages."""
 
 
 class Dispatcher:

@@ -31,7 +31,6 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.channels.base import (
     ChannelAdapter,
-    WebhookRefused,
     check_declared_size,
     check_media_type,
     parse_json,
@@ -40,18 +39,20 @@ from bot.channels.base import (
     split_text,
     webhook_application,
 )
-from bot.channels.delivery import (
+from bot.channels.delivery import deliver
+from bot.channels.dispatch import Dispatcher
+from bot.channels.slack_events import escape, incoming_message, profile_name
+from bot.config import Settings
+from bot.domain import IncomingMessage
+from bot.errors import (
+    ConfigError,
     PlatformError,
     PlatformRateLimited,
     PlatformRejected,
     PlatformUnavailable,
-    deliver,
+    ShuttingDown,
+    WebhookRefused,
 )
-from bot.channels.dispatch import Dispatcher, ShuttingDown
-from bot.channels.slack_events import escape, incoming_message, profile_name
-from bot.config import Settings
-from bot.domain import IncomingMessage
-from bot.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -30,7 +30,6 @@ from telegram.warnings import PTBDeprecationWarning
 
 from bot.channels.base import (
     ChannelAdapter,
-    WebhookRefused,
     check_declared_size,
     check_media_type,
     parse_json,
@@ -39,18 +38,20 @@ from bot.channels.base import (
     split_text,
     webhook_application,
 )
-from bot.channels.delivery import (
+from bot.channels.delivery import deliver
+from bot.channels.dispatch import Dispatcher
+from bot.channels.telegram_updates import incoming_message, parse_update
+from bot.config import Settings
+from bot.domain import IncomingMessage
+from bot.errors import (
+    ConfigError,
     PlatformError,
     PlatformRateLimited,
     PlatformRejected,
     PlatformUnavailable,
-    deliver,
+    ShuttingDown,
+    WebhookRefused,
 )
-from bot.channels.dispatch import Dispatcher, ShuttingDown
-from bot.channels.telegram_updates import incoming_message, parse_update
-from bot.config import Settings
-from bot.domain import IncomingMessage
-from bot.errors import ConfigError
 
 T = TypeVar("T")
 Bot = ExtBot[None]

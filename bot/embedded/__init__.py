@@ -7,7 +7,7 @@ launcher is gone adopts it and stops it at exit.
 """
 
 from bot.embedded.postgres import EmbeddedPostgres
-from bot.embedded.process import HOST, EmbeddedServerError
+from bot.embedded.process import HOST
 from bot.embedded.redis_server import EmbeddedRedis
 
-__all__ = ["HOST", "EmbeddedPostgres", "EmbeddedRedis", "EmbeddedServerError"]
+__all__ = ["HOST", "EmbeddedPostgres", "EmbeddedRedis"]

@@ -17,13 +17,13 @@ from typing import Any, ClassVar
 
 from bot.embedded.process import (
     HOST,
-    EmbeddedServerError,
     accepts_connections,
     live_process,
     log_tail,
     pick_port,
 )
 from bot.embedded.server import EmbeddedServer
+from bot.errors import EmbeddedServerError
 
 PG_SYSTEM_USER = "pgserver"
 PG_START_TIMEOUT = 60

@@ -11,11 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bot.errors import EmbeddedServerError
+
 HOST = "127.0.0.1"
-
-
-class EmbeddedServerError(Exception):
-    """An embedded server could not be started, stopped or reached."""
 
 
 def pick_port(requested: int, remembered: int | None) -> int:

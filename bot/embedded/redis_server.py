@@ -18,7 +18,6 @@ from redis.retry import Retry
 
 from bot.embedded.process import (
     HOST,
-    EmbeddedServerError,
     int_field,
     live_process,
     log_tail,
@@ -27,6 +26,7 @@ from bot.embedded.process import (
     read_state,
 )
 from bot.embedded.server import EmbeddedServer
+from bot.errors import EmbeddedServerError
 
 REDIS_START_TIMEOUT = 15.0
 REDIS_STOP_TIMEOUT = 30.0

@@ -17,7 +17,6 @@ from typing import Any, ClassVar, Self
 
 from bot.embedded.process import (
     HOST,
-    EmbeddedServerError,
     dir_lock,
     int_field,
     live_owner,
@@ -27,6 +26,7 @@ from bot.embedded.process import (
     this_process,
     write_state,
 )
+from bot.errors import EmbeddedServerError
 
 logger = logging.getLogger("bot.embedded")
 

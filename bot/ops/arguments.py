@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from bot.channels import registry
-from bot.ops.errors import BadInput
+from bot.errors import BadInput
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.config import Settings
-from bot.ops.errors import BadInput
+from bot.errors import BadInput
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,99}$")  # as /model accepts
 MAX_PROMPT_CHARS = 8000

@@ -26,9 +26,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cache.keys import Keys
 from bot.config import Settings, redact_url
+from bot.errors import BadInput, NotFound
 from bot.ops import conversations, inspect, records, views
 from bot.ops.arguments import check_text
-from bot.ops.errors import BadInput, NotFound
 from bot.ops.inspect import describe
 from bot.ops.render import Out, to_json
 from bot.runtime import Endpoints, create_redis, open_endpoints

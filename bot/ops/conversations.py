@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cache.keys import Keys
-from bot.ops.errors import NotFound
+from bot.errors import NotFound
 from bot.ops.records import context_item, ttl_or_none
 from bot.store.ops_queries import OpsQueries
 from bot.store.records import RecentMessage

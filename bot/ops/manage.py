@@ -14,9 +14,9 @@ from bot.cache.flags import FlagCache, FlagChange, change_flag
 from bot.channels import registry
 from bot.config import Settings
 from bot.domain import FlagRow
-from bot.flags import GLOBAL, KNOWN_FLAGS, FlagError, FlagSet, parse_value
+from bot.errors import BadInput, FlagError
+from bot.flags import GLOBAL, KNOWN_FLAGS, FlagSet, parse_value
 from bot.ops.arguments import channel
-from bot.ops.errors import BadInput
 from bot.ops.manage_cache import register_cache, register_purge
 from bot.ops.manage_config import register_config
 from bot.ops.manage_support import Manage, emit, group, leaf, warn

@@ -7,10 +7,9 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from bot.config import Settings
-from bot.errors import CacheUnavailable
+from bot.errors import BadInput, CacheUnavailable, NotFound
 from bot.ops import housekeeping
 from bot.ops.arguments import age, conversation_id, seconds, user_ref
-from bot.ops.errors import BadInput, NotFound
 from bot.ops.manage_support import Manage, emit, leaf, warn
 from bot.ops.render import Out
 

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cache.codec import decode_context
 from bot.cache.keys import Keys
-from bot.ops.errors import NotFound
+from bot.errors import NotFound
 from bot.ops.inspect import Progress, as_text
 from bot.store.ops_queries import OpsQueries
 from bot.store.records import ExportedConversation, UserConversations, UserExport, UserRow

@@ -13,11 +13,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.domain import ChannelSettings, ContextMessage, SessionState, StoredExchange
-from bot.errors import StaleSession, StoreFailed
+from bot.errors import StaleSession, StoreConflict, StoreFailed
 from bot.store.manage_queries import ManageQueries
 from bot.store.retry import DatabaseRetry
 
 T = TypeVar("T")
+
+FOREIGN_KEY_VIOLATION = "23503"  # SQLSTATE: here, the conversation was deleted meanwhile
 
 _UPSERT_USER = text(
     """
@@ -232,7 +234,9 @@ class Store(ManageQueries):
 
         try:
             row = await self._prepared(_SAVE_EXCHANGE, *_exchange_args(rows))
-        except asyncpg.ForeignKeyViolationError as exc:  # the conversation was deleted
+        except StoreConflict as exc:
+            if exc.sqlstate != FOREIGN_KEY_VIOLATION:
+                raise
             raise StaleSession(f"conversation {rows.conversation_id} is gone") from exc
         conversation_id, user_message_id, reply_id = row
         if conversation_id is None:

@@ -26,7 +26,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from bot.errors import StoreError, StoreFailed, StoreUnavailable
+from bot.errors import StoreConflict, StoreError, StoreFailed, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +53,18 @@ _DATABASE_ERRORS = (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceErr
 _CONSTRAINT_VIOLATIONS = (IntegrityError, asyncpg.IntegrityConstraintViolationError)
 
 
+def _driver_error(exc: BaseException) -> BaseException:
+    """asyncpg's own error under SQLAlchemy's wrappers (or `exc` itself, unwrapped)."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        return exc.orig.__cause__ or exc.orig
+    return exc
+
+
 def _sqlstate(exc: BaseException) -> str | None:
     """The SQLSTATE of a driver error, wrapped by SQLAlchemy or not."""
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        state = getattr(exc.orig.__cause__, "sqlstate", None) or getattr(exc.orig, "sqlstate", None)
-    else:
-        state = getattr(exc, "sqlstate", None)
+    state = getattr(_driver_error(exc), "sqlstate", None)
+    if state is None and isinstance(exc, DBAPIError):
+        state = getattr(exc.orig, "sqlstate", None)
     return state if isinstance(state, str) else None
 
 
@@ -96,8 +102,8 @@ class DatabaseRetry:
         started = time.monotonic()
         try:
             return await work()
-        except _CONSTRAINT_VIOLATIONS:
-            raise  # the query that hit it tells a race from a bug
+        except _CONSTRAINT_VIOLATIONS as exc:
+            raise _conflict(exc) from exc  # the query that hit it tells a race from a bug
         except (*_DATABASE_ERRORS, *_TRANSIENT_DRIVER_ERRORS) as exc:
             if not is_transient(exc) or self.attempts < 2:
                 raise _failure(exc, attempts=1) from exc
@@ -126,8 +132,8 @@ class DatabaseRetry:
         except RetryError as exc:
             cause = exc.last_attempt.exception()
             raise _failure(cause, attempts=self.attempts) from cause
-        except _CONSTRAINT_VIOLATIONS:
-            raise
+        except _CONSTRAINT_VIOLATIONS as exc:
+            raise _conflict(exc) from exc
         except _DATABASE_ERRORS as exc:
             raise _failure(exc, attempts=self.attempts) from exc
 
@@ -142,10 +148,18 @@ def _failure(exc: BaseException | None, *, attempts: int) -> StoreError:
     return StoreFailed(f"Postgres refused the work: {describe_failure(exc)}")
 
 
+def _conflict(exc: BaseException) -> StoreConflict:
+    constraint = getattr(_driver_error(exc), "constraint_name", None)
+    return StoreConflict(
+        f"Postgres refused the rows: {describe_failure(exc)}"
+        + (f", constraint {constraint}" if constraint else ""),
+        sqlstate=_sqlstate(exc),
+        constraint=constraint,
+    )
+
+
 def describe_failure(exc: BaseException) -> str:
     """The driver's error class and SQLSTATE, never the server's text (it may quote data)."""
-    orig = getattr(exc, "orig", None)
-    cause = (orig.__cause__ or orig) if orig is not None else exc
     sqlstate = _sqlstate(exc)
-    name = cause.__class__.__name__
+    name = _driver_error(exc).__class__.__name__
     return f"{name} (SQLSTATE {sqlstate})" if sqlstate else name

@@ -21,10 +21,10 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.channels import slack as slack_channel
-from bot.channels.delivery import PlatformRejected, PlatformUnavailable
 from bot.channels.dispatch import Dispatcher
 from bot.channels.slack import SlackAdapter
 from bot.config import Settings
+from bot.errors import PlatformRejected, PlatformUnavailable
 from bot.metrics import Metrics
 from bot.responders import EchoResponder, Responder, ResponderRequest, ResponderResult
 from bot.service import UNAVAILABLE_TEXT, ConversationService

@@ -20,11 +20,10 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.channels.delivery import PlatformRejected, PlatformUnavailable
 from bot.channels.dispatch import Dispatcher
 from bot.channels.telegram import SECRET_HEADER, TelegramAdapter
 from bot.config import Settings
-from bot.errors import ConfigError
+from bot.errors import ConfigError, PlatformRejected, PlatformUnavailable
 from bot.metrics import Metrics
 from bot.responders import EchoResponder, Responder, ResponderRequest, ResponderResult
 from bot.service import UNAVAILABLE_TEXT
