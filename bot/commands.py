@@ -57,7 +57,9 @@ async def _help(
 async def _reset(
     command: Command, turn: Turn, service: ConversationService
 ) -> tuple[Reply, Refresh]:
-    session = await service.store.reset_conversation(turn.session.user_id, turn.message.channel)
+    session = await service.store.conversations.reset_conversation(
+        turn.session.user_id, turn.message.channel
+    )
     refresh = replace(turn.refresh, session=session, context=[], context_mode="replace")
     text = "Started a new conversation. I've forgotten what we talked about before."
     return Reply(text, ReplyKind.COMMAND, session.conversation_id), refresh
@@ -80,7 +82,7 @@ async def _model(
     if wanted is not None and allowed and wanted not in allowed:
         text = f"The model {wanted} isn't available here. Choose one of: {', '.join(allowed)}."
         return Reply(text, ReplyKind.INVALID), turn.refresh
-    session = await service.store.set_preferred_model(turn.session, wanted)
+    session = await service.store.conversations.set_preferred_model(turn.session, wanted)
     model = service.resolve_model(session, turn.channel)
     text = f"Okay, I'll answer with the model {model} from now on."
     if wanted is not None and model != wanted:
@@ -95,7 +97,9 @@ async def _history(
     if not _COUNT.fullmatch(argument) or not 1 <= int(argument) <= MAX_HISTORY:
         text = f"Usage: /history [n], with n from 1 to {MAX_HISTORY}."
         return Reply(text, ReplyKind.INVALID), turn.refresh
-    messages = await service.store.recent_messages(turn.session.conversation_id, 2 * int(argument))
+    messages = await service.store.conversations.load_context(
+        turn.session.conversation_id, 2 * int(argument)
+    )
     if not messages:
         return Reply("No messages in this conversation yet.", ReplyKind.COMMAND), turn.refresh
     return Reply(_format_history(messages), ReplyKind.COMMAND), turn.refresh

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from bot.domain import FlagRow
 from bot.errors import CacheUnavailable, FlagError, StoreUnavailable
-from bot.store.queries import Store
+from bot.store.store import Store
 
 if TYPE_CHECKING:
     from bot.cache.flags import FlagCache
@@ -144,7 +144,7 @@ class FeatureFlags:
             cached = await self.cache.read()
         except CacheUnavailable:
             self._redis_lost = True
-            return FlagSet.from_rows(await self.store.list_flags())
+            return FlagSet.from_rows(await self.store.flags.rows())
         if cached is not None and not self._redis_lost:
             return cached
         # Missing in Redis, or Redis may hold what predates changes made while it was away.
@@ -156,7 +156,7 @@ class FeatureFlags:
                 await self.cache.write(rows)
                 written = True
 
-        rows = await self.store.refill_flags(refill)
+        rows = await self.store.flags.refill(refill)
         self._redis_lost = not written
         return FlagSet.from_rows(rows)
 
@@ -218,7 +218,7 @@ class FeatureFlags:
                     await self._load_in_background()
         finally:
             with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
 
 
 class FlagSource(Protocol):

@@ -36,8 +36,8 @@ from bot.responders.timed import TimedResponder
 from bot.service import ConversationService
 from bot.store.engine import create_engine
 from bot.store.migrate import current_revision, head_revision, upgrade_to_head
-from bot.store.queries import Store
 from bot.store.retry import DatabaseRetry
+from bot.store.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,12 @@ def create_redis(settings: Settings, url: str) -> Redis:
     )
 
 
+def build_store(settings: Settings, engine: AsyncEngine) -> Store:
+    """Every query of the bot on `engine`, under the Postgres retry policy."""
+    retry = DatabaseRetry(settings.db_retry_attempts, settings.db_retry_deadline_seconds)
+    return Store.on(engine, retry)
+
+
 def build_service(
     settings: Settings,
     engine: AsyncEngine,
@@ -113,7 +119,6 @@ def build_service(
     Without `flags`, the service gets FeatureFlags of its own, empty until started
     (`await service.flags.start()`; open_runtime does it).
     """
-    retry = DatabaseRetry(settings.db_retry_attempts, settings.db_retry_deadline_seconds)
     guard = RedisGuard(settings.redis_op_timeout_seconds, settings.redis_breaker_cooldown_seconds)
     # Connections pooled before an outage may be dead (a restarted Redis): once the probe
     # finds Redis back, each of them would trip the breaker again in turn. Registered
@@ -121,7 +126,7 @@ def build_service(
     guard.on_recovery(lambda: redis.connection_pool.disconnect(inuse_connections=False))
     keys = Keys.from_settings(settings)
     cache = HotStateCache(redis, keys, guard)
-    store = Store(engine, retry)
+    store = build_store(settings, engine)
     if flags is None:
         flag_cache = FlagCache(redis, keys, guard, registry.ALL_NAMES)
         flags = FeatureFlags(flag_cache, store, settings.flags_refresh_seconds)

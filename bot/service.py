@@ -41,7 +41,8 @@ from bot.errors import (
 from bot.flags import MAINTENANCE, REPLIES_DISABLED, FlagSource, StaticFlags
 from bot.local import KeyedLocks, LocalRateLimiter
 from bot.responders.base import Responder, ResponderRequest, ResponderResult, estimate_tokens
-from bot.store.queries import ExchangeRows, Store
+from bot.store.conversations import ExchangeRows
+from bot.store.store import Store
 from bot.validation import (
     check_user_id,
     clean_text,
@@ -212,14 +213,14 @@ class ConversationService:
         session = hot.session if hot else None
         self._count("session", session is not None)
         if session is None:
-            session = await self.store.load_session(
+            session = await self.store.conversations.load_session(
                 message.channel, message.channel_user_id, message.username
             )
         channel = hot.channel if hot else None
         self._count("channel_config", channel is not None)
         loaded_channel = None
         if channel is None:
-            channel = loaded_channel = await self.store.load_channel(message.channel)
+            channel = loaded_channel = await self.store.conversations.load_channel(message.channel)
         rate = hot.rate if hot and hot.rate else await self._count_rate(session.user_id, hot)
         refresh = Refresh(session=session, channel=loaded_channel)
         taken_over = hot is not None and hot.taken_over
@@ -251,7 +252,7 @@ class ConversationService:
         self._count("context", cached is not None)
         context = cached
         if context is None:
-            context = await self.store.load_context(
+            context = await self.store.conversations.load_context(
                 turn.session.conversation_id, self.settings.context_messages
             )
         model = self.resolve_model(turn.session, turn.channel)
@@ -259,7 +260,7 @@ class ConversationService:
         result = await self._respond(turn, model, context)
         rows = self._rows(turn, user_ts, result)
         try:
-            stored = await self.store.save_exchange(rows)
+            stored = await self.store.conversations.save_exchange(rows)
         except StaleSession:
             if retried:
                 raise
@@ -296,7 +297,7 @@ class ConversationService:
         """The cached session pointed at a closed or deleted conversation: rebuild it."""
         self.stats["stale_session"] += 1
         message = turn.message
-        session = await self.store.load_session(
+        session = await self.store.conversations.load_session(
             message.channel, message.channel_user_id, message.username
         )
         turn = replace(turn, session=session, refresh=replace(turn.refresh, session=session))

@@ -176,7 +176,7 @@ async def test_a_lost_invalidation_is_caught_by_the_periodic_refresh(
     cache = cache_of(one)
 
     # Change Postgres and Redis the way ops do, but publish nothing.
-    await one.store.change_flag(GLOBAL, "replies_disabled", True, cache.write)
+    await one.store.flags.change(GLOBAL, "replies_disabled", True, cache.write)
 
     for worker in (one, two):
         await until(partial(_muted, worker), within=3)

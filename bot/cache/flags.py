@@ -19,7 +19,7 @@ from bot.cache.keys import Keys
 from bot.domain import FlagRow
 from bot.errors import CacheUnavailable
 from bot.flags import GLOBAL, LOADED_FIELD, FlagSet
-from bot.store.queries import Store
+from bot.store.store import Store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -128,7 +128,7 @@ async def change_flag(
             cached = True
 
     try:
-        existed, rows = await store.change_flag(scope, name, value, write, unset=unset)
+        existed, rows = await store.flags.change(scope, name, value, write, unset=unset)
     except BaseException:
         if cached:  # Redis may now show what did not commit: make workers ask Postgres
             with contextlib.suppress(CacheUnavailable):

@@ -21,19 +21,17 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeout
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cache.keys import Keys
 from bot.config import Settings, redact_url
-from bot.errors import BadInput, NotFound
+from bot.errors import BadInput, NotFound, StoreError, StoreUnavailable
 from bot.ops import conversations, inspect, records, views
 from bot.ops.arguments import check_text
 from bot.ops.inspect import describe
 from bot.ops.render import Out, to_json
-from bot.runtime import Endpoints, create_redis, open_endpoints
+from bot.runtime import Endpoints, build_store, create_redis, open_endpoints
 from bot.store.engine import create_engine
-from bot.store.retry import is_transient
+from bot.store.store import Store
 
 BAD_INPUT = 2
 Handler = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
@@ -43,14 +41,14 @@ Handler = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 class Stores:
     settings: Settings
     endpoints: Endpoints
-    engine: AsyncEngine
+    store: Store
     redis: Redis
     keys: Keys
 
 
 Command = Callable[[Stores, argparse.Namespace, Out], Awaitable[int]]
 Check = Callable[[argparse.Namespace, Settings], None]  # raises BadInput
-Read = Callable[..., Awaitable[dict[str, Any]]]  # (engine, redis, keys, *fields) -> report
+Read = Callable[..., Awaitable[dict[str, Any]]]  # (store, redis, keys, *fields) -> report
 View = Callable[[Out, Any], None]
 
 
@@ -61,7 +59,8 @@ async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
         engine = create_engine(settings, endpoints.database_url, pool_size=2)
         redis = create_redis(settings, endpoints.redis_url)
         try:
-            yield Stores(settings, endpoints, engine, redis, Keys.from_settings(settings))
+            store = build_store(settings, engine)
+            yield Stores(settings, endpoints, store, redis, Keys.from_settings(settings))
         finally:
             await redis.aclose()
             await engine.dispose()
@@ -73,8 +72,10 @@ def store_failure(exc: BaseException) -> str:
         return "Redis is unavailable"
     if isinstance(exc, RedisError):
         return "Redis refused the command"
-    if isinstance(exc, SQLAlchemyError):
-        return "Postgres is unavailable" if is_transient(exc) else "Postgres refused the query"
+    if isinstance(exc, StoreUnavailable):
+        return "Postgres is unavailable"
+    if isinstance(exc, StoreError):
+        return "Postgres refused the query"
     return "Postgres or Redis is unavailable"  # the connection failed before either named it
 
 
@@ -109,7 +110,7 @@ def report(read: Read, view: View, *fields: str) -> Command:
 
     async def run(stores: Stores, args: argparse.Namespace, out: Out) -> int:
         values = [getattr(args, field) for field in fields]
-        out.emit(await read(stores.engine, stores.redis, stores.keys, *values), view)
+        out.emit(await read(stores.store, stores.redis, stores.keys, *values), view)
         return 0
 
     return run
@@ -119,7 +120,7 @@ def report(read: Read, view: View, *fields: str) -> Command:
 
 
 async def health(stores: Stores, args: argparse.Namespace, out: Out) -> int:
-    data = await inspect.health(stores.engine, stores.redis, args.timeout, out.secrets)
+    data = await inspect.health(stores.store, stores.redis, args.timeout, out.secrets)
     data["postgres"]["url"] = redact_url(stores.endpoints.database_url)
     data["redis"]["url"] = redact_url(stores.endpoints.redis_url)
     out.emit(data, views.health_view)
@@ -129,7 +130,7 @@ async def health(stores: Stores, args: argparse.Namespace, out: Out) -> int:
 async def stats(stores: Stores, args: argparse.Namespace, out: Out) -> int:
     with out.progress("scanning Redis keys") as advance:
         data = await inspect.redis_stats(stores.redis, stores.keys, advance)
-    data.update(await inspect.postgres_stats(stores.engine))
+    data.update(await inspect.postgres_stats(stores.store))
     out.emit(data, views.stats_view)
     return 0
 
@@ -138,10 +139,10 @@ user_show = report(records.show_user, views.user_view, "channel", "user")
 
 
 async def user_export(stores: Stores, args: argparse.Namespace, out: Out) -> int:
-    summary = await records.user_summary(stores.engine, args.channel, args.user)
+    summary = await records.user_summary(stores.store, args.channel, args.user)
     with out.progress("exporting conversations", total=summary["conversations"]) as advance:
         data = await records.export_user(
-            stores.engine, stores.redis, stores.keys, args.channel, args.user, advance
+            stores.store, stores.redis, stores.keys, args.channel, args.user, advance
         )
     document = to_json(data) + "\n"  # as stored: the export is not redacted
     if args.output is None:
@@ -176,7 +177,7 @@ async def user_delete(stores: Stores, args: argparse.Namespace, out: Out) -> int
                 "pass --yes to delete anyway"
             )
             return 2
-        summary = await records.user_summary(stores.engine, args.channel, args.user)
+        summary = await records.user_summary(stores.store, args.channel, args.user)
         question = (
             f"Delete user {args.channel}:{args.user} ({summary['user']['id']}) with "
             f"{summary['conversations']} conversations and {summary['messages']} messages "
@@ -186,7 +187,7 @@ async def user_delete(stores: Stores, args: argparse.Namespace, out: Out) -> int
             out.error("not confirmed: nothing deleted")
             return 1
     data = await records.delete_user(
-        stores.engine, stores.redis, stores.keys, args.channel, args.user
+        stores.store, stores.redis, stores.keys, args.channel, args.user
     )
     out.emit(data, views.delete_view)
     return 0
@@ -196,6 +197,6 @@ conversation_show = report(conversations.show_conversation, views.conversation_v
 
 
 async def conversation_search(stores: Stores, args: argparse.Namespace, out: Out) -> int:
-    data = await conversations.search_messages(stores.engine, " ".join(args.text), args.limit)
+    data = await conversations.search_messages(stores.store, " ".join(args.text), args.limit)
     out.emit(data, views.search_view)
     return 0

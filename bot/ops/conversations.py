@@ -8,13 +8,12 @@ from dataclasses import asdict
 from typing import Any
 
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cache.keys import Keys
 from bot.errors import NotFound
 from bot.ops.records import context_item, ttl_or_none
-from bot.store.ops_queries import OpsQueries
 from bot.store.records import RecentMessage
+from bot.store.store import Store
 
 HIGHLIGHT = ("«", "»")  # around the matched words of a search snippet
 
@@ -30,10 +29,10 @@ def _is_cached(message: RecentMessage, cached: list[dict[str, Any]]) -> bool:
 
 
 async def show_conversation(
-    engine: AsyncEngine, redis: Redis, keys: Keys, conversation_id: uuid.UUID, limit: int
+    store: Store, redis: Redis, keys: Keys, conversation_id: uuid.UUID, limit: int
 ) -> dict[str, Any]:
     """The newest `limit` messages, oldest first, each marked if also in the cached context."""
-    history = await OpsQueries(engine).conversation_history(conversation_id, limit)
+    history = await store.records.conversation_history(conversation_id, limit)
     if history is None:
         raise NotFound(f"no conversation {conversation_id}")
     key = keys.context(conversation_id)
@@ -52,7 +51,7 @@ async def show_conversation(
     }
 
 
-async def search_messages(engine: AsyncEngine, query: str, limit: int) -> dict[str, Any]:
+async def search_messages(store: Store, query: str, limit: int) -> dict[str, Any]:
     """Messages matching a web-search style query (words, "a phrase", -not, or), newest first."""
-    hits = await OpsQueries(engine).search_messages(query, limit, HIGHLIGHT)
+    hits = await store.records.search_messages(query, limit, HIGHLIGHT)
     return {"query": query, "limit": limit, "results": [asdict(hit) for hit in hits]}

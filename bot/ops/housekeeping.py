@@ -22,8 +22,7 @@ from bot.cache import keys as kinds
 from bot.cache.codec import encode_context
 from bot.cache.keys import Keys
 from bot.ops.inspect import KNOWN_KINDS
-from bot.store.manage_queries import PurgeCounts, WarmSession
-from bot.store.queries import Store
+from bot.store.housekeeping import HousekeepingQueries, PurgeCounts, WarmSession
 
 Progress = Callable[[int], None]  # called with how many items were just done
 
@@ -150,7 +149,12 @@ class WarmResult:
 
 
 async def warm(
-    redis: Redis, keys: Keys, store: Store, since: datetime, batch: int, progress: Progress
+    redis: Redis,
+    keys: Keys,
+    store: HousekeepingQueries,
+    since: datetime,
+    batch: int,
+    progress: Progress,
 ) -> WarmResult:
     """Refill sessions and contexts of users active since `since`, from Postgres."""
     script = redis.register_script(WARM)
@@ -214,7 +218,7 @@ Touched = Callable[[list[uuid.UUID]], Awaitable[None]]
 class _PurgeTable:
     """One table's purge: a batch deleted, and how many rows the purge still matches."""
 
-    store: Store
+    store: HousekeepingQueries
     name: str  # "messages" or "conversations", as in PurgeCounts
     cutoff: datetime
     batch: int
@@ -230,7 +234,7 @@ class _PurgeTable:
 
 
 async def purge(
-    store: Store,
+    store: HousekeepingQueries,
     redis: Redis | None,
     keys: Keys,
     cutoff: datetime,
@@ -293,7 +297,7 @@ async def _purge_table(table: _PurgeTable, lock_wait: float, touched: Touched) -
 
 
 async def purge_dry_run(
-    store: Store, redis: Redis | None, keys: Keys, cutoff: datetime, batch: int
+    store: HousekeepingQueries, redis: Redis | None, keys: Keys, cutoff: datetime, batch: int
 ) -> PurgeResult:
     """What `purge` would remove, counted without changing anything."""
     started = time.monotonic()

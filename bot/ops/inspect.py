@@ -18,14 +18,14 @@ from alembic.script import ScriptDirectory
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cache import keys as kinds
 from bot.cache.keys import Keys
+from bot.errors import StoreError
 from bot.logs import redact
 from bot.store.migrate import alembic_config, current_revision
-from bot.store.monitoring import Monitoring
 from bot.store.records import MessageCounts
+from bot.store.store import Store
 
 Progress = Callable[[int], None]  # called with how many items were just done
 
@@ -40,7 +40,7 @@ KNOWN_KINDS = frozenset(
 )
 # OSError: a connection that failed before a driver wrapped the error (refused, no such
 # host). A command's own file errors are mapped where they happen, never left to this.
-STORE_ERRORS = (SQLAlchemyError, RedisError, OSError, TimeoutError)
+STORE_ERRORS = (StoreError, SQLAlchemyError, RedisError, OSError, TimeoutError)
 
 _REDIS_FIELDS = (
     *("latency_ms", "version", "used_memory", "used_memory_human"),
@@ -50,6 +50,8 @@ _REDIS_FIELDS = (
 
 def describe(exc: BaseException, secrets: Iterable[str] = ()) -> str:
     """One line about a store failure, with any password masked."""
+    if isinstance(exc, StoreError) and exc.__cause__ is not None:
+        exc = exc.__cause__  # the driver's error names what went wrong
     cause = getattr(exc, "orig", None) or exc
     detail = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
     name = type(cause).__name__
@@ -74,12 +76,12 @@ async def _median_ms(ping: Callable[[], Awaitable[object]]) -> float:
 # --- health ---------------------------------------------------------------------------
 
 
-async def postgres_health(engine: AsyncEngine, budget: float, secrets: list[str]) -> dict[str, Any]:
+async def postgres_health(store: Store, budget: float, secrets: list[str]) -> dict[str, Any]:
     try:
-        async with asyncio.timeout(budget), Monitoring(engine).probe() as probe:
+        async with asyncio.timeout(budget), store.monitoring.probe() as probe:
             latency = await _median_ms(probe.ping)
             version = await probe.server_version()
-        revision = await asyncio.wait_for(current_revision(engine), budget)
+        revision = await asyncio.wait_for(current_revision(store.engine), budget)
     except STORE_ERRORS as exc:
         failed = {"ok": False, "error": describe(exc, secrets), "latency_ms": None}
         return {**failed, "version": None, "revision": None}
@@ -139,12 +141,10 @@ def health_warnings(redis: dict[str, Any]) -> list[str]:
     return []
 
 
-async def health(
-    engine: AsyncEngine, redis: Redis, budget: float, secrets: list[str]
-) -> dict[str, Any]:
+async def health(store: Store, redis: Redis, budget: float, secrets: list[str]) -> dict[str, Any]:
     """Both stores reachable, their round trips, the schema revision, Redis memory."""
     postgres, cache = await asyncio.gather(
-        postgres_health(engine, budget, secrets), redis_health(redis, budget, secrets)
+        postgres_health(store, budget, secrets), redis_health(redis, budget, secrets)
     )
     migrations = migration_status(postgres.pop("revision"), postgres["ok"])
     return {
@@ -240,8 +240,8 @@ def _counts(name: str, row: MessageCounts) -> dict[str, Any]:
     return {name: row.value, "last_hour": row.last_hour, "last_24h": row.last_24h}
 
 
-async def postgres_stats(engine: AsyncEngine) -> dict[str, Any]:
-    activity = await Monitoring(engine).activity()
+async def postgres_stats(store: Store) -> dict[str, Any]:
+    activity = await store.monitoring.activity()
     return {
         "conversations": asdict(activity.conversations),
         "messages": {

@@ -86,13 +86,13 @@ def _flags_table(out: Out, rows: list[dict[str, Any]]) -> None:
 
 
 async def _list(manage: Manage, args: argparse.Namespace, out: Out) -> int:
-    rows = _rows(await manage.store.list_flags())
+    rows = _rows(await manage.store.flags.rows())
     emit(out, {"flags": rows}, lambda: _flags_table(out, rows))
     return 0
 
 
 async def _get(manage: Manage, args: argparse.Namespace, out: Out) -> int:
-    flags = FlagSet.from_rows(await manage.store.list_flags())
+    flags = FlagSet.from_rows(await manage.store.flags.rows())
     value = flags.value(args.name, args.channel)
     own = args.channel is not None and args.name in flags.channels.get(args.channel, {})
     source = args.channel if own else (GLOBAL if args.name in flags.global_ else "unset")

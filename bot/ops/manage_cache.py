@@ -104,7 +104,7 @@ async def _flush(manage: Manage, args: argparse.Namespace, out: Out) -> int:
         data = _counts(f"conversation {args.conversation}", deleted)
     else:
         channel, cuid = args.user
-        found = await manage.store.user_conversations(channel, cuid)
+        found = await manage.store.housekeeping.user_conversations(channel, cuid)
         if found is None:
             raise NotFound(f"no user {cuid!r} on channel {channel!r}")
         names = housekeeping.user_keys(keys, channel, cuid, *found)
@@ -115,11 +115,11 @@ async def _flush(manage: Manage, args: argparse.Namespace, out: Out) -> int:
 
 async def _warm(manage: Manage, args: argparse.Namespace, out: Out) -> int:
     since = housekeeping.cutoff_before(args.since)
-    total = await manage.store.count_active_since(since)
+    total = await manage.store.housekeeping.count_active_since(since)
     batch = manage.settings.cache_batch_size
     with out.progress("warming users", total=total) as advance:
         result = await housekeeping.warm(
-            manage.redis, manage.keys, manage.store, since, batch, advance
+            manage.redis, manage.keys, manage.store.housekeeping, since, batch, advance
         )
     data = {
         "since": since,
@@ -133,7 +133,7 @@ async def _warm(manage: Manage, args: argparse.Namespace, out: Out) -> int:
 
 async def _purge(manage: Manage, args: argparse.Namespace, out: Out) -> int:
     cutoff = housekeeping.cutoff_before(args.older_than)
-    store, keys, batch = manage.store, manage.keys, manage.settings.purge_batch_size
+    store, keys, batch = manage.store.housekeeping, manage.keys, manage.settings.purge_batch_size
     redis = manage.redis if await _reachable(manage) else None
     if args.dry_run:
         result = await housekeeping.purge_dry_run(store, redis, keys, cutoff, batch)

@@ -45,7 +45,7 @@ def _check_pairs(args: argparse.Namespace, settings: Settings) -> None:
 
 
 async def _show(manage: Manage, args: argparse.Namespace, out: Out) -> int:
-    rows = {row.channel: row for row in await manage.store.channel_configs()}
+    rows = {row.channel: row for row in await manage.store.channel_configs.rows()}
     if args.channel is None:
         listed = [
             {
@@ -91,7 +91,7 @@ async def _cached_ttl(manage: Manage, channel: str) -> int | None:
 
 
 async def _set(manage: Manage, args: argparse.Namespace, out: Out) -> int:
-    row = await manage.store.update_channel_config(args.channel, args.values, args.removed)
+    row = await manage.store.channel_configs.update(args.channel, args.values, args.removed)
     data: dict[str, Any] = {
         "channel": row.channel,
         "set": args.values,

@@ -23,8 +23,7 @@ from bot.errors import CacheUnavailable, StoreUnavailable
 from bot.logs import redact
 from bot.ops.commands import Check, Stores, handler
 from bot.ops.render import Out
-from bot.store.queries import Store
-from bot.store.retry import DatabaseRetry
+from bot.store.store import Store
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -63,9 +62,8 @@ class Manage:
     @classmethod
     def of(cls, stores: Stores) -> Manage:
         settings = stores.settings
-        retry = DatabaseRetry(settings.db_retry_attempts, settings.db_retry_deadline_seconds)
         guard = Bounded(max(settings.redis_op_timeout_seconds, OPS_REDIS_TIMEOUT))
-        return cls(settings, Store(stores.engine, retry), stores.redis, stores.keys, guard)
+        return cls(settings, stores.store, stores.redis, stores.keys, guard)
 
 
 Command = Callable[[Manage, argparse.Namespace, Out], Awaitable[int]]

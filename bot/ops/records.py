@@ -13,14 +13,13 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cache.codec import decode_context
 from bot.cache.keys import Keys
 from bot.errors import NotFound
 from bot.ops.inspect import Progress, as_text
-from bot.store.ops_queries import OpsQueries
 from bot.store.records import ExportedConversation, UserConversations, UserExport, UserRow
+from bot.store.store import Store
 
 Found = TypeVar("Found", UserConversations, UserExport)
 
@@ -79,9 +78,9 @@ async def cached_user(
 
 
 async def show_user(
-    engine: AsyncEngine, redis: Redis, keys: Keys, channel: str, user: str
+    store: Store, redis: Redis, keys: Keys, channel: str, user: str
 ) -> dict[str, Any]:
-    found = _found(await OpsQueries(engine).user_with_conversations(channel, user), channel, user)
+    found = _found(await store.records.user_with_conversations(channel, user), channel, user)
     cache = await cached_user(redis, keys, found.user, [c.id for c in found.conversations])
     contexts = cache.pop("contexts")
     conversations = [
@@ -99,10 +98,10 @@ def _exported(item: ExportedConversation) -> dict[str, Any]:
 
 
 async def export_user(
-    engine: AsyncEngine, redis: Redis, keys: Keys, channel: str, user: str, progress: Progress
+    store: Store, redis: Redis, keys: Keys, channel: str, user: str, progress: Progress
 ) -> dict[str, Any]:
     """Everything stored about the user, in both stores, as one JSON-ready object."""
-    queries = OpsQueries(engine)
+    queries = store.records
     found = _found(await queries.export_user(channel, user, progress), channel, user)
     ids = [item.conversation.id for item in found.conversations]
     cache = await cached_user(redis, keys, found.user, ids)
@@ -114,21 +113,21 @@ async def export_user(
     }
 
 
-async def user_summary(engine: AsyncEngine, channel: str, user: str) -> dict[str, Any]:
+async def user_summary(store: Store, channel: str, user: str) -> dict[str, Any]:
     """What a delete would remove from Postgres: for the confirmation prompt."""
-    found = _found(await OpsQueries(engine).user_with_conversations(channel, user), channel, user)
+    found = _found(await store.records.user_with_conversations(channel, user), channel, user)
     conversations = len(found.conversations)
     return {"user": asdict(found.user), "conversations": conversations, "messages": found.messages}
 
 
 async def delete_user(
-    engine: AsyncEngine, redis: Redis, keys: Keys, channel: str, user: str
+    store: Store, redis: Redis, keys: Keys, channel: str, user: str
 ) -> dict[str, Any]:
     """Erase the user: their row, and with it (the foreign keys cascade) their
     conversations and messages, then every Redis key about them. Postgres first: it is
     the record."""
     await redis.ping()  # both stores must be reachable before anything is erased
-    found = _found(await OpsQueries(engine).delete_user(channel, user), channel, user)
+    found = _found(await store.records.delete_user(channel, user), channel, user)
     ids = [c.id for c in found.conversations]
     return {
         "user": {"id": found.user.id, "channel_type": channel, "channel_user_id": user},

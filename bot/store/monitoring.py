@@ -2,7 +2,7 @@
 recent activity, and the size and use of the tables and indexes. Read only.
 
 As in bot/store/ops_queries.py nothing is retried: a health check reports a failure
-at once, as the SQLAlchemy error that names it.
+at once, as a StoreError whose cause names the driver's error.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bot.store.database import Database
 from bot.store.records import (
     ConversationActivity,
     IndexUsage,
@@ -20,6 +21,7 @@ from bot.store.records import (
     PostgresActivity,
     TableUsage,
 )
+from bot.store.retry import errors_mapped
 
 _PING = text("SELECT 1")
 _SERVER_VERSION = text("SHOW server_version")
@@ -78,25 +80,29 @@ class PostgresProbe:
 
 
 class Monitoring:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
+    def __init__(self, database: Database) -> None:
+        self._database = database
 
     @asynccontextmanager
     async def probe(self) -> AsyncIterator[PostgresProbe]:
         """A connection of the pool, held for the probe's round trips."""
-        async with self.engine.connect() as connection:
-            yield PostgresProbe(connection)
+        with errors_mapped():
+            async with self._database.engine.connect() as connection:
+                yield PostgresProbe(connection)
 
     async def activity(self) -> PostgresActivity:
-        async with self.engine.connect() as connection:
-            conversations = (await connection.execute(_CONVERSATION_ACTIVITY)).one()
-            by_channel = await connection.execute(_MESSAGES_BY_CHANNEL)
-            channels = tuple(MessageCounts(**row._mapping) for row in by_channel)
-            by_model = await connection.execute(_REPLIES_BY_MODEL)
-            models = tuple(MessageCounts(**row._mapping) for row in by_model)
-            tables = await connection.execute(_TABLES)
-            table_usage = tuple(TableUsage(**row._mapping) for row in tables)
-            indexes = await connection.execute(_INDEXES)
-            index_usage = tuple(IndexUsage(**row._mapping) for row in indexes)
-        activity = ConversationActivity(**conversations._mapping)
-        return PostgresActivity(activity, channels, models, table_usage, index_usage)
+        return await self._database.once(_activity)
+
+
+async def _activity(connection: AsyncConnection) -> PostgresActivity:
+    conversations = (await connection.execute(_CONVERSATION_ACTIVITY)).one()
+    by_channel = await connection.execute(_MESSAGES_BY_CHANNEL)
+    channels = tuple(MessageCounts(**row._mapping) for row in by_channel)
+    by_model = await connection.execute(_REPLIES_BY_MODEL)
+    models = tuple(MessageCounts(**row._mapping) for row in by_model)
+    tables = await connection.execute(_TABLES)
+    table_usage = tuple(TableUsage(**row._mapping) for row in tables)
+    indexes = await connection.execute(_INDEXES)
+    index_usage = tuple(IndexUsage(**row._mapping) for row in indexes)
+    activity = ConversationActivity(**conversations._mapping)
+    return PostgresActivity(activity, channels, models, table_usage, index_usage)

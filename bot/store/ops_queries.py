@@ -1,9 +1,8 @@
 """The SQL of `bot ops user …` and `bot ops conversation …`: read a user or a
 conversation, export a user, erase a user, search messages.
 
-Unlike Store (bot/store/queries.py) nothing here is retried: an operator's one-shot
-command reports a failure at once, as the SQLAlchemy error that names it (mapped to a
-message and exit code by bot/ops/commands.py).
+Nothing here is retried (Database.once): an operator's one-shot command reports a
+failure at once, as a StoreError whose cause names the driver's error.
 
 Search is Postgres full-text search over messages.content, served by the GIN index
 ix_messages_content_fts of revision 0003; the WHERE clause repeats the indexed
@@ -16,8 +15,9 @@ import uuid
 from collections.abc import Callable
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bot.store.database import Database
 from bot.store.records import (
     ConversationHistory,
     ConversationRow,
@@ -85,22 +85,26 @@ _HEADLINE = 'StartSel="{}", StopSel="{}", MaxWords=30, MinWords=12, ShortWord=0'
 
 
 class OpsQueries:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
+    def __init__(self, database: Database) -> None:
+        self._database = database
 
     async def user_with_conversations(
         self, channel: str, channel_user_id: str
     ) -> UserConversations | None:
         """The user's row and a summary of each of their conversations; None if no such user."""
-        async with self.engine.connect() as connection:
+
+        async def work(connection: AsyncConnection) -> UserConversations | None:
             return await _user_with_conversations(connection, channel, channel_user_id)
+
+        return await self._database.once(work)
 
     async def export_user(
         self, channel: str, channel_user_id: str, progress: Progress
     ) -> UserExport | None:
         """The user's row and every conversation with all its messages; `progress` is
         told of each conversation read. None if no such user."""
-        async with self.engine.connect() as connection:
+
+        async def work(connection: AsyncConnection) -> UserExport | None:
             # One snapshot: messages arriving meanwhile are either all in or all out.
             await connection.execution_options(
                 isolation_level="REPEATABLE READ", postgresql_readonly=True
@@ -116,31 +120,40 @@ class OpsQueries:
                 messages = tuple(MessageRow(**row._mapping) for row in rows)
                 conversations.append(ExportedConversation(conversation, messages))
                 progress(1)
-        return UserExport(found.user, tuple(conversations))
+            return UserExport(found.user, tuple(conversations))
+
+        return await self._database.once(work)
 
     async def delete_user(self, channel: str, channel_user_id: str) -> UserConversations | None:
         """Delete the user's row, and with it (ON DELETE CASCADE) their conversations and
         messages; what was deleted, or None if no such user."""
-        async with self.engine.begin() as connection:
-            row = await _user(connection, channel, channel_user_id)
-            if row is None:
-                return None
-            await connection.execute(_LOCK_USER, {"id": row.id})
-            conversations = await _conversations(connection, row.id)
-            await connection.execute(_DELETE_USER, {"id": row.id})
-        return UserConversations(row, conversations)
+
+        async def work(connection: AsyncConnection) -> UserConversations | None:
+            async with connection.begin():
+                row = await _user(connection, channel, channel_user_id)
+                if row is None:
+                    return None
+                await connection.execute(_LOCK_USER, {"id": row.id})
+                conversations = await _conversations(connection, row.id)
+                await connection.execute(_DELETE_USER, {"id": row.id})
+            return UserConversations(row, conversations)
+
+        return await self._database.once(work)
 
     async def conversation_history(
         self, conversation_id: uuid.UUID, limit: int
     ) -> ConversationHistory | None:
         """The conversation and its newest `limit` messages, oldest first; None if none."""
-        async with self.engine.connect() as connection:
+
+        async def work(connection: AsyncConnection) -> ConversationHistory | None:
             row = (await connection.execute(_CONVERSATION, {"id": conversation_id})).first()
             if row is None:
                 return None
             found = await connection.execute(_RECENT, {"id": conversation_id, "limit": limit})
             messages = tuple(RecentMessage(**message._mapping) for message in found)
-        return ConversationHistory(ConversationRow(**row._mapping), messages)
+            return ConversationHistory(ConversationRow(**row._mapping), messages)
+
+        return await self._database.once(work)
 
     async def search_messages(
         self, query: str, limit: int, marks: tuple[str, str]
@@ -148,8 +161,11 @@ class OpsQueries:
         """Messages matching a web-search style query (words, "a phrase", -not, or),
         newest first; in each snippet the matched words stand between `marks`."""
         params = {"text": query, "limit": limit, "options": _HEADLINE.format(*marks)}
-        async with self.engine.connect() as connection:
+
+        async def work(connection: AsyncConnection) -> list[SearchHit]:
             return [SearchHit(**row._mapping) for row in await connection.execute(_SEARCH, params)]
+
+        return await self._database.once(work)
 
 
 async def _user(connection: AsyncConnection, channel: str, channel_user_id: str) -> UserRow | None:

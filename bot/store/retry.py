@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import asyncpg
@@ -136,6 +137,18 @@ class DatabaseRetry:
             raise _conflict(exc) from exc
         except _DATABASE_ERRORS as exc:
             raise _failure(exc, attempts=self.attempts) from exc
+
+
+@contextmanager
+def errors_mapped() -> Iterator[None]:
+    """Postgres errors of one attempt raised as ours, as the retry policy would after its
+    last attempt: for work that is never retried (an operator's one-shot command)."""
+    try:
+        yield
+    except _CONSTRAINT_VIOLATIONS as exc:
+        raise _conflict(exc) from exc
+    except (*_DATABASE_ERRORS, *_TRANSIENT_DRIVER_ERRORS) as exc:
+        raise _failure(exc, attempts=1) from exc
 
 
 def _failure(exc: BaseException | None, *, attempts: int) -> StoreError:

@@ -26,7 +26,7 @@ async def test_cache_flush_user_drops_only_that_users_keys(
     await service.handle(msg(alice, "/reset"))
     second = await seed(service, alice, "three")
     other = await seed(service, bob, "hi")
-    user_id = (await service.store.load_session("console", alice, None)).user_id
+    user_id = (await service.store.conversations.load_session("console", alice, None)).user_id
     alices = [keys.session("console", alice), keys.rate(user_id), keys.context(first),
               keys.context(second)]  # fmt: skip
     assert await redis.exists(*alices) == 4

@@ -11,8 +11,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.config import Settings
+from bot.store.conversations import ConversationQueries
+from bot.store.database import Database
 from bot.store.engine import create_engine
-from bot.store.queries import Store
 from bot.store.retry import DatabaseRetry
 from tests.support import fetch, new_user
 
@@ -20,11 +21,11 @@ APPLICATION = f"test-queries-{uuid.uuid4().hex[:8]}"  # to watch the store's ses
 
 
 @pytest.fixture
-async def store(make_settings: Callable[..., Settings]) -> AsyncIterator[Store]:
+async def store(make_settings: Callable[..., Settings]) -> AsyncIterator[ConversationQueries]:
     settings = make_settings(db_application_name=APPLICATION)
     assert settings.database_url is not None
     engine = create_engine(settings, settings.database_url.get_secret_value())
-    yield Store(engine, DatabaseRetry(3, 10))
+    yield ConversationQueries(Database(engine, DatabaseRetry(3, 10)))
     await engine.dispose()
 
 
@@ -42,7 +43,9 @@ async def store_waits_for_a_lock(engine: AsyncEngine) -> None:
             await asyncio.sleep(0.02)
 
 
-async def test_racing_resets_end_in_one_new_conversation(store: Store, engine: AsyncEngine) -> None:
+async def test_racing_resets_end_in_one_new_conversation(
+    store: ConversationQueries, engine: AsyncEngine
+) -> None:
     first = await store.load_session("console", new_user(), None)
     user = first.user_id
 

@@ -1,23 +1,19 @@
-"""All SQL of the bot. Each public method is one transaction, retried as a unit."""
+"""The SQL of the message flow: sessions, context, channel config, the exchange, and
+the commands' changes. Each public method is one transaction, retried as a unit."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
-import asyncpg
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.domain import ChannelSettings, ContextMessage, SessionState, StoredExchange
 from bot.errors import StaleSession, StoreConflict, StoreFailed
-from bot.store.manage_queries import ManageQueries
-from bot.store.retry import DatabaseRetry
-
-T = TypeVar("T")
+from bot.store.database import Database
 
 FOREIGN_KEY_VIOLATION = "23503"  # SQLSTATE: here, the conversation was deleted meanwhile
 
@@ -68,7 +64,7 @@ _CHANNEL_CONFIG = text(
 # last_activity only if the user's message went in: nothing inserted, nothing changed.
 # It runs in an explicit transaction all the same: a statement sent to a server that
 # hangs and then resumes must not commit after the user was told it failed.
-# Sent by asyncpg itself (see Store._prepared), hence positional parameters:
+# Sent by asyncpg itself (see Database.prepared), hence positional parameters:
 # $1 conversation, $2 user message id, $3 user text, $4 user time, $5 user tokens,
 # $6 channel, $7 platform message id, $8 reply id, $9 reply text, $10 reply time
 # (also the new last_activity), $11 reply tokens, $12 model used, $13 has a reply.
@@ -146,43 +142,9 @@ class ExchangeRows:
     reply_id: uuid.UUID
 
 
-class Store(ManageQueries):
-    def __init__(self, engine: AsyncEngine, retry: DatabaseRetry) -> None:
-        self.engine = engine
-        self.retry = retry
-
-    async def _transaction(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        async def attempt() -> T:
-            async with self.engine.begin() as connection:
-                return await work(connection)
-
-        return await self.retry.run(attempt)
-
-    async def _prepared(self, sql: str, *args: Any) -> asyncpg.Record:
-        """One statement in a transaction of its own, sent by asyncpg directly.
-
-        The warm path's only Postgres work skips SQLAlchemy's per-statement machinery
-        (a third of the client's CPU per message) and uses asyncpg's statement cache,
-        so it is prepared once per connection. The connection still comes from, and
-        goes back to, SQLAlchemy's pool; after any failure it is discarded instead,
-        which also makes the server roll the transaction back.
-        """
-
-        async def attempt() -> asyncpg.Record:
-            async with self.engine.connect() as connection:
-                raw = await connection.get_raw_connection()
-                driver: asyncpg.Connection = raw.driver_connection
-                try:
-                    await driver.execute("BEGIN")
-                    row = await driver.fetchrow(sql, *args)
-                    await driver.execute("COMMIT")
-                except BaseException:
-                    # No ROLLBACK round trip: it would wait on a hung server all over again.
-                    await connection.invalidate()
-                    raise
-                return row
-
-        return await self.retry.run(attempt)
+class ConversationQueries:
+    def __init__(self, database: Database) -> None:
+        self._database = database
 
     async def load_session(
         self, channel: str, channel_user_id: str, username: str | None
@@ -204,7 +166,7 @@ class Store(ManageQueries):
                 model=conversation.model_override or user.preferred_model,
             )
 
-        return await self._transaction(work)
+        return await self._database.transaction(work)
 
     async def load_context(self, conversation_id: uuid.UUID, limit: int) -> list[ContextMessage]:
         """The newest `limit` messages, newest first."""
@@ -215,7 +177,7 @@ class Store(ManageQueries):
             )
             return [ContextMessage(row.role, row.content, row.timestamp) for row in rows]
 
-        return await self._transaction(work)
+        return await self._database.transaction(work)
 
     async def load_channel(self, channel: str) -> ChannelSettings:
         async def work(connection: AsyncConnection) -> ChannelSettings:
@@ -224,7 +186,7 @@ class Store(ManageQueries):
                 return ChannelSettings()
             return ChannelSettings(default_model=row.default_model, settings=dict(row.settings))
 
-        return await self._transaction(work)
+        return await self._database.transaction(work)
 
     async def save_exchange(self, rows: ExchangeRows) -> StoredExchange:
         """Store the user's message and the reply (if any) in one transaction.
@@ -233,7 +195,7 @@ class Store(ManageQueries):
         """
 
         try:
-            row = await self._prepared(_SAVE_EXCHANGE, *_exchange_args(rows))
+            row = await self._database.prepared(_SAVE_EXCHANGE, *_exchange_args(rows))
         except StoreConflict as exc:
             if exc.sqlstate != FOREIGN_KEY_VIOLATION:
                 raise
@@ -258,7 +220,7 @@ class Store(ManageQueries):
             }
             return (await connection.execute(_STORED_EXCHANGE, params)).first()
 
-        found = await self._transaction(work)
+        found = await self._database.transaction(work)
         if found is None:  # gone since: deleted by ops, or purged
             return StoredExchange(rows.user_message_id, None, duplicate=True)
         if found.id == rows.user_message_id:
@@ -280,7 +242,7 @@ class Store(ManageQueries):
             ).scalar_one()
             return SessionState(user_id, conversation.id, conversation.model_override or preferred)
 
-        return await self._transaction(work)
+        return await self._database.transaction(work)
 
     @staticmethod
     async def _open_or_find_active(connection: AsyncConnection, params: dict[str, Any]) -> Any:
@@ -312,10 +274,7 @@ class Store(ManageQueries):
             ).scalar_one_or_none()
             return SessionState(session.user_id, session.conversation_id, override or model)
 
-        return await self._transaction(work)
-
-    async def recent_messages(self, conversation_id: uuid.UUID, limit: int) -> list[ContextMessage]:
-        return await self.load_context(conversation_id, limit)
+        return await self._database.transaction(work)
 
 
 def _exchange_args(rows: ExchangeRows) -> tuple[Any, ...]:

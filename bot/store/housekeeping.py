@@ -1,55 +1,18 @@
-"""The SQL of feature flags, channel configs, retention and cache warming.
-
-A mixin of `Store` (bot/store/queries.py), so every query still lives in the store
-and every public method is one transaction, retried as a unit.
-"""
+"""The SQL of housekeeping: retention (`bot ops purge`), cache warming and flushing
+(`bot ops cache …`). Each public method is one transaction, retried as a unit."""
 
 from __future__ import annotations
 
-import json
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
-from sqlalchemy import TextClause, bindparam, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot.domain import ChannelConfigRow, ContextMessage, FlagRow, SessionState
-
-T = TypeVar("T")
-FlagsWritten = Callable[[list[FlagRow]], Awaitable[None]]
-
-# Any fixed 64-bit number: "the feature flags" among advisory locks. Writers of flags
-# and refills of their Redis cache take it, so the cache is written in commit order.
-FLAGS_LOCK_ID = 0x6368_6174_626F_7402
-
-_FLAGS_LOCK = text("SELECT pg_advisory_xact_lock(:id)")
-_ALL_FLAGS = text("SELECT scope, name, value, updated_at FROM feature_flags ORDER BY scope, name")
-_UPSERT_FLAG = text(
-    """
-    INSERT INTO feature_flags (scope, name, value) VALUES (:scope, :name, CAST(:value AS jsonb))
-    ON CONFLICT (scope, name) DO UPDATE SET value = EXCLUDED.value, updated_at = now()
-    """
-)
-_DELETE_FLAG = text("DELETE FROM feature_flags WHERE scope = :scope AND name = :name RETURNING id")
-
-_CONFIG_COLUMNS = "channel_type, default_model, settings, created_at, updated_at"
-_CHANNEL_CONFIGS = text(f"SELECT {_CONFIG_COLUMNS} FROM channel_configs ORDER BY channel_type")
-_UPSERT_CHANNEL_CONFIG = text(
-    f"""
-    INSERT INTO channel_configs (channel_type, default_model, settings)
-    VALUES (:channel, CASE WHEN :set_model THEN CAST(:default_model AS varchar) END, :patch)
-    ON CONFLICT (channel_type) DO UPDATE SET
-        default_model = CASE WHEN :set_model THEN EXCLUDED.default_model
-                             ELSE channel_configs.default_model END,
-        settings = (channel_configs.settings - CAST(:removed AS text[])) || EXCLUDED.settings,
-        updated_at = now()
-    RETURNING {_CONFIG_COLUMNS}
-    """
-).bindparams(bindparam("patch", type_=JSONB))
+from bot.domain import ContextMessage, SessionState
+from bot.store.database import Database
 
 _USER_CONVERSATIONS = text(
     """
@@ -157,77 +120,9 @@ class PurgeCounts:
     conversations: int
 
 
-class ManageQueries:
-    async def _transaction(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        raise NotImplementedError  # Store's
-
-    # --- feature flags ----------------------------------------------------------------
-
-    async def list_flags(self) -> list[FlagRow]:
-        return await self._transaction(_all_flags)
-
-    async def refill_flags(self, write: FlagsWritten) -> list[FlagRow]:
-        """Every flag, handed to `write` (the Redis refill) under the flags lock."""
-
-        async def work(connection: AsyncConnection) -> list[FlagRow]:
-            await connection.execute(_FLAGS_LOCK, {"id": FLAGS_LOCK_ID})
-            rows = await _all_flags(connection)
-            await write(rows)
-            return rows
-
-        return await self._transaction(work)
-
-    async def change_flag(
-        self, scope: str, name: str, value: Any, write: FlagsWritten, *, unset: bool = False
-    ) -> tuple[bool, list[FlagRow]]:
-        """Set (or unset) one flag, then hand every flag to `write` before the commit.
-
-        Returns whether the flag existed before, and all flags after the change.
-        """
-
-        async def work(connection: AsyncConnection) -> tuple[bool, list[FlagRow]]:
-            await connection.execute(_FLAGS_LOCK, {"id": FLAGS_LOCK_ID})
-            params = {"scope": scope, "name": name}
-            before = await _all_flags(connection)
-            existed = any(row.scope == scope and row.name == name for row in before)
-            if unset:
-                await connection.execute(_DELETE_FLAG, params)
-            else:
-                await connection.execute(_UPSERT_FLAG, {**params, "value": json.dumps(value)})
-            rows = await _all_flags(connection)
-            await write(rows)
-            return existed, rows
-
-        return await self._transaction(work)
-
-    # --- channel configs --------------------------------------------------------------
-
-    async def channel_configs(self) -> list[ChannelConfigRow]:
-        async def work(connection: AsyncConnection) -> list[ChannelConfigRow]:
-            return [_config_row(row) for row in await connection.execute(_CHANNEL_CONFIGS)]
-
-        return await self._transaction(work)
-
-    async def update_channel_config(
-        self, channel: str, patch: dict[str, Any], removed: Sequence[str]
-    ) -> ChannelConfigRow:
-        """Upsert a channel's row: `default_model` goes to its column, the rest into
-        `settings` (merged); keys in `removed` are taken out (default_model set NULL)."""
-        settings = {k: v for k, v in patch.items() if k != "default_model"}
-        params = {
-            "channel": channel,
-            "set_model": "default_model" in patch or "default_model" in removed,
-            "default_model": patch.get("default_model"),
-            "patch": settings,
-            "removed": [key for key in removed if key != "default_model"],
-        }
-
-        async def work(connection: AsyncConnection) -> ChannelConfigRow:
-            return _config_row((await connection.execute(_UPSERT_CHANNEL_CONFIG, params)).one())
-
-        return await self._transaction(work)
-
-    # --- cache management -------------------------------------------------------------
+class HousekeepingQueries:
+    def __init__(self, database: Database) -> None:
+        self._database = database
 
     async def user_conversations(
         self, channel: str, channel_user_id: str
@@ -239,14 +134,14 @@ class ManageQueries:
             row = (await connection.execute(_USER_CONVERSATIONS, params)).first()
             return None if row is None else (row.user_id, list(row.conversation_ids))
 
-        return await self._transaction(work)
+        return await self._database.transaction(work)
 
     async def count_active_since(self, since: datetime) -> int:
         async def work(connection: AsyncConnection) -> int:
             found = await connection.execute(_COUNT_ACTIVE_SINCE, {"since": since})
             return int(found.scalar_one())
 
-        return await self._transaction(work)
+        return await self._database.transaction(work)
 
     async def active_sessions(
         self, since: datetime, after: uuid.UUID | None, limit: int, context_limit: int
@@ -272,7 +167,7 @@ class ManageQueries:
                 for row in rows
             ]
 
-        return await self._transaction(work)
+        return await self._database.transaction(work)
 
     # --- retention --------------------------------------------------------------------
 
@@ -289,7 +184,7 @@ class ManageQueries:
             row = (await connection.execute(statement, {"cutoff": cutoff})).one()
             return PurgeCounts(int(row.messages), int(row.conversations))
 
-        return await self._transaction(work)
+        return await self._database.transaction(work)
 
     async def purgeable_conversations(
         self, cutoff: datetime, after: uuid.UUID | None, limit: int
@@ -312,15 +207,4 @@ class ManageQueries:
         async def work(connection: AsyncConnection) -> list[uuid.UUID]:
             return list((await connection.execute(statement, params)).scalars())
 
-        return await self._transaction(work)
-
-
-async def _all_flags(connection: AsyncConnection) -> list[FlagRow]:
-    rows = await connection.execute(_ALL_FLAGS)
-    return [FlagRow(row.scope, row.name, row.value, row.updated_at) for row in rows]
-
-
-def _config_row(row: Any) -> ChannelConfigRow:
-    return ChannelConfigRow(
-        row.channel_type, row.default_model, dict(row.settings), row.created_at, row.updated_at
-    )
+        return await self._database.transaction(work)

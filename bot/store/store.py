@@ -1,0 +1,37 @@
+"""All SQL of the bot, by concern, over one Database (engine and retry policy).
+
+The message flow uses `conversations`; the worker's feature flags `flags`; `bot ops`
+the rest. Nothing outside bot/store writes SQL.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.store.channel_configs import ChannelConfigQueries
+from bot.store.conversations import ConversationQueries
+from bot.store.database import Database
+from bot.store.flags import FlagQueries
+from bot.store.housekeeping import HousekeepingQueries
+from bot.store.monitoring import Monitoring
+from bot.store.ops_queries import OpsQueries
+from bot.store.retry import DatabaseRetry
+
+
+class Store:
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.conversations = ConversationQueries(database)
+        self.flags = FlagQueries(database)
+        self.channel_configs = ChannelConfigQueries(database)
+        self.housekeeping = HousekeepingQueries(database)
+        self.records = OpsQueries(database)
+        self.monitoring = Monitoring(database)
+
+    @classmethod
+    def on(cls, engine: AsyncEngine, retry: DatabaseRetry) -> Store:
+        return cls(Database(engine, retry))
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self.database.engine
