@@ -1,16 +1,71 @@
-"""The chat commands, the same on every channel: /help, /reset, /model, /history."""
+"""The chat commands, the same on every channel: /help, /reset, /model, /history.
+
+A command sees only what it needs (a CommandContext: the session, the channel's
+settings, the few settings that shape its answers, and the conversation queries it may
+run) and says what changed (a CommandResult); the service turns that into what Redis
+is to hold.
+"""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
 
-from bot.cache.hotstate import Refresh
-from bot.domain import ContextMessage, Reply, ReplyKind
+from bot.domain import (
+    ChannelSettings,
+    ContextMessage,
+    Reply,
+    ReplyKind,
+    SessionState,
+    resolve_model,
+)
 
-if TYPE_CHECKING:
-    from bot.service import ConversationService, Turn
+
+class Conversations(Protocol):
+    """The conversation queries a command may run (the store's)."""
+
+    async def reset_conversation(self, user_id: uuid.UUID, channel: str) -> SessionState: ...
+
+    async def set_preferred_model(
+        self, session: SessionState, model: str | None
+    ) -> SessionState: ...
+
+    async def load_context(
+        self, conversation_id: uuid.UUID, limit: int
+    ) -> list[ContextMessage]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CommandOptions:
+    """The settings commands answer by."""
+
+    default_model: str
+    allowed_models: tuple[str, ...]
+    history_default: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommandContext:
+    channel: str
+    session: SessionState
+    channel_settings: ChannelSettings
+    conversations: Conversations
+    options: CommandOptions
+
+    @property
+    def model(self) -> str:
+        return resolve_model(self.session, self.channel_settings, self.options.default_model)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    reply: Reply
+    session: SessionState | None = None  # the session after the command, if it changed
+    new_conversation: bool = False  # a new, empty conversation was opened
+
 
 HELP_TEXT = (
     "Commands:\n"
@@ -40,69 +95,61 @@ def parse(text: str) -> Command | None:
     return Command(match.group(1).lower(), (match.group(2) or "").strip())
 
 
-async def run(command: Command, turn: Turn, service: ConversationService) -> tuple[Reply, Refresh]:
+async def run(command: Command, context: CommandContext) -> CommandResult:
     handler = _HANDLERS.get(command.name)
     if handler is None:
         text = f"Unknown command /{command.name}. Try /help for the list of commands."
-        return Reply(text, ReplyKind.COMMAND), turn.refresh
-    return await handler(command, turn, service)
+        return CommandResult(Reply(text, ReplyKind.COMMAND))
+    return await handler(command, context)
 
 
-async def _help(
-    command: Command, turn: Turn, service: ConversationService
-) -> tuple[Reply, Refresh]:
-    return Reply(HELP_TEXT, ReplyKind.COMMAND), turn.refresh
+async def _help(command: Command, context: CommandContext) -> CommandResult:
+    return CommandResult(Reply(HELP_TEXT, ReplyKind.COMMAND))
 
 
-async def _reset(
-    command: Command, turn: Turn, service: ConversationService
-) -> tuple[Reply, Refresh]:
-    session = await service.store.conversations.reset_conversation(
-        turn.session.user_id, turn.message.channel
+async def _reset(command: Command, context: CommandContext) -> CommandResult:
+    session = await context.conversations.reset_conversation(
+        context.session.user_id, context.channel
     )
-    refresh = replace(turn.refresh, session=session, context=[], context_mode="replace")
     text = "Started a new conversation. I've forgotten what we talked about before."
-    return Reply(text, ReplyKind.COMMAND, session.conversation_id), refresh
+    reply = Reply(text, ReplyKind.COMMAND, session.conversation_id)
+    return CommandResult(reply, session, new_conversation=True)
 
 
-async def _model(
-    command: Command, turn: Turn, service: ConversationService
-) -> tuple[Reply, Refresh]:
-    current = service.resolve_model(turn.session, turn.channel)
+async def _model(command: Command, context: CommandContext) -> CommandResult:
+    allowed = context.options.allowed_models
     if not command.argument:
+        current = context.model
         text = f"I'm answering with the model {current}. Change it with /model NAME."
-        if service.settings.allowed_models:
-            text += f" Available: {', '.join(service.settings.allowed_models)}."
-        return Reply(text, ReplyKind.COMMAND, model=current), turn.refresh
+        if allowed:
+            text += f" Available: {', '.join(allowed)}."
+        return CommandResult(Reply(text, ReplyKind.COMMAND, model=current))
     wanted = None if command.argument.lower() == "default" else command.argument
     if wanted is not None and not _MODEL_NAME.match(wanted):
         text = "That isn't a valid model name (letters, digits and . _ : / @ + -, at most 100)."
-        return Reply(text, ReplyKind.INVALID), turn.refresh
-    allowed = service.settings.allowed_models
+        return CommandResult(Reply(text, ReplyKind.INVALID))
     if wanted is not None and allowed and wanted not in allowed:
         text = f"The model {wanted} isn't available here. Choose one of: {', '.join(allowed)}."
-        return Reply(text, ReplyKind.INVALID), turn.refresh
-    session = await service.store.conversations.set_preferred_model(turn.session, wanted)
-    model = service.resolve_model(session, turn.channel)
+        return CommandResult(Reply(text, ReplyKind.INVALID))
+    session = await context.conversations.set_preferred_model(context.session, wanted)
+    model = resolve_model(session, context.channel_settings, context.options.default_model)
     text = f"Okay, I'll answer with the model {model} from now on."
     if wanted is not None and model != wanted:
         text = f"Saved {wanted} as your model, but this conversation is pinned to {model}."
-    return Reply(text, ReplyKind.COMMAND, model=model), replace(turn.refresh, session=session)
+    return CommandResult(Reply(text, ReplyKind.COMMAND, model=model), session)
 
 
-async def _history(
-    command: Command, turn: Turn, service: ConversationService
-) -> tuple[Reply, Refresh]:
-    argument = command.argument or str(service.settings.history_default)
+async def _history(command: Command, context: CommandContext) -> CommandResult:
+    argument = command.argument or str(context.options.history_default)
     if not _COUNT.fullmatch(argument) or not 1 <= int(argument) <= MAX_HISTORY:
         text = f"Usage: /history [n], with n from 1 to {MAX_HISTORY}."
-        return Reply(text, ReplyKind.INVALID), turn.refresh
-    messages = await service.store.conversations.load_context(
-        turn.session.conversation_id, 2 * int(argument)
+        return CommandResult(Reply(text, ReplyKind.INVALID))
+    messages = await context.conversations.load_context(
+        context.session.conversation_id, 2 * int(argument)
     )
     if not messages:
-        return Reply("No messages in this conversation yet.", ReplyKind.COMMAND), turn.refresh
-    return Reply(_format_history(messages), ReplyKind.COMMAND), turn.refresh
+        return CommandResult(Reply("No messages in this conversation yet.", ReplyKind.COMMAND))
+    return CommandResult(Reply(_format_history(messages), ReplyKind.COMMAND))
 
 
 def _format_history(newest_first: list[ContextMessage]) -> str:
@@ -114,4 +161,11 @@ def _format_history(newest_first: list[ContextMessage]) -> str:
     return "\n".join(lines)
 
 
-_HANDLERS = {"help": _help, "start": _help, "reset": _reset, "model": _model, "history": _history}
+Handler = Callable[[Command, CommandContext], Awaitable[CommandResult]]
+_HANDLERS: dict[str, Handler] = {
+    "help": _help,
+    "start": _help,
+    "reset": _reset,
+    "model": _model,
+    "history": _history,
+}

@@ -42,10 +42,6 @@ class Reply:
     conversation_id: uuid.UUID | None = None
     model: str | None = None
 
-    @property
-    def silent(self) -> bool:
-        return self.text is None
-
 
 @dataclass(frozen=True, slots=True)
 class ContextMessage:
@@ -65,6 +61,11 @@ class SessionState:
     model: str | None  # conversation override, else the user's preference, else None
 
 
+def resolve_model(session: SessionState, channel: ChannelSettings, default_model: str) -> str:
+    """Conversation override > user preference > channel default > DEFAULT_MODEL."""
+    return session.model or channel.default_model or default_model
+
+
 @dataclass(frozen=True, slots=True)
 class ChannelSettings:
     """A channel's `channel_configs` row, or the defaults when there is none."""
@@ -79,10 +80,9 @@ class ChannelSettings:
 
 @dataclass(frozen=True, slots=True)
 class StoredExchange:
-    """The rows one exchange wrote: the user's message and, if any, the reply."""
+    """What storing one exchange found: the user's message row it wrote (or found)."""
 
     user_message_id: uuid.UUID
-    reply_message_id: uuid.UUID | None
     duplicate: bool = False  # the platform event was stored before, by another handling
     reply_text: str | None = None  # of a duplicate: the reply stored with it, if any
     reply_model: str | None = None

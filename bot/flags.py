@@ -1,16 +1,16 @@
 """Feature flags: Postgres holds them, Redis caches them, each worker keeps them in memory.
 
-Redis: hashes `features:global` and `features:channel:{channel}`, field = flag name,
-value = JSON. Every hash written from Postgres also holds the field `_loaded`; a hash
-without it was flushed or evicted, so the worker refills all of them from Postgres
-(a Redis flush never turns a flag off).
+This module coordinates the three (the flags themselves are bot/flagset.py, their SQL
+bot/store/flags.py, their Redis hashes and pub/sub bot/cache/flags.py).
 
 Ops change a row and rewrite the hashes in the same Postgres transaction, under an
 advisory lock that refills take too, so Redis is written in commit order; then they
-publish on `features:invalidate`. Each worker reloads on that message and, in case
-one is lost, every FLAGS_REFRESH_SECONDS. The service reads only the in-memory copy:
-no round trip on the hot path. When Redis is down the worker reads Postgres instead,
-keeps the flags it last knew if that fails too, and refills Redis when it is back.
+publish on `features:invalidate` (`change_flag`). Each worker (`FeatureFlags`) reloads
+on that message and, in case one is lost, every FLAGS_REFRESH_SECONDS. A hash without
+its `_loaded` field was flushed or evicted, so the worker refills all of them from
+Postgres (a Redis flush never turns a flag off). The service reads only the in-memory
+copy. When Redis is down the worker reads Postgres instead, keeps the flags it last
+knew if that fails too, and refills Redis when it is back.
 """
 
 from __future__ import annotations
@@ -18,111 +18,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
-from redis.exceptions import RedisError
-
+from bot.cache.flags import FlagCache, Invalidation
 from bot.domain import FlagRow
-from bot.errors import CacheUnavailable, FlagError, StoreUnavailable
-from bot.store.store import Store
-
-if TYPE_CHECKING:
-    from bot.cache.flags import FlagCache
+from bot.errors import CacheUnavailable, StoreUnavailable
+from bot.flagset import FlagSet
+from bot.local import cancel_until_done
+from bot.store.flags import FlagQueries
 
 log = logging.getLogger(__name__)
-
-GLOBAL = "global"
-LOADED_FIELD = "_loaded"
-MAINTENANCE = "maintenance"
-MAINTENANCE_MESSAGE = "maintenance_message"
-REPLIES_DISABLED = "replies_disabled"
-MAINTENANCE_TEXT = "Sorry, I'm down for maintenance right now. Please try again a little later."
-_TRUE = {"true", "on", "yes", "1"}
-_FALSE = {"false", "off", "no", "0"}
-
-
-@dataclass(frozen=True, slots=True)
-class FlagSpec:
-    kind: type
-    help: str
-
-
-# Every flag the service understands; `bot ops flags set` accepts only these.
-KNOWN_FLAGS: dict[str, FlagSpec] = {
-    MAINTENANCE: FlagSpec(
-        bool,
-        "answer every message with the maintenance text; nothing is stored and the "
-        "responder is not called",
-    ),
-    MAINTENANCE_MESSAGE: FlagSpec(str, "the text sent in maintenance mode"),
-    REPLIES_DISABLED: FlagSpec(
-        bool, "ignore messages: no reply, nothing stored, the responder is not called"
-    ),
-}
-MAX_TEXT = 2000
-
-
-def parse_value(name: str, raw: str) -> Any:
-    """The JSON value of a flag from what an operator typed, checked against its type."""
-    spec = KNOWN_FLAGS.get(name)
-    if spec is None:
-        raise FlagError(f"unknown flag {name!r}; known flags: {', '.join(sorted(KNOWN_FLAGS))}")
-    if spec.kind is bool:
-        word = raw.strip().lower()
-        if word in _TRUE | _FALSE:
-            return word in _TRUE
-        raise FlagError(f"flag {name} is true or false (also on/off, yes/no, 1/0), not {raw!r}")
-    text = raw.strip()
-    if not text or len(text) > MAX_TEXT or "\x00" in text:
-        raise FlagError(f"flag {name} is a text of 1 to {MAX_TEXT} characters")
-    return text
-
-
-@dataclass(frozen=True, slots=True)
-class FlagSet:
-    """The flags at one moment: a channel's value wins over the global one."""
-
-    global_: Mapping[str, Any] = field(default_factory=dict)
-    channels: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-
-    @classmethod
-    def from_rows(cls, rows: Sequence[FlagRow]) -> FlagSet:
-        global_: dict[str, Any] = {}
-        channels: dict[str, dict[str, Any]] = {}
-        for row in rows:
-            target = global_ if row.scope == GLOBAL else channels.setdefault(row.scope, {})
-            target[row.name] = row.value
-        return cls(global_, channels)
-
-    def value(self, name: str, channel: str | None = None) -> Any:
-        scoped = self.channels.get(channel, {}) if channel else {}
-        return scoped[name] if name in scoped else self.global_.get(name)
-
-    def enabled(self, name: str, channel: str | None = None) -> bool:
-        return self.value(name, channel) is True
-
-    def maintenance_text(self, channel: str) -> str:
-        text = self.value(MAINTENANCE_MESSAGE, channel)
-        return text if isinstance(text, str) and text else MAINTENANCE_TEXT
-
-    def rows(self) -> list[FlagRow]:
-        found = [FlagRow(GLOBAL, n, v) for n, v in self.global_.items()]
-        for channel, values in self.channels.items():
-            found += [FlagRow(channel, n, v) for n, v in values.items()]
-        return sorted(found, key=lambda row: (row.scope, row.name))
 
 
 class FeatureFlags:
     """One worker's flags: `current` is read by the service; a listener keeps it fresh."""
 
-    def __init__(self, cache: FlagCache, store: Store, refresh_seconds: float) -> None:
+    def __init__(self, cache: FlagCache, store: FlagQueries, refresh_seconds: float) -> None:
         self.cache = cache
         self.store = store
         self.refresh_seconds = refresh_seconds
         self.current = FlagSet()
-        self.reloads = 0
         self._redis_lost = False  # Redis failed since our last good read: refill it
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -134,7 +50,6 @@ class FeatureFlags:
         async with self._lock:
             try:
                 self.current = await self._fetch()
-                self.reloads += 1
             except StoreUnavailable as exc:
                 log.warning("cannot reload feature flags (%s); keeping the last known", exc)
             return self.current
@@ -144,7 +59,7 @@ class FeatureFlags:
             cached = await self.cache.read()
         except CacheUnavailable:
             self._redis_lost = True
-            return FlagSet.from_rows(await self.store.flags.rows())
+            return FlagSet.from_rows(await self.store.rows())
         if cached is not None and not self._redis_lost:
             return cached
         # Missing in Redis, or Redis may hold what predates changes made while it was away.
@@ -156,7 +71,7 @@ class FeatureFlags:
                 await self.cache.write(rows)
                 written = True
 
-        rows = await self.store.flags.refill(refill)
+        rows = await self.store.refill(refill)
         self._redis_lost = not written
         return FlagSet.from_rows(rows)
 
@@ -173,12 +88,7 @@ class FeatureFlags:
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
-        # Cancel until done: on Python 3.11, asyncio.wait_for (redis-py sends every command
-        # under one) swallows a cancel that lands as the send completes.
-        while pending := [task for task in tasks if not task.done()]:
-            for task in pending:
-                task.cancel()
-            await asyncio.wait(pending, timeout=0.1)
+        await cancel_until_done(*tasks)
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _refresh(self) -> None:
@@ -196,39 +106,62 @@ class FeatureFlags:
         backoff = 0.2
         while True:
             try:
-                await self._subscribe_and_wait()
-            except (RedisError, OSError, TimeoutError) as exc:
-                log.debug("flag invalidations: %s; subscribing again", exc.__class__.__name__)
+                async for event in self.cache.invalidations(poll=self.refresh_seconds):
+                    if event is Invalidation.SUBSCRIBED:
+                        self._subscribed.set()  # and catch up on what was missed
+                    await self._load_in_background()
+            except CacheUnavailable as exc:
+                log.debug("%s; subscribing again", exc)
             self._subscribed.clear()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.refresh_seconds)
 
-    async def _subscribe_and_wait(self) -> None:
-        pubsub = self.cache.redis.pubsub()
-        try:
-            await pubsub.subscribe(self.cache.keys.features_invalidation_channel())
-            while True:
-                message = await pubsub.get_message(timeout=self.refresh_seconds)
-                if message is None:
-                    continue
-                if message["type"] == "subscribe":
-                    self._subscribed.set()
-                    await self._load_in_background()  # catch up on what was missed
-                elif message["type"] == "message":
-                    await self._load_in_background()
-        finally:
-            with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()
+
+@dataclass(frozen=True, slots=True)
+class FlagChange:
+    existed: bool  # the flag was set before this change
+    rows: list[FlagRow]  # every flag after it
+    cached: bool  # Redis holds the change
+    notified: int | None  # workers that got the invalidation; None: not published
+    # Why the invalidation could not be published although Redis holds the change:
+    # workers then follow at their next refresh (FLAGS_REFRESH_SECONDS).
+    publish_error: str | None = None
 
 
-class FlagSource(Protocol):
-    """What the service reads: the flags in force now, held in memory."""
+async def change_flag(
+    store: FlagQueries,
+    cache: FlagCache,
+    scope: str,
+    name: str,
+    value: Any,
+    *,
+    unset: bool = False,
+) -> FlagChange:
+    """Change one flag in Postgres and Redis, then tell every worker.
 
-    current: FlagSet
+    Redis is rewritten inside the Postgres transaction; if Redis is unreachable the
+    change is still committed (Postgres is the source of truth) and `cached` is False.
+    """
+    cached = False
 
+    async def write(rows: list[FlagRow]) -> None:
+        nonlocal cached
+        cached = False
+        with contextlib.suppress(CacheUnavailable):
+            await cache.write(rows)
+            cached = True
 
-class StaticFlags:
-    """Flags that never change (tests, tools): the default of a service built bare."""
-
-    def __init__(self, flags: FlagSet | None = None) -> None:
-        self.current = flags or FlagSet()
+    try:
+        existed, rows = await store.change(scope, name, value, write, unset=unset)
+    except BaseException:
+        if cached:  # Redis may now show what did not commit: make workers ask Postgres
+            with contextlib.suppress(CacheUnavailable):
+                await cache.drop()
+        raise
+    if not cached:
+        return FlagChange(existed, rows, cached=False, notified=None)
+    try:
+        notified = await cache.publish()
+    except CacheUnavailable as exc:  # the caller tells the operator; nothing is lost
+        return FlagChange(existed, rows, True, None, publish_error=str(exc))
+    return FlagChange(existed, rows, True, notified)

@@ -1,4 +1,5 @@
-"""In-process stand-ins for what Redis provides across workers.
+"""In-process stand-ins for what Redis provides across workers, and the task helper
+both sides need.
 
 The keyed locks always run first (they keep one worker's messages of a user in
 arrival order and spare Redis the polling); the rate limiter takes over only
@@ -60,3 +61,15 @@ class LocalRateLimiter:
         expired = [k for k, (start, _) in self._windows.items() if now - start >= self.window]
         for key in expired:
             del self._windows[key]
+
+
+async def cancel_until_done(*tasks: asyncio.Task[None]) -> None:
+    """Cancel `tasks` and wait until each is done.
+
+    Cancelled again until done: on Python 3.11, asyncio.wait_for (redis-py sends every
+    command under one) swallows a cancel that lands as the send completes.
+    """
+    while pending := [task for task in tasks if not task.done()]:
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=0.1)

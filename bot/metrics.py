@@ -2,45 +2,93 @@
 
 from __future__ import annotations
 
-from collections import Counter as Tally
+from collections import Counter as Tallies
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from bot.tallies import CacheRead, Tally
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
-# The service's own tallies (ConversationService.stats), exported as counters.
-_TALLIES = {
-    "rate_limited": ("bot_rate_limited_total", "Messages refused by the rate limit"),
-    "duplicate": ("bot_deduplicated_total", "Redelivered platform events answered once"),
-    "invalid": ("bot_invalid_input_total", "Messages refused as invalid input"),
-    "cache_unavailable": ("bot_redis_errors_total", "Redis calls that failed or timed out"),
-    "store_unavailable": ("bot_postgres_errors_total", "Messages Postgres could not store"),
-    "responder_error": ("bot_responder_errors_total", "Replies the responder failed to give"),
-    "lock_timeout": ("bot_lock_timeouts_total", "Messages that waited too long for their turn"),
+# Every tally of the service (ConversationService.stats) but the cache reads, which
+# are one counter with labels: its name on /metrics and what it counts.
+EXPORTED: dict[Tally, tuple[str, str]] = {
+    Tally.MAINTENANCE: (
+        "bot_maintenance_replies_total",
+        "Messages answered with the maintenance text (the maintenance flag)",
+    ),
+    Tally.MUTED: ("bot_muted_total", "Messages ignored while the replies_disabled flag is on"),
+    Tally.INVALID: ("bot_invalid_input_total", "Messages refused as invalid input"),
+    Tally.LOCK_TIMEOUT: (
+        "bot_lock_timeouts_total",
+        "Messages that waited too long for their turn",
+    ),
+    Tally.DUPLICATE: ("bot_deduplicated_total", "Redelivered platform events answered once"),
+    Tally.CACHE_UNAVAILABLE: (
+        "bot_redis_errors_total",
+        "Messages handled without Redis (it failed, timed out, or the breaker was open)",
+    ),
+    Tally.STORE_UNAVAILABLE: (
+        "bot_postgres_errors_total",
+        "Messages Postgres could not store within the retry budget",
+    ),
+    Tally.STORE_FAILED: (
+        "bot_postgres_refusals_total",
+        "Messages Postgres refused to store for a reason a retry does not cure",
+    ),
+    Tally.RATE_LIMITED: ("bot_rate_limited_total", "Messages refused by the rate limit"),
+    Tally.COMMAND: ("bot_commands_total", "Chat commands answered (/help, /reset, ...)"),
+    Tally.EXCHANGE: (
+        "bot_exchanges_total",
+        "Messages stored with their reply (or, if the responder failed, an apology)",
+    ),
+    Tally.RESPONDER_ERROR: (
+        "bot_responder_errors_total",
+        "Replies the responder failed to give",
+    ),
+    Tally.REPLY_RESENT: (
+        "bot_replies_resent_total",
+        "Stored replies sent again for a redelivered event whose first handling never finished",
+    ),
+    Tally.STALE_SESSION: (
+        "bot_stale_sessions_total",
+        "Cached sessions that named a closed or deleted conversation, rebuilt from Postgres",
+    ),
 }
-_CACHE_KINDS = ("session", "context", "channel_config")
 
 
 class _TallyCollector(Collector):
-    def __init__(self, tallies: Callable[[], Tally[str]]) -> None:
+    def __init__(self, tallies: Callable[[], Tallies[Tally]]) -> None:
         self._tallies = tallies
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         stats = self._tallies()
-        for key, (name, help_text) in _TALLIES.items():
+        for tally, (name, help_text) in EXPORTED.items():
             family = CounterMetricFamily(name.removesuffix("_total"), help_text)
-            family.add_metric([], stats.get(key, 0))
+            family.add_metric([], stats.get(tally, 0))
             yield family
         cache = CounterMetricFamily(
             "bot_cache_requests", "Hot-state reads by kind and result", labels=["kind", "result"]
         )
-        for kind in _CACHE_KINDS:
-            for result in ("hit", "miss"):
-                cache.add_metric([kind, result], stats.get(f"{kind}_{result}", 0))
+        for read in CacheRead:
+            for result, hit in (("hit", True), ("miss", False)):
+                cache.add_metric([read.value, result], stats.get(read.tally(hit), 0))
         yield cache
+
+
+class _CircuitCollector(Collector):
+    def __init__(self, is_open: Callable[[], bool]) -> None:
+        self._is_open = is_open
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "bot_redis_circuit_open",
+            "1 while the Redis circuit breaker is open (answering from Postgres), else 0",
+            value=1.0 if self._is_open() else 0.0,
+        )
 
 
 class Metrics:
@@ -86,8 +134,11 @@ class Metrics:
             registry=self.registry,
         )
 
-    def export_tallies(self, tallies: Callable[[], Tally[str]]) -> None:
+    def export_tallies(self, tallies: Callable[[], Tallies[Tally]]) -> None:
         self.registry.register(_TallyCollector(tallies))
+
+    def export_circuit(self, is_open: Callable[[], bool]) -> None:
+        self.registry.register(_CircuitCollector(is_open))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

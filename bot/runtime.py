@@ -27,7 +27,8 @@ from bot.cache.keys import Keys
 from bot.channels import registry
 from bot.config import Settings, redact_url
 from bot.errors import InfrastructureError, MigrationError, StoreError
-from bot.flags import FeatureFlags, FlagSource
+from bot.flags import FeatureFlags
+from bot.flagset import FlagSource
 from bot.logs import maskable, redact
 from bot.metrics import Metrics
 from bot.responders import Responder
@@ -100,6 +101,22 @@ def create_redis(settings: Settings, url: str) -> Redis:
     )
 
 
+def keys_for(settings: Settings) -> Keys:
+    """Key names and TTLs (DESIGN.md, "Redis keys") from the settings."""
+    return Keys(
+        prefix=settings.redis_key_prefix,
+        session_ttl=settings.session_ttl_seconds,
+        context_ttl=settings.context_ttl_seconds,
+        context_messages=settings.context_messages,
+        active_window=settings.active_window_seconds,
+        channel_config_ttl=settings.channel_config_ttl_seconds,
+        dedup_ttl=settings.dedup_ttl_seconds,
+        dedup_processing_ttl=settings.dedup_processing_seconds,
+        lock_ttl=settings.lock_ttl_seconds,
+        delivery_lease=settings.delivery_lease_seconds,
+    )
+
+
 def build_store(settings: Settings, engine: AsyncEngine) -> Store:
     """Every query of the bot on `engine`, under the Postgres retry policy."""
     retry = DatabaseRetry(settings.db_retry_attempts, settings.db_retry_deadline_seconds)
@@ -124,18 +141,19 @@ def build_service(
     # finds Redis back, each of them would trip the breaker again in turn. Registered
     # before the cache's repair hook, so that the repair runs on a fresh connection.
     guard.on_recovery(lambda: redis.connection_pool.disconnect(inuse_connections=False))
-    keys = Keys.from_settings(settings)
-    cache = HotStateCache(redis, keys, guard)
+    keys = keys_for(settings)
+    cache = HotStateCache(redis, keys, guard, settings.lock_wait_seconds)
     store = build_store(settings, engine)
     if flags is None:
         flag_cache = FlagCache(redis, keys, guard, registry.ALL_NAMES)
-        flags = FeatureFlags(flag_cache, store, settings.flags_refresh_seconds)
+        flags = FeatureFlags(flag_cache, store.flags, settings.flags_refresh_seconds)
     responder = responder or build_responder(settings)
     if metrics is not None:
         responder = TimedResponder(responder, metrics.responder_latency)
     service = ConversationService(settings, store, cache, responder, flags)
     if metrics is not None:
         metrics.export_tallies(lambda: service.stats)
+        metrics.export_circuit(lambda: guard.is_open)
     return service
 
 

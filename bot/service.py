@@ -9,8 +9,6 @@ then told to the user, with nothing half-written.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import uuid
 from collections import Counter
@@ -18,7 +16,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from bot import commands
-from bot.cache.hotstate import BeginStatus, HotState, HotStateCache, RateCount, Refresh
+from bot.cache.hotstate import HotStateCache
+from bot.cache.state import ContextUpdate, HotState, RateCount, Refresh
 from bot.config import Settings
 from bot.domain import (
     ChannelSettings,
@@ -28,6 +27,7 @@ from bot.domain import (
     ReplyKind,
     SessionState,
     StoredExchange,
+    resolve_model,
 )
 from bot.errors import (
     CacheUnavailable,
@@ -38,11 +38,12 @@ from bot.errors import (
     StoreError,
     StoreUnavailable,
 )
-from bot.flags import MAINTENANCE, REPLIES_DISABLED, FlagSource, StaticFlags
-from bot.local import KeyedLocks, LocalRateLimiter
+from bot.flagset import MAINTENANCE, REPLIES_DISABLED, FlagSource, StaticFlags
+from bot.local import LocalRateLimiter
 from bot.responders.base import Responder, ResponderRequest, ResponderResult, estimate_tokens
 from bot.store.conversations import ExchangeRows
 from bot.store.store import Store
+from bot.tallies import CacheRead, Tally
 from bot.validation import (
     check_user_id,
     clean_text,
@@ -83,10 +84,12 @@ class ConversationService:
         self.cache = cache
         self.responder = responder
         self.flags = flags or StaticFlags()  # held in memory: no round trip per message
-        self.stats: Counter[str] = Counter()
-        self._published: Counter[str] = Counter()
-        self._locks = KeyedLocks()
+        self.stats: Counter[Tally] = Counter()
+        self._published: Counter[Tally] = Counter()
         self._local_rate = LocalRateLimiter()
+        self._command_options = commands.CommandOptions(
+            settings.default_model, tuple(settings.allowed_models), settings.history_default
+        )
 
     def delivered(self, message: IncomingMessage) -> None:
         """The adapter delivered the reply to `message` (all of it) to the platform: its
@@ -114,18 +117,26 @@ class ConversationService:
         """Answer one incoming message; never raises for bad input or a failing store."""
         flags = self.flags.current
         if flags.enabled(MAINTENANCE, message.channel):
-            self.stats["maintenance"] += 1
+            self.stats[Tally.MAINTENANCE] += 1
             return Reply(flags.maintenance_text(message.channel), ReplyKind.MAINTENANCE)
         if flags.enabled(REPLIES_DISABLED, message.channel):
-            self.stats["muted"] += 1
+            self.stats[Tally.MUTED] += 1
             return Reply(None, ReplyKind.MUTED)
         try:
             message = self._validated(message)
         except InvalidInput as exc:
-            self.stats["invalid"] += 1
+            self.stats[Tally.INVALID] += 1
             return Reply(str(exc), ReplyKind.INVALID)
-        async with self._locks.hold(f"{message.channel}:{message.channel_user_id}"):
-            return await self._handle_locked(message)
+        try:
+            return await self._in_turn(message)
+        except LockTimeout:
+            self.stats[Tally.LOCK_TIMEOUT] += 1
+            return Reply(BUSY_TEXT, ReplyKind.UNAVAILABLE)
+        except StoreError as exc:
+            # The claim is released as unfinished: a commit may have gone through
+            # unacknowledged, and a redelivery checks Postgres.
+            self._store_failed(message, exc)
+            return Reply(UNAVAILABLE_TEXT, ReplyKind.UNAVAILABLE)
 
     def _validated(self, message: IncomingMessage) -> IncomingMessage:
         """The message as it will be stored, or InvalidInput saying why it cannot be."""
@@ -137,38 +148,17 @@ class ConversationService:
             platform_message_id=storable_event_id(message.platform_message_id),
         )
 
-    async def _handle_locked(self, message: IncomingMessage) -> Reply:
-        token = uuid.uuid4().hex
-        try:
-            hot = await self._begin(message, token)
-        except LockTimeout:
-            self.stats["lock_timeout"] += 1
-            return Reply(BUSY_TEXT, ReplyKind.UNAVAILABLE)
-        if hot is not None and hot.status is BeginStatus.DUPLICATE:
-            self.stats["duplicate"] += 1
-            return Reply(None, ReplyKind.DUPLICATE)
-        was_read = hot is not None
-        try:
-            async with self._lock_renewal(message, token, was_read):
-                reply, refresh = await self._process(message, hot)
-        except StoreError as exc:
-            self._store_failed(message, exc)
-            # A commit may have gone through unacknowledged: a redelivery checks Postgres.
-            await self.cache.release(message, token, was_read=was_read, unfinished=True)
-            return Reply(UNAVAILABLE_TEXT, ReplyKind.UNAVAILABLE)
-        except BaseException:
-            await self.cache.release(message, token, was_read=was_read, unfinished=True)
-            raise
-        await self.cache.settle(message, token, refresh, was_read=was_read)
+    async def _in_turn(self, message: IncomingMessage) -> Reply:
+        """Handle the message in its user's turn (bot/cache/claim.py)."""
+        async with self.cache.claim(message) as claim:
+            if claim.duplicate:
+                self.stats[Tally.DUPLICATE] += 1
+                return Reply(None, ReplyKind.DUPLICATE)
+            if claim.hot is None:
+                self.stats[Tally.CACHE_UNAVAILABLE] += 1
+            reply, refresh = await self._process(message, claim.hot)
+            claim.settle_with(refresh)
         return reply
-
-    def _lock_renewal(
-        self, message: IncomingMessage, token: str, locked: bool
-    ) -> contextlib.AbstractAsyncContextManager[None]:
-        """Keeps the user's Redis lock while we work; nothing to keep if Redis was down."""
-        if not locked:
-            return contextlib.nullcontext()
-        return self.cache.keep_lock(message, token)
 
     def _store_failed(self, message: IncomingMessage, exc: StoreError) -> None:
         # One line with the error class: the user is told, the claim released, the
@@ -176,25 +166,8 @@ class ConversationService:
         log.error(
             "cannot store message from %s:%s: %s", message.channel, message.channel_user_id, exc
         )
-        kind = "store_unavailable" if isinstance(exc, StoreUnavailable) else "store_failed"
-        self.stats[kind] += 1
-
-    async def _begin(self, message: IncomingMessage, token: str) -> HotState | None:
-        """Hot state from Redis, waiting for another worker's lock; None if Redis is down."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.lock_wait_seconds
-        delay = 0.005
-        while True:
-            hot = await self.cache.try_begin(message, token)
-            if hot is None:
-                self.stats["cache_unavailable"] += 1
-                return None
-            if hot.status not in (BeginStatus.LOCKED, BeginStatus.DELIVERING):
-                return hot
-            if loop.time() + delay > deadline:
-                raise LockTimeout(f"{message.channel}:{message.channel_user_id}")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.1)
+        unavailable = isinstance(exc, StoreUnavailable)
+        self.stats[Tally.STORE_UNAVAILABLE if unavailable else Tally.STORE_FAILED] += 1
 
     async def _process(
         self, message: IncomingMessage, hot: HotState | None
@@ -205,19 +178,35 @@ class ConversationService:
             return self._rate_limited(turn, limit), turn.refresh
         command = commands.parse(message.text)
         if command is not None:
-            self.stats["command"] += 1
-            return await commands.run(command, turn, self)
+            self.stats[Tally.COMMAND] += 1
+            return await self._command(command, turn)
         return await self._exchange(turn, hot.context if hot else None)
+
+    async def _command(self, command: commands.Command, turn: Turn) -> tuple[Reply, Refresh]:
+        context = commands.CommandContext(
+            channel=turn.message.channel,
+            session=turn.session,
+            channel_settings=turn.channel,
+            conversations=self.store.conversations,
+            options=self._command_options,
+        )
+        result = await commands.run(command, context)
+        refresh = turn.refresh
+        if result.session is not None:
+            refresh = replace(refresh, session=result.session)
+        if result.new_conversation:
+            refresh = replace(refresh, context=[], context_update=ContextUpdate.REPLACE)
+        return result.reply, refresh
 
     async def _prepare(self, message: IncomingMessage, hot: HotState | None) -> Turn:
         session = hot.session if hot else None
-        self._count("session", session is not None)
+        self._count(CacheRead.SESSION, session is not None)
         if session is None:
             session = await self.store.conversations.load_session(
                 message.channel, message.channel_user_id, message.username
             )
         channel = hot.channel if hot else None
-        self._count("channel_config", channel is not None)
+        self._count(CacheRead.CHANNEL_CONFIG, channel is not None)
         loaded_channel = None
         if channel is None:
             channel = loaded_channel = await self.store.conversations.load_channel(message.channel)
@@ -236,7 +225,7 @@ class ConversationService:
         return RateCount(count, retry_after)
 
     def _rate_limited(self, turn: Turn, limit: int) -> Reply:
-        self.stats["rate_limited"] += 1
+        self.stats[Tally.RATE_LIMITED] += 1
         if turn.rate.count > limit + 1:
             return Reply(None, ReplyKind.RATE_LIMITED)  # told once per window is enough
         seconds = turn.rate.retry_after
@@ -249,13 +238,13 @@ class ConversationService:
     async def _exchange(
         self, turn: Turn, cached: list[ContextMessage] | None, *, retried: bool = False
     ) -> tuple[Reply, Refresh]:
-        self._count("context", cached is not None)
+        self._count(CacheRead.CONTEXT, cached is not None)
         context = cached
         if context is None:
             context = await self.store.conversations.load_context(
                 turn.session.conversation_id, self.settings.context_messages
             )
-        model = self.resolve_model(turn.session, turn.channel)
+        model = resolve_model(turn.session, turn.channel, self.settings.default_model)
         user_ts = datetime.now(UTC)
         result = await self._respond(turn, model, context)
         rows = self._rows(turn, user_ts, result)
@@ -267,16 +256,17 @@ class ConversationService:
             return await self._recover_stale(turn)
         if stored.duplicate:
             # The cached context may lack the stored exchange: rebuild it next time.
-            return self._redelivered(turn, stored), replace(turn.refresh, context_mode="replace")
+            refresh = replace(turn.refresh, context_update=ContextUpdate.REPLACE)
+            return self._redelivered(turn, stored), refresh
         new = [ContextMessage("user", rows.user_text, rows.user_ts)]
         if result is not None:
             new.insert(0, ContextMessage("assistant", result.text, rows.reply_ts))
         refresh = replace(
             turn.refresh,
             context=new if cached is not None else [*new, *context],
-            context_mode="append" if cached is not None else "replace",
+            context_update=ContextUpdate.APPEND if cached is not None else ContextUpdate.REPLACE,
         )
-        self.stats["exchange"] += 1
+        self.stats[Tally.EXCHANGE] += 1
         if result is None:
             return Reply(RESPONDER_FAILED_TEXT, ReplyKind.UNAVAILABLE), refresh
         return Reply(result.text, ReplyKind.ANSWER, turn.session.conversation_id, model), refresh
@@ -286,16 +276,16 @@ class ConversationService:
         never finished (the worker died after the commit, or the user was told it failed
         while the commit went through), send the reply stored then. Otherwise it was
         answered (or nobody can tell): say nothing, as for any duplicate."""
-        self.stats["duplicate"] += 1
+        self.stats[Tally.DUPLICATE] += 1
         if not turn.taken_over or stored.reply_text is None:
             return Reply(None, ReplyKind.DUPLICATE)
-        self.stats["reply_resent"] += 1
+        self.stats[Tally.REPLY_RESENT] += 1
         conversation = turn.session.conversation_id
         return Reply(stored.reply_text, ReplyKind.ANSWER, conversation, stored.reply_model)
 
     async def _recover_stale(self, turn: Turn) -> tuple[Reply, Refresh]:
         """The cached session pointed at a closed or deleted conversation: rebuild it."""
-        self.stats["stale_session"] += 1
+        self.stats[Tally.STALE_SESSION] += 1
         message = turn.message
         session = await self.store.conversations.load_session(
             message.channel, message.channel_user_id, message.username
@@ -317,7 +307,7 @@ class ConversationService:
             return await self.responder.respond(request)
         except ResponderError as exc:
             log.warning("responder %s failed: %s", self.responder.name, exc)
-            self.stats["responder_error"] += 1
+            self.stats[Tally.RESPONDER_ERROR] += 1
             return None
 
     def _rows(self, turn: Turn, user_ts: datetime, result: ResponderResult | None) -> ExchangeRows:
@@ -338,9 +328,5 @@ class ConversationService:
             reply_id=uuid.uuid4(),
         )
 
-    def resolve_model(self, session: SessionState, channel: ChannelSettings) -> str:
-        """Conversation override > user preference > channel default > DEFAULT_MODEL."""
-        return session.model or channel.default_model or self.settings.default_model
-
-    def _count(self, kind: str, hit: bool) -> None:
-        self.stats[f"{kind}_{'hit' if hit else 'miss'}"] += 1
+    def _count(self, read: CacheRead, hit: bool) -> None:
+        self.stats[read.tally(hit)] += 1

@@ -106,6 +106,14 @@ async def handled(service: ConversationService, message: IncomingMessage) -> Rep
     return reply
 
 
+async def flush_cache(service: ConversationService) -> int:
+    """Delete every key of the service's deployment, as an operator flushing Redis would;
+    how many there were."""
+    redis, pattern = service.cache.redis, service.cache.keys.all_pattern()
+    names = [name async for name in redis.scan_iter(match=pattern)]
+    return int(await redis.delete(*names)) if names else 0
+
+
 def echo(text: str, earlier: int = 0) -> str:
     """The echo responder's answer to `text`, having seen `earlier` messages before it."""
     noun = "message" if earlier == 1 else "messages"

@@ -21,7 +21,6 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.cache.keys import Keys
 from bot.domain import Reply, ReplyKind
 from bot.embedded import EmbeddedPostgres
 from bot.errors import StoreConflict, StoreFailed, StoreUnavailable
@@ -33,6 +32,7 @@ from tests.support import (
     ServiceFactory,
     admin_fetch,
     engine_on,
+    flush_cache,
     free_port,
     handled,
     messages_of,
@@ -91,7 +91,7 @@ async def terminate(pg_server: EmbeddedPostgres, application_name: str) -> int:
 
 async def cached_context(redis: Redis, service: ConversationService, reply: Reply) -> list[str]:
     assert reply.conversation_id is not None
-    key = Keys.from_settings(service.settings).context(reply.conversation_id)
+    key = service.cache.keys.context(reply.conversation_id)
     return [json.loads(item)["content"] for item in await redis.lrange(key, 0, -1)]
 
 
@@ -103,7 +103,7 @@ async def test_hung_postgres_is_told_in_bounded_time_and_nothing_half_written(
     redis: Redis,
 ) -> None:
     service = await build(make_service, pg_url)
-    keys = Keys.from_settings(service.settings)
+    keys = service.cache.keys
     user = new_user()
     warm = await service.handle(msg(user, "warm", pid=f"{user}:h-0"))
     assert warm.kind is ReplyKind.ANSWER
@@ -147,7 +147,7 @@ async def test_stopped_postgres_tells_the_user_and_a_redelivery_is_stored_once(
     redis: Redis,
 ) -> None:
     service = await build(make_service, pg_url)
-    keys = Keys.from_settings(service.settings)
+    keys = service.cache.keys
     user = new_user()
     first = await service.handle(msg(user, "one", pid=f"{user}:s-1"))
     assert first.kind is ReplyKind.ANSWER
@@ -213,7 +213,7 @@ async def test_killed_connections_are_retried_and_stored_once(
 
     assert await terminate(pg_server, app) >= 1
     warm = await service.handle(msg(user, "two", pid=f"{user}:k-2"))  # the one write, retried
-    assert await service.cache.flush() > 0
+    assert await flush_cache(service) > 0
     assert await terminate(pg_server, app) >= 1
     cold = await service.handle(msg(user, "three", pid=f"{user}:k-3"))  # reads and write, retried
 
@@ -241,7 +241,7 @@ async def test_postgres_restarted_mid_conversation_continues_it(
     pg_server.start()
 
     third = await service.handle(msg(user, "three"))
-    await service.cache.flush()  # and from Postgres alone
+    await flush_cache(service)  # and from Postgres alone
     fourth = await service.handle(msg(user, "four"))
     assert third.kind is ReplyKind.ANSWER and earlier(third) == 4
     assert fourth.kind is ReplyKind.ANSWER and earlier(fourth) == 6
@@ -351,7 +351,7 @@ async def test_a_database_error_no_retry_cures_is_told_logged_once_and_released(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     service = await build(make_service, pg_url)
-    keys = Keys.from_settings(service.settings)
+    keys = service.cache.keys
     user = new_user()
     first = await service.handle(msg(user, "one", pid=f"{user}:d-1"))
     assert first.kind is ReplyKind.ANSWER

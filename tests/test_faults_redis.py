@@ -15,7 +15,6 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.cache.keys import Keys
 from bot.domain import Reply, ReplyKind
 from bot.embedded import EmbeddedRedis
 from bot.responders import EchoResponder, ResponderRequest, ResponderResult
@@ -65,7 +64,7 @@ async def test_redis_stopped_answers_from_postgres_and_recovers_by_itself(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     service = await build(make_service, own_redis)
-    keys = Keys.from_settings(service.settings)
+    keys = service.cache.keys
     user = new_user()
     first = await service.handle(msg(user, "before 0"))
     await service.handle(msg(user, "before 1"))
@@ -131,7 +130,7 @@ async def test_redis_stopped_still_rate_limits_locally(
 
     assert [r.kind for r in replies] == [ReplyKind.ANSWER] * 2 + [ReplyKind.RATE_LIMITED] * 2
     assert replies[2].text and "try again in" in replies[2].text
-    assert replies[3].silent
+    assert replies[3].text is None
     rows = await messages_of(engine, user)
     assert [r.content for r in rows if r.role == "user"] == ["m0", "m1"]
 
@@ -143,7 +142,7 @@ async def test_redis_hung_costs_the_budget_once_then_nothing(
     engine: AsyncEngine,
 ) -> None:
     service = await build(make_service, own_redis, lock_wait_seconds=5)
-    keys = Keys.from_settings(service.settings)
+    keys = service.cache.keys
     user = new_user()
     warm = await service.handle(msg(user, "warm", pid=f"{user}:w"))
     assert warm.kind is ReplyKind.ANSWER
@@ -210,7 +209,7 @@ async def test_failed_refresh_after_commit_drops_the_stale_keys(
 ) -> None:
     responder = CorruptingResponder(inspect)
     service = await build(make_service, own_redis, responder=responder, lock_wait_seconds=5)
-    keys = Keys.from_settings(service.settings)
+    keys = service.cache.keys
     user = new_user()
     first = await service.handle(msg(user, "one", pid=f"{user}:p1"))
     await service.handle(msg(user, "two", pid=f"{user}:p2"))
@@ -249,7 +248,7 @@ async def test_a_corrupt_key_read_is_no_outage_and_is_repaired(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     service = await build(make_service, own_redis, lock_wait_seconds=5)
-    keys = Keys.from_settings(service.settings)
+    keys = service.cache.keys
     user, other = new_user(), new_user()
     first = await service.handle(msg(user, "one"))
     await service.handle(msg(other, "hello"))

@@ -15,20 +15,13 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.cache.flags import FlagCache, FlagChange, change_flag
+from bot.cache.flags import LOADED_FIELD, FlagCache
 from bot.cache.keys import Keys
 from bot.domain import ReplyKind
 from bot.embedded import EmbeddedRedis
-from bot.flags import (
-    GLOBAL,
-    LOADED_FIELD,
-    MAINTENANCE_TEXT,
-    FeatureFlags,
-    FlagError,
-    FlagSet,
-    StaticFlags,
-    parse_value,
-)
+from bot.errors import FlagError
+from bot.flags import FeatureFlags, FlagChange, change_flag
+from bot.flagset import GLOBAL, MAINTENANCE_TEXT, FlagSet, StaticFlags, parse_value
 from bot.service import ConversationService
 from tests.support import CountingResponder, ServiceFactory, fetch, messages_of, msg, new_user
 
@@ -62,11 +55,11 @@ def cache_of(service: ConversationService) -> FlagCache:
 async def set_flag(
     service: ConversationService, name: str, value: object, scope: str = GLOBAL
 ) -> FlagChange:
-    return await change_flag(service.store, cache_of(service), scope, name, value)
+    return await change_flag(service.store.flags, cache_of(service), scope, name, value)
 
 
 async def unset_flag(service: ConversationService, name: str, scope: str = GLOBAL) -> None:
-    await change_flag(service.store, cache_of(service), scope, name, None, unset=True)
+    await change_flag(service.store.flags, cache_of(service), scope, name, None, unset=True)
 
 
 async def until(check: Callable[[], Awaitable[bool]], within: float) -> float:
@@ -140,7 +133,7 @@ async def test_replies_disabled_silences_only_that_channel(
     muted = await service.handle(msg(user, "hello", channel="slack"))
     answered = await service.handle(msg(user, "hello", channel="console"))
 
-    assert muted.silent and muted.kind is ReplyKind.MUTED
+    assert muted.text is None and muted.kind is ReplyKind.MUTED
     assert answered.kind is ReplyKind.ANSWER
     assert len(responder.calls) == 1
     assert [m.role for m in await messages_of(engine, user)] == ["user", "assistant"]
@@ -227,7 +220,7 @@ async def test_redis_down_keeps_the_flags_and_postgres_changes_still_arrive(
     await until(lambda: _says(worker, user, "Back soon"), within=3)
 
     own_redis.start()  # comes back with the hashes it had: stale
-    keys = Keys.from_settings(worker.settings)
+    keys = worker.cache.keys
     inspect = Redis.from_url(own_redis.url)
     try:
         await until(lambda: _cached_message(inspect, keys), within=5)

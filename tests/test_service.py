@@ -12,13 +12,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.bench.probes import CONTROL, WRITE, PgProbe
-from bot.cache.keys import Keys
 from bot.domain import ReplyKind
 from bot.service import ConversationService
 from tests.support import (
     CountingResponder,
     ServiceFactory,
     fetch,
+    flush_cache,
     handled,
     messages_of,
     msg,
@@ -45,7 +45,7 @@ async def test_exchange_is_stored_and_cached(
     assert rows[0].platform_message_id == "m1" and rows[1].model_used == "echo"
     assert rows[0].token_count and rows[1].token_count
 
-    keys = Keys.from_settings(service.settings)
+    keys = service.cache.keys
     session = await redis.hgetall(keys.session("console", user))
     assert session[b"conversation_id"].decode() == str(reply.conversation_id)
     assert set(session) == {b"user_id", b"conversation_id", b"model", b"last_activity"}
@@ -87,7 +87,7 @@ async def test_an_unreadable_cached_context_is_rebuilt_from_postgres(
     user = new_user()
     first = await service.handle(msg(user, "one"))
     assert first.conversation_id is not None
-    key = Keys.from_settings(service.settings).context(first.conversation_id)
+    key = service.cache.keys.context(first.conversation_id)
     await redis.lpush(key, "not json", '{"role": "user"}')  # a bug or a hand edit
 
     second = await service.handle(msg(user, "two"))
@@ -104,7 +104,7 @@ async def test_flushing_redis_continues_the_same_conversation(
     user = new_user()
     first = await service.handle(msg(user, "one"))
     await service.handle(msg(user, "two"))
-    assert await service.cache.flush() > 0
+    assert await flush_cache(service) > 0
 
     third = await service.handle(msg(user, "three"))
 
@@ -123,7 +123,7 @@ async def test_context_is_capped_and_newest_kept(
     for i in range(5):
         reply = await service.handle(msg(user, f"m{i}"))
     assert "4 earlier messages" in (reply.text or "")
-    key = Keys.from_settings(service.settings).context(reply.conversation_id)  # type: ignore[arg-type]
+    key = service.cache.keys.context(reply.conversation_id)  # type: ignore[arg-type]
     cached = [json.loads(c)["content"] for c in await redis.lrange(key, 0, -1)]
     assert len(cached) == 4 and cached[1] == "m4" and cached[3] == "m3"
 
@@ -134,12 +134,12 @@ async def test_redelivered_event_is_answered_and_stored_once(
     user = new_user()
     first = await handled(service, msg(user, "hi", pid="evt-1"))
     again = await handled(service, msg(user, "hi", pid="evt-1"))
-    await service.cache.flush()  # the database's unique key still knows the event
+    await flush_cache(service)  # the database's unique key still knows the event
     third = await handled(service, msg(user, "hi", pid="evt-1"))
 
     assert first.kind is ReplyKind.ANSWER
-    assert again.kind is ReplyKind.DUPLICATE and again.silent
-    assert third.kind is ReplyKind.DUPLICATE and third.silent
+    assert again.kind is ReplyKind.DUPLICATE and again.text is None
+    assert third.kind is ReplyKind.DUPLICATE and third.text is None
     rows = await messages_of(engine, user)
     assert [r.role for r in rows] == ["user", "assistant"]
 
@@ -192,10 +192,10 @@ async def test_rate_limit_replies_once_then_stays_silent(
     assert kinds[:3] == [ReplyKind.ANSWER] * 3
     assert kinds[3:] == [ReplyKind.RATE_LIMITED] * 3
     assert replies[3].text and "try again in" in replies[3].text
-    assert replies[4].silent and replies[5].silent
+    assert replies[4].text is None and replies[5].text is None
     assert len(responder.calls) == 3
     assert len(await messages_of(engine, user)) == 6  # limited messages are not stored
-    rate_key = Keys.from_settings(service.settings).rate(await _user_id(engine, user))
+    rate_key = service.cache.keys.rate(await _user_id(engine, user))
     assert 0 < await redis.ttl(rate_key) <= 60
 
 
@@ -223,7 +223,7 @@ async def test_a_rate_key_without_ttl_gets_one(
 ) -> None:
     user = new_user()
     await service.handle(msg(user, "a"))
-    rate_key = Keys.from_settings(service.settings).rate(await _user_id(engine, user))
+    rate_key = service.cache.keys.rate(await _user_id(engine, user))
     await redis.persist(rate_key)
     await service.handle(msg(user, "b"))
     assert 0 < await redis.ttl(rate_key) <= 60
@@ -240,7 +240,7 @@ async def test_model_resolution_order(service: ConversationService, engine: Asyn
             text("UPDATE conversations SET model_override = 'pinned' WHERE id = :id"),
             {"id": first.conversation_id},
         )
-    await service.cache.flush()
+    await flush_cache(service)
     assert (await service.handle(msg(user, "hi"))).model == "pinned"
     prefs = await fetch(
         engine, "SELECT preferred_model FROM users WHERE channel_user_id=:c", c=user

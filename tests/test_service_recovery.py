@@ -9,8 +9,7 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.cache.hotstate import BeginStatus
-from bot.cache.keys import Keys
+from bot.cache.state import BeginStatus
 from bot.domain import ReplyKind
 from tests.support import GatedResponder, ServiceFactory, handled, messages_of, msg, new_user
 
@@ -23,12 +22,12 @@ async def test_redelivery_after_a_crash_mid_message_is_answered_and_stored_once(
 ) -> None:
     crashed = await make_service(**SHORT_LOCK)
     survivor = await make_service(**SHORT_LOCK)
-    keys = Keys.from_settings(survivor.settings)
+    keys = survivor.cache.keys
     user = new_user()
     event = msg(user, "are you there?", pid=f"{user}:1")
     # The crashed worker took the user's lock and claimed the event, then died: nothing
     # renews its lock, nothing finishes its claim.
-    assert (await crashed.cache.begin(event, "token-of-the-dead")).status is BeginStatus.OK
+    assert (await crashed.cache.claims.begin(event, "token-of-the-dead")).status is BeginStatus.OK
     assert await redis.get(keys.dedup("console", f"{user}:1")) == b"processing"
 
     redelivered = await asyncio.wait_for(handled(survivor, event), timeout=30)
@@ -36,7 +35,7 @@ async def test_redelivery_after_a_crash_mid_message_is_answered_and_stored_once(
     await survivor.cache.flush_delivered()
 
     assert redelivered.kind is ReplyKind.ANSWER, redelivered
-    assert again.kind is ReplyKind.DUPLICATE and again.silent
+    assert again.kind is ReplyKind.DUPLICATE and again.text is None
     rows = await messages_of(engine, user)
     assert [(r.role, r.content) for r in rows] == [
         ("user", "are you there?"),
@@ -61,7 +60,7 @@ async def test_a_worker_that_died_after_its_commit_has_the_stored_reply_sent_onc
     async def die(*args: object, **kwargs: object) -> None:
         raise DyingAfterCommit  # its lock and its 'processing' claim stay behind
 
-    dying.cache.settle = die  # type: ignore[method-assign]
+    dying.cache.claims.settle = die  # type: ignore[method-assign]
     with pytest.raises(DyingAfterCommit):
         await dying.handle(event)
     stored = await messages_of(engine, user)
@@ -71,7 +70,7 @@ async def test_a_worker_that_died_after_its_commit_has_the_stored_reply_sent_onc
     again = await survivor.handle(event)
 
     assert redelivered.kind is ReplyKind.ANSWER and redelivered.text == stored[1].content
-    assert again.kind is ReplyKind.DUPLICATE and again.silent
+    assert again.kind is ReplyKind.DUPLICATE and again.text is None
     assert len(await messages_of(engine, user)) == 2  # nothing stored twice
     assert survivor.stats["reply_resent"] == 1
 
@@ -82,7 +81,7 @@ async def test_a_stalled_holder_and_its_successor_store_the_event_once(
     gate = GatedResponder()
     stalled = await make_service(responder=gate, **SHORT_LOCK)
     successor = await make_service(**SHORT_LOCK)
-    keys = Keys.from_settings(successor.settings)
+    keys = successor.cache.keys
     user = new_user()
     event = msg(user, "hello", pid=f"{user}:1")
 
@@ -96,7 +95,7 @@ async def test_a_stalled_holder_and_its_successor_store_the_event_once(
     late = await asyncio.wait_for(first, timeout=10)
 
     assert taken_over.kind is ReplyKind.ANSWER, taken_over
-    assert late.kind is ReplyKind.DUPLICATE and late.silent  # no second reply
+    assert late.kind is ReplyKind.DUPLICATE and late.text is None  # no second reply
     rows = await messages_of(engine, user)
     assert [(r.role, r.content) for r in rows] == [
         ("user", "hello"),
@@ -111,7 +110,7 @@ async def test_a_slow_reply_keeps_the_users_lock_past_its_ttl(
     gate = GatedResponder()
     slow = await make_service(responder=gate, **SHORT_LOCK)
     other = await make_service(**SHORT_LOCK)
-    keys = Keys.from_settings(other.settings)
+    keys = other.cache.keys
     user = new_user()
 
     first = asyncio.create_task(slow.handle(msg(user, "first")))
@@ -141,7 +140,7 @@ async def test_an_event_is_done_only_once_its_reply_was_delivered(
 ) -> None:
     sender = await make_service(delivery_lease_seconds=30)
     other = await make_service(delivery_lease_seconds=30)
-    keys = Keys.from_settings(sender.settings)
+    keys = sender.cache.keys
     user = new_user()
     event = msg(user, "hello", pid=f"{user}:1")
     dedup = keys.dedup("console", f"{user}:1")
@@ -156,7 +155,7 @@ async def test_an_event_is_done_only_once_its_reply_was_delivered(
     sender.delivered(event)  # ...which the adapter reports once the reply is out
     again = await asyncio.wait_for(retry, timeout=5)
 
-    assert again.kind is ReplyKind.DUPLICATE and again.silent  # no second reply
+    assert again.kind is ReplyKind.DUPLICATE and again.text is None  # no second reply
     assert await redis.get(dedup) == b"done"
     assert len(await messages_of(engine, user)) == 2
 

@@ -22,7 +22,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.cache.keys import Keys
 from bot.channels.base import ChannelAdapter
 from bot.channels.dispatch import Dispatcher
 from bot.config import Settings
@@ -31,6 +30,7 @@ from bot.embedded import EmbeddedRedis
 from bot.errors import ShuttingDown
 from bot.health import HealthServer
 from bot.metrics import Metrics
+from bot.runtime import keys_for
 from bot.service import UNAVAILABLE_TEXT
 from bot.store.engine import create_engine
 from bot.worker import Worker
@@ -155,7 +155,7 @@ async def test_shutdown_finishes_the_message_in_flight(
     rows = await messages_of(engine, user)
     assert [r.content for r in rows if r.role == "user"] == ["slow one"]
     # The worker's tallies reached the deployment-wide counters on the way out.
-    counters = await redis.hgetall(Keys.from_settings(settings).stats())
+    counters = await redis.hgetall(keys_for(settings).stats())
     assert counters[b"exchange"] == b"1" and counters[b"session_miss"] == b"1"
 
 

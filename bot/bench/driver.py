@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from bot.bench.probes import PgProbe, RedisProbe, command_stats
 from bot.domain import IncomingMessage, ReplyKind
 from bot.service import ConversationService
+from bot.tallies import Tally
 
 _FILLER = (
     "could you tell me a bit more about that, and what you would suggest I try next "
@@ -52,7 +53,7 @@ class Sample:
     postgres: Counter[str] = field(default_factory=Counter)
     redis: Counter[str] = field(default_factory=Counter)  # client: round_trips, calls
     redis_commands: Counter[str] = field(default_factory=Counter)  # server, by command
-    stats: Counter[str] = field(default_factory=Counter)  # the service's tallies
+    stats: Counter[Tally] = field(default_factory=Counter)  # the service's tallies
     replies: Counter[str] = field(default_factory=Counter)
     throughputs: list[float] = field(default_factory=list)  # messages/s of each run
 
@@ -106,7 +107,7 @@ class Meter:
         postgres: PgProbe,
         redis: RedisProbe,
         control: Redis,
-        stats: Counter[str] | None = None,
+        stats: Counter[Tally] | None = None,
     ) -> None:
         self.postgres = postgres
         self.redis = redis

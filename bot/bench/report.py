@@ -10,8 +10,7 @@ from redis.asyncio import Redis
 from bot.bench.driver import BenchUser, Sample
 from bot.bench.probes import PG_KINDS, PING, PREPARE
 from bot.cache.keys import Keys
-
-HIT_KINDS = ("session", "context", "channel_config")
+from bot.tallies import CacheRead
 
 # The targets of issue 7, checked on every run where they apply.
 MAX_WARM_REDIS_ROUND_TRIPS = 2
@@ -32,10 +31,10 @@ def summarize(sample: Sample) -> dict[str, Any]:
     ordered = sorted(sample.latencies)
     pg = {kind: sample.postgres[kind] / n for kind in PG_KINDS}
     hits = {}
-    for kind in HIT_KINDS:
-        hit, miss = sample.stats[f"{kind}_hit"], sample.stats[f"{kind}_miss"]
+    for read in CacheRead:
+        hit, miss = sample.stats[read.tally(True)], sample.stats[read.tally(False)]
         if hit + miss:
-            hits[kind] = hit / (hit + miss)
+            hits[read.value] = hit / (hit + miss)
     return {
         "messages": sample.messages,
         "seconds": round(sample.seconds, 3),

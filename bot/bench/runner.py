@@ -24,11 +24,10 @@ from bot.bench.driver import BenchUser, Meter, Sample, ServiceDriver
 from bot.bench.probes import PgProbe, RedisProbe
 from bot.bench.report import session_memory, summarize, targets
 from bot.bench.setup import bench_database, delete_keys, insert_history, wait_until_loaded
-from bot.cache.keys import Keys
 from bot.config import Settings
 from bot.errors import ConfigError
 from bot.responders.echo import EchoResponder
-from bot.runtime import build_service, create_redis, open_endpoints
+from bot.runtime import build_service, create_redis, keys_for, open_endpoints
 from bot.store.engine import create_engine
 
 log = logging.getLogger(__name__)
@@ -103,9 +102,7 @@ async def _run(
     service = build_service(settings, engine, redis, EchoResponder())
     users = [BenchUser(f"user-{i:05d}") for i in range(options.users)]
     driver = ServiceDriver(service, users, CHANNEL, Meter(pg, rd, control, service.stats))
-    base_keys = Keys.from_settings(
-        settings.model_copy(update={"redis_key_prefix": baseline_prefix})
-    )
+    base_keys = keys_for(settings.model_copy(update={"redis_key_prefix": baseline_prefix}))
     baseline = Baseline(url, base_redis, base_keys, CHANNEL, base_pg, settings.default_model)
     try:
         if options.baseline:

@@ -72,12 +72,15 @@ def decode_session(flat: Sequence[bytes | str]) -> SessionState | None:
         return None  # absent or unreadable: rebuild from Postgres
 
 
-def encode_session(session: SessionState) -> str:
+def encode_session(session: SessionState, last_activity: float | None = None) -> str:
+    """The session hash's fields as JSON (the scripts write them with HSET); the last
+    activity is now unless given."""
+    when = time.time() if last_activity is None else last_activity
     return json.dumps(
         {
             "user_id": str(session.user_id),
             "conversation_id": str(session.conversation_id),
             "model": session.model or "",
-            "last_activity": f"{time.time():.3f}",
+            "last_activity": f"{when:.3f}",
         }
     )

@@ -1,4 +1,5 @@
-"""Feature flags in Redis: the hashes `features:global` and `features:channel:{channel}`.
+"""Feature flags in Redis: the hashes `features:global` and `features:channel:{channel}`,
+and the pub/sub channel on which a change is announced.
 
 Field = flag name, value = JSON; every hash written from Postgres also holds the
 field `_loaded`, so a flushed or evicted hash is told apart from "no flags".
@@ -9,20 +10,28 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from bot.cache.codec import text_of
 from bot.cache.keys import Keys
 from bot.domain import FlagRow
 from bot.errors import CacheUnavailable
-from bot.flags import GLOBAL, LOADED_FIELD, FlagSet
-from bot.store.store import Store
+from bot.flagset import GLOBAL, FlagSet
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+LOADED_FIELD = "_loaded"
+
+
+class Invalidation(StrEnum):
+    SUBSCRIBED = "subscribed"  # listening from now on: what came before may be missed
+    CHANGED = "changed"  # an operator changed a flag
 
 
 class Guard(Protocol):
@@ -66,7 +75,7 @@ class FlagCache:
         found = await self.guard.run(run)
         decoded: dict[str, dict[str, Any]] = {}
         for scope, raw in zip(scopes, found, strict=True):
-            values = {_text(k): _text(v) for k, v in raw.items()}
+            values = {text_of(k): text_of(v) for k, v in raw.items()}
             if LOADED_FIELD not in values:
                 return None
             decoded[scope] = _decode(scope, values)
@@ -98,49 +107,25 @@ class FlagCache:
         channel = self.keys.features_invalidation_channel()
         return int(await self.guard.run(lambda: self.redis.publish(channel, "1")))
 
-
-@dataclass(frozen=True, slots=True)
-class FlagChange:
-    existed: bool  # the flag was set before this change
-    rows: list[FlagRow]  # every flag after it
-    cached: bool  # Redis holds the change
-    notified: int | None  # workers that got the invalidation; None: not published
-    # Why the invalidation could not be published although Redis holds the change:
-    # workers then follow at their next refresh (FLAGS_REFRESH_SECONDS).
-    publish_error: str | None = None
-
-
-async def change_flag(
-    store: Store, cache: FlagCache, scope: str, name: str, value: Any, *, unset: bool = False
-) -> FlagChange:
-    """Change one flag in Postgres and Redis, then tell every worker.
-
-    Redis is rewritten inside the Postgres transaction; if Redis is unreachable the
-    change is still committed (Postgres is the source of truth) and `cached` is False.
-    """
-    cached = False
-
-    async def write(rows: list[FlagRow]) -> None:
-        nonlocal cached
-        cached = False
-        with contextlib.suppress(CacheUnavailable):
-            await cache.write(rows)
-            cached = True
-
-    try:
-        existed, rows = await store.flags.change(scope, name, value, write, unset=unset)
-    except BaseException:
-        if cached:  # Redis may now show what did not commit: make workers ask Postgres
-            with contextlib.suppress(CacheUnavailable):
-                await cache.drop()
-        raise
-    if not cached:
-        return FlagChange(existed, rows, cached=False, notified=None)
-    try:
-        notified = await cache.publish()
-    except CacheUnavailable as exc:  # the caller tells the operator; nothing is lost
-        return FlagChange(existed, rows, True, None, publish_error=str(exc))
-    return FlagChange(existed, rows, True, notified)
+    async def invalidations(self, poll: float) -> AsyncIterator[Invalidation]:
+        """SUBSCRIBED once listening, then CHANGED for each announcement; ends by raising
+        CacheUnavailable when the connection is lost (the caller subscribes again)."""
+        pubsub = self.redis.pubsub()
+        try:
+            await pubsub.subscribe(self.keys.features_invalidation_channel())
+            while True:
+                message = await pubsub.get_message(timeout=poll)
+                if message is None:
+                    continue
+                if message["type"] == "subscribe":
+                    yield Invalidation.SUBSCRIBED
+                elif message["type"] == "message":
+                    yield Invalidation.CHANGED
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise CacheUnavailable(f"flag invalidations: {exc.__class__.__name__}") from exc
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()
 
 
 def _decode(scope: str, values: dict[str, str]) -> dict[str, Any]:
@@ -153,7 +138,3 @@ def _decode(scope: str, values: dict[str, str]) -> dict[str, Any]:
         except ValueError:
             log.warning("ignoring unreadable feature flag %s in scope %s", name, scope)
     return decoded
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -11,8 +11,6 @@ import re
 import uuid
 from dataclasses import dataclass
 
-from bot.config import Settings
-
 RATE_WINDOW_SECONDS = 60  # the key is per minute by name
 
 # Kinds of key, for ops and cache statistics: the part before the first colon.
@@ -29,7 +27,8 @@ STATS = "stats"
 
 @dataclass(frozen=True, slots=True)
 class Keys:
-    """Builds key names; the TTLs ride along so callers never hard-code them."""
+    """Builds key names; the TTLs ride along so callers never hard-code them. Built from
+    the settings by the runtime (bot/runtime.py, `keys_for`)."""
 
     prefix: str
     session_ttl: int
@@ -41,21 +40,6 @@ class Keys:
     dedup_processing_ttl: int
     lock_ttl: int
     delivery_lease: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Keys:
-        return cls(
-            prefix=settings.redis_key_prefix,
-            session_ttl=settings.session_ttl_seconds,
-            context_ttl=settings.context_ttl_seconds,
-            context_messages=settings.context_messages,
-            active_window=settings.active_window_seconds,
-            channel_config_ttl=settings.channel_config_ttl_seconds,
-            dedup_ttl=settings.dedup_ttl_seconds,
-            dedup_processing_ttl=settings.dedup_processing_seconds,
-            lock_ttl=settings.lock_ttl_seconds,
-            delivery_lease=settings.delivery_lease_seconds,
-        )
 
     def session(self, channel: str, channel_user_id: str) -> str:
         return f"{self.prefix}{SESSION}:{channel}:{channel_user_id}"
@@ -94,10 +78,7 @@ class Keys:
         return f"{self.prefix}{CHANNEL_CONFIG}:{channel}"
 
     def dedup(self, channel: str, platform_message_id: str) -> str:
-        """A platform event seen: 'processing' while handled, 'done' after.
-
-        Only 'done' marks a duplicate: a 'processing' claim found by whoever holds the
-        user's lock was left by a holder that is gone, and is taken over."""
+        """A platform event's claim: its EventState (bot/cache/events.py)."""
         return f"{self.prefix}{DEDUP}:{channel}:{platform_message_id}"
 
     def lock(self, channel: str, channel_user_id: str) -> str:

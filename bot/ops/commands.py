@@ -29,7 +29,7 @@ from bot.ops import conversations, inspect, records, views
 from bot.ops.arguments import check_text
 from bot.ops.inspect import describe
 from bot.ops.render import Out, to_json
-from bot.runtime import Endpoints, build_store, create_redis, open_endpoints
+from bot.runtime import Endpoints, build_store, create_redis, keys_for, open_endpoints
 from bot.store.engine import create_engine
 from bot.store.store import Store
 
@@ -60,7 +60,7 @@ async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
         redis = create_redis(settings, endpoints.redis_url)
         try:
             store = build_store(settings, engine)
-            yield Stores(settings, endpoints, store, redis, Keys.from_settings(settings))
+            yield Stores(settings, endpoints, store, redis, keys_for(settings))
         finally:
             await redis.aclose()
             await engine.dispose()

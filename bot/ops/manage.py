@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from bot.cache.flags import FlagCache, FlagChange, change_flag
+from bot.cache.flags import FlagCache
 from bot.channels import registry
 from bot.config import Settings
 from bot.domain import FlagRow
 from bot.errors import BadInput, FlagError
-from bot.flags import GLOBAL, KNOWN_FLAGS, FlagSet, parse_value
+from bot.flags import FlagChange, change_flag
+from bot.flagset import GLOBAL, KNOWN_FLAGS, FlagSet, parse_value
 from bot.ops.arguments import channel
 from bot.ops.manage_cache import register_cache, register_purge
 from bot.ops.manage_config import register_config
@@ -114,7 +115,7 @@ async def _change(
 ) -> int:
     scope = args.channel or GLOBAL
     cache = FlagCache(manage.redis, manage.keys, manage.guard, registry.ALL_NAMES)
-    change = await change_flag(manage.store, cache, scope, args.name, value, unset=unset)
+    change = await change_flag(manage.store.flags, cache, scope, args.name, value, unset=unset)
     action = ("unset" if change.existed else "was not set") if unset else "set"
     data: dict[str, Any] = {
         "scope": scope,

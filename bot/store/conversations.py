@@ -85,14 +85,12 @@ _SAVE_EXCHANGE = """
                               channel_type, model_used)
         SELECT $8, $1, 'assistant', $9, $10, $11, $6, $12
         FROM user_message WHERE $13
-        RETURNING id
     ), touched AS (
         UPDATE conversations SET last_activity = $10
         FROM user_message WHERE conversations.id = $1
     )
     SELECT (SELECT id FROM conversation) AS conversation_id,
-           (SELECT id FROM user_message) AS user_message_id,
-           (SELECT id FROM reply) AS reply_id
+           (SELECT id FROM user_message) AS user_message_id
 """
 
 # The user message stored by an earlier attempt of ours (:id) or for the same platform
@@ -100,7 +98,7 @@ _SAVE_EXCHANGE = """
 # (an exchange whose responder failed has none, and the next message is the user's).
 _STORED_EXCHANGE = text(
     """
-    SELECT u.id, r.id AS reply_id, r.content AS reply_text, r.model_used
+    SELECT u.id, r.content AS reply_text, r.model_used
     FROM messages AS u
     LEFT JOIN LATERAL (
         SELECT id, role, content, model_used FROM messages AS n
@@ -200,11 +198,11 @@ class ConversationQueries:
             if exc.sqlstate != FOREIGN_KEY_VIOLATION:
                 raise
             raise StaleSession(f"conversation {rows.conversation_id} is gone") from exc
-        conversation_id, user_message_id, reply_id = row
+        conversation_id, user_message_id = row
         if conversation_id is None:
             raise StaleSession(f"conversation {rows.conversation_id} is not active")
         if user_message_id is not None:
-            return StoredExchange(user_message_id, reply_id)
+            return StoredExchange(user_message_id)
         return await self._stored_exchange(rows)
 
     async def _stored_exchange(self, rows: ExchangeRows) -> StoredExchange:
@@ -222,10 +220,10 @@ class ConversationQueries:
 
         found = await self._database.transaction(work)
         if found is None:  # gone since: deleted by ops, or purged
-            return StoredExchange(rows.user_message_id, None, duplicate=True)
+            return StoredExchange(rows.user_message_id, duplicate=True)
         if found.id == rows.user_message_id:
-            return StoredExchange(found.id, found.reply_id)
-        return StoredExchange(found.id, found.reply_id, True, found.reply_text, found.model_used)
+            return StoredExchange(found.id)
+        return StoredExchange(found.id, True, found.reply_text, found.model_used)
 
     async def reset_conversation(self, user_id: uuid.UUID, channel: str) -> SessionState:
         """Close the user's active conversation and open a new one."""

@@ -12,7 +12,6 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cache.codec import decode_context
-from bot.cache.keys import Keys
 from bot.domain import IncomingMessage
 from bot.service import ConversationService
 from tests.support import fetch
@@ -32,7 +31,7 @@ async def cached_context(
     redis: Redis, service: ConversationService, conversation: uuid.UUID
 ) -> list[tuple[str, str]]:
     """The context list of a conversation as Redis holds it, newest first."""
-    key = Keys.from_settings(service.settings).context(conversation)
+    key = service.cache.keys.context(conversation)
     return [(m.role, m.content) for m in map(decode_context, await redis.lrange(key, 0, -1))]
 
 

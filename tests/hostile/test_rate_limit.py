@@ -60,7 +60,7 @@ async def test_a_burst_across_two_workers_is_limited_once(
 
     kinds = Counter(reply.kind for reply in replies)
     assert kinds == {ReplyKind.ANSWER: LIMIT, ReplyKind.RATE_LIMITED: burst - LIMIT}, replies
-    notices = [r for r in replies if r.kind is ReplyKind.RATE_LIMITED and not r.silent]
+    notices = [r for r in replies if r.kind is ReplyKind.RATE_LIMITED and r.text is not None]
     assert len(notices) == 1  # told once, not once per worker or per message
     stored = await messages_of(engine, user)
     assert len([row for row in stored if row.role == "user"]) == LIMIT
@@ -89,4 +89,4 @@ async def test_the_limit_holds_across_workers_while_redis_is_down(
 
     answered = [r for r in replies if r.kind is ReplyKind.ANSWER]
     assert len(answered) == 2 * LIMIT  # each worker's own count; no more
-    assert len([r for r in replies if r.kind is ReplyKind.RATE_LIMITED and not r.silent]) == 2
+    assert len([r for r in replies if r.kind is ReplyKind.RATE_LIMITED and r.text is not None]) == 2

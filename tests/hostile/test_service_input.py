@@ -183,7 +183,7 @@ async def test_any_platform_event_id_is_stored_once(
     again = await service.handle(message)
 
     assert first.kind is ReplyKind.ANSWER, first
-    assert again.kind is ReplyKind.DUPLICATE and again.silent
+    assert again.kind is ReplyKind.DUPLICATE and again.text is None
     assert [row.role for row in await messages_of(engine, user)] == ["user", "assistant"]
 
 

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.cache.keys import Keys
 from bot.cli import main
 from bot.config import Settings
+from bot.runtime import keys_for
 from bot.service import ConversationService
 from tests.support import ServiceFactory, msg
 
@@ -83,16 +84,22 @@ def ops(
 
 @pytest.fixture
 def keys(settings: Settings) -> Keys:
-    return Keys.from_settings(settings)
+    return keys_for(settings)
 
 
 @pytest.fixture
 async def clean_flags(engine: AsyncEngine) -> AsyncIterator[None]:
-    """Flags and channel configs are global to the test database: leave none behind."""
+    """Flags and channel configs are global to the test database (other tests add rows
+    for channels of their own): start with none and leave none behind."""
+
+    async def clean() -> None:
+        async with engine.begin() as connection:
+            await connection.exec_driver_sql("DELETE FROM feature_flags")
+            await connection.exec_driver_sql("DELETE FROM channel_configs")
+
+    await clean()
     yield
-    async with engine.begin() as connection:
-        await connection.exec_driver_sql("DELETE FROM feature_flags")
-        await connection.exec_driver_sql("DELETE FROM channel_configs")
+    await clean()
 
 
 def channel_name() -> str:

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cache.keys import Keys
 from bot.config import Settings
+from bot.runtime import keys_for
 from bot.service import ConversationService
 from tests.ops.conftest import Ops, execute, keys_of, seed
 from tests.support import msg, new_user
@@ -99,7 +100,7 @@ async def test_a_prefix_with_glob_characters_is_matched_literally(
     ops: Ops, make_settings: Callable[..., Settings], redis: Redis
 ) -> None:
     tag = uuid.uuid4().hex[:10]
-    keys = Keys.from_settings(make_settings(redis_key_prefix=f"test:{tag}:[ab]?*:"))
+    keys = keys_for(make_settings(redis_key_prefix=f"test:{tag}:[ab]?*:"))
     mine = keys.session("console", "x")
     # Matched by the prefix read as a glob ([ab] a, ? -, * zz), but another deployment's.
     lookalike = f"test:{tag}:a-zz:session:console:x"

@@ -11,7 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.cache.keys import Keys
 from bot.domain import ReplyKind
 from bot.embedded import EmbeddedRedis
-from bot.flags import MAINTENANCE_TEXT, FeatureFlags
+from bot.flags import FeatureFlags
+from bot.flagset import MAINTENANCE_TEXT
 from tests.ops.conftest import Ops
 from tests.support import ServiceFactory, fetch, msg, new_user
 from tests.test_flags import until

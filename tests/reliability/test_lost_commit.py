@@ -55,4 +55,4 @@ async def test_commit_whose_answer_was_lost_is_answered_on_redelivery(
     assert len(await messages_of(owned_pg, user)) == 4  # still stored once
     assert redelivered.kind is ReplyKind.ANSWER and redelivered.text == stored_reply
     again = await service.handle(msg(user, "lost answer", pid=f"{user}:2"))
-    assert again.kind is ReplyKind.DUPLICATE and again.silent  # now it is done
+    assert again.kind is ReplyKind.DUPLICATE and again.text is None  # now it is done

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.cache.keys import Keys
 from bot.config import Settings
+from bot.runtime import keys_for
 from tests.security.conftest import Captured, bot_env, run_bot, unique
 from tests.security.servers import Certificates, OwnRedis
 
@@ -54,7 +54,7 @@ async def test_a_message_round_trips_over_tls(
     assert "cannot reach Redis" not in first.err + second.err
     assert '"over tls" (0 earlier' in first.out and '"again" (2 earlier' in second.out
     # The hot state is on the TLS server: the session of this user, under this prefix.
-    keys = Keys.from_settings(Settings(_env_file=None, redis_key_prefix=prefix))
+    keys = keys_for(Settings(_env_file=None, redis_key_prefix=prefix))
     client = tls_redis.client()
     try:
         session = client.hgetall(keys.session("console", user))

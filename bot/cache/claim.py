@@ -1,0 +1,358 @@
+"""A message's turn: its user's lock and its event's claim, from BEGIN to FINISH.
+
+    async with cache.claim(message) as claim:
+        if claim.duplicate: ...        # answered before: say nothing
+        ... claim.hot ...              # what BEGIN read; None while Redis is out
+        claim.settle_with(refresh)     # what FINISH is to write back
+
+Entering waits for the user's turn: first in this process (one FIFO lock per user,
+which also orders messages while Redis is out), then in Redis, polling the lock (and a
+reply another worker is still sending) up to LOCK_WAIT_SECONDS, else LockTimeout.
+While the body works the Redis lock is renewed. Leaving with `settle_with` called
+runs FINISH; leaving with an error releases the lock and marks the event unfinished
+(a commit may have gone through: bot/cache/events.py); leaving without either
+releases the lock and forgets the event. Whatever a failed Redis call may have left
+(a lock, a claim, keys older than Postgres) is put right by bot/cache/repair.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from types import TracebackType
+from typing import Any
+
+from redis.asyncio import Redis
+
+from bot.cache import scripts
+from bot.cache.codec import (
+    decode_channel,
+    decode_contexts,
+    decode_session,
+    encode_channel,
+    encode_context,
+    encode_session,
+    text_of,
+)
+from bot.cache.delivery import DeliveredEvents
+from bot.cache.events import EventState
+from bot.cache.guard import RedisGuard
+from bot.cache.keys import RATE_WINDOW_SECONDS, Keys
+from bot.cache.repair import CacheRepair, Claim
+from bot.cache.state import BeginStatus, ContextUpdate, HotState, RateCount, Refresh
+from bot.domain import IncomingMessage, SessionState
+from bot.errors import CacheUnavailable, CircuitOpen, LockTimeout
+from bot.local import KeyedLocks, cancel_until_done
+
+log = logging.getLogger(__name__)
+
+DELIVERY_MARK_DELAY = 0.05  # s a delivered event waits for a FINISH to carry its mark
+_POLL_FIRST, _POLL_LONGEST = 0.005, 0.1  # s between tries for a lock held elsewhere
+_WAITING = (BeginStatus.LOCKED, BeginStatus.DELIVERING)
+
+
+class Claims:
+    """The turns of every user of one worker: the scripts that take and give them back,
+    and the bookkeeping of the failures in between."""
+
+    def __init__(self, redis: Redis, keys: Keys, guard: RedisGuard, lock_wait: float) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.guard = guard
+        self.lock_wait = lock_wait
+        self.local = KeyedLocks()
+        self.repair = CacheRepair(max(keys.lock_ttl, keys.dedup_processing_ttl))
+        self.delivered = DeliveredEvents(self._mark_done, DELIVERY_MARK_DELAY)
+        self._begin = scripts.BEGIN.bind(redis)
+        self._finish = scripts.FINISH.bind(redis)
+        self._abort = scripts.ABORT.bind(redis)
+        self._extend = scripts.EXTEND.bind(redis)
+        guard.on_recovery(lambda: self.repair.recover(self._forget_unguarded))
+
+    def claim(self, message: IncomingMessage) -> MessageClaim:
+        return MessageClaim(self, message)
+
+    def event_key(self, message: IncomingMessage) -> str:
+        return self.keys.dedup(message.channel, message.platform_message_id or "-")
+
+    # --- BEGIN: waiting for the turn ----------------------------------------------------
+
+    async def wait_for_turn(self, message: IncomingMessage, token: str) -> HotState | None:
+        """Hot state from Redis, once the user's lock is ours; None if Redis is out."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.lock_wait
+        delay = _POLL_FIRST
+        while True:
+            hot = await self._try_begin(message, token)
+            if hot is None or hot.status not in _WAITING:
+                return hot
+            if loop.time() + delay > deadline:
+                raise LockTimeout(f"{message.channel}:{message.channel_user_id}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _POLL_LONGEST)
+
+    async def _try_begin(self, message: IncomingMessage, token: str) -> HotState | None:
+        try:
+            return await self.begin(message, token)
+        except CircuitOpen:
+            return None
+        except CacheUnavailable:
+            # Timed out or failed half-way: the script may have taken the lock.
+            self.repair.remember_claim(message, token)
+            return None
+
+    async def begin(self, message: IncomingMessage, token: str) -> HotState:
+        """One try: take the lock, claim the event, count the rate, read all hot state."""
+        has_event = message.platform_message_id is not None
+        if has_event and self.event_key(message) in self.delivered:
+            return HotState(BeginStatus.DUPLICATE)  # answered here, not marked done yet
+        keys = self.keys
+        call = scripts.Begin(
+            lock_key=keys.lock(message.channel, message.channel_user_id),
+            event_key=self.event_key(message),
+            session_key=keys.session(message.channel, message.channel_user_id),
+            channel_config_key=keys.channel_config(message.channel),
+            active_key=keys.active(message.channel),
+            token=token,
+            lock_ttl_ms=keys.lock_ttl * 1000,
+            has_event=has_event,
+            processing_ttl=keys.dedup_processing_ttl,
+            rate_key_template=keys.rate_template(),
+            rate_window=RATE_WINDOW_SECONDS,
+            now=time.time(),
+            active_window=keys.active_window,
+            active_member=message.channel_user_id,
+            context_key_template=keys.context_template(),
+            context_length=keys.context_messages,
+            delivery_lease=keys.delivery_lease,
+        )
+        return _parse_begin(await self.guard.run(lambda: self._begin(call)))
+
+    # --- while the body works: the lock renewed -----------------------------------------
+
+    async def extend_lock(self, message: IncomingMessage, token: str) -> bool:
+        """Renew the user's lock for another TTL; False if it is no longer ours."""
+        call = scripts.Extend(
+            lock_key=self.keys.lock(message.channel, message.channel_user_id),
+            token=token,
+            lock_ttl_ms=self.keys.lock_ttl * 1000,
+        )
+        return bool(await self.guard.run(lambda: self._extend(call)))
+
+    # --- the end of the turn: FINISH or ABORT -------------------------------------------
+
+    async def settle(
+        self, message: IncomingMessage, token: str, refresh: Refresh, *, was_read: bool
+    ) -> None:
+        """After the Postgres commit: refresh Redis, or drop what may now be stale."""
+        stale = self._stale_keys(message, refresh.session)
+        if not was_read:
+            # Redis failed when we read: what it holds may predate Postgres now.
+            await self.repair.drop(stale, token, self._forget)
+            return
+        try:
+            await self._finish_call(message, token, refresh)
+        except CacheUnavailable:
+            # FINISH may have stopped half-way: keys written before the commit may stay,
+            # and the lock may still be taken.
+            self.repair.remember_claim(message, token)
+            await self.repair.drop(stale, token, self._forget)
+
+    async def release(
+        self, message: IncomingMessage, token: str, *, was_read: bool, unfinished: bool
+    ) -> None:
+        """Nothing was stored (or, if `unfinished`, nothing may have been): release the
+        lock and the event's claim, now or later."""
+        if not was_read:
+            await self.repair.drop([], token, self._forget)
+            return
+        call = self._abort_args(message, token, unfinished)
+        try:
+            await self.guard.run(lambda: self._abort(call))
+        except CacheUnavailable:
+            self.repair.remember_claim(message, token)
+
+    async def _finish_call(self, message: IncomingMessage, token: str, refresh: Refresh) -> None:
+        keys = self.keys
+        session = refresh.session
+        conversation = session.conversation_id if session else uuid.UUID(int=0)
+        call = scripts.Finish(
+            session_key=keys.session(message.channel, message.channel_user_id),
+            context_key=keys.context(conversation),
+            lock_key=keys.lock(message.channel, message.channel_user_id),
+            event_key=self.event_key(message),
+            channel_config_key=keys.channel_config(message.channel),
+            token=token,
+            session_ttl=keys.session_ttl,
+            context_ttl=keys.context_ttl,
+            context_length=keys.context_messages,
+            context_update=refresh.context_update if session else ContextUpdate.KEEP,
+            has_event=message.platform_message_id is not None,
+            event_ttl=keys.dedup_ttl,
+            channel_config=encode_channel(refresh.channel) if refresh.channel else None,
+            channel_config_ttl=keys.channel_config_ttl,
+            session=encode_session(session) if session else None,
+            now=time.time(),
+            delivered=tuple(self.delivered.take()),
+            context=tuple(encode_context(m) for m in refresh.context),
+        )
+        await self.guard.run(lambda: self._finish(call))
+
+    def _abort_args(
+        self, message: IncomingMessage, token: str, unfinished: bool = False
+    ) -> scripts.Abort:
+        return scripts.Abort(
+            lock_key=self.keys.lock(message.channel, message.channel_user_id),
+            event_key=self.event_key(message),
+            token=token,
+            has_event=message.platform_message_id is not None,
+            unfinished_ttl=self.keys.dedup_ttl if unfinished else None,
+        )
+
+    def _stale_keys(self, message: IncomingMessage, session: SessionState | None) -> list[str]:
+        names = [self.keys.session(message.channel, message.channel_user_id)]
+        if session is not None:
+            names.append(self.keys.context(session.conversation_id))
+        return names
+
+    # --- repair and delivery marks ------------------------------------------------------
+
+    async def _forget(self, names: list[str], held: list[Claim]) -> None:
+        """Delete keys whose content may no longer match Postgres, and give up `held`:
+        (message, lock token) pairs whose script failed without telling how far it got."""
+        await self.guard.run(lambda: self._forget_unguarded(names, held))
+
+    async def _forget_unguarded(self, names: list[str], held: list[Claim]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if names:
+                pipe.delete(*names)
+            for message, token in held:
+                await self._abort(self._abort_args(message, token), pipe)
+            await pipe.execute()
+
+    async def _mark_done(self, event_keys: list[str]) -> None:
+        async def write() -> None:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in event_keys:
+                    pipe.set(key, EventState.DONE.value, xx=True, ex=self.keys.dedup_ttl)
+                await pipe.execute()
+
+        await self.guard.run(write)
+
+
+class MessageClaim:
+    """One message's turn (see the module docstring)."""
+
+    def __init__(self, claims: Claims, message: IncomingMessage) -> None:
+        self.message = message
+        self.hot: HotState | None = None  # None: Redis could not be used
+        self._claims = claims
+        self._token = uuid.uuid4().hex
+        self._refresh: Refresh | None = None
+        self._local = claims.local.hold(f"{message.channel}:{message.channel_user_id}")
+        self._renewal: LockRenewal | None = None
+
+    @property
+    def duplicate(self) -> bool:
+        """The event was answered before: there is nothing to do, and nothing to release."""
+        return self.hot is not None and self.hot.status is BeginStatus.DUPLICATE
+
+    def settle_with(self, refresh: Refresh) -> None:
+        """The exchange is stored: at the end of the turn, write `refresh` back."""
+        self._refresh = refresh
+
+    async def __aenter__(self) -> MessageClaim:
+        await self._local.__aenter__()
+        try:
+            self.hot = await self._claims.wait_for_turn(self.message, self._token)
+        except BaseException as exc:
+            await self._local.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        if self.hot is not None and not self.duplicate:
+            self._renewal = LockRenewal(self._claims, self.message, self._token)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            if self._renewal is not None:
+                await self._renewal.stop()
+            if not self.duplicate:
+                await self._end(failed=exc is not None)
+        finally:
+            await self._local.__aexit__(exc_type, exc, traceback)
+
+    async def _end(self, *, failed: bool) -> None:
+        was_read = self.hot is not None
+        claims, message, token = self._claims, self.message, self._token
+        if self._refresh is not None and not failed:
+            await claims.settle(message, token, self._refresh, was_read=was_read)
+        else:
+            await claims.release(message, token, was_read=was_read, unfinished=failed)
+
+
+class LockRenewal:
+    """Renews the user's lock every third of its TTL while the body works.
+
+    A slow reply keeps the lock however long it takes, while the lock of a worker that
+    crashed frees within the TTL. Most messages are done long before the first renewal
+    is due: for them this costs one timer, no task.
+    """
+
+    def __init__(self, claims: Claims, message: IncomingMessage, token: str) -> None:
+        self._claims = claims
+        self._message = message
+        self._token = token
+        self._task: asyncio.Task[None] | None = None
+        loop = asyncio.get_running_loop()
+        self._due = loop.call_later(claims.keys.lock_ttl / 3, self._start)
+
+    def _start(self) -> None:
+        self._task = asyncio.create_task(self._renew())
+
+    async def stop(self) -> None:
+        self._due.cancel()
+        if self._task is not None:
+            await cancel_until_done(self._task)
+            if not self._task.cancelled() and (error := self._task.exception()) is not None:
+                log.error("renewing a user's lock failed", exc_info=error)
+
+    async def _renew(self) -> None:
+        message, interval = self._message, self._claims.keys.lock_ttl / 3
+        while True:
+            try:
+                renewed = await self._claims.extend_lock(message, self._token)
+            except CacheUnavailable:
+                renewed = True  # Redis is away; the next renewal may still come in time
+            if renewed:
+                await asyncio.sleep(interval)
+                continue
+            log.warning(
+                "the lock of %s:%s expired while its message was handled; another worker "
+                "may take the user's next message meanwhile",
+                message.channel,
+                message.channel_user_id,
+            )
+            return
+
+
+def _parse_begin(result: list[Any]) -> HotState:
+    status = BeginStatus(text_of(result[0]))
+    if status is not BeginStatus.OK:
+        return HotState(status)
+    _, flat, config, count, ttl, context, taken_over = result
+    session = decode_session(flat)
+    return HotState(
+        status=status,
+        session=session,
+        channel=decode_channel(config) if config else None,
+        rate=RateCount(int(count), int(ttl)) if session else None,
+        context=decode_contexts(context) if context else None,
+        taken_over=bool(taken_over),
+    )

@@ -1,0 +1,41 @@
+"""What the conversation service counts: one name per outcome, shared by the service
+(which counts), /metrics (which exports every one) and `bot ops stats` (which sums
+them over workers in Redis)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Tally(StrEnum):
+    MAINTENANCE = "maintenance"  # answered with the maintenance text
+    MUTED = "muted"  # ignored: replies_disabled
+    INVALID = "invalid"  # refused as invalid input
+    LOCK_TIMEOUT = "lock_timeout"  # waited too long for the user's previous message
+    DUPLICATE = "duplicate"  # a redelivered event: answered once
+    CACHE_UNAVAILABLE = "cache_unavailable"  # handled without Redis
+    STORE_UNAVAILABLE = "store_unavailable"  # Postgres did not answer in time
+    STORE_FAILED = "store_failed"  # Postgres refused the work
+    RATE_LIMITED = "rate_limited"
+    COMMAND = "command"
+    EXCHANGE = "exchange"  # a message and its reply (or apology) stored
+    RESPONDER_ERROR = "responder_error"  # no reply from the responder: an apology
+    REPLY_RESENT = "reply_resent"  # a stored reply sent again for an unfinished event
+    STALE_SESSION = "stale_session"  # a cached session named a closed conversation
+    SESSION_HIT = "session_hit"
+    SESSION_MISS = "session_miss"
+    CONTEXT_HIT = "context_hit"
+    CONTEXT_MISS = "context_miss"
+    CHANNEL_CONFIG_HIT = "channel_config_hit"
+    CHANNEL_CONFIG_MISS = "channel_config_miss"
+
+
+class CacheRead(StrEnum):
+    """The hot state the service reads from Redis, or else from Postgres."""
+
+    SESSION = "session"
+    CONTEXT = "context"
+    CHANNEL_CONFIG = "channel_config"
+
+    def tally(self, hit: bool) -> Tally:
+        return Tally(f"{self.value}_{'hit' if hit else 'miss'}")
