@@ -23,10 +23,11 @@ chat: $(STAMP)  ## chat with the bot on this terminal
 test: $(STAMP)  ## the whole test suite against real Postgres and Redis
 	$(BIN)/pytest
 
-lint: $(STAMP)  ## ruff and mypy
+lint: $(STAMP)  ## ruff, mypy, and the layers of DESIGN.md (import-linter, in pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 migrate: $(STAMP)  ## apply pending migrations
 	$(BIN)/bot migrate
