@@ -1,12 +1,11 @@
-"""The Lua scripts, one transition at a time, against real Redis; and the machinery that
-names their arguments."""
+"""The Lua scripts, one transition at a time, against real Redis."""
 
 from __future__ import annotations
 
 import json
 import time
 import uuid
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from datetime import UTC, datetime
 
 import pytest
@@ -28,60 +27,6 @@ def message(event: str | None = "ev-1", user: str = "alice") -> IncomingMessage:
 async def state_of(redis: Redis, key: str) -> EventClaim | None:
     raw = await redis.get(key)
     return None if raw is None else EventClaim.parse(raw)
-
-
-# --- the machinery ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    first_key: str
-    second_key: str
-    name: str
-    count: int
-    ratio: float
-    flag: bool
-    maybe: str | None
-    mode: ContextUpdate
-    middle: tuple[str, ...]
-    rest: tuple[str, ...]
-
-
-SAMPLE_BODY = r"""
-return {first_key, second_key, name, count, tostring(ratio), tostring(flag),
-        tostring(maybe), mode, MODE_APPEND, #middle, middle[1] or '', #rest, rest[#rest] or ''}
-"""
-
-
-async def test_arguments_reach_lua_by_name_and_type(redis: Redis) -> None:
-    script = scripts.Script(Sample, SAMPLE_BODY)
-    args = Sample("k1", "k2", "x", 7, 0.5, True, None, ContextUpdate.REPLACE, ("m",), ("r1", "r2"))
-
-    got = await script.bind(redis)(args)
-
-    texts = [item.decode() if isinstance(item, bytes) else item for item in got]
-    assert texts == ["k1", "k2", "x", 7, "0.5", "true", "nil", "replace", "append", 1, "m", 2, "r2"]
-    assert script.keys_and_args(args) == (
-        ["k1", "k2"],
-        ["x", 7, "0.500000", "1", "", "replace", 1, "m", "r1", "r2"],
-    )
-
-
-def test_argument_order_is_checked() -> None:
-    @dataclass(frozen=True)
-    class KeyAfterArgument:
-        token: str
-        lock_key: str
-
-    @dataclass(frozen=True)
-    class TupleBeforeScalar:
-        items: tuple[str, ...]
-        token: str
-
-    with pytest.raises(TypeError, match="keys come first"):
-        scripts.Script(KeyAfterArgument, "return 1")
-    with pytest.raises(TypeError, match="tuples come last"):
-        scripts.Script(TupleBeforeScalar, "return 1")
 
 
 def test_every_script_names_its_arguments_at_the_top() -> None:
