@@ -17,13 +17,14 @@ from bot.bench.cli import register as register_bench
 from bot.channels import registry
 from bot.channels.console import ConsoleChannel
 from bot.channels.dispatch import Dispatcher
-from bot.config import Settings, load_settings, redact_url
+from bot.config import Settings, load_settings
 from bot.errors import BotError, ConfigError
 from bot.health import HealthServer
 from bot.logs import setup_logging
 from bot.ops.cli import register as register_ops
 from bot.runtime import Schema, open_runtime
 from bot.store.migrate import upgrade_to_head
+from bot.urls import redact_url
 from bot.worker import Worker
 
 log = logging.getLogger("bot")

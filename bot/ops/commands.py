@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cache.keys import Keys
-from bot.config import Settings, redact_url
+from bot.config import Settings
 from bot.errors import BadInput, NotFound
 from bot.ops import conversations, inspect, records, views
 from bot.ops.arguments import check_text
@@ -34,6 +34,7 @@ from bot.ops.render import Out, to_json
 from bot.runtime import Endpoints, create_redis, open_endpoints
 from bot.store.engine import create_engine
 from bot.store.retry import is_transient
+from bot.urls import redact_url
 
 BAD_INPUT = 2
 Handler = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
