@@ -13,10 +13,11 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from alembic import context
-from bot.config import Settings, load_settings, redact_url, url_passwords
+from bot.config import Settings, load_settings
 from bot.errors import ConfigError
 from bot.store.engine import create_engine
 from bot.store.models import Base
+from bot.urls import redact_url, url_passwords
 
 config = context.config
 if config.config_file_name is not None and not config.attributes.get("connection"):

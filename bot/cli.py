@@ -17,13 +17,15 @@ from bot.bench.cli import register as register_bench
 from bot.channels import registry
 from bot.channels.console import ConsoleChannel
 from bot.channels.dispatch import Dispatcher
-from bot.config import Settings, load_settings, redact_url
+from bot.channels.options import ConsoleOptions
+from bot.config import Settings, load_settings
 from bot.errors import BotError, ConfigError
 from bot.health import HealthServer
 from bot.logs import setup_logging
 from bot.ops.cli import register as register_ops
 from bot.runtime import Schema, open_runtime
 from bot.store.migrate import upgrade_to_head
+from bot.urls import redact_url
 from bot.worker import Worker
 
 log = logging.getLogger("bot")
@@ -130,7 +132,7 @@ async def _chat(settings: Settings, args: argparse.Namespace) -> int:
     _note_stop_signals(stop)  # start-up finishes first: it may be launching servers
     async with open_runtime(settings, schema=_schema(settings, args)) as runtime:
         dispatcher = Dispatcher(runtime.service, runtime.metrics)
-        console = _console(runtime.settings, dispatcher, args.user)
+        console = _console(dispatcher, args.user)
         worker = Worker([console], dispatcher, None, settings.shutdown_grace_seconds)
         if stop.is_set():
             worker.request_stop()
@@ -163,7 +165,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
         dispatcher = Dispatcher(runtime.service, runtime.metrics)
         adapters = [registry.build(spec, settings, dispatcher) for spec in specs]
         if wants_console:
-            adapters.append(_console(settings, dispatcher, args.user))
+            adapters.append(_console(dispatcher, args.user))
         health = HealthServer(runtime.engine, runtime.redis, runtime.metrics, adapters)
         worker = Worker(adapters, dispatcher, health, settings.shutdown_grace_seconds)
         drained = await worker.run(settings.http_host, settings.http_port)
@@ -177,10 +179,9 @@ def _channel_names(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None  # argparse: usage error, exit 2
 
 
-def _console(settings: Settings, dispatcher: Dispatcher, user: str | None) -> ConsoleChannel:
-    return ConsoleChannel(
-        settings, dispatcher, user or _login(), sys.stdin, sys.stdout, sys.stdin.isatty()
-    )
+def _console(dispatcher: Dispatcher, user: str | None) -> ConsoleChannel:
+    options = ConsoleOptions(user or _login(), interactive=sys.stdin.isatty())
+    return ConsoleChannel(options, dispatcher, sys.stdin, sys.stdout)
 
 
 def _login() -> str:

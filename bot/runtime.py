@@ -25,7 +25,7 @@ from bot.cache.guard import RedisGuard
 from bot.cache.hotstate import HotStateCache
 from bot.cache.keys import Keys
 from bot.channels import registry
-from bot.config import Settings, redact_url
+from bot.config import Settings
 from bot.errors import InfrastructureError, MigrationError, StoreError
 from bot.flags import FeatureFlags
 from bot.flagset import FlagSource
@@ -39,6 +39,7 @@ from bot.store.engine import create_engine
 from bot.store.migrate import current_revision, head_revision, upgrade_to_head
 from bot.store.retry import DatabaseRetry
 from bot.store.store import Store
+from bot.urls import redact_url
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import Settings, load_settings, redact_url
+from bot.config import Settings, load_settings
 from bot.errors import ConfigError
+from bot.urls import redact_url
 
 
 @pytest.fixture(autouse=True)

@@ -52,8 +52,8 @@ class QueueChannel(ChannelAdapter):
 
     name = "queue"
 
-    def __init__(self, settings: Settings, dispatcher: Dispatcher, crashes: int = 0) -> None:
-        super().__init__(settings, dispatcher)
+    def __init__(self, dispatcher: Dispatcher, crashes: int = 0) -> None:
+        super().__init__(dispatcher)
         self.inbox: asyncio.Queue[IncomingMessage] = asyncio.Queue()
         self.replies: list[Reply] = []
         self.crashes = crashes
@@ -87,12 +87,12 @@ class QueueChannel(ChannelAdapter):
 
 
 async def test_crashed_adapter_is_restarted_without_stopping_the_others(
-    make_service: ServiceFactory, settings: Settings
+    make_service: ServiceFactory,
 ) -> None:
     dispatcher = Dispatcher(await make_service(), Metrics())
-    flaky = QueueChannel(settings, dispatcher, crashes=2)
+    flaky = QueueChannel(dispatcher, crashes=2)
     flaky.name = "flaky"
-    steady = QueueChannel(settings, dispatcher)
+    steady = QueueChannel(dispatcher)
     worker = Worker([flaky, steady], dispatcher, None, shutdown_grace=5, restart_backoff=0.05)
     running = asyncio.create_task(worker.run())
     user = new_user()
@@ -108,8 +108,8 @@ async def test_crashed_adapter_is_restarted_without_stopping_the_others(
 class ShortLivedChannel(QueueChannel):
     """Each run lasts the next of `lifetimes` seconds, then crashes; then it stays up."""
 
-    def __init__(self, settings: Settings, dispatcher: Dispatcher, lifetimes: list[float]) -> None:
-        super().__init__(settings, dispatcher)
+    def __init__(self, dispatcher: Dispatcher, lifetimes: list[float]) -> None:
+        super().__init__(dispatcher)
         self.lifetimes = lifetimes
 
     async def run(self) -> None:
@@ -121,10 +121,10 @@ class ShortLivedChannel(QueueChannel):
 
 
 async def test_restart_backoff_starts_again_after_a_run_that_held_up(
-    make_service: ServiceFactory, settings: Settings
+    make_service: ServiceFactory,
 ) -> None:
     dispatcher = Dispatcher(await make_service(), Metrics())
-    channel = ShortLivedChannel(settings, dispatcher, lifetimes=[0, 0, 0, 1.2, 0])
+    channel = ShortLivedChannel(dispatcher, lifetimes=[0, 0, 0, 1.2, 0])
     worker = Worker([channel], dispatcher, None, 5, restart_backoff=0.05, stable_run=1.0)
     running = asyncio.create_task(worker.run())
     await until(lambda: channel.connected)
@@ -140,7 +140,7 @@ async def test_shutdown_finishes_the_message_in_flight(
 ) -> None:
     responder = SlowResponder(delay=0.5)
     dispatcher = Dispatcher(await make_service(responder=responder), Metrics())
-    channel = QueueChannel(settings, dispatcher)
+    channel = QueueChannel(dispatcher)
     worker = Worker([channel], dispatcher, None, shutdown_grace=5)
     running = asyncio.create_task(worker.run())
     user = new_user()
@@ -178,12 +178,12 @@ async def serving(health: HealthServer) -> AsyncIterator[str]:
 
 
 async def test_health_readiness_and_metrics(
-    make_service: ServiceFactory, settings: Settings, engine: AsyncEngine, tmp_path: Path
+    make_service: ServiceFactory, engine: AsyncEngine, tmp_path: Path
 ) -> None:
     metrics = Metrics()
     service = await make_service(metrics=metrics)
     dispatcher = Dispatcher(service, metrics)
-    channel = QueueChannel(settings, dispatcher)
+    channel = QueueChannel(dispatcher)
     health = HealthServer(engine, service.cache.redis, metrics, [channel])
     async with serving(health) as base, aiohttp.ClientSession() as http:
         assert (await http.get(f"{base}/healthz")).status == 200

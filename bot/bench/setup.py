@@ -16,10 +16,11 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 from redis.asyncio import Redis
 
-from bot.config import Settings, asyncpg_dsn, redact_url
+from bot.config import Settings
 from bot.errors import InfrastructureError
 from bot.store.engine import create_engine
 from bot.store.migrate import upgrade_to_head
+from bot.urls import asyncpg_dsn, redact_url
 
 log = logging.getLogger(__name__)
 

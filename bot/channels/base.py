@@ -1,7 +1,8 @@
 """What every channel adapter is, and the helpers they share.
 
 An adapter only translates: platform event → IncomingMessage → Dispatcher, and
-Reply → platform API call. All behaviour lives in the conversation service.
+Reply → platform API call. All behaviour lives in the conversation service. Each adapter
+takes its own options (bot/channels/options.py), not the bot's Settings.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import logging
 from aiohttp import web
 
 from bot.channels.dispatch import Dispatcher
-from bot.config import Settings
 from bot.errors import WebhookRefused
 
 
@@ -23,8 +23,7 @@ class ChannelAdapter(abc.ABC):
     name: str
     finite = False  # True for a channel whose end ends the worker (the console)
 
-    def __init__(self, settings: Settings, dispatcher: Dispatcher) -> None:
-        self.settings = settings
+    def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
         self.log = logging.getLogger(f"bot.channels.{self.name}")
 
@@ -63,9 +62,9 @@ def split_text(text: str, limit: int) -> list[str]:
     return [part for part in parts if part] or [text[:limit]]
 
 
-def webhook_application(settings: Settings) -> web.Application:
+def webhook_application(max_body_bytes: int) -> web.Application:
     """An aiohttp app that never reads more of a request body than the limit allows."""
-    return web.Application(client_max_size=settings.webhook_max_body_bytes)
+    return web.Application(client_max_size=max_body_bytes)
 
 
 def check_declared_size(request: web.Request, limit: int) -> None:

@@ -11,7 +11,7 @@ from typing import TextIO
 
 from bot.channels.base import ChannelAdapter
 from bot.channels.dispatch import Dispatcher
-from bot.config import Settings
+from bot.channels.options import ConsoleOptions
 from bot.domain import IncomingMessage
 from bot.errors import ShuttingDown
 
@@ -25,19 +25,13 @@ class ConsoleChannel(ChannelAdapter):
     finite = True
 
     def __init__(
-        self,
-        settings: Settings,
-        dispatcher: Dispatcher,
-        user: str,
-        stdin: TextIO,
-        stdout: TextIO,
-        interactive: bool,
+        self, options: ConsoleOptions, dispatcher: Dispatcher, stdin: TextIO, stdout: TextIO
     ) -> None:
-        super().__init__(settings, dispatcher)
-        self.user = user
+        super().__init__(dispatcher)
+        self.user = options.user
         self.stdin = stdin
         self.stdout = stdout
-        self.interactive = interactive
+        self.interactive = options.interactive
         self._running = False
 
     @property

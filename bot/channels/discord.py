@@ -31,10 +31,9 @@ from discord.http import INTERNAL_API_VERSION, Route
 from bot.channels.base import ChannelAdapter, split_text
 from bot.channels.delivery import deliver
 from bot.channels.dispatch import Dispatcher
-from bot.config import Settings
+from bot.channels.options import DiscordOptions
 from bot.domain import IncomingMessage, Reply
 from bot.errors import (
-    ConfigError,
     PlatformError,
     PlatformRateLimited,
     PlatformRejected,
@@ -144,17 +143,11 @@ class DiscordAdapter(ChannelAdapter):
     name = "discord"
 
     def __init__(
-        self, settings: Settings, dispatcher: Dispatcher, *, guild_ready_timeout: float = 2.0
+        self, options: DiscordOptions, dispatcher: Dispatcher, *, guild_ready_timeout: float = 2.0
     ) -> None:
-        super().__init__(settings, dispatcher)
-        if settings.discord_bot_token is None:
-            raise ConfigError("the Discord channel needs DISCORD_BOT_TOKEN")
-        if settings.discord_shard_ids and settings.discord_shard_count is None:
-            raise ConfigError("DISCORD_SHARD_IDS needs DISCORD_SHARD_COUNT")
-        count = settings.discord_shard_count
-        if count is not None and any(not 0 <= i < count for i in settings.discord_shard_ids or []):
-            raise ConfigError("every DISCORD_SHARD_IDS entry must be below DISCORD_SHARD_COUNT")
-        self._token = settings.discord_bot_token.get_secret_value()
+        super().__init__(dispatcher)
+        self.options = options
+        self._token = options.token.get_secret_value()
         self._guild_ready_timeout = guild_ready_timeout
         self._client: _Client | None = None
         self._ready = False
@@ -191,7 +184,7 @@ class DiscordAdapter(ChannelAdapter):
         """Take no new messages, let the ones being answered finish, then disconnect."""
         self._stopping = True
         if self._handling:
-            await asyncio.wait(set(self._handling), timeout=self.settings.shutdown_grace_seconds)
+            await asyncio.wait(set(self._handling), timeout=self.options.shutdown_grace_seconds)
         client = self._client
         if client is not None and not client.is_closed():
             await client.close()
@@ -299,22 +292,22 @@ class DiscordAdapter(ChannelAdapter):
             raise PlatformUnavailable(f"Discord unreachable: {exc!r}") from exc
 
     def _build_client(self) -> _Client:
-        options: dict[str, Any] = {
+        sdk_options: dict[str, Any] = {
             "intents": intents(),
             "allowed_mentions": discord.AllowedMentions.none(),  # replies never ping anyone
             "max_messages": None,  # no message cache: the service keeps the history
             "chunk_guilds_at_startup": False,
             "guild_ready_timeout": self._guild_ready_timeout,
         }
-        if self.settings.discord_shard_count is not None:
-            options["shard_count"] = self.settings.discord_shard_count
-        if self.settings.discord_shard_ids:
-            options["shard_ids"] = list(self.settings.discord_shard_ids)
-        url = self.settings.discord_gateway_url
-        return _Client(self, yarl.URL(url) if url else None, **options)
+        if self.options.shard_count is not None:
+            sdk_options["shard_count"] = self.options.shard_count
+        if self.options.shard_ids:
+            sdk_options["shard_ids"] = list(self.options.shard_ids)
+        url = self.options.gateway_url
+        return _Client(self, yarl.URL(url) if url else None, **sdk_options)
 
     def _set_api_base(self) -> None:
-        url = self.settings.discord_api_base_url
+        url = self.options.api_base_url
         if url and self._saved_api_base is None:
             self._saved_api_base = Route.BASE
             Route.BASE = api_base(url)

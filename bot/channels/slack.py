@@ -41,11 +41,10 @@ from bot.channels.base import (
 )
 from bot.channels.delivery import deliver
 from bot.channels.dispatch import Dispatcher
+from bot.channels.options import SlackOptions
 from bot.channels.slack_events import escape, incoming_message, profile_name
-from bot.config import Settings
 from bot.domain import IncomingMessage
 from bot.errors import (
-    ConfigError,
     PlatformError,
     PlatformRateLimited,
     PlatformRejected,
@@ -73,17 +72,14 @@ class SlackAdapter(ChannelAdapter):
     name = "slack"
     reconnect_deadline = 120.0  # seconds without a Socket Mode connection before run() raises
 
-    def __init__(self, settings: Settings, dispatcher: Dispatcher) -> None:
-        super().__init__(settings, dispatcher)
-        if settings.slack_bot_token is None:
-            raise ConfigError("SLACK_BOT_TOKEN is not set")
-        if settings.slack_app_token is None and settings.slack_signing_secret is None:
-            raise ConfigError("Slack needs SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET")
-        secret = settings.slack_signing_secret
+    def __init__(self, options: SlackOptions, dispatcher: Dispatcher) -> None:
+        super().__init__(dispatcher)
+        self.options = options
+        secret = options.signing_secret
         self._verifier = SignatureVerifier(secret.get_secret_value()) if secret else None
         self._client = AsyncWebClient(
-            token=settings.slack_bot_token.get_secret_value(),
-            base_url=_base_url(settings.slack_api_base_url),
+            token=options.bot_token.get_secret_value(),
+            base_url=_base_url(options.api_base_url),
             logger=self.log,
             retry_handlers=[],  # deliver() is the one retry policy
         )
@@ -92,7 +88,7 @@ class SlackAdapter(ChannelAdapter):
             client=self._client,
             logger=self.log,
             signing_secret=secret.get_secret_value() if secret else "",
-            request_verification_enabled=settings.slack_app_token is None,
+            request_verification_enabled=options.app_token is None,
             process_before_response=False,
         )
         self._app.middleware(self._gate)
@@ -127,8 +123,8 @@ class SlackAdapter(ChannelAdapter):
         try:
             identity = await _mapped(self._client.auth_test)
             self.bot_user_id = str(identity["user_id"])
-            if self.settings.slack_app_token is not None:
-                await self._open_socket(self.settings.slack_app_token.get_secret_value())
+            if self.options.app_token is not None:
+                await self._open_socket(self.options.app_token.get_secret_value())
             else:
                 await self._open_http()
             self._up = True
@@ -142,7 +138,7 @@ class SlackAdapter(ChannelAdapter):
         """No new events (refused, so Slack redelivers them), replies in flight finished."""
         self._stopping = True
         await self._close_transport()
-        await self._drain(self.settings.shutdown_grace_seconds)
+        await self._drain(self.options.shutdown_grace_seconds)
         for lookup in list(self._lookups.values()):
             lookup.cancel()  # nobody waits for it any more
         self._up = False
@@ -161,15 +157,15 @@ class SlackAdapter(ChannelAdapter):
             raise PlatformUnavailable("Slack Socket Mode websocket did not open") from None
 
     async def _open_http(self) -> None:
-        app = webhook_application(self.settings)
+        app = webhook_application(self.options.webhook_max_body_bytes)
         app.router.add_post(EVENTS_PATH, self._on_request)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
         await runner.setup()
         self._runner = runner
-        site = web.TCPSite(runner, self.settings.slack_listen, self.settings.slack_port)
+        site = web.TCPSite(runner, self.options.listen, self.options.port)
         await site.start()
         self.port = int(runner.addresses[0][1])
-        self.log.info("slack events on %s:%s%s", self.settings.slack_listen, self.port, EVENTS_PATH)
+        self.log.info("slack events on %s:%s%s", self.options.listen, self.port, EVENTS_PATH)
 
     async def _watch(self) -> None:
         """Wait for stop(); raise if Socket Mode stays disconnected (the SDK reconnects)."""
@@ -222,7 +218,7 @@ class SlackAdapter(ChannelAdapter):
         Size first, then the signature (bolt checks it again: cheap), so that nothing
         unauthenticated is parsed; then the body must be a JSON object.
         """
-        limit = self.settings.webhook_max_body_bytes
+        limit = self.options.webhook_max_body_bytes
         check_declared_size(request, limit)
         body = await read_body(request, limit)
         try:

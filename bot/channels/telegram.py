@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import math
-import re
 import sys
 import warnings
 from collections.abc import Awaitable, Callable
@@ -40,11 +39,10 @@ from bot.channels.base import (
 )
 from bot.channels.delivery import deliver
 from bot.channels.dispatch import Dispatcher
+from bot.channels.options import TelegramOptions
 from bot.channels.telegram_updates import incoming_message, parse_update
-from bot.config import Settings
 from bot.domain import IncomingMessage
 from bot.errors import (
-    ConfigError,
     PlatformError,
     PlatformRateLimited,
     PlatformRejected,
@@ -63,7 +61,6 @@ MAX_IN_FLIGHT = 90  # updates handled at once before polling pauses; under getUp
 REPOLL_DELAY = 0.5  # after a poll that brought back only updates still in hand
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 JSON_ONLY = frozenset({"application/json"})  # what Telegram posts
-_SECRET = re.compile(r"^[A-Za-z0-9_-]{1,256}$")  # what setWebhook accepts
 TYPING_DELAY = 1.0  # a fast reply needs no "typing…"
 TYPING_EVERY = 4.5  # Telegram clears the status after 5 s
 
@@ -71,12 +68,12 @@ TYPING_EVERY = 4.5  # Telegram clears the status after 5 s
 class TelegramAdapter(ChannelAdapter):
     name = "telegram"
 
-    def __init__(self, settings: Settings, dispatcher: Dispatcher) -> None:
-        super().__init__(settings, dispatcher)
-        if settings.telegram_bot_token is None:
-            raise ConfigError("TELEGRAM_BOT_TOKEN is not set")
-        self._token = settings.telegram_bot_token.get_secret_value()
-        self._secret = _webhook_secret(settings)
+    def __init__(self, options: TelegramOptions, dispatcher: Dispatcher) -> None:
+        super().__init__(dispatcher)
+        self.options = options
+        self._token = options.token.get_secret_value()
+        secret = options.webhook_secret
+        self._secret = secret.get_secret_value() if secret is not None else None
         self._connected = False
         self._stopping = asyncio.Event()
         self._closed = asyncio.Event()
@@ -104,7 +101,7 @@ class TelegramAdapter(ChannelAdapter):
             if self._stopping.is_set():
                 return
             self._username, self._bot_id = app.bot.username, app.bot.id
-            receive = self._serve_webhook if self.settings.telegram_webhook_url else self._poll
+            receive = self._serve_webhook if self.options.webhook_url else self._poll
             self._receiver = asyncio.create_task(receive(app.bot))
             await asyncio.wait([self._receiver])
             if not self._receiver.cancelled() and (error := self._receiver.exception()):
@@ -120,7 +117,7 @@ class TelegramAdapter(ChannelAdapter):
         await self._closed.wait()
 
     def _build(self) -> Application[Any, Any, Any, Any, Any, Any]:
-        base_url = self.settings.telegram_api_base_url
+        base_url = self.options.api_base_url
         return (
             Application.builder()
             .token(self._token)
@@ -147,7 +144,7 @@ class TelegramAdapter(ChannelAdapter):
         """Let the updates in hand be answered (bounded); False if some had to be cut off."""
         if not self._handlers:
             return True
-        grace = self.settings.shutdown_grace_seconds
+        grace = self.options.shutdown_grace_seconds
         _, pending = await asyncio.wait(self._handlers, timeout=grace)
         for task in pending:
             task.cancel()
@@ -213,15 +210,15 @@ class TelegramAdapter(ChannelAdapter):
         return updates
 
     async def _serve_webhook(self, bot: Bot) -> None:
-        settings = self.settings
-        url = settings.telegram_webhook_url
-        assert url is not None and self._secret is not None  # checked in __init__
-        server = webhook_application(settings)
+        options = self.options
+        url = options.webhook_url
+        assert url is not None and self._secret is not None  # checked building the options
+        server = webhook_application(options.webhook_max_body_bytes)
         server.router.add_post(urlsplit(url).path or "/", partial(self._on_webhook, bot))
         runner = web.AppRunner(server, access_log=None, shutdown_timeout=5)
         await runner.setup()
         try:
-            host, port = settings.telegram_webhook_listen, settings.telegram_webhook_port
+            host, port = options.webhook_listen, options.webhook_port
             await web.TCPSite(runner, host, port).start()
             hook = partial(bot.set_webhook, url, secret_token=self._secret)
             await _retried(partial(hook, allowed_updates=ALLOWED_UPDATES))
@@ -243,7 +240,7 @@ class TelegramAdapter(ChannelAdapter):
 
     async def _webhook_update(self, bot: Bot, request: web.Request) -> Update:
         """The update a webhook request carries: size, secret, type and shape checked."""
-        limit = self.settings.webhook_max_body_bytes
+        limit = self.options.webhook_max_body_bytes
         check_declared_size(request, limit)
         given = request.headers.get(SECRET_HEADER, "").encode()
         if not hmac.compare_digest(given, (self._secret or "").encode()):
@@ -366,17 +363,6 @@ def _platform_error(exc: TelegramError) -> PlatformError:
         return PlatformRejected(f"Telegram refused the call: {exc.message}")
     # NetworkError, TimedOut, Conflict (another poller), 5xx, unreadable answers.
     return PlatformUnavailable(f"Telegram unavailable: {exc.message}")
-
-
-def _webhook_secret(settings: Settings) -> str | None:
-    if not settings.telegram_webhook_url:
-        return None
-    secret = settings.telegram_webhook_secret
-    if secret is None or not _SECRET.match(secret.get_secret_value()):
-        raise ConfigError(
-            "TELEGRAM_WEBHOOK_URL needs TELEGRAM_WEBHOOK_SECRET: 1-256 of A-Z a-z 0-9 _ -"
-        )
-    return secret.get_secret_value()
 
 
 def _file_url(base_url: str) -> str:

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeout
 
 from bot.cache.keys import Keys
-from bot.config import Settings, redact_url
+from bot.config import Settings
 from bot.errors import BadInput, NotFound, StoreError, StoreUnavailable
 from bot.ops import conversations, inspect, records, views
 from bot.ops.arguments import check_text
@@ -32,6 +32,7 @@ from bot.ops.render import Out, to_json
 from bot.runtime import Endpoints, build_store, create_redis, keys_for, open_endpoints
 from bot.store.engine import create_engine
 from bot.store.store import Store
+from bot.urls import redact_url
 
 BAD_INPUT = 2
 Handler = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]

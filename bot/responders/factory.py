@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from bot.config import Settings, redact_url
+from bot.config import Settings
 from bot.responders.base import Responder
 from bot.responders.echo import EchoResponder
+from bot.urls import redact_url
 
 if TYPE_CHECKING:
     from bot.responders.openai_compat import LLMOptions

@@ -10,7 +10,8 @@ from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from bot.config import Settings, database_connect_args
+from bot.config import Settings
+from bot.urls import database_connect_args
 
 _IDLE_SINCE = "bot_idle_since"  # where a pooled connection remembers its last check-in
 

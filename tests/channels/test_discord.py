@@ -19,6 +19,7 @@ from discord.http import Route
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.channels.discord import DiscordAdapter, api_base, gateway_via, strip_mention
+from bot.channels.registry import discord_options
 from bot.domain import IncomingMessage
 from bot.metrics import Metrics
 from bot.responders import EchoResponder, Responder, ResponderRequest, ResponderResult
@@ -84,7 +85,9 @@ async def start_bot(
         service = await make_service(responder=responder, **overrides)
         metrics = Metrics()
         dispatcher = RecordingDispatcher(service, metrics)
-        adapter = DiscordAdapter(service.settings, dispatcher, guild_ready_timeout=0.2)
+        adapter = DiscordAdapter(
+            discord_options(service.settings), dispatcher, guild_ready_timeout=0.2
+        )
         run = asyncio.create_task(adapter.run())
         bot = Bot(adapter, run, service, dispatcher, metrics, expect_clean_run=wait)
         bots.append(bot)
@@ -479,7 +482,7 @@ def test_settings_that_cannot_work_are_refused(make_settings: Callable[..., Any]
         {"discord_bot_token": TOKEN, "discord_shard_count": 2, "discord_shard_ids": [2]},
     ):
         with pytest.raises(ConfigError):
-            DiscordAdapter(make_settings(**bad), dispatcher)
+            DiscordAdapter(discord_options(make_settings(**bad)), dispatcher)
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.channels import slack as slack_channel
 from bot.channels.dispatch import Dispatcher
+from bot.channels.registry import slack_options
 from bot.channels.slack import SlackAdapter
 from bot.config import Settings
 from bot.errors import PlatformRejected, PlatformUnavailable
@@ -139,7 +140,7 @@ async def start(
         service = await make_service(responder=responder, **(service_settings or {}))
         dispatcher = dispatcher_class(service, Metrics())
         settings = adapter_settings(make_settings, slack, socket, **overrides)
-        adapter = SlackAdapter(settings, dispatcher)
+        adapter = SlackAdapter(slack_options(settings), dispatcher)
         task = asyncio.create_task(adapter.run())
         run = Running(adapter, dispatcher, service, task)
         running.append(run)
@@ -483,7 +484,7 @@ async def test_run_raises_when_it_cannot_connect(
     error: type[Exception],
 ) -> None:
     settings = adapter_settings(make_settings, slack, socket, **overrides)
-    adapter = SlackAdapter(settings, Dispatcher(await make_service(), Metrics()))
+    adapter = SlackAdapter(slack_options(settings), Dispatcher(await make_service(), Metrics()))
     with pytest.raises(error):
         await asyncio.wait_for(adapter.run(), 5)
     assert not adapter.connected
@@ -582,7 +583,9 @@ async def test_worker_restarts_slack_after_its_connection_is_lost_for_good(
     redis: object,
 ) -> None:
     dispatcher = Dispatcher(await make_service(), Metrics())
-    adapter = SlackAdapter(adapter_settings(make_settings, slack, socket=True), dispatcher)
+    adapter = SlackAdapter(
+        slack_options(adapter_settings(make_settings, slack, socket=True)), dispatcher
+    )
     adapter.reconnect_deadline = 0.3
     worker = Worker([adapter], dispatcher, None, shutdown_grace=5, restart_backoff=0.05)
     running = asyncio.create_task(worker.run())

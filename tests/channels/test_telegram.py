@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.channels.dispatch import Dispatcher
+from bot.channels.registry import telegram_options
 from bot.channels.telegram import SECRET_HEADER, TelegramAdapter
 from bot.config import Settings
 from bot.errors import ConfigError, PlatformRejected, PlatformUnavailable
@@ -93,7 +94,7 @@ async def start(
         )
         if dispatcher is None:
             dispatcher = Dispatcher(await make_service(responder=responder), Metrics())
-        adapter = TelegramAdapter(settings, dispatcher)
+        adapter = TelegramAdapter(telegram_options(settings), dispatcher)
         running = Running(adapter, dispatcher, asyncio.create_task(adapter.run()))
         started.append(running)
         await until(lambda: adapter.connected or running.task.done())
@@ -373,7 +374,9 @@ async def test_rejected_token_or_no_server_makes_run_raise(
     dispatcher = Dispatcher(await make_service(), Metrics())
     wrong = "999:not-the-token"
     adapter = TelegramAdapter(
-        make_settings(telegram_bot_token=wrong, telegram_api_base_url=telegram.base_url),
+        telegram_options(
+            make_settings(telegram_bot_token=wrong, telegram_api_base_url=telegram.base_url)
+        ),
         dispatcher,
     )
     with pytest.raises(PlatformRejected) as rejected:
@@ -383,7 +386,8 @@ async def test_rejected_token_or_no_server_makes_run_raise(
 
     closed = f"http://127.0.0.1:{free_port()}/bot"
     adapter = TelegramAdapter(
-        make_settings(telegram_bot_token=TOKEN, telegram_api_base_url=closed), dispatcher
+        telegram_options(make_settings(telegram_bot_token=TOKEN, telegram_api_base_url=closed)),
+        dispatcher,
     )
     with pytest.raises(PlatformUnavailable):
         await asyncio.wait_for(adapter.run(), 10)
@@ -393,14 +397,16 @@ async def test_rejected_token_or_no_server_makes_run_raise(
 def test_configuration_is_checked_up_front(make_settings: Callable[..., Settings]) -> None:
     dispatcher: Any = None
     with pytest.raises(ConfigError, match="TELEGRAM_BOT_TOKEN"):
-        TelegramAdapter(make_settings(telegram_bot_token=None), dispatcher)
+        TelegramAdapter(telegram_options(make_settings(telegram_bot_token=None)), dispatcher)
     for secret in (None, "has spaces", "x" * 257):
         with pytest.raises(ConfigError, match="TELEGRAM_WEBHOOK_SECRET"):
             TelegramAdapter(
-                make_settings(
-                    telegram_bot_token=TOKEN,
-                    telegram_webhook_url="https://bot.example.com/hook",
-                    telegram_webhook_secret=secret,
+                telegram_options(
+                    make_settings(
+                        telegram_bot_token=TOKEN,
+                        telegram_webhook_url="https://bot.example.com/hook",
+                        telegram_webhook_secret=secret,
+                    )
                 ),
                 dispatcher,
             )

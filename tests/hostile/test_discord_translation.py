@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.channels.discord import DiscordAdapter, incoming_message
+from bot.channels.registry import discord_options
 from bot.metrics import Metrics
 from tests.channels.discord_server import TOKEN, FakeDiscord, Json, snowflake, user
 from tests.hostile.checks import assert_well_formed
@@ -37,7 +38,7 @@ async def adapter(
         discord_bot_token=TOKEN, discord_api_base_url=discord_server.api_url
     )
     dispatcher = RecordingDispatcher(service, Metrics())
-    running = DiscordAdapter(service.settings, dispatcher, guild_ready_timeout=0.2)
+    running = DiscordAdapter(discord_options(service.settings), dispatcher, guild_ready_timeout=0.2)
     task = asyncio.create_task(running.run())
     await discord_server.wait_for(lambda: running.connected or task.done(), 12)
     assert running.connected, task

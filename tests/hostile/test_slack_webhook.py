@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.channels.dispatch import Dispatcher
+from bot.channels.registry import slack_options
 from bot.channels.slack import SlackAdapter
 from bot.config import Settings
 from bot.metrics import Metrics
@@ -58,7 +59,7 @@ async def events_url(
         slack_port=0,
         webhook_max_body_bytes=LIMIT,
     )
-    adapter = SlackAdapter(settings, Dispatcher(await make_service(), Metrics()))
+    adapter = SlackAdapter(slack_options(settings), Dispatcher(await make_service(), Metrics()))
     task = asyncio.create_task(adapter.run())
     await until(lambda: adapter.connected or task.done())
     assert adapter.connected, task

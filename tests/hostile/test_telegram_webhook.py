@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.channels.dispatch import Dispatcher
+from bot.channels.registry import telegram_options
 from bot.channels.telegram import SECRET_HEADER, TelegramAdapter
 from bot.config import Settings
 from bot.metrics import Metrics
@@ -53,7 +54,9 @@ async def hook(
         telegram_webhook_secret=SECRET,
         webhook_max_body_bytes=LIMIT,
     )
-    adapter = TelegramAdapter(settings, Dispatcher(await make_service(), Metrics()))
+    adapter = TelegramAdapter(
+        telegram_options(settings), Dispatcher(await make_service(), Metrics())
+    )
     task = asyncio.create_task(adapter.run())
     await telegram.wait_for(lambda: adapter.connected or task.done())
     assert adapter.connected, task

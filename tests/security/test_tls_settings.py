@@ -9,15 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import (
-    Settings,
-    asyncpg_dsn,
-    database_connect_args,
-    load_settings,
-    redact_url,
-)
+from bot.config import Settings, load_settings
 from bot.errors import ConfigError
 from bot.logs import redact
+from bot.urls import asyncpg_dsn, database_connect_args, redact_url
 from tests.security.servers import Certificates
 
 BASE = "postgresql://bot:s3cretpw@db.example:5432/chat"
