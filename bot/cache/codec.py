@@ -57,7 +57,9 @@ def decode_channel(raw: bytes | str) -> ChannelSettings:
 
 
 def text_of(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    """A Redis reply as text; bytes that are not UTF-8 (a key written by hand) as U+FFFD,
+    so that they read as unreadable rather than crash the reader."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def decode_session(flat: Sequence[bytes | str]) -> SessionState | None:

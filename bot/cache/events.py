@@ -38,6 +38,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from bot.cache.codec import text_of
+
 
 class EventState(StrEnum):
     PROCESSING = "processing"
@@ -59,8 +61,7 @@ class EventClaim:
     @classmethod
     def parse(cls, raw: bytes | str) -> EventClaim | None:
         """The claim a value names; None for a value no version of the bot writes."""
-        text = raw.decode() if isinstance(raw, bytes) else raw
-        name, _, at = text.partition(ANSWERED_SEPARATOR)
+        name, _, at = text_of(raw).partition(ANSWERED_SEPARATOR)
         try:
             state = EventState(name)
             answered_at = float(at) if state is EventState.ANSWERED else None
