@@ -38,4 +38,12 @@ class CacheRead(StrEnum):
     CHANNEL_CONFIG = "channel_config"
 
     def tally(self, hit: bool) -> Tally:
-        return Tally(f"{self.value}_{'hit' if hit else 'miss'}")
+        return _READS[self, hit]
+
+
+# Looked up once per read on the warm path: a dict, not Tally(f"{kind}_hit") each time.
+_READS = {
+    (read, hit): Tally(f"{read.value}_{'hit' if hit else 'miss'}")
+    for read in CacheRead
+    for hit in (True, False)
+}
