@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -76,6 +77,18 @@ class ChannelSettings:
     def rate_limit(self, fallback: int) -> int:
         value = self.settings.get("rate_limit_per_minute")
         return value if isinstance(value, int) and value > 0 else fallback
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveSession:
+    """A user's session and recent context (newest first), as Postgres has them: what
+    `bot ops cache warm` puts back in Redis."""
+
+    channel: str
+    channel_user_id: str
+    session: SessionState
+    last_activity: datetime
+    context: Sequence[ContextMessage]
 
 
 @dataclass(frozen=True, slots=True)

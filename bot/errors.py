@@ -20,6 +20,7 @@ retry-after, a SQLSTATE) and never a secret or a server's quote of the data:
     │   │   └── StoreConflict    a constraint refused the rows (a race, or a bug)
     │   └── StaleSession         a cached session names a conversation that is gone
     ├── CacheUnavailable         Redis failed, timed out or refused; fall back to Postgres
+    │   ├── CacheRefused         Redis answered with an error for this one call
     │   └── CircuitOpen          not even tried: Redis failed moments ago
     ├── LockTimeout              a user's previous message held the turn for too long
     ├── ResponderError           no reply from the responder
@@ -110,6 +111,11 @@ class StaleSession(StoreError):
 
 class CacheUnavailable(BotError):
     """Redis failed or timed out; callers fall back to Postgres."""
+
+
+class CacheRefused(CacheUnavailable):
+    """Redis answered this call with an error reply (a key of the wrong type, a script
+    failing half-way): the server is up, and the breaker stays closed."""
 
 
 class CircuitOpen(CacheUnavailable):

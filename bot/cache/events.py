@@ -47,6 +47,21 @@ class EventState(StrEnum):
     UNFINISHED = "unfinished"
     DONE = "done"
 
+    @property
+    def meaning(self) -> str:
+        """What the state says, for an operator (`bot ops event`)."""
+        return _MEANINGS[self]
+
+
+_MEANINGS = {
+    EventState.PROCESSING: "being handled (or its worker died: the next delivery takes it over)",
+    EventState.ANSWERED: "stored, its reply with the adapter (a redelivery after "
+    "DELIVERY_LEASE_SECONDS sends the stored reply)",
+    EventState.UNFINISHED: "its handling failed with the outcome unknown: the next delivery "
+    "takes it over and sends the stored reply if the exchange was stored",
+    EventState.DONE: "answered and delivered: a redelivery says nothing",
+}
+
 
 ANSWERED_SEPARATOR = ":"
 

@@ -3,6 +3,8 @@
 A hung Redis must never hold a message longer than the operation budget, and after
 a failure the bot must stop paying that budget per message: the breaker opens,
 calls fail at once for a cool-down, then one call probes whether Redis is back.
+An operator's one-shot command (`RedisGuard.one_shot`) gets the time bound and the
+error mapping only: no breaker, and none of the worker's log lines about degrading.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from redis.exceptions import (
     ResponseError,
 )
 
-from bot.errors import CacheUnavailable, CircuitOpen
+from bot.errors import CacheRefused, CacheUnavailable, CircuitOpen
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +50,21 @@ class RedisGuard:
     def __init__(
         self,
         op_timeout: float,
-        cooldown: float,
+        cooldown: float | None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.op_timeout = op_timeout
-        self.cooldown = cooldown
+        self.cooldown = cooldown  # None: no circuit breaker (a one-shot command)
         self._clock = clock
         self._open_until: float | None = None
         self._probing = False
         self._on_recovery: list[RecoveryHook] = []
+
+    @classmethod
+    def one_shot(cls, op_timeout: float) -> RedisGuard:
+        """For a command that runs once: every call bounded, a failure reported as
+        CacheUnavailable at once, the next call tried all the same."""
+        return cls(op_timeout, cooldown=None)
 
     @property
     def is_open(self) -> bool:
@@ -79,19 +87,24 @@ class RedisGuard:
                         await hook()
                 result = await operation()
         except (RedisError, OSError, TimeoutError) as exc:
-            if is_outage(exc):
-                self._trip(exc)
-                raise CacheUnavailable(f"Redis unavailable: {exc.__class__.__name__}") from exc
-            if probing:
-                self._recovered()
-            log.warning("Redis refused a call (%s: %s)", exc.__class__.__name__, exc)
-            raise CacheUnavailable(f"Redis refused a call: {exc.__class__.__name__}") from exc
+            raise self._failed(exc, probing) from exc
         finally:
             if probing:
                 self._probing = False
         if probing:
             self._recovered()
         return result
+
+    def _failed(self, exc: BaseException, probing: bool) -> CacheUnavailable:
+        name = exc.__class__.__name__
+        if is_outage(exc):
+            self._trip(exc)
+            return CacheUnavailable(f"Redis unavailable: {name}")
+        if probing:
+            self._recovered()
+        if self.cooldown is not None:  # a one-shot command reports it to its operator
+            log.warning("Redis refused a call (%s: %s)", name, exc)
+        return CacheRefused(f"Redis refused a call: {name}")
 
     def _admit(self) -> bool:
         """Whether this call probes a Redis that was down; raises while it stays open."""
@@ -108,6 +121,8 @@ class RedisGuard:
         log.info("Redis is back; using the cache again")
 
     def _trip(self, exc: BaseException) -> None:
+        if self.cooldown is None:
+            return  # no breaker: the next call tries Redis again
         if self._open_until is None:
             log.warning(
                 "Redis unavailable (%s); answering from Postgres and rate limiting locally "

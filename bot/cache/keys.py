@@ -23,6 +23,9 @@ FEATURES = "features"
 DEDUP = "dedup"
 LOCK = "lock"
 STATS = "stats"
+ALL_KINDS = frozenset(
+    {SESSION, RATE, ACTIVE, CONTEXT, CHANNEL_CONFIG, FEATURES, DEDUP, LOCK, STATS}
+)
 
 
 @dataclass(frozen=True, slots=True)

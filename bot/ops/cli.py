@@ -12,42 +12,37 @@ from typing import TYPE_CHECKING
 
 from bot.ops.arguments import conversation_id, positive, search_text
 from bot.ops.commands import (
-    Command,
     conversation_search,
     conversation_show,
-    handler,
+    event_show,
     health,
     stats,
     user_delete,
     user_export,
     user_show,
 )
+from bot.ops.handler import OPS_DOCS, Command, group, leaf
 from bot.ops.manage import register_manage
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
-DOCS = "Each command's redis-cli / psql equivalent: docs/ops.md."
 DESCRIPTION = f"""\
 Inspect and manage the bot's state: Postgres (the source of truth) and Redis (its
 cache), the configured servers or the embedded ones. Every command prints tables,
 or one JSON object with --json; progress goes to standard error. Exit codes: 0 ok,
 1 something is down or not found, 2 bad input.
-{DOCS}"""
+{OPS_DOCS}"""
 
 
 def _leaf(
     parent: Subparsers, name: str, help: str, text: str, run: Command
 ) -> argparse.ArgumentParser:
-    parser = parent.add_parser(name, help=help, description=f"{text} {DOCS}")
-    parser.add_argument("--json", action="store_true", help="print one JSON object for scripts")
-    parser.set_defaults(handler=handler(run))
-    return parser
+    return leaf(parent, name, help, text, run, docs=OPS_DOCS)
 
 
 def _group(parent: Subparsers, name: str, help: str) -> Subparsers:
-    parser = parent.add_parser(name, help=help, description=f"{help}. {DOCS}")
-    return parser.add_subparsers(dest=f"ops_{name}_command", metavar="COMMAND", required=True)
+    return group(parent, name, help, docs=OPS_DOCS)
 
 
 def _user_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,6 +93,18 @@ def _register_inspection(commands: Subparsers) -> None:
     )
     _register_user(_group(commands, "user", "one user: show, export or delete"))
     _register_conversation(_group(commands, "conversation", "conversations: show, search"))
+    event = _leaf(
+        commands,
+        "event",
+        "was a platform event answered? its claim in Redis and its rows in Postgres",
+        "One platform event (a Slack event id, a Telegram update id, a Discord message id, "
+        "as the adapter names it): the state of its claim in Redis (processing, answered, "
+        "unfinished, done; docs/architecture.md), the user message and reply Postgres "
+        "stored for it, and what the two say together.",
+        event_show,
+    )
+    event.add_argument("channel", metavar="CHANNEL", help="console, discord, telegram or slack")
+    event.add_argument("event", metavar="EVENT_ID", help="the platform's id of the event")
 
 
 def _register_user(users: Subparsers) -> None:

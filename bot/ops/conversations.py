@@ -7,13 +7,10 @@ import uuid
 from dataclasses import asdict
 from typing import Any
 
-from redis.asyncio import Redis
-
-from bot.cache.keys import Keys
 from bot.errors import NotFound
-from bot.ops.records import context_item, ttl_or_none
+from bot.ops.context import Ops
+from bot.ops.records import context_item
 from bot.store.records import RecentMessage
-from bot.store.store import Store
 
 HIGHLIGHT = ("«", "»")  # around the matched words of a search snippet
 
@@ -28,22 +25,16 @@ def _is_cached(message: RecentMessage, cached: list[dict[str, Any]]) -> bool:
     )
 
 
-async def show_conversation(
-    store: Store, redis: Redis, keys: Keys, conversation_id: uuid.UUID, limit: int
-) -> dict[str, Any]:
+async def show_conversation(ops: Ops, conversation_id: uuid.UUID, limit: int) -> dict[str, Any]:
     """The newest `limit` messages, oldest first, each marked if also in the cached context."""
-    history = await store.records.conversation_history(conversation_id, limit)
+    history = await ops.store.records.conversation_history(conversation_id, limit)
     if history is None:
         raise NotFound(f"no conversation {conversation_id}")
-    key = keys.context(conversation_id)
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.lrange(key, 0, -1)
-        pipe.ttl(key)
-        raw, ttl = await pipe.execute()
-    cached = [item for item in map(context_item, raw) if "timestamp" in item]
+    context = await ops.cache.context(conversation_id)
+    cached = [item for item in map(context_item, context.items) if "timestamp" in item]
     return {
         "conversation": asdict(history.conversation),
-        "context": {"key": key, "length": len(raw), "ttl_seconds": ttl_or_none(ttl)},
+        "context": {"key": context.key, "length": len(context.items), "ttl_seconds": context.ttl},
         "messages": [
             {**asdict(message), "cached": _is_cached(message, cached)}
             for message in history.messages
@@ -51,7 +42,7 @@ async def show_conversation(
     }
 
 
-async def search_messages(store: Store, query: str, limit: int) -> dict[str, Any]:
+async def search_messages(ops: Ops, query: str, limit: int) -> dict[str, Any]:
     """Messages matching a web-search style query (words, "a phrase", -not, or), newest first."""
-    hits = await store.records.search_messages(query, limit, HIGHLIGHT)
+    hits = await ops.store.records.search_messages(query, limit, HIGHLIGHT)
     return {"query": query, "limit": limit, "results": [asdict(hit) for hit in hits]}

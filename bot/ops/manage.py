@@ -10,21 +10,20 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from bot.cache.flags import FlagCache
-from bot.channels import registry
 from bot.config import Settings
 from bot.domain import FlagRow
 from bot.errors import BadInput, FlagError
 from bot.flags import FlagChange, change_flag
 from bot.flagset import GLOBAL, KNOWN_FLAGS, FlagSet, parse_value
 from bot.ops.arguments import channel
+from bot.ops.context import Ops
+from bot.ops.handler import group, leaf, warn
 from bot.ops.manage_cache import register_cache, register_purge
 from bot.ops.manage_config import register_config
-from bot.ops.manage_support import Manage, emit, group, leaf, warn
 from bot.ops.render import Out
 
 if TYPE_CHECKING:
-    from bot.ops.manage_support import Subparsers
+    from bot.ops.handler import Subparsers
 
 
 def register_manage(ops: Subparsers) -> None:
@@ -81,41 +80,39 @@ def _rows(rows: list[FlagRow]) -> list[dict[str, Any]]:
     ]
 
 
-def _flags_table(out: Out, rows: list[dict[str, Any]]) -> None:
-    cells = [(r["scope"], r["name"], r["value"], r.get("updated_at")) for r in rows]
+def _flags_table(out: Out, data: dict[str, Any]) -> None:
+    cells = [(r["scope"], r["name"], r["value"], r.get("updated_at")) for r in data["flags"]]
     out.table("Feature flags", ["scope", "name", "value", "updated"], cells, "no flag is set")
 
 
-async def _list(manage: Manage, args: argparse.Namespace, out: Out) -> int:
-    rows = _rows(await manage.store.flags.rows())
-    emit(out, {"flags": rows}, lambda: _flags_table(out, rows))
+async def _list(ops: Ops, args: argparse.Namespace, out: Out) -> int:
+    out.emit({"flags": _rows(await ops.store.flags.rows())}, _flags_table)
     return 0
 
 
-async def _get(manage: Manage, args: argparse.Namespace, out: Out) -> int:
-    flags = FlagSet.from_rows(await manage.store.flags.rows())
+async def _get(ops: Ops, args: argparse.Namespace, out: Out) -> int:
+    flags = FlagSet.from_rows(await ops.store.flags.rows())
     value = flags.value(args.name, args.channel)
     own = args.channel is not None and args.name in flags.channels.get(args.channel, {})
     source = args.channel if own else (GLOBAL if args.name in flags.global_ else "unset")
     data = {"name": args.name, "channel": args.channel, "value": value, "from": source}
-    emit(out, data, lambda: out.pairs(f"Flag {args.name}", data))
+    out.emit(data, lambda out, data: out.pairs(f"Flag {args.name}", data))
     return 0
 
 
-async def _set(manage: Manage, args: argparse.Namespace, out: Out) -> int:
-    return await _change(manage, args, out, args.parsed_value, unset=False)
+async def _set(ops: Ops, args: argparse.Namespace, out: Out) -> int:
+    return await _change(ops, args, out, args.parsed_value, unset=False)
 
 
-async def _unset(manage: Manage, args: argparse.Namespace, out: Out) -> int:
-    return await _change(manage, args, out, None, unset=True)
+async def _unset(ops: Ops, args: argparse.Namespace, out: Out) -> int:
+    return await _change(ops, args, out, None, unset=True)
 
 
-async def _change(
-    manage: Manage, args: argparse.Namespace, out: Out, value: Any, *, unset: bool
-) -> int:
+async def _change(ops: Ops, args: argparse.Namespace, out: Out, value: Any, *, unset: bool) -> int:
     scope = args.channel or GLOBAL
-    cache = FlagCache(manage.redis, manage.keys, manage.guard, registry.ALL_NAMES)
-    change = await change_flag(manage.store.flags, cache, scope, args.name, value, unset=unset)
+    change = await change_flag(
+        ops.store.flags, ops.flag_cache(), scope, args.name, value, unset=unset
+    )
     action = ("unset" if change.existed else "was not set") if unset else "set"
     data: dict[str, Any] = {
         "scope": scope,
@@ -126,14 +123,14 @@ async def _change(
         "workers_notified": change.notified,
         "flags": _rows(change.rows),
     }
-    _warn_unless_delivered(out, data, change, manage.settings.flags_refresh_seconds)
+    _warn_unless_delivered(out, data, change, ops.settings.flags_refresh_seconds)
 
-    def view() -> None:
+    def view(out: Out, data: dict[str, Any]) -> None:
         summary = {k: v for k, v in data.items() if k not in ("flags", "warnings")}
         out.pairs(f"Flag {args.name}: {action}", summary)
-        _flags_table(out, data["flags"])
+        _flags_table(out, data)
 
-    emit(out, data, view)
+    out.emit(data, view)
     return 0
 
 

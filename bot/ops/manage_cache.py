@@ -7,14 +7,15 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from bot.config import Settings
-from bot.errors import BadInput, CacheUnavailable, NotFound
+from bot.errors import BadInput, NotFound
 from bot.ops import housekeeping
 from bot.ops.arguments import age, conversation_id, seconds, user_ref
-from bot.ops.manage_support import Manage, emit, leaf, warn
+from bot.ops.context import Ops
+from bot.ops.handler import leaf, warn
 from bot.ops.render import Out
 
 if TYPE_CHECKING:
-    from bot.ops.manage_support import Subparsers
+    from bot.ops.handler import Subparsers
 
 
 def register_cache(cache: Subparsers) -> None:
@@ -91,58 +92,54 @@ def _deleted_view(out: Out, data: dict[str, Any]) -> None:
         out.note(f"kept: {kept}", style="dim")
 
 
-async def _flush(manage: Manage, args: argparse.Namespace, out: Out) -> int:
-    keys, redis = manage.keys, manage.redis
+async def _flush(ops: Ops, args: argparse.Namespace, out: Out) -> int:
+    cache = ops.cache
     if args.all:
         with out.progress("deleting keys") as advance:
-            result = await housekeeping.flush_all(
-                redis, keys, manage.settings.cache_batch_size, advance, args.include_state
-            )
+            batch = ops.settings.cache_batch_size
+            result = await cache.flush_all(batch, advance, args.include_state)
         data = _counts("all", result.deleted, kept=dict(result.kept))
     elif args.conversation:
-        deleted = await housekeeping.flush_keys(redis, [keys.context(args.conversation)], keys)
+        deleted = await cache.delete([cache.keys.context(args.conversation)])
         data = _counts(f"conversation {args.conversation}", deleted)
     else:
         channel, cuid = args.user
-        found = await manage.store.housekeeping.user_conversations(channel, cuid)
+        found = await ops.store.housekeeping.user_conversations(channel, cuid)
         if found is None:
             raise NotFound(f"no user {cuid!r} on channel {channel!r}")
-        names = housekeeping.user_keys(keys, channel, cuid, *found)
-        data = _counts(f"user {channel}:{cuid}", await housekeeping.flush_keys(redis, names, keys))
-    emit(out, data, lambda: _deleted_view(out, data))
+        names = cache.user_keys(channel, cuid, *found)
+        data = _counts(f"user {channel}:{cuid}", await cache.delete(names))
+    out.emit(data, _deleted_view)
     return 0
 
 
-async def _warm(manage: Manage, args: argparse.Namespace, out: Out) -> int:
+async def _warm(ops: Ops, args: argparse.Namespace, out: Out) -> int:
     since = housekeeping.cutoff_before(args.since)
-    total = await manage.store.housekeeping.count_active_since(since)
-    batch = manage.settings.cache_batch_size
+    store = ops.store.housekeeping
+    total = await store.count_active_since(since)
+    batch = ops.settings.cache_batch_size
     with out.progress("warming users", total=total) as advance:
-        result = await housekeeping.warm(
-            manage.redis, manage.keys, manage.store.housekeeping, since, batch, advance
-        )
+        result = await housekeeping.warm(ops.cache, store, since, batch, advance)
     data = {
         "since": since,
         "users": result.users,
         "sessions_filled": result.sessions_filled,
         "contexts_filled": result.contexts_filled,
     }
-    emit(out, data, lambda: out.pairs("Warmed", data))
+    out.emit(data, lambda out, data: out.pairs("Warmed", data))
     return 0
 
 
-async def _purge(manage: Manage, args: argparse.Namespace, out: Out) -> int:
+async def _purge(ops: Ops, args: argparse.Namespace, out: Out) -> int:
     cutoff = housekeeping.cutoff_before(args.older_than)
-    store, keys, batch = manage.store.housekeeping, manage.keys, manage.settings.purge_batch_size
-    redis = manage.redis if await _reachable(manage) else None
+    store, batch = ops.store.housekeeping, ops.settings.purge_batch_size
+    cache = ops.cache if await ops.cache.reachable() else None
     if args.dry_run:
-        result = await housekeeping.purge_dry_run(store, redis, keys, cutoff, batch)
+        result = await housekeeping.purge_dry_run(store, cache, cutoff, batch)
     else:
         counts = await store.count_purgeable(cutoff)
         with out.progress("purging rows", total=counts.messages + counts.conversations) as step:
-            result = await housekeeping.purge(
-                store, redis, keys, cutoff, batch, step, args.lock_wait
-            )
+            result = await housekeeping.purge(store, cache, cutoff, batch, step, args.lock_wait)
     data: dict[str, Any] = {
         "cutoff": cutoff,
         "dry_run": result.dry_run,
@@ -152,7 +149,7 @@ async def _purge(manage: Manage, args: argparse.Namespace, out: Out) -> int:
         "seconds": round(result.seconds, 3),
     }
     if result.contexts is None:
-        ttl = manage.settings.context_ttl_seconds
+        ttl = ops.settings.context_ttl_seconds
         warn(out, data, f"Redis is unreachable: cached contexts expire within {ttl} s")
     if result.skipped:
         held = ", ".join(f"{table}: {count}" for table, count in result.skipped.items())
@@ -163,7 +160,7 @@ async def _purge(manage: Manage, args: argparse.Namespace, out: Out) -> int:
             f"and were not purged ({held}); run the purge again later",
         )
 
-    def view() -> None:
+    def view(out: Out, data: dict[str, Any]) -> None:
         verb = "would remove" if result.dry_run else "removed"
         rows = [
             ("postgres", "messages", result.messages),
@@ -173,13 +170,5 @@ async def _purge(manage: Manage, args: argparse.Namespace, out: Out) -> int:
         out.table(f"Older than {cutoff:%Y-%m-%d %H:%M}Z: {verb}", ["store", "what", "#"], rows)
         out.note(f"{data['seconds']} s", style="dim")
 
-    emit(out, data, view)
+    out.emit(data, view)
     return 0
-
-
-async def _reachable(manage: Manage) -> bool:
-    try:
-        await manage.guard.run(manage.redis.ping)
-    except CacheUnavailable:
-        return False
-    return True

@@ -5,16 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import RedisError
-
 from bot.config import Settings
+from bot.errors import CacheUnavailable
 from bot.ops import channel_settings
 from bot.ops.arguments import channel
-from bot.ops.manage_support import Manage, emit, leaf, warn
+from bot.ops.context import Ops
+from bot.ops.handler import leaf, warn
 from bot.ops.render import Out
 
 if TYPE_CHECKING:
-    from bot.ops.manage_support import Subparsers
+    from bot.ops.handler import Subparsers
 
 
 def register_config(config: Subparsers) -> None:
@@ -44,8 +44,8 @@ def _check_pairs(args: argparse.Namespace, settings: Settings) -> None:
     args.values, args.removed = channel_settings.parse_assignments(args.pairs, settings)
 
 
-async def _show(manage: Manage, args: argparse.Namespace, out: Out) -> int:
-    rows = {row.channel: row for row in await manage.store.channel_configs.rows()}
+async def _show(ops: Ops, args: argparse.Namespace, out: Out) -> int:
+    rows = {row.channel: row for row in await ops.store.channel_configs.rows()}
     if args.channel is None:
         listed = [
             {
@@ -56,42 +56,44 @@ async def _show(manage: Manage, args: argparse.Namespace, out: Out) -> int:
             }
             for r in rows.values()
         ]
-        cells = [tuple(r.values()) for r in listed]
-        columns = ["channel", "default_model", "settings", "updated"]
-        view = lambda: out.table("Channel configs", columns, cells, "no channel_configs row")  # noqa: E731
-        emit(out, {"channel_configs": listed}, view)
+        out.emit({"channel_configs": listed}, _configs_view)
         return 0
     row = rows.get(args.channel)
     lines = channel_settings.effective(
-        manage.settings, row.default_model if row else None, row.settings if row else {}
+        ops.settings, row.default_model if row else None, row.settings if row else {}
     )
     data: dict[str, Any] = {
         "channel": args.channel,
         "row": row is not None,
         "updated_at": row.updated_at if row else None,
-        "cached_ttl_seconds": await _cached_ttl(manage, args.channel),
+        "cached_ttl_seconds": await _cached_ttl(ops, args.channel),
         "values": [{"key": k, "value": v, "from": s} for k, v, s in lines],
     }
 
-    def show() -> None:
+    def show(out: Out, data: dict[str, Any]) -> None:
         out.pairs(f"Channel {args.channel}", {k: v for k, v in data.items() if k != "values"})
         out.table("In force", ["key", "value", "from"], lines)
 
-    emit(out, data, show)
+    out.emit(data, show)
     return 0
 
 
-async def _cached_ttl(manage: Manage, channel: str) -> int | None:
+def _configs_view(out: Out, data: dict[str, Any]) -> None:
+    cells = [tuple(row.values()) for row in data["channel_configs"]]
+    columns = ["channel", "default_model", "settings", "updated"]
+    out.table("Channel configs", columns, cells, "no channel_configs row")
+
+
+async def _cached_ttl(ops: Ops, channel: str) -> int | None:
     """Seconds the cached row has left; None if not cached or Redis is unreachable."""
     try:
-        ttl = int(await manage.redis.ttl(manage.keys.channel_config(channel)))
-    except (RedisError, OSError):
+        return await ops.cache.channel_config_ttl(channel)
+    except CacheUnavailable:
         return None
-    return ttl if ttl >= 0 else None
 
 
-async def _set(manage: Manage, args: argparse.Namespace, out: Out) -> int:
-    row = await manage.store.channel_configs.update(args.channel, args.values, args.removed)
+async def _set(ops: Ops, args: argparse.Namespace, out: Out) -> int:
+    row = await ops.store.channel_configs.update(args.channel, args.values, args.removed)
     data: dict[str, Any] = {
         "channel": row.channel,
         "set": args.values,
@@ -101,11 +103,10 @@ async def _set(manage: Manage, args: argparse.Namespace, out: Out) -> int:
         "cache_invalidated": None,
     }
     try:
-        deleted = await manage.redis.delete(manage.keys.channel_config(args.channel))
-        data["cache_invalidated"] = bool(deleted)
-    except (RedisError, OSError):
-        ttl = manage.settings.channel_config_ttl_seconds
+        data["cache_invalidated"] = await ops.cache.drop_channel_config(args.channel)
+    except CacheUnavailable:
+        ttl = ops.settings.channel_config_ttl_seconds
         warn(out, data, f"Redis is unreachable: workers may use the cached config for {ttl} s")
     shown = {k: v for k, v in data.items() if k != "warnings"}
-    emit(out, data, lambda: out.pairs(f"Channel {row.channel} updated", shown))
+    out.emit(data, lambda out, data: out.pairs(f"Channel {row.channel} updated", shown))
     return 0

@@ -7,7 +7,7 @@ from typing import Any
 from rich.text import Text
 
 from bot.ops.conversations import HIGHLIGHT
-from bot.ops.render import Out, size
+from bot.ops.render import Out, show, size
 
 MAX_CONTENT = 300  # characters of a message shown in a table; --json has them all
 
@@ -189,6 +189,22 @@ def delete_view(out: Out, data: dict[str, Any]) -> None:
         "redelivered event from being stored again) and lock keys (they expire by themselves).",
         style="dim",
     )
+
+
+def event_view(out: Out, data: dict[str, Any]) -> None:
+    redis, postgres = data["redis"], data["postgres"]
+    rows: dict[str, Any] = {"meaning": data["meaning"], "stored as": data["stored_as"]}
+    rows["Redis claim"] = redis["value"]
+    rows["claim expires in"] = _seconds(redis["ttl_seconds"])
+    if postgres:
+        rows["conversation"] = postgres["conversation_id"]
+        rows["user"] = postgres["channel_user_id"]
+        rows["message"] = f"{postgres['message_id']} at {show(postgres['timestamp'])}"
+        reply = postgres["reply_id"]
+        rows["reply"] = f"{reply} at {show(postgres['reply_timestamp'])}" if reply else None
+    else:
+        rows["Postgres"] = "nothing stored"
+    out.pairs(f"Event {data['channel']}:{data['event']}", rows)
 
 
 def conversation_view(out: Out, data: dict[str, Any]) -> None:

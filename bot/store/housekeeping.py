@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot.domain import ContextMessage, SessionState
+from bot.domain import ActiveSession, ContextMessage, SessionState
 from bot.store.database import Database
 
 _USER_CONVERSATIONS = text(
@@ -104,17 +104,6 @@ _NIL = uuid.UUID(int=0)
 
 
 @dataclass(frozen=True, slots=True)
-class WarmSession:
-    """One user's session and recent context (newest first), to put back in Redis."""
-
-    channel: str
-    channel_user_id: str
-    session: SessionState
-    last_activity: datetime
-    context: list[ContextMessage]
-
-
-@dataclass(frozen=True, slots=True)
 class PurgeCounts:
     messages: int
     conversations: int
@@ -145,10 +134,10 @@ class HousekeepingQueries:
 
     async def active_sessions(
         self, since: datetime, after: uuid.UUID | None, limit: int, context_limit: int
-    ) -> list[WarmSession]:
+    ) -> list[ActiveSession]:
         """One page (by conversation id, after `after`) of active conversations seen since."""
 
-        async def work(connection: AsyncConnection) -> list[WarmSession]:
+        async def work(connection: AsyncConnection) -> list[ActiveSession]:
             params = {"since": since, "after": after or _NIL, "limit": limit}
             rows = list(await connection.execute(_ACTIVE_SINCE, params))
             ids = [row.conversation_id for row in rows]
@@ -157,7 +146,7 @@ class HousekeepingQueries:
             for m in found:
                 context[m.conversation_id].append(ContextMessage(m.role, m.content, m.timestamp))
             return [
-                WarmSession(
+                ActiveSession(
                     row.channel_type,
                     row.channel_user_id,
                     SessionState(row.user_id, row.conversation_id, row.model),

@@ -14,6 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.store.database import Database
+from bot.store.migrate import current_revision
 from bot.store.records import (
     ConversationActivity,
     IndexUsage,
@@ -89,6 +90,11 @@ class Monitoring:
         with errors_mapped():
             async with self._database.engine.connect() as connection:
                 yield PostgresProbe(connection)
+
+    async def schema_revision(self) -> str | None:
+        """The revision the database is migrated to (None: an empty database)."""
+        with errors_mapped():
+            return await current_revision(self._database.engine)
 
     async def activity(self) -> PostgresActivity:
         return await self._database.once(_activity)

@@ -26,6 +26,7 @@ from bot.store.records import (
     MessageRow,
     RecentMessage,
     SearchHit,
+    StoredEvent,
     UserConversations,
     UserExport,
     UserRow,
@@ -80,6 +81,20 @@ _SEARCH = text(
        FROM hits CROSS JOIN query
        JOIN conversations c ON c.id = hits.conversation_id JOIN users u ON u.id = c.user_id
        ORDER BY hits.timestamp DESC"""
+)
+# The reply to a message is the next message of its conversation, if it is the
+# assistant's (as bot/store/conversations.py reads it for a redelivered event).
+_EVENT = text(
+    """SELECT u.id AS message_id, u.conversation_id, us.channel_user_id, u.timestamp,
+              r.id AS reply_id, r.timestamp AS reply_timestamp, r.model_used AS reply_model
+       FROM messages u
+       JOIN conversations c ON c.id = u.conversation_id JOIN users us ON us.id = c.user_id
+       LEFT JOIN LATERAL (
+           SELECT id, role, timestamp, model_used FROM messages n
+           WHERE n.conversation_id = u.conversation_id AND n.timestamp > u.timestamp
+           ORDER BY n.timestamp LIMIT 1
+       ) r ON r.role = 'assistant'
+       WHERE u.channel_type = :channel AND u.platform_message_id = :event"""
 )
 _HEADLINE = 'StartSel="{}", StopSel="{}", MaxWords=30, MinWords=12, ShortWord=0'
 
@@ -152,6 +167,16 @@ class OpsQueries:
             found = await connection.execute(_RECENT, {"id": conversation_id, "limit": limit})
             messages = tuple(RecentMessage(**message._mapping) for message in found)
             return ConversationHistory(ConversationRow(**row._mapping), messages)
+
+        return await self._database.once(work)
+
+    async def event(self, channel: str, event_id: str) -> StoredEvent | None:
+        """What Postgres holds for a platform event (its id as stored); None: nothing."""
+        params = {"channel": channel, "event": event_id}
+
+        async def work(connection: AsyncConnection) -> StoredEvent | None:
+            row = (await connection.execute(_EVENT, params)).first()
+            return None if row is None else StoredEvent(**row._mapping)
 
         return await self._database.once(work)
 

@@ -111,6 +111,19 @@ class ConversationHistory:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """The user message stored for a platform event, and the reply stored after it."""
+
+    message_id: uuid.UUID
+    conversation_id: uuid.UUID
+    channel_user_id: str
+    timestamp: datetime
+    reply_id: uuid.UUID | None
+    reply_timestamp: datetime | None
+    reply_model: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class SearchHit:
     """A message matching a full-text search, with a snippet around the matched words."""
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import pytest
 
 from bot.config import Settings
 from tests.ops.conftest import Ops
+from tests.support import free_port
 from tests.test_cli import bot
 
 pytestmark = pytest.mark.timeout(15)
@@ -67,3 +69,32 @@ async def test_bad_input_is_refused_before_reaching_any_store(tmp_path: Path) ->
     assert "valid keys: default_model, max_tokens" in refused_config.err
     assert "true or false" in refused_flag.err and "is not a duration" in refused_age.err
     assert not data_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("down", "command", "says"),
+    [
+        (
+            {"DATABASE_URL": "postgresql://postgres@127.0.0.1:{port}/x"},
+            ("cache", "flush", "--user", "console:nobody"),  # Postgres first
+            "Postgres is unavailable: ",
+        ),
+        (
+            {"REDIS_URL": "redis://127.0.0.1:{port}/0"},
+            ("cache", "flush", "--conversation", str(uuid.uuid4())),  # Redis only
+            "Redis is unavailable: ",
+        ),
+    ],
+)
+async def test_a_store_out_of_reach_is_one_line_and_exit_1(
+    ops: Ops, down: dict[str, str], command: tuple[str, ...], says: str
+) -> None:
+    port = str(free_port())
+    env = {name: value.format(port=port) for name, value in down.items()}
+
+    ran = await ops(*command, **env)
+
+    assert ran.code == 1, ran
+    told = [line for line in ran.err.splitlines() if line.startswith("bot ops: ")]
+    assert len(told) == 1 and told[0].startswith(f"bot ops: {says}"), ran.err
+    assert "Traceback" not in ran.err

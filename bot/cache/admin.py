@@ -1,0 +1,383 @@
+"""The Redis side of `bot ops`: every read and write an operator's command makes.
+
+Keys are named only by Keys and touched only under this deployment's prefix. Every
+call goes through a one-shot RedisGuard (bounded in time, a failure raised as
+CacheUnavailable); long scans are bounded per SCAN call and report progress. What
+comes back is plain data for bot/ops to render.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+
+from bot.cache import keys as kinds
+from bot.cache import scripts
+from bot.cache.codec import encode_context, encode_session, text_of
+from bot.cache.events import EventClaim
+from bot.cache.guard import RedisGuard
+from bot.cache.keys import Keys
+from bot.domain import ActiveSession
+from bot.errors import CacheUnavailable
+
+Progress = Callable[[int], None]  # called with how many items were just done
+
+PINGS = 3
+# What `cache flush --all` deletes: copies of Postgres rows and state the next message
+# rebuilds. STATE_KINDS only with --include-state: rate counters (a user could exceed
+# the limit for a minute), event claims (a redelivered event would be stored again)
+# and the workers' stats counters (the totals restart). `lock` keys are never
+# deleted: they order messages in flight and expire within LOCK_TTL_SECONDS.
+CACHE_KINDS = (kinds.SESSION, kinds.CONTEXT, kinds.CHANNEL_CONFIG, kinds.FEATURES, kinds.ACTIVE)
+STATE_KINDS = (kinds.RATE, kinds.DEDUP, kinds.STATS)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisServer:
+    """A health check's view of the server."""
+
+    latency_ms: float  # median of a few pings, after one that may open the connection
+    version: str | None
+    used_memory: int | None
+    used_memory_human: str | None
+    maxmemory: int | None
+    maxmemory_policy: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CachedUser:
+    """What Redis holds about one user."""
+
+    session_key: str
+    session: dict[str, str]  # empty: no session cached
+    session_ttl: int | None
+    rate_key: str
+    rate_count: int | None
+    rate_ttl: int | None
+    active_since: float | None  # unix time of their last message in the active window
+    contexts: dict[uuid.UUID, list[bytes]]  # raw items of the cached contexts
+
+
+@dataclass(frozen=True, slots=True)
+class CachedContext:
+    key: str
+    items: list[bytes]
+    ttl: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class CachedEvent:
+    """A platform event's claim (bot/cache/events.py) as Redis holds it."""
+
+    key: str
+    raw: str | None  # the value as stored; None: no claim
+    claim: EventClaim | None  # None: none, or a value no version of the bot writes
+    ttl: int | None
+
+
+@dataclass(slots=True)
+class FlushAll:
+    deleted: Counter[str] = field(default_factory=Counter)
+    kept: Counter[str] = field(default_factory=Counter)  # keys of this deployment left, by kind
+
+
+class CacheAdmin:
+    def __init__(self, redis: Redis, keys: Keys, guard: RedisGuard) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.guard = guard
+        self._warm = scripts.WARM.bind(redis)
+
+    # --- health and stats -------------------------------------------------------------
+
+    async def server(self) -> RedisServer:
+        await self.guard.run(self.redis.ping)  # may open the connection: not timed
+        times = []
+        for _ in range(PINGS):
+            start = time.perf_counter()
+            await self.guard.run(self.redis.ping)
+            times.append((time.perf_counter() - start) * 1000)
+        memory = await self.memory()
+        server = await self.guard.run(lambda: self.redis.info("server"))
+        return RedisServer(
+            latency_ms=round(statistics.median(times), 3),
+            version=server.get("redis_version"),
+            used_memory=memory.get("used_memory"),
+            used_memory_human=memory.get("used_memory_human"),
+            maxmemory=memory.get("maxmemory"),
+            maxmemory_policy=memory.get("maxmemory_policy"),
+        )
+
+    async def memory(self) -> dict[str, Any]:
+        info: dict[str, Any] = await self.guard.run(lambda: self.redis.info("memory"))
+        return info
+
+    async def ping(self) -> None:
+        """Return once Redis answers; CacheUnavailable says why it does not."""
+        await self.guard.run(self.redis.ping)
+
+    async def reachable(self) -> bool:
+        try:
+            await self.ping()
+        except CacheUnavailable:
+            return False
+        return True
+
+    async def key_kinds(self, progress: Progress, batch: int) -> tuple[Counter[str], list[str]]:
+        """Key counts by kind under this deployment's prefix (keys of no kind the bot
+        knows as `other`), and the names of the active sets."""
+        counts: Counter[str] = Counter()
+        active: list[str] = []
+        async for names in self._scan(batch):
+            for name in names:
+                kind = self.keys.kind_of(name)
+                counts[kind if kind in kinds.ALL_KINDS else "other"] += 1
+                if kind == kinds.ACTIVE:
+                    active.append(name)
+            progress(len(names))
+        return counts, active
+
+    async def active_users(self, names: list[str]) -> dict[str, int]:
+        """Users seen per channel within the active window (ZCOUNT of each active set)."""
+        since = time.time() - self.keys.active_window
+
+        async def count() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.zcount(name, since, "+inf")
+                return list(await pipe.execute())
+
+        counts = await self.guard.run(count)
+        channel_of = self.keys.active("")
+        found = {
+            name.removeprefix(channel_of): int(n) for name, n in zip(names, counts, strict=True)
+        }
+        return dict(sorted(found.items()))
+
+    async def counters(self) -> dict[str, int]:
+        """The service's tallies summed over every worker (empty: none published)."""
+        raw = await self.guard.run(lambda: self.redis.hgetall(self.keys.stats()))
+        values: dict[str, int] = {}
+        for name, value in raw.items():
+            try:
+                values[text_of(name)] = int(value)
+            except ValueError:
+                continue
+        return values
+
+    # --- users, conversations, events -------------------------------------------------
+
+    async def user(
+        self,
+        channel: str,
+        channel_user_id: str,
+        user_id: uuid.UUID,
+        conversations: Sequence[uuid.UUID],
+    ) -> CachedUser:
+        keys = self.keys
+        session, rate = keys.session(channel, channel_user_id), keys.rate(user_id)
+
+        async def read() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(session)
+                pipe.ttl(session)
+                pipe.get(rate)
+                pipe.ttl(rate)
+                pipe.zscore(keys.active(channel), channel_user_id)
+                for conversation in conversations:
+                    pipe.lrange(keys.context(conversation), 0, -1)
+                return list(await pipe.execute())
+
+        fields, session_ttl, count, rate_ttl, seen, *contexts = await self.guard.run(read)
+        return CachedUser(
+            session_key=session,
+            session={text_of(k): text_of(v) for k, v in fields.items()},
+            session_ttl=_ttl(session_ttl),
+            rate_key=rate,
+            rate_count=None if count is None else int(count),
+            rate_ttl=_ttl(rate_ttl),
+            active_since=seen,
+            contexts={c: items for c, items in zip(conversations, contexts, strict=True) if items},
+        )
+
+    async def delete_user(
+        self,
+        channel: str,
+        channel_user_id: str,
+        user_id: uuid.UUID,
+        conversations: Sequence[uuid.UUID],
+    ) -> dict[str, int]:
+        """Session, rate counter, each conversation's context, and the user's entry in
+        the channel's active set. Event claims stay: they hold a platform event id and
+        its state, no personal data, and keep a redelivered event from being stored
+        again. Lock keys stay: they expire within LOCK_TTL_SECONDS and order a message
+        still in flight."""
+        keys = self.keys
+
+        async def delete() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.unlink(keys.session(channel, channel_user_id))
+                pipe.unlink(keys.rate(user_id))
+                pipe.zrem(keys.active(channel), channel_user_id)
+                for conversation in conversations:
+                    pipe.unlink(keys.context(conversation))
+                return list(await pipe.execute())
+
+        session, rate, active, *contexts = await self.guard.run(delete)
+        return {"session": session, "rate": rate, "active": active, "context": sum(contexts)}
+
+    async def context(self, conversation_id: uuid.UUID) -> CachedContext:
+        key = self.keys.context(conversation_id)
+
+        async def read() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.lrange(key, 0, -1)
+                pipe.ttl(key)
+                return list(await pipe.execute())
+
+        items, ttl = await self.guard.run(read)
+        return CachedContext(key, items, _ttl(ttl))
+
+    async def event(self, channel: str, event_id: str) -> CachedEvent:
+        key = self.keys.dedup(channel, event_id)
+
+        async def read() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.get(key)
+                pipe.ttl(key)
+                return list(await pipe.execute())
+
+        raw, ttl = await self.guard.run(read)
+        claim = None if raw is None else EventClaim.parse(raw)
+        return CachedEvent(key, None if raw is None else text_of(raw), claim, _ttl(ttl))
+
+    # --- flush and warm ---------------------------------------------------------------
+
+    async def delete(self, names: Iterable[str]) -> Counter[str]:
+        """Delete the named keys; how many existed, by kind."""
+        names = list(dict.fromkeys(names))
+        if not names:
+            return Counter()
+
+        async def unlink() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.unlink(name)
+                return list(await pipe.execute())
+
+        deleted = await self.guard.run(unlink)
+        found: Counter[str] = Counter({self.keys.kind_of(name): 0 for name in names})
+        for name, count in zip(names, deleted, strict=True):
+            found[self.keys.kind_of(name)] += int(count)
+        return found
+
+    def user_keys(
+        self,
+        channel: str,
+        channel_user_id: str,
+        user_id: uuid.UUID,
+        conversations: Iterable[uuid.UUID],
+    ) -> list[str]:
+        """The session, rate counter and every conversation context of one user."""
+        keys = self.keys
+        return [
+            keys.session(channel, channel_user_id),
+            keys.rate(user_id),
+            *(keys.context(conversation) for conversation in conversations),
+        ]
+
+    async def flush_all(self, batch: int, progress: Progress, include_state: bool) -> FlushAll:
+        """The cached keys of this deployment: CACHE_KINDS, and STATE_KINDS too with
+        `include_state`; every other key is counted as kept, by kind."""
+        flushed = frozenset(CACHE_KINDS + STATE_KINDS if include_state else CACHE_KINDS)
+        result = FlushAll()
+        async for names in self._scan(batch):
+            doomed = []
+            for name in names:
+                kind = self.keys.kind_of(name)
+                if kind in flushed:
+                    doomed.append(name)
+                else:  # with an empty prefix, other applications' keys too
+                    result.kept[kind if kind in kinds.ALL_KINDS else "other"] += 1
+            result.deleted.update(await self.delete(doomed))
+            progress(len(doomed))
+        return result
+
+    async def warm(self, entries: Sequence[ActiveSession]) -> tuple[int, int]:
+        """Put back sessions and contexts where absent (the WARM script): how many
+        sessions and contexts were filled."""
+        calls = [self._warm_call(entry) for entry in entries]
+
+        async def fill() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for call in calls:
+                    await self._warm(call, pipe)
+                return list(await pipe.execute())
+
+        filled = await self.guard.run(fill)
+        return sum(int(s) for s, _ in filled), sum(int(c) for _, c in filled)
+
+    def _warm_call(self, entry: ActiveSession) -> scripts.Warm:
+        keys = self.keys
+        return scripts.Warm(
+            session_key=keys.session(entry.channel, entry.channel_user_id),
+            context_key=keys.context(entry.session.conversation_id),
+            session_ttl=keys.session_ttl,
+            context_ttl=keys.context_ttl,
+            session=encode_session(entry.session, entry.last_activity.timestamp()),
+            context=tuple(encode_context(message) for message in entry.context),
+        )
+
+    # --- contexts of purged conversations, channel configs ----------------------------
+
+    async def contexts_cached(self, conversations: Sequence[uuid.UUID]) -> int:
+        """How many of these conversations have a cached context."""
+
+        async def count() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for conversation in conversations:
+                    pipe.exists(self.keys.context(conversation))
+                return list(await pipe.execute())
+
+        return sum(int(found) for found in await self.guard.run(count))
+
+    async def drop_contexts(self, conversations: Iterable[uuid.UUID]) -> int:
+        """Delete the cached contexts of these conversations; how many there were."""
+        dropped = await self.delete(self.keys.context(c) for c in set(conversations))
+        return dropped[kinds.CONTEXT]
+
+    async def channel_config_ttl(self, channel: str) -> int | None:
+        """Seconds the cached row has left; None if not cached."""
+        return _ttl(await self.guard.run(lambda: self.redis.ttl(self.keys.channel_config(channel))))
+
+    async def drop_channel_config(self, channel: str) -> bool:
+        """Delete the cached row, so that workers read it from Postgres again."""
+        key = self.keys.channel_config(channel)
+        return bool(await self.guard.run(lambda: self.redis.delete(key)))
+
+    # --- scanning ---------------------------------------------------------------------
+
+    async def _scan(self, batch: int) -> AsyncIterator[list[str]]:
+        """The names of this deployment's keys, a SCAN call's worth at a time (each call
+        bounded on its own: a large keyspace takes many)."""
+        cursor: int = 0
+        pattern = self.keys.all_pattern()
+        while True:
+            cursor, found = await self._scan_once(cursor, pattern, batch)
+            yield [text_of(name) for name in found]
+            if cursor == 0:
+                return
+
+    def _scan_once(self, cursor: int, pattern: str, batch: int) -> Awaitable[Any]:
+        return self.guard.run(lambda: self.redis.scan(cursor, match=pattern, count=batch))
+
+
+def _ttl(seconds: int) -> int | None:
+    return seconds if seconds >= 0 else None  # -1: no expiry, -2: gone meanwhile
