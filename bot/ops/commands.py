@@ -10,12 +10,18 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from bot.errors import BadInput
 from bot.ops import conversations, events, inspect, records, views
 from bot.ops.context import Ops
+from bot.ops.handler import Command
 from bot.ops.render import Out, to_json
 from bot.urls import redact_url
+
+Read = Callable[..., Awaitable[dict[str, Any]]]  # (ops, *argument values) -> report
+View = Callable[[Out, Any], None]
 
 
 async def health(ops: Ops, args: argparse.Namespace, out: Out) -> int:
@@ -34,9 +40,18 @@ async def stats(ops: Ops, args: argparse.Namespace, out: Out) -> int:
     return 0
 
 
-async def user_show(ops: Ops, args: argparse.Namespace, out: Out) -> int:
-    out.emit(await records.show_user(ops, args.channel, args.user), views.user_view)
-    return 0
+def report(read: Read, view: View, *fields: str) -> Command:
+    """A command that reads one report, about what the arguments named `fields` say,
+    and prints it."""
+
+    async def run(ops: Ops, args: argparse.Namespace, out: Out) -> int:
+        out.emit(await read(ops, *(getattr(args, name) for name in fields)), view)
+        return 0
+
+    return run
+
+
+user_show = report(records.show_user, views.user_view, "channel", "user")
 
 
 async def user_export(ops: Ops, args: argparse.Namespace, out: Out) -> int:
@@ -90,15 +105,8 @@ async def user_delete(ops: Ops, args: argparse.Namespace, out: Out) -> int:
     return 0
 
 
-async def conversation_show(ops: Ops, args: argparse.Namespace, out: Out) -> int:
-    data = await conversations.show_conversation(ops, args.id, args.limit)
-    out.emit(data, views.conversation_view)
-    return 0
-
-
-async def event_show(ops: Ops, args: argparse.Namespace, out: Out) -> int:
-    out.emit(await events.show_event(ops, args.channel, args.event), views.event_view)
-    return 0
+conversation_show = report(conversations.show_conversation, views.conversation_view, "id", "limit")
+event_show = report(events.show_event, views.event_view, "channel", "event")
 
 
 async def conversation_search(ops: Ops, args: argparse.Namespace, out: Out) -> int:
