@@ -175,8 +175,11 @@ async def create_migrated_database(admin_url: str, name: str) -> str:
 
 
 @pytest.fixture
-def make_settings(database_url: str, redis_url: str) -> Callable[..., Settings]:
-    """Settings for the test servers with a key prefix of this test's own."""
+async def make_settings(
+    database_url: str, redis_url: str
+) -> AsyncIterator[Callable[..., Settings]]:
+    """Settings for the test servers with a key prefix of this test's own, whose keys
+    are deleted at the end (also those written by worker processes the test ran)."""
     prefix = f"test:{uuid.uuid4().hex[:10]}:"
 
     def make(**overrides: Any) -> Settings:
@@ -189,7 +192,12 @@ def make_settings(database_url: str, redis_url: str) -> Callable[..., Settings]:
         values.update(overrides)
         return Settings(_env_file=None, **values)
 
-    return make
+    yield make
+    cleaner = Redis.from_url(redis_url)
+    try:
+        await delete_prefix(cleaner, prefix)
+    finally:
+        await cleaner.aclose()
 
 
 @pytest.fixture

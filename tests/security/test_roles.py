@@ -12,8 +12,10 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from redis.asyncio import Redis
 
 from bot.store.migrate import head_revision
+from tests.conftest import delete_prefix
 from tests.security.conftest import admin_execute, bot_env, run_bot, unique
 from tests.security.servers import OwnPostgres
 from tests.support import ROOT
@@ -96,10 +98,22 @@ def env_for(tmp_path: Path, url: str, prefix: str, **extra: str) -> dict[str, st
     )
 
 
+@pytest.fixture
+async def prefix() -> AsyncIterator[str]:
+    """A key prefix of the test's own on the suite's Redis, deleted at the end."""
+    name = f"{unique('roles')}:"
+    yield name
+    cleaner = Redis.from_url("redis://127.0.0.1:6379/0")
+    try:
+        await delete_prefix(cleaner, name)
+    finally:
+        await cleaner.aclose()
+
+
 async def test_the_bot_migrates_as_one_role_and_serves_as_the_other(
-    own_pg: OwnPostgres, roles: Roles, tmp_path: Path
+    own_pg: OwnPostgres, roles: Roles, tmp_path: Path, prefix: str
 ) -> None:
-    prefix, user = f"{unique('roles')}:", unique("rita")
+    user = unique("rita")
     migrator = env_for(tmp_path, roles.url(own_pg, roles.migrator), prefix)
     runtime = env_for(tmp_path, roles.url(own_pg, roles.runtime), prefix)
 
@@ -159,9 +173,9 @@ async def test_the_bot_migrates_as_one_role_and_serves_as_the_other(
 
 
 async def test_the_runtime_role_can_change_no_schema(
-    own_pg: OwnPostgres, roles: Roles, tmp_path: Path
+    own_pg: OwnPostgres, roles: Roles, tmp_path: Path, prefix: str
 ) -> None:
-    migrator = env_for(tmp_path, roles.url(own_pg, roles.migrator), f"{unique('roles')}:")
+    migrator = env_for(tmp_path, roles.url(own_pg, roles.migrator), prefix)
     assert (await run_bot("migrate", cwd=tmp_path, env=migrator)).code == 0
     await admin_execute(
         own_pg.admin_url.rsplit("/", 1)[0] + f"/{roles.database}",
@@ -182,11 +196,11 @@ async def test_the_runtime_role_can_change_no_schema(
 
 
 async def test_the_runtime_role_cannot_migrate_and_says_so(
-    own_pg: OwnPostgres, roles: Roles, tmp_path: Path
+    own_pg: OwnPostgres, roles: Roles, tmp_path: Path, prefix: str
 ) -> None:
     """On an empty database: `bot migrate` as the runtime role is refused, and `bot run
     --no-migrate` says the schema is behind and what to run."""
-    runtime = env_for(tmp_path, roles.url(own_pg, roles.runtime), f"{unique('roles')}:")
+    runtime = env_for(tmp_path, roles.url(own_pg, roles.runtime), prefix)
 
     migrate = await run_bot("migrate", cwd=tmp_path, env=runtime)
     run = await run_bot(
