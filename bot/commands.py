@@ -19,6 +19,7 @@ from bot.domain import (
     ContextMessage,
     Reply,
     ReplyKind,
+    Scope,
     SessionState,
     resolve_model,
 )
@@ -27,7 +28,9 @@ from bot.domain import (
 class Conversations(Protocol):
     """The conversation queries a command may run (the store's)."""
 
-    async def reset_conversation(self, user_id: uuid.UUID, channel: str) -> SessionState: ...
+    async def reset_conversation(
+        self, user_id: uuid.UUID, channel: str, scope: str
+    ) -> SessionState: ...
 
     async def set_preferred_model(
         self, session: SessionState, model: str | None
@@ -50,6 +53,7 @@ class CommandOptions:
 @dataclass(frozen=True, slots=True)
 class CommandContext:
     channel: str
+    scope: Scope  # where the command was sent: /reset and /history act there only
     session: SessionState
     channel_settings: ChannelSettings
     conversations: Conversations
@@ -109,7 +113,7 @@ async def _help(command: Command, context: CommandContext) -> CommandResult:
 
 async def _reset(command: Command, context: CommandContext) -> CommandResult:
     session = await context.conversations.reset_conversation(
-        context.session.user_id, context.channel
+        context.session.user_id, context.channel, context.scope.key
     )
     text = "Started a new conversation. I've forgotten what we talked about before."
     reply = Reply(text, ReplyKind.COMMAND, session.conversation_id)

@@ -10,6 +10,59 @@ from enum import StrEnum
 from typing import Any
 
 
+class ChatKind(StrEnum):
+    """The kind of place a message is written in."""
+
+    PRIVATE = "private"  # a direct message to the bot; the console
+    GROUP = "group"  # a group chat or channel
+    THREAD = "thread"  # a thread inside one: Slack thread, Discord thread, Telegram topic
+
+
+DM_SCOPE = "dm"
+_CHAT, _THREAD = "chat:", ":thread:"
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Where a conversation happens; nothing said in one scope is seen in another.
+
+    Its key, stored with each conversation and in the session's Redis key: 'dm' for a
+    private chat with the bot (one per user and platform), 'chat:{chat id}' for a group
+    chat or channel, 'chat:{chat id}:thread:{thread id}' for a thread in one.
+    """
+
+    kind: ChatKind
+    chat_id: str | None = None  # None for a private chat
+    thread_id: str | None = None  # only for a thread
+
+    @property
+    def key(self) -> str:
+        if self.kind is ChatKind.PRIVATE:
+            return DM_SCOPE
+        if self.kind is ChatKind.THREAD:
+            return f"{_CHAT}{self.chat_id}{_THREAD}{self.thread_id}"
+        return f"{_CHAT}{self.chat_id}"
+
+    @property
+    def private(self) -> bool:
+        return self.kind is ChatKind.PRIVATE
+
+    @classmethod
+    def parse(cls, key: str) -> Scope:
+        """The scope a stored key names (for ops; a key this code does not write is a
+        group chat of that name)."""
+        if key == DM_SCOPE:
+            return cls(ChatKind.PRIVATE)
+        chat = key.removeprefix(_CHAT)
+        chat_id, found, thread_id = chat.rpartition(_THREAD)
+        if found:
+            return cls(ChatKind.THREAD, chat_id, thread_id)
+        return cls(ChatKind.GROUP, chat)
+
+
+DM = Scope(ChatKind.PRIVATE)
+
+
 @dataclass(frozen=True, slots=True)
 class IncomingMessage:
     """One user message, normalized by a channel adapter."""
@@ -19,8 +72,17 @@ class IncomingMessage:
     text: str
     username: str | None = None
     platform_message_id: str | None = None
-    chat_id: str | None = None
+    chat_id: str | None = None  # where to reply; for groups and threads also the scope
     thread_id: str | None = None
+    chat_kind: ChatKind = ChatKind.PRIVATE
+
+    @property
+    def scope(self) -> Scope:
+        """The conversation's place: a thread, a group chat, or the user's DM."""
+        if self.chat_kind is ChatKind.PRIVATE:
+            return DM
+        thread = self.thread_id if self.chat_kind is ChatKind.THREAD else None
+        return Scope(self.chat_kind, self.chat_id, thread)
 
 
 class ReplyKind(StrEnum):
@@ -86,6 +148,7 @@ class ActiveSession:
 
     channel: str
     channel_user_id: str
+    scope: str  # Scope.key
     session: SessionState
     last_activity: datetime
     context: Sequence[ContextMessage]

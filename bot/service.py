@@ -45,6 +45,8 @@ from bot.store.conversations import ExchangeRows
 from bot.store.store import Store
 from bot.tallies import CacheRead, Tally
 from bot.validation import (
+    check_chat_id,
+    check_thread_id,
     check_user_id,
     clean_text,
     clean_username,
@@ -146,6 +148,8 @@ class ConversationService:
             username=clean_username(message.username),
             text=clean_text(message.text, self.settings.max_message_chars),
             platform_message_id=storable_event_id(message.platform_message_id),
+            chat_id=check_chat_id(message.chat_id, message.chat_kind),
+            thread_id=check_thread_id(message.thread_id, message.chat_kind),
         )
 
     async def _in_turn(self, message: IncomingMessage) -> Reply:
@@ -185,6 +189,7 @@ class ConversationService:
     async def _command(self, command: commands.Command, turn: Turn) -> tuple[Reply, Refresh]:
         context = commands.CommandContext(
             channel=turn.message.channel,
+            scope=turn.message.scope,
             session=turn.session,
             channel_settings=turn.channel,
             conversations=self.store.conversations,
@@ -202,9 +207,7 @@ class ConversationService:
         session = hot.session if hot else None
         self._count(CacheRead.SESSION, session is not None)
         if session is None:
-            session = await self.store.conversations.load_session(
-                message.channel, message.channel_user_id, message.username
-            )
+            session = await self._load_session(message)
         channel = hot.channel if hot else None
         self._count(CacheRead.CHANNEL_CONFIG, channel is not None)
         loaded_channel = None
@@ -287,9 +290,7 @@ class ConversationService:
         """The cached session pointed at a closed or deleted conversation: rebuild it."""
         self.stats[Tally.STALE_SESSION] += 1
         message = turn.message
-        session = await self.store.conversations.load_session(
-            message.channel, message.channel_user_id, message.username
-        )
+        session = await self._load_session(message)
         turn = replace(turn, session=session, refresh=replace(turn.refresh, session=session))
         return await self._exchange(turn, None, retried=True)
 
@@ -327,6 +328,12 @@ class ConversationService:
             user_message_id=uuid.uuid4(),
             reply_id=uuid.uuid4(),
         )
+
+    async def _load_session(self, message: IncomingMessage) -> SessionState:
+        """The user's session in the message's scope, from Postgres."""
+        conversations = self.store.conversations
+        user, scope = message.channel_user_id, message.scope.key
+        return await conversations.load_session(message.channel, user, message.username, scope)
 
     def _count(self, read: CacheRead, hit: bool) -> None:
         self.stats[read.tally(hit)] += 1

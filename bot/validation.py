@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 
+from bot.domain import ChatKind
 from bot.errors import InvalidInput
 
 # C0 controls other than tab, newline and carriage return, DEL, and lone surrogates
@@ -18,6 +19,8 @@ _UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
 MAX_USER_ID_CHARS = 255
 MAX_USERNAME_CHARS = 255
 MAX_EVENT_ID_CHARS = 255  # messages.platform_message_id
+# A chat's and a thread's id make the scope key (conversations.scope, VARCHAR(300)).
+MAX_CHAT_ID_CHARS = 128
 
 
 def clean_text(text: str, max_chars: int) -> str:
@@ -52,6 +55,33 @@ def check_user_id(channel_user_id: str) -> str:
             "I can't answer messages from this account: its user id is empty or not valid text."
         )
     return channel_user_id
+
+
+def check_chat_id(chat_id: str | None, kind: ChatKind) -> str | None:
+    """The chat's id, required (and a valid key) where it names the scope: a group or
+    thread. A private chat's is only where to reply."""
+    if kind is ChatKind.PRIVATE:
+        return chat_id
+    return _scope_part(chat_id, "chat")
+
+
+def check_thread_id(thread_id: str | None, kind: ChatKind) -> str | None:
+    """The thread's id, required (and a valid key) for a message in a thread."""
+    if kind is not ChatKind.THREAD:
+        return thread_id
+    return _scope_part(thread_id, "thread")
+
+
+def _scope_part(value: str | None, what: str) -> str:
+    """Part of a scope key: cutting it would merge two chats, so it is refused instead."""
+    if (
+        not value
+        or len(value) > MAX_CHAT_ID_CHARS
+        or _CONTROL.search(value)
+        or _SURROGATE.search(value)
+    ):
+        raise InvalidInput(f"I can't answer here: this {what}'s id is missing or not valid.")
+    return value
 
 
 def clean_username(username: str | None) -> str | None:

@@ -24,7 +24,7 @@ from bot.cache.codec import encode_context, encode_session, text_of
 from bot.cache.events import EventClaim
 from bot.cache.guard import RedisGuard
 from bot.cache.keys import Keys
-from bot.domain import ActiveSession
+from bot.domain import DM_SCOPE, ActiveSession
 from bot.errors import CacheUnavailable
 
 Progress = Callable[[int], None]  # called with how many items were just done
@@ -52,12 +52,18 @@ class RedisServer:
 
 
 @dataclass(frozen=True, slots=True)
+class CachedSession:
+    scope: str  # Scope.key
+    key: str
+    fields: dict[str, str]  # empty: not cached
+    ttl: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class CachedUser:
     """What Redis holds about one user."""
 
-    session_key: str
-    session: dict[str, str]  # empty: no session cached
-    session_ttl: int | None
+    sessions: tuple[CachedSession, ...]  # one per scope asked about, the DM first
     rate_key: str
     rate_count: int | None
     rate_ttl: int | None
@@ -180,14 +186,20 @@ class CacheAdmin:
         channel_user_id: str,
         user_id: uuid.UUID,
         conversations: Sequence[uuid.UUID],
+        scopes: Sequence[str] = (),
     ) -> CachedUser:
+        """The user's session in the DM and in each of `scopes`, rate counter, last
+        activity, and the cached context of each of `conversations`."""
         keys = self.keys
-        session, rate = keys.session(channel, channel_user_id), keys.rate(user_id)
+        every = _with_dm(scopes)
+        sessions = [keys.session(channel, channel_user_id, scope) for scope in every]
+        rate = keys.rate(user_id)
 
         async def read() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hgetall(session)
-                pipe.ttl(session)
+                for session in sessions:
+                    pipe.hgetall(session)
+                    pipe.ttl(session)
                 pipe.get(rate)
                 pipe.ttl(rate)
                 pipe.zscore(keys.active(channel), channel_user_id)
@@ -195,11 +207,19 @@ class CacheAdmin:
                     pipe.lrange(keys.context(conversation), 0, -1)
                 return list(await pipe.execute())
 
-        fields, session_ttl, count, rate_ttl, seen, *contexts = await self.guard.run(read)
+        found = await self.guard.run(read)
+        read_sessions, (count, rate_ttl, seen, *contexts) = (
+            found[: 2 * len(sessions)],
+            found[2 * len(sessions) :],
+        )
+        cached = tuple(
+            CachedSession(scope, key, {text_of(k): text_of(v) for k, v in fields.items()}, _ttl(t))
+            for scope, key, fields, t in zip(
+                every, sessions, read_sessions[0::2], read_sessions[1::2], strict=True
+            )
+        )
         return CachedUser(
-            session_key=session,
-            session={text_of(k): text_of(v) for k, v in fields.items()},
-            session_ttl=_ttl(session_ttl),
+            sessions=cached,
             rate_key=rate,
             rate_count=None if count is None else int(count),
             rate_ttl=_ttl(rate_ttl),
@@ -213,17 +233,19 @@ class CacheAdmin:
         channel_user_id: str,
         user_id: uuid.UUID,
         conversations: Sequence[uuid.UUID],
+        scopes: Sequence[str] = (),
     ) -> dict[str, int]:
-        """Session, rate counter, each conversation's context, and the user's entry in
-        the channel's active set. Event claims stay: they hold a platform event id and
-        its state, no personal data, and keep a redelivered event from being stored
-        again. Lock keys stay: they expire within LOCK_TTL_SECONDS and order a message
-        still in flight."""
+        """Sessions (the DM's and each of `scopes`), rate counter, each conversation's
+        context, and the user's entry in the channel's active set. Event claims stay:
+        they hold a platform event id and its state, no personal data, and keep a
+        redelivered event from being stored again. Lock keys stay: they expire within
+        LOCK_TTL_SECONDS and order a message still in flight."""
         keys = self.keys
+        sessions = [keys.session(channel, channel_user_id, scope) for scope in _with_dm(scopes)]
 
         async def delete() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.unlink(keys.session(channel, channel_user_id))
+                pipe.unlink(*sessions)
                 pipe.unlink(keys.rate(user_id))
                 pipe.zrem(keys.active(channel), channel_user_id)
                 for conversation in conversations:
@@ -284,11 +306,13 @@ class CacheAdmin:
         channel_user_id: str,
         user_id: uuid.UUID,
         conversations: Iterable[uuid.UUID],
+        scopes: Iterable[str] = (),
     ) -> list[str]:
-        """The session, rate counter and every conversation context of one user."""
+        """The sessions (the DM's and each of `scopes`), the rate counter and every
+        conversation context of one user."""
         keys = self.keys
         return [
-            keys.session(channel, channel_user_id),
+            *(keys.session(channel, channel_user_id, scope) for scope in _with_dm(scopes)),
             keys.rate(user_id),
             *(keys.context(conversation) for conversation in conversations),
         ]
@@ -327,7 +351,7 @@ class CacheAdmin:
     def _warm_call(self, entry: ActiveSession) -> scripts.Warm:
         keys = self.keys
         return scripts.Warm(
-            session_key=keys.session(entry.channel, entry.channel_user_id),
+            session_key=keys.session(entry.channel, entry.channel_user_id, entry.scope),
             context_key=keys.context(entry.session.conversation_id),
             session_ttl=keys.session_ttl,
             context_ttl=keys.context_ttl,
@@ -377,6 +401,11 @@ class CacheAdmin:
 
     def _scan_once(self, cursor: int, pattern: str, batch: int) -> Awaitable[Any]:
         return self.guard.run(lambda: self.redis.scan(cursor, match=pattern, count=batch))
+
+
+def _with_dm(scopes: Iterable[str]) -> list[str]:
+    """The DM scope first, then the others, each once."""
+    return [DM_SCOPE, *(scope for scope in dict.fromkeys(scopes) if scope != DM_SCOPE)]
 
 
 def _ttl(seconds: int) -> int | None:

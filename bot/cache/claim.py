@@ -74,6 +74,9 @@ class Claims:
     def claim(self, message: IncomingMessage) -> MessageClaim:
         return MessageClaim(self, message)
 
+    def session_key(self, message: IncomingMessage) -> str:
+        return self.keys.session(message.channel, message.channel_user_id, message.scope.key)
+
     def event_key(self, message: IncomingMessage) -> str:
         return self.keys.dedup(message.channel, message.platform_message_id or "-")
 
@@ -112,7 +115,7 @@ class Claims:
         call = scripts.Begin(
             lock_key=keys.lock(message.channel, message.channel_user_id),
             event_key=self.event_key(message),
-            session_key=keys.session(message.channel, message.channel_user_id),
+            session_key=self.session_key(message),
             channel_config_key=keys.channel_config(message.channel),
             active_key=keys.active(message.channel),
             token=token,
@@ -179,7 +182,7 @@ class Claims:
         session = refresh.session
         conversation = session.conversation_id if session else uuid.UUID(int=0)
         call = scripts.Finish(
-            session_key=keys.session(message.channel, message.channel_user_id),
+            session_key=self.session_key(message),
             context_key=keys.context(conversation),
             lock_key=keys.lock(message.channel, message.channel_user_id),
             event_key=self.event_key(message),
@@ -212,7 +215,7 @@ class Claims:
         )
 
     def _stale_keys(self, message: IncomingMessage, session: SessionState | None) -> list[str]:
-        names = [self.keys.session(message.channel, message.channel_user_id)]
+        names = [self.session_key(message)]
         if session is not None:
             names.append(self.keys.context(session.conversation_id))
         return names

@@ -11,6 +11,8 @@ import re
 import uuid
 from dataclasses import dataclass
 
+from bot.domain import DM_SCOPE
+
 RATE_WINDOW_SECONDS = 60  # the key is per minute by name
 
 # Kinds of key, for ops and cache statistics: the part before the first colon.
@@ -44,8 +46,11 @@ class Keys:
     lock_ttl: int
     delivery_lease: int
 
-    def session(self, channel: str, channel_user_id: str) -> str:
-        return f"{self.prefix}{SESSION}:{channel}:{channel_user_id}"
+    def session(self, channel: str, channel_user_id: str, scope: str = DM_SCOPE) -> str:
+        """A user's session in a scope (Scope.key): the reference layout for a DM and
+        the console, the scope appended for a group chat or thread."""
+        base = f"{self.prefix}{SESSION}:{channel}:{channel_user_id}"
+        return base if scope == DM_SCOPE else f"{base}:{scope}"
 
     def rate_template(self) -> str:
         """The rate key with `{user_id}` left open, for scripts that learn the id."""

@@ -32,7 +32,7 @@ from bot.channels.base import ChannelAdapter, split_text
 from bot.channels.delivery import deliver
 from bot.channels.dispatch import Dispatcher
 from bot.channels.options import DiscordOptions
-from bot.domain import IncomingMessage, Reply
+from bot.domain import ChatKind, IncomingMessage, Reply
 from bot.errors import (
     PlatformError,
     PlatformRateLimited,
@@ -97,7 +97,15 @@ def incoming_message(message: discord.Message, me_id: int) -> IncomingMessage | 
         platform_message_id=str(message.id),
         chat_id=str(thread.parent_id if thread else channel.id),
         thread_id=str(thread.id) if thread else None,
+        chat_kind=_chat_kind(channel),
     )
+
+
+def _chat_kind(channel: object) -> ChatKind:
+    """A DM, a thread channel (its own scope, apart from its parent), or a guild channel."""
+    if isinstance(channel, discord.DMChannel):
+        return ChatKind.PRIVATE
+    return ChatKind.THREAD if isinstance(channel, discord.Thread) else ChatKind.GROUP
 
 
 def _mentions(message: discord.Message, user_id: int) -> bool:

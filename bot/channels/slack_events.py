@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from bot.domain import IncomingMessage
+from bot.domain import ChatKind, IncomingMessage
 
 _USER_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})  # written by a person
 
@@ -41,6 +41,9 @@ def incoming_message(
         platform_message_id=_string(body, "event_id") or (ts and f"{channel}:{ts}"),
         chat_id=channel,
         thread_id=_string(event, "thread_ts") or ts,
+        # A DM is the user's DM. A mention in a channel is answered in a thread (its
+        # own, or the one it was written in): the thread is the conversation's place.
+        chat_kind=ChatKind.PRIVATE if event.get("channel_type") == "im" else ChatKind.THREAD,
     )
 
 

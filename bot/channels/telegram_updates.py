@@ -14,7 +14,7 @@ from typing import Any, TypeGuard
 from telegram import Bot, Chat, Message, MessageEntity, Update, User
 from telegram.constants import ChatType
 
-from bot.domain import IncomingMessage
+from bot.domain import ChatKind, IncomingMessage
 
 CHANNEL = "telegram"
 
@@ -57,7 +57,17 @@ def incoming_message(update: Update, bot_id: int, bot_username: str) -> Incoming
         platform_message_id=f"{bot_id}:{update.update_id}",
         chat_id=str(chat.id),
         thread_id=str(thread) if _is_id(thread) else None,
+        chat_kind=_chat_kind(message),
     )
+
+
+def _chat_kind(message: Message) -> ChatKind:
+    """A private chat; a forum topic (its own scope, apart from the group); or a group.
+    A reply thread in an ordinary group is no topic: it stays in the group's scope."""
+    if message.chat.type == ChatType.PRIVATE:
+        return ChatKind.PRIVATE
+    topic = message.is_topic_message is True and _is_id(message.message_thread_id)
+    return ChatKind.THREAD if topic else ChatKind.GROUP
 
 
 def _addressed_text(message: Message, text: str, bot_id: int, bot_username: str) -> str | None:

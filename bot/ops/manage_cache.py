@@ -107,7 +107,7 @@ async def _flush(ops: Ops, args: argparse.Namespace, out: Out) -> int:
         found = await ops.store.housekeeping.user_conversations(channel, cuid)
         if found is None:
             raise NotFound(f"no user {cuid!r} on channel {channel!r}")
-        names = cache.user_keys(channel, cuid, *found)
+        names = cache.user_keys(channel, cuid, found.user_id, found.conversations, found.scopes)
         data = _counts(f"user {channel}:{cuid}", await cache.delete(names))
     out.emit(data, _deleted_view)
     return 0

@@ -6,17 +6,22 @@ the same user (the cache admin), found by the key names of Keys.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from bot.cache.admin import CachedUser, Progress
+from bot.cache.admin import CachedSession, CachedUser, Progress
 from bot.cache.codec import decode_context, text_of
 from bot.errors import NotFound
 from bot.ops.context import Ops
-from bot.store.records import ExportedConversation, UserConversations, UserExport, UserRow
+from bot.store.records import (
+    ConversationSummary,
+    ExportedConversation,
+    UserConversations,
+    UserExport,
+    UserRow,
+)
 
 Found = TypeVar("Found", UserConversations, UserExport)
 
@@ -36,23 +41,29 @@ def context_item(raw: bytes | str) -> dict[str, Any]:
 
 
 async def cached_user(
-    ops: Ops, user: UserRow, conversations: Sequence[uuid.UUID]
+    ops: Ops, user: UserRow, conversations: Sequence[ConversationSummary]
 ) -> dict[str, Any]:
-    """The user's session (with TTL), rate counter, last activity and cached contexts."""
-    cached = await ops.cache.user(user.channel_type, user.channel_user_id, user.id, conversations)
+    """The user's sessions with their TTL (the DM's under "session", the other scopes'
+    under "scoped_sessions"), rate counter, last activity and cached contexts."""
+    ids, scopes = [c.id for c in conversations], [c.scope for c in conversations]
+    cached = await ops.cache.user(user.channel_type, user.channel_user_id, user.id, ids, scopes)
     return _cache_report(cached)
 
 
+def _session(session: CachedSession) -> dict[str, Any] | None:
+    if not session.fields:
+        return None
+    fields = {"key": session.key, "fields": session.fields, "ttl_seconds": session.ttl}
+    return {"scope": session.scope, **fields}
+
+
 def _cache_report(cached: CachedUser) -> dict[str, Any]:
-    session = {
-        "key": cached.session_key,
-        "fields": cached.session,
-        "ttl_seconds": cached.session_ttl,
-    }
+    dm, *others = cached.sessions
     rate = {"key": cached.rate_key, "count": cached.rate_count, "ttl_seconds": cached.rate_ttl}
     seen = cached.active_since
     return {
-        "session": session if cached.session else None,
+        "session": _session(dm),
+        "scoped_sessions": [found for found in map(_session, others) if found],
         "rate": rate if cached.rate_count is not None else None,
         "active_last_seen": datetime.fromtimestamp(seen, UTC) if seen is not None else None,
         "contexts": {
@@ -64,7 +75,7 @@ def _cache_report(cached: CachedUser) -> dict[str, Any]:
 
 async def show_user(ops: Ops, channel: str, user: str) -> dict[str, Any]:
     found = _found(await ops.store.records.user_with_conversations(channel, user), channel, user)
-    cache = await cached_user(ops, found.user, [c.id for c in found.conversations])
+    cache = await cached_user(ops, found.user, found.conversations)
     contexts = cache.pop("contexts")
     conversations = [
         {**asdict(conversation), "cached_context": len(contexts.get(str(conversation.id), []))}
@@ -83,12 +94,12 @@ def _exported(item: ExportedConversation) -> dict[str, Any]:
 async def export_user(ops: Ops, channel: str, user: str, progress: Progress) -> dict[str, Any]:
     """Everything stored about the user, in both stores, as one JSON-ready object."""
     found = _found(await ops.store.records.export_user(channel, user, progress), channel, user)
-    ids = [item.conversation.id for item in found.conversations]
+    summaries = [item.conversation for item in found.conversations]
     return {
         "exported_at": datetime.now(UTC),
         "user": asdict(found.user),
         "conversations": [_exported(item) for item in found.conversations],
-        "redis": await cached_user(ops, found.user, ids),
+        "redis": await cached_user(ops, found.user, summaries),
     }
 
 
@@ -105,7 +116,7 @@ async def delete_user(ops: Ops, channel: str, user: str) -> dict[str, Any]:
     the record; but both stores must be reachable before anything is erased."""
     await ops.cache.ping()
     found = _found(await ops.store.records.delete_user(channel, user), channel, user)
-    ids = [c.id for c in found.conversations]
+    ids, scopes = [c.id for c in found.conversations], [c.scope for c in found.conversations]
     row = found.user
     return {
         "user": {"id": row.id, "channel_type": channel, "channel_user_id": user},
@@ -114,5 +125,5 @@ async def delete_user(ops: Ops, channel: str, user: str) -> dict[str, Any]:
             "conversations": len(found.conversations),
             "messages": found.messages,
         },
-        "redis": await ops.cache.delete_user(channel, user, row.id, ids),
+        "redis": await ops.cache.delete_user(channel, user, row.id, ids, scopes),
     }

@@ -152,16 +152,18 @@ def user_view(out: Out, data: dict[str, Any]) -> None:
             "session": session["key"] if session else "not cached",
             "session fields": session["fields"] if session else None,
             "session expires in": _seconds(session["ttl_seconds"]) if session else None,
+            "sessions in chats": [s["scope"] for s in cache["scoped_sessions"]],
             "messages this minute": rate["count"] if rate else 0,
             "last seen (active set)": cache["active_last_seen"],
         },
     )
     out.table(
         "Conversations",
-        ["id", "active", "started", "last activity", "# messages", "# tokens", "# cached"],
+        ["id", "scope", "active", "started", "last activity", "# messages", "# tokens", "# cached"],
         [
             (
                 c["id"],
+                c["scope"],
                 c["is_active"],
                 c["started_at"],
                 c["last_activity"],
@@ -185,7 +187,7 @@ def delete_view(out: Out, data: dict[str, Any]) -> None:
         },
     )
     out.note(
-        "Kept: dedup keys (a platform event id and its state, no personal data; they stop a "
+        "Kept: event claims (a platform event id and its state, no personal data; they stop a "
         "redelivered event from being stored again) and lock keys (they expire by themselves).",
         style="dim",
     )
@@ -213,6 +215,7 @@ def conversation_view(out: Out, data: dict[str, Any]) -> None:
         f"Conversation {c['id']}",
         {
             "user": f"{c['channel_type']}:{c['channel_user_id']} ({c['username'] or '-'})",
+            "scope": c["scope"],
             "active": c["is_active"],
             "model override": c["model_override"],
             "started": c["started_at"],

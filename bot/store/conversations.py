@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot.domain import ChannelSettings, ContextMessage, SessionState, StoredExchange
+from bot.domain import DM_SCOPE, ChannelSettings, ContextMessage, SessionState, StoredExchange
 from bot.errors import StaleSession, StoreConflict, StoreFailed
 from bot.store.database import Database
 
@@ -34,15 +34,18 @@ _UPSERT_USER = text(
 # one wins, the other does nothing and then reads the winner.
 _OPEN_CONVERSATION = text(
     """
-    INSERT INTO conversations (user_id, channel_type)
-    VALUES (:user_id, :channel)
-    ON CONFLICT (user_id) WHERE is_active DO NOTHING
+    INSERT INTO conversations (user_id, channel_type, scope)
+    VALUES (:user_id, :channel, :scope)
+    ON CONFLICT (user_id, scope) WHERE is_active DO NOTHING
     RETURNING id, model_override
     """
 )
 
 _ACTIVE_CONVERSATION = text(
-    "SELECT id, model_override FROM conversations WHERE user_id = :user_id AND is_active"
+    """
+    SELECT id, model_override FROM conversations
+    WHERE user_id = :user_id AND scope = :scope AND is_active
+    """
 )
 
 _RECENT_MESSAGES = text(
@@ -112,7 +115,10 @@ _STORED_EXCHANGE = text(
 )
 
 _CLOSE_ACTIVE = text(
-    "UPDATE conversations SET is_active = false WHERE user_id = :user_id AND is_active"
+    """
+    UPDATE conversations SET is_active = false
+    WHERE user_id = :user_id AND scope = :scope AND is_active
+    """
 )
 
 _SET_PREFERRED_MODEL = text(
@@ -145,9 +151,9 @@ class ConversationQueries:
         self._database = database
 
     async def load_session(
-        self, channel: str, channel_user_id: str, username: str | None
+        self, channel: str, channel_user_id: str, username: str | None, scope: str = DM_SCOPE
     ) -> SessionState:
-        """Upsert the user and find or open their active conversation."""
+        """Upsert the user and find or open their active conversation in `scope`."""
 
         async def work(connection: AsyncConnection) -> SessionState:
             user = (
@@ -156,7 +162,7 @@ class ConversationQueries:
                     {"channel": channel, "channel_user_id": channel_user_id, "username": username},
                 )
             ).one()
-            params = {"user_id": user.id, "channel": channel}
+            params = {"user_id": user.id, "channel": channel, "scope": scope}
             conversation = await self._open_or_find_active(connection, params)
             return SessionState(
                 user_id=user.id,
@@ -225,12 +231,14 @@ class ConversationQueries:
             return StoredExchange(found.id)
         return StoredExchange(found.id, True, found.reply_text, found.model_used)
 
-    async def reset_conversation(self, user_id: uuid.UUID, channel: str) -> SessionState:
-        """Close the user's active conversation and open a new one."""
+    async def reset_conversation(
+        self, user_id: uuid.UUID, channel: str, scope: str = DM_SCOPE
+    ) -> SessionState:
+        """Close the user's active conversation in `scope` and open a new one there."""
 
         async def work(connection: AsyncConnection) -> SessionState:
-            await connection.execute(_CLOSE_ACTIVE, {"user_id": user_id})
-            params = {"user_id": user_id, "channel": channel}
+            params = {"user_id": user_id, "channel": channel, "scope": scope}
+            await connection.execute(_CLOSE_ACTIVE, params)
             # A reset racing ours may have opened one first: then both end up in it.
             conversation = await self._open_or_find_active(connection, params)
             preferred = (
@@ -256,7 +264,8 @@ class ConversationQueries:
             active = (await connection.execute(_ACTIVE_CONVERSATION, params)).first()
             if active is not None:
                 return active
-        raise StoreFailed(f"the active conversation of user {params['user_id']} keeps changing")
+        user, scope = params["user_id"], params["scope"]
+        raise StoreFailed(f"the active conversation of user {user} in {scope} keeps changing")
 
     async def set_preferred_model(self, session: SessionState, model: str | None) -> SessionState:
         """Set the user's preferred model; returns the session's resolved model after it."""

@@ -16,8 +16,9 @@ from bot.store.database import Database
 
 _USER_CONVERSATIONS = text(
     """
-    SELECT u.id AS user_id, COALESCE(array_agg(c.id) FILTER (WHERE c.id IS NOT NULL), '{}')
-           AS conversation_ids
+    SELECT u.id AS user_id,
+           COALESCE(array_agg(c.id) FILTER (WHERE c.id IS NOT NULL), '{}') AS conversation_ids,
+           COALESCE(array_agg(DISTINCT c.scope) FILTER (WHERE c.id IS NOT NULL), '{}') AS scopes
     FROM users u LEFT JOIN conversations c ON c.user_id = u.id
     WHERE u.channel_type = :channel AND u.channel_user_id = :channel_user_id
     GROUP BY u.id
@@ -84,7 +85,7 @@ _COUNT_ACTIVE_SINCE = text(
 )
 _ACTIVE_SINCE = text(
     """
-    SELECT c.id AS conversation_id, c.user_id, u.channel_type, u.channel_user_id,
+    SELECT c.id AS conversation_id, c.user_id, u.channel_type, u.channel_user_id, c.scope,
            COALESCE(c.model_override, u.preferred_model) AS model, c.last_activity
     FROM conversations c JOIN users u ON u.id = c.user_id
     WHERE c.is_active AND c.last_activity >= :since AND c.id > :after
@@ -104,6 +105,15 @@ _NIL = uuid.UUID(int=0)
 
 
 @dataclass(frozen=True, slots=True)
+class UserRefs:
+    """What names a user's keys in Redis: their id, conversations and scopes."""
+
+    user_id: uuid.UUID
+    conversations: tuple[uuid.UUID, ...]
+    scopes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class PurgeCounts:
     messages: int
     conversations: int
@@ -113,15 +123,16 @@ class HousekeepingQueries:
     def __init__(self, database: Database) -> None:
         self._database = database
 
-    async def user_conversations(
-        self, channel: str, channel_user_id: str
-    ) -> tuple[uuid.UUID, list[uuid.UUID]] | None:
-        """A user's id and the ids of all their conversations; None if no such user."""
+    async def user_conversations(self, channel: str, channel_user_id: str) -> UserRefs | None:
+        """A user's id, the ids of all their conversations and the scopes they are in;
+        None if no such user."""
         params = {"channel": channel, "channel_user_id": channel_user_id}
 
-        async def work(connection: AsyncConnection) -> tuple[uuid.UUID, list[uuid.UUID]] | None:
+        async def work(connection: AsyncConnection) -> UserRefs | None:
             row = (await connection.execute(_USER_CONVERSATIONS, params)).first()
-            return None if row is None else (row.user_id, list(row.conversation_ids))
+            if row is None:
+                return None
+            return UserRefs(row.user_id, tuple(row.conversation_ids), tuple(row.scopes))
 
         return await self._database.transaction(work)
 
@@ -149,6 +160,7 @@ class HousekeepingQueries:
                 ActiveSession(
                     row.channel_type,
                     row.channel_user_id,
+                    row.scope,
                     SessionState(row.user_id, row.conversation_id, row.model),
                     row.last_activity,
                     context[row.conversation_id],

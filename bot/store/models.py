@@ -78,20 +78,32 @@ class Conversation(Base):
         Index("ix_conversations_user_id", "user_id"),
         Index("ix_conversations_last_activity", text("last_activity DESC")),
         Index("ix_conversations_is_active_user_id", "is_active", "user_id"),
-        # Invariant 3: a user has at most one active conversation, enforced by Postgres.
+        # Invariant 3: at most one active conversation per user and scope, and per scope
+        # for a shared one (no user), enforced by Postgres (revision 0004).
         Index(
-            "uq_conversations_one_active_per_user",
+            "uq_conversations_one_active_per_user_scope",
             "user_id",
+            "scope",
             unique=True,
             postgresql_where=text("is_active"),
+        ),
+        Index(
+            "uq_conversations_one_active_per_shared_scope",
+            "channel_type",
+            "scope",
+            unique=True,
+            postgresql_where=text("is_active AND user_id IS NULL"),
         ),
     )
 
     id: Mapped[uuid.UUID] = _uuid_pk()
-    user_id: Mapped[uuid.UUID] = mapped_column(
-        UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE"), nullable=False
+    # NULL: a shared conversation, which belongs to its scope rather than to a user.
+    user_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE")
     )
     channel_type: Mapped[str] = mapped_column(String(32), nullable=False)
+    # Where it happens (bot/domain.py, Scope): 'dm', 'chat:{id}' or 'chat:{id}:thread:{id}'.
+    scope: Mapped[str] = mapped_column(String(300), nullable=False, server_default=text("'dm'"))
     model_override: Mapped[str | None] = mapped_column(String(100))
     started_at: Mapped[datetime] = _now()
     last_activity: Mapped[datetime] = _now()
@@ -115,6 +127,7 @@ class Message(Base):
             text("to_tsvector('simple'::regconfig, content)"),
             postgresql_using="gin",
         ),
+        Index("ix_messages_author_id", "author_id", postgresql_where=text("author_id IS NOT NULL")),
     )
 
     id: Mapped[uuid.UUID] = _uuid_pk()
@@ -129,6 +142,10 @@ class Message(Base):
     metadata_: Mapped[dict[str, Any]] = _metadata()
     channel_type: Mapped[str] = mapped_column(String(32), nullable=False)
     platform_message_id: Mapped[str | None] = mapped_column(String(255))
+    # Who wrote a user message of a shared conversation; NULL: the conversation's user.
+    author_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE")
+    )
 
 
 class ChannelConfig(Base):
@@ -137,6 +154,23 @@ class ChannelConfig(Base):
 
     id: Mapped[uuid.UUID] = _uuid_pk()
     channel_type: Mapped[str] = mapped_column(String(32), nullable=False)
+    default_model: Mapped[str | None] = mapped_column(String(100))
+    settings: Mapped[dict[str, Any]] = _jsonb()
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
+class ChatConfig(Base):
+    """A chat's (or a thread's) settings over its platform's channel_configs row
+    (revision 0004); thread_id '' is the chat itself."""
+
+    __tablename__ = "chat_configs"
+    __table_args__ = (UniqueConstraint("channel_type", "chat_id", "thread_id"),)
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    channel_type: Mapped[str] = mapped_column(String(32), nullable=False)
+    chat_id: Mapped[str] = mapped_column(String(255), nullable=False)
+    thread_id: Mapped[str] = mapped_column(String(255), nullable=False, server_default=text("''"))
     default_model: Mapped[str | None] = mapped_column(String(100))
     settings: Mapped[dict[str, Any]] = _jsonb()
     created_at: Mapped[datetime] = _now()

@@ -40,7 +40,8 @@ _USER = text(
        FROM users WHERE channel_type = :channel AND channel_user_id = :channel_user_id"""
 )
 _CONVERSATIONS = text(
-    """SELECT c.id, c.is_active, c.model_override, c.started_at, c.last_activity, c.metadata,
+    """SELECT c.id, c.scope, c.is_active, c.model_override, c.started_at, c.last_activity,
+              c.metadata,
               count(m.id) AS messages, coalesce(sum(m.token_count), 0) AS tokens
        FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id
        WHERE c.user_id = :user_id GROUP BY c.id ORDER BY c.started_at DESC"""
@@ -54,7 +55,7 @@ _LOCK_USER = text("SELECT id FROM users WHERE id = :id FOR UPDATE")
 _DELETE_USER = text("DELETE FROM users WHERE id = :id")
 
 _CONVERSATION = text(
-    """SELECT c.id, c.channel_type, c.is_active, c.model_override, c.started_at,
+    """SELECT c.id, c.channel_type, c.scope, c.is_active, c.model_override, c.started_at,
               c.last_activity, c.user_id, u.channel_user_id, u.username,
               (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS messages
        FROM conversations c JOIN users u ON u.id = c.user_id WHERE c.id = :id"""

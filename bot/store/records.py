@@ -31,6 +31,7 @@ class ConversationSummary:
     """One of a user's conversations, with its message and token totals."""
 
     id: uuid.UUID
+    scope: str  # where it happens (bot/domain.py, Scope.key)
     is_active: bool
     model_override: str | None
     started_at: datetime
@@ -84,6 +85,7 @@ class ConversationRow:
 
     id: uuid.UUID
     channel_type: str
+    scope: str
     is_active: bool
     model_override: str | None
     started_at: datetime

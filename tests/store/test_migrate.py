@@ -7,11 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import sys
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
@@ -31,13 +27,12 @@ from bot.store.migrate import (
     upgrade_to_head,
 )
 from bot.store.models import Base
-from tests.conftest import create_database, drop_database
+from tests.store.conftest import NewDatabase, alembic, execute, query
 
-ROOT = Path(__file__).resolve().parents[2]
-TABLES = {"users", "conversations", "messages", "channel_configs", "feature_flags"}
-PROXIES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
-
-NewDatabase = Callable[[], Awaitable[str]]
+TABLES = {
+    *("users", "conversations", "messages", "channel_configs", "feature_flags"),
+    "chat_configs",
+}
 
 # Index name -> the definition Postgres reports (after "ON public.").
 EXPECTED_INDEXES = {
@@ -51,8 +46,20 @@ EXPECTED_INDEXES = {
         "conversations USING btree (is_active, user_id)",
         False,
     ),
-    "uq_conversations_one_active_per_user": (
-        "conversations USING btree (user_id) WHERE is_active",
+    "uq_conversations_one_active_per_user_scope": (
+        "conversations USING btree (user_id, scope) WHERE is_active",
+        True,
+    ),
+    "uq_conversations_one_active_per_shared_scope": (
+        "conversations USING btree (channel_type, scope) WHERE (is_active AND (user_id IS NULL))",
+        True,
+    ),
+    "ix_messages_author_id": (
+        "messages USING btree (author_id) WHERE (author_id IS NOT NULL)",
+        False,
+    ),
+    "uq_chat_configs_channel_type_chat_id_thread_id": (
+        "chat_configs USING btree (channel_type, chat_id, thread_id)",
         True,
     ),
     "ix_messages_conversation_id_timestamp": (
@@ -69,21 +76,6 @@ EXPECTED_INDEXES = {
 
 
 @pytest.fixture
-async def new_database(server_urls: tuple[str, str]) -> AsyncIterator[NewDatabase]:
-    """Creates empty databases on demand (plain postgresql:// URLs); drops them after."""
-    admin_url = server_urls[0]
-    names: list[str] = []
-
-    async def create() -> str:
-        names.append(f"bot_mig_{uuid.uuid4().hex[:12]}")
-        return await create_database(admin_url, names[-1])
-
-    yield create
-    for name in names:
-        await drop_database(admin_url, name)
-
-
-@pytest.fixture
 async def make_engine() -> AsyncIterator[Callable[[str], AsyncEngine]]:
     engines: list[AsyncEngine] = []
 
@@ -94,48 +86,6 @@ async def make_engine() -> AsyncIterator[Callable[[str], AsyncEngine]]:
     yield make
     for engine in engines:
         await engine.dispose()
-
-
-async def alembic(url: str | None, *args: str) -> tuple[int, str]:
-    """The real `alembic` command line of this interpreter, from the repository root;
-    (exit code, all output). `url` None leaves DATABASE_URL unset."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k.lower() not in PROXIES and k.lower() not in Settings.model_fields
-    }
-    if url is not None:
-        env["DATABASE_URL"] = url
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "alembic",
-        *args,
-        cwd=ROOT,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    return process.returncode, out.decode()
-
-
-async def query(url: str, sql: str) -> list[asyncpg.Record]:
-    connection = await asyncpg.connect(url)
-    try:
-        return list(await connection.fetch(sql))
-    finally:
-        await connection.close()
-
-
-async def execute(url: str, sql: str) -> None:
-    connection = await asyncpg.connect(url)
-    try:
-        await connection.execute(sql)
-    finally:
-        await connection.close()
 
 
 async def advisory_locks(url: str) -> list[asyncpg.Record]:
@@ -237,14 +187,14 @@ async def test_alembic_check_agrees_and_fails_on_drift(
     # Now make the database drift from the models; the comparison must notice.
     async with engine.begin() as connection:
         await connection.exec_driver_sql("DROP INDEX ix_messages_timestamp")
-        await connection.exec_driver_sql("DROP INDEX uq_conversations_one_active_per_user")
+        await connection.exec_driver_sql("DROP INDEX uq_conversations_one_active_per_user_scope")
         await connection.exec_driver_sql("ALTER TABLE users ADD COLUMN nickname text")
     async with engine.connect() as connection:
         diff = await connection.run_sync(diff_against_models)
     found = {(op[0], op[1].name) for op in diff if op[0] == "add_index"}
     assert found == {
         ("add_index", "ix_messages_timestamp"),
-        ("add_index", "uq_conversations_one_active_per_user"),
+        ("add_index", "uq_conversations_one_active_per_user_scope"),
     }
     assert any(op[0] == "remove_column" and op[3].name == "nickname" for op in diff)
 

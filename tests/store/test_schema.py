@@ -32,14 +32,15 @@ async def add_user(engine: AsyncEngine, channel: str = "console") -> uuid.UUID:
 
 
 async def add_conversation(
-    engine: AsyncEngine, user_id: uuid.UUID, active: bool = True
+    engine: AsyncEngine, user_id: uuid.UUID, active: bool = True, scope: str = "dm"
 ) -> uuid.UUID:
     row = await one(
         engine,
-        """INSERT INTO conversations (user_id, channel_type, is_active)
-           VALUES (:u, 'console', :a) RETURNING id""",
+        """INSERT INTO conversations (user_id, channel_type, is_active, scope)
+           VALUES (:u, 'console', :a, :s) RETURNING id""",
         u=user_id,
         a=active,
+        s=scope,
     )
     return row.id  # type: ignore[no-any-return]
 
@@ -88,6 +89,48 @@ async def test_at_most_one_active_conversation_per_user(engine: AsyncEngine) -> 
         engine, "SELECT is_active FROM conversations WHERE user_id = :u ORDER BY 1", u=user
     )
     assert [r.is_active for r in rows] == [False, False, False, True]
+
+
+async def test_at_most_one_active_conversation_per_user_and_scope(engine: AsyncEngine) -> None:
+    user, chat = await add_user(engine), f"chat:{uuid.uuid4().hex}"
+    await add_conversation(engine, user)  # the DM
+    await add_conversation(engine, user, scope=chat)  # and one in a group: fine
+
+    with pytest.raises(IntegrityError, match="uq_conversations_one_active_per_user_scope"):
+        await add_conversation(engine, user, scope=chat)
+
+
+async def test_at_most_one_active_shared_conversation_per_scope(engine: AsyncEngine) -> None:
+    chat = f"chat:{uuid.uuid4().hex}"
+    insert = "INSERT INTO conversations (user_id, channel_type, scope) VALUES (NULL, 'slack', :s)"
+    await one(engine, insert, s=chat)
+    await one(engine, insert.replace("'slack'", "'discord'"), s=chat)  # another platform
+
+    with pytest.raises(IntegrityError, match="uq_conversations_one_active_per_shared_scope"):
+        await one(engine, insert, s=chat)
+
+
+async def test_erasing_a_user_erases_what_they_said_in_a_shared_conversation(
+    engine: AsyncEngine,
+) -> None:
+    author = await add_user(engine)
+    insert = (
+        "INSERT INTO conversations (user_id, channel_type, scope) "
+        "VALUES (NULL, 'console', :s) RETURNING id"
+    )
+    shared = (await one(engine, insert, s=f"chat:{uuid.uuid4().hex}")).id
+    await one(
+        engine,
+        "INSERT INTO messages (conversation_id, role, content, channel_type, author_id) "
+        "VALUES (:c, 'user', 'mine', 'console', :a), (:c, 'user', 'theirs', 'console', NULL)",
+        c=shared,
+        a=author,
+    )
+
+    await one(engine, "DELETE FROM users WHERE id = :id", id=author)
+
+    left = await fetch(engine, "SELECT content FROM messages WHERE conversation_id = :c", c=shared)
+    assert [row.content for row in left] == ["theirs"]  # the conversation itself stays
 
 
 async def test_platform_message_is_stored_once_per_channel(engine: AsyncEngine) -> None:
@@ -216,6 +259,10 @@ async def test_foreign_keys_cascade_on_delete(engine: AsyncEngine) -> None:
         (
             "fk_conversations_user_id_users",
             "FOREIGN KEY (user_id) REFERENCES users(id) ON DELETE CASCADE",
+        ),
+        (
+            "fk_messages_author_id_users",
+            "FOREIGN KEY (author_id) REFERENCES users(id) ON DELETE CASCADE",
         ),
         (
             "fk_messages_conversation_id_conversations",
