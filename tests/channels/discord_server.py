@@ -234,6 +234,7 @@ class FakeDiscord:
         self.guild_id = snowflake()
         self.channel_id = snowflake()
         self.thread_id = snowflake()
+        self.other_thread_id = snowflake()  # a second thread of the same channel
         self.calls: list[Call] = []
         self.violations: list[str] = []
         self.connections: list[Connection] = []
@@ -555,21 +556,26 @@ class FakeDiscord:
                    "name": "general", "position": 0, "permission_overwrites": [],
                    "topic": None, "nsfw": False, "last_message_id": None,
                    "rate_limit_per_user": 0, "parent_id": None}  # fmt: skip
-        thread = {"id": self.thread_id, "type": 11, "flags": 0, "guild_id": guild_id,
-                  "parent_id": self.channel_id, "name": "a thread", "owner_id": self.owner["id"],
-                  "message_count": 0, "member_count": 1, "total_message_sent": 0,
-                  "last_message_id": None, "rate_limit_per_user": 0,
-                  "thread_metadata": {"archived": False, "archive_timestamp": now(),
-                                      "auto_archive_duration": 1440, "locked": False,
-                                      "create_timestamp": now()}}  # fmt: skip
+        threads = [
+            {"id": thread_id, "type": 11, "flags": 0, "guild_id": guild_id,
+             "parent_id": self.channel_id, "name": name, "owner_id": self.owner["id"],
+             "message_count": 0, "member_count": 1, "total_message_sent": 0,
+             "last_message_id": None, "rate_limit_per_user": 0,
+             "thread_metadata": {"archived": False, "archive_timestamp": now(),
+                                 "auto_archive_duration": 1440, "locked": False,
+                                 "create_timestamp": now()}}
+            for thread_id, name in ((self.thread_id, "a thread"),
+                                    (self.other_thread_id, "another thread"))
+        ]  # fmt: skip
         member = {"user": self.bot, "roles": [], "joined_at": now(), "deaf": False, "mute": False,
                   "flags": 0, "pending": False, "nick": None, "avatar": None, "banner": None,
                   "premium_since": None, "communication_disabled_until": None}  # fmt: skip
         self._check(channel, "GuildChannelResponse", "GUILD_CREATE channel")
-        self._check(thread, "ThreadResponse", "GUILD_CREATE thread")
+        for thread in threads:
+            self._check(thread, "ThreadResponse", "GUILD_CREATE thread")
         self._check(member, "GuildMemberResponse", "GUILD_CREATE member")
         extra = {"joined_at": now(), "large": False, "unavailable": False, "member_count": 2,
-                 "members": [member], "channels": [channel], "threads": [thread],
+                 "members": [member], "channels": [channel], "threads": threads,
                  "voice_states": [], "presences": [], "stage_instances": [],
                  "guild_scheduled_events": [], "soundboard_sounds": []}  # fmt: skip
         return {**guild, **extra}
