@@ -140,6 +140,19 @@ class ChannelSettings:
         value = self.settings.get("rate_limit_per_minute")
         return value if isinstance(value, int) and value > 0 else fallback
 
+    def over(self, base: ChannelSettings) -> ChannelSettings:
+        """These settings laid over `base` (a chat's over its platform's, a thread's over
+        its chat's): what is set here wins, the rest comes from below."""
+        if not self.default_model and not self.settings:
+            return base
+        model = self.default_model or base.default_model
+        return ChannelSettings(model, {**base.settings, **self.settings})
+
+    @property
+    def muted(self) -> bool:
+        """A chat an operator or its admins silenced: messages are ignored, nothing stored."""
+        return self.settings.get("muted") is True
+
 
 @dataclass(frozen=True, slots=True)
 class ActiveSession:
@@ -172,6 +185,23 @@ class FlagRow:
     name: str
     value: Any
     updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatConfigRow:
+    """One `chat_configs` row as ops show it; thread_id '' is the chat itself."""
+
+    channel: str
+    chat_id: str
+    thread_id: str
+    default_model: str | None
+    settings: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def layer(self) -> ChannelSettings:
+        return ChannelSettings(self.default_model, self.settings)
 
 
 @dataclass(frozen=True, slots=True)

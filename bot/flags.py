@@ -21,7 +21,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from bot.cache.flags import FlagCache, Invalidation
+from bot.cache.flags import FlagCache
+from bot.cache.pubsub import Notice, follow
 from bot.domain import FlagRow
 from bot.errors import CacheUnavailable, StoreUnavailable
 from bot.flagset import FlagSet
@@ -103,18 +104,17 @@ class FeatureFlags:
             log.exception("reloading feature flags failed; keeping the last known")
 
     async def _listen(self) -> None:
-        backoff = 0.2
-        while True:
-            try:
-                async for event in self.cache.invalidations(poll=self.refresh_seconds):
-                    if event is Invalidation.SUBSCRIBED:
-                        self._subscribed.set()  # and catch up on what was missed
-                    await self._load_in_background()
-            except CacheUnavailable as exc:
-                log.debug("%s; subscribing again", exc)
-            self._subscribed.clear()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self.refresh_seconds)
+        await follow(
+            lambda: self.cache.invalidations(poll=self.refresh_seconds),
+            self._on_notice,
+            self._subscribed.clear,
+            self.refresh_seconds,
+        )
+
+    async def _on_notice(self, notice: Notice) -> None:
+        if notice.subscribed:
+            self._subscribed.set()  # and catch up on what was missed
+        await self._load_in_background()
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,10 @@ EXPORTED: dict[Tally, tuple[str, str]] = {
         "bot_maintenance_replies_total",
         "Messages answered with the maintenance text (the maintenance flag)",
     ),
-    Tally.MUTED: ("bot_muted_total", "Messages ignored while the replies_disabled flag is on"),
+    Tally.MUTED: (
+        "bot_muted_total",
+        "Messages ignored: the replies_disabled flag is on, or their chat is muted",
+    ),
     Tally.INVALID: ("bot_invalid_input_total", "Messages refused as invalid input"),
     Tally.LOCK_TIMEOUT: (
         "bot_lock_timeouts_total",

@@ -20,11 +20,13 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.cache.chat_configs import ChatConfigCache
 from bot.cache.flags import FlagCache
 from bot.cache.guard import RedisGuard
 from bot.cache.hotstate import HotStateCache
 from bot.cache.keys import Keys
 from bot.channels import registry
+from bot.chat_configs import ChatConfigs
 from bot.config import Settings
 from bot.errors import InfrastructureError, MigrationError, StoreError
 from bot.flags import FeatureFlags
@@ -151,7 +153,9 @@ def build_service(
     responder = responder or build_responder(settings)
     if metrics is not None:
         responder = TimedResponder(responder, metrics.responder_latency)
-    service = ConversationService(settings, store, cache, responder, flags)
+    chat_cache = ChatConfigCache(redis, keys, guard)
+    chats = ChatConfigs(chat_cache, store.chat_configs, settings.channel_config_ttl_seconds)
+    service = ConversationService(settings, store, cache, responder, chats, flags)
     if metrics is not None:
         metrics.export_tallies(lambda: service.stats)
         metrics.export_circuit(lambda: guard.is_open)
@@ -186,10 +190,12 @@ async def open_runtime(
                 await require_current_schema(engine)
             if schema is not Schema.LEAVE and isinstance(service.flags, FeatureFlags):
                 await service.flags.start()  # the table exists now
+            await service.chats.start()
             yield Runtime(
                 settings, endpoints, engine, redis, service.store, service.cache, service, metrics
             )
         finally:
+            await service.chats.stop()
             if isinstance(service.flags, FeatureFlags):
                 await service.flags.stop()
             await service.responder.aclose()

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from bot import commands
 from bot.cache.hotstate import HotStateCache
 from bot.cache.state import ContextUpdate, HotState, RateCount, Refresh
+from bot.chat_configs import ChatConfigs
 from bot.config import Settings
 from bot.domain import (
     ChannelSettings,
@@ -79,12 +80,14 @@ class ConversationService:
         store: Store,
         cache: HotStateCache,
         responder: Responder,
+        chats: ChatConfigs,
         flags: FlagSource | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.cache = cache
         self.responder = responder
+        self.chats = chats
         self.flags = flags or StaticFlags()  # held in memory: no round trip per message
         self.stats: Counter[Tally] = Counter()
         self._published: Counter[Tally] = Counter()
@@ -130,7 +133,11 @@ class ConversationService:
             self.stats[Tally.INVALID] += 1
             return Reply(str(exc), ReplyKind.INVALID)
         try:
-            return await self._in_turn(message)
+            chat = await self.chats.layer_for(message.channel, message.scope)
+            if chat.muted:
+                self.stats[Tally.MUTED] += 1
+                return Reply(None, ReplyKind.MUTED)
+            return await self._in_turn(message, chat)
         except LockTimeout:
             self.stats[Tally.LOCK_TIMEOUT] += 1
             return Reply(BUSY_TEXT, ReplyKind.UNAVAILABLE)
@@ -152,15 +159,16 @@ class ConversationService:
             thread_id=check_thread_id(message.thread_id, message.chat_kind),
         )
 
-    async def _in_turn(self, message: IncomingMessage) -> Reply:
-        """Handle the message in its user's turn (bot/cache/claim.py)."""
+    async def _in_turn(self, message: IncomingMessage, chat: ChannelSettings) -> Reply:
+        """Handle the message in its user's turn (bot/cache/claim.py), with its chat's
+        settings laid over its platform's."""
         async with self.cache.claim(message) as claim:
             if claim.duplicate:
                 self.stats[Tally.DUPLICATE] += 1
                 return Reply(None, ReplyKind.DUPLICATE)
             if claim.hot is None:
                 self.stats[Tally.CACHE_UNAVAILABLE] += 1
-            reply, refresh = await self._process(message, claim.hot)
+            reply, refresh = await self._process(message, claim.hot, chat)
             claim.settle_with(refresh)
         return reply
 
@@ -174,9 +182,9 @@ class ConversationService:
         self.stats[Tally.STORE_UNAVAILABLE if unavailable else Tally.STORE_FAILED] += 1
 
     async def _process(
-        self, message: IncomingMessage, hot: HotState | None
+        self, message: IncomingMessage, hot: HotState | None, chat: ChannelSettings
     ) -> tuple[Reply, Refresh]:
-        turn = await self._prepare(message, hot)
+        turn = await self._prepare(message, hot, chat)
         limit = turn.channel.rate_limit(self.settings.rate_limit_per_minute)
         if turn.rate.count > limit:
             return self._rate_limited(turn, limit), turn.refresh
@@ -203,7 +211,9 @@ class ConversationService:
             refresh = replace(refresh, context=[], context_update=ContextUpdate.REPLACE)
         return result.reply, refresh
 
-    async def _prepare(self, message: IncomingMessage, hot: HotState | None) -> Turn:
+    async def _prepare(
+        self, message: IncomingMessage, hot: HotState | None, chat: ChannelSettings
+    ) -> Turn:
         session = hot.session if hot else None
         self._count(CacheRead.SESSION, session is not None)
         if session is None:
@@ -216,7 +226,7 @@ class ConversationService:
         rate = hot.rate if hot and hot.rate else await self._count_rate(session.user_id, hot)
         refresh = Refresh(session=session, channel=loaded_channel)
         taken_over = hot is not None and hot.taken_over
-        return Turn(message, session, channel, rate, refresh, taken_over)
+        return Turn(message, session, chat.over(channel), rate, refresh, taken_over)
 
     async def _count_rate(self, user_id: uuid.UUID, hot: HotState | None) -> RateCount:
         if hot is not None:

@@ -9,7 +9,7 @@ from enum import StrEnum
 
 class Tally(StrEnum):
     MAINTENANCE = "maintenance"  # answered with the maintenance text
-    MUTED = "muted"  # ignored: replies_disabled
+    MUTED = "muted"  # ignored: replies_disabled, or a muted chat
     INVALID = "invalid"  # refused as invalid input
     LOCK_TIMEOUT = "lock_timeout"  # waited too long for the user's previous message
     DUPLICATE = "duplicate"  # a redelivered event: answered once

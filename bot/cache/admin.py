@@ -35,7 +35,10 @@ PINGS = 3
 # the limit for a minute), event claims (a redelivered event would be stored again)
 # and the workers' stats counters (the totals restart). `lock` keys are never
 # deleted: they order messages in flight and expire within LOCK_TTL_SECONDS.
-CACHE_KINDS = (kinds.SESSION, kinds.CONTEXT, kinds.CHANNEL_CONFIG, kinds.FEATURES, kinds.ACTIVE)
+CACHE_KINDS = (
+    *(kinds.SESSION, kinds.CONTEXT, kinds.CHANNEL_CONFIG, kinds.CHAT_CONFIG),
+    *(kinds.FEATURES, kinds.ACTIVE),
+)
 STATE_KINDS = (kinds.RATE, kinds.DEDUP, kinds.STATS)
 
 

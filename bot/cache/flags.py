@@ -7,31 +7,23 @@ field `_loaded`, so a flushed or evicted hash is told apart from "no flags".
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from bot.cache.codec import text_of
 from bot.cache.keys import Keys
+from bot.cache.pubsub import Notice, notices
 from bot.domain import FlagRow
-from bot.errors import CacheUnavailable
 from bot.flagset import GLOBAL, FlagSet
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LOADED_FIELD = "_loaded"
-
-
-class Invalidation(StrEnum):
-    SUBSCRIBED = "subscribed"  # listening from now on: what came before may be missed
-    CHANGED = "changed"  # an operator changed a flag
 
 
 class Guard(Protocol):
@@ -107,25 +99,9 @@ class FlagCache:
         channel = self.keys.features_invalidation_channel()
         return int(await self.guard.run(lambda: self.redis.publish(channel, "1")))
 
-    async def invalidations(self, poll: float) -> AsyncIterator[Invalidation]:
-        """SUBSCRIBED once listening, then CHANGED for each announcement; ends by raising
-        CacheUnavailable when the connection is lost (the caller subscribes again)."""
-        pubsub = self.redis.pubsub()
-        try:
-            await pubsub.subscribe(self.keys.features_invalidation_channel())
-            while True:
-                message = await pubsub.get_message(timeout=poll)
-                if message is None:
-                    continue
-                if message["type"] == "subscribe":
-                    yield Invalidation.SUBSCRIBED
-                elif message["type"] == "message":
-                    yield Invalidation.CHANGED
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise CacheUnavailable(f"flag invalidations: {exc.__class__.__name__}") from exc
-        finally:
-            with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()
+    def invalidations(self, poll: float) -> AsyncIterator[Notice]:
+        """A Notice once listening, then one per change announced (bot/cache/pubsub.py)."""
+        return notices(self.redis, self.keys.features_invalidation_channel(), poll)
 
 
 def _decode(scope: str, values: dict[str, str]) -> dict[str, Any]:

@@ -21,12 +21,13 @@ RATE = "rate"
 ACTIVE = "active"
 CONTEXT = "context"
 CHANNEL_CONFIG = "channel_config"
+CHAT_CONFIG = "chat_config"
 FEATURES = "features"
 DEDUP = "dedup"
 LOCK = "lock"
 STATS = "stats"
 ALL_KINDS = frozenset(
-    {SESSION, RATE, ACTIVE, CONTEXT, CHANNEL_CONFIG, FEATURES, DEDUP, LOCK, STATS}
+    {SESSION, RATE, ACTIVE, CONTEXT, CHANNEL_CONFIG, CHAT_CONFIG, FEATURES, DEDUP, LOCK, STATS}
 )
 
 
@@ -84,6 +85,15 @@ class Keys:
 
     def channel_config(self, channel: str) -> str:
         return f"{self.prefix}{CHANNEL_CONFIG}:{channel}"
+
+    def chat_config(self, channel: str, chat_id: str, thread_id: str | None = None) -> str:
+        """A chat's (or a thread's) `chat_configs` row as JSON, or 'none' for no row."""
+        base = f"{self.prefix}{CHAT_CONFIG}:{channel}:chat:{chat_id}"
+        return f"{base}:thread:{thread_id}" if thread_id else base
+
+    def chat_config_invalidation_channel(self) -> str:
+        """The pub/sub channel on which ops announce a chat's changed settings."""
+        return f"{self.prefix}{CHAT_CONFIG}:invalidate"
 
     def dedup(self, channel: str, platform_message_id: str) -> str:
         """A platform event's claim: its EventState (bot/cache/events.py)."""

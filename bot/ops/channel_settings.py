@@ -1,8 +1,10 @@
-"""The keys of a `channel_configs` row that `bot ops config set` accepts, and their checks.
+"""The keys of a `channel_configs` row that `bot ops config set` accepts, and of a
+`chat_configs` row that `bot ops chat set` accepts, and their checks.
 
 `default_model` is the row's column; the others live in its `settings` JSONB, where
-the service (rate limit) and the responder (system prompt, temperature, max tokens)
-read them. An empty value (`key=`) removes the key: the global setting applies again.
+the service (rate limit, conversation mode, muted) and the responder (system prompt,
+temperature, max tokens) read them. An empty value (`key=`) removes the key: the
+layer below applies again (a thread's chat, a chat's platform, the global setting).
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ MAX_PROMPT_CHARS = 8000
 
 @dataclass(frozen=True, slots=True)
 class ConfigKey:
-    kind: type  # str, int or float
+    kind: type  # str, int, float or bool
     help: str
     fallback: str  # the setting that applies when the channel does not set the key
     low: float | None = None
     high: float | None = None
+    choices: tuple[str, ...] = ()  # for a str: the values it may take
 
 
 CONFIG_KEYS: dict[str, ConfigKey] = {
@@ -38,36 +41,59 @@ CONFIG_KEYS: dict[str, ConfigKey] = {
     "temperature": ConfigKey(float, "LLM sampling temperature", "LLM_TEMPERATURE", 0, 2),
     "max_tokens": ConfigKey(int, "most tokens of one reply", "LLM_MAX_TOKENS", 1, 1_000_000),
 }
+# A chat's row takes these too (bot/chat_configs.py).
+CHAT_KEYS: dict[str, ConfigKey] = {
+    **CONFIG_KEYS,
+    "conversation_mode": ConfigKey(
+        str,
+        "per_user: each member talks in a conversation of their own; shared: everyone in one",
+        "the platform's default",
+        choices=("per_user", "shared"),
+    ),
+    "muted": ConfigKey(bool, "true: the bot ignores every message in the chat", "false"),
+}
+_TRUE, _FALSE = {"true", "on", "yes", "1"}, {"false", "off", "no", "0"}
 
 
-def valid_keys() -> str:
-    return ", ".join(sorted(CONFIG_KEYS))
+def valid_keys(keys: dict[str, ConfigKey] = CONFIG_KEYS) -> str:
+    return ", ".join(sorted(keys))
 
 
-def parse_assignments(pairs: Sequence[str], settings: Settings) -> tuple[dict[str, Any], list[str]]:
+def parse_assignments(
+    pairs: Sequence[str], settings: Settings, keys: dict[str, ConfigKey] = CONFIG_KEYS
+) -> tuple[dict[str, Any], list[str]]:
     """`key=value` arguments as (values to set, keys to remove); BadInput on any error."""
     if not pairs:
-        raise BadInput(f"give at least one key=value; valid keys: {valid_keys()}")
+        raise BadInput(f"give at least one key=value; valid keys: {valid_keys(keys)}")
     values: dict[str, Any] = {}
     removed: list[str] = []
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         key = key.strip()
         if not sep:
-            raise BadInput(f"{pair!r} is not key=value; valid keys: {valid_keys()}")
-        if key not in CONFIG_KEYS:
-            raise BadInput(f"unknown key {key!r}; valid keys: {valid_keys()}")
+            raise BadInput(f"{pair!r} is not key=value; valid keys: {valid_keys(keys)}")
+        if key not in keys:
+            raise BadInput(f"unknown key {key!r}; valid keys: {valid_keys(keys)}")
         if key in values or key in removed:
             raise BadInput(f"{key} is given twice")
         if raw.strip() == "":
             removed.append(key)
         else:
-            values[key] = parse_value(key, raw, settings)
+            values[key] = parse_value(key, raw, settings, keys[key])
     return values, removed
 
 
-def parse_value(key: str, raw: str, settings: Settings) -> Any:
-    spec = CONFIG_KEYS[key]
+def parse_value(key: str, raw: str, settings: Settings, spec: ConfigKey | None = None) -> Any:
+    spec = spec or CONFIG_KEYS[key]
+    if spec.choices:
+        if raw.strip() not in spec.choices:
+            raise BadInput(f"{key} is one of {', '.join(spec.choices)}, not {raw!r}")
+        return raw.strip()
+    if spec.kind is bool:
+        word = raw.strip().lower()
+        if word not in _TRUE | _FALSE:
+            raise BadInput(f"{key} is true or false (also on/off, yes/no, 1/0), not {raw!r}")
+        return word in _TRUE
     if spec.kind is str:
         return _text(key, raw, settings)
     try:
@@ -101,8 +127,19 @@ def _text(key: str, raw: str, settings: Settings) -> str:
     return raw
 
 
+Layer = tuple[str, str | None, dict[str, Any]]  # (its name, default_model, settings)
+
+
 def effective(settings: Settings, default_model: str | None, row: dict[str, Any]) -> list[Any]:
     """(key, value, source) for every key: the channel's value, else the global setting."""
+    return layered(settings, [("channel", default_model, row)], CONFIG_KEYS)
+
+
+def layered(
+    settings: Settings, layers: Sequence[Layer], keys: dict[str, ConfigKey]
+) -> list[tuple[str, Any, str]]:
+    """(key, value, source) for every key: the first layer that sets it (a thread's, a
+    chat's, the platform's …), else the global setting."""
     fallback: dict[str, Any] = {
         "default_model": settings.default_model,
         "rate_limit_per_minute": settings.rate_limit_per_minute,
@@ -110,13 +147,16 @@ def effective(settings: Settings, default_model: str | None, row: dict[str, Any]
         "temperature": settings.llm_temperature,
         "max_tokens": settings.llm_max_tokens,
     }
-    own = {**row, "default_model": default_model} if default_model else dict(row)
-    lines = []
-    for key, spec in CONFIG_KEYS.items():
-        if key in own:
-            lines.append((key, own[key], "channel"))
-        else:
-            lines.append((key, fallback[key], spec.fallback))
-    extra = sorted(set(own) - set(CONFIG_KEYS))
-    lines += [(key, own[key], "channel (not a known key)") for key in extra]
+    owns = [(name, {**row, "default_model": model} if model else dict(row))
+            for name, model, row in layers]  # fmt: skip
+    lines: list[tuple[str, Any, str]] = []
+    for key, spec in keys.items():
+        source = next(((name, own[key]) for name, own in owns if key in own), None)
+        lines.append(
+            (key, source[1], source[0]) if source else (key, fallback.get(key), spec.fallback)
+        )
+    for name, own in owns:
+        lines += [
+            (key, own[key], f"{name} (not a known key)") for key in sorted(set(own) - set(keys))
+        ]
     return lines

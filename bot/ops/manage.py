@@ -1,4 +1,4 @@
-"""`bot ops flags|config|cache|purge`: change what the bot does, and clean up after it.
+"""`bot ops flags|config|chat|cache|purge`: change what the bot does, and clean up after it.
 
 bot/ops/cli.py calls `register_manage` with the `ops` sub-parsers. This module holds
 the flags commands; config is in bot/ops/manage_config.py, cache and purge in
@@ -19,6 +19,7 @@ from bot.ops.arguments import channel
 from bot.ops.context import Ops
 from bot.ops.handler import group, leaf, warn
 from bot.ops.manage_cache import register_cache, register_purge
+from bot.ops.manage_chat import register_chat
 from bot.ops.manage_config import register_config
 from bot.ops.render import Out
 
@@ -30,6 +31,7 @@ def register_manage(ops: Subparsers) -> None:
     """Add the flags, config, cache and purge commands to `bot ops`."""
     _register_flags(group(ops, "flags", "feature flags: list, get, set, unset"))
     register_config(group(ops, "config", "channel configs: show, set"))
+    register_chat(group(ops, "chat", "a chat's settings: list, show, set, unset"))
     register_cache(group(ops, "cache", "the Redis cache: flush, warm"))
     register_purge(ops)
 

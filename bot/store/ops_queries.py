@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.store.database import Database
 from bot.store.records import (
+    ChatConversation,
     ConversationHistory,
     ConversationRow,
     ConversationSummary,
@@ -96,6 +97,15 @@ _EVENT = text(
            ORDER BY n.timestamp LIMIT 1
        ) r ON r.role = 'assistant'
        WHERE u.channel_type = :channel AND u.platform_message_id = :event"""
+)
+# The chat's scope and its threads' ('chat:{id}' and 'chat:{id}:thread:…'), or one thread's.
+_CHAT_CONVERSATIONS = text(
+    """SELECT c.id, c.scope, c.is_active, u.channel_user_id, u.username, c.last_activity,
+              (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS messages
+       FROM conversations c LEFT JOIN users u ON u.id = c.user_id
+       WHERE c.channel_type = :channel
+         AND (c.scope = :scope OR (:whole_chat AND c.scope LIKE :threads ESCAPE '\\'))
+       ORDER BY c.is_active DESC, c.last_activity DESC LIMIT :limit"""
 )
 _HEADLINE = 'StartSel="{}", StopSel="{}", MaxWords=30, MinWords=12, ShortWord=0'
 
@@ -178,6 +188,26 @@ class OpsQueries:
         async def work(connection: AsyncConnection) -> StoredEvent | None:
             row = (await connection.execute(_EVENT, params)).first()
             return None if row is None else StoredEvent(**row._mapping)
+
+        return await self._database.once(work)
+
+    async def chat_conversations(
+        self, channel: str, scope: str, whole_chat: bool, limit: int
+    ) -> list[ChatConversation]:
+        """The conversations held in `scope` (a chat's; with `whole_chat`, its threads'
+        too), active first, the most recent first."""
+        escaped = scope.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        params = {
+            "channel": channel,
+            "scope": scope,
+            "whole_chat": whole_chat,
+            "threads": f"{escaped}:thread:%",
+            "limit": limit,
+        }
+
+        async def work(connection: AsyncConnection) -> list[ChatConversation]:
+            rows = await connection.execute(_CHAT_CONVERSATIONS, params)
+            return [ChatConversation(**row._mapping) for row in rows]
 
         return await self._database.once(work)
 

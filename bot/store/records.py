@@ -97,6 +97,19 @@ class ConversationRow:
 
 
 @dataclass(frozen=True, slots=True)
+class ChatConversation:
+    """A conversation held in a chat (or one of its threads)."""
+
+    id: uuid.UUID
+    scope: str
+    is_active: bool
+    channel_user_id: str | None  # None: a shared conversation, everyone's
+    username: str | None
+    last_activity: datetime
+    messages: int
+
+
+@dataclass(frozen=True, slots=True)
 class RecentMessage:
     id: uuid.UUID
     role: str

@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.store.channel_configs import ChannelConfigQueries
+from bot.store.chat_configs import ChatConfigQueries
 from bot.store.conversations import ConversationQueries
 from bot.store.database import Database
 from bot.store.flags import FlagQueries
@@ -24,6 +25,7 @@ class Store:
         self.conversations = ConversationQueries(database)
         self.flags = FlagQueries(database)
         self.channel_configs = ChannelConfigQueries(database)
+        self.chat_configs = ChatConfigQueries(database)
         self.housekeeping = HousekeepingQueries(database)
         self.records = OpsQueries(database)
         self.monitoring = Monitoring(database)

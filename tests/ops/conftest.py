@@ -89,13 +89,14 @@ def keys(settings: Settings) -> Keys:
 
 @pytest.fixture
 async def clean_flags(engine: AsyncEngine) -> AsyncIterator[None]:
-    """Flags and channel configs are global to the test database (other tests add rows
+    """Flags and channel and chat configs are global to the test database (other tests add rows
     for channels of their own): start with none and leave none behind."""
 
     async def clean() -> None:
         async with engine.begin() as connection:
             await connection.exec_driver_sql("DELETE FROM feature_flags")
             await connection.exec_driver_sql("DELETE FROM channel_configs")
+            await connection.exec_driver_sql("DELETE FROM chat_configs")
 
     await clean()
     yield

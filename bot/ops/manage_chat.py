@@ -1,0 +1,194 @@
+"""`bot ops chat list|show|set|unset`: a chat's (or thread's) settings over its platform's,
+validated; every worker drops its copy at once (bot/chat_configs.py)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from bot.cache.chat_configs import ChatConfigCache, Place
+from bot.chat_configs import ChatConfigChange, change_chat_config
+from bot.config import Settings
+from bot.domain import ChatConfigRow, ChatKind, Scope
+from bot.errors import BadInput
+from bot.ops import channel_settings
+from bot.ops.arguments import channel
+from bot.ops.context import Ops
+from bot.ops.handler import leaf, warn
+from bot.ops.render import Out
+
+if TYPE_CHECKING:
+    from bot.ops.handler import Subparsers
+
+CONVERSATIONS_SHOWN = 20
+
+
+def register_chat(chat: Subparsers) -> None:
+    keys = "; ".join(f"{k} ({s.help})" for k, s in channel_settings.CHAT_KEYS.items())
+    listed = leaf(
+        chat,
+        "list",
+        "every chat with settings of its own",
+        "Every chat_configs row, of one platform or all.",
+        _list,
+    )
+    listed.add_argument("channel", nargs="?", type=channel, metavar="CHANNEL")
+    show = leaf(
+        chat,
+        "show",
+        "a chat's settings in force and its conversations",
+        "For every key the value in force in the chat (or --thread) and where it comes "
+        "from: the thread's row, the chat's, the platform's channel_configs row, or the "
+        f"global setting; then the newest {CONVERSATIONS_SHOWN} conversations held there.",
+        _show,
+    )
+    _place_arguments(show)
+    set_ = leaf(
+        chat,
+        "set",
+        "change a chat's settings (validated); every worker follows at once",
+        f"Set keys of the chat's row (or --thread's); `key=` (empty) removes one. Keys: {keys}.",
+        _set,
+        _check_pairs,
+    )
+    _place_arguments(set_)
+    set_.add_argument("pairs", nargs="+", metavar="KEY=VALUE")
+    unset = leaf(
+        chat,
+        "unset",
+        "remove keys of a chat's settings",
+        "Remove the keys: the platform's value (or the global setting) applies again. A row "
+        "left with nothing set is deleted.",
+        _set,
+        _check_keys,
+    )
+    _place_arguments(unset)
+    unset.add_argument("keys", nargs="+", metavar="KEY")
+
+
+def _place_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("channel", type=channel, metavar="CHANNEL")
+    parser.add_argument("chat", metavar="CHAT_ID", help="the platform's id of the chat")
+    parser.add_argument("--thread", metavar="THREAD_ID", help="a thread (topic) of the chat")
+
+
+def _check_pairs(args: argparse.Namespace, settings: Settings) -> None:
+    keys = channel_settings.CHAT_KEYS
+    args.values, args.removed = channel_settings.parse_assignments(args.pairs, settings, keys)
+
+
+def _check_keys(args: argparse.Namespace, settings: Settings) -> None:
+    unknown = [key for key in args.keys if key not in channel_settings.CHAT_KEYS]
+    if unknown:
+        valid = channel_settings.valid_keys(channel_settings.CHAT_KEYS)
+        raise BadInput(f"unknown key {unknown[0]!r}; valid keys: {valid}")
+    args.values, args.removed = {}, list(dict.fromkeys(args.keys))
+
+
+def _place(args: argparse.Namespace) -> Place:
+    return Place(args.channel, args.chat, args.thread or None)
+
+
+def _row(row: ChatConfigRow | None) -> dict[str, Any] | None:
+    return None if row is None else asdict(row)
+
+
+async def _list(ops: Ops, args: argparse.Namespace, out: Out) -> int:
+    rows = [asdict(row) for row in await ops.store.chat_configs.rows(args.channel)]
+    out.emit({"chat_configs": rows}, _list_view)
+    return 0
+
+
+def _list_view(out: Out, data: dict[str, Any]) -> None:
+    columns = ["channel", "chat", "thread", "default_model", "settings", "updated"]
+    cells = [
+        (r["channel"], r["chat_id"], r["thread_id"] or "-", r["default_model"], r["settings"],
+         r["updated_at"])
+        for r in data["chat_configs"]
+    ]  # fmt: skip
+    out.table("Chat configs", columns, cells, "no chat has settings of its own")
+
+
+async def _show(ops: Ops, args: argparse.Namespace, out: Out) -> int:
+    place = _place(args)
+    configs = ops.store.chat_configs
+    chat = await configs.row(place.channel, place.chat_id)
+    thread = (
+        await configs.row(place.channel, place.chat_id, place.thread_id)
+        if place.thread_id
+        else None
+    )
+    platform = {row.channel: row for row in await ops.store.channel_configs.rows()}.get(
+        place.channel
+    )
+    layers = [
+        ("thread", thread.default_model, thread.settings) if thread else None,
+        ("chat", chat.default_model, chat.settings) if chat else None,
+        ("channel", platform.default_model, platform.settings) if platform else None,
+    ]
+    lines = channel_settings.layered(
+        ops.settings, [layer for layer in layers if layer], channel_settings.CHAT_KEYS
+    )
+    kind = ChatKind.THREAD if place.thread_id else ChatKind.GROUP
+    scope = Scope(kind, place.chat_id, place.thread_id)
+    held = await ops.store.records.chat_conversations(
+        place.channel, scope.key, place.thread_id is None, CONVERSATIONS_SHOWN
+    )
+    data = {
+        "channel": place.channel,
+        "chat_id": place.chat_id,
+        "thread_id": place.thread_id,
+        "scope": scope.key,
+        "rows": {"chat": _row(chat), "thread": _row(thread)},
+        "values": [{"key": k, "value": v, "from": s} for k, v, s in lines],
+        "conversations": [asdict(conversation) for conversation in held],
+    }
+    out.emit(data, _show_view)
+    return 0
+
+
+def _show_view(out: Out, data: dict[str, Any]) -> None:
+    where = f"{data['channel']} chat {data['chat_id']}"
+    if data["thread_id"]:
+        where += f", thread {data['thread_id']}"
+    rows = [(v["key"], v["value"], v["from"]) for v in data["values"]]
+    out.table(f"{where}: in force", ["key", "value", "from"], rows)
+    cells = [
+        (c["id"], c["scope"], c["is_active"], c["channel_user_id"] or "(shared)",
+         c["last_activity"], c["messages"])
+        for c in data["conversations"]
+    ]  # fmt: skip
+    columns = ["conversation", "scope", "active", "user", "last activity", "# messages"]
+    out.table("Conversations", columns, cells, "no conversation held here yet")
+
+
+async def _set(ops: Ops, args: argparse.Namespace, out: Out) -> int:
+    place = _place(args)
+    cache = ChatConfigCache(ops.cache.redis, ops.cache.keys, ops.cache.guard)
+    change = await change_chat_config(
+        ops.store.chat_configs, cache, place, args.values, args.removed
+    )
+    data: dict[str, Any] = {
+        "channel": place.channel,
+        "chat_id": place.chat_id,
+        "thread_id": place.thread_id,
+        "set": args.values,
+        "removed": args.removed,
+        "row": _row(change.row),
+        "workers_notified": change.notified,
+    }
+    _warn_unless_told(out, data, change, ops.settings.channel_config_ttl_seconds)
+    shown = {k: v for k, v in data.items() if k != "warnings"}
+    out.emit(data, lambda out, data: out.pairs("Chat settings updated", shown))
+    return 0
+
+
+def _warn_unless_told(out: Out, data: dict[str, Any], change: ChatConfigChange, ttl: int) -> None:
+    if not change.dropped:
+        warn(
+            out,
+            data,
+            f"the change is in Postgres, but Redis could not be told ({change.error}): "
+            f"workers may use the settings they hold for up to {ttl} s",
+        )
