@@ -29,7 +29,7 @@ class Conversations(Protocol):
     """The conversation queries a command may run (the store's)."""
 
     async def reset_conversation(
-        self, user_id: uuid.UUID, channel: str, scope: str
+        self, user_id: uuid.UUID, channel: str, scope: str, shared: bool
     ) -> SessionState: ...
 
     async def set_preferred_model(
@@ -54,6 +54,7 @@ class CommandOptions:
 class CommandContext:
     channel: str
     scope: Scope  # where the command was sent: /reset and /history act there only
+    shared: bool  # the place's shared conversation, everyone's
     session: SessionState
     channel_settings: ChannelSettings
     conversations: Conversations
@@ -113,7 +114,7 @@ async def _help(command: Command, context: CommandContext) -> CommandResult:
 
 async def _reset(command: Command, context: CommandContext) -> CommandResult:
     session = await context.conversations.reset_conversation(
-        context.session.user_id, context.channel, context.scope.key
+        context.session.user_id, context.channel, context.scope.key, context.shared
     )
     text = "Started a new conversation. I've forgotten what we talked about before."
     reply = Reply(text, ReplyKind.COMMAND, session.conversation_id)
@@ -159,7 +160,7 @@ async def _history(command: Command, context: CommandContext) -> CommandResult:
 def _format_history(newest_first: list[ContextMessage]) -> str:
     speaker = {"user": "you", "assistant": "bot", "system": "system"}
     lines = [
-        f"[{m.timestamp:%Y-%m-%d %H:%M}] {speaker.get(m.role, m.role)}: {m.content}"
+        f"[{m.timestamp:%Y-%m-%d %H:%M}] {m.author or speaker.get(m.role, m.role)}: {m.content}"
         for m in reversed(newest_first)
     ]
     return "\n".join(lines)

@@ -63,6 +63,24 @@ class Scope:
 DM = Scope(ChatKind.PRIVATE)
 
 
+class ConversationMode(StrEnum):
+    """Whether the members of a group or thread talk to the bot apart or together."""
+
+    PER_USER = "per_user"  # each member in a conversation of their own
+    SHARED = "shared"  # everyone in one: the context says who said what
+
+
+# Where a chat does not choose: a thread is one conversation on Slack (as Slack's own
+# AI apps keep it) and Discord (threads are short-lived, about one matter); a Telegram
+# forum topic is a standing room, like a group: each member talks for themselves.
+_SHARED_BY_DEFAULT = frozenset({("slack", ChatKind.THREAD), ("discord", ChatKind.THREAD)})
+
+
+def default_mode(channel: str, kind: ChatKind) -> ConversationMode:
+    shared = (channel, kind) in _SHARED_BY_DEFAULT
+    return ConversationMode.SHARED if shared else ConversationMode.PER_USER
+
+
 @dataclass(frozen=True, slots=True)
 class IncomingMessage:
     """One user message, normalized by a channel adapter."""
@@ -113,6 +131,7 @@ class ContextMessage:
     role: str
     content: str
     timestamp: datetime
+    author: str | None = None  # who wrote a user message of a shared conversation
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,11 +23,13 @@ from bot.config import Settings
 from bot.domain import (
     ChannelSettings,
     ContextMessage,
+    ConversationMode,
     IncomingMessage,
     Reply,
     ReplyKind,
     SessionState,
     StoredExchange,
+    default_mode,
     resolve_model,
 )
 from bot.errors import (
@@ -71,6 +73,13 @@ class Turn:
     rate: RateCount
     refresh: Refresh
     taken_over: bool  # an earlier handling of this event never finished (Redis says)
+    shared: bool  # a shared conversation: who wrote each message is kept and told
+
+    @property
+    def author(self) -> str | None:
+        """The writer's name, as the context of a shared conversation gives it."""
+        message = self.message
+        return (message.username or message.channel_user_id) if self.shared else None
 
 
 class ConversationService:
@@ -137,7 +146,7 @@ class ConversationService:
             if chat.muted:
                 self.stats[Tally.MUTED] += 1
                 return Reply(None, ReplyKind.MUTED)
-            return await self._in_turn(message, chat)
+            return await self._in_turn(message, chat, self._shared(message, chat))
         except LockTimeout:
             self.stats[Tally.LOCK_TIMEOUT] += 1
             return Reply(BUSY_TEXT, ReplyKind.UNAVAILABLE)
@@ -159,16 +168,28 @@ class ConversationService:
             thread_id=check_thread_id(message.thread_id, message.chat_kind),
         )
 
-    async def _in_turn(self, message: IncomingMessage, chat: ChannelSettings) -> Reply:
-        """Handle the message in its user's turn (bot/cache/claim.py), with its chat's
-        settings laid over its platform's."""
-        async with self.cache.claim(message) as claim:
+    def _shared(self, message: IncomingMessage, chat: ChannelSettings) -> bool:
+        """Whether the message's group or thread talks in one shared conversation: as the
+        chat says, else the platform's default (bot/domain.py, default_mode)."""
+        if message.scope.private:
+            return False
+        chosen = chat.settings.get("conversation_mode")
+        mode = chosen if chosen in set(ConversationMode) else None
+        mode = mode or default_mode(message.channel, message.chat_kind)
+        return mode == ConversationMode.SHARED
+
+    async def _in_turn(
+        self, message: IncomingMessage, chat: ChannelSettings, shared: bool
+    ) -> Reply:
+        """Handle the message in its turn (bot/cache/claim.py): its writer's, or its
+        shared conversation's, with its chat's settings laid over its platform's."""
+        async with self.cache.claim(message, shared) as claim:
             if claim.duplicate:
                 self.stats[Tally.DUPLICATE] += 1
                 return Reply(None, ReplyKind.DUPLICATE)
             if claim.hot is None:
                 self.stats[Tally.CACHE_UNAVAILABLE] += 1
-            reply, refresh = await self._process(message, claim.hot, chat)
+            reply, refresh = await self._process(message, claim.hot, chat, shared)
             claim.settle_with(refresh)
         return reply
 
@@ -182,9 +203,9 @@ class ConversationService:
         self.stats[Tally.STORE_UNAVAILABLE if unavailable else Tally.STORE_FAILED] += 1
 
     async def _process(
-        self, message: IncomingMessage, hot: HotState | None, chat: ChannelSettings
+        self, message: IncomingMessage, hot: HotState | None, chat: ChannelSettings, shared: bool
     ) -> tuple[Reply, Refresh]:
-        turn = await self._prepare(message, hot, chat)
+        turn = await self._prepare(message, hot, chat, shared)
         limit = turn.channel.rate_limit(self.settings.rate_limit_per_minute)
         if turn.rate.count > limit:
             return self._rate_limited(turn, limit), turn.refresh
@@ -198,6 +219,7 @@ class ConversationService:
         context = commands.CommandContext(
             channel=turn.message.channel,
             scope=turn.message.scope,
+            shared=turn.shared,
             session=turn.session,
             channel_settings=turn.channel,
             conversations=self.store.conversations,
@@ -212,12 +234,12 @@ class ConversationService:
         return result.reply, refresh
 
     async def _prepare(
-        self, message: IncomingMessage, hot: HotState | None, chat: ChannelSettings
+        self, message: IncomingMessage, hot: HotState | None, chat: ChannelSettings, shared: bool
     ) -> Turn:
         session = hot.session if hot else None
         self._count(CacheRead.SESSION, session is not None)
         if session is None:
-            session = await self._load_session(message)
+            session = await self._load_session(message, shared)
         channel = hot.channel if hot else None
         self._count(CacheRead.CHANNEL_CONFIG, channel is not None)
         loaded_channel = None
@@ -226,7 +248,7 @@ class ConversationService:
         rate = hot.rate if hot and hot.rate else await self._count_rate(session.user_id, hot)
         refresh = Refresh(session=session, channel=loaded_channel)
         taken_over = hot is not None and hot.taken_over
-        return Turn(message, session, chat.over(channel), rate, refresh, taken_over)
+        return Turn(message, session, chat.over(channel), rate, refresh, taken_over, shared)
 
     async def _count_rate(self, user_id: uuid.UUID, hot: HotState | None) -> RateCount:
         if hot is not None:
@@ -271,7 +293,7 @@ class ConversationService:
             # The cached context may lack the stored exchange: rebuild it next time.
             refresh = replace(turn.refresh, context_update=ContextUpdate.REPLACE)
             return self._redelivered(turn, stored), refresh
-        new = [ContextMessage("user", rows.user_text, rows.user_ts)]
+        new = [ContextMessage("user", rows.user_text, rows.user_ts, turn.author)]
         if result is not None:
             new.insert(0, ContextMessage("assistant", result.text, rows.reply_ts))
         refresh = replace(
@@ -300,7 +322,7 @@ class ConversationService:
         """The cached session pointed at a closed or deleted conversation: rebuild it."""
         self.stats[Tally.STALE_SESSION] += 1
         message = turn.message
-        session = await self._load_session(message)
+        session = await self._load_session(message, turn.shared)
         turn = replace(turn, session=session, refresh=replace(turn.refresh, session=session))
         return await self._exchange(turn, None, retried=True)
 
@@ -310,6 +332,7 @@ class ConversationService:
         request = ResponderRequest(
             model=model,
             text=turn.message.text,
+            author=turn.author,
             context=list(reversed(context)),
             channel=turn.message.channel,
             channel_settings=turn.channel.settings,
@@ -336,14 +359,15 @@ class ConversationService:
             reply_tokens=result.completion_tokens if result else None,
             model_used=result.model_used if result else None,
             user_message_id=uuid.uuid4(),
+            author_id=turn.session.user_id if turn.shared else None,
             reply_id=uuid.uuid4(),
         )
 
-    async def _load_session(self, message: IncomingMessage) -> SessionState:
-        """The user's session in the message's scope, from Postgres."""
+    async def _load_session(self, message: IncomingMessage, shared: bool) -> SessionState:
+        """The writer's session in the message's scope (its shared one), from Postgres."""
         conversations = self.store.conversations
-        user, scope = message.channel_user_id, message.scope.key
-        return await conversations.load_session(message.channel, user, message.username, scope)
+        user, scope, name = message.channel_user_id, message.scope.key, message.username
+        return await conversations.load_session(message.channel, user, name, scope, shared)
 
     def _count(self, read: CacheRead, hit: bool) -> None:
         self.stats[read.tally(hit)] += 1

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -31,6 +32,7 @@ from bot.cache.codec import (
     decode_channel,
     decode_contexts,
     decode_session,
+    encode_author,
     encode_channel,
     encode_context,
     encode_session,
@@ -53,6 +55,16 @@ _POLL_FIRST, _POLL_LONGEST = 0.005, 0.1  # s between tries for a lock held elsew
 _WAITING = (BeginStatus.LOCKED, BeginStatus.DELIVERING)
 
 
+@dataclass(frozen=True, slots=True)
+class TurnKeys:
+    """The keys of one message's turn."""
+
+    lock: str  # the writer's lock, or (shared) the conversation's
+    session: str  # the conversation's session
+    author: str  # the writer's own session: the same as `session` unless shared
+    shared: bool
+
+
 class Claims:
     """The turns of every user of one worker: the scripts that take and give them back,
     and the bookkeeping of the failures in between."""
@@ -71,24 +83,35 @@ class Claims:
         self._extend = scripts.EXTEND.bind(redis)
         guard.on_recovery(lambda: self.repair.recover(self._forget_unguarded))
 
-    def claim(self, message: IncomingMessage) -> MessageClaim:
-        return MessageClaim(self, message)
+    def claim(self, message: IncomingMessage, shared: bool = False) -> MessageClaim:
+        return MessageClaim(self, message, shared)
 
-    def session_key(self, message: IncomingMessage) -> str:
-        return self.keys.session(message.channel, message.channel_user_id, message.scope.key)
+    def turn_keys(self, message: IncomingMessage, shared: bool = False) -> TurnKeys:
+        """The keys of the message's turn: its user's, or (`shared`) its conversation's."""
+        keys, channel, user = self.keys, message.channel, message.channel_user_id
+        own = keys.session(channel, user, message.scope.key)
+        if not shared:
+            return TurnKeys(keys.lock(channel, user), own, own, shared=False)
+        scope = message.scope.key
+        author = keys.session(channel, user)  # the writer's own: who they are (their id)
+        return TurnKeys(
+            keys.scope_lock(channel, scope), keys.shared_session(channel, scope), author, True
+        )
 
     def event_key(self, message: IncomingMessage) -> str:
         return self.keys.dedup(message.channel, message.platform_message_id or "-")
 
     # --- BEGIN: waiting for the turn ----------------------------------------------------
 
-    async def wait_for_turn(self, message: IncomingMessage, token: str) -> HotState | None:
-        """Hot state from Redis, once the user's lock is ours; None if Redis is out."""
+    async def wait_for_turn(
+        self, message: IncomingMessage, token: str, shared: bool = False
+    ) -> HotState | None:
+        """Hot state from Redis, once the turn's lock is ours; None if Redis is out."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.lock_wait
         delay = _POLL_FIRST
         while True:
-            hot = await self._try_begin(message, token)
+            hot = await self._try_begin(message, token, shared)
             if hot is None or hot.status not in _WAITING:
                 return hot
             if loop.time() + delay > deadline:
@@ -96,26 +119,29 @@ class Claims:
             await asyncio.sleep(delay)
             delay = min(delay * 2, _POLL_LONGEST)
 
-    async def _try_begin(self, message: IncomingMessage, token: str) -> HotState | None:
+    async def _try_begin(
+        self, message: IncomingMessage, token: str, shared: bool
+    ) -> HotState | None:
         try:
-            return await self.begin(message, token)
+            return await self.begin(message, token, shared)
         except CircuitOpen:
             return None
         except CacheUnavailable:
             # Timed out or failed half-way: the script may have taken the lock.
-            self.repair.remember_claim(message, token)
+            self.repair.remember_claim(self._abort_args(message, token, shared))
             return None
 
-    async def begin(self, message: IncomingMessage, token: str) -> HotState:
+    async def begin(self, message: IncomingMessage, token: str, shared: bool = False) -> HotState:
         """One try: take the lock, claim the event, count the rate, read all hot state."""
         has_event = message.platform_message_id is not None
         if has_event and self.event_key(message) in self.delivered:
             return HotState(BeginStatus.DUPLICATE)  # answered here, not marked done yet
-        keys = self.keys
+        keys, turn = self.keys, self.turn_keys(message, shared)
         call = scripts.Begin(
-            lock_key=keys.lock(message.channel, message.channel_user_id),
+            lock_key=turn.lock,
             event_key=self.event_key(message),
-            session_key=self.session_key(message),
+            session_key=turn.session,
+            author_key=turn.author,
             channel_config_key=keys.channel_config(message.channel),
             active_key=keys.active(message.channel),
             token=token,
@@ -131,14 +157,14 @@ class Claims:
             context_length=keys.context_messages,
             delivery_lease=keys.delivery_lease,
         )
-        return _parse_begin(await self.guard.run(lambda: self._begin(call)))
+        return _parse_begin(await self.guard.run(lambda: self._begin(call)), shared)
 
     # --- while the body works: the lock renewed -----------------------------------------
 
-    async def extend_lock(self, message: IncomingMessage, token: str) -> bool:
-        """Renew the user's lock for another TTL; False if it is no longer ours."""
+    async def extend_lock(self, message: IncomingMessage, token: str, shared: bool = False) -> bool:
+        """Renew the turn's lock for another TTL; False if it is no longer ours."""
         call = scripts.Extend(
-            lock_key=self.keys.lock(message.channel, message.channel_user_id),
+            lock_key=self.turn_keys(message, shared).lock,
             token=token,
             lock_ttl_ms=self.keys.lock_ttl * 1000,
         )
@@ -147,44 +173,60 @@ class Claims:
     # --- the end of the turn: FINISH or ABORT -------------------------------------------
 
     async def settle(
-        self, message: IncomingMessage, token: str, refresh: Refresh, *, was_read: bool
+        self,
+        message: IncomingMessage,
+        token: str,
+        refresh: Refresh,
+        *,
+        was_read: bool,
+        shared: bool = False,
     ) -> None:
         """After the Postgres commit: refresh Redis, or drop what may now be stale."""
-        stale = self._stale_keys(message, refresh.session)
+        stale = self._stale_keys(message, refresh.session, shared)
         if not was_read:
             # Redis failed when we read: what it holds may predate Postgres now.
             await self.repair.drop(stale, token, self._forget)
             return
         try:
-            await self._finish_call(message, token, refresh)
+            await self._finish_call(message, token, refresh, shared)
         except CacheUnavailable:
             # FINISH may have stopped half-way: keys written before the commit may stay,
             # and the lock may still be taken.
-            self.repair.remember_claim(message, token)
+            self.repair.remember_claim(self._abort_args(message, token, shared))
             await self.repair.drop(stale, token, self._forget)
 
     async def release(
-        self, message: IncomingMessage, token: str, *, was_read: bool, unfinished: bool
+        self,
+        message: IncomingMessage,
+        token: str,
+        *,
+        was_read: bool,
+        unfinished: bool,
+        shared: bool = False,
     ) -> None:
         """Nothing was stored (or, if `unfinished`, nothing may have been): release the
         lock and the event's claim, now or later."""
         if not was_read:
             await self.repair.drop([], token, self._forget)
             return
-        call = self._abort_args(message, token, unfinished)
+        call = self._abort_args(message, token, shared, unfinished)
         try:
             await self.guard.run(lambda: self._abort(call))
         except CacheUnavailable:
-            self.repair.remember_claim(message, token)
+            self.repair.remember_claim(self._abort_args(message, token, shared))
 
-    async def _finish_call(self, message: IncomingMessage, token: str, refresh: Refresh) -> None:
-        keys = self.keys
+    async def _finish_call(
+        self, message: IncomingMessage, token: str, refresh: Refresh, shared: bool
+    ) -> None:
+        keys, turn = self.keys, self.turn_keys(message, shared)
         session = refresh.session
         conversation = session.conversation_id if session else uuid.UUID(int=0)
+        author = encode_author(session) if shared and session else None
         call = scripts.Finish(
-            session_key=self.session_key(message),
+            session_key=turn.session,
+            author_key=turn.author,
             context_key=keys.context(conversation),
-            lock_key=keys.lock(message.channel, message.channel_user_id),
+            lock_key=turn.lock,
             event_key=self.event_key(message),
             channel_config_key=keys.channel_config(message.channel),
             token=token,
@@ -196,7 +238,8 @@ class Claims:
             event_ttl=keys.dedup_ttl,
             channel_config=encode_channel(refresh.channel) if refresh.channel else None,
             channel_config_ttl=keys.channel_config_ttl,
-            session=encode_session(session) if session else None,
+            session=encode_session(session, shared=shared) if session else None,
+            author=author,
             now=time.time(),
             delivered=tuple(self.delivered.take()),
             context=tuple(encode_context(m) for m in refresh.context),
@@ -204,18 +247,20 @@ class Claims:
         await self.guard.run(lambda: self._finish(call))
 
     def _abort_args(
-        self, message: IncomingMessage, token: str, unfinished: bool = False
+        self, message: IncomingMessage, token: str, shared: bool, unfinished: bool = False
     ) -> scripts.Abort:
         return scripts.Abort(
-            lock_key=self.keys.lock(message.channel, message.channel_user_id),
+            lock_key=self.turn_keys(message, shared).lock,
             event_key=self.event_key(message),
             token=token,
             has_event=message.platform_message_id is not None,
             unfinished_ttl=self.keys.dedup_ttl if unfinished else None,
         )
 
-    def _stale_keys(self, message: IncomingMessage, session: SessionState | None) -> list[str]:
-        names = [self.session_key(message)]
+    def _stale_keys(
+        self, message: IncomingMessage, session: SessionState | None, shared: bool
+    ) -> list[str]:
+        names = [self.turn_keys(message, shared).session]
         if session is not None:
             names.append(self.keys.context(session.conversation_id))
         return names
@@ -224,15 +269,15 @@ class Claims:
 
     async def _forget(self, names: list[str], held: list[Claim]) -> None:
         """Delete keys whose content may no longer match Postgres, and give up `held`:
-        (message, lock token) pairs whose script failed without telling how far it got."""
+        turns whose script failed without telling how far it got."""
         await self.guard.run(lambda: self._forget_unguarded(names, held))
 
     async def _forget_unguarded(self, names: list[str], held: list[Claim]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             if names:
                 pipe.delete(*names)
-            for message, token in held:
-                await self._abort(self._abort_args(message, token), pipe)
+            for claim in held:
+                await self._abort(claim, pipe)
             await pipe.execute()
 
     async def _mark_done(self, event_keys: list[str]) -> None:
@@ -248,13 +293,14 @@ class Claims:
 class MessageClaim:
     """One message's turn (see the module docstring)."""
 
-    def __init__(self, claims: Claims, message: IncomingMessage) -> None:
+    def __init__(self, claims: Claims, message: IncomingMessage, shared: bool) -> None:
         self.message = message
+        self.shared = shared  # the turn of a shared conversation, not of its writer
         self.hot: HotState | None = None  # None: Redis could not be used
         self._claims = claims
         self._token = uuid.uuid4().hex
         self._refresh: Refresh | None = None
-        self._local = claims.local.hold(f"{message.channel}:{message.channel_user_id}")
+        self._local = claims.local.hold(claims.turn_keys(message, shared).lock)
         self._renewal: LockRenewal | None = None
 
     @property
@@ -269,12 +315,12 @@ class MessageClaim:
     async def __aenter__(self) -> MessageClaim:
         await self._local.__aenter__()
         try:
-            self.hot = await self._claims.wait_for_turn(self.message, self._token)
+            self.hot = await self._claims.wait_for_turn(self.message, self._token, self.shared)
         except BaseException as exc:
             await self._local.__aexit__(type(exc), exc, exc.__traceback__)
             raise
         if self.hot is not None and not self.duplicate:
-            self._renewal = LockRenewal(self._claims, self.message, self._token)
+            self._renewal = LockRenewal(self._claims, self.message, self._token, self.shared)
         return self
 
     async def __aexit__(
@@ -293,11 +339,13 @@ class MessageClaim:
 
     async def _end(self, *, failed: bool) -> None:
         was_read = self.hot is not None
-        claims, message, token = self._claims, self.message, self._token
+        claims, message, token, shared = self._claims, self.message, self._token, self.shared
         if self._refresh is not None and not failed:
-            await claims.settle(message, token, self._refresh, was_read=was_read)
+            await claims.settle(message, token, self._refresh, was_read=was_read, shared=shared)
         else:
-            await claims.release(message, token, was_read=was_read, unfinished=failed)
+            await claims.release(
+                message, token, was_read=was_read, unfinished=failed, shared=shared
+            )
 
 
 class LockRenewal:
@@ -308,10 +356,11 @@ class LockRenewal:
     is due: for them this costs one timer, no task.
     """
 
-    def __init__(self, claims: Claims, message: IncomingMessage, token: str) -> None:
+    def __init__(self, claims: Claims, message: IncomingMessage, token: str, shared: bool) -> None:
         self._claims = claims
         self._message = message
         self._token = token
+        self._shared = shared
         self._task: asyncio.Task[None] | None = None
         loop = asyncio.get_running_loop()
         self._due = loop.call_later(claims.keys.lock_ttl / 3, self._start)
@@ -330,7 +379,7 @@ class LockRenewal:
         message, interval = self._message, self._claims.keys.lock_ttl / 3
         while True:
             try:
-                renewed = await self._claims.extend_lock(message, self._token)
+                renewed = await self._claims.extend_lock(message, self._token, self._shared)
             except CacheUnavailable:
                 renewed = True  # Redis is away; the next renewal may still come in time
             if renewed:
@@ -345,17 +394,18 @@ class LockRenewal:
             return
 
 
-def _parse_begin(result: list[Any]) -> HotState:
+def _parse_begin(result: list[Any], shared: bool) -> HotState:
     status = BeginStatus(text_of(result[0]))
     if status is not BeginStatus.OK:
         return HotState(status)
-    _, flat, config, count, ttl, context, taken_over = result
-    session = decode_session(flat)
+    _, flat, config, count, ttl, context, taken_over, author = result
+    # A shared session names the conversation; who writes is their own session's user.
+    session = decode_session([*flat, b"user_id", author] if shared and author else flat)
     return HotState(
         status=status,
         session=session,
         channel=decode_channel(config) if config else None,
-        rate=RateCount(int(count), int(ttl)) if session else None,
+        rate=RateCount(int(count), int(ttl)) if int(count) > 0 else None,
         context=decode_contexts(context) if context else None,
         taken_over=bool(taken_over),
     )

@@ -18,11 +18,14 @@ log = logging.getLogger(__name__)
 
 
 def encode_context(message: ContextMessage) -> str:
-    return json.dumps(
-        {"role": message.role, "content": message.content, "ts": message.timestamp.timestamp()},
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+    fields: dict[str, Any] = {
+        "role": message.role,
+        "content": message.content,
+        "ts": message.timestamp.timestamp(),
+    }
+    if message.author is not None:
+        fields["name"] = message.author
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
 
 
 def decode_context(raw: bytes | str) -> ContextMessage:
@@ -40,10 +43,12 @@ def decode_contexts(raw: bytes | str) -> list[ContextMessage] | None:
 
 
 def _context_message(data: dict[str, Any]) -> ContextMessage:
+    author = data.get("name")
     return ContextMessage(
         role=data["role"],
         content=data["content"],
         timestamp=datetime.fromtimestamp(data["ts"], UTC),
+        author=author if isinstance(author, str) else None,
     )
 
 
@@ -74,15 +79,22 @@ def decode_session(flat: Sequence[bytes | str]) -> SessionState | None:
         return None  # absent or unreadable: rebuild from Postgres
 
 
-def encode_session(session: SessionState, last_activity: float | None = None) -> str:
+def encode_session(
+    session: SessionState, last_activity: float | None = None, *, shared: bool = False
+) -> str:
     """The session hash's fields as JSON (the scripts write them with HSET); the last
-    activity is now unless given."""
+    activity is now unless given. A shared session names no user: whoever writes is
+    found in their own session (`encode_author`)."""
     when = time.time() if last_activity is None else last_activity
-    return json.dumps(
-        {
-            "user_id": str(session.user_id),
-            "conversation_id": str(session.conversation_id),
-            "model": session.model or "",
-            "last_activity": f"{when:.3f}",
-        }
-    )
+    fields = {
+        "conversation_id": str(session.conversation_id),
+        "model": session.model or "",
+        "last_activity": f"{when:.3f}",
+    }
+    return json.dumps(fields if shared else {"user_id": str(session.user_id), **fields})
+
+
+def encode_author(session: SessionState) -> str:
+    """Who writes in a shared conversation, for their own session hash (their id alone:
+    their DM conversation, if any, is left as it is)."""
+    return json.dumps({"user_id": str(session.user_id)})

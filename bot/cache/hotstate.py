@@ -29,9 +29,10 @@ class HotStateCache:
         self.claims = Claims(redis, keys, guard, lock_wait)
         self._rate = scripts.RATE.bind(redis)
 
-    def claim(self, message: IncomingMessage) -> MessageClaim:
-        """The message's turn, to enter with `async with` (bot/cache/claim.py)."""
-        return self.claims.claim(message)
+    def claim(self, message: IncomingMessage, shared: bool = False) -> MessageClaim:
+        """The message's turn, to enter with `async with` (bot/cache/claim.py): its
+        writer's, or (`shared`) its shared conversation's."""
+        return self.claims.claim(message, shared)
 
     def mark_delivered(self, message: IncomingMessage) -> None:
         """The adapter delivered the reply to this event: it is to be marked done."""

@@ -53,6 +53,10 @@ class Keys:
         base = f"{self.prefix}{SESSION}:{channel}:{channel_user_id}"
         return base if scope == DM_SCOPE else f"{base}:{scope}"
 
+    def shared_session(self, channel: str, scope: str) -> str:
+        """The session of a shared conversation: everyone's in a group or thread."""
+        return f"{self.prefix}{SESSION}:{channel}:{scope}"
+
     def rate_template(self) -> str:
         """The rate key with `{user_id}` left open, for scripts that learn the id."""
         return f"{self.prefix}{RATE}:user:{{user_id}}:minute"
@@ -103,6 +107,10 @@ class Keys:
         """Serializes one user's messages (and so their conversation) across workers;
         the holder renews it while it works, so it outlives a slow reply but not a crash."""
         return f"{self.prefix}{LOCK}:chat:{channel}:{channel_user_id}"
+
+    def scope_lock(self, channel: str, scope: str) -> str:
+        """Serializes the messages of a shared conversation, whoever writes them."""
+        return f"{self.prefix}{LOCK}:scope:{channel}:{scope}"
 
     def stats(self) -> str:
         """A hash of counters (session_hit, rate_limited, duplicate …) summed over workers."""

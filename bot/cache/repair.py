@@ -12,12 +12,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
-from bot.domain import IncomingMessage
+from bot.cache.scripts import Abort
 from bot.errors import CacheUnavailable
 
 log = logging.getLogger(__name__)
 
-Claim = tuple[IncomingMessage, str]  # a message and the lock token it was handled with
+Claim = Abort  # how to give up a turn that may have been taken: its lock, token and event
 Forget = Callable[[list[str], list[Claim]], Awaitable[None]]
 
 MAX_CLAIMS = 1000
@@ -28,11 +28,11 @@ class CacheRepair:
         self.claim_lifetime = claim_lifetime  # after this, lock and claim expired by TTL
         self._clock = clock
         self._stale_keys: set[str] = set()
-        self._claims: dict[str, tuple[IncomingMessage, float]] = {}
+        self._claims: dict[str, tuple[Claim, float]] = {}
 
-    def remember_claim(self, message: IncomingMessage, token: str) -> None:
+    def remember_claim(self, claim: Claim) -> None:
         now = self._clock()
-        self._claims[token] = (message, now)
+        self._claims[claim.token] = (claim, now)
         if len(self._claims) > MAX_CLAIMS:
             self._claims = {t: c for t, c in self._claims.items() if self._live(c[1], now)}
 
@@ -40,7 +40,7 @@ class CacheRepair:
         """Delete `keys` and give up the token's claim now, or remember both for later."""
         names = list(keys)
         claim = self._claims.pop(token, None)
-        held: list[Claim] = [(claim[0], token)] if claim else []
+        held: list[Claim] = [claim[0]] if claim else []
         if not names and not held:
             return
         try:
@@ -55,7 +55,7 @@ class CacheRepair:
         keys, self._stale_keys = self._stale_keys, set()
         claims, self._claims = self._claims, {}
         now = self._clock()
-        held = [(m, t) for t, (m, since) in claims.items() if self._live(since, now)]
+        held = [claim for claim, since in claims.values() if self._live(since, now)]
         if not keys and not held:
             return
         try:

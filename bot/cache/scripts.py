@@ -24,13 +24,15 @@ class Begin:
     rate limit.
 
     Returns {'locked'} | {'duplicate'} | {'delivering'} | {'ok', session fields (flat),
-    config JSON or '', rate count, rate ttl, context as one JSON array (newest first)
-    or '', 1 if an earlier claim on the event was taken over else 0}.
+    config JSON or '', rate count (0: not counted, the writer is not known), rate ttl,
+    context as one JSON array (newest first) or '', 1 if an earlier claim on the event
+    was taken over else 0, the writer's user id or ''}.
     """
 
     lock_key: str
     event_key: str
     session_key: str
+    author_key: str  # the writer's own session (the same as session_key unless shared)
     channel_config_key: str
     active_key: str
     token: str  # the lock's value: who holds it
@@ -78,8 +80,10 @@ local config = redis.call('GET', channel_config_key) or ''
 local count, ttl, context = 0, 0, ''
 local fields = {}
 for i = 1, #session, 2 do fields[session[i]] = session[i + 1] end
-if fields['user_id'] then
-  local rate_key = string.gsub(rate_key_template, '{user_id}', fields['user_id'])
+local author = fields['user_id']
+if author_key ~= session_key then author = redis.call('HGET', author_key, 'user_id') end
+if author then
+  local rate_key = string.gsub(rate_key_template, '{user_id}', author)
   count = redis.call('INCR', rate_key)
   ttl = redis.call('TTL', rate_key)
   if ttl < 0 then
@@ -94,7 +98,7 @@ if fields['conversation_id'] then
   -- One string, not a list: one reply to parse and one json.loads on the client.
   if #items > 0 then context = '[' .. table.concat(items, ',') .. ']' end
 end
-return {'ok', session, config, count, ttl, context, taken_over}
+return {'ok', session, config, count, ttl, context, taken_over, author or ''}
 """
 
 
@@ -131,6 +135,7 @@ class Finish:
     'done' (bot/cache/delivery.py), and release the lock. Returns 1."""
 
     session_key: str
+    author_key: str  # the writer's own session (the same as session_key unless shared)
     context_key: str
     lock_key: str
     event_key: str
@@ -145,6 +150,7 @@ class Finish:
     channel_config: str | None  # JSON, when it was loaded from Postgres
     channel_config_ttl: int
     session: str | None  # the session hash's fields as JSON (bot/cache/codec.py)
+    author: str | None  # shared: the writer's fields for their own session, as JSON
     now: float
     delivered: tuple[str, ...]  # event keys to mark 'done'
     context: tuple[str, ...]  # context items (JSON), newest first
@@ -154,6 +160,10 @@ _FINISH = r"""
 if session then
   hset_json(session_key, session)
   redis.call('EXPIRE', session_key, session_ttl)
+end
+if author then
+  hset_json(author_key, author)
+  redis.call('EXPIRE', author_key, session_ttl)
 end
 for _, key in ipairs(delivered) do
   redis.call('SET', key, STATE_DONE, 'XX', 'EX', event_ttl)

@@ -214,7 +214,9 @@ def conversation_view(out: Out, data: dict[str, Any]) -> None:
     out.pairs(
         f"Conversation {c['id']}",
         {
-            "user": f"{c['channel_type']}:{c['channel_user_id']} ({c['username'] or '-'})",
+            "user": f"{c['channel_type']}:{c['channel_user_id']} ({c['username'] or '-'})"
+            if c["user_id"]
+            else f"{c['channel_type']}: shared by everyone in the scope",
             "scope": c["scope"],
             "active": c["is_active"],
             "model override": c["model_override"],
@@ -256,7 +258,7 @@ def search_view(out: Out, data: dict[str, Any]) -> None:
             (
                 r["timestamp"],
                 r["conversation_id"],
-                f"{r['channel']}:{r['channel_user_id']}",
+                f"{r['channel']}:{r['channel_user_id'] or '(the bot)'}",
                 r["role"],
                 out.highlighted(r["snippet"], HIGHLIGHT),
             )

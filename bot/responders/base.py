@@ -15,6 +15,7 @@ class ResponderRequest:
     text: str
     context: Sequence[ContextMessage]  # oldest first
     channel: str
+    author: str | None = None  # who wrote `text`, in a shared conversation
     channel_settings: dict[str, Any] = field(default_factory=dict)
 
 

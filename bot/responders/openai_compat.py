@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -57,6 +58,8 @@ class LLMOptions:
 
 # --- the request ----------------------------------------------------------------------
 
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")  # what the chat-completions `name` may hold
+
 
 def build_messages(
     request: ResponderRequest, options: LLMOptions
@@ -68,7 +71,8 @@ def build_messages(
     room = options.context_token_budget - estimate_tokens(request.text)
     room -= estimate_tokens(system) if system else 0
     context = fit_context(request.context, room)
-    return [*head, *map(_param, context), {"role": "user", "content": request.text}]
+    latest = ContextMessage("user", request.text, datetime.now(UTC), request.author)
+    return [*head, *map(_param, context), _param(latest)]
 
 
 def fit_context(context: Sequence[ContextMessage], budget: int) -> list[ContextMessage]:
@@ -87,7 +91,12 @@ def _param(message: ContextMessage) -> ChatCompletionMessageParam:
         return {"role": "assistant", "content": message.content}
     if message.role == "system":
         return {"role": "system", "content": message.content}
-    return {"role": "user", "content": message.content}
+    if message.author is None:
+        return {"role": "user", "content": message.content}
+    # A shared conversation: who said it, in the API's `name` field where the API reads
+    # it, and in the text for every model (many OpenAI-compatible servers ignore `name`).
+    name = _NAME_UNSAFE.sub("_", message.author)[:64] or "user"
+    return {"role": "user", "name": name, "content": f"{message.author}: {message.content}"}
 
 
 @dataclass(frozen=True, slots=True)

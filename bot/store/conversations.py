@@ -48,12 +48,38 @@ _ACTIVE_CONVERSATION = text(
     """
 )
 
+# With who wrote each user message of a shared conversation (NULL elsewhere).
 _RECENT_MESSAGES = text(
     """
-    SELECT role, content, timestamp FROM messages
-    WHERE conversation_id = :conversation_id
-    ORDER BY timestamp DESC, role DESC
+    SELECT m.role, m.content, m.timestamp,
+           COALESCE(a.username, a.channel_user_id) AS author
+    FROM messages m LEFT JOIN users a ON a.id = m.author_id
+    WHERE m.conversation_id = :conversation_id
+    ORDER BY m.timestamp DESC, m.role DESC
     LIMIT :limit
+    """
+)
+
+# A shared conversation belongs to its scope: one active per (channel, scope), by the
+# partial unique index; of two racing inserts one wins and the other reads it.
+_OPEN_SHARED = text(
+    """
+    INSERT INTO conversations (user_id, channel_type, scope)
+    VALUES (NULL, :channel, :scope)
+    ON CONFLICT (channel_type, scope) WHERE is_active AND user_id IS NULL DO NOTHING
+    RETURNING id, model_override
+    """
+)
+_ACTIVE_SHARED = text(
+    """
+    SELECT id, model_override FROM conversations
+    WHERE channel_type = :channel AND scope = :scope AND user_id IS NULL AND is_active
+    """
+)
+_CLOSE_SHARED = text(
+    """
+    UPDATE conversations SET is_active = false
+    WHERE channel_type = :channel AND scope = :scope AND user_id IS NULL AND is_active
     """
 )
 
@@ -70,7 +96,8 @@ _CHANNEL_CONFIG = text(
 # Sent by asyncpg itself (see Database.prepared), hence positional parameters:
 # $1 conversation, $2 user message id, $3 user text, $4 user time, $5 user tokens,
 # $6 channel, $7 platform message id, $8 reply id, $9 reply text, $10 reply time
-# (also the new last_activity), $11 reply tokens, $12 model used, $13 has a reply.
+# (also the new last_activity), $11 reply tokens, $12 model used, $13 has a reply,
+# $14 the writer (a shared conversation's; else NULL).
 _SAVE_EXCHANGE = """
     WITH conversation AS (
         SELECT id FROM conversations
@@ -78,8 +105,8 @@ _SAVE_EXCHANGE = """
         FOR NO KEY UPDATE
     ), user_message AS (
         INSERT INTO messages (id, conversation_id, role, content, timestamp, token_count,
-                              channel_type, platform_message_id)
-        SELECT $2, id, 'user', $3, $4, $5, $6, $7
+                              channel_type, platform_message_id, author_id)
+        SELECT $2, id, 'user', $3, $4, $5, $6, $7, $14
         FROM conversation
         ON CONFLICT DO NOTHING
         RETURNING id
@@ -144,6 +171,7 @@ class ExchangeRows:
     model_used: str | None
     user_message_id: uuid.UUID
     reply_id: uuid.UUID
+    author_id: uuid.UUID | None = None  # who wrote it, in a shared conversation
 
 
 class ConversationQueries:
@@ -151,9 +179,15 @@ class ConversationQueries:
         self._database = database
 
     async def load_session(
-        self, channel: str, channel_user_id: str, username: str | None, scope: str = DM_SCOPE
+        self,
+        channel: str,
+        channel_user_id: str,
+        username: str | None,
+        scope: str = DM_SCOPE,
+        shared: bool = False,
     ) -> SessionState:
-        """Upsert the user and find or open their active conversation in `scope`."""
+        """Upsert the user and find or open their active conversation in `scope` (with
+        `shared`, the scope's shared conversation, whose model is its override alone)."""
 
         async def work(connection: AsyncConnection) -> SessionState:
             user = (
@@ -163,11 +197,12 @@ class ConversationQueries:
                 )
             ).one()
             params = {"user_id": user.id, "channel": channel, "scope": scope}
-            conversation = await self._open_or_find_active(connection, params)
+            conversation = await self._open_or_find_active(connection, params, shared)
+            preferred = None if shared else user.preferred_model
             return SessionState(
                 user_id=user.id,
                 conversation_id=conversation.id,
-                model=conversation.model_override or user.preferred_model,
+                model=conversation.model_override or preferred,
             )
 
         return await self._database.transaction(work)
@@ -179,7 +214,9 @@ class ConversationQueries:
             rows = await connection.execute(
                 _RECENT_MESSAGES, {"conversation_id": conversation_id, "limit": limit}
             )
-            return [ContextMessage(row.role, row.content, row.timestamp) for row in rows]
+            return [
+                ContextMessage(row.role, row.content, row.timestamp, row.author) for row in rows
+            ]
 
         return await self._database.transaction(work)
 
@@ -232,15 +269,18 @@ class ConversationQueries:
         return StoredExchange(found.id, True, found.reply_text, found.model_used)
 
     async def reset_conversation(
-        self, user_id: uuid.UUID, channel: str, scope: str = DM_SCOPE
+        self, user_id: uuid.UUID, channel: str, scope: str = DM_SCOPE, shared: bool = False
     ) -> SessionState:
-        """Close the user's active conversation in `scope` and open a new one there."""
+        """Close the user's active conversation in `scope` (with `shared`, the scope's
+        shared one) and open a new one there."""
 
         async def work(connection: AsyncConnection) -> SessionState:
             params = {"user_id": user_id, "channel": channel, "scope": scope}
-            await connection.execute(_CLOSE_ACTIVE, params)
+            await connection.execute(_CLOSE_SHARED if shared else _CLOSE_ACTIVE, params)
             # A reset racing ours may have opened one first: then both end up in it.
-            conversation = await self._open_or_find_active(connection, params)
+            conversation = await self._open_or_find_active(connection, params, shared)
+            if shared:
+                return SessionState(user_id, conversation.id, conversation.model_override)
             preferred = (
                 await connection.execute(
                     text("SELECT preferred_model FROM users WHERE id = :user_id"), params
@@ -251,17 +291,22 @@ class ConversationQueries:
         return await self._database.transaction(work)
 
     @staticmethod
-    async def _open_or_find_active(connection: AsyncConnection, params: dict[str, Any]) -> Any:
+    async def _open_or_find_active(
+        connection: AsyncConnection, params: dict[str, Any], shared: bool = False
+    ) -> Any:
         """The row (id, model_override) of a conversation opened now, or of the active one.
 
-        Opening does nothing when another transaction holds the user's active
-        conversation; a fresh statement then sees it, unless it was closed in between.
+        Opening does nothing when another transaction holds the active conversation; a
+        fresh statement then sees it, unless it was closed in between.
         """
+        opening, finding = (
+            (_OPEN_SHARED, _ACTIVE_SHARED) if shared else (_OPEN_CONVERSATION, _ACTIVE_CONVERSATION)
+        )
         for _ in range(3):
-            opened = (await connection.execute(_OPEN_CONVERSATION, params)).first()
+            opened = (await connection.execute(opening, params)).first()
             if opened is not None:
                 return opened
-            active = (await connection.execute(_ACTIVE_CONVERSATION, params)).first()
+            active = (await connection.execute(finding, params)).first()
             if active is not None:
                 return active
         user, scope = params["user_id"], params["scope"]
@@ -299,4 +344,5 @@ def _exchange_args(rows: ExchangeRows) -> tuple[Any, ...]:
         rows.reply_tokens,
         rows.model_used,
         rows.reply_text is not None,
+        rows.author_id,
     )

@@ -59,7 +59,7 @@ _CONVERSATION = text(
     """SELECT c.id, c.channel_type, c.scope, c.is_active, c.model_override, c.started_at,
               c.last_activity, c.user_id, u.channel_user_id, u.username,
               (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS messages
-       FROM conversations c JOIN users u ON u.id = c.user_id WHERE c.id = :id"""
+       FROM conversations c LEFT JOIN users u ON u.id = c.user_id WHERE c.id = :id"""
 )
 _RECENT = text(
     """SELECT * FROM (
@@ -72,16 +72,17 @@ _RECENT = text(
 _SEARCH = text(
     """WITH query AS (SELECT websearch_to_tsquery('simple', :text) AS q),
        hits AS (
-           SELECT m.id, m.conversation_id, m.role, m.timestamp, m.content
+           SELECT m.id, m.conversation_id, m.role, m.timestamp, m.content, m.author_id
            FROM messages m, query
            WHERE to_tsvector('simple', m.content) @@ query.q
            ORDER BY m.timestamp DESC LIMIT :limit
        )
-       SELECT hits.conversation_id, hits.id AS message_id, u.channel_type AS channel,
+       SELECT hits.conversation_id, hits.id AS message_id, c.channel_type AS channel,
               u.channel_user_id, u.username, hits.role, hits.timestamp,
               ts_headline('simple', hits.content, query.q, :options) AS snippet
        FROM hits CROSS JOIN query
-       JOIN conversations c ON c.id = hits.conversation_id JOIN users u ON u.id = c.user_id
+       JOIN conversations c ON c.id = hits.conversation_id
+       LEFT JOIN users u ON u.id = COALESCE(hits.author_id, c.user_id)
        ORDER BY hits.timestamp DESC"""
 )
 # The reply to a message is the next message of its conversation, if it is the
@@ -90,7 +91,8 @@ _EVENT = text(
     """SELECT u.id AS message_id, u.conversation_id, us.channel_user_id, u.timestamp,
               r.id AS reply_id, r.timestamp AS reply_timestamp, r.model_used AS reply_model
        FROM messages u
-       JOIN conversations c ON c.id = u.conversation_id JOIN users us ON us.id = c.user_id
+       JOIN conversations c ON c.id = u.conversation_id
+       JOIN users us ON us.id = COALESCE(u.author_id, c.user_id)
        LEFT JOIN LATERAL (
            SELECT id, role, timestamp, model_used FROM messages n
            WHERE n.conversation_id = u.conversation_id AND n.timestamp > u.timestamp

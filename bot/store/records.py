@@ -90,8 +90,8 @@ class ConversationRow:
     model_override: str | None
     started_at: datetime
     last_activity: datetime
-    user_id: uuid.UUID
-    channel_user_id: str
+    user_id: uuid.UUID | None  # None: a shared conversation, everyone's in its scope
+    channel_user_id: str | None
     username: str | None
     messages: int
 
@@ -145,7 +145,7 @@ class SearchHit:
     conversation_id: uuid.UUID
     message_id: uuid.UUID
     channel: str
-    channel_user_id: str
+    channel_user_id: str | None  # who wrote it; None: the bot's reply in a shared conversation
     username: str | None
     role: str
     timestamp: datetime

@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import text as sql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.domain import ChatKind, IncomingMessage
 from tests.ops.conftest import Ops, channel_name, chat
 from tests.support import ServiceFactory, msg, new_user
 
@@ -87,3 +88,26 @@ async def test_conversation_search_refuses_empty_text(ops: Ops) -> None:
     result = await ops("conversation", "search", "   ")
 
     assert result.code == 2 and "words" in result.err
+
+
+async def test_a_shared_conversation_is_shown_and_searched_with_its_writers(
+    ops: Ops, make_service: ServiceFactory
+) -> None:
+    service, word = await make_service(), f"otter{uuid.uuid4().hex[:8]}"
+    thread = f"{uuid.uuid4().int % 10**6}.000300"
+    people = [new_user(), new_user()]
+    for person in people:
+        message = IncomingMessage(
+            "slack", person, f"{word} from {person}", platform_message_id=uuid.uuid4().hex,
+            chat_id="C9", thread_id=thread, chat_kind=ChatKind.THREAD,
+        )  # fmt: skip
+        reply = await service.handle(message)
+
+    shown = (await ops("conversation", "show", str(reply.conversation_id), "--json")).data
+    found = (await ops("conversation", "search", word, "--json")).data["results"]
+    table = await ops("conversation", "show", str(reply.conversation_id))
+
+    assert shown["conversation"]["scope"] == f"chat:C9:thread:{thread}"
+    assert shown["conversation"]["user_id"] is None  # everyone's, nobody's own
+    assert sorted(r["channel_user_id"] for r in found if r["role"] == "user") == sorted(people)
+    assert table.code == 0 and "shared by everyone" in table.out
