@@ -58,13 +58,20 @@ async def execute(engine: AsyncEngine, sql: str, **params: Any) -> None:
 
 
 async def messages_of(engine: AsyncEngine, channel_user_id: str) -> list[Any]:
+    """The messages of the user's conversations: their own, and the shared ones they
+    wrote in (a Slack or Discord thread), oldest first."""
     return await fetch(
         engine,
         """SELECT m.role, m.content, m.model_used, m.token_count, m.platform_message_id,
                   m.conversation_id, m.timestamp
-           FROM messages m JOIN conversations c ON c.id = m.conversation_id
-           JOIN users u ON u.id = c.user_id
-           WHERE u.channel_user_id = :cuid ORDER BY m.timestamp""",
+           FROM messages m
+           WHERE m.conversation_id IN (
+               SELECT c.id FROM conversations c JOIN users u ON u.id = c.user_id
+               WHERE u.channel_user_id = :cuid
+               UNION
+               SELECT w.conversation_id FROM messages w JOIN users u ON u.id = w.author_id
+               WHERE u.channel_user_id = :cuid)
+           ORDER BY m.timestamp""",
         cuid=channel_user_id,
     )
 
