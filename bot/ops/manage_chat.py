@@ -7,12 +7,12 @@ import argparse
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from bot import setting_keys
 from bot.cache.chat_configs import ChatConfigCache, Place
 from bot.chat_configs import ChatConfigChange, change_chat_config
 from bot.config import Settings
 from bot.domain import ChatConfigRow, ChatKind, Scope
 from bot.errors import BadInput
-from bot.ops import channel_settings
 from bot.ops.arguments import channel
 from bot.ops.context import Ops
 from bot.ops.handler import leaf, warn
@@ -25,7 +25,7 @@ CONVERSATIONS_SHOWN = 20
 
 
 def register_chat(chat: Subparsers) -> None:
-    keys = "; ".join(f"{k} ({s.help})" for k, s in channel_settings.CHAT_KEYS.items())
+    keys = "; ".join(f"{k} ({s.help})" for k, s in setting_keys.CHAT_KEYS.items())
     listed = leaf(
         chat,
         "list",
@@ -74,14 +74,14 @@ def _place_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_pairs(args: argparse.Namespace, settings: Settings) -> None:
-    keys = channel_settings.CHAT_KEYS
-    args.values, args.removed = channel_settings.parse_assignments(args.pairs, settings, keys)
+    keys = setting_keys.CHAT_KEYS
+    args.values, args.removed = setting_keys.parse_assignments(args.pairs, settings, keys)
 
 
 def _check_keys(args: argparse.Namespace, settings: Settings) -> None:
-    unknown = [key for key in args.keys if key not in channel_settings.CHAT_KEYS]
+    unknown = [key for key in args.keys if key not in setting_keys.CHAT_KEYS]
     if unknown:
-        valid = channel_settings.valid_keys(channel_settings.CHAT_KEYS)
+        valid = setting_keys.valid_keys(setting_keys.CHAT_KEYS)
         raise BadInput(f"unknown key {unknown[0]!r}; valid keys: {valid}")
     args.values, args.removed = {}, list(dict.fromkeys(args.keys))
 
@@ -127,8 +127,8 @@ async def _show(ops: Ops, args: argparse.Namespace, out: Out) -> int:
         ("chat", chat.default_model, chat.settings) if chat else None,
         ("channel", platform.default_model, platform.settings) if platform else None,
     ]
-    lines = channel_settings.layered(
-        ops.settings, [layer for layer in layers if layer], channel_settings.CHAT_KEYS
+    lines = setting_keys.layered(
+        ops.settings, [layer for layer in layers if layer], setting_keys.CHAT_KEYS
     )
     kind = ChatKind.THREAD if place.thread_id else ChatKind.GROUP
     scope = Scope(kind, place.chat_id, place.thread_id)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from bot import setting_keys
 from bot.config import Settings
 from bot.errors import CacheUnavailable
-from bot.ops import channel_settings
 from bot.ops.arguments import channel
 from bot.ops.context import Ops
 from bot.ops.handler import leaf, warn
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 def register_config(config: Subparsers) -> None:
-    keys = "; ".join(f"{k} ({s.help})" for k, s in channel_settings.CONFIG_KEYS.items())
+    keys = "; ".join(f"{k} ({s.help})" for k, s in setting_keys.CONFIG_KEYS.items())
     show = leaf(
         config,
         "show",
@@ -41,7 +41,7 @@ def register_config(config: Subparsers) -> None:
 
 
 def _check_pairs(args: argparse.Namespace, settings: Settings) -> None:
-    args.values, args.removed = channel_settings.parse_assignments(args.pairs, settings)
+    args.values, args.removed = setting_keys.parse_assignments(args.pairs, settings)
 
 
 async def _show(ops: Ops, args: argparse.Namespace, out: Out) -> int:
@@ -59,7 +59,7 @@ async def _show(ops: Ops, args: argparse.Namespace, out: Out) -> int:
         out.emit({"channel_configs": listed}, _configs_view)
         return 0
     row = rows.get(args.channel)
-    lines = channel_settings.effective(
+    lines = setting_keys.effective(
         ops.settings, row.default_model if row else None, row.settings if row else {}
     )
     data: dict[str, Any] = {

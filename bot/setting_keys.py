@@ -1,5 +1,5 @@
-"""The keys of a `channel_configs` row that `bot ops config set` accepts, and of a
-`chat_configs` row that `bot ops chat set` accepts, and their checks.
+"""The keys of a `channel_configs` row (`bot ops config set`) and of a `chat_configs` row
+(`bot ops chat set`, and `/config` in a chat), and their checks.
 
 `default_model` is the row's column; the others live in its `settings` JSONB, where
 the service (rate limit, conversation mode, muted) and the responder (system prompt,
