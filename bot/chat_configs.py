@@ -109,6 +109,18 @@ class ChatConfigs:
         while len(self._memory) > CAPACITY:
             self._memory.popitem(last=False)
 
+    async def change(
+        self, channel: str, scope: Scope, patch: dict[str, Any], removed: Sequence[str]
+    ) -> ChatConfigChange:
+        """Change the settings of the chat (or thread) `scope` names, as `/config` does:
+        in Postgres, then in Redis and in every worker, this one at once."""
+        if scope.chat_id is None:
+            raise ValueError("a private chat has no settings of its own")
+        place = Place(channel, scope.chat_id, scope.thread_id)
+        change = await change_chat_config(self.store, self.cache, place, patch, removed)
+        self.forget(place)
+        return change
+
     def forget(self, place: Place | None = None) -> None:
         """Drop one place's copy (all of them with None): the next message reads it again."""
         if place is None:

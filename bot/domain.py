@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -101,6 +101,11 @@ class IncomingMessage:
             return DM
         thread = self.thread_id if self.chat_kind is ChatKind.THREAD else None
         return Scope(self.chat_kind, self.chat_id, thread)
+
+
+# Asks the platform whether a message's writer may configure the chat it was written in
+# (an admin there): each adapter gives one (bot/service.py, allow_admins).
+AdminCheck = Callable[[IncomingMessage], Awaitable[bool]]
 
 
 class ReplyKind(StrEnum):

@@ -14,6 +14,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from bot import commands
 from bot.cache.hotstate import HotStateCache
@@ -21,6 +22,7 @@ from bot.cache.state import ContextUpdate, HotState, RateCount, Refresh
 from bot.chat_configs import ChatConfigs
 from bot.config import Settings
 from bot.domain import (
+    AdminCheck,
     ChannelSettings,
     ContextMessage,
     ConversationMode,
@@ -101,6 +103,7 @@ class ConversationService:
         self.stats: Counter[Tally] = Counter()
         self._published: Counter[Tally] = Counter()
         self._local_rate = LocalRateLimiter()
+        self._admin_checks: dict[str, AdminCheck] = {}
         self._command_options = commands.CommandOptions(
             settings.default_model, tuple(settings.allowed_models), settings.history_default
         )
@@ -223,6 +226,8 @@ class ConversationService:
             session=turn.session,
             channel_settings=turn.channel,
             conversations=self.store.conversations,
+            chat_settings=self.chats,
+            may_configure=partial(self._may_configure, turn.message),
             options=self._command_options,
         )
         result = await commands.run(command, context)
@@ -362,6 +367,33 @@ class ConversationService:
             author_id=turn.session.user_id if turn.shared else None,
             reply_id=uuid.uuid4(),
         )
+
+    def allow_admins(self, channel: str, check: AdminCheck) -> None:
+        """How a platform says who may configure a chat (its adapter asks the platform)."""
+        self._admin_checks[channel] = check
+
+    async def _may_configure(self, message: IncomingMessage) -> bool:
+        """Whether the writer may change this group's or thread's settings: the platform
+        must say so. An answer that cannot be had, or makes no sense, refuses."""
+        check = self._admin_checks.get(message.channel)
+        if message.scope.private or check is None:
+            return False
+        try:
+            allowed = await check(message)
+        except Exception as exc:  # noqa: BLE001 - whatever the platform did: refuse, say why
+            log.warning(
+                "cannot tell whether %s:%s may configure chat %s (%s: %s); refused",
+                message.channel, message.channel_user_id, message.chat_id,
+                type(exc).__name__, exc,
+            )  # fmt: skip
+            return False
+        if not isinstance(allowed, bool):
+            log.warning(
+                "the %s answer about %s:%s in chat %s was no yes or no; refused",
+                message.channel, message.channel, message.channel_user_id, message.chat_id,
+            )  # fmt: skip
+            return False
+        return allowed
 
     async def _load_session(self, message: IncomingMessage, shared: bool) -> SessionState:
         """The writer's session in the message's scope (its shared one), from Postgres."""

@@ -60,7 +60,9 @@ def valid_keys(keys: dict[str, ConfigKey] = CONFIG_KEYS) -> str:
 
 
 def parse_assignments(
-    pairs: Sequence[str], settings: Settings, keys: dict[str, ConfigKey] = CONFIG_KEYS
+    pairs: Sequence[str],
+    allowed_models: Sequence[str],
+    keys: dict[str, ConfigKey] = CONFIG_KEYS,
 ) -> tuple[dict[str, Any], list[str]]:
     """`key=value` arguments as (values to set, keys to remove); BadInput on any error."""
     if not pairs:
@@ -79,11 +81,13 @@ def parse_assignments(
         if raw.strip() == "":
             removed.append(key)
         else:
-            values[key] = parse_value(key, raw, settings, keys[key])
+            values[key] = parse_value(key, raw, allowed_models, keys[key])
     return values, removed
 
 
-def parse_value(key: str, raw: str, settings: Settings, spec: ConfigKey | None = None) -> Any:
+def parse_value(
+    key: str, raw: str, allowed_models: Sequence[str], spec: ConfigKey | None = None
+) -> Any:
     spec = spec or CONFIG_KEYS[key]
     if spec.choices:
         if raw.strip() not in spec.choices:
@@ -95,7 +99,7 @@ def parse_value(key: str, raw: str, settings: Settings, spec: ConfigKey | None =
             raise BadInput(f"{key} is true or false (also on/off, yes/no, 1/0), not {raw!r}")
         return word in _TRUE
     if spec.kind is str:
-        return _text(key, raw, settings)
+        return _text(key, raw, allowed_models)
     try:
         number: float = int(raw) if spec.kind is int else float(raw)
     except ValueError:
@@ -108,7 +112,7 @@ def parse_value(key: str, raw: str, settings: Settings, spec: ConfigKey | None =
     return number
 
 
-def _text(key: str, raw: str, settings: Settings) -> str:
+def _text(key: str, raw: str, allowed_models: Sequence[str]) -> str:
     if "\x00" in raw:
         raise BadInput(f"{key} must not contain NUL characters")
     if key == "default_model":
@@ -117,10 +121,8 @@ def _text(key: str, raw: str, settings: Settings) -> str:
             raise BadInput(
                 f"{model!r} is not a model name (letters, digits and . _ : / @ + -, at most 100)"
             )
-        if settings.allowed_models and model not in settings.allowed_models:
-            raise BadInput(
-                f"model {model} is not in ALLOWED_MODELS: {', '.join(settings.allowed_models)}"
-            )
+        if allowed_models and model not in allowed_models:
+            raise BadInput(f"model {model} is not in ALLOWED_MODELS: {', '.join(allowed_models)}")
         return model
     if len(raw) > MAX_PROMPT_CHARS:
         raise BadInput(f"{key} is at most {MAX_PROMPT_CHARS} characters, not {len(raw)}")

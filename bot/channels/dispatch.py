@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 
-from bot.domain import IncomingMessage, Reply
+from bot.domain import AdminCheck, IncomingMessage, Reply
 from bot.errors import ShuttingDown
 from bot.metrics import Metrics
 from bot.service import ConversationService
@@ -64,6 +64,10 @@ class Dispatcher:
             },
         )
         return reply
+
+    def allow_admins(self, channel: str, check: AdminCheck) -> None:
+        """The adapter's way of asking its platform who may configure a chat."""
+        self.service.allow_admins(channel, check)
 
     def sent(self, channel: str) -> None:
         """An adapter delivered a reply (or one part of it) to the platform."""

@@ -75,7 +75,9 @@ def _place_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check_pairs(args: argparse.Namespace, settings: Settings) -> None:
     keys = setting_keys.CHAT_KEYS
-    args.values, args.removed = setting_keys.parse_assignments(args.pairs, settings, keys)
+    args.values, args.removed = setting_keys.parse_assignments(
+        args.pairs, settings.allowed_models, keys
+    )
 
 
 def _check_keys(args: argparse.Namespace, settings: Settings) -> None:

@@ -41,7 +41,7 @@ def register_config(config: Subparsers) -> None:
 
 
 def _check_pairs(args: argparse.Namespace, settings: Settings) -> None:
-    args.values, args.removed = setting_keys.parse_assignments(args.pairs, settings)
+    args.values, args.removed = setting_keys.parse_assignments(args.pairs, settings.allowed_models)
 
 
 async def _show(ops: Ops, args: argparse.Namespace, out: Out) -> int:

@@ -154,6 +154,10 @@ _SET_PREFERRED_MODEL = text(
 
 _MODEL_OVERRIDE = text("SELECT model_override FROM conversations WHERE id = :conversation_id")
 
+_SET_MODEL_OVERRIDE = text(
+    "UPDATE conversations SET model_override = :model WHERE id = :conversation_id"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class ExchangeRows:
@@ -311,6 +315,16 @@ class ConversationQueries:
                 return active
         user, scope = params["user_id"], params["scope"]
         raise StoreFailed(f"the active conversation of user {user} in {scope} keeps changing")
+
+    async def set_model_override(self, session: SessionState, model: str | None) -> SessionState:
+        """Pin the session's conversation to `model` (None: unpin); the session after it."""
+        params = {"conversation_id": session.conversation_id, "model": model}
+
+        async def work(connection: AsyncConnection) -> SessionState:
+            await connection.execute(_SET_MODEL_OVERRIDE, params)
+            return SessionState(session.user_id, session.conversation_id, model)
+
+        return await self._database.transaction(work)
 
     async def set_preferred_model(self, session: SessionState, model: str | None) -> SessionState:
         """Set the user's preferred model; returns the session's resolved model after it."""

@@ -1,0 +1,86 @@
+"""What a chat command sees (a CommandContext: the session, the place's settings, the
+few settings that shape its answers, and what it may change) and says back (a
+CommandResult); the service turns that into what Redis is to hold."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from bot.domain import ChannelSettings, ContextMessage, Reply, Scope, SessionState, resolve_model
+
+
+class Conversations(Protocol):
+    """The conversation queries a command may run (the store's)."""
+
+    async def reset_conversation(
+        self, user_id: uuid.UUID, channel: str, scope: str, shared: bool
+    ) -> SessionState: ...
+
+    async def set_preferred_model(
+        self, session: SessionState, model: str | None
+    ) -> SessionState: ...
+
+    async def set_model_override(
+        self, session: SessionState, model: str | None
+    ) -> SessionState: ...
+
+    async def load_context(
+        self, conversation_id: uuid.UUID, limit: int
+    ) -> list[ContextMessage]: ...
+
+
+class ChatSettingsEditor(Protocol):
+    """Changing a chat's settings (bot/chat_configs.py): `/config set` and `unset`."""
+
+    async def change(
+        self, channel: str, scope: Scope, patch: dict[str, Any], removed: Sequence[str]
+    ) -> object: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CommandOptions:
+    """The settings commands answer by."""
+
+    default_model: str
+    allowed_models: tuple[str, ...]
+    history_default: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommandContext:
+    channel: str
+    scope: Scope  # where the command was sent: /reset and /history act there only
+    shared: bool  # the place's shared conversation, everyone's
+    session: SessionState
+    channel_settings: ChannelSettings  # the place's, over its platform's
+    conversations: Conversations
+    chat_settings: ChatSettingsEditor
+    # Whether the writer may configure this chat: the platform says (an admin); False
+    # in a private chat, and whenever the platform cannot be asked.
+    may_configure: Callable[[], Awaitable[bool]]
+    options: CommandOptions
+
+    @property
+    def model(self) -> str:
+        return resolve_model(self.session, self.channel_settings, self.options.default_model)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    reply: Reply
+    session: SessionState | None = None  # the session after the command, if it changed
+    new_conversation: bool = False  # a new, empty conversation was opened
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    name: str
+    argument: str
+
+
+Handler = Callable[[Command, CommandContext], Awaitable[CommandResult]]
+
+NOT_ALLOWED = "Only this chat's admins can change its settings."
