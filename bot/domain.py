@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -137,6 +137,29 @@ class ContextMessage:
     content: str
     timestamp: datetime
     author: str | None = None  # who wrote a user message of a shared conversation
+
+    def fields(self) -> dict[str, Any]:
+        """Its wire form: {role, content, ts (unix s), name (only if written by someone
+        named)}, as Redis caches it and Postgres hands it over in one JSON array."""
+        found: dict[str, Any] = {
+            "role": self.role,
+            "content": self.content,
+            "ts": self.timestamp.timestamp(),
+        }
+        if self.author is not None:
+            found["name"] = self.author
+        return found
+
+    @classmethod
+    def from_fields(cls, data: dict[str, Any]) -> ContextMessage:
+        """From its wire form; KeyError, TypeError or ValueError if it is not one."""
+        author = data.get("name")
+        return cls(
+            role=str(data["role"]),
+            content=str(data["content"]),
+            timestamp=datetime.fromtimestamp(float(data["ts"]), UTC),
+            author=author if isinstance(author, str) else None,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,7 @@ from bot.local import LocalRateLimiter
 from bot.responders.base import Responder, ResponderRequest, ResponderResult, estimate_tokens
 from bot.store.conversations import ExchangeRows
 from bot.store.store import Store
+from bot.store.turn_start import TurnStart
 from bot.tallies import CacheRead, Tally
 from bot.validation import (
     check_chat_id,
@@ -76,6 +77,7 @@ class Turn:
     refresh: Refresh
     taken_over: bool  # an earlier handling of this event never finished (Redis says)
     shared: bool  # a shared conversation: who wrote each message is kept and told
+    loaded_context: list[ContextMessage] | None = None  # read with the session from Postgres
 
     @property
     def author(self) -> str | None:
@@ -243,17 +245,23 @@ class ConversationService:
     ) -> Turn:
         session = hot.session if hot else None
         self._count(CacheRead.SESSION, session is not None)
-        if session is None:
-            session = await self._load_session(message, shared)
+        started = None
+        if session is None:  # one round trip: writer, conversation, config and context
+            started = await self._start_turn(message, shared)
+            session = started.session if started else await self._load_session(message, shared)
         channel = hot.channel if hot else None
         self._count(CacheRead.CHANNEL_CONFIG, channel is not None)
         loaded_channel = None
-        if channel is None:
+        if channel is None and started is not None:
+            channel = loaded_channel = started.channel
+        elif channel is None:
             channel = loaded_channel = await self.store.conversations.load_channel(message.channel)
         rate = hot.rate if hot and hot.rate else await self._count_rate(session.user_id, hot)
         refresh = Refresh(session=session, channel=loaded_channel)
         taken_over = hot is not None and hot.taken_over
-        return Turn(message, session, chat.over(channel), rate, refresh, taken_over, shared)
+        context = started.context if started else None
+        channel = chat.over(channel)
+        return Turn(message, session, channel, rate, refresh, taken_over, shared, context)
 
     async def _count_rate(self, user_id: uuid.UUID, hot: HotState | None) -> RateCount:
         if hot is not None:
@@ -279,7 +287,7 @@ class ConversationService:
         self, turn: Turn, cached: list[ContextMessage] | None, *, retried: bool = False
     ) -> tuple[Reply, Refresh]:
         self._count(CacheRead.CONTEXT, cached is not None)
-        context = cached
+        context = cached if cached is not None else turn.loaded_context
         if context is None:
             context = await self.store.conversations.load_context(
                 turn.session.conversation_id, self.settings.context_messages
@@ -328,7 +336,8 @@ class ConversationService:
         self.stats[Tally.STALE_SESSION] += 1
         message = turn.message
         session = await self._load_session(message, turn.shared)
-        turn = replace(turn, session=session, refresh=replace(turn.refresh, session=session))
+        refresh = replace(turn.refresh, session=session)
+        turn = replace(turn, session=session, refresh=refresh, loaded_context=None)
         return await self._exchange(turn, None, retried=True)
 
     async def _respond(
@@ -394,6 +403,11 @@ class ConversationService:
             )  # fmt: skip
             return False
         return allowed
+
+    async def _start_turn(self, message: IncomingMessage, shared: bool) -> TurnStart | None:
+        conversations, limit = self.store.conversations, self.settings.context_messages
+        user, scope, name = message.channel_user_id, message.scope.key, message.username
+        return await conversations.start_turn(message.channel, user, name, scope, shared, limit)
 
     async def _load_session(self, message: IncomingMessage, shared: bool) -> SessionState:
         """The writer's session in the message's scope (its shared one), from Postgres."""

@@ -81,6 +81,32 @@ async def test_warm_path_reads_nothing_from_postgres(
     assert service.stats["channel_config_hit"] == 1
 
 
+async def test_the_cold_path_reads_in_one_statement_without_a_begin(
+    service: ConversationService, redis: Redis
+) -> None:
+    probe = PgProbe()
+    probe.attach(service.store.engine)
+    user = new_user()
+    await service.handle(msg(user, "first"))
+    await flush_cache(service)  # an hour of silence: Redis holds nothing of the user
+    calls: list[Counter[str]] = []
+    responder = service.responder
+    original = responder.respond
+
+    async def respond(request: Any) -> Any:
+        calls.append(probe.snapshot() - before)  # what was sent before the responder
+        return await original(request)
+
+    responder.respond = respond  # type: ignore[method-assign]
+    before = probe.snapshot()
+    reply = await service.handle(msg(user, "second"))
+    sent = probe.snapshot() - before
+
+    assert "2 earlier messages" in (reply.text or "")  # the context came with it
+    assert calls == [Counter({WRITE: 1, "checkouts": 1})]  # one round trip, no BEGIN
+    assert sent == Counter({WRITE: 2, CONTROL: 2, "checkouts": 2}), sent  # and the exchange
+
+
 async def test_an_unreadable_cached_context_is_rebuilt_from_postgres(
     service: ConversationService, redis: Redis
 ) -> None:

@@ -9,8 +9,6 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import Any
 
 from bot.domain import ChannelSettings, ContextMessage, SessionState
 
@@ -18,38 +16,21 @@ log = logging.getLogger(__name__)
 
 
 def encode_context(message: ContextMessage) -> str:
-    fields: dict[str, Any] = {
-        "role": message.role,
-        "content": message.content,
-        "ts": message.timestamp.timestamp(),
-    }
-    if message.author is not None:
-        fields["name"] = message.author
-    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(message.fields(), ensure_ascii=False, separators=(",", ":"))
 
 
 def decode_context(raw: bytes | str) -> ContextMessage:
-    return _context_message(json.loads(raw))
+    return ContextMessage.from_fields(json.loads(raw))
 
 
 def decode_contexts(raw: bytes | str) -> list[ContextMessage] | None:
     """The context as BEGIN returns it (one JSON array); None if any of it is unreadable,
     so that it is rebuilt from Postgres like a miss."""
     try:
-        return [_context_message(item) for item in json.loads(raw)]
+        return [ContextMessage.from_fields(item) for item in json.loads(raw)]
     except (ValueError, KeyError, TypeError):
         log.warning("unreadable cached context: rebuilding it from Postgres")
         return None
-
-
-def _context_message(data: dict[str, Any]) -> ContextMessage:
-    author = data.get("name")
-    return ContextMessage(
-        role=data["role"],
-        content=data["content"],
-        timestamp=datetime.fromtimestamp(data["ts"], UTC),
-        author=author if isinstance(author, str) else None,
-    )
 
 
 def encode_channel(channel: ChannelSettings) -> str:

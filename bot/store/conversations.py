@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bot.domain import DM_SCOPE, ChannelSettings, ContextMessage, SessionState, StoredExchange
 from bot.errors import StaleSession, StoreConflict, StoreFailed
 from bot.store.database import Database
+from bot.store.turn_start import TurnStart, start_turn
 
 FOREIGN_KEY_VIOLATION = "23503"  # SQLSTATE: here, the conversation was deleted meanwhile
 
@@ -210,6 +211,21 @@ class ConversationQueries:
             )
 
         return await self._database.transaction(work)
+
+    async def start_turn(
+        self,
+        channel: str,
+        channel_user_id: str,
+        username: str | None,
+        scope: str,
+        shared: bool,
+        context_limit: int,
+    ) -> TurnStart | None:
+        """Writer, conversation, channel config and context in one round trip
+        (bot/store/turn_start.py); None when a racing handling opened the conversation."""
+        return await start_turn(
+            self._database, channel, channel_user_id, username, scope, shared, context_limit
+        )
 
     async def load_context(self, conversation_id: uuid.UUID, limit: int) -> list[ContextMessage]:
         """The newest `limit` messages, newest first."""

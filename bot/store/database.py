@@ -1,9 +1,10 @@
 """The engine and the retry policy that every query of the store runs under.
 
-Three ways in, each mapping Postgres errors to ours (bot/errors.py) where they enter:
+Four ways in, each mapping Postgres errors to ours (bot/errors.py) where they enter:
 `transaction` (a unit of work, retried as a whole), `prepared` (the warm path's one
-statement, sent by asyncpg itself) and `once` (an operator's read or erase: one
-attempt, a failure reported at once).
+statement in a transaction of its own, sent by asyncpg itself), `statement` (one
+statement with no BEGIN at all: a cold start's one round trip) and `once` (an
+operator's read or erase: one attempt, a failure reported at once).
 """
 
 from __future__ import annotations
@@ -57,6 +58,23 @@ class Database:
                     await connection.invalidate()
                     raise
                 return row
+
+        return await self.retry.run(attempt)
+
+    async def statement(self, sql: str, *args: Any) -> asyncpg.Record | None:
+        """One statement on its own, sent by asyncpg directly (prepared once per
+        connection): Postgres runs it atomically without a BEGIN, in one round trip. For
+        reads, and for writes a retry may repeat (it finds what an earlier try did)."""
+
+        async def attempt() -> asyncpg.Record | None:
+            async with self.engine.connect() as connection:
+                raw = await connection.get_raw_connection()
+                driver: asyncpg.Connection = raw.driver_connection
+                try:
+                    return await driver.fetchrow(sql, *args)
+                except BaseException:
+                    await connection.invalidate()
+                    raise
 
         return await self.retry.run(attempt)
 
