@@ -51,6 +51,8 @@ class ChatConfigs:
         self._memory: OrderedDict[Place, tuple[Layer, float]] = OrderedDict()
         self._listener: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()  # subscribed: changes are heard at once
+        # Places being fetched: the members of a chat writing at once share one fetch.
+        self._fetching: dict[tuple[Place, ...], asyncio.Future[dict[Place, Layer]]] = {}
 
     async def layer_for(self, channel: str, scope: Scope) -> ChannelSettings:
         """The settings of the chat (and thread) `scope` names, to lay over its platform's;
@@ -73,10 +75,27 @@ class ChatConfigs:
             if entry is not None and entry[1] > now:
                 self._memory.move_to_end(place)
                 known[place] = entry[0]
-        missing = [place for place in places if place not in known]
+        missing = tuple(place for place in places if place not in known)
         if missing:
-            known.update(await self._fetch(missing))
+            known.update(await self._fetch_once(missing))
         return [known[place] for place in places]
+
+    async def _fetch_once(self, places: tuple[Place, ...]) -> dict[Place, Layer]:
+        pending = self._fetching.get(places)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[dict[Place, Layer]] = asyncio.get_running_loop().create_future()
+        self._fetching[places] = future
+        try:
+            found = await self._fetch(list(places))
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: a fetch nobody else awaited is no error left over
+            raise
+        finally:
+            self._fetching.pop(places, None)
+        future.set_result(found)
+        return found
 
     async def _fetch(self, places: list[Place]) -> dict[Place, Layer]:
         found: dict[Place, Layer] = {}

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 
 from bot.bench.probes import PgProbe, RedisProbe, command_stats
-from bot.domain import IncomingMessage, ReplyKind
+from bot.domain import ChatKind, IncomingMessage, ReplyKind
 from bot.service import ConversationService
 from bot.tallies import Tally
 
@@ -33,6 +33,10 @@ class BenchUser:
     channel_user_id: str
     user_id: uuid.UUID | None = None
     conversation_id: uuid.UUID | None = None
+    # Where they write: their DM, or a group chat (and a thread of it) with others.
+    kind: ChatKind = ChatKind.PRIVATE
+    chat_id: str | None = None
+    thread_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +172,9 @@ class ServiceDriver:
                 message_text(user, number),
                 username=user.channel_user_id,
                 platform_message_id=f"{tag}-{user.channel_user_id}-{number}",
+                chat_id=user.chat_id,
+                thread_id=user.thread_id,
+                chat_kind=user.kind,
             )
             reply = await self.service.handle(message)
             self.service.delivered(message)  # as an adapter does once the reply is sent

@@ -106,6 +106,14 @@ def targets(report: dict[str, Any]) -> dict[str, bool]:
         ),
         "warm_p99_under_25_ms": warm["latency_ms"]["p99"] < MAX_P99_MS,
     }
+    for mode, phases in report.get("groups", {}).items():
+        group_warm = phases["warm"]
+        met[f"{mode}_warm_zero_postgres_reads"] = group_warm["postgres_per_message"]["read"] == 0
+        met[f"{mode}_warm_redis_round_trips_at_most_2"] = (
+            round(group_warm["redis_per_message"]["round_trips"], 2) <= MAX_WARM_REDIS_ROUND_TRIPS
+        )
+    cold = report["service"]["cold"]["latency_ms"]["p99"]
+    met["cold_p99_at_most_2x_warm"] = cold <= 2 * warm["latency_ms"]["p99"]
     if report.get("baseline_ratio") is not None:
         met["throughput_at_least_0.8x_baseline"] = report["baseline_ratio"] >= MIN_BASELINE_RATIO
     memory = report["memory"]
@@ -150,6 +158,8 @@ def render(report: dict[str, Any]) -> str:
         _ROW.format(*_HEADER, *_HEADER2),
     ]
     phases = [(f"service {k}", v) for k, v in report["service"].items()]
+    for mode, group in report.get("groups", {}).items():
+        phases += [(f"{mode} {k}", v) for k, v in group.items()]
     if report.get("baseline"):
         phases.append(("baseline", report["baseline"]))
     lines += [_row(name, phase) for name, phase in phases]

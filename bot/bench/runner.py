@@ -25,6 +25,7 @@ from bot.bench.probes import PgProbe, RedisProbe
 from bot.bench.report import session_memory, summarize, targets
 from bot.bench.setup import bench_database, delete_keys, insert_history, wait_until_loaded
 from bot.config import Settings
+from bot.domain import ChatKind
 from bot.errors import ConfigError
 from bot.responders.echo import EchoResponder
 from bot.runtime import build_service, create_redis, keys_for, open_endpoints
@@ -33,6 +34,7 @@ from bot.store.engine import create_engine
 log = logging.getLogger(__name__)
 
 CHANNEL = "bench"
+GROUP_MEMBERS = 5  # people per group chat (and per shared thread) of the group traffic
 NO_RATE_LIMIT = 1_000_000_000  # simulated users send far faster than people
 
 
@@ -110,14 +112,17 @@ async def _run(
             await baseline.open(min(options.concurrency, options.users), names)
         base_meter = Meter(base_pg, base_rd, control)
         totals = await _rounds(options, control, driver, baseline, base_meter, profiler)
+        memory = await session_memory(control, service.cache.keys, CHANNEL, users)
+        groups = await _groups(options, control, service, Meter(pg, rd, control, service.stats))
         report = {
             "config": await _config(options, engine, control),
             "service": {"cold": summarize(totals.cold), "warm": summarize(totals.warm)},
+            "groups": groups,
             "baseline": summarize(totals.baseline) if options.baseline else None,
             "baseline_ratio": statistics.median(totals.ratios) if totals.ratios else None,
             "baseline_ratio_overall": _ratio(totals),
             "baseline_ratio_by_round": totals.ratios,
-            "memory": await session_memory(control, service.cache.keys, CHANNEL, users),
+            "memory": memory,
         }
         report["targets"] = targets(report)
         if profiler is not None and options.profile is not None:
@@ -157,6 +162,34 @@ async def _rounds(
             totals.ratios.append(round(warm.throughputs[0] / base.throughputs[0], 3))
         log.info("round %d of %d done", round_no + 1, options.rounds)
     return totals
+
+
+async def _groups(
+    options: BenchOptions, control: Redis, service: Any, meter: Meter
+) -> dict[str, dict[str, Any]]:
+    """Group traffic: as many users again, in group chats of GROUP_MEMBERS where each
+    talks for themselves (`per_user`), and in threads of them all talk together
+    (`shared`); a cold and a warm phase of each."""
+    found: dict[str, dict[str, Any]] = {}
+    for mode, kind in (("per_user", ChatKind.GROUP), ("shared", ChatKind.THREAD)):
+        users = [_member(mode, kind, i) for i in range(options.users)]
+        if mode == "shared":
+            for chat in sorted({u.chat_id for u in users if u.chat_id}):
+                patch = {"conversation_mode": "shared"}
+                await service.store.chat_configs.update(CHANNEL, chat, "", patch, [])
+        driver = ServiceDriver(service, users, CHANNEL, meter)
+        await delete_keys(control, service.cache.keys.prefix)
+        cold = await driver.cold(0, options.concurrency)
+        warm = await driver.warm(0, options.messages, options.concurrency)
+        found[mode] = {"cold": summarize(cold), "warm": summarize(warm)}
+        log.info("group traffic (%s) done", mode)
+    return found
+
+
+def _member(mode: str, kind: ChatKind, index: int) -> BenchUser:
+    chat = f"{mode}-chat-{index // GROUP_MEMBERS:04d}"
+    thread = "1" if kind is ChatKind.THREAD else None
+    return BenchUser(f"{mode}-{index:05d}", kind=kind, chat_id=chat, thread_id=thread)
 
 
 def _ratio(totals: _Totals) -> float | None:

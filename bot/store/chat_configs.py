@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,13 +15,16 @@ from bot.domain import ChannelSettings, ChatConfigRow
 from bot.store.database import Database
 
 _COLUMNS = "channel_type, chat_id, thread_id, default_model, settings, created_at, updated_at"
-# A thread's row and its chat's, in one read: what a message in that thread is told.
-_LAYERS = text(
-    f"""
-    SELECT {_COLUMNS} FROM chat_configs
-    WHERE channel_type = :channel AND chat_id = :chat_id AND thread_id IN ('', :thread_id)
-    """
-)
+# A chat's row and (for a thread) the thread's, in one statement without a BEGIN: what a
+# message there is told. Sent by asyncpg itself; $1 channel, $2 chat, $3 thread or ''.
+_LAYERS = """
+    SELECT (SELECT json_build_object('default_model', default_model, 'settings', settings)
+            FROM chat_configs
+            WHERE channel_type = $1 AND chat_id = $2 AND thread_id = '') AS chat,
+           (SELECT json_build_object('default_model', default_model, 'settings', settings)
+            FROM chat_configs
+            WHERE channel_type = $1 AND chat_id = $2 AND thread_id = $3 AND $3 <> '') AS thread
+"""
 _ROW = text(
     f"""
     SELECT {_COLUMNS} FROM chat_configs
@@ -65,13 +69,10 @@ class ChatConfigQueries:
         self, channel: str, chat_id: str, thread_id: str | None
     ) -> tuple[ChannelSettings | None, ChannelSettings | None]:
         """The chat's row and, for a thread, the thread's (None: no row)."""
-        params = {"channel": channel, "chat_id": chat_id, "thread_id": thread_id or ""}
-
-        async def work(connection: AsyncConnection) -> list[ChatConfigRow]:
-            return [_row(found) for found in await connection.execute(_LAYERS, params)]
-
-        rows = {row.thread_id: row.layer for row in await self._database.transaction(work)}
-        return rows.get(""), (rows.get(thread_id) if thread_id else None)
+        row = await self._database.statement(_LAYERS, channel, chat_id, thread_id or "")
+        if row is None:
+            return None, None
+        return _layer(row["chat"]), _layer(row["thread"])
 
     async def row(self, channel: str, chat_id: str, thread_id: str = "") -> ChatConfigRow | None:
         params = {"channel": channel, "chat_id": chat_id, "thread_id": thread_id}
@@ -114,6 +115,14 @@ class ChatConfigQueries:
             return None if gone.rowcount else row
 
         return await self._database.transaction(work)
+
+
+def _layer(value: Any) -> ChannelSettings | None:
+    """A row's settings as the statement hands them over (decoded JSON, or its text)."""
+    if value is None:
+        return None
+    found = json.loads(value) if isinstance(value, str) else value
+    return ChannelSettings(found["default_model"], dict(found["settings"] or {}))
 
 
 def _row(row: Any) -> ChatConfigRow:

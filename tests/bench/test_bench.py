@@ -55,8 +55,25 @@ def test_cold_phase_misses_the_cache_and_reads_postgres(report: dict[str, Any]) 
     assert cold["messages"] == USERS * ROUNDS
     assert cold["replies"] == {"answer": USERS * ROUNDS}
     assert cold["hit_ratio"]["session"] == 0 and cold["hit_ratio"]["context"] == 0
-    assert cold["postgres_per_message"][READ] >= 1  # at least the context
-    assert cold["postgres_per_message"][WRITE] >= 2  # the user upsert and the exchange
+    # One statement starts the turn (writer, conversation and context together, no
+    # BEGIN), then the exchange's transaction: the context's read rides on a write.
+    assert cold["postgres_per_message"][READ] == 0
+    assert cold["postgres_per_message"][WRITE] == 2
+    assert cold["postgres_per_message"][CONTROL] == 2  # the exchange's BEGIN and COMMIT
+
+
+@pytest.mark.parametrize("mode", ["per_user", "shared"])
+def test_group_traffic_keeps_the_warm_path_in_every_scope(
+    report: dict[str, Any], mode: str
+) -> None:
+    cold, warm = report["groups"][mode]["cold"], report["groups"][mode]["warm"]
+    assert cold["messages"] == USERS and warm["messages"] == USERS * MESSAGES
+    assert warm["replies"] == {"answer": USERS * MESSAGES}
+    assert warm["postgres_per_message"][READ] == 0
+    assert warm["redis_per_message"]["round_trips"] <= 2 + 1 / warm["messages"]
+    # The chat's settings are read once for all its members, not once per member.
+    assert cold["postgres_per_message"][READ] <= 1 / 5
+    assert report["targets"][f"{mode}_warm_zero_postgres_reads"] is True
 
 
 def test_baseline_does_the_storage_work_it_promises(report: dict[str, Any]) -> None:
