@@ -69,8 +69,9 @@ async def user_export(ops: Ops, args: argparse.Namespace, out: Out) -> int:
     written = {
         "output": args.output,
         "user": data["user"]["id"],
-        "conversations": len(data["conversations"]),
-        "messages": sum(len(c["messages"]) for c in data["conversations"]),
+        "scopes": len(data["scopes"]),
+        "conversations": sum(len(s["conversations"]) for s in data["scopes"]),
+        "messages": sum(len(c["messages"]) for s in data["scopes"] for c in s["conversations"]),
     }
     out.emit(written, views.export_view)
     return 0
@@ -94,8 +95,9 @@ async def user_delete(ops: Ops, args: argparse.Namespace, out: Out) -> int:
         summary = await records.user_summary(ops, args.channel, args.user)
         question = (
             f"Delete user {args.channel}:{args.user} ({summary['user']['id']}) with "
-            f"{summary['conversations']} conversations and {summary['messages']} messages "
-            "from Postgres, and their keys from Redis? This cannot be undone."
+            f"{summary['conversations'] - summary['shared']} conversations and "
+            f"{summary['messages']} messages (what they wrote in {summary['shared']} shared "
+            "ones included) from Postgres, and their keys from Redis? This cannot be undone."
         )
         if not await asyncio.to_thread(out.confirm, question):
             out.error("not confirmed: nothing deleted")

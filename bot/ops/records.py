@@ -45,7 +45,8 @@ async def cached_user(
 ) -> dict[str, Any]:
     """The user's sessions with their TTL (the DM's under "session", the other scopes'
     under "scoped_sessions"), rate counter, last activity and cached contexts."""
-    ids, scopes = [c.id for c in conversations], [c.scope for c in conversations]
+    # A shared conversation's session is the chat's, not the user's: only its context.
+    ids, scopes = [c.id for c in conversations], [c.scope for c in conversations if not c.shared]
     cached = await ops.cache.user(user.channel_type, user.channel_user_id, user.id, ids, scopes)
     return _cache_report(cached)
 
@@ -91,23 +92,37 @@ def _exported(item: ExportedConversation) -> dict[str, Any]:
     return row
 
 
+def _by_scope(items: Sequence[ExportedConversation]) -> list[dict[str, Any]]:
+    """The conversations grouped by the place they happened, newest place first."""
+    scopes: dict[str, list[dict[str, Any]]] = {}
+    for item in items:
+        scopes.setdefault(item.conversation.scope, []).append(_exported(item))
+    return [{"scope": scope, "conversations": found} for scope, found in scopes.items()]
+
+
 async def export_user(ops: Ops, channel: str, user: str, progress: Progress) -> dict[str, Any]:
-    """Everything stored about the user, in both stores, as one JSON-ready object."""
+    """Everything stored about the user, in both stores, as one JSON-ready object: their
+    messages grouped by scope (of shared conversations, what they wrote)."""
     found = _found(await ops.store.records.export_user(channel, user, progress), channel, user)
     summaries = [item.conversation for item in found.conversations]
     return {
         "exported_at": datetime.now(UTC),
         "user": asdict(found.user),
-        "conversations": [_exported(item) for item in found.conversations],
+        "scopes": _by_scope(found.conversations),
         "redis": await cached_user(ops, found.user, summaries),
     }
 
 
 async def user_summary(ops: Ops, channel: str, user: str) -> dict[str, Any]:
-    """What a delete would remove from Postgres: for the confirmation prompt."""
+    """What a delete would remove from Postgres: for the confirmation prompt (and the
+    export's progress). Of a shared conversation, only what the user wrote goes."""
     found = _found(await ops.store.records.user_with_conversations(channel, user), channel, user)
-    conversations = len(found.conversations)
-    return {"user": asdict(found.user), "conversations": conversations, "messages": found.messages}
+    return {
+        "user": asdict(found.user),
+        "conversations": len(found.conversations),
+        "shared": sum(c.shared for c in found.conversations),
+        "messages": found.messages,
+    }
 
 
 async def delete_user(ops: Ops, channel: str, user: str) -> dict[str, Any]:
@@ -116,14 +131,15 @@ async def delete_user(ops: Ops, channel: str, user: str) -> dict[str, Any]:
     the record; but both stores must be reachable before anything is erased."""
     await ops.cache.ping()
     found = _found(await ops.store.records.delete_user(channel, user), channel, user)
-    ids, scopes = [c.id for c in found.conversations], [c.scope for c in found.conversations]
+    conversations = found.conversations
+    ids, scopes = [c.id for c in conversations], [c.scope for c in conversations if not c.shared]
     row = found.user
     return {
         "user": {"id": row.id, "channel_type": channel, "channel_user_id": user},
         "postgres": {
             "users": 1,
-            "conversations": len(found.conversations),
-            "messages": found.messages,
+            "conversations": sum(not c.shared for c in conversations),
+            "messages": found.messages,  # their own, and what they wrote in shared ones
         },
         "redis": await ops.cache.delete_user(channel, user, row.id, ids, scopes),
     }

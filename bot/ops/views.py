@@ -163,7 +163,7 @@ def user_view(out: Out, data: dict[str, Any]) -> None:
         [
             (
                 c["id"],
-                c["scope"],
+                f"{c['scope']} (shared)" if c["shared"] else c["scope"],
                 c["is_active"],
                 c["started_at"],
                 c["last_activity"],

@@ -40,17 +40,25 @@ _USER = text(
               updated_at, metadata
        FROM users WHERE channel_type = :channel AND channel_user_id = :channel_user_id"""
 )
+# The user's own conversations, and the shared ones they wrote in (found by the index on
+# messages.author_id); of a shared one, only what they wrote counts as theirs.
 _CONVERSATIONS = text(
-    """SELECT c.id, c.scope, c.is_active, c.model_override, c.started_at, c.last_activity,
-              c.metadata,
+    """SELECT c.id, c.scope, c.user_id IS NULL AS shared, c.is_active, c.model_override,
+              c.started_at, c.last_activity, c.metadata,
               count(m.id) AS messages, coalesce(sum(m.token_count), 0) AS tokens
-       FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id
-       WHERE c.user_id = :user_id GROUP BY c.id ORDER BY c.started_at DESC"""
+       FROM conversations c
+       LEFT JOIN messages m ON m.conversation_id = c.id
+                           AND (c.user_id IS NOT NULL OR m.author_id = :user_id)
+       WHERE c.user_id = :user_id
+          OR c.id IN (SELECT conversation_id FROM messages WHERE author_id = :user_id)
+       GROUP BY c.id ORDER BY c.started_at DESC"""
 )
 _ALL_MESSAGES = text(
     """SELECT id, role, content, model_used, token_count, timestamp, platform_message_id,
               metadata
-       FROM messages WHERE conversation_id = :conversation_id ORDER BY timestamp, role DESC"""
+       FROM messages
+       WHERE conversation_id = :conversation_id AND (NOT :shared OR author_id = :user_id)
+       ORDER BY timestamp, role DESC"""
 )
 _LOCK_USER = text("SELECT id FROM users WHERE id = :id FOR UPDATE")
 _DELETE_USER = text("DELETE FROM users WHERE id = :id")
@@ -129,8 +137,9 @@ class OpsQueries:
     async def export_user(
         self, channel: str, channel_user_id: str, progress: Progress
     ) -> UserExport | None:
-        """The user's row and every conversation with all its messages; `progress` is
-        told of each conversation read. None if no such user."""
+        """The user's row and every conversation with all its messages (of a shared
+        one, the messages they wrote); `progress` is told of each conversation read.
+        None if no such user."""
 
         async def work(connection: AsyncConnection) -> UserExport | None:
             # One snapshot: messages arriving meanwhile are either all in or all out.
@@ -143,7 +152,11 @@ class OpsQueries:
                 return None
             conversations = []
             for conversation in found.conversations:
-                params = {"conversation_id": conversation.id}
+                params = {
+                    "conversation_id": conversation.id,
+                    "shared": conversation.shared,
+                    "user_id": found.user.id,
+                }
                 rows = await connection.execute(_ALL_MESSAGES, params)
                 messages = tuple(MessageRow(**row._mapping) for row in rows)
                 conversations.append(ExportedConversation(conversation, messages))
@@ -154,7 +167,8 @@ class OpsQueries:
 
     async def delete_user(self, channel: str, channel_user_id: str) -> UserConversations | None:
         """Delete the user's row, and with it (ON DELETE CASCADE) their conversations and
-        messages; what was deleted, or None if no such user."""
+        messages, and what they wrote in shared ones; what was deleted (the shared
+        conversations themselves stay), or None if no such user."""
 
         async def work(connection: AsyncConnection) -> UserConversations | None:
             async with connection.begin():

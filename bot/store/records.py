@@ -28,10 +28,12 @@ class UserRow:
 
 @dataclass(frozen=True, slots=True)
 class ConversationSummary:
-    """One of a user's conversations, with its message and token totals."""
+    """One of a user's conversations, with its message and token totals: their own, or
+    a shared one they wrote in (then the totals are of what they wrote)."""
 
     id: uuid.UUID
     scope: str  # where it happens (bot/domain.py, Scope.key)
+    shared: bool  # everyone's in a group or thread; the user wrote some of it
     is_active: bool
     model_override: str | None
     started_at: datetime

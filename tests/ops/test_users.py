@@ -8,6 +8,7 @@ import os
 import stat
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -15,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cache.keys import Keys
 from bot.config import Settings
+from bot.domain import ChatKind, IncomingMessage
 from tests.ops.conftest import Ops, channel_name, chat, keys_of
 from tests.support import ServiceFactory, fetch, msg, new_user
 
@@ -80,12 +82,14 @@ async def test_user_export_holds_every_message_and_the_cache(
     assert written == {
         "output": str(target),
         "user": written["user"],
+        "scopes": 1,
         "conversations": 2,
         "messages": 4,
     }
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
     document = json.loads(target.read_text())
-    contents = [m["content"] for c in document["conversations"] for m in c["messages"]]
+    (dm,) = document["scopes"]
+    contents = [m["content"] for c in dm["conversations"] for m in c["messages"]]
     assert "alpha one" in contents and "beta two" in contents and len(contents) == 4
     assert document["user"]["channel_user_id"] == user
     assert document["redis"]["session"]["fields"]["user_id"] == document["user"]["id"]
@@ -175,6 +179,52 @@ async def test_user_delete_erases_the_user_from_both_stores(
     assert await redis.zscore(keys.active(channel), kept) is not None
     again = await ops("user", "delete", channel, gone, "--yes")
     assert again.code == 1 and "no user" in again.err
+
+
+def said(user: str, text: str, chat: str | None = None, thread: str | None = None) -> Any:
+    """A Slack message: a DM, in a channel (each member's own), or in a thread (shared)."""
+    kind = ChatKind.THREAD if thread else ChatKind.GROUP if chat else ChatKind.PRIVATE
+    return IncomingMessage(
+        "slack", user, text, username=user, platform_message_id=uuid.uuid4().hex,
+        chat_id=chat, thread_id=thread, chat_kind=kind,
+    )  # fmt: skip
+
+
+async def test_a_user_in_a_dm_a_channel_and_a_shared_thread_is_shown_exported_and_erased(
+    ops: Ops, make_service: ServiceFactory, engine: AsyncEngine, redis: Redis, keys: Keys
+) -> None:
+    service = await make_service()
+    alice, bob = new_user(), new_user()
+    chat, thread = f"C{uuid.uuid4().hex[:8]}", f"{uuid.uuid4().int % 10**6}.000100"
+    await service.handle(said(alice, "alice in her dm"))
+    await service.handle(said(alice, "alice in the channel", chat))
+    await service.handle(said(alice, "alice in the thread", chat, thread))
+    await service.handle(said(bob, "bob in the thread", chat, thread))
+
+    shown = (await ops("user", "show", "slack", alice, "--json")).data
+    exported = json.loads((await ops("user", "export", "slack", alice)).out)
+    erased = (await ops("user", "delete", "slack", alice, "--yes", "--json")).data
+
+    thread_scope = f"chat:{chat}:thread:{thread}"
+    scopes = {c["scope"]: (c["shared"], c["messages"]) for c in shown["conversations"]}
+    assert scopes == {"dm": (False, 2), f"chat:{chat}": (False, 2), thread_scope: (True, 1)}
+    by_scope = {
+        s["scope"]: [m["content"] for c in s["conversations"] for m in c["messages"]]
+        for s in exported["scopes"]
+    }
+    assert by_scope[thread_scope] == ["alice in the thread"]  # not bob's, nor the replies
+    assert "alice in her dm" in by_scope["dm"]
+    assert "alice in the channel" in by_scope[f"chat:{chat}"]
+    assert erased["postgres"] == {"users": 1, "conversations": 2, "messages": 5}
+    left = await fetch(
+        engine,
+        """SELECT m.content FROM messages m JOIN conversations c ON c.id = m.conversation_id
+           WHERE c.scope = :scope AND c.channel_type = 'slack' AND m.role = 'user'""",
+        scope=thread_scope,
+    )
+    assert [row.content for row in left] == ["bob in the thread"]
+    shared_id = next(c["id"] for c in shown["conversations"] if c["shared"])
+    assert not await redis.exists(keys.context(uuid.UUID(shared_id)))  # rebuilt without her
 
 
 class FakeTerminal(io.StringIO):
