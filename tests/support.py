@@ -275,6 +275,9 @@ async def service_told_to_go() -> AsyncIterator[ConversationService]:
         print("ready", flush=True)
         await asyncio.to_thread(sys.stdin.readline)
         yield service
+        # As a worker does at shutdown: the last delivered events are marked done, or
+        # the other worker would wait out their claims and answer them again.
+        await service.close()
     finally:
         await redis.aclose()
         await engine.dispose()
