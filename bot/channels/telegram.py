@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from telegram import Message, Update
+from telegram import ChatMember, Message, Update
 from telegram import error as tg
 from telegram.constants import ChatAction, ChatType, MessageLimit, UpdateType
 from telegram.error import InvalidToken, RetryAfter, TelegramError
@@ -40,7 +40,7 @@ from bot.channels.base import (
 from bot.channels.delivery import deliver
 from bot.channels.dispatch import Dispatcher
 from bot.channels.options import TelegramOptions
-from bot.channels.telegram_updates import incoming_message, parse_update
+from bot.channels.telegram_updates import MALFORMED, incoming_message, parse_update
 from bot.domain import IncomingMessage
 from bot.errors import (
     PlatformError,
@@ -63,6 +63,8 @@ SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 JSON_ONLY = frozenset({"application/json"})  # what Telegram posts
 TYPING_DELAY = 1.0  # a fast reply needs no "typing…"
 TYPING_EVERY = 4.5  # Telegram clears the status after 5 s
+# The statuses getChatMember gives those who may configure a chat: "creator", "administrator".
+ADMIN_STATUSES = (ChatMember.OWNER, ChatMember.ADMINISTRATOR)
 
 
 class TelegramAdapter(ChannelAdapter):
@@ -101,6 +103,8 @@ class TelegramAdapter(ChannelAdapter):
             if self._stopping.is_set():
                 return
             self._username, self._bot_id = app.bot.username, app.bot.id
+            # The service asks us who may configure a group; we ask Telegram, as this bot.
+            self.dispatcher.allow_admins(self.name, partial(_is_admin, app.bot))
             receive = self._serve_webhook if self.options.webhook_url else self._poll
             self._receiver = asyncio.create_task(receive(app.bot))
             await asyncio.wait([self._receiver])
@@ -348,6 +352,28 @@ async def _retried(
     return await deliver(
         attempt, attempts=attempts, deadline=deadline, on_rate_limited=on_rate_limited
     )
+
+
+async def _is_admin(bot: Bot, message: IncomingMessage) -> bool:
+    """Whether Telegram calls the writer an owner or administrator of the message's chat.
+    A forum topic has no members of its own: its chat_id is its group's."""
+    if message.chat_id is None:  # a private chat: nobody administers it
+        return False
+    chat_id, user_id = int(message.chat_id), int(message.channel_user_id)
+    member = await _call(_chat_member(bot, chat_id, user_id))
+    return member.status in ADMIN_STATUSES
+
+
+async def _chat_member(bot: Bot, chat_id: int, user_id: int) -> ChatMember:
+    """getChatMember's answer. PTB builds it without checking it, so an answer that is no
+    ChatMember with a status raises here, as an unreadable one does: never a yes."""
+    try:
+        member = await bot.get_chat_member(chat_id, user_id)
+    except MALFORMED as exc:
+        raise PlatformUnavailable("Telegram's getChatMember answer is no ChatMember") from exc
+    if not isinstance(member, ChatMember) or not isinstance(member.status, str):
+        raise PlatformUnavailable("Telegram's getChatMember answer has no status string")
+    return member
 
 
 def _platform_error(exc: TelegramError) -> PlatformError:

@@ -18,10 +18,10 @@ from bot.domain import ChatKind, IncomingMessage
 
 CHANNEL = "telegram"
 
-# What Update.de_json raises for data of the wrong shape: it checks nothing itself,
+# What PTB's de_json raises for data of the wrong shape: it checks nothing itself,
 # so the error is whatever the first misused value raises (a date too large for a
 # datetime is an OverflowError or OSError, a string where a dict belongs a TypeError).
-_MALFORMED = (AttributeError, KeyError, IndexError, TypeError, ValueError, OverflowError, OSError)
+MALFORMED = (AttributeError, KeyError, IndexError, TypeError, ValueError, OverflowError, OSError)
 
 
 def parse_update(data: object, bot: Bot) -> Update | None:
@@ -30,7 +30,7 @@ def parse_update(data: object, bot: Bot) -> Update | None:
         return None
     try:
         update = Update.de_json(data, bot)
-    except _MALFORMED:
+    except MALFORMED:
         return None
     return update if update is not None and _is_id(update.update_id) else None
 

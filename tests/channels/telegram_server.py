@@ -1,9 +1,10 @@
 """A fake Telegram Bot API on 127.0.0.1 that python-telegram-bot talks to for real.
 
 It speaks /bot<TOKEN>/<method> for getMe, getUpdates (long polling with Telegram's
-offset rules), sendMessage, sendChatAction, setWebhook and deleteWebhook, and checks
-every request the SDK sends and every object it serves against the vendored Bot API
-spec (tests/specs/telegram/api.json): unknown or missing parameters, wrong types.
+offset rules), sendMessage, sendChatAction, setWebhook, deleteWebhook and getChatMember
+(who administers which chat, as a test sets it), and checks every request the SDK sends
+and every object it serves against the vendored Bot API spec
+(tests/specs/telegram/api.json): unknown or missing parameters, wrong types.
 What it finds wrong is collected in `problems`; the fixtures assert it stays empty.
 """
 
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +27,16 @@ SPEC_PATH = Path(__file__).resolve().parents[1] / "specs" / "telegram" / "api.js
 TOKEN = "123456:TEST-fake-telegram-token"
 BOT_ID = 4242
 BOT_USERNAME = "test_chat_bot"
+# getChatMember's statuses and the ChatMember kind each one is.
+MEMBER_KINDS = {
+    "creator": "ChatMemberOwner",
+    "administrator": "ChatMemberAdministrator",
+    "member": "ChatMemberMember",
+    "restricted": "ChatMemberRestricted",
+    "left": "ChatMemberLeft",
+    "kicked": "ChatMemberBanned",
+}
+NOT_SET: Any = object()
 
 
 class Spec:
@@ -39,7 +51,10 @@ class Spec:
         where = where or type_name
         if not isinstance(value, dict):
             return [f"{where}: {type_name} must be an object, got {value!r}"]
-        return self._check_fields(self.types[type_name]["fields"], value, where)
+        kind = self.types[type_name]
+        if "subtypes" in kind:  # one of several kinds (ChatMember)
+            return self._check_one_of(kind["subtypes"], value, where)
+        return self._check_fields(kind["fields"], value, where)
 
     def check_call(self, method: str, params: dict[str, Any]) -> list[str]:
         if method not in self.methods:
@@ -59,15 +74,24 @@ class Spec:
                 params[name] = raw
         return params, problems
 
+    def _check_one_of(self, subtypes: list[str], value: dict[str, Any], where: str) -> list[str]:
+        found = [self.check_object(kind, value, where) for kind in subtypes]
+        if [] in found:
+            return []
+        return [f"{where}: none of {', '.join(subtypes)}", *min(found, key=len)]
+
     def _check_fields(
         self, fields: list[dict[str, Any]], value: dict[str, Any], where: str
     ) -> list[str]:
         known = {f["name"]: f for f in fields}
         problems = [f"{where}.{name}: unknown field" for name in value if name not in known]
         for name, field in known.items():
+            fixed = _ALWAYS.search(field.get("description", ""))
             if name not in value:
                 if field["required"]:
                     problems.append(f"{where}.{name}: required but missing")
+            elif fixed and value[name] != fixed[1]:  # the tag of a kind: status "creator"
+                problems.append(f"{where}.{name}: {value[name]!r} is not {fixed[1]!r}")
             elif not any(
                 self._matches(t, value[name], f"{where}.{name}") == [] for t in field["types"]
             ):
@@ -95,6 +119,7 @@ class Spec:
         return [] if isinstance(value, dict) else [f"{where}: not an object"]
 
 
+_ALWAYS = re.compile(r'always "(\w+)"')  # how the spec gives the one value of a field
 _SCALARS: dict[str, Callable[[Any], bool]] = {
     "Integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
     "Float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
@@ -148,6 +173,13 @@ class FakeBotApi:
         self.updates_down = False  # answer getUpdates with 502 while set
         self.poll_cap = 1.0  # longest a getUpdates waits here, whatever it asked for
         self.webhook: dict[str, Any] = {}
+        # getChatMember: each (chat id, user id)'s status, "member" unless a test says;
+        # with `member_error` set (status, description) it fails so, with `member_answer`
+        # set it answers that as the result, unchecked (a malformed answer).
+        self.statuses: dict[tuple[int, int], str] = {}
+        self.member_error: tuple[int, str] | None = None
+        self.member_answer: Any = NOT_SET
+        self._users: dict[int, dict[str, Any]] = {}
         self._updates: list[dict[str, Any]] = []
         self._replays: list[dict[str, Any]] = []
         self._arrived = asyncio.Condition()
@@ -200,6 +232,11 @@ class FakeBotApi:
             self._replays.append(update)
             self._arrived.notify_all()
 
+    def set_status(self, chat: dict[str, Any], person: dict[str, Any], status: str) -> None:
+        """What getChatMember says `person` is in `chat`: one of MEMBER_KINDS."""
+        assert status in MEMBER_KINDS, status
+        self.statuses[chat["id"], person["id"]] = status
+
     def calls_of(self, method: str, status: int | None = 200) -> list[Call]:
         return [c for c in self.calls if c.method == method and status in (None, c.status)]
 
@@ -220,6 +257,8 @@ class FakeBotApi:
             if kind in update:
                 chat = update[kind]["chat"]
                 self._chats[chat["id"]] = chat
+                if "from" in update[kind]:
+                    self._users[update[kind]["from"]["id"]] = update[kind]["from"]
 
     def _check(self, where: str, problems: list[str]) -> None:
         self.problems += [f"{where}: {p}" for p in problems]
@@ -311,6 +350,16 @@ class FakeBotApi:
             message["message_thread_id"] = params["message_thread_id"]
         return self._ok(message, "Message")
 
+    async def _api_getChatMember(self, params: dict[str, Any]) -> web.Response:
+        if self.member_error is not None:
+            return _error(*self.member_error)
+        if self.member_answer is not NOT_SET:
+            return _ok(self.member_answer)
+        chat_id, user_id = params["chat_id"], params["user_id"]
+        status = self.statuses.get((chat_id, user_id), "member")
+        found = self._users.get(user_id) or user(user_id)
+        return self._ok(chat_member(self.spec, status, found), "ChatMember")
+
     def _ok(self, result: dict[str, Any], type_name: str) -> web.Response:
         self._check(f"served {type_name}", self.spec.check_object(type_name, result))
         return _ok(result)
@@ -334,6 +383,18 @@ def user(user_id: int, username: str | None = None, is_bot: bool = False) -> dic
     if username:
         found["username"] = username
     return found
+
+
+def chat_member(spec: Spec, status: str, person: dict[str, Any]) -> dict[str, Any]:
+    """`person` as the ChatMember of that status, with the kind's required fields only:
+    no rights, no end date."""
+    member: dict[str, Any] = {}
+    for field in spec.types[MEMBER_KINDS[status]]["fields"]:
+        if field["required"]:
+            fixed = _ALWAYS.search(field["description"])
+            by_type = {"User": person, "Boolean": False, "Integer": 0}
+            member[field["name"]] = fixed[1] if fixed else by_type[field["types"][0]]
+    return member
 
 
 def private_chat(of: dict[str, Any]) -> dict[str, Any]:
