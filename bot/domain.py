@@ -108,6 +108,14 @@ class IncomingMessage:
 AdminCheck = Callable[[IncomingMessage], Awaitable[bool]]
 
 
+class Permission(StrEnum):
+    """Whether a writer may configure the chat, as the platform answered."""
+
+    GRANTED = "granted"  # the platform calls them an admin there
+    DENIED = "denied"  # it does not, or the place is nobody's to configure (a DM)
+    UNKNOWN = "unknown"  # no answer, or one that is no yes or no: refused all the same
+
+
 class ReplyKind(StrEnum):
     ANSWER = "answer"  # the responder's reply to a stored exchange
     COMMAND = "command"  # the answer to /help, /reset, /model, /history

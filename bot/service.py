@@ -27,6 +27,7 @@ from bot.domain import (
     ContextMessage,
     ConversationMode,
     IncomingMessage,
+    Permission,
     Reply,
     ReplyKind,
     SessionState,
@@ -381,12 +382,12 @@ class ConversationService:
         """How a platform says who may configure a chat (its adapter asks the platform)."""
         self._admin_checks[channel] = check
 
-    async def _may_configure(self, message: IncomingMessage) -> bool:
+    async def _may_configure(self, message: IncomingMessage) -> Permission:
         """Whether the writer may change this group's or thread's settings: the platform
         must say so. An answer that cannot be had, or makes no sense, refuses."""
         check = self._admin_checks.get(message.channel)
         if message.scope.private or check is None:
-            return False
+            return Permission.DENIED
         try:
             allowed = await check(message)
         except Exception as exc:  # noqa: BLE001 - whatever the platform did: refuse, say why
@@ -395,14 +396,14 @@ class ConversationService:
                 message.channel, message.channel_user_id, message.chat_id,
                 type(exc).__name__, exc,
             )  # fmt: skip
-            return False
+            return Permission.UNKNOWN
         if not isinstance(allowed, bool):
             log.warning(
                 "the %s answer about %s:%s in chat %s was no yes or no; refused",
                 message.channel, message.channel, message.channel_user_id, message.chat_id,
             )  # fmt: skip
-            return False
-        return allowed
+            return Permission.UNKNOWN
+        return Permission.GRANTED if allowed else Permission.DENIED
 
     async def _start_turn(self, message: IncomingMessage, shared: bool) -> TurnStart | None:
         conversations, limit = self.store.conversations, self.settings.context_messages

@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 
+from bot.commands.context import NOT_ALLOWED, NOT_CHECKED
 from bot.domain import ChatKind, IncomingMessage, ReplyKind
 from bot.service import ConversationService
 from tests.support import CountingResponder, ServiceFactory, new_user
@@ -69,7 +70,7 @@ async def test_a_member_may_look_but_not_change(group_service: ConversationServi
     model = await group_service.handle(in_group(member, "/model other-model", chat))
     after = await group_service.handle(in_group(member, "still answered?", chat))
 
-    assert refused.kind is ReplyKind.INVALID and "admins" in (refused.text or "")
+    assert refused.kind is ReplyKind.INVALID and refused.text == NOT_ALLOWED
     assert model.kind is ReplyKind.INVALID and "admins" in (model.text or "")
     assert after.kind is ReplyKind.ANSWER and after.model == group_service.settings.default_model
 
@@ -102,6 +103,7 @@ async def test_a_platform_that_cannot_tell_refuses_and_says_why_in_the_log(
     after = await service.handle(in_group(ADMIN, "hello", chat))
 
     assert refused.kind is ReplyKind.INVALID and after.kind is ReplyKind.ANSWER  # not muted
+    assert refused.text == NOT_CHECKED  # not "you are no admin": the platform was silent
     told = "ConnectionError" if check is platform_down else "was no yes or no"
     assert "refused" in caplog.text and told in caplog.text
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import shlex
 
 from bot import setting_keys
-from bot.commands.context import NOT_ALLOWED, Command, CommandContext, CommandResult
+from bot.commands.context import Command, CommandContext, CommandResult, refusal
 from bot.domain import Reply, ReplyKind
 from bot.errors import BadInput
 
@@ -32,8 +32,9 @@ async def config(command: Command, context: CommandContext) -> CommandResult:
     action, rest = words[0].lower(), words[1:]
     if action not in ("set", "unset") or not rest:
         return CommandResult(Reply(USAGE, ReplyKind.INVALID))
-    if not await context.may_configure():
-        return CommandResult(Reply(NOT_ALLOWED, ReplyKind.INVALID))
+    refused = await refusal(context)
+    if refused is not None:
+        return CommandResult(refused)
     try:
         patch, removed = _parsed(action, rest, context)
     except BadInput as exc:

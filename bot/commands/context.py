@@ -9,7 +9,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bot.domain import ChannelSettings, ContextMessage, Reply, Scope, SessionState, resolve_model
+from bot.domain import (
+    ChannelSettings,
+    ContextMessage,
+    Permission,
+    Reply,
+    ReplyKind,
+    Scope,
+    SessionState,
+    resolve_model,
+)
 
 
 class Conversations(Protocol):
@@ -58,9 +67,9 @@ class CommandContext:
     channel_settings: ChannelSettings  # the place's, over its platform's
     conversations: Conversations
     chat_settings: ChatSettingsEditor
-    # Whether the writer may configure this chat: the platform says (an admin); False
-    # in a private chat, and whenever the platform cannot be asked.
-    may_configure: Callable[[], Awaitable[bool]]
+    # Whether the writer may configure this chat: the platform says (an admin); denied
+    # in a private chat, unknown whenever the platform cannot be asked.
+    may_configure: Callable[[], Awaitable[Permission]]
     options: CommandOptions
 
     @property
@@ -84,3 +93,16 @@ class Command:
 Handler = Callable[[Command, CommandContext], Awaitable[CommandResult]]
 
 NOT_ALLOWED = "Only this chat's admins can change its settings."
+NOT_CHECKED = (
+    "I could not check with the platform whether you are an admin here, so nothing "
+    "was changed. Please try again in a moment."
+)
+
+
+async def refusal(context: CommandContext) -> Reply | None:
+    """Why the writer may not configure this chat, or None: they may."""
+    permission = await context.may_configure()
+    if permission is Permission.GRANTED:
+        return None
+    text = NOT_CHECKED if permission is Permission.UNKNOWN else NOT_ALLOWED
+    return Reply(text, ReplyKind.INVALID)

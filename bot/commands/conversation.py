@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from bot.commands.context import NOT_ALLOWED, Command, CommandContext, CommandResult
+from bot.commands.context import Command, CommandContext, CommandResult, refusal
 from bot.domain import ContextMessage, Reply, ReplyKind, resolve_model
 
 HELP_TEXT = (
@@ -53,10 +53,10 @@ async def model(command: Command, context: CommandContext) -> CommandResult:
         return CommandResult(Reply(text, ReplyKind.INVALID))
     if context.scope.private:
         session = await context.conversations.set_preferred_model(context.session, wanted)
-    elif await context.may_configure():
-        session = await context.conversations.set_model_override(context.session, wanted)
+    elif (refused := await refusal(context)) is not None:
+        return CommandResult(refused)
     else:
-        return CommandResult(Reply(NOT_ALLOWED, ReplyKind.INVALID))
+        session = await context.conversations.set_model_override(context.session, wanted)
     chosen = resolve_model(session, context.channel_settings, context.options.default_model)
     text = f"Okay, I'll answer with the model {chosen} from now on."
     if wanted is not None and chosen != wanted:

@@ -17,7 +17,7 @@ import pytest
 from bot.channels.dispatch import Dispatcher
 from bot.channels.registry import telegram_options
 from bot.channels.telegram import TelegramAdapter
-from bot.commands.context import NOT_ALLOWED
+from bot.commands.context import NOT_ALLOWED, NOT_CHECKED
 from bot.metrics import Metrics
 from bot.service import ConversationService
 from tests.channels.telegram_server import (
@@ -148,7 +148,7 @@ async def test_telegram_failing_to_answer_refuses_and_says_why_in_the_log(
     telegram.set_status(group, person, "creator")  # what it would say, could it answer
     telegram.member_error = (status, description)
 
-    assert await ask(telegram, group, person, SET) == NOT_ALLOWED
+    assert await ask(telegram, group, person, SET) == NOT_CHECKED
     assert await bot.store.chat_configs.row("telegram", str(group["id"])) is None
     assert telegram.calls_of("getChatMember", status=status) != []
     assert "refused" in caplog.text and logged in caplog.text
@@ -182,7 +182,7 @@ async def test_a_malformed_answer_refuses_and_says_why_in_the_log(
     telegram.set_status(group, person, "creator")
     telegram.member_answer = answer
 
-    assert await ask(telegram, group, person, SET) == NOT_ALLOWED
+    assert await ask(telegram, group, person, SET) == NOT_CHECKED
     assert await bot.store.chat_configs.row("telegram", str(group["id"])) is None
     assert telegram.calls_of("getChatMember") != []
     assert "refused" in caplog.text and "PlatformUnavailable" in caplog.text
