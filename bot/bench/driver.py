@@ -159,6 +159,11 @@ class ServiceDriver:
             "cold", lambda: drive(self.users, 1, concurrency, self._sender(f"c{round_no}"))
         )
 
+    async def unmeasured(self, per_user: int, concurrency: int) -> None:
+        """Messages that count in no phase: to bring the service to where a worker that
+        has been running is (pools full, each connection's statements prepared)."""
+        await drive(self.users, per_user, concurrency, self._sender("u"))
+
     async def warm(self, round_no: int, per_user: int, concurrency: int) -> Sample:
         return await self.meter.measure(
             "warm", lambda: drive(self.users, per_user, concurrency, self._sender(f"w{round_no}"))

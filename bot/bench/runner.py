@@ -111,6 +111,7 @@ async def _run(
             names = [f"base-{i:05d}" for i in range(options.users)]
             await baseline.open(min(options.concurrency, options.users), names)
         base_meter = Meter(base_pg, base_rd, control)
+        await _run_in(options, service, control)
         totals = await _rounds(options, control, driver, baseline, base_meter, profiler)
         memory = await session_memory(control, service.cache.keys, CHANNEL, users)
         groups = await _groups(options, control, service, Meter(pg, rd, control, service.stats))
@@ -184,6 +185,16 @@ async def _groups(
         found[mode] = {"cold": summarize(cold), "warm": summarize(warm)}
         log.info("group traffic (%s) done", mode)
     return found
+
+
+async def _run_in(options: BenchOptions, service: Any, control: Redis) -> None:
+    """Users of their own talk first, unmeasured, so that the phases meet a worker as it
+    is after a while (each pooled connection opened, its statements prepared, the
+    server's caches of the tables loaded): the cold phase measures a user's first
+    message in an hour, not a worker's first minute."""
+    users = [BenchUser(f"run-in-{i:05d}") for i in range(2 * options.concurrency)]
+    meter = Meter(PgProbe(), RedisProbe(), control)
+    await ServiceDriver(service, users, CHANNEL, meter).unmeasured(3, options.concurrency)
 
 
 def _member(mode: str, kind: ChatKind, index: int) -> BenchUser:
