@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     http_host: str = "0.0.0.0"
     http_port: Annotated[int, Field(ge=0, le=65535)] = 8080
     shutdown_grace_seconds: Seconds = 30.0
+    # Replies appear as the model writes them where the adapter can show that; false:
+    # each reply is sent whole once written. Streams still running this long before
+    # the grace period ends are cut off with a note, so they end inside it.
+    stream_replies: bool = True
+    stream_shutdown_margin_seconds: Seconds = 5.0
     # Largest request body a webhook (Telegram, Slack Events API) reads; larger: 413.
     webhook_max_body_bytes: PositiveInt = 1 << 20
 
@@ -127,6 +132,8 @@ class Settings(BaseSettings):
     slack_listen: str = "0.0.0.0"
     slack_port: Annotated[int, Field(ge=0, le=65535)] = 3000
 
+    # The offline echo responder streams word by word, this long between two words.
+    echo_stream_delay_seconds: Annotated[float, Field(ge=0, le=5)] = 0.02
     # LLM: any OpenAI-compatible chat-completions API; unset base URL: the echo responder.
     llm_base_url: str | None = None  # e.g. https://api.openai.com/v1, http://localhost:11434/v1
     llm_api_key: SecretStr | None = None

@@ -108,6 +108,11 @@ class IncomingMessage:
 AdminCheck = Callable[[IncomingMessage], Awaitable[bool]]
 
 
+# Told each piece of a reply as the responder writes it (the piece, not the whole so
+# far): the responder gives pieces to the service, the service to the adapter.
+TextSink = Callable[[str], Awaitable[None]]
+
+
 class Permission(StrEnum):
     """Whether a writer may configure the chat, as the platform answered."""
 
@@ -125,6 +130,14 @@ class ReplyKind(StrEnum):
     UNAVAILABLE = "unavailable"  # Postgres could not store the exchange
     MAINTENANCE = "maintenance"  # the `maintenance` flag is on: a polite notice, nothing stored
     MUTED = "muted"  # the `replies_disabled` flag is on: say nothing, nothing stored
+    INTERRUPTED = "interrupted"  # a streamed reply cut off: its part, and a note saying so
+
+
+class Interruption(StrEnum):
+    """Why a streamed reply was cut off (messages.metadata: status interrupted, reason)."""
+
+    RESPONDER = "responder"  # the LLM stream broke off, stalled, or ran out of time
+    SHUTDOWN = "shutdown"  # the worker stopped before the reply was done
 
 
 @dataclass(frozen=True, slots=True)

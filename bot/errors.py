@@ -26,7 +26,8 @@ retry-after, a SQLSTATE) and never a secret or a server's quote of the data:
     ├── ResponderError           no reply from the responder
     │   ├── ResponderTimeout     the LLM API did not answer in time (retried)
     │   ├── ResponderUnavailable 429, 5xx or unreachable (retried)
-    │   └── ResponderRejected    any other 4xx (not retried)
+    │   ├── ResponderRejected    any other 4xx (not retried)
+    │   └── ResponderInterrupted a stream broke off after some of it was given out
     ├── PlatformError            a platform API call failed
     │   ├── PlatformRateLimited  429: wait `retry_after` seconds (retried)
     │   ├── PlatformUnavailable  5xx or the network (retried)
@@ -151,6 +152,15 @@ class ResponderRejected(ResponderError):
     def __init__(self, message: str, *, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+class ResponderInterrupted(ResponderError):
+    """A streamed reply broke off (dropped, stalled, out of time) after `partial` was
+    given out: never retried, which would give the text out twice."""
+
+    def __init__(self, message: str, *, partial: str) -> None:
+        super().__init__(message)
+        self.partial = partial
 
 
 class PlatformError(BotError):

@@ -56,6 +56,15 @@ EXPORTED: dict[Tally, tuple[str, str]] = {
         "bot_replies_resent_total",
         "Stored replies sent again for a redelivered event whose first handling never finished",
     ),
+    Tally.STREAMED: (
+        "bot_streamed_replies_total",
+        "Replies shown as they were written, then stored whole",
+    ),
+    Tally.INTERRUPTED: (
+        "bot_interrupted_replies_total",
+        "Streamed replies cut off (the LLM broke off, or the worker stopped): stored and "
+        "shown with a note that they were interrupted",
+    ),
     Tally.STALE_SESSION: (
         "bot_stale_sessions_total",
         "Cached sessions that named a closed or deleted conversation, rebuilt from Postgres",
@@ -127,6 +136,20 @@ class Metrics:
             "bot_platform_rate_limited",
             "Platform API calls that waited out the platform's rate limit (HTTP 429)",
             ["channel"],
+            registry=self.registry,
+        )
+        self.first_text = Histogram(
+            "bot_first_token_seconds",
+            "Time from receiving a message to the first piece of its streamed reply shown",
+            ["channel"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.stream_updates = Histogram(
+            "bot_stream_updates_per_reply",
+            "Platform updates (posts and edits) one streamed reply took",
+            ["channel"],
+            buckets=(1, 2, 3, 5, 8, 13, 21, 34, 55, 89),
             registry=self.registry,
         )
         self.responder_latency = Histogram(

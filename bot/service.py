@@ -9,6 +9,7 @@ then told to the user, with nothing half-written.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections import Counter
@@ -27,11 +28,13 @@ from bot.domain import (
     ContextMessage,
     ConversationMode,
     IncomingMessage,
+    Interruption,
     Permission,
     Reply,
     ReplyKind,
     SessionState,
     StoredExchange,
+    TextSink,
     default_mode,
     resolve_model,
 )
@@ -46,8 +49,9 @@ from bot.errors import (
 )
 from bot.flagset import MAINTENANCE, REPLIES_DISABLED, FlagSource, StaticFlags
 from bot.local import LocalRateLimiter
+from bot.relay import Relay
 from bot.responders.base import Responder, ResponderRequest, ResponderResult, estimate_tokens
-from bot.store.conversations import ExchangeRows
+from bot.store.conversations import ExchangeRows, ReplyRow
 from bot.store.store import Store
 from bot.store.turn_start import TurnStart
 from bot.tallies import CacheRead, Tally
@@ -65,6 +69,7 @@ log = logging.getLogger(__name__)
 UNAVAILABLE_TEXT = "Sorry, I can't answer right now. Please try again in a minute."
 BUSY_TEXT = "I'm still busy with your previous message. Please send this one again shortly."
 RESPONDER_FAILED_TEXT = "Sorry, I couldn't come up with a reply just now. Please try again."
+INTERRUPTED_NOTE = "[My reply was interrupted here. Please ask again if you need the rest.]"
 
 
 @dataclass(slots=True)
@@ -79,6 +84,7 @@ class Turn:
     taken_over: bool  # an earlier handling of this event never finished (Redis says)
     shared: bool  # a shared conversation: who wrote each message is kept and told
     loaded_context: list[ContextMessage] | None = None  # read with the session from Postgres
+    on_text: TextSink | None = None  # the adapter shows the reply as it is written
 
     @property
     def author(self) -> str | None:
@@ -107,6 +113,7 @@ class ConversationService:
         self._published: Counter[Tally] = Counter()
         self._local_rate = LocalRateLimiter()
         self._admin_checks: dict[str, AdminCheck] = {}
+        self._stopping = asyncio.Event()  # set at shutdown: streams are cut off
         self._command_options = commands.CommandOptions(
             settings.default_model, tuple(settings.allowed_models), settings.history_default
         )
@@ -133,8 +140,15 @@ class ConversationService:
             return
         self._published.update(delta)
 
-    async def handle(self, message: IncomingMessage) -> Reply:
-        """Answer one incoming message; never raises for bad input or a failing store."""
+    def stop_streams(self) -> None:
+        """Cut off the replies streaming now (at shutdown): each is stored and shown
+        as interrupted, so that its handling ends within the grace period."""
+        self._stopping.set()
+
+    async def handle(self, message: IncomingMessage, on_text: TextSink | None = None) -> Reply:
+        """Answer one incoming message; never raises for bad input or a failing store.
+        With `on_text` (and STREAM_REPLIES), the reply is given to it piece by piece as
+        it is written; the Reply returned is then the whole of it, stored."""
         flags = self.flags.current
         if flags.enabled(MAINTENANCE, message.channel):
             self.stats[Tally.MAINTENANCE] += 1
@@ -152,7 +166,9 @@ class ConversationService:
             if chat.muted:
                 self.stats[Tally.MUTED] += 1
                 return Reply(None, ReplyKind.MUTED)
-            return await self._in_turn(message, chat, self._shared(message, chat))
+            shared = self._shared(message, chat)
+            stream = on_text if self.settings.stream_replies else None
+            return await self._in_turn(message, chat, shared, stream)
         except LockTimeout:
             self.stats[Tally.LOCK_TIMEOUT] += 1
             return Reply(BUSY_TEXT, ReplyKind.UNAVAILABLE)
@@ -185,7 +201,11 @@ class ConversationService:
         return mode == ConversationMode.SHARED
 
     async def _in_turn(
-        self, message: IncomingMessage, chat: ChannelSettings, shared: bool
+        self,
+        message: IncomingMessage,
+        chat: ChannelSettings,
+        shared: bool,
+        on_text: TextSink | None = None,
     ) -> Reply:
         """Handle the message in its turn (bot/cache/claim.py): its writer's, or its
         shared conversation's, with its chat's settings laid over its platform's."""
@@ -195,7 +215,7 @@ class ConversationService:
                 return Reply(None, ReplyKind.DUPLICATE)
             if claim.hot is None:
                 self.stats[Tally.CACHE_UNAVAILABLE] += 1
-            reply, refresh = await self._process(message, claim.hot, chat, shared)
+            reply, refresh = await self._process(message, claim.hot, chat, shared, on_text)
             claim.settle_with(refresh)
         return reply
 
@@ -209,9 +229,14 @@ class ConversationService:
         self.stats[Tally.STORE_UNAVAILABLE if unavailable else Tally.STORE_FAILED] += 1
 
     async def _process(
-        self, message: IncomingMessage, hot: HotState | None, chat: ChannelSettings, shared: bool
+        self,
+        message: IncomingMessage,
+        hot: HotState | None,
+        chat: ChannelSettings,
+        shared: bool,
+        on_text: TextSink | None,
     ) -> tuple[Reply, Refresh]:
-        turn = await self._prepare(message, hot, chat, shared)
+        turn = replace(await self._prepare(message, hot, chat, shared), on_text=on_text)
         limit = turn.channel.rate_limit(self.settings.rate_limit_per_minute)
         if turn.rate.count > limit:
             return self._rate_limited(turn, limit), turn.refresh
@@ -294,6 +319,8 @@ class ConversationService:
                 turn.session.conversation_id, self.settings.context_messages
             )
         model = resolve_model(turn.session, turn.channel, self.settings.default_model)
+        if turn.on_text is not None:
+            return await self._streamed(turn, cached, context, model, retried=retried)
         user_ts = datetime.now(UTC)
         result = await self._respond(turn, model, context)
         rows = self._rows(turn, user_ts, result)
@@ -320,6 +347,106 @@ class ConversationService:
             return Reply(RESPONDER_FAILED_TEXT, ReplyKind.UNAVAILABLE), refresh
         return Reply(result.text, ReplyKind.ANSWER, turn.session.conversation_id, model), refresh
 
+    async def _streamed(
+        self,
+        turn: Turn,
+        cached: list[ContextMessage] | None,
+        context: list[ContextMessage],
+        model: str,
+        *,
+        retried: bool,
+    ) -> tuple[Reply, Refresh]:
+        """The exchange of a streamed reply, in two transactions (docs/streaming.md): the
+        user's message is stored before the first piece is shown, so that a worker
+        dying mid-stream loses nothing the user wrote; the reply is stored before the
+        adapter's final update, so that a reply seen whole is in Postgres."""
+        rows = self._rows(turn, datetime.now(UTC), None)
+        try:
+            stored = await self.store.conversations.save_exchange(rows)
+        except StaleSession:
+            if retried:
+                raise
+            return await self._recover_stale(turn)
+        if stored.duplicate and (stored.reply_text is not None or not turn.taken_over):
+            refresh = replace(turn.refresh, context_update=ContextUpdate.REPLACE)
+            return self._redelivered(turn, stored), refresh
+        # Else new, or taken over from a handling that died before storing its reply.
+        assert turn.on_text is not None
+        relay = Relay(turn.on_text, turn.message.channel)
+        result, cut = await self._stream(turn, model, context, relay)
+        text = result.text if result is not None else relay.text
+        new = [ContextMessage("user", rows.user_text, rows.user_ts, turn.author)]
+        if text:
+            reply_ts = max(datetime.now(UTC), rows.user_ts + timedelta(microseconds=1))
+            await self._store_reply(turn, stored, result, text, reply_ts, cut)
+            new.insert(0, ContextMessage("assistant", text, reply_ts))
+        refresh = replace(
+            turn.refresh,
+            context=new if cached is not None else [*new, *context],
+            context_update=ContextUpdate.APPEND if cached is not None else ContextUpdate.REPLACE,
+        )
+        if stored.duplicate:  # the context read may hold the message already: read anew
+            refresh = replace(turn.refresh, context_update=ContextUpdate.REPLACE)
+        self.stats[Tally.EXCHANGE] += 1
+        conversation = turn.session.conversation_id
+        if not text:
+            return Reply(RESPONDER_FAILED_TEXT, ReplyKind.UNAVAILABLE), refresh
+        if cut is not None:
+            self.stats[Tally.INTERRUPTED] += 1
+            return Reply(
+                f"{text}\n\n{INTERRUPTED_NOTE}", ReplyKind.INTERRUPTED, conversation
+            ), refresh
+        self.stats[Tally.STREAMED] += 1
+        return Reply(text, ReplyKind.ANSWER, conversation, model), refresh
+
+    async def _stream(
+        self, turn: Turn, model: str, context: list[ContextMessage], relay: Relay
+    ) -> tuple[ResponderResult | None, Interruption | None]:
+        """The responder's reply, streamed through `relay`; or, when it broke off after
+        some of it was shown (or the worker is stopping), None and why it was cut."""
+        request = self._request(turn, model, context)
+        responding = asyncio.ensure_future(self.responder.respond(request, on_text=relay))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({responding, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not responding.done():
+            responding.cancel()
+            await asyncio.gather(responding, return_exceptions=True)
+            return None, Interruption.SHUTDOWN
+        try:
+            return responding.result(), None
+        except ResponderError as exc:
+            log.warning("responder %s failed: %s", self.responder.name, exc)
+            self.stats[Tally.RESPONDER_ERROR] += 1
+            return None, Interruption.RESPONDER if relay.text else None
+
+    async def _store_reply(
+        self,
+        turn: Turn,
+        stored: StoredExchange,
+        result: ResponderResult | None,
+        text: str,
+        reply_ts: datetime,
+        cut: Interruption | None,
+    ) -> None:
+        row = ReplyRow(
+            conversation_id=turn.session.conversation_id,
+            user_message_id=stored.user_message_id,
+            reply_id=uuid.uuid4(),
+            channel=turn.message.channel,
+            text=text,
+            ts=reply_ts,
+            tokens=result.completion_tokens if result else estimate_tokens(text),
+            model_used=result.model_used if result else None,
+            interrupted=cut,
+        )
+        if not await self.store.conversations.save_reply(row):
+            # Another handling of this event stored its reply first (a lock lost to a
+            # stall): the database keeps one, and this one is not claimed as stored.
+            log.warning("%s: a reply to event %s was stored already", row.channel, stored)
+
     def _redelivered(self, turn: Turn, stored: StoredExchange) -> Reply:
         """A platform event Postgres holds already. If Redis says its earlier handling
         never finished (the worker died after the commit, or the user was told it failed
@@ -341,10 +468,8 @@ class ConversationService:
         turn = replace(turn, session=session, refresh=refresh, loaded_context=None)
         return await self._exchange(turn, None, retried=True)
 
-    async def _respond(
-        self, turn: Turn, model: str, context: list[ContextMessage]
-    ) -> ResponderResult | None:
-        request = ResponderRequest(
+    def _request(self, turn: Turn, model: str, context: list[ContextMessage]) -> ResponderRequest:
+        return ResponderRequest(
             model=model,
             text=turn.message.text,
             author=turn.author,
@@ -352,6 +477,11 @@ class ConversationService:
             channel=turn.message.channel,
             channel_settings=turn.channel.settings,
         )
+
+    async def _respond(
+        self, turn: Turn, model: str, context: list[ContextMessage]
+    ) -> ResponderResult | None:
+        request = self._request(turn, model, context)
         try:
             return await self.responder.respond(request)
         except ResponderError as exc:

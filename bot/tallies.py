@@ -21,6 +21,8 @@ class Tally(StrEnum):
     EXCHANGE = "exchange"  # a message and its reply (or apology) stored
     RESPONDER_ERROR = "responder_error"  # no reply from the responder: an apology
     REPLY_RESENT = "reply_resent"  # a stored reply sent again for an unfinished event
+    STREAMED = "streamed"  # a reply shown as it was written, stored when done
+    INTERRUPTED = "interrupted"  # a streamed reply cut off, stored and shown as such
     STALE_SESSION = "stale_session"  # a cached session named a closed conversation
     SESSION_HIT = "session_hit"
     SESSION_MISS = "session_miss"

@@ -188,6 +188,7 @@ async def make_settings(
             "redis_url": redis_url,
             "redis_key_prefix": prefix,
             "db_pool_size": 5,
+            "echo_stream_delay_seconds": 0,  # streamed replies at once: tests wait for nothing
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)

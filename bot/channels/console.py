@@ -59,11 +59,23 @@ class ConsoleChannel(ChannelAdapter):
     async def _answer(self, text: str) -> None:
         if self.interactive and not text.strip():
             return  # a bare Enter at the prompt is not a message
-        reply = await self.dispatcher.handle(
-            IncomingMessage(CHANNEL, self.user, text, username=self.user)
-        )
+        prefix = "bot> " if self.interactive else ""
+        shown: list[str] = []
+
+        async def show(piece: str) -> None:  # the reply as it is written, on the same line
+            self._write(piece if shown else prefix + piece)
+            shown.append(piece)
+
+        message = IncomingMessage(CHANNEL, self.user, text, username=self.user)
+        reply = await self.dispatcher.handle(message, show)
+        streamed = "".join(shown)
+        if reply.text is None:
+            self._write("\n" if shown else "")
+        elif shown and reply.text.startswith(streamed):
+            self._write(reply.text[len(streamed) :] + "\n")  # the rest: a note, or nothing
+        else:  # not what was streamed (an apology after a failure): on a line of its own
+            self._write(("\n" if shown else "") + prefix + reply.text + "\n")
         if reply.text is not None:
-            self._write(("bot> " if self.interactive else "") + reply.text + "\n")
             self.dispatcher.sent(CHANNEL)
 
     async def stop(self) -> None:

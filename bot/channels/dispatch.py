@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 
-from bot.domain import AdminCheck, IncomingMessage, Reply
+from bot.domain import AdminCheck, IncomingMessage, Reply, TextSink
 from bot.errors import ShuttingDown
 from bot.metrics import Metrics
 from bot.service import ConversationService
@@ -37,7 +37,9 @@ class Dispatcher:
         """True once close() was called: adapters stop acknowledging new events."""
         return self._closing
 
-    async def handle(self, message: IncomingMessage) -> Reply:
+    async def handle(self, message: IncomingMessage, on_text: TextSink | None = None) -> Reply:
+        """The service's reply to `message`. With `on_text` (the adapter's display of a
+        reply as it grows), pieces are shown as they are written; the Reply is whole."""
         if self._closing:
             self.refused(message.channel)
             raise ShuttingDown("the worker is shutting down")
@@ -45,8 +47,9 @@ class Dispatcher:
         self._idle.clear()
         started = time.perf_counter()
         self.metrics.messages_in.labels(message.channel).inc()
+        shown = self._timed(on_text, message.channel, started) if on_text else None
         try:
-            reply = await self.service.handle(message)
+            reply = await self.service.handle(message, shown)
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
@@ -64,6 +67,23 @@ class Dispatcher:
             },
         )
         return reply
+
+    def _timed(self, on_text: TextSink, channel: str, started: float) -> TextSink:
+        """`on_text`, timing the first piece shown (bot_first_token_seconds)."""
+        first = True
+
+        async def show(piece: str) -> None:
+            nonlocal first
+            await on_text(piece)
+            if first:
+                first = False
+                self.metrics.first_text.labels(channel).observe(time.perf_counter() - started)
+
+        return show
+
+    def streamed(self, channel: str, updates: int) -> None:
+        """An adapter finished showing a streamed reply in `updates` posts and edits."""
+        self.metrics.stream_updates.labels(channel).observe(updates)
 
     def allow_admins(self, channel: str, check: AdminCheck) -> None:
         """The adapter's way of asking its platform who may configure a chat."""
@@ -93,10 +113,23 @@ class Dispatcher:
         self._closing = True
 
     async def drain(self, grace: float) -> bool:
-        """Wait for in-flight messages; False if some were still running at the deadline."""
+        """Wait for in-flight messages; False if some were still running at the deadline.
+        Replies still streaming STREAM_SHUTDOWN_MARGIN_SECONDS before it are cut off
+        (stored and shown as interrupted), so that they end in time, not mid-sentence."""
+        margin = self.service.settings.stream_shutdown_margin_seconds
+        if await self._idle_within(max(0.0, grace - margin)):
+            return True
+        if margin > 0:
+            log.info("cutting off the replies still streaming (%d in flight)", self._in_flight)
+            self.service.stop_streams()
+            if await self._idle_within(min(margin, grace)):
+                return True
+        log.warning("%d messages still in flight at shutdown", self._in_flight)
+        return False
+
+    async def _idle_within(self, seconds: float) -> bool:
         try:
-            await asyncio.wait_for(self._idle.wait(), grace)
+            await asyncio.wait_for(self._idle.wait(), seconds)
         except TimeoutError:
-            log.warning("%d messages still in flight at shutdown", self._in_flight)
             return False
         return True

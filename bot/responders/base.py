@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from bot.domain import ContextMessage
+from bot.domain import ContextMessage, TextSink
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +30,12 @@ class ResponderResult:
 class Responder(Protocol):
     name: str
 
-    async def respond(self, request: ResponderRequest) -> ResponderResult:
-        """Produce the reply; raise bot.errors.ResponderError when it cannot."""
+    async def respond(
+        self, request: ResponderRequest, on_text: TextSink | None = None
+    ) -> ResponderResult:
+        """Produce the reply; raise bot.errors.ResponderError when it cannot. With
+        `on_text`, stream it: each piece is awaited as it comes (the next is not read
+        before the sink returns), and the result's text is the pieces joined."""
         ...
 
     async def aclose(self) -> None: ...

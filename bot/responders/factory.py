@@ -36,7 +36,7 @@ def llm_options(settings: Settings) -> LLMOptions:
 
 def build_responder(settings: Settings) -> Responder:
     if settings.llm_base_url is None:
-        return EchoResponder()
+        return EchoResponder(settings.echo_stream_delay_seconds)
     # Imported here: the `openai` package takes most of a second to load.
     from bot.responders.openai_compat import OpenAICompatResponder
 

@@ -21,8 +21,13 @@ from email.utils import parsedate_to_datetime
 from typing import Any, TypeGuard
 
 import openai
-from openai import AsyncOpenAI, omit
-from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
+from openai import AsyncOpenAI, AsyncStream, Omit, omit
+from openai.types.chat import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionMessageParam,
+    ChatCompletionStreamOptionsParam,
+)
 from pydantic import SecretStr
 from tenacity import (
     AsyncRetrying,
@@ -32,8 +37,14 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from bot.domain import ContextMessage
-from bot.errors import ResponderError, ResponderRejected, ResponderTimeout, ResponderUnavailable
+from bot.domain import ContextMessage, TextSink
+from bot.errors import (
+    ResponderError,
+    ResponderInterrupted,
+    ResponderRejected,
+    ResponderTimeout,
+    ResponderUnavailable,
+)
 from bot.responders.base import ResponderRequest, ResponderResult, estimate_tokens
 
 log = logging.getLogger(__name__)
@@ -223,12 +234,27 @@ class OpenAICompatResponder:
             max_retries=0,  # retries are ours: llm_retry
         )
         self._slots = asyncio.Semaphore(options.max_concurrency)
+        self._usage_in_streams = True  # until the server refuses stream_options
 
-    async def respond(self, request: ResponderRequest) -> ResponderResult:
+    def stream_options(self) -> ChatCompletionStreamOptionsParam | Omit:
+        """Ask for the usage at the end of a stream, unless this server refused to."""
+        return {"include_usage": True} if self._usage_in_streams else omit
+
+    def refuses_stream_options(self) -> None:
+        if self._usage_in_streams:
+            log.warning("the LLM API refuses stream_options: usage of streams is estimated")
+        self._usage_in_streams = False
+
+    async def respond(
+        self, request: ResponderRequest, on_text: TextSink | None = None
+    ) -> ResponderResult:
         messages = build_messages(request, self.options)
         params = sampling(request, self.options)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.deadline
+        if on_text is not None:
+            call = _StreamCall(self, request.model, messages, params, deadline, on_text)
+            return await call.run()
 
         async def attempt() -> ChatCompletion:
             return await self._attempt(request.model, messages, params, deadline)
@@ -277,6 +303,115 @@ class OpenAICompatResponder:
 
     async def aclose(self) -> None:
         await self._client.close()
+
+    @property
+    def client(self) -> AsyncOpenAI:
+        return self._client
+
+
+class _StreamCall:
+    """One streamed reply: `stream: true`, each piece given out as it comes.
+
+    Until the first piece is given out, a failure is retried as for a whole reply
+    (llm_retry); after it, a failure is ResponderInterrupted, never retried. Each wait
+    for the API (the first chunk, and every next one) is bounded by LLM_TIMEOUT_SECONDS,
+    and everything by the deadline; the time the sink takes is not the API's.
+    """
+
+    def __init__(
+        self,
+        responder: OpenAICompatResponder,
+        model: str,
+        messages: list[ChatCompletionMessageParam],
+        params: Sampling,
+        deadline: float,
+        on_text: TextSink,
+    ) -> None:
+        self.responder = responder
+        self.model = model
+        self.messages = messages
+        self.params = params
+        self.deadline = deadline
+        self.on_text = on_text
+        self.pieces: list[str] = []
+        self.served_model: str | None = None
+        self.usage: Any = None
+        self.finished = False
+
+    async def run(self) -> ResponderResult:
+        await llm_retry(self.responder.options.deadline)(self._attempt)
+        text = "".join(self.pieces)
+        if not self.finished:
+            raise ResponderInterrupted("the LLM stream ended before the reply", partial=text)
+        if not text.strip():
+            raise ResponderError("the LLM API answered without a reply text")
+        prompt = getattr(self.usage, "prompt_tokens", None)
+        reply = getattr(self.usage, "completion_tokens", None)
+        return ResponderResult(
+            text=text,
+            model_used=self.served_model or self.model,
+            prompt_tokens=prompt if isinstance(prompt, int) else _estimate(self.messages),
+            completion_tokens=reply if isinstance(reply, int) else estimate_tokens(text),
+        )
+
+    async def _attempt(self) -> None:
+        responder = self.responder
+        async with responder._slot(self.deadline):
+            try:
+                await self._read(await self._open())
+            except TimeoutError:
+                raise self._failed(ResponderTimeout("the LLM API did not answer in time")) from None
+            except openai.OpenAIError as exc:
+                raise self._failed(map_error(exc)) from exc
+
+    async def _open(self) -> AsyncStream[ChatCompletionChunk]:
+        loop = asyncio.get_running_loop()
+        timeout = min(loop.time() + self.responder.options.timeout, self.deadline)
+        async with asyncio.timeout_at(timeout):
+            return await self.responder.client.chat.completions.create(
+                model=self.model,
+                messages=self.messages,
+                max_tokens=self.params.max_tokens,
+                temperature=omit if self.params.temperature is None else self.params.temperature,
+                stream=True,
+                stream_options=self.responder.stream_options(),
+            )
+
+    async def _read(self, stream: AsyncStream[ChatCompletionChunk]) -> None:
+        loop, timeout = asyncio.get_running_loop(), self.responder.options.timeout
+        async with stream, asyncio.timeout_at(None) as limit:
+            chunks = aiter(stream)
+            while True:
+                limit.reschedule(min(loop.time() + timeout, self.deadline))
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    return
+                limit.reschedule(None)  # the sink's time is not the API's
+                await self._take(chunk)
+
+    async def _take(self, chunk: ChatCompletionChunk) -> None:
+        self.served_model = getattr(chunk, "model", None) or self.served_model
+        self.usage = getattr(chunk, "usage", None) or self.usage
+        for choice in getattr(chunk, "choices", None) or ():
+            delta = getattr(choice, "delta", None)
+            piece = getattr(delta, "content", None) or getattr(delta, "refusal", None)
+            if isinstance(piece, str) and piece:
+                self.pieces.append(piece)
+                await self.on_text(piece)
+            if getattr(choice, "finish_reason", None):
+                self.finished = True
+
+    def _failed(self, error: ResponderError) -> ResponderError:
+        """The error to raise: retried as it is while nothing was given out, else an
+        interruption; a server refusing stream_options is asked again without them."""
+        partial = "".join(self.pieces)
+        if partial:
+            return ResponderInterrupted(f"the LLM stream broke off: {error}", partial=partial)
+        if isinstance(error, ResponderRejected) and "stream_options" in str(error):
+            self.responder.refuses_stream_options()
+            return ResponderUnavailable(f"{error}; asking again without stream_options")
+        return error
 
 
 def parse_completion(

@@ -6,6 +6,7 @@ import time
 
 from prometheus_client import Histogram
 
+from bot.domain import TextSink
 from bot.responders.base import Responder, ResponderRequest, ResponderResult
 
 
@@ -15,10 +16,12 @@ class TimedResponder:
         self.name = inner.name
         self._latency = latency.labels(inner.name)
 
-    async def respond(self, request: ResponderRequest) -> ResponderResult:
+    async def respond(
+        self, request: ResponderRequest, on_text: TextSink | None = None
+    ) -> ResponderResult:
         started = time.perf_counter()
         try:
-            return await self.inner.respond(request)
+            return await self.inner.respond(request, on_text)
         finally:
             self._latency.observe(time.perf_counter() - started)
 

@@ -3,6 +3,7 @@ the commands' changes. Each public method is one transaction, retried as a unit.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,7 +12,14 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot.domain import DM_SCOPE, ChannelSettings, ContextMessage, SessionState, StoredExchange
+from bot.domain import (
+    DM_SCOPE,
+    ChannelSettings,
+    ContextMessage,
+    Interruption,
+    SessionState,
+    StoredExchange,
+)
 from bot.errors import StaleSession, StoreConflict, StoreFailed
 from bot.store.database import Database
 from bot.store.turn_start import TurnStart, start_turn
@@ -113,8 +121,8 @@ _SAVE_EXCHANGE = """
         RETURNING id
     ), reply AS (
         INSERT INTO messages (id, conversation_id, role, content, timestamp, token_count,
-                              channel_type, model_used)
-        SELECT $8, $1, 'assistant', $9, $10, $11, $6, $12
+                              channel_type, model_used, reply_to)
+        SELECT $8, $1, 'assistant', $9, $10, $11, $6, $12, user_message.id
         FROM user_message WHERE $13
     ), touched AS (
         UPDATE conversations SET last_activity = $10
@@ -125,22 +133,38 @@ _SAVE_EXCHANGE = """
 """
 
 # The user message stored by an earlier attempt of ours (:id) or for the same platform
-# event, and its reply: the next message of the conversation, if it is the assistant's
-# (an exchange whose responder failed has none, and the next message is the user's).
+# event, and its reply if it has one (an exchange whose responder failed has none).
 _STORED_EXCHANGE = text(
     """
     SELECT u.id, r.content AS reply_text, r.model_used
     FROM messages AS u
-    LEFT JOIN LATERAL (
-        SELECT id, role, content, model_used FROM messages AS n
-        WHERE n.conversation_id = u.conversation_id AND n.timestamp > u.timestamp
-        ORDER BY n.timestamp LIMIT 1
-    ) AS r ON r.role = 'assistant'
+    LEFT JOIN messages AS r ON r.reply_to = u.id
     WHERE u.id = :id OR (u.channel_type = :channel AND u.platform_message_id = :event)
     ORDER BY u.id = :id DESC
     LIMIT 1
     """
 )
+
+# A streamed reply, stored once the responder is done (or cut off), before the
+# platform's final update: one reply per user message (uq_messages_one_reply), so a
+# second one for the same event inserts nothing. Sent by asyncpg itself:
+# $1 conversation, $2 the user message, $3 reply id, $4 text, $5 time (also the new
+# last_activity), $6 tokens, $7 channel, $8 model used, $9 metadata (JSON text).
+_SAVE_REPLY = """
+    WITH conversation AS (
+        SELECT id FROM conversations WHERE id = $1 FOR NO KEY UPDATE
+    ), reply AS (
+        INSERT INTO messages (id, conversation_id, role, content, timestamp, token_count,
+                              channel_type, model_used, reply_to, metadata)
+        SELECT $3, id, 'assistant', $4, $5, $6, $7, $8, $2, $9::jsonb FROM conversation
+        ON CONFLICT DO NOTHING
+        RETURNING id
+    ), touched AS (
+        UPDATE conversations SET last_activity = $5
+        FROM reply WHERE conversations.id = $1
+    )
+    SELECT (SELECT id FROM reply) AS reply_id
+"""
 
 _CLOSE_ACTIVE = text(
     """
@@ -177,6 +201,26 @@ class ExchangeRows:
     user_message_id: uuid.UUID
     reply_id: uuid.UUID
     author_id: uuid.UUID | None = None  # who wrote it, in a shared conversation
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyRow:
+    """A streamed reply to store, after its user message was stored on its own."""
+
+    conversation_id: uuid.UUID
+    user_message_id: uuid.UUID
+    reply_id: uuid.UUID
+    channel: str
+    text: str
+    ts: datetime
+    tokens: int | None
+    model_used: str | None
+    interrupted: Interruption | None = None  # cut off: why (messages.metadata says so)
+
+    def metadata(self) -> str:
+        if self.interrupted is None:
+            return "{}"
+        return json.dumps({"status": "interrupted", "reason": self.interrupted.value})
 
 
 class ConversationQueries:
@@ -267,6 +311,16 @@ class ConversationQueries:
         if user_message_id is not None:
             return StoredExchange(user_message_id)
         return await self._stored_exchange(rows)
+
+    async def save_reply(self, row: ReplyRow) -> bool:
+        """Store a streamed reply to its user message; False: that message has one
+        already (another handling of the same event stored it first)."""
+        found = await self._database.prepared(
+            _SAVE_REPLY,
+            *(row.conversation_id, row.user_message_id, row.reply_id, row.text, row.ts),
+            *(row.tokens, row.channel, row.model_used, row.metadata()),
+        )
+        return found[0] is not None
 
     async def _stored_exchange(self, rows: ExchangeRows) -> StoredExchange:
         """What is stored for an exchange that inserted nothing: an earlier attempt of ours

@@ -128,6 +128,13 @@ class Message(Base):
             postgresql_using="gin",
         ),
         Index("ix_messages_author_id", "author_id", postgresql_where=text("author_id IS NOT NULL")),
+        # One reply per user message (revision 0005), whoever streams it.
+        Index(
+            "uq_messages_one_reply",
+            "reply_to",
+            unique=True,
+            postgresql_where=text("reply_to IS NOT NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = _uuid_pk()
@@ -145,6 +152,10 @@ class Message(Base):
     # Who wrote a user message of a shared conversation; NULL: the conversation's user.
     author_id: Mapped[uuid.UUID | None] = mapped_column(
         UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE")
+    )
+    # The user message an assistant message answers; NULL for user messages.
+    reply_to: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("messages.id", ondelete="CASCADE")
     )
 
 

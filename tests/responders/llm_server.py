@@ -1,12 +1,17 @@
 """A local OpenAI-compatible chat-completions server the tests start (aiohttp).
 
 It records every request body, answers from a script of steps (then a default), and
-counts the calls in flight.
+counts the calls in flight. A request with `"stream": true` is answered with
+server-sent events as OpenAI sends them: the reply word by word, after a first-token
+delay and at a set rate, a usage chunk when `stream_options.include_usage` asks, then
+`[DONE]`; a step can break the stream off, stall it, or refuse stream_options.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import socket
 import time
 from collections import deque
@@ -29,6 +34,13 @@ class Step:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     body: Any = None
+    # Streaming (a request with "stream": true):
+    first_token_delay: float = 0.0  # before the first piece
+    piece_delay: float = 0.0  # between pieces
+    break_after: int | None = None  # drop the connection after this many pieces
+    stall_after: int | None = None  # go silent after this many pieces (until the client leaves)
+    no_finish: bool = False  # end the stream cleanly without a finish_reason (cut short)
+    reject_stream_options: bool = False  # answer 400 when stream_options is sent
 
 
 def error(status: int, message: str = "scripted failure", **headers: str) -> Step:
@@ -45,6 +57,7 @@ class LLMServer:
         self.arrivals: list[float] = []  # time.monotonic() of each request
         self.in_flight = 0
         self.max_in_flight = 0
+        self.pieces_sent: list[tuple[float, str]] = []  # (time.monotonic(), piece) streamed
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -69,7 +82,7 @@ class LLMServer:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    async def _completions(self, request: web.Request) -> web.Response:
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(body)
         self.headers.append(dict(request.headers))
@@ -83,7 +96,62 @@ class LLMServer:
             self.in_flight -= 1
         if step.body is not None:
             return web.json_response(step.body, status=step.status, headers=step.headers)
+        if body.get("stream"):
+            return await self._stream(request, body, step)
         return web.json_response(_completion(body, step), status=step.status, headers=step.headers)
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], step: Step
+    ) -> web.StreamResponse:
+        if step.reject_stream_options and "stream_options" in body:
+            refusal = {"error": {"message": "stream_options is not supported", "code": 400}}
+            return web.json_response(refusal, status=400)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        model = step.model or f"{body['model']}-served"
+        await asyncio.sleep(step.first_token_delay)
+        await _event(response, _chunk(model, {"role": "assistant", "content": ""}))
+        for number, piece in enumerate(_pieces(_reply_text(body, step))):
+            if number == step.break_after:
+                assert request.transport is not None
+                request.transport.abort()  # mid-body: the client sees the stream cut
+                return response
+            if number == step.stall_after:
+                await asyncio.Event().wait()  # silent until the client gives up
+            if number:
+                await asyncio.sleep(step.piece_delay)
+            await _event(response, _chunk(model, {"content": piece}))
+            self.pieces_sent.append((time.monotonic(), piece))
+        if not step.no_finish:
+            await _event(response, _chunk(model, {}, finish="stop"))
+        if (body.get("stream_options") or {}).get("include_usage") and step.usage is not None:
+            await _event(response, {**_chunk(model, {}), "choices": [], "usage": step.usage})
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+
+def _reply_text(body: dict[str, Any], step: Step) -> str:
+    return step.text or f"LLM reply to: {body['messages'][-1]['content']}"
+
+
+def _pieces(text: str) -> list[str]:
+    """The reply word by word, each word with the spaces after it."""
+    return re.findall(r"\S+\s*", text) or [text]
+
+
+def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-stream",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+
+
+async def _event(response: web.StreamResponse, data: dict[str, Any]) -> None:
+    await response.write(f"data: {json.dumps(data)}\n\n".encode())
 
 
 def _completion(body: dict[str, Any], step: Step) -> dict[str, Any]:
@@ -96,7 +164,7 @@ def _completion(body: dict[str, Any], step: Step) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": step.text or f"LLM reply to: {last}"},
+                "message": {"role": "assistant", "content": _reply_text(body, step)},
                 "finish_reason": "stop",
             }
         ],
