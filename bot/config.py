@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     telegram_webhook_listen: str = "0.0.0.0"
     telegram_webhook_port: Annotated[int, Field(ge=0, le=65535)] = 8443
     telegram_webhook_secret: SecretStr | None = None
+    # A growing reply is updated at most this often per chat (Telegram: about one
+    # message edit per second per chat).
+    telegram_stream_interval_seconds: Annotated[float, Field(ge=0.1, le=60)] = 1.0
 
     # Slack (slack-bolt).
     slack_bot_token: SecretStr | None = None

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.channels.dispatch import Dispatcher
 from bot.config import Settings, load_settings
-from bot.domain import IncomingMessage, Reply
+from bot.domain import IncomingMessage, Reply, TextSink
 from bot.metrics import Metrics
 from bot.responders import EchoResponder, ResponderRequest, ResponderResult
 from bot.runtime import build_service, create_redis
@@ -133,9 +133,11 @@ class CountingResponder(EchoResponder):
     def __init__(self) -> None:
         self.calls: list[ResponderRequest] = []
 
-    async def respond(self, request: ResponderRequest) -> ResponderResult:
+    async def respond(
+        self, request: ResponderRequest, on_text: TextSink | None = None
+    ) -> ResponderResult:
         self.calls.append(request)
-        return await super().respond(request)
+        return await super().respond(request, on_text)
 
 
 class SlowResponder(EchoResponder):
@@ -145,10 +147,12 @@ class SlowResponder(EchoResponder):
         self.delay = delay
         self.started = asyncio.Event()
 
-    async def respond(self, request: ResponderRequest) -> ResponderResult:
+    async def respond(
+        self, request: ResponderRequest, on_text: TextSink | None = None
+    ) -> ResponderResult:
         self.started.set()
         await asyncio.sleep(self.delay)
-        return await super().respond(request)
+        return await super().respond(request, on_text)
 
 
 class GatedResponder(EchoResponder):
@@ -158,10 +162,12 @@ class GatedResponder(EchoResponder):
         self.started = asyncio.Event()
         self.release = asyncio.Event()
 
-    async def respond(self, request: ResponderRequest) -> ResponderResult:
+    async def respond(
+        self, request: ResponderRequest, on_text: TextSink | None = None
+    ) -> ResponderResult:
         self.started.set()
         await self.release.wait()
-        return await super().respond(request)
+        return await super().respond(request, on_text)
 
 
 class RecordingDispatcher(Dispatcher):

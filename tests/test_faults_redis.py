@@ -15,7 +15,7 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.domain import Reply, ReplyKind
+from bot.domain import Reply, ReplyKind, TextSink
 from bot.embedded import EmbeddedRedis
 from bot.responders import EchoResponder, ResponderRequest, ResponderResult
 from bot.service import ConversationService
@@ -193,11 +193,13 @@ class CorruptingResponder(EchoResponder):
         self.redis = redis
         self.corrupt: str | None = None
 
-    async def respond(self, request: ResponderRequest) -> ResponderResult:
+    async def respond(
+        self, request: ResponderRequest, on_text: TextSink | None = None
+    ) -> ResponderResult:
         if self.corrupt is not None:
             await self.redis.set(self.corrupt, "not a list")
             self.corrupt = None
-        return await super().respond(request)
+        return await super().respond(request, on_text)
 
 
 async def test_failed_refresh_after_commit_drops_the_stale_keys(

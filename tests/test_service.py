@@ -93,9 +93,9 @@ async def test_the_cold_path_reads_in_one_statement_without_a_begin(
     responder = service.responder
     original = responder.respond
 
-    async def respond(request: Any) -> Any:
+    async def respond(request: Any, on_text: Any = None) -> Any:
         calls.append(probe.snapshot() - before)  # what was sent before the responder
-        return await original(request)
+        return await original(request, on_text)
 
     responder.respond = respond  # type: ignore[method-assign]
     before = probe.snapshot()

@@ -44,17 +44,22 @@ class ChannelAdapter(abc.ABC):
         """Whether the platform connection is up (for /readyz)."""
 
 
+def break_at(text: str, limit: int) -> int:
+    """Where to cut `text` (longer than `limit`) so that the part before fits: at a line
+    break, else a word break, in the second half of the limit; else at the limit."""
+    cut = text.rfind("\n", 0, limit + 1)
+    if cut <= limit // 2:
+        cut = text.rfind(" ", 0, limit + 1)
+    return cut if cut > limit // 2 else limit
+
+
 def split_text(text: str, limit: int) -> list[str]:
     """Cut a reply into parts of at most `limit` characters, at line or word breaks
     where possible, so that every part can be sent as one platform message."""
     parts: list[str] = []
     rest = text
     while len(rest) > limit:
-        cut = rest.rfind("\n", 0, limit + 1)
-        if cut <= limit // 2:
-            cut = rest.rfind(" ", 0, limit + 1)
-        if cut <= limit // 2:
-            cut = limit
+        cut = break_at(rest, limit)
         parts.append(rest[:cut].rstrip())
         rest = rest[cut:].lstrip("\n ") if cut < len(rest) else ""
     if rest or not parts:

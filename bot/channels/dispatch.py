@@ -115,8 +115,9 @@ class Dispatcher:
     async def drain(self, grace: float) -> bool:
         """Wait for in-flight messages; False if some were still running at the deadline.
         Replies still streaming STREAM_SHUTDOWN_MARGIN_SECONDS before it are cut off
-        (stored and shown as interrupted), so that they end in time, not mid-sentence."""
-        margin = self.service.settings.stream_shutdown_margin_seconds
+        (stored and shown as interrupted), so that they end in time, not mid-sentence;
+        never before half the grace period."""
+        margin = min(self.service.settings.stream_shutdown_margin_seconds, grace / 2)
         if await self._idle_within(max(0.0, grace - margin)):
             return True
         if margin > 0:
@@ -128,6 +129,8 @@ class Dispatcher:
         return False
 
     async def _idle_within(self, seconds: float) -> bool:
+        if self._idle.is_set():
+            return True
         try:
             await asyncio.wait_for(self._idle.wait(), seconds)
         except TimeoutError:

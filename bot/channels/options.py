@@ -34,6 +34,7 @@ class TelegramOptions:
     webhook_port: int
     webhook_max_body_bytes: int
     shutdown_grace_seconds: float
+    stream_interval_seconds: float = 1.0  # at most one update of a growing reply per chat
 
 
 @dataclass(frozen=True, slots=True)

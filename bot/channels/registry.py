@@ -75,6 +75,7 @@ def telegram_options(settings: Settings) -> TelegramOptions:
         webhook_port=settings.telegram_webhook_port,
         webhook_max_body_bytes=settings.webhook_max_body_bytes,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
+        stream_interval_seconds=settings.telegram_stream_interval_seconds,
     )
 
 

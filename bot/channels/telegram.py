@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from telegram import ChatMember, Message, Update
 from telegram import error as tg
-from telegram.constants import ChatAction, ChatType, MessageLimit, UpdateType
+from telegram.constants import ChatAction, UpdateType
 from telegram.error import InvalidToken, RetryAfter, TelegramError
 from telegram.ext import Application, ExtBot
 from telegram.warnings import PTBDeprecationWarning
@@ -34,12 +34,13 @@ from bot.channels.base import (
     parse_json,
     read_body,
     refusal,
-    split_text,
     webhook_application,
 )
 from bot.channels.delivery import deliver
 from bot.channels.dispatch import Dispatcher
+from bot.channels.live import LiveReply
 from bot.channels.options import TelegramOptions
+from bot.channels.telegram_live import surface_for
 from bot.channels.telegram_updates import MALFORMED, incoming_message, parse_update
 from bot.domain import IncomingMessage
 from bot.errors import (
@@ -286,33 +287,39 @@ class TelegramAdapter(ChannelAdapter):
         if message is None or incoming is None:
             return
         typing = asyncio.create_task(self._keep_typing(message))
+        live = LiveReply(self._surface(message), self.options.stream_interval_seconds)
+
+        async def show(piece: str) -> None:  # the reply as it is written
+            typing.cancel()
+            await live.add(piece)
+
         try:
-            reply = await self.dispatcher.handle(incoming)
+            reply = await self.dispatcher.handle(incoming, show)
         finally:
             typing.cancel()
-        if reply.text is None or await self._send(message, incoming, reply.text):
+        nothing_to_send = reply.text is None and not live.streamed
+        if nothing_to_send or await self._finish(live, incoming, reply.text or ""):
             self.dispatcher.delivered(incoming)
 
-    async def _send(self, message: Message, incoming: IncomingMessage, text: str) -> bool:
-        """Send the reply in parts; False if one could not be delivered."""
-        quote = message.chat.type != ChatType.PRIVATE  # say which message is answered
-        for part in split_text(text, MessageLimit.MAX_TEXT_LENGTH):
-            try:
-                reply = partial(message.reply_text, part, do_quote=quote)
-                await _retried(
-                    partial(reply, allow_sending_without_reply=True),
-                    on_rate_limited=self._count_rate_limited,
-                )
-            except PlatformError as exc:
-                self.log.error(
-                    "reply to telegram chat %s not delivered: %s",
-                    incoming.chat_id,
-                    exc,
-                    extra={"channel": self.name, "user_id": incoming.channel_user_id},
-                )
-                return False
-            self.dispatcher.sent(self.name)
-            quote = False
+    def _surface(self, message: Message) -> Any:
+        send = partial(_retried, on_rate_limited=self._count_rate_limited)
+        return surface_for(message, send, partial(self.dispatcher.sent, self.name))
+
+    async def _finish(self, live: LiveReply, incoming: IncomingMessage, text: str) -> bool:
+        """The reply's final update (all of it, if nothing was streamed); False if it
+        could not be delivered."""
+        try:
+            await live.finish(text)
+        except PlatformError as exc:
+            self.log.error(
+                "reply to telegram chat %s not delivered: %s",
+                incoming.chat_id,
+                exc,
+                extra={"channel": self.name, "user_id": incoming.channel_user_id},
+            )
+            return False
+        if live.streamed:
+            self.dispatcher.streamed(self.name, live.updates)
         return True
 
     def _count_rate_limited(self) -> None:

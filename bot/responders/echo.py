@@ -17,9 +17,10 @@ _WORDS = re.compile(r"\S+\s*")  # each word with the spaces after it
 
 class EchoResponder:
     name = "echo"
+    delay = 0.0  # between two pieces of a streamed reply
 
     def __init__(self, delay: float = 0.0) -> None:
-        self.delay = delay  # between two pieces of a streamed reply
+        self.delay = delay
 
     async def respond(
         self, request: ResponderRequest, on_text: TextSink | None = None

@@ -16,15 +16,18 @@ import itertools
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from bot.channels.live import CURSOR
+
 SPEC_PATH = Path(__file__).resolve().parents[1] / "specs" / "telegram" / "api.json"
 TOKEN = "123456:TEST-fake-telegram-token"
+MAX_TEXT = 4096  # characters of a message's text
 BOT_ID = 4242
 BOT_USERNAME = "test_chat_bot"
 # getChatMember's statuses and the ChatMember kind each one is.
@@ -170,6 +173,13 @@ class FakeBotApi:
         self.confirmed = 0  # every update_id below this one has been confirmed
         self.served: list[int] = []  # update_ids returned by getUpdates, in order
         self.rate_limited = 0  # answer this many next sendMessage calls with 429
+        self.edits_rate_limited = 0  # the same for editMessageText and sendMessageDraft
+        # The bot's messages by id, each with its sendMessage params and its text now
+        # (edits change it); the drafts shown in private chats: (chat id, draft id, text).
+        self.bot_messages: dict[int, dict[str, Any]] = {}
+        self.drafts: list[tuple[int, int, str]] = []
+        # Run before each call is answered (a test looking at the database then).
+        self.before_answer: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
         self.updates_down = False  # answer getUpdates with 502 while set
         self.poll_cap = 1.0  # longest a getUpdates waits here, whatever it asked for
         self.webhook: dict[str, Any] = {}
@@ -242,8 +252,10 @@ class FakeBotApi:
 
     @property
     def sent(self) -> list[dict[str, Any]]:
-        """The sendMessage requests that were answered with a message."""
-        return [c.params for c in self.calls_of("sendMessage")]
+        """The bot's messages as they read now (sendMessage's params, the text as last
+        edited), but those still being written (ending with the adapter's cursor)."""
+        now = [{**m["params"], "text": m["text"]} for m in self.bot_messages.values()]
+        return [m for m in now if not m["text"].endswith(CURSOR)]
 
     async def wait_for(self, condition: Callable[[], bool], within: float = 10.0) -> None:
         deadline = time.monotonic() + within
@@ -277,6 +289,11 @@ class FakeBotApi:
         if handler is None:
             call.status = 404
             return _error(404, "Not Found")
+        if self.before_answer is not None:
+            await self.before_answer(method, params)
+        if len(str(params.get("text", ""))) > MAX_TEXT:  # as Telegram refuses one
+            call.status = 400
+            return _error(400, "Bad Request: message is too long")
         response: web.Response = await handler(params)
         call.status = response.status
         return response
@@ -328,15 +345,7 @@ class FakeBotApi:
     async def _api_sendMessage(self, params: dict[str, Any]) -> web.Response:
         if self.rate_limited > 0:
             self.rate_limited -= 1
-            return web.json_response(
-                {
-                    "ok": False,
-                    "error_code": 429,
-                    "description": "Too Many Requests: retry after 1",
-                    "parameters": {"retry_after": 1},
-                },
-                status=429,
-            )
+            return _too_many()
         chat_id = params["chat_id"]
         chat = self._chats.get(chat_id, {"id": chat_id, "type": "private", "first_name": "User"})
         message = {
@@ -348,7 +357,38 @@ class FakeBotApi:
         }
         if "message_thread_id" in params:
             message["message_thread_id"] = params["message_thread_id"]
+        self.bot_messages[message["message_id"]] = {"params": params, "text": params["text"]}
         return self._ok(message, "Message")
+
+    async def _api_editMessageText(self, params: dict[str, Any]) -> web.Response:
+        if self.edits_rate_limited > 0:
+            self.edits_rate_limited -= 1
+            return _too_many()
+        found = self.bot_messages.get(params.get("message_id", -1))
+        if found is None or found["params"]["chat_id"] != params.get("chat_id"):
+            return _error(400, "Bad Request: message to edit not found")
+        if found["text"] == params["text"]:
+            return _error(400, "Bad Request: message is not modified")
+        found["text"] = params["text"]
+        message = {
+            "message_id": params["message_id"],
+            "from": self.bot_user,
+            "chat": self._chats.get(params["chat_id"], {"id": params["chat_id"], "type": "group"}),
+            "date": int(time.time()),
+            "edit_date": int(time.time()),
+            "text": params["text"],
+        }
+        return self._ok(message, "Message")
+
+    async def _api_sendMessageDraft(self, params: dict[str, Any]) -> web.Response:
+        if self.edits_rate_limited > 0:
+            self.edits_rate_limited -= 1
+            return _too_many()
+        chat = self._chats.get(params["chat_id"], {"type": "private"})
+        if chat["type"] != "private":
+            return _error(400, "Bad Request: drafts can be sent to private chats only")
+        self.drafts.append((params["chat_id"], params["draft_id"], params.get("text", "")))
+        return _ok(True)
 
     async def _api_getChatMember(self, params: dict[str, Any]) -> web.Response:
         if self.member_error is not None:
@@ -363,6 +403,16 @@ class FakeBotApi:
     def _ok(self, result: dict[str, Any], type_name: str) -> web.Response:
         self._check(f"served {type_name}", self.spec.check_object(type_name, result))
         return _ok(result)
+
+
+def _too_many() -> web.Response:
+    answer = {
+        "ok": False,
+        "error_code": 429,
+        "description": "Too Many Requests: retry after 1",
+        "parameters": {"retry_after": 1},
+    }
+    return web.json_response(answer, status=429)
 
 
 def _ok(result: Any) -> web.Response:

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.channels.discord import DiscordAdapter, api_base, gateway_via, strip_mention
 from bot.channels.registry import discord_options
-from bot.domain import IncomingMessage
+from bot.domain import IncomingMessage, TextSink
 from bot.metrics import Metrics
 from bot.responders import EchoResponder, Responder, ResponderRequest, ResponderResult
 from bot.service import ConversationService
@@ -46,7 +46,9 @@ class LongResponder(EchoResponder):
 
     text = ("word " * 900).strip()
 
-    async def respond(self, request: ResponderRequest) -> ResponderResult:
+    async def respond(
+        self, request: ResponderRequest, on_text: TextSink | None = None
+    ) -> ResponderResult:
         return ResponderResult(text=self.text, model_used="long")
 
 
@@ -421,7 +423,9 @@ async def test_server_error_then_success_delivers_one_reply(
 class BrokenResponder(EchoResponder):
     """A responder with a bug: an error the service has no answer for."""
 
-    async def respond(self, request: ResponderRequest) -> ResponderResult:
+    async def respond(
+        self, request: ResponderRequest, on_text: TextSink | None = None
+    ) -> ResponderResult:
         raise RuntimeError("responder bug")
 
 

@@ -25,6 +25,7 @@ from bot.channels.dispatch import Dispatcher
 from bot.channels.registry import slack_options
 from bot.channels.slack import SlackAdapter
 from bot.config import Settings
+from bot.domain import TextSink
 from bot.errors import PlatformRejected, PlatformUnavailable
 from bot.metrics import Metrics
 from bot.responders import EchoResponder, Responder, ResponderRequest, ResponderResult
@@ -79,7 +80,9 @@ class LongResponder(EchoResponder):
 
     text = ("lorem ipsum " * 750).strip()
 
-    async def respond(self, request: ResponderRequest) -> ResponderResult:
+    async def respond(
+        self, request: ResponderRequest, on_text: TextSink | None = None
+    ) -> ResponderResult:
         return ResponderResult(text=self.text, model_used="long")
 
 
@@ -610,7 +613,9 @@ async def test_worker_restarts_slack_after_its_connection_is_lost_for_good(
 class BrokenResponder(EchoResponder):
     """A responder with a bug: an error the service has no answer for."""
 
-    async def respond(self, request: ResponderRequest) -> ResponderResult:
+    async def respond(
+        self, request: ResponderRequest, on_text: TextSink | None = None
+    ) -> ResponderResult:
         raise RuntimeError("responder bug")
 
 

@@ -1,0 +1,97 @@
+"""A reply shown as it is written, the same way on every platform.
+
+The pieces the service hands over are coalesced into platform updates, at most one
+per `interval` (each platform's limits, with margin); a reply that outgrows one
+platform message is sealed at a sensible break and goes on in a new one. While a
+message is still being written it ends with a cursor, so a reply cut off by a crash
+never looks complete. The platform's part is a Surface: `show` puts a message's text
+so far on screen (a post, an edit, a draft), `seal` gives it its final text.
+
+`finish` ends the reply with its final text: what was streamed and what follows (a
+note that it was interrupted, say). A reply that was never streamed (a command's, an
+apology) goes through `finish` alone and is simply sent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from bot.channels.base import break_at
+
+CURSOR = " ▍"  # on a message still being written
+
+
+class Surface(Protocol):
+    limit: int  # characters of one platform message
+
+    async def show(self, text: str) -> None:
+        """Put the current message's text so far on screen."""
+
+    async def seal(self, text: str) -> None:
+        """Give the current message its final text; the next `show` starts a new one."""
+
+
+class LiveReply:
+    def __init__(
+        self,
+        surface: Surface,
+        interval: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.surface = surface
+        self.interval = interval
+        self.clock = clock
+        self.updates = 0  # platform calls made: shows and seals
+        self._reply = ""  # every piece so far
+        self._done = 0  # how much of it is in sealed messages
+        self._shown = ""  # the current message's text as last shown
+        self._last = float("-inf")
+        # Room for the cursor: what is shown fits in a message as it will be sealed.
+        self._room = max(1, surface.limit - len(CURSOR))
+
+    @property
+    def streamed(self) -> str:
+        return self._reply
+
+    async def add(self, piece: str) -> None:
+        """One piece of the reply: shown now, or with the next update."""
+        self._reply += piece
+        await self._seal_full(self._room)
+        if self.clock() - self._last >= self.interval:
+            await self._show()
+
+    async def finish(self, final: str) -> None:
+        """Seal the reply with its final text (the streamed text and what follows)."""
+        if final.startswith(self._reply):
+            self._reply = final
+        elif final:  # not a continuation (an apology after a part): below what was shown
+            self._reply = f"{self._reply}\n\n{final}" if self._reply else final
+        await self._seal_full(self.surface.limit)
+        current = self._reply[self._done :]
+        if current.strip() or self._shown:
+            await self._seal(current.rstrip())
+
+    async def _seal_full(self, limit: int) -> None:
+        """Seal the messages the reply has outgrown, each cut at a sensible break."""
+        while len(current := self._reply[self._done :]) > limit:
+            cut = break_at(current, limit)
+            await self._seal(current[:cut].rstrip())
+            rest = current[cut:]
+            self._done += cut + (len(rest) - len(rest.lstrip("\n ")))
+
+    async def _show(self) -> None:
+        current = self._reply[self._done :]
+        if not current.strip() or current == self._shown:
+            return
+        self._last = self.clock()
+        self._shown = current
+        self.updates += 1
+        await self.surface.show(current.rstrip() + CURSOR)
+
+    async def _seal(self, text: str) -> None:
+        self._shown = ""
+        self._last = self.clock()
+        self.updates += 1
+        await self.surface.seal(text)
