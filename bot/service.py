@@ -334,14 +334,8 @@ class ConversationService:
             # The cached context may lack the stored exchange: rebuild it next time.
             refresh = replace(turn.refresh, context_update=ContextUpdate.REPLACE)
             return self._redelivered(turn, stored), refresh
-        new = [ContextMessage("user", rows.user_text, rows.user_ts, turn.author)]
-        if result is not None:
-            new.insert(0, ContextMessage("assistant", result.text, rows.reply_ts))
-        refresh = replace(
-            turn.refresh,
-            context=new if cached is not None else [*new, *context],
-            context_update=ContextUpdate.APPEND if cached is not None else ContextUpdate.REPLACE,
-        )
+        reply = ContextMessage("assistant", result.text, rows.reply_ts) if result else None
+        refresh = self._appended(turn, cached, context, rows, reply)
         self.stats[Tally.EXCHANGE] += 1
         if result is None:
             return Reply(RESPONDER_FAILED_TEXT, ReplyKind.UNAVAILABLE), refresh
@@ -375,29 +369,46 @@ class ConversationService:
         relay = Relay(turn.on_text, turn.message.channel)
         result, cut = await self._stream(turn, model, context, relay)
         text = result.text if result is not None else relay.text
-        new = [ContextMessage("user", rows.user_text, rows.user_ts, turn.author)]
+        reply = None
         if text:
             reply_ts = max(datetime.now(UTC), rows.user_ts + timedelta(microseconds=1))
             await self._store_reply(turn, stored, result, text, reply_ts, cut)
-            new.insert(0, ContextMessage("assistant", text, reply_ts))
-        refresh = replace(
+            reply = ContextMessage("assistant", text, reply_ts)
+        refresh = self._appended(turn, cached, context, rows, reply)
+        if stored.duplicate:  # the context read may hold the message already: read anew
+            refresh = replace(turn.refresh, context_update=ContextUpdate.REPLACE)
+        self.stats[Tally.EXCHANGE] += 1
+        return self._streamed_reply(turn, text, cut, model), refresh
+
+    def _appended(
+        self,
+        turn: Turn,
+        cached: list[ContextMessage] | None,
+        context: list[ContextMessage],
+        rows: ExchangeRows,
+        reply: ContextMessage | None,
+    ) -> Refresh:
+        """The refresh that adds the exchange to the cached context (newest first), or
+        caches the whole context read from Postgres with it."""
+        new = [ContextMessage("user", rows.user_text, rows.user_ts, turn.author)]
+        if reply is not None:
+            new.insert(0, reply)
+        return replace(
             turn.refresh,
             context=new if cached is not None else [*new, *context],
             context_update=ContextUpdate.APPEND if cached is not None else ContextUpdate.REPLACE,
         )
-        if stored.duplicate:  # the context read may hold the message already: read anew
-            refresh = replace(turn.refresh, context_update=ContextUpdate.REPLACE)
-        self.stats[Tally.EXCHANGE] += 1
+
+    def _streamed_reply(self, turn: Turn, text: str, cut: Interruption | None, model: str) -> Reply:
         conversation = turn.session.conversation_id
         if not text:
-            return Reply(RESPONDER_FAILED_TEXT, ReplyKind.UNAVAILABLE), refresh
+            return Reply(RESPONDER_FAILED_TEXT, ReplyKind.UNAVAILABLE)
         if cut is not None:
             self.stats[Tally.INTERRUPTED] += 1
-            return Reply(
-                f"{text}\n\n{INTERRUPTED_NOTE}", ReplyKind.INTERRUPTED, conversation
-            ), refresh
+            note = f"{text}\n\n{INTERRUPTED_NOTE}"
+            return Reply(note, ReplyKind.INTERRUPTED, conversation)
         self.stats[Tally.STREAMED] += 1
-        return Reply(text, ReplyKind.ANSWER, conversation, model), refresh
+        return Reply(text, ReplyKind.ANSWER, conversation, model)
 
     async def _stream(
         self, turn: Turn, model: str, context: list[ContextMessage], relay: Relay

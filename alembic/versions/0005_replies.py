@@ -2,8 +2,9 @@
 
 - messages.reply_to: the user message an assistant message answers (NULL for user
   messages). A partial unique index allows one reply per user message: an event is
-  never answered twice in Postgres, whichever worker streams it. Deleting a user
-  message deletes its reply (erasing a user takes the answers to them along).
+  never answered twice in Postgres, whichever worker streams it. A link, not a
+  foreign key: `bot ops purge` deletes each message by its own age, and a delete
+  never has to lock or touch the other message of the pair.
 - Existing replies are linked to the user message just before them in their
   conversation, as the code read them until now (one pass over `messages`).
 - A streamed reply that was cut off says so in messages.metadata:
@@ -42,14 +43,6 @@ WHERE reply.id = earlier.id AND earlier.role = 'assistant' AND earlier.previous_
 def upgrade() -> None:
     op.add_column("messages", sa.Column("reply_to", sa.UUID(), nullable=True))
     op.execute(_LINK_EXISTING)
-    op.create_foreign_key(
-        "fk_messages_reply_to_messages",
-        "messages",
-        "messages",
-        ["reply_to"],
-        ["id"],
-        ondelete="CASCADE",
-    )
     op.create_index(
         "uq_messages_one_reply",
         "messages",
@@ -61,5 +54,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("uq_messages_one_reply", table_name="messages")
-    op.drop_constraint("fk_messages_reply_to_messages", "messages", type_="foreignkey")
     op.drop_column("messages", "reply_to")

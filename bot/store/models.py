@@ -153,10 +153,9 @@ class Message(Base):
     author_id: Mapped[uuid.UUID | None] = mapped_column(
         UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE")
     )
-    # The user message an assistant message answers; NULL for user messages.
-    reply_to: Mapped[uuid.UUID | None] = mapped_column(
-        UUID(as_uuid=True), ForeignKey("messages.id", ondelete="CASCADE")
-    )
+    # The user message an assistant message answers; NULL for user messages. A link,
+    # not a foreign key: purging deletes each message by its own age (revision 0005).
+    reply_to: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
 
 
 class ChannelConfig(Base):

@@ -268,8 +268,4 @@ async def test_foreign_keys_cascade_on_delete(engine: AsyncEngine) -> None:
             "fk_messages_conversation_id_conversations",
             "FOREIGN KEY (conversation_id) REFERENCES conversations(id) ON DELETE CASCADE",
         ),
-        (
-            "fk_messages_reply_to_messages",
-            "FOREIGN KEY (reply_to) REFERENCES messages(id) ON DELETE CASCADE",
-        ),
     ]
