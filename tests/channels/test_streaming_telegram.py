@@ -93,7 +93,7 @@ async def test_a_group_sees_one_message_edited_as_it_grows_at_most_once_an_inter
     telegram: FakeBotApi,
 ) -> None:
     text = " ".join(f"word{i}" for i in range(40))
-    await start(Words(text, delay=0.01), telegram_stream_interval_seconds=INTERVAL)
+    running = await start(Words(text, delay=0.01), telegram_stream_interval_seconds=INTERVAL)
     bob = user(new_id(), "bob")
 
     await telegram.push(in_group(telegram, bob, "go"))
@@ -108,6 +108,9 @@ async def test_a_group_sees_one_message_edited_as_it_grows_at_most_once_an_inter
     updates = [c.at for c in posts + edits]
     # The first update, then at most one an interval (0.4 s of words), and the last.
     assert len(updates) <= 2 + (updates[-1] - updates[0]) / INTERVAL + 1
+    metrics = running.dispatcher.metrics.render().decode()
+    assert 'bot_first_token_seconds_count{channel="telegram"} 1.0' in metrics
+    assert f'bot_stream_updates_per_reply_sum{{channel="telegram"}} {len(updates)}.0' in metrics
 
 
 async def test_a_reply_longer_than_a_message_goes_on_in_a_new_one(
