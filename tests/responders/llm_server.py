@@ -38,7 +38,9 @@ class Step:
     first_token_delay: float = 0.0  # before the first piece
     piece_delay: float = 0.0  # between pieces
     break_after: int | None = None  # drop the connection after this many pieces
-    stall_after: int | None = None  # go silent after this many pieces (until the client leaves)
+    stall_after: int | None = None  # no piece after this many (until the client leaves)
+    ping_every: float | None = None  # while stalled, an SSE comment this often: no read
+    # timeout of the client's HTTP stack fires, only a wait for the next piece can
     no_finish: bool = False  # end the stream cleanly without a finish_reason (cut short)
     reject_stream_options: bool = False  # answer 400 when stream_options is sent
 
@@ -117,7 +119,9 @@ class LLMServer:
                 request.transport.abort()  # mid-body: the client sees the stream cut
                 return response
             if number == step.stall_after:
-                await asyncio.Event().wait()  # silent until the client gives up
+                while True:  # until the client gives up
+                    await asyncio.sleep(step.ping_every or 3600)
+                    await response.write(b": ping\n\n")
             if number:
                 await asyncio.sleep(step.piece_delay)
             await _event(response, _chunk(model, {"content": piece}))

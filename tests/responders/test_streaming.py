@@ -128,7 +128,7 @@ async def test_a_stream_that_stalls_is_an_interruption_after_the_timeout(
     llm: LLMServer,
 ) -> None:
     responder = OpenAICompatResponder(options(llm, timeout=0.5, deadline=10))
-    llm.then(Step(text=TEXT, stall_after=2))
+    llm.then(Step(text=TEXT, stall_after=2, ping_every=0.1))
     sink = Sink()
     try:
         with pytest.raises(ResponderInterrupted) as caught:
