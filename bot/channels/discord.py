@@ -2,6 +2,9 @@
 
 Translation only: a gateway MESSAGE_CREATE becomes an IncomingMessage, the Reply
 goes back with POST /channels/{id}/messages in parts of at most 2000 characters.
+Who may configure a server channel or thread, Discord says: the writer's member
+object (GET /guilds/{guild_id}/members/{user_id}, fetched fresh) weighed against the
+guild's roles and the channel's overwrites, which the gateway gave discord.py.
 
 Two settings reroute the SDK, both for running behind a proxy:
 
@@ -21,6 +24,7 @@ import asyncio
 import contextlib
 import functools
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -42,8 +46,14 @@ from bot.errors import (
 )
 
 MESSAGE_LIMIT = 2000  # characters in one Discord message
+# discord.py retries a 5xx for up to 25 s, and the admin check runs inside the turn's claim
+# (LOCK_TTL_SECONDS, 30 by default): past this the writer is told it could not be checked.
+ADMIN_CHECK_SECONDS = 5.0
 _ANSWERED_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 _NETWORK_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
+# What discord.py raises reading data of the wrong shape: it checks nothing itself.
+_MALFORMED = (AttributeError, KeyError, IndexError, TypeError, ValueError, OverflowError)
+_SNOWFLAKE = re.compile(r"0|[1-9][0-9]{0,19}")
 
 
 def intents() -> discord.Intents:
@@ -120,7 +130,71 @@ def platform_error(exc: discord.HTTPException) -> PlatformError:
         return PlatformRateLimited(float(retry_after or 1.0), "(Discord)")
     if exc.status >= 500:
         return PlatformUnavailable(f"Discord answered {exc.status}")
-    return PlatformRejected(f"Discord refused the message: {exc.status} {exc.text}".strip())
+    return PlatformRejected(f"Discord refused the request: {exc.status} {exc.text}".strip())
+
+
+async def is_admin(client: discord.Client, message: IncomingMessage) -> bool:
+    """Whether the writer may configure the message's channel: Manage Server or Manage
+    Channels there (Administrator and the guild's owner have every permission). A thread's
+    chat_id is its parent's, whose roles and overwrites decide; nobody administers a DM."""
+    if message.chat_kind is ChatKind.PRIVATE:
+        return False
+    channel = _guild_channel(client, message.chat_id)
+    member = await _fetch_member(channel.guild, int(message.channel_user_id))
+    allowed = channel.permissions_for(member)  # roles, overwrites, owner, Administrator
+    return bool(allowed.manage_guild or allowed.manage_channels)
+
+
+def _guild_channel(client: discord.Client, chat_id: str | None) -> discord.abc.GuildChannel:
+    """The server channel as the gateway described it (GUILD_CREATE and its updates)."""
+    channel = client.get_channel(int(chat_id)) if chat_id else None
+    if not isinstance(channel, discord.abc.GuildChannel):  # not (yet) known: cannot tell
+        raise PlatformUnavailable(f"Discord channel {chat_id} is not known to this shard")
+    return channel
+
+
+async def _fetch_member(guild: discord.Guild, user_id: int) -> discord.Member:
+    """The member as Discord has it now (roles change without an event this bot gets)."""
+    try:
+        return await guild.fetch_member(user_id)
+    except discord.RateLimited as exc:  # longer than discord.py was willing to wait
+        raise PlatformRateLimited(exc.retry_after, "(Discord)") from exc
+    except discord.HTTPException as exc:
+        raise platform_error(exc) from exc
+    except _NETWORK_ERRORS as exc:
+        raise PlatformUnavailable(f"Discord unreachable: {exc!r}") from exc
+    except _MALFORMED as exc:
+        raise PlatformUnavailable("Discord's member answer is unreadable") from exc
+
+
+_MemberFetch = Callable[[int, int], Awaitable[Any]]
+
+
+def _checked_member_fetch(fetch: _MemberFetch) -> _MemberFetch:
+    """discord.py's GET /guilds/{guild_id}/members/{user_id}, the answer checked before
+    discord.py reads it: it takes `roles` and `user` as given (roles as an object would
+    become its keys, another user's member would be weighed as the writer), so a member
+    not shaped as Discord documents it is PlatformUnavailable, never a yes."""
+
+    async def get_member(guild_id: int, member_id: int) -> Any:
+        data = await fetch(guild_id, member_id)
+        if not _is_member(data, member_id):
+            raise PlatformUnavailable("Discord's member answer is malformed")
+        return data
+
+    return get_member
+
+
+def _is_member(data: object, member_id: int) -> bool:
+    """A member object of `member_id`: its user's id and its role ids as snowflake strings."""
+    if not isinstance(data, dict) or not isinstance(data.get("user"), dict):
+        return False
+    roles = data.get("roles")
+    return (
+        data["user"].get("id") == str(member_id)
+        and isinstance(roles, list)
+        and all(isinstance(r, str) and _SNOWFLAKE.fullmatch(r) for r in roles)
+    )
 
 
 class _Client(discord.AutoShardedClient):
@@ -136,6 +210,12 @@ class _Client(discord.AutoShardedClient):
                 return await connect(gateway_via(gateway, url), compress=compress)
 
             self.http.ws_connect = ws_connect  # type: ignore[method-assign]
+        # Guild.fetch_member goes through this one call: its answer is checked there.
+        checked = _checked_member_fetch(self.http.get_member)
+        self.http.get_member = checked  # type: ignore[method-assign, assignment]
+
+    async def setup_hook(self) -> None:
+        self._adapter.on_login(self)
 
     async def on_ready(self) -> None:
         self._adapter.on_ready()
@@ -151,12 +231,18 @@ class DiscordAdapter(ChannelAdapter):
     name = "discord"
 
     def __init__(
-        self, options: DiscordOptions, dispatcher: Dispatcher, *, guild_ready_timeout: float = 2.0
+        self,
+        options: DiscordOptions,
+        dispatcher: Dispatcher,
+        *,
+        guild_ready_timeout: float = 2.0,
+        admin_check_timeout: float = ADMIN_CHECK_SECONDS,
     ) -> None:
         super().__init__(dispatcher)
         self.options = options
         self._token = options.token.get_secret_value()
         self._guild_ready_timeout = guild_ready_timeout
+        self._admin_check_timeout = admin_check_timeout
         self._client: _Client | None = None
         self._ready = False
         self._stopping = False
@@ -198,6 +284,20 @@ class DiscordAdapter(ChannelAdapter):
             await client.close()
         self._ready = False
         self._restore_api_base()
+
+    def on_login(self, client: discord.Client) -> None:
+        """Logged in (discord.py's setup_hook, before the gateway): the service asks us who
+        may configure a channel; we ask Discord, as this bot."""
+        self.dispatcher.allow_admins(self.name, functools.partial(self._is_admin, client))
+
+    async def _is_admin(self, client: discord.Client, message: IncomingMessage) -> bool:
+        """is_admin, given up on after ADMIN_CHECK_SECONDS (discord.py retries 5xx longer)."""
+        try:
+            async with asyncio.timeout(self._admin_check_timeout):
+                return await is_admin(client, message)
+        except TimeoutError as exc:  # the deadline: is_admin maps the network's own
+            seconds = self._admin_check_timeout
+            raise PlatformUnavailable(f"no answer from Discord within {seconds:g} s") from exc
 
     def on_ready(self) -> None:
         client = self._client

@@ -1,8 +1,11 @@
 """A local Discord for discord.py to talk to: the REST API under /api/v10 and the gateway.
 
 REST: what the adapter's client calls (login, application info, gateway discovery,
-messages, typing, DM channels), every call recorded, with switches that answer the
-next message posts with 429 or a server error. Gateway: HELLO, IDENTIFY → READY + GUILD_CREATE,
+messages, typing, DM channels, a guild member), every call recorded, with switches that
+answer the next message posts with 429 or a server error, and that make the member
+fetch fail or answer something malformed. The guild has the roles a test adds (with
+their permissions), an owner, and overwrites on its text channel; each member the roles
+a test gives them. Gateway: HELLO, IDENTIFY → READY + GUILD_CREATE,
 heartbeat ACKs, RECONNECT → RESUME with a replay, and MESSAGE_CREATE dispatches the
 tests push. Frames are zlib-stream compressed when the client asks for it, as Discord
 does. Every request the SDK sends, every response and every object pushed is checked
@@ -32,6 +35,18 @@ TOKEN = "MTA-fake.discord-bot.token"
 DISCORD_EPOCH_MS = 1_420_070_400_000
 INTENT_MESSAGE_CONTENT = 1 << 15
 HEARTBEAT_INTERVAL_MS = 41_250
+# Permission bits, as Discord documents them.
+ADMINISTRATOR = 1 << 3
+MANAGE_CHANNELS = 1 << 4
+MANAGE_GUILD = 1 << 5
+VIEW_CHANNEL = 1 << 10
+SEND_MESSAGES = 1 << 11
+READ_MESSAGE_HISTORY = 1 << 16
+SEND_MESSAGES_IN_THREADS = 1 << 38
+EVERYONE = VIEW_CHANNEL | SEND_MESSAGES | READ_MESSAGE_HISTORY | SEND_MESSAGES_IN_THREADS
+ERROR_UNKNOWN_GUILD, ERROR_UNKNOWN_MEMBER = 10004, 10007
+NOT_SET: Any = object()
+UNCHECKED = web.ResponseKey("unchecked", bool)  # served as it is, not checked
 Json = dict[str, Any]
 
 _ids = itertools.count(1)
@@ -245,6 +260,17 @@ class FakeDiscord:
         self.failing_status = 503
         self.message_content_allowed = True  # the privileged intent enabled in the portal
         self.forbidden_channels: set[str] = set()  # posting there: 403 Missing Permissions
+        # The guild (sent in GUILD_CREATE, so set before the bot connects): `owner` owns it,
+        # `roles` besides @everyone (add_role), the text channel's `overwrites`.
+        self.roles: list[Json] = []
+        self.overwrites: list[Json] = []
+        # GET /guilds/{guild_id}/members/{user_id}: whoever wrote in the guild (or owns it),
+        # with the roles a test gave them (give_roles); with `member_error` set (status,
+        # message, code) it fails so, with `member_answer` set it answers that, unchecked.
+        self.member_roles: dict[str, list[str]] = {}
+        self.member_error: tuple[int, str, int] | None = None
+        self.member_answer: Any = NOT_SET
+        self._members: dict[str, Json] = {}
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -259,6 +285,7 @@ class FakeDiscord:
             ("POST", "/channels/{channel_id}/messages", self._create_message),
             ("POST", "/channels/{channel_id}/typing", self._typing),
             ("POST", "/users/@me/channels", self._create_dm),
+            ("GET", "/guilds/{guild_id}/members/{user_id}", self._member),
             ("*", "/{tail:.*}", self._not_found),
         ]
         for method, path, handler in routes:
@@ -318,8 +345,36 @@ class FakeDiscord:
                               "flags": 0, "pending": False}  # fmt: skip
         return data
 
+    def add_role(self, name: str, permissions: int) -> str:
+        """A role of the guild with these permission bits; its id. Before the bot connects."""
+        assert not self.sessions, "roles go out in GUILD_CREATE: add them before connecting"
+        role_id = snowflake()
+        self.roles.append(_role(role_id, name, permissions, position=len(self.roles) + 1))
+        return role_id
+
+    def overwrite(self, role_id: str, *, allow: int = 0, deny: int = 0) -> None:
+        """In the text channel (and so its threads), the role gains `allow`, loses `deny`."""
+        assert not self.sessions, "overwrites go out in GUILD_CREATE: set them before connecting"
+        self.overwrites.append({"id": role_id, "type": 0, "allow": str(allow), "deny": str(deny)})
+
+    def give_roles(self, person: Json, *role_ids: str) -> None:
+        """What the member fetch says `person`'s roles are (none unless given)."""
+        self.member_roles[person["id"]] = list(role_ids)
+
+    def member(self, person: Json) -> Json:
+        """`person` as a GuildMemberResponse of the guild, with the roles given them."""
+        return {"user": person, "roles": self.member_roles.get(person["id"], []),
+                "joined_at": now(), "deaf": False, "mute": False, "flags": 0, "pending": False,
+                "nick": None, "avatar": None, "banner": None, "premium_since": None,
+                "communication_disabled_until": None}  # fmt: skip
+
+    def member_path(self, person: Json) -> str:
+        return f"/guilds/{self.guild_id}/members/{person['id']}"
+
     async def push_message(self, data: Json, shard: int = 0) -> int:
         self._check(data, "MessageResponse", "MESSAGE_CREATE")
+        if data.get("guild_id") == self.guild_id:  # the author is a member from now on
+            self._members[data["author"]["id"]] = data["author"]
         return await self.dispatch("MESSAGE_CREATE", data, shard)
 
     async def dispatch(self, event: str, data: Json, shard: int = 0) -> int:
@@ -386,7 +441,8 @@ class FakeDiscord:
         else:
             response = await handler(request)
         call.status = response.status
-        if operation is not None and isinstance(response, web.Response):
+        checked = operation is not None and not response.get(UNCHECKED)
+        if checked and isinstance(response, web.Response):
             self._check_response(operation, path, response)
         return response
 
@@ -465,6 +521,21 @@ class FakeDiscord:
         return _json({"id": snowflake(), "type": 1, "flags": 0, "recipients": [recipient],
                       "last_message_id": None})  # fmt: skip
 
+    async def _member(self, request: web.Request) -> web.Response:
+        if self.member_error is not None:
+            return _error(*self.member_error)
+        if self.member_answer is not NOT_SET:
+            response = _json(self.member_answer)
+            response[UNCHECKED] = True
+            return response
+        if request.match_info["guild_id"] != self.guild_id:
+            return _error(404, "Unknown Guild", ERROR_UNKNOWN_GUILD)
+        members = {**self._members, self.owner["id"]: self.owner, self.bot["id"]: self.bot}
+        person = members.get(request.match_info["user_id"])
+        if person is None:
+            return _error(404, "Unknown Member", ERROR_UNKNOWN_MEMBER)
+        return _json(self.member(person))
+
     async def _not_found(self, request: web.Request) -> web.Response:
         return _error(404, "404: Not Found")
 
@@ -530,19 +601,15 @@ class FakeDiscord:
         await self.dispatch("RESUMED", {}, session.shard[0])
 
     def _guild(self) -> Json:
-        guild_id, everyone = self.guild_id, self.guild_id  # @everyone has the guild's id
-        role = {"id": everyone, "name": "@everyone", "permissions": "274877975552",
-                "position": 0, "color": 0, "hoist": False, "managed": False,
-                "mentionable": False, "icon": None, "unicode_emoji": None, "flags": 0,
-                "colors": {"primary_color": 0, "secondary_color": None,
-                           "tertiary_color": None}}  # fmt: skip
+        guild_id = self.guild_id  # @everyone has the guild's id
+        roles = [_role(guild_id, "@everyone", EVERYONE, position=0), *self.roles]
         guild = {
             "id": guild_id, "name": "Test server", "icon": None, "description": None,
             "home_header": None, "splash": None, "discovery_splash": None, "features": [],
             "banner": None, "owner_id": self.owner["id"], "application_id": None,
             "region": "deprecated", "afk_channel_id": None, "afk_timeout": 300,
             "system_channel_id": None, "system_channel_flags": 0, "widget_enabled": False,
-            "widget_channel_id": None, "verification_level": 0, "roles": [role],
+            "widget_channel_id": None, "verification_level": 0, "roles": roles,
             "default_message_notifications": 0, "mfa_level": 0, "explicit_content_filter": 0,
             "max_presences": None, "max_members": 500000, "max_stage_video_channel_users": 50,
             "max_video_channel_users": 25, "vanity_url_code": None, "premium_tier": 0,
@@ -553,7 +620,8 @@ class FakeDiscord:
         }  # fmt: skip
         self._check(guild, "GuildResponse", "GUILD_CREATE")
         channel = {"id": self.channel_id, "type": 0, "flags": 0, "guild_id": guild_id,
-                   "name": "general", "position": 0, "permission_overwrites": [],
+                   "name": "general", "position": 0,
+                   "permission_overwrites": self.overwrites,
                    "topic": None, "nsfw": False, "last_message_id": None,
                    "rate_limit_per_user": 0, "parent_id": None}  # fmt: skip
         threads = [
@@ -567,9 +635,7 @@ class FakeDiscord:
             for thread_id, name in ((self.thread_id, "a thread"),
                                     (self.other_thread_id, "another thread"))
         ]  # fmt: skip
-        member = {"user": self.bot, "roles": [], "joined_at": now(), "deaf": False, "mute": False,
-                  "flags": 0, "pending": False, "nick": None, "avatar": None, "banner": None,
-                  "premium_since": None, "communication_disabled_until": None}  # fmt: skip
+        member = self.member(self.bot)
         self._check(channel, "GuildChannelResponse", "GUILD_CREATE channel")
         for thread in threads:
             self._check(thread, "ThreadResponse", "GUILD_CREATE thread")
@@ -579,6 +645,14 @@ class FakeDiscord:
                  "voice_states": [], "presences": [], "stage_instances": [],
                  "guild_scheduled_events": [], "soundboard_sounds": []}  # fmt: skip
         return {**guild, **extra}
+
+
+def _role(role_id: str, name: str, permissions: int, position: int) -> Json:
+    return {"id": role_id, "name": name, "permissions": str(permissions), "position": position,
+            "color": 0, "hoist": False, "managed": False, "mentionable": False, "icon": None,
+            "unicode_emoji": None, "flags": 0,
+            "colors": {"primary_color": 0, "secondary_color": None,
+                       "tertiary_color": None}}  # fmt: skip
 
 
 def _limits() -> dict[str, str]:

@@ -21,6 +21,7 @@ OPERATIONS = {
     "/channels/{channel_id}/messages": ["post"],
     "/channels/{channel_id}/typing": ["post"],
     "/users/@me/channels": ["post"],
+    "/guilds/{guild_id}/members/{user_id}": ["get"],
 }
 GATEWAY_SCHEMAS = [
     "MessageResponse",
