@@ -69,6 +69,7 @@ log = logging.getLogger(__name__)
 UNAVAILABLE_TEXT = "Sorry, I can't answer right now. Please try again in a minute."
 BUSY_TEXT = "I'm still busy with your previous message. Please send this one again shortly."
 RESPONDER_FAILED_TEXT = "Sorry, I couldn't come up with a reply just now. Please try again."
+ADMIN_CHECK_SECONDS = 5.0  # longest a platform may take to say who is an admin
 INTERRUPTED_NOTE = "[My reply was interrupted here. Please ask again if you need the rest.]"
 
 
@@ -530,7 +531,8 @@ class ConversationService:
         if message.scope.private or check is None:
             return Permission.DENIED
         try:
-            allowed = await check(message)
+            async with asyncio.timeout(ADMIN_CHECK_SECONDS):  # the turn's lock is held
+                allowed = await check(message)
         except Exception as exc:  # noqa: BLE001 - whatever the platform did: refuse, say why
             log.warning(
                 "cannot tell whether %s:%s may configure chat %s (%s: %s); refused",

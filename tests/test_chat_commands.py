@@ -4,6 +4,7 @@ calls admins may change; a platform that cannot answer, or answers nonsense, ref
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 
@@ -30,6 +31,11 @@ async def only_the_admin(message: IncomingMessage) -> bool:
 
 async def platform_down(message: IncomingMessage) -> bool:
     raise ConnectionError("the platform did not answer")
+
+
+async def never_answers(message: IncomingMessage) -> bool:
+    await asyncio.Event().wait()  # a platform call that hangs
+    return True
 
 
 async def nonsense(message: IncomingMessage) -> bool:
@@ -90,10 +96,14 @@ async def test_an_admin_pins_the_model_of_a_thread_only(
     assert in_chat.model == private.model == group_service.settings.default_model
 
 
-@pytest.mark.parametrize("check", [platform_down, nonsense])
+@pytest.mark.parametrize("check", [platform_down, nonsense, never_answers])
 async def test_a_platform_that_cannot_tell_refuses_and_says_why_in_the_log(
-    make_service: ServiceFactory, caplog: pytest.LogCaptureFixture, check: object
+    make_service: ServiceFactory,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    check: object,
 ) -> None:
+    monkeypatch.setattr("bot.service.ADMIN_CHECK_SECONDS", 0.2)
     service = await make_service()
     service.allow_admins("telegram", check)  # type: ignore[arg-type]
     caplog.set_level(logging.WARNING, logger="bot.service")
@@ -104,7 +114,10 @@ async def test_a_platform_that_cannot_tell_refuses_and_says_why_in_the_log(
 
     assert refused.kind is ReplyKind.INVALID and after.kind is ReplyKind.ANSWER  # not muted
     assert refused.text == NOT_CHECKED  # not "you are no admin": the platform was silent
-    told = "ConnectionError" if check is platform_down else "was no yes or no"
+    told = {platform_down: "ConnectionError", nonsense: "was no yes or no"}.get(
+        check,
+        "TimeoutError",  # type: ignore[call-overload]
+    )
     assert "refused" in caplog.text and told in caplog.text
 
 
