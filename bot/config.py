@@ -115,6 +115,8 @@ class Settings(BaseSettings):
     discord_gateway_url: str | None = None  # e.g. a gateway proxy; default: asked from the API
     discord_shard_count: PositiveInt | None = None
     discord_shard_ids: Annotated[list[int] | None, NoDecode] = None
+    # A growing reply is edited at most this often (Discord: 5 edits per 5 s per channel).
+    discord_stream_interval_seconds: Annotated[float, Field(ge=0.1, le=60)] = 1.2
 
     # Telegram (python-telegram-bot).
     telegram_bot_token: SecretStr | None = None

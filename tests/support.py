@@ -177,9 +177,9 @@ class RecordingDispatcher(Dispatcher):
         super().__init__(service, metrics)
         self.seen: list[IncomingMessage] = []
 
-    async def handle(self, message: IncomingMessage) -> Reply:
+    async def handle(self, message: IncomingMessage, on_text: TextSink | None = None) -> Reply:
         self.seen.append(message)
-        return await super().handle(message)
+        return await super().handle(message, on_text)
 
 
 def free_port() -> int:

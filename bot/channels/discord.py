@@ -25,16 +25,18 @@ import contextlib
 import functools
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import discord
 import yarl
 from discord.http import INTERNAL_API_VERSION, Route
 
-from bot.channels.base import ChannelAdapter, split_text
+from bot.channels.base import ChannelAdapter
 from bot.channels.delivery import deliver
+from bot.channels.discord_live import DiscordSurface
 from bot.channels.dispatch import Dispatcher
+from bot.channels.live import LiveReply
 from bot.channels.options import DiscordOptions
 from bot.domain import ChatKind, IncomingMessage, Reply
 from bot.errors import (
@@ -45,7 +47,7 @@ from bot.errors import (
     ShuttingDown,
 )
 
-MESSAGE_LIMIT = 2000  # characters in one Discord message
+T = TypeVar("T")
 # discord.py retries a 5xx for up to 25 s, and the admin check runs inside the turn's claim
 # (LOCK_TTL_SECONDS, 30 by default): past this the writer is told it could not be checked.
 ADMIN_CHECK_SECONDS = 5.0
@@ -121,6 +123,25 @@ def _chat_kind(channel: object) -> ChatKind:
 def _mentions(message: discord.Message, user_id: int) -> bool:
     """Addressed by name: <@id> in the text, or a reply that pings the bot."""
     return user_id in message.raw_mentions or any(u.id == user_id for u in message.mentions)
+
+
+async def _delivered(
+    request: Callable[[], Awaitable[T]], *, on_rate_limited: Callable[[], None]
+) -> T:
+    """One discord.py call under the delivery retry policy, its errors mapped to ours;
+    `request` makes a fresh one."""
+
+    async def attempt() -> T:
+        try:
+            return await request()
+        except discord.RateLimited as exc:  # longer than discord.py was willing to wait
+            raise PlatformRateLimited(exc.retry_after, "(Discord)") from exc
+        except discord.HTTPException as exc:
+            raise platform_error(exc) from exc
+        except _NETWORK_ERRORS as exc:
+            raise PlatformUnavailable(f"Discord unreachable: {exc!r}") from exc
+
+    return await deliver(attempt, on_rate_limited=on_rate_limited)
 
 
 def platform_error(exc: discord.HTTPException) -> PlatformError:
@@ -321,12 +342,14 @@ class DiscordAdapter(ChannelAdapter):
             self._refused(incoming)
             return
         self._handling.add(task)
+        live = LiveReply(self._surface(message.channel), self.options.stream_interval_seconds)
         try:
-            reply = await self._answer(message.channel, incoming)
+            reply = await self._answer(message.channel, incoming, live)
             if reply is None:
                 return
-            parts = split_text(reply.text, MESSAGE_LIMIT) if reply.text is not None else []
-            if await self._send(message.channel, parts, incoming, reply):
+            if (reply.text is None and not live.streamed) or await self._finish(
+                live, incoming, reply
+            ):
                 self.dispatcher.delivered(incoming)
         finally:
             self._handling.discard(task)
@@ -350,54 +373,43 @@ class DiscordAdapter(ChannelAdapter):
         return None if me is None else incoming_message(message, me.id)
 
     async def _answer(
-        self, channel: discord.abc.Messageable, incoming: IncomingMessage
+        self, channel: discord.abc.Messageable, incoming: IncomingMessage, live: LiveReply
     ) -> Reply | None:
         async with contextlib.AsyncExitStack() as stack:
             with contextlib.suppress(discord.HTTPException, *_NETWORK_ERRORS):
                 await stack.enter_async_context(channel.typing())  # cosmetic: never fatal
+
+            async def show(piece: str) -> None:  # the reply as it is written
+                await stack.aclose()  # "typing…" ends with the first words
+                await live.add(piece)
+
             try:
-                return await self.dispatcher.handle(incoming)
+                return await self.dispatcher.handle(incoming, show)
             except ShuttingDown:  # counted by the dispatcher
                 self._refused(incoming)
                 return None
 
-    async def _send(
-        self,
-        channel: discord.abc.Messageable,
-        parts: list[str],
-        incoming: IncomingMessage,
-        reply: Reply,
-    ) -> bool:
-        """Post the parts in order; False if one could not be delivered."""
-        for part in parts:
-            try:
-                await deliver(
-                    functools.partial(self._post, channel, part),
-                    on_rate_limited=functools.partial(
-                        self.dispatcher.platform_rate_limited, self.name
-                    ),
-                )
-            except PlatformError as exc:
-                self.log.error(
-                    "reply not delivered to Discord: %s",
-                    exc,
-                    extra={"channel": self.name, "user_id": incoming.channel_user_id,
-                           "chat_id": incoming.chat_id, "conversation_id": reply.conversation_id},
-                )  # fmt: skip
-                return False
-            self.dispatcher.sent(self.name)
-        return True
+    def _surface(self, channel: discord.abc.Messageable) -> DiscordSurface:
+        rate_limited = functools.partial(self.dispatcher.platform_rate_limited, self.name)
+        send = functools.partial(_delivered, on_rate_limited=rate_limited)
+        return DiscordSurface(channel, send, functools.partial(self.dispatcher.sent, self.name))
 
-    @staticmethod
-    async def _post(channel: discord.abc.Messageable, text: str) -> discord.Message:
+    async def _finish(self, live: LiveReply, incoming: IncomingMessage, reply: Reply) -> bool:
+        """The reply's final update (all of it, if nothing was streamed); False if it
+        could not be delivered."""
         try:
-            return await channel.send(text)
-        except discord.RateLimited as exc:  # longer than discord.py was willing to wait
-            raise PlatformRateLimited(exc.retry_after, "(Discord)") from exc
-        except discord.HTTPException as exc:
-            raise platform_error(exc) from exc
-        except _NETWORK_ERRORS as exc:
-            raise PlatformUnavailable(f"Discord unreachable: {exc!r}") from exc
+            await live.finish(reply.text or "")
+        except PlatformError as exc:
+            self.log.error(
+                "reply not delivered to Discord: %s",
+                exc,
+                extra={"channel": self.name, "user_id": incoming.channel_user_id,
+                       "chat_id": incoming.chat_id, "conversation_id": reply.conversation_id},
+            )  # fmt: skip
+            return False
+        if live.streamed:
+            self.dispatcher.streamed(self.name, live.updates)
+        return True
 
     def _build_client(self) -> _Client:
         sdk_options: dict[str, Any] = {

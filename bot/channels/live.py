@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from bot.channels.base import break_at
+from bot.errors import PlatformRejected
 
 CURSOR = " ▍"  # on a message still being written
 
@@ -48,6 +49,7 @@ class LiveReply:
         self._done = 0  # how much of it is in sealed messages
         self._shown = ""  # the current message's text as last shown
         self._last = float("-inf")
+        self._refused: PlatformRejected | None = None  # the platform will not take it
         # Room for the cursor: what is shown fits in a message as it will be sealed.
         self._room = max(1, surface.limit - len(CURSOR))
 
@@ -63,7 +65,11 @@ class LiveReply:
             await self._show()
 
     async def finish(self, final: str) -> None:
-        """Seal the reply with its final text (the streamed text and what follows)."""
+        """Seal the reply with its final text (the streamed text and what follows). A
+        platform that refused an update (no permission to write there) is not asked
+        again: its refusal is raised."""
+        if self._refused is not None:
+            raise self._refused
         if final.startswith(self._reply):
             self._reply = final
         elif final:  # not a continuation (an apology after a part): below what was shown
@@ -88,7 +94,11 @@ class LiveReply:
         self._last = self.clock()
         self._shown = current
         self.updates += 1
-        await self.surface.show(current.rstrip() + CURSOR)
+        try:
+            await self.surface.show(current.rstrip() + CURSOR)
+        except PlatformRejected as exc:
+            self._refused = exc
+            raise
 
     async def _seal(self, text: str) -> None:
         self._shown = ""

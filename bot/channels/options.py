@@ -22,6 +22,7 @@ class DiscordOptions:
     shard_count: int | None  # None: asked from the API
     shard_ids: tuple[int, ...]  # empty: every shard of the count
     shutdown_grace_seconds: float
+    stream_interval_seconds: float = 1.2  # at most one update of a growing reply
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,6 +60,7 @@ def discord_options(settings: Settings) -> DiscordOptions:
         shard_count=count,
         shard_ids=shard_ids,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
+        stream_interval_seconds=settings.discord_stream_interval_seconds,
     )
 
 

@@ -17,10 +17,10 @@ _WORDS = re.compile(r"\S+\s*")  # each word with the spaces after it
 
 class EchoResponder:
     name = "echo"
-    delay = 0.0  # between two pieces of a streamed reply
+    word_delay = 0.0  # between two pieces of a streamed reply
 
-    def __init__(self, delay: float = 0.0) -> None:
-        self.delay = delay
+    def __init__(self, word_delay: float = 0.0) -> None:
+        self.word_delay = word_delay
 
     async def respond(
         self, request: ResponderRequest, on_text: TextSink | None = None
@@ -43,8 +43,8 @@ class EchoResponder:
     async def _stream(self, text: str, on_text: TextSink) -> None:
         head = text[: len(text) - len(text.lstrip())]  # leading spaces ride on the first word
         for number, word in enumerate(_WORDS.findall(text)):
-            if number and self.delay:
-                await asyncio.sleep(self.delay)
+            if number and self.word_delay:
+                await asyncio.sleep(self.word_delay)
             await on_text(head + word if number == 0 else word)
 
     async def aclose(self) -> None:

@@ -29,8 +29,11 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from bot.channels.live import CURSOR
+
 SPEC_PATH = Path(__file__).resolve().parents[1] / "specs" / "discord" / "openapi_subset.json"
 API = "/api/v10"
+MAX_CONTENT = 2000  # characters of a message's content
 TOKEN = "MTA-fake.discord-bot.token"
 DISCORD_EPOCH_MS = 1_420_070_400_000
 INTENT_MESSAGE_CONTENT = 1 << 15
@@ -255,6 +258,9 @@ class FakeDiscord:
         self.connections: list[Connection] = []
         self.sessions: dict[str, Session] = {}
         self.rate_limited_posts = 0  # the next N message posts get a 429
+        self.rate_limited_edits = 0  # the next N message edits get a 429
+        # The bot's messages by id: channel, the post's body, the content now (edits).
+        self.bot_messages: dict[str, Json] = {}
         self.rate_limit_via = True  # Discord's 429s carry Via; without it discord.py gives up
         self.failing_posts = 0  # the next N message posts get `failing_status`
         self.failing_status = 503
@@ -283,6 +289,7 @@ class FakeDiscord:
             ("GET", "/oauth2/applications/@me", self._application),
             ("GET", "/gateway/bot", self._gateway_bot),
             ("POST", "/channels/{channel_id}/messages", self._create_message),
+            ("PATCH", "/channels/{channel_id}/messages/{message_id}", self._edit_message),
             ("POST", "/channels/{channel_id}/typing", self._typing),
             ("POST", "/users/@me/channels", self._create_dm),
             ("GET", "/guilds/{guild_id}/members/{user_id}", self._member),
@@ -403,12 +410,17 @@ class FakeDiscord:
         return [p for c in self.connections for p in c.received if p.get("op") == op]
 
     def posts(self, channel_id: str | None = None) -> list[Json]:
-        """Bodies of the message posts that succeeded."""
+        """Bodies of the bot's messages as they read now (the content as last edited),
+        but those still being written (ending with the adapter's cursor)."""
         return [
-            c.body for c in self.calls
-            if c.method == "POST" and c.path.endswith("/messages") and c.status == 200
-            and (channel_id is None or c.path == f"/channels/{channel_id}/messages")
-        ]  # fmt: skip
+            {**found["body"], "content": found["content"]}
+            for found in self.bot_messages.values()
+            if not found["content"].endswith(CURSOR)
+            and (channel_id is None or found["channel_id"] == channel_id)
+        ]
+
+    def edits(self) -> list[Call]:
+        return [c for c in self.calls if c.method == "PATCH" and c.status == 200]
 
     def calls_to(self, method: str, path: str) -> list[Call]:
         return [c for c in self.calls if c.method == method and c.path == path]
@@ -494,8 +506,27 @@ class FakeDiscord:
             self.failing_posts -= 1
             return web.Response(status=self.failing_status, text="upstream connect error")
         body = await request.json()
-        message = self.message(self.bot, body.get("content") or "",
-                               channel_id=request.match_info["channel_id"])  # fmt: skip
+        if len(body.get("content") or "") > MAX_CONTENT:
+            return _error(400, "Invalid Form Body", 50035)
+        channel_id = request.match_info["channel_id"]
+        message = self.message(self.bot, body.get("content") or "", channel_id=channel_id)
+        found = {"channel_id": channel_id, "body": body, "content": message["content"]}
+        self.bot_messages[message["id"]] = found
+        return _json(message)
+
+    async def _edit_message(self, request: web.Request) -> web.Response:
+        if self.rate_limited_edits > 0:
+            self.rate_limited_edits -= 1
+            return self._rate_limited()
+        found = self.bot_messages.get(request.match_info["message_id"])
+        if found is None or found["channel_id"] != request.match_info["channel_id"]:
+            return _error(404, "Unknown Message", 10008)
+        body = await request.json()
+        if len(body.get("content") or "") > MAX_CONTENT:
+            return _error(400, "Invalid Form Body", 50035)
+        found["content"] = body.get("content", found["content"])
+        message = self.message(self.bot, found["content"], channel_id=found["channel_id"])
+        message.update(id=request.match_info["message_id"], edited_timestamp=now())
         return _json(message)
 
     def _rate_limited(self) -> web.Response:

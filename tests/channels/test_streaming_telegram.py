@@ -41,7 +41,7 @@ class Words(EchoResponder):
 
     def __init__(self, text: str, delay: float = 0.02, chunk: int = 0) -> None:
         self.text = text
-        self.delay = delay
+        self.word_delay = delay
         self.chunk = chunk
 
     async def respond(
@@ -49,7 +49,7 @@ class Words(EchoResponder):
     ) -> ResponderResult:
         if on_text is not None and self.chunk:
             for start in range(0, len(self.text), self.chunk):
-                await asyncio.sleep(self.delay)
+                await asyncio.sleep(self.word_delay)
                 await on_text(self.text[start : start + self.chunk])
         elif on_text is not None:
             await self._stream(self.text, on_text)
@@ -67,7 +67,7 @@ async def test_a_private_chat_sees_a_draft_grow_then_one_message_stored_before_i
     telegram: FakeBotApi,
     engine: AsyncEngine,
 ) -> None:
-    await start(EchoResponder(delay=0.03), telegram_stream_interval_seconds=INTERVAL)
+    await start(EchoResponder(word_delay=0.03), telegram_stream_interval_seconds=INTERVAL)
     ann = user(new_id(), "ann")
     stored_at_send: list[list[str]] = []
 

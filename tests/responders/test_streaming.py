@@ -190,7 +190,7 @@ async def test_an_empty_stream_is_no_reply(
 
 
 async def test_the_echo_streams_word_by_word_what_it_says_whole() -> None:
-    echo = EchoResponder(delay=0.001)
+    echo = EchoResponder(word_delay=0.001)
     sink = Sink()
 
     streamed = await echo.respond(request("hi there"), sink)

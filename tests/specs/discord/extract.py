@@ -19,6 +19,7 @@ OPERATIONS = {
     "/oauth2/applications/@me": ["get"],
     "/gateway/bot": ["get"],
     "/channels/{channel_id}/messages": ["post"],
+    "/channels/{channel_id}/messages/{message_id}": ["patch"],
     "/channels/{channel_id}/typing": ["post"],
     "/users/@me/channels": ["post"],
     "/guilds/{guild_id}/members/{user_id}": ["get"],

@@ -1,0 +1,41 @@
+"""How a reply grows on Discord (bot/channels/live.py, Surface): a message posted and
+edited as it grows, within Discord's 5 edits per 5 s per channel."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import discord
+
+MESSAGE_LIMIT = 2000  # characters in one Discord message
+
+# One discord.py call under the adapter's retry policy; the callable makes a fresh one.
+Send = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
+
+
+class DiscordSurface:
+    limit = MESSAGE_LIMIT
+
+    def __init__(
+        self, channel: discord.abc.Messageable, send: Send, on_sealed: Callable[[], None]
+    ) -> None:
+        self._channel = channel
+        self._send = send
+        self._on_sealed = on_sealed
+        self._posted: discord.Message | None = None
+
+    async def show(self, text: str) -> None:
+        if self._posted is None:
+            self._posted = await self._send(functools.partial(self._channel.send, text))
+        else:
+            await self._send(functools.partial(self._posted.edit, content=text))
+
+    async def seal(self, text: str) -> None:
+        if self._posted is None:
+            await self._send(functools.partial(self._channel.send, text))
+        else:
+            await self._send(functools.partial(self._posted.edit, content=text))
+        self._posted = None
+        self._on_sealed()
