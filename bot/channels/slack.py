@@ -6,7 +6,8 @@ the content type and the JSON are checked before bolt sees a request (4xx otherw
 docs/channels/slack.md), and bolt answers url_verification. Bolt acks every event
 before our handler runs, so a slow reply never makes Slack retry; a retry that comes
 anyway carries the same event_id, which is the platform message id the service
-de-duplicates on.
+de-duplicates on. Who may configure a channel's thread is Slack's to say: users.info's
+is_admin or is_owner (the workspace's admins and owners), never for a deleted account.
 """
 
 from __future__ import annotations
@@ -61,11 +62,13 @@ JSON_ONLY = frozenset({"application/json"})  # what the Events API posts
 CONNECT_TIMEOUT = 30.0
 WATCH_INTERVAL = 1.0
 NAME_LOOKUP_TIMEOUT = 5.0  # a slow users.info must not hold the reply for long
+ADMIN_LOOKUP_TIMEOUT = 5.0  # nor hold a chat's turn while the service waits for a yes or no
 NAMES_CACHED = 10_000  # display names kept in memory, least recently used dropped first
 # What bolt raises reading a body of a shape it does not expect (a list where it wants
 # an object, a number where it wants text): it checks no types itself.
 _UNREADABLE = (AttributeError, IndexError, KeyError, TypeError, ValueError)
 _SERVER_ERRORS = frozenset({"internal_error", "fatal_error", "service_unavailable"})
+_USER_FLAGS = ("is_admin", "is_owner", "deleted")  # what users.info says of a user's role
 
 
 class SlackAdapter(ChannelAdapter):
@@ -123,6 +126,8 @@ class SlackAdapter(ChannelAdapter):
         try:
             identity = await _mapped(self._client.auth_test)
             self.bot_user_id = str(identity["user_id"])
+            # The service asks us who may configure a channel or thread; we ask Slack.
+            self.dispatcher.allow_admins(self.name, functools.partial(_is_admin, self._client))
             if self.options.app_token is not None:
                 await self._open_socket(self.options.app_token.get_secret_value())
             else:
@@ -310,9 +315,7 @@ class SlackAdapter(ChannelAdapter):
 
     async def _look_up(self, user_id: str) -> str:
         try:
-            found = await _mapped(
-                lambda: asyncio.wait_for(self._client.users_info(user=user_id), NAME_LOOKUP_TIMEOUT)
-            )
+            found = await _users_info(self._client, user_id, NAME_LOOKUP_TIMEOUT)
         except PlatformRejected as exc:  # no users:read scope, unknown user: it stays so
             self.log.warning("no display name for slack user %s: %s", user_id, exc)
             return self._remember(user_id, user_id)
@@ -336,6 +339,40 @@ class SlackAdapter(ChannelAdapter):
                 channel=str(message.chat_id), thread_ts=message.thread_id, text=escape(text)
             )
         )
+
+
+async def _is_admin(client: AsyncWebClient, message: IncomingMessage) -> bool:
+    """Whether Slack calls the writer an admin or owner of the workspace (a primary owner
+    is an owner too). Slack tells a bot of no channel's managers: the workspace's admins
+    and owners are those who may configure its channels and threads."""
+    if message.scope.private:  # a DM: nobody administers it
+        return False
+    found = await _users_info(client, message.channel_user_id, ADMIN_LOOKUP_TIMEOUT)
+    return _workspace_admin(found.get("user"))
+
+
+def _workspace_admin(user: object) -> bool:
+    """users.info's user object read as a yes or no. The SDK checks nothing in it, so a
+    missing user or a flag that is no boolean ("true", 1, null) raises here: never a yes.
+    A flag left out is false, as the spec makes each of them optional."""
+    if not isinstance(user, dict):
+        raise PlatformUnavailable("Slack's users.info answer has no user object")
+    if not all(isinstance(user.get(flag, False), bool) for flag in _USER_FLAGS):
+        raise PlatformUnavailable("Slack's users.info answer has flags that are no booleans")
+    admin = user.get("is_admin") is True or user.get("is_owner") is True
+    return admin and user.get("deleted") is not True
+
+
+async def _users_info(client: AsyncWebClient, user_id: str, within: float) -> dict[str, Any]:
+    """users.info's answer: a JSON object with `ok: true`. The SDK takes any `ok` that is
+    truthy and fails unmapped (AttributeError) on JSON that is no object: mapped here."""
+    try:
+        found = await _mapped(lambda: asyncio.wait_for(client.users_info(user=user_id), within))
+    except AttributeError as exc:
+        raise PlatformUnavailable("Slack's users.info answer is no JSON object") from exc
+    if not isinstance(found.data, dict) or found.data.get("ok") is not True:
+        raise PlatformUnavailable("Slack's users.info answer is no JSON object with ok: true")
+    return found.data
 
 
 def _base_url(url: str | None) -> str:

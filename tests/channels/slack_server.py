@@ -1,5 +1,8 @@
 """A local fake Slack: the Web API methods the SDK calls, and a Socket Mode websocket.
 
+users.info gives each user's display name and role (a workspace admin, owner or
+member, as a test sets it) and can be made to fail or answer something malformed.
+
 What the SDK sends to chat.postMessage, what this server answers, and every event
 envelope the tests deliver are checked against the published spec subset vendored
 in tests/specs/slack; mismatches are collected in `violations`, which the fixtures
@@ -33,6 +36,7 @@ BOT_USER_ID = "U0BOT12345"
 BOT_ID = "B0BOT123456"
 TEAM_ID = "T0TEAM1234"
 APP_ID = "A0APP12345"
+NOT_SET: Any = object()
 
 _JSON_TYPES: dict[str, Callable[[Any], bool]] = {
     "string": lambda v: isinstance(v, str),
@@ -195,6 +199,14 @@ class FakeSlack:
         self.unknown_users: set[str] = set()  # users.info answers user_not_found
         self.users_info_down = False  # users.info answers 503
         self.users_info_delay = 0.0  # seconds users.info takes to answer
+        # users.info: the user ids asked about, in order; each user's role flags
+        # (set_flags; a plain member otherwise); with `users_info_error` set (HTTP status,
+        # error code) it fails so, `ok: false` when the status is 200; with
+        # `users_info_answer` set it answers that body, unchecked (JSON, or bytes as sent).
+        self.users_asked: list[str] = []
+        self.user_flags: dict[str, dict[str, bool]] = {}
+        self.users_info_error: tuple[int, str] | None = None
+        self.users_info_answer: Any = NOT_SET
         self.acks: list[dict[str, Any]] = []
         self.violations: list[str] = []
         self.sockets: list[web.WebSocketResponse] = []
@@ -297,17 +309,41 @@ class FakeSlack:
         params = await self._params(request)
         authorization = request.headers.get("Authorization", "")
         self.violations += self.spec.request_errors("users.info", params, authorization)
+        self.users_asked.append(str(params.get("user", "")))
         await asyncio.sleep(self.users_info_delay)
         if self.users_info_down:
             return web.Response(status=503, text="upstream unavailable")
+        if self.users_info_error is not None:
+            return self._users_info_error(*self.users_info_error)
+        if isinstance(self.users_info_answer, bytes):
+            return web.Response(body=self.users_info_answer, content_type="application/json")
+        if self.users_info_answer is not NOT_SET:
+            return web.json_response(self.users_info_answer)
         if authorization != f"Bearer {BOT_TOKEN}":
             return self._answer("users.info", {"ok": False, "error": "invalid_auth"})
         user_id = str(params.get("user", ""))
         if user_id in self.unknown_users or not re.match(r"^[UW][A-Z0-9]{2,}$", user_id):
             return self._answer("users.info", {"ok": False, "error": "user_not_found"})
-        return self._answer("users.info", {"ok": True, "user": self._user(user_id)})
+        return self._answer("users.info", {"ok": True, "user": self.user_object(user_id)})
 
-    def _user(self, user_id: str) -> dict[str, Any]:
+    def _users_info_error(self, status: int, code: str) -> web.Response:
+        body = {"ok": False, "error": code}
+        if status == 200:  # a refusal: what Slack answers is in the spec
+            return self._answer("users.info", body)
+        headers = {"Retry-After": "1"} if status == 429 else None
+        return web.json_response(body, status=status, headers=headers)  # beyond the spec
+
+    def set_flags(self, user_id: str, **flags: bool) -> None:
+        """What users.info says of `user_id`'s role: is_admin, is_owner, deleted, …
+        (a boolean property of the spec's user object)."""
+        known = self.spec.web["definitions"]["objs_user"]["items"][0]["properties"]
+        for name, value in flags.items():
+            assert known.get(name, {}).get("type") == "boolean", name
+            assert isinstance(value, bool), (name, value)
+        self.user_flags.setdefault(user_id, {}).update(flags)
+
+    def user_object(self, user_id: str) -> dict[str, Any]:
+        """users.info's user: a member with a display name, unless a test set its flags."""
         display, real = self.display_name(user_id), f"Real Name {user_id[-4:]}"
         profile = {
             "avatar_hash": "ge3b51ca72de", "status_text": "", "status_emoji": "",
@@ -322,6 +358,7 @@ class FakeSlack:
             "is_admin": False, "is_owner": False, "is_primary_owner": False,
             "is_restricted": False, "is_ultra_restricted": False, "is_bot": False,
             "is_app_user": False, "updated": 1_700_000_000, "has_2fa": False,
+            **self.user_flags.get(user_id, {}),
         }  # fmt: skip
 
     async def _connections_open(self, request: web.Request) -> web.Response:
