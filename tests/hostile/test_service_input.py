@@ -42,6 +42,13 @@ async def service(make_service: ServiceFactory) -> ConversationService:
     return await make_service(max_message_chars=LIMIT, rate_limit_per_minute=100_000)
 
 
+@pytest.fixture
+async def default_service(make_service: ServiceFactory) -> ConversationService:
+    """The default MAX_MESSAGE_CHARS: one service for all of a test's examples (a service
+    per example kept a pooled connection each, up to Postgres' max_connections)."""
+    return await make_service(rate_limit_per_minute=100_000)
+
+
 def assert_clear(reply: Reply) -> None:
     assert reply.kind in CLEAR_KINDS, reply
     assert isinstance(reply.text, str) and reply.text.strip(), reply
@@ -103,12 +110,12 @@ async def test_huge_texts_around_the_default_limit(
     ),
 )
 async def test_any_command_argument_gets_a_clear_answer(
-    make_service: ServiceFactory, engine: AsyncEngine, command: str, argument: str
+    default_service: ConversationService, engine: AsyncEngine, command: str, argument: str
 ) -> None:
     # The default MAX_MESSAGE_CHARS, so that a 5000-digit argument reaches the command.
-    service = await make_service(rate_limit_per_minute=100_000)
     user = new_user()
-    reply = await service.handle(IncomingMessage("console", user, f"{command} {argument}"))
+    message = IncomingMessage("console", user, f"{command} {argument}")
+    reply = await default_service.handle(message)
 
     assert_clear(reply)
     assert reply.kind in (ReplyKind.COMMAND, ReplyKind.INVALID)
