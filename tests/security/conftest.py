@@ -77,13 +77,17 @@ def unique(prefix: str) -> str:
 
 
 def bot_env(cwd: Path, **settings: str) -> dict[str, str]:
-    """The environment less every proxy and every bot setting, plus the given settings."""
+    """The environment less every proxy and every bot setting, plus the given settings;
+    a `bot run` serves its health endpoints on a free port (never the fixed 8080)."""
     base = {
         name: value
         for name, value in os.environ.items()
         if not name.lower().endswith("_proxy") and name.lower() not in Settings.model_fields
     }
-    return {**base, "DATA_DIR": str(cwd / "data"), "NO_PROXY": "127.0.0.1,localhost", **settings}
+    return {
+        **base, "DATA_DIR": str(cwd / "data"), "NO_PROXY": "127.0.0.1,localhost",
+        "HTTP_HOST": "127.0.0.1", "HTTP_PORT": "0", **settings,
+    }  # fmt: skip
 
 
 @dataclass
