@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.bench.probes import CONTROL, WRITE, PgProbe
 from bot.cache.state import BeginStatus
 from bot.channels.dispatch import Dispatcher
 from bot.domain import IncomingMessage, ReplyKind, TextSink
@@ -104,6 +106,24 @@ async def test_the_pieces_are_shown_in_order_after_the_users_message_is_stored(
     ]
     assert rows[1].reply_to == rows[0].id and rows[1].metadata == {}
     assert service.stats["streamed"] == 1
+
+
+async def test_a_warm_streamed_exchange_takes_two_transactions_and_reads_nothing(
+    make_service: ServiceFactory,
+) -> None:
+    service = await make_service(responder=ScriptedStream())
+    probe = PgProbe()  # what the driver sends, whichever layer sends it
+    probe.attach(service.store.engine)
+    user = new_user()
+    await service.handle(msg(user, "first"), Screen())
+    before = probe.snapshot()
+
+    reply = await service.handle(msg(user, "second"), Screen())
+
+    sent = probe.snapshot() - before
+    assert reply.kind is ReplyKind.ANSWER
+    # The user's message, then the reply: each one statement in BEGIN … COMMIT.
+    assert sent == Counter({WRITE: 2, CONTROL: 4, "checkouts": 2}), sent
 
 
 async def test_a_stream_that_breaks_off_is_stored_and_shown_as_interrupted(
