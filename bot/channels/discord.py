@@ -132,16 +132,21 @@ async def _delivered(
     `request` makes a fresh one."""
 
     async def attempt() -> T:
-        try:
-            return await request()
-        except discord.RateLimited as exc:  # longer than discord.py was willing to wait
-            raise PlatformRateLimited(exc.retry_after, "(Discord)") from exc
-        except discord.HTTPException as exc:
-            raise platform_error(exc) from exc
-        except _NETWORK_ERRORS as exc:
-            raise PlatformUnavailable(f"Discord unreachable: {exc!r}") from exc
+        return await _mapped(request())
 
     return await deliver(attempt, on_rate_limited=on_rate_limited)
+
+
+async def _mapped(call: Awaitable[T]) -> T:
+    """Await one discord.py call, with what escapes its own retries turned into ours."""
+    try:
+        return await call
+    except discord.RateLimited as exc:  # longer than discord.py was willing to wait
+        raise PlatformRateLimited(exc.retry_after, "(Discord)") from exc
+    except discord.HTTPException as exc:
+        raise platform_error(exc) from exc
+    except _NETWORK_ERRORS as exc:
+        raise PlatformUnavailable(f"Discord unreachable: {exc!r}") from exc
 
 
 def platform_error(exc: discord.HTTPException) -> PlatformError:
@@ -177,13 +182,7 @@ def _guild_channel(client: discord.Client, chat_id: str | None) -> discord.abc.G
 async def _fetch_member(guild: discord.Guild, user_id: int) -> discord.Member:
     """The member as Discord has it now (roles change without an event this bot gets)."""
     try:
-        return await guild.fetch_member(user_id)
-    except discord.RateLimited as exc:  # longer than discord.py was willing to wait
-        raise PlatformRateLimited(exc.retry_after, "(Discord)") from exc
-    except discord.HTTPException as exc:
-        raise platform_error(exc) from exc
-    except _NETWORK_ERRORS as exc:
-        raise PlatformUnavailable(f"Discord unreachable: {exc!r}") from exc
+        return await _mapped(guild.fetch_member(user_id))
     except _MALFORMED as exc:
         raise PlatformUnavailable("Discord's member answer is unreadable") from exc
 
