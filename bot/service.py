@@ -325,11 +325,8 @@ class ConversationService:
         user_ts = datetime.now(UTC)
         result = await self._respond(turn, model, context)
         rows = self._rows(turn, user_ts, result)
-        try:
-            stored = await self.store.conversations.save_exchange(rows)
-        except StaleSession:
-            if retried:
-                raise
+        stored = await self._saved(rows, retried)
+        if stored is None:
             return await self._recover_stale(turn)
         if stored.duplicate:
             # The cached context may lack the stored exchange: rebuild it next time.
@@ -341,6 +338,16 @@ class ConversationService:
         if result is None:
             return Reply(RESPONDER_FAILED_TEXT, ReplyKind.UNAVAILABLE), refresh
         return Reply(result.text, ReplyKind.ANSWER, turn.session.conversation_id, model), refresh
+
+    async def _saved(self, rows: ExchangeRows, retried: bool) -> StoredExchange | None:
+        """Store the exchange's rows; None when the cached session named a closed or
+        deleted conversation (the caller rebuilds it, once: a second time raises)."""
+        try:
+            return await self.store.conversations.save_exchange(rows)
+        except StaleSession:
+            if retried:
+                raise
+            return None
 
     async def _streamed(
         self,
@@ -356,11 +363,8 @@ class ConversationService:
         dying mid-stream loses nothing the user wrote; the reply is stored before the
         adapter's final update, so that a reply seen whole is in Postgres."""
         rows = self._rows(turn, datetime.now(UTC), None)
-        try:
-            stored = await self.store.conversations.save_exchange(rows)
-        except StaleSession:
-            if retried:
-                raise
+        stored = await self._saved(rows, retried)
+        if stored is None:
             return await self._recover_stale(turn)
         if stored.duplicate and (stored.reply_text is not None or not turn.taken_over):
             refresh = replace(turn.refresh, context_update=ContextUpdate.REPLACE)
