@@ -23,19 +23,15 @@ from bot.domain import (
 from bot.errors import StaleSession, StoreConflict, StoreFailed
 from bot.store.database import Database
 from bot.store.turn_start import TurnStart, start_turn
+from bot.store.user_upsert import UPSERT_WRITER_ON_CONFLICT
 
 FOREIGN_KEY_VIOLATION = "23503"  # SQLSTATE: here, the conversation was deleted meanwhile
 
 _UPSERT_USER = text(
-    """
+    f"""
     INSERT INTO users (channel_type, channel_user_id, username)
     VALUES (:channel, :channel_user_id, :username)
-    ON CONFLICT (channel_type, channel_user_id) DO UPDATE
-        SET username = COALESCE(EXCLUDED.username, users.username),
-            updated_at = CASE WHEN EXCLUDED.username IS DISTINCT FROM users.username
-                              AND EXCLUDED.username IS NOT NULL
-                              THEN now() ELSE users.updated_at END
-    RETURNING id, preferred_model
+    {UPSERT_WRITER_ON_CONFLICT}
     """
 )
 

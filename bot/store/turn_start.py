@@ -18,19 +18,15 @@ from typing import Any
 
 from bot.domain import ChannelSettings, ContextMessage, SessionState
 from bot.store.database import Database
+from bot.store.user_upsert import UPSERT_WRITER_ON_CONFLICT
 
 # $1 channel, $2 the writer's platform id, $3 their display name, $4 the scope,
 # $5 shared (the scope's conversation, nobody's own), $6 how many messages to read.
-_START = """
+_START = f"""
 WITH writer AS (
     INSERT INTO users (channel_type, channel_user_id, username)
     VALUES ($1, $2, $3)
-    ON CONFLICT (channel_type, channel_user_id) DO UPDATE
-        SET username = COALESCE(EXCLUDED.username, users.username),
-            updated_at = CASE WHEN EXCLUDED.username IS DISTINCT FROM users.username
-                              AND EXCLUDED.username IS NOT NULL
-                              THEN now() ELSE users.updated_at END
-    RETURNING id, preferred_model
+    {UPSERT_WRITER_ON_CONFLICT}
 ), found AS (
     SELECT c.id, c.model_override FROM conversations c, writer
     WHERE c.scope = $4 AND c.is_active
