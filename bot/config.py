@@ -136,6 +136,9 @@ class Settings(BaseSettings):
     slack_api_base_url: str | None = None  # default: https://slack.com/api/
     slack_listen: str = "0.0.0.0"
     slack_port: Annotated[int, Field(ge=0, le=65535)] = 3000
+    # A growing reply is appended to (or updated) at most this often: chat.appendStream
+    # is Slack's tier 4 (100+ a minute per workspace), chat.update tier 3.
+    slack_stream_interval_seconds: Annotated[float, Field(ge=0.1, le=60)] = 1.5
 
     # The offline echo responder streams word by word, this long between two words.
     echo_stream_delay_seconds: Annotated[float, Field(ge=0, le=5)] = 0.02

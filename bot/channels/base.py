@@ -44,13 +44,16 @@ class ChannelAdapter(abc.ABC):
         """Whether the platform connection is up (for /readyz)."""
 
 
-def break_at(text: str, limit: int) -> int:
+def break_at(text: str, limit: int, after: int = 0) -> int:
     """Where to cut `text` (longer than `limit`) so that the part before fits: at a line
-    break, else a word break, in the second half of the limit; else at the limit."""
-    cut = text.rfind("\n", 0, limit + 1)
-    if cut <= limit // 2:
-        cut = text.rfind(" ", 0, limit + 1)
-    return cut if cut > limit // 2 else limit
+    break, else a word break, in the second half of the limit and not before `after`;
+    else at the limit."""
+    floor = max(limit // 2 + 1, after)
+    for separator in ("\n", " "):
+        cut = text.rfind(separator, floor, limit + 1)
+        if cut >= 0:
+            return cut
+    return limit
 
 
 def split_text(text: str, limit: int) -> list[str]:

@@ -17,6 +17,7 @@ Send = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
 class DiscordSurface:
     limit = MESSAGE_LIMIT
+    rewrites = True
 
     def __init__(
         self, channel: discord.abc.Messageable, send: Send, on_sealed: Callable[[], None]

@@ -26,6 +26,9 @@ CURSOR = " ▍"  # on a message still being written
 
 class Surface(Protocol):
     limit: int  # characters of one platform message
+    # True: each show replaces the message's text (an edit, a draft). False: a show
+    # can only add to what is shown (Slack's streams), so a seal never takes any back.
+    rewrites: bool
 
     async def show(self, text: str) -> None:
         """Put the current message's text so far on screen."""
@@ -80,9 +83,11 @@ class LiveReply:
             await self._seal(current.rstrip())
 
     async def _seal_full(self, limit: int) -> None:
-        """Seal the messages the reply has outgrown, each cut at a sensible break."""
+        """Seal the messages the reply has outgrown, each cut at a sensible break (on a
+        surface that can only append, not before the end of what it shows)."""
         while len(current := self._reply[self._done :]) > limit:
-            cut = break_at(current, limit)
+            shown = 0 if self.surface.rewrites else len(self._shown.rstrip())
+            cut = break_at(current, limit, after=shown)
             await self._seal(current[:cut].rstrip())
             rest = current[cut:]
             self._done += cut + (len(rest) - len(rest.lstrip("\n ")))

@@ -48,6 +48,7 @@ class SlackOptions:
     port: int
     webhook_max_body_bytes: int
     shutdown_grace_seconds: float
+    stream_interval_seconds: float = 1.5  # at most one update of a growing reply
 
 
 @dataclass(frozen=True, slots=True)

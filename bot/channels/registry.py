@@ -106,6 +106,7 @@ def slack_options(settings: Settings) -> SlackOptions:
         port=settings.slack_port,
         webhook_max_body_bytes=settings.webhook_max_body_bytes,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
+        stream_interval_seconds=settings.slack_stream_interval_seconds,
     )
 
 

@@ -6,7 +6,8 @@ the content type and the JSON are checked before bolt sees a request (4xx otherw
 docs/channels/slack.md), and bolt answers url_verification. Bolt acks every event
 before our handler runs, so a slow reply never makes Slack retry; a retry that comes
 anyway carries the same event_id, which is the platform message id the service
-de-duplicates on. Who may configure a channel's thread is Slack's to say: users.info's
+de-duplicates on. A reply grows as Slack's own stream in the message's thread
+(bot/channels/slack_live.py). Who may configure a channel's thread is Slack's to say: users.info's
 is_admin or is_owner (the workspace's admins and owners), never for a deleted account.
 """
 
@@ -37,13 +38,14 @@ from bot.channels.base import (
     parse_json,
     read_body,
     refusal,
-    split_text,
     webhook_application,
 )
 from bot.channels.delivery import deliver
 from bot.channels.dispatch import Dispatcher
+from bot.channels.live import LiveReply
 from bot.channels.options import SlackOptions
-from bot.channels.slack_events import escape, incoming_message, profile_name
+from bot.channels.slack_events import incoming_message, profile_name
+from bot.channels.slack_live import Place, SlackSurface
 from bot.domain import IncomingMessage
 from bot.errors import (
     PlatformError,
@@ -56,7 +58,6 @@ from bot.errors import (
 
 T = TypeVar("T")
 
-TEXT_LIMIT = 4000  # Slack's advice for one message's text
 EVENTS_PATH = "/slack/events"
 JSON_ONLY = frozenset({"application/json"})  # what the Events API posts
 CONNECT_TIMEOUT = 30.0
@@ -107,6 +108,8 @@ class SlackAdapter(ChannelAdapter):
         self._names: OrderedDict[str, str] = OrderedDict()  # user id -> display name (LRU)
         self._lookups: dict[str, asyncio.Future[str]] = {}  # users.info calls under way
         self.bot_user_id: str | None = None
+        self.team_id: str | None = None  # the workspace's, for a stream's recipient
+        self._streams_refused = False  # the workspace refused chat.startStream once
         self.port: int | None = None  # the HTTP port actually bound (SLACK_PORT may be 0)
 
     @property
@@ -126,6 +129,7 @@ class SlackAdapter(ChannelAdapter):
         try:
             identity = await _mapped(self._client.auth_test)
             self.bot_user_id = str(identity["user_id"])
+            self.team_id = identity.get("team_id")
             # The service asks us who may configure a channel or thread; we ask Slack.
             self.dispatcher.allow_admins(self.name, functools.partial(_is_admin, self._client))
             if self.options.app_token is not None:
@@ -281,15 +285,12 @@ class SlackAdapter(ChannelAdapter):
             if message.username is None:
                 name = await self._display_name(message.channel_user_id)
                 message = dataclasses.replace(message, username=name)
-            reply = await self.dispatcher.handle(message)
-            for part in split_text(reply.text, TEXT_LIMIT) if reply.text is not None else []:
-                await deliver(
-                    functools.partial(self._post, message, part),
-                    on_rate_limited=functools.partial(
-                        self.dispatcher.platform_rate_limited, self.name
-                    ),
-                )
-                self.dispatcher.sent(self.name)
+            live = LiveReply(self._surface(message), self.options.stream_interval_seconds)
+            reply = await self.dispatcher.handle(message, live.add)
+            if reply.text is not None or live.streamed:
+                await live.finish(reply.text or "")
+            if live.streamed:
+                self.dispatcher.streamed(self.name, live.updates)
             self.dispatcher.delivered(message)
         except ShuttingDown:
             self.log.warning("slack event %s arrived during shutdown", message.platform_message_id)
@@ -333,12 +334,37 @@ class SlackAdapter(ChannelAdapter):
             self._names.popitem(last=False)  # the least recently seen
         return name
 
-    async def _post(self, message: IncomingMessage, text: str) -> None:
-        await _mapped(
-            lambda: self._client.chat_postMessage(
-                channel=str(message.chat_id), thread_ts=message.thread_id, text=escape(text)
-            )
+    def _surface(self, message: IncomingMessage) -> SlackSurface:
+        """Where the reply to `message` grows: a stream in its thread (for the writer, in
+        a channel), or a message posted and updated where streams are refused."""
+        in_channel = not message.scope.private
+        place = Place(
+            channel=str(message.chat_id),
+            thread_ts=message.thread_id,
+            recipient_user_id=message.channel_user_id if in_channel else None,
+            recipient_team_id=self.team_id if in_channel else None,
         )
+        return SlackSurface(
+            self._client,
+            place,
+            self._send,
+            stream=not self._streams_refused,
+            on_refused=self._refused_streams,
+            on_sealed=functools.partial(self.dispatcher.sent, self.name),
+        )
+
+    async def _send(self, call: Callable[[], Awaitable[T]]) -> T:
+        """One Web API call under the delivery policy, its errors mapped to ours."""
+        rate_limited = functools.partial(self.dispatcher.platform_rate_limited, self.name)
+        return await deliver(functools.partial(_mapped, call), on_rate_limited=rate_limited)
+
+    def _refused_streams(self, error: PlatformRejected) -> None:
+        if not self._streams_refused:
+            self._streams_refused = True
+            self.log.warning(
+                "slack refused chat.startStream (%s): replies grow by chat.update instead",
+                error,
+            )
 
 
 async def _is_admin(client: AsyncWebClient, message: IncomingMessage) -> bool:

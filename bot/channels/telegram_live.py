@@ -29,6 +29,7 @@ def surface_for(message: Message, send: Send, on_sealed: Callable[[], None]) -> 
 
 class DraftSurface:
     limit = MessageLimit.MAX_TEXT_LENGTH
+    rewrites = True
 
     def __init__(self, message: Message, send: Send, on_sealed: Callable[[], None]) -> None:
         self._message = message
@@ -48,6 +49,7 @@ class DraftSurface:
 
 class EditSurface:
     limit = MessageLimit.MAX_TEXT_LENGTH
+    rewrites = True
 
     def __init__(self, message: Message, send: Send, on_sealed: Callable[[], None]) -> None:
         self._message = message

@@ -1,11 +1,18 @@
 """A local fake Slack: the Web API methods the SDK calls, and a Socket Mode websocket.
 
+The bot's messages are kept as the user sees them (`messages`): posted, updated
+(chat.update), or written as a stream (chat.startStream, chat.appendStream,
+chat.stopStream); `posts` are those that are complete. Streams can be refused, as a
+workspace without the feature refuses them.
+
 users.info gives each user's display name and role (a workspace admin, owner or
 member, as a test sets it) and can be made to fail or answer something malformed.
 
-What the SDK sends to chat.postMessage, what this server answers, and every event
-envelope the tests deliver are checked against the published spec subset vendored
-in tests/specs/slack; mismatches are collected in `violations`, which the fixtures
+What the SDK sends to chat.postMessage and chat.update, what this server answers,
+and every event envelope the tests deliver are checked against the published spec
+subset vendored in tests/specs/slack; the stream methods, newer than that spec, against
+the arguments slack_sdk's own methods take (STREAM_ARGUMENTS, compared with the SDK's
+signatures by a test); mismatches are collected in `violations`, which the fixtures
 assert empty. Nothing here is a mock of the SDK: the adapter's real slack_sdk /
 slack_bolt code talks HTTP and websocket to this server.
 """
@@ -27,6 +34,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from bot.channels.live import CURSOR
+
 SPECS = Path(__file__).resolve().parents[1] / "specs" / "slack"
 
 BOT_TOKEN = "xoxb-1234-test-bot-token"
@@ -37,6 +46,24 @@ BOT_ID = "B0BOT123456"
 TEAM_ID = "T0TEAM1234"
 APP_ID = "A0APP12345"
 NOT_SET: Any = object()
+MARKDOWN_LIMIT = 12_000  # characters of markdown_text in one stream call
+
+# The stream methods' arguments as slack_sdk 3.48 takes them: (required, optional).
+STREAM_ARGUMENTS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "chat.startStream": (
+        frozenset({"channel", "thread_ts"}),
+        frozenset({
+            "markdown_text", "recipient_team_id", "recipient_user_id", "chunks",
+            "task_display_mode", "icon_emoji", "icon_url", "username",
+        }),
+    ),
+    "chat.appendStream": (frozenset({"channel", "ts"}), frozenset({"markdown_text", "chunks"})),
+    "chat.stopStream": (
+        frozenset({"channel", "ts"}),
+        frozenset({"markdown_text", "blocks", "metadata", "chunks", "session_status"}),
+    ),
+}  # fmt: skip
+WRITES = ("chat.postMessage", "chat.update", *STREAM_ARGUMENTS)  # calls that write a message
 
 _JSON_TYPES: dict[str, Callable[[Any], bool]] = {
     "string": lambda v: isinstance(v, str),
@@ -183,16 +210,41 @@ def event_envelope(event: dict[str, Any], event_id: str | None = None) -> dict[s
     }
 
 
+class BotMessage:
+    """One message of the bot's as the user sees it, and the calls that wrote it."""
+
+    def __init__(self, channel: str, thread_ts: str | None, ts: str, streamed: bool) -> None:
+        self.channel = channel
+        self.thread_ts = thread_ts
+        self.ts = ts
+        self.streamed = streamed  # written by chat.*Stream (else posted and updated)
+        self.text = ""
+        self.streaming = streamed  # until chat.stopStream
+        self.writes: list[tuple[str, float, str]] = []  # (method, monotonic time, text)
+
+    @property
+    def complete(self) -> bool:
+        return not self.streaming and not self.text.endswith(CURSOR)
+
+    def as_post(self) -> dict[str, Any]:
+        return {"channel": self.channel, "thread_ts": self.thread_ts, "text": self.text}
+
+
 class FakeSlack:
     """Start with `await start()`; `api_url` is what SLACK_API_BASE_URL should be."""
 
     def __init__(self) -> None:
         self.spec = Spec()
         self.calls: Counter[str] = Counter()  # Web API calls by method
-        self.posts: list[dict[str, Any]] = []  # chat.postMessage calls answered ok
-        self.post_attempts = 0
-        self.rate_limit_next = 0  # answer this many next chat.postMessage calls with 429
-        self.fail_next = 0  # answer this many next chat.postMessage calls with 503
+        self.messages: dict[str, BotMessage] = {}  # the bot's, by ts, in the order written
+        self.post_attempts = 0  # calls that write a message (WRITES), answered or not
+        self.rate_limit_next = 0  # answer this many next writing calls with 429
+        self.rate_limited_methods = WRITES  # the writing calls rate_limit_next applies to
+        self.fail_next = 0  # answer this many next writing calls with 503
+        self.streams_refused: str | None = None  # chat.startStream answers this error
+        self.limited: list[tuple[str, float]] = []  # (method, time) of each 429 answered
+        # Called with (method, params) before a writing call is answered.
+        self.before_write: Callable[[str, dict[str, Any]], Any] | None = None
         self.connections_opened = 0
         self.refuse_connections = False  # apps.connections.open answers an error
         self.display_names: dict[str, str] = {}  # users.info: display name by user id
@@ -222,6 +274,9 @@ class FakeSlack:
         app = web.Application()
         app.router.add_route("*", "/api/auth.test", self._auth_test)
         app.router.add_post("/api/chat.postMessage", self._post_message)
+        app.router.add_post("/api/chat.update", self._update)
+        for method in STREAM_ARGUMENTS:
+            app.router.add_post(f"/api/{method}", self._stream_call)
         app.router.add_post("/api/apps.connections.open", self._connections_open)
         app.router.add_route("*", "/api/users.info", self._users_info)
         app.router.add_get("/socket", self._socket)
@@ -272,34 +327,121 @@ class FakeSlack:
             },
         )
 
-    async def _post_message(self, request: web.Request) -> web.Response:
-        params = await self._params(request)
-        authorization = request.headers.get("Authorization", "")
-        self.violations += self.spec.request_errors("chat.postMessage", params, authorization)
+    @property
+    def posts(self) -> list[dict[str, Any]]:
+        """The bot's complete messages (channel, thread_ts, text), in the order written."""
+        return [m.as_post() for m in self.messages.values() if m.complete]
+
+    def writes(self, method: str | None = None) -> list[tuple[str, float, str]]:
+        """Every write answered ok (of `method`, if given), in order: (method, time, text)."""
+        found = [w for m in self.messages.values() for w in m.writes]
+        return sorted((w for w in found if method in (None, w[0])), key=lambda w: w[1])
+
+    async def _refused_write(self, method: str, params: dict[str, Any]) -> web.Response | None:
+        """A 429 or 503 when a test asked for one; else None, and the write goes on."""
         self.post_attempts += 1
-        if self.rate_limit_next:
+        if self.rate_limit_next and method in self.rate_limited_methods:
             self.rate_limit_next -= 1
+            self.limited.append((method, time.monotonic()))
             body = {"ok": False, "error": "ratelimited"}
             return web.json_response(body, status=429, headers={"Retry-After": "1"})
         if self.fail_next:
             self.fail_next -= 1
             return web.Response(status=503, text="upstream unavailable")
+        if self.before_write is not None:
+            await self.before_write(method, params)
+        return None
+
+    def _new_message(self, channel: str, thread_ts: str | None, streamed: bool) -> BotMessage:
+        ts = f"{int(time.time())}.{next(self._ts):06d}"
+        self.messages[ts] = found = BotMessage(channel, thread_ts, ts, streamed)
+        return found
+
+    async def _post_message(self, request: web.Request) -> web.Response:
+        params = await self._params(request)
+        authorization = request.headers.get("Authorization", "")
+        self.violations += self.spec.request_errors("chat.postMessage", params, authorization)
+        refused = await self._refused_write("chat.postMessage", params)
+        if refused is not None:
+            return refused
         if authorization != f"Bearer {BOT_TOKEN}":
             return self._answer("chat.postMessage", {"ok": False, "error": "invalid_auth"})
-        self.posts.append(params)
-        ts = f"{int(time.time())}.{next(self._ts):06d}"
+        posted = self._new_message(str(params.get("channel")), params.get("thread_ts"), False)
+        posted.text = str(params.get("text", ""))
+        posted.writes.append(("chat.postMessage", time.monotonic(), posted.text))
         message = {
             "type": "message",
-            "text": params.get("text", ""),
-            "ts": ts,
+            "text": posted.text,
+            "ts": posted.ts,
             "user": BOT_USER_ID,
             "bot_id": BOT_ID,
             "team": TEAM_ID,
         }
-        if params.get("thread_ts"):
-            message["thread_ts"] = params["thread_ts"]
-        body = {"ok": True, "channel": params.get("channel"), "ts": ts, "message": message}
+        if posted.thread_ts:
+            message["thread_ts"] = posted.thread_ts
+        body = {"ok": True, "channel": posted.channel, "ts": posted.ts, "message": message}
         return self._answer("chat.postMessage", body)
+
+    async def _update(self, request: web.Request) -> web.Response:
+        params = await self._params(request)
+        authorization = request.headers.get("Authorization", "")
+        self.violations += self.spec.request_errors("chat.update", params, authorization)
+        refused = await self._refused_write("chat.update", params)
+        if refused is not None:
+            return refused
+        found = self.messages.get(str(params.get("ts")))
+        if found is None or found.channel != params.get("channel") or found.streamed:
+            return self._answer("chat.update", {"ok": False, "error": "message_not_found"})
+        found.text = str(params.get("text", ""))
+        found.writes.append(("chat.update", time.monotonic(), found.text))
+        body = {"ok": True, "channel": found.channel, "ts": found.ts, "text": found.text,
+                "message": {"text": found.text}}  # fmt: skip
+        return self._answer("chat.update", body)
+
+    async def _stream_call(self, request: web.Request) -> web.Response:
+        """chat.startStream, chat.appendStream, chat.stopStream: a message written in
+        pieces, each appended to what it holds."""
+        method = request.path.rsplit("/", 1)[1]
+        params = await self._params(request)
+        problems = self._stream_problems(method, params, request.headers)
+        self.violations += problems
+        refused = await self._refused_write(method, params)
+        if refused is not None:
+            return refused
+        if problems:
+            return web.json_response({"ok": False, "error": "invalid_arguments"})
+        if method == "chat.startStream":
+            if self.streams_refused is not None:
+                return web.json_response({"ok": False, "error": self.streams_refused})
+            found = self._new_message(params["channel"], params["thread_ts"], True)
+        else:
+            found = self.messages.get(params["ts"])  # type: ignore[assignment]
+            if found is None or not found.streaming or found.channel != params["channel"]:
+                return web.json_response({"ok": False, "error": "message_not_in_streaming_state"})
+        found.text += params.get("markdown_text", "")
+        found.streaming = method != "chat.stopStream"
+        found.writes.append((method, time.monotonic(), found.text))
+        return web.json_response({"ok": True, "channel": found.channel, "ts": found.ts})
+
+    def _stream_problems(self, method: str, params: dict[str, Any], headers: Any) -> list[str]:
+        required, optional = STREAM_ARGUMENTS[method]
+        found = [f"{method}: required argument {name} missing" for name in required - set(params)]
+        found += [
+            f"{method}: unknown argument {name}" for name in set(params) - required - optional
+        ]
+        if headers.get("Authorization") != f"Bearer {BOT_TOKEN}":
+            found.append(f"{method}: no bot token in the Authorization header")
+        if not all(isinstance(value, str) for key, value in params.items() if key != "chunks"):
+            found.append(f"{method}: an argument that is no string: {params}")
+        if len(params.get("markdown_text", "")) > MARKDOWN_LIMIT:
+            found.append(f"{method}: markdown_text over {MARKDOWN_LIMIT} characters")
+        if method == "chat.appendStream" and not params.get("markdown_text"):
+            found.append(f"{method}: nothing to append")
+        in_channel = not str(params.get("channel", "")).startswith("D")
+        recipients = {"recipient_team_id", "recipient_user_id"} & set(params)
+        if method == "chat.startStream" and in_channel and len(recipients) < 2:
+            found.append(f"{method}: a stream in a channel needs both recipient ids")
+        return found
 
     def display_name(self, user_id: str) -> str:
         """The display name users.info gives for a user (every user has one by default)."""

@@ -7,8 +7,9 @@ from bot.channels.live import CURSOR, LiveReply
 
 
 class Recording:
-    def __init__(self, limit: int = 40) -> None:
+    def __init__(self, limit: int = 40, rewrites: bool = True) -> None:
         self.limit = limit
+        self.rewrites = rewrites
         self.calls: list[tuple[str, str]] = []
 
     async def show(self, text: str) -> None:
@@ -88,3 +89,24 @@ async def test_a_reply_never_streamed_is_simply_sent_in_parts() -> None:
 
     assert surface.calls == [("seal", "short words"), ("seal", "only here")]
     assert live.streamed == "short words only here"
+
+
+async def test_a_surface_that_only_appends_is_never_sealed_short_of_what_it_shows() -> None:
+    # "one two three four five six" is shown; the next piece outgrows the message. A
+    # surface that rewrites is sealed at the best break, a stream at one after the end.
+    pieces = ["one two three four five six", "seven,eight,nine"]
+    seals = {}
+    for rewrites in (True, False):
+        surface = Recording(limit=40, rewrites=rewrites)
+        live = LiveReply(surface, interval=0.0, clock=Clock())
+        for piece in pieces:
+            await live.add(piece)
+        await live.finish("".join(pieces))
+        seals[rewrites] = [text for kind, text in surface.calls if kind == "seal"]
+        shown = [text.removesuffix(CURSOR) for kind, text in surface.calls if kind == "show"]
+        assert shown[0] == pieces[0]
+        assert "".join(seals[rewrites]).replace(" ", "") == "".join(pieces).replace(" ", "")
+
+    assert seals[True] == ["one two three four five", "sixseven,eight,nine"]
+    # No break after what was shown: cut at the limit (40, less the cursor's room).
+    assert seals[False] == ["one two three four five sixseven,eight", ",nine"]

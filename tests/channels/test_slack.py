@@ -1,8 +1,8 @@
 """The Slack adapter end to end: real slack_bolt / slack_sdk against a local fake Slack.
 
 HTTP mode gets signed Events API posts; Socket Mode gets envelopes over a local
-websocket. Replies are asserted on the chat.postMessage requests the SDK really
-sent, and on the rows in the test Postgres.
+websocket. Replies are asserted on the messages the SDK really wrote (streamed or
+posted), and on the rows in the test Postgres.
 """
 
 from __future__ import annotations
@@ -116,6 +116,8 @@ def adapter_settings(
         "slack_listen": "127.0.0.1",
         "slack_port": 0,
         "shutdown_grace_seconds": 10,
+        # A streamed reply is one chat.startStream and one chat.stopStream here.
+        "slack_stream_interval_seconds": 60,
     }
     values["slack_app_token" if socket else "slack_signing_secret"] = (
         APP_TOKEN if socket else SIGNING_SECRET
@@ -208,12 +210,12 @@ async def test_dm_is_answered_in_its_thread_and_stored(
     ]
     assert rows[0].platform_message_id == body["event_id"]
     await until(lambda: run.sent() == 1)  # counted once the response is read
-    # The hot path makes no Web API call but chat.postMessage (auth.test is cached).
+    # The hot path makes no Web API call but the reply's stream (auth.test is cached).
     before = dict(slack.calls)
     await deliver_event(run, slack, dm(user, "again"))
     await until(lambda: len(slack.posts) == 2)
     assert slack.posts[1]["text"] == echo("again", earlier=2)
-    assert dict(slack.calls) == {**before, "chat.postMessage": 2}
+    assert dict(slack.calls) == {**before, "chat.startStream": 2, "chat.stopStream": 2}
 
 
 async def test_mention_in_channel_is_answered_without_the_mention(
@@ -308,7 +310,7 @@ async def test_rate_limited_reply_is_sent_after_retry_after(start: Start, slack:
     began = time.monotonic()
     await until(lambda: len(slack.posts) == 1, within=8)
     assert time.monotonic() - began >= 0.9  # Retry-After: 1 was honoured
-    assert slack.post_attempts == 2
+    assert slack.post_attempts == 3  # the stream's start (twice) and stop
     assert [p["text"] for p in slack.posts] == [echo("patience")]
     await until(lambda: run.sent() == 1)  # counted once the response is read
     limited = run.dispatcher.metrics.registry.get_sample_value(
@@ -322,7 +324,7 @@ async def test_slack_outage_is_retried(start: Start, slack: FakeSlack) -> None:
     slack.fail_next = 2
     await deliver_event(run, slack, dm(slack_id("U"), "are you there"))
     await until(lambda: len(slack.posts) == 1, within=10)
-    assert slack.post_attempts == 3
+    assert slack.post_attempts == 4  # the stream's start (three times) and stop
     await until(lambda: run.sent() == 1)  # counted once the response is read
 
 
