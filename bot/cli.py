@@ -162,7 +162,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
         log.warning("no channel configured: opening the console chat")
         wants_console = True
     async with open_runtime(settings, schema=_schema(settings, args)) as runtime:
-        dispatcher = Dispatcher(runtime.service, runtime.metrics)
+        dispatcher = Dispatcher(runtime.service, runtime.metrics, runtime.streams)
         adapters = [registry.build(spec, settings, dispatcher) for spec in specs]
         if wants_console:
             adapters.append(_console(dispatcher, args.user))

@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     # the grace period ends are cut off with a note, so they end inside it.
     stream_replies: bool = True
     stream_shutdown_margin_seconds: Seconds = 5.0
+    # A reply left streaming by a worker that died (its booking not renewed for this
+    # long) is ended by another worker with the interrupted note.
+    stream_orphan_seconds: Annotated[float, Field(ge=1, le=3600)] = 30.0
     # Largest request body a webhook (Telegram, Slack Events API) reads; larger: 413.
     webhook_max_body_bytes: PositiveInt = 1 << 20
 

@@ -152,6 +152,12 @@ class Metrics:
             buckets=(1, 2, 3, 5, 8, 13, 21, 34, 55, 89),
             registry=self.registry,
         )
+        self.orphans_ended = Counter(
+            "bot_orphaned_streams_ended",
+            "Replies a dead worker left streaming, ended by this one with the interrupted note",
+            ["channel"],
+            registry=self.registry,
+        )
         self.responder_latency = Histogram(
             "bot_responder_latency_seconds",
             "Time the responder took for one reply",

@@ -25,6 +25,7 @@ from bot.cache.flags import FlagCache
 from bot.cache.guard import RedisGuard
 from bot.cache.hotstate import HotStateCache
 from bot.cache.keys import Keys
+from bot.cache.streams import StreamLedger
 from bot.channels import registry
 from bot.chat_configs import ChatConfigs
 from bot.config import Settings
@@ -67,6 +68,7 @@ class Runtime:
     cache: HotStateCache
     service: ConversationService
     metrics: Metrics
+    streams: StreamLedger  # replies streaming on screen (bot/cache/streams.py)
 
 
 @asynccontextmanager
@@ -191,8 +193,17 @@ async def open_runtime(
             if schema is not Schema.LEAVE and isinstance(service.flags, FeatureFlags):
                 await service.flags.start()  # the table exists now
             await service.chats.start()
+            streams = StreamLedger(redis, keys_for(settings), settings.stream_orphan_seconds)
             yield Runtime(
-                settings, endpoints, engine, redis, service.store, service.cache, service, metrics
+                settings,
+                endpoints,
+                engine,
+                redis,
+                service.store,
+                service.cache,
+                service,
+                metrics,
+                streams,
             )
         finally:
             await service.chats.stop()

@@ -16,9 +16,14 @@ import signal
 from collections import deque
 from collections.abc import Sequence
 
+from redis.exceptions import RedisError
+
+from bot.cache.streams import StreamLedger
 from bot.channels.base import ChannelAdapter
 from bot.channels.dispatch import Dispatcher
+from bot.errors import PlatformError
 from bot.health import HealthServer
+from bot.service import INTERRUPTED_NOTE
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,9 @@ class Worker:
         self._install_signal_handlers()
         supervisors = [asyncio.create_task(self._supervise(a), name=a.name) for a in self.adapters]
         supervisors.append(asyncio.create_task(self._publish_stats(), name="stats"))
+        if self.dispatcher.streams is not None:
+            tending = self._tend_streams(self.dispatcher.streams)
+            supervisors.append(asyncio.create_task(tending, name="streams"))
         try:
             await self._stop.wait()
         finally:
@@ -103,6 +111,32 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.stats_interval)
             await self.dispatcher.service.publish_stats()
+
+    async def _tend_streams(self, streams: StreamLedger) -> None:
+        """Renew the leases of this worker's streaming replies, and end those of dead
+        workers (bot/cache/streams.py), three times a lease."""
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), streams.lease / 3)
+            try:
+                await streams.renew()
+                for adapter in self.adapters:
+                    if adapter.connected:  # else its platform can't be told: left for later
+                        await self._end_orphans(streams, adapter)
+            except RedisError as exc:
+                log.warning("streaming replies not tended: %s", exc)
+            except Exception:  # a bug must not end the tending for the worker's life
+                log.exception("streaming replies not tended")
+
+    async def _end_orphans(self, streams: StreamLedger, adapter: ChannelAdapter) -> None:
+        for orphan in await streams.orphans(adapter.name):
+            try:
+                await adapter.end_stream(orphan, INTERRUPTED_NOTE)
+            except PlatformError as exc:
+                log.warning("a reply left streaming on %s was not ended: %s", adapter.name, exc)
+                continue
+            self.dispatcher.metrics.orphans_ended.labels(adapter.name).inc()
+            log.info("ended a reply a dead worker left streaming on %s", adapter.name)
 
     async def _shutdown(self, supervisors: list[asyncio.Task[None]]) -> bool:
         log.info("shutting down: finishing %d message(s) in flight", self.dispatcher.in_flight)

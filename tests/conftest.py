@@ -23,17 +23,18 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cache.keys import glob_escape
+from bot.cache.streams import StreamLedger
 from bot.config import Settings
 from bot.metrics import Metrics
 from bot.responders import Responder
-from bot.runtime import build_service, create_redis
+from bot.runtime import build_service, create_redis, keys_for
 from bot.service import ConversationService
 from bot.store.engine import create_engine
 from tests.channels.discord_server import FakeDiscord
 from tests.channels.slack_server import FakeSlack
 from tests.channels.telegram_server import FakeBotApi
 from tests.responders.llm_server import LLMServer
-from tests.support import ServiceFactory, migrate_to_head
+from tests.support import STREAM_LEASE, ManualClock, ServiceFactory, migrate_to_head
 
 if TYPE_CHECKING:
     from bot import embedded
@@ -229,6 +230,13 @@ async def redis(settings: Settings) -> AsyncIterator[Redis]:
     yield client
     await delete_prefix(client, settings.redis_key_prefix)
     await client.aclose()
+
+
+@pytest.fixture
+def streams(redis: Redis, settings: Settings) -> StreamLedger:
+    """The ledger of streaming replies on the suite's Redis, on a clock the test moves
+    (`lapse_leases(streams)` makes every lease lapse)."""
+    return StreamLedger(redis, keys_for(settings), STREAM_LEASE, clock=ManualClock())
 
 
 @pytest.fixture

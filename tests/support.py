@@ -20,10 +20,10 @@ import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.cache.streams import StreamLedger
 from bot.channels.dispatch import Dispatcher
 from bot.config import Settings, load_settings
 from bot.domain import IncomingMessage, Reply, TextSink
-from bot.metrics import Metrics
 from bot.responders import EchoResponder, ResponderRequest, ResponderResult
 from bot.runtime import build_service, create_redis
 from bot.service import ConversationService
@@ -173,8 +173,8 @@ class GatedResponder(EchoResponder):
 class RecordingDispatcher(Dispatcher):
     """The real dispatcher, keeping the normalized messages the adapter handed it."""
 
-    def __init__(self, service: ConversationService, metrics: Metrics) -> None:
-        super().__init__(service, metrics)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.seen: list[IncomingMessage] = []
 
     async def handle(self, message: IncomingMessage, on_text: TextSink | None = None) -> Reply:
@@ -287,3 +287,41 @@ async def service_told_to_go() -> AsyncIterator[ConversationService]:
     finally:
         await redis.aclose()
         await engine.dispose()
+
+
+STREAM_LEASE = 30.0  # seconds, on the `streams` fixture's clock
+
+
+def lapse_leases(streams: StreamLedger) -> None:
+    """Move the `streams` fixture's clock past every lease: nobody renewed them."""
+    assert isinstance(streams.clock, ManualClock)
+    streams.clock.now += STREAM_LEASE + 1
+
+
+class ManualClock:
+    """A clock that moves only when a test moves it (unix-time-like seconds)."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class HangingStream(EchoResponder):
+    """Streams `words`, then hangs as a dying worker's reply does: `shown` is set once
+    the words are out, and the reply never ends on its own."""
+
+    def __init__(self, words: str = "one two three") -> None:
+        self.words = words
+        self.shown = asyncio.Event()
+
+    async def respond(
+        self, request: ResponderRequest, on_text: TextSink | None = None
+    ) -> ResponderResult:
+        if on_text is not None:
+            for word in self.words.split():
+                await on_text(f"{word} ")
+        self.shown.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")

@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.cache.streams import Orphan, StreamLedger
 from bot.channels.base import ChannelAdapter
 from bot.channels.dispatch import Dispatcher
 from bot.config import Settings
@@ -31,7 +32,7 @@ from bot.errors import ShuttingDown
 from bot.health import HealthServer
 from bot.metrics import Metrics
 from bot.runtime import keys_for
-from bot.service import UNAVAILABLE_TEXT
+from bot.service import INTERRUPTED_NOTE, UNAVAILABLE_TEXT
 from bot.store.engine import create_engine
 from bot.worker import Worker
 from tests.channels.test_console import chat_env
@@ -103,6 +104,45 @@ async def test_crashed_adapter_is_restarted_without_stopping_the_others(
     await until(lambda: len(flaky.replies) == 1)
     worker.request_stop()
     assert await running is True
+
+
+class EndingChannel(QueueChannel):
+    """A QueueChannel that keeps the replies it was given to end (bot/cache/streams.py)."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        super().__init__(dispatcher)
+        self.ended: list[tuple[Orphan, str]] = []
+
+    async def end_stream(self, orphan: Orphan, note: str) -> None:
+        self.ended.append((orphan, note))
+
+
+async def test_the_worker_renews_its_streams_and_ends_those_of_dead_workers(
+    make_service: ServiceFactory, redis: Redis, settings: Settings
+) -> None:
+    lease = 0.6  # real seconds: the worker tends every 0.2 s
+    streams = StreamLedger(redis, keys_for(settings), lease)
+    dispatcher = Dispatcher(await make_service(), Metrics(), streams)
+    channel = EndingChannel(dispatcher)
+    dead_workers = StreamLedger(redis, keys_for(settings), lease)
+    left = dead_workers.booking("queue")  # a reply its worker died writing
+    await left.shown({"message": "1"}, "half a")
+    live = streams.booking("queue")  # a reply this worker is still writing
+    await live.shown({"message": "2"}, "still going")
+
+    worker = Worker([channel], dispatcher, None, shutdown_grace=5)
+    running = asyncio.create_task(worker.run())
+    try:
+        await until(lambda: len(channel.ended) == 1, within=10)
+        await asyncio.sleep(lease * 2)  # several leases: renewed, never ended
+    finally:
+        worker.request_stop()
+        assert await running is True
+
+    assert channel.ended == [(Orphan("queue", {"message": "1"}, "half a"), INTERRUPTED_NOTE)]
+    assert await dead_workers.orphans("queue") == []  # the live one is not lapsed
+    assert dispatcher.metrics.orphans_ended.labels("queue")._value.get() == 1
+    await live.ended()
 
 
 class ShortLivedChannel(QueueChannel):

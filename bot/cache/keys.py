@@ -26,9 +26,12 @@ FEATURES = "features"
 DEDUP = "dedup"
 LOCK = "lock"
 STATS = "stats"
+STREAM = "stream"
 ALL_KINDS = frozenset(
     {SESSION, RATE, ACTIVE, CONTEXT, CHANNEL_CONFIG, CHAT_CONFIG, FEATURES, DEDUP, LOCK, STATS}
+    | {STREAM}
 )
+STREAM_RECORD_TTL = 86_400  # a stream left on screen longer than a day is left alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +114,16 @@ class Keys:
     def scope_lock(self, channel: str, scope: str) -> str:
         """Serializes the messages of a shared conversation, whoever writes them."""
         return f"{self.prefix}{LOCK}:scope:{channel}:{scope}"
+
+    def streams(self, channel: str) -> str:
+        """A sorted set of the channel's replies streaming on screen: stream id, scored
+        by the time its worker must renew it by (bot/cache/streams.py)."""
+        return f"{self.prefix}{STREAM}:{channel}:live"
+
+    def stream(self, channel: str, stream_id: str) -> str:
+        """Where one streaming reply is on screen and what it shows (JSON), so that
+        another worker can end it with the interrupted note if its own dies."""
+        return f"{self.prefix}{STREAM}:{channel}:{stream_id}"
 
     def stats(self) -> str:
         """A hash of counters (session_hit, rate_limited, duplicate …) summed over workers."""

@@ -13,6 +13,7 @@ import logging
 
 from aiohttp import web
 
+from bot.cache.streams import Orphan
 from bot.channels.dispatch import Dispatcher
 from bot.errors import WebhookRefused
 
@@ -37,6 +38,12 @@ class ChannelAdapter(abc.ABC):
     @abc.abstractmethod
     async def stop(self) -> None:
         """Stop taking new events and close the SDK clients. Idempotent."""
+
+    async def end_stream(self, orphan: Orphan, note: str) -> None:
+        """End a reply that a dead worker left streaming here (bot/cache/streams.py) with
+        `note`, so that it does not look complete. A channel that shows nothing lasting
+        while a reply streams books nothing, and has nothing to end."""
+        return None
 
     @property
     @abc.abstractmethod

@@ -32,11 +32,12 @@ import discord
 import yarl
 from discord.http import INTERNAL_API_VERSION, Route
 
+from bot.cache.streams import Orphan
 from bot.channels.base import ChannelAdapter
 from bot.channels.delivery import deliver
-from bot.channels.discord_live import DiscordSurface
+from bot.channels.discord_live import MESSAGE_LIMIT, DiscordSurface
 from bot.channels.dispatch import Dispatcher
-from bot.channels.live import LiveReply
+from bot.channels.live import LiveReply, ended_text
 from bot.channels.options import DiscordOptions
 from bot.domain import ChatKind, IncomingMessage, Reply
 from bot.errors import (
@@ -341,17 +342,29 @@ class DiscordAdapter(ChannelAdapter):
             self._refused(incoming)
             return
         self._handling.add(task)
-        live = LiveReply(self._surface(message.channel), self.options.stream_interval_seconds)
+        surface, booking = self._surface(message.channel), self.dispatcher.booking(self.name)
         try:
-            reply = await self._answer(message.channel, incoming, live)
-            if reply is None:
-                return
-            if (reply.text is None and not live.streamed) or await self._finish(
-                live, incoming, reply
-            ):
-                self.dispatcher.delivered(incoming)
+            async with LiveReply(surface, self.options.stream_interval_seconds, booking) as live:
+                reply = await self._answer(message.channel, incoming, live)
+                if reply is None:
+                    return
+                if (reply.text is None and not live.streamed) or await self._finish(
+                    live, incoming, reply
+                ):
+                    self.dispatcher.delivered(incoming)
         finally:
             self._handling.discard(task)
+
+    async def end_stream(self, orphan: Orphan, note: str) -> None:
+        """Edit the message left growing to its text and the note."""
+        client = self._client
+        if client is None or client.is_closed():
+            raise PlatformUnavailable("discord is not connected")
+        channel = client.get_partial_messageable(int(orphan.where["channel_id"]))
+        left = channel.get_partial_message(int(orphan.where["message_id"]))
+        text = ended_text(orphan.text, note, MESSAGE_LIMIT)
+        rate_limited = functools.partial(self.dispatcher.platform_rate_limited, self.name)
+        await _delivered(functools.partial(left.edit, content=text), on_rate_limited=rate_limited)
 
     def on_error(self, event: str) -> None:
         """The last guard, called by discord.py inside the `except` of a failed handler."""

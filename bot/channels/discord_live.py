@@ -4,7 +4,7 @@ edited as it grows, within Discord's 5 edits per 5 s per channel."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import discord
@@ -26,6 +26,13 @@ class DiscordSurface:
         self._send = send
         self._on_sealed = on_sealed
         self._posted: discord.Message | None = None
+
+    @property
+    def where(self) -> Mapping[str, str] | None:
+        posted = self._posted
+        if posted is None:
+            return None
+        return {"channel_id": str(posted.channel.id), "message_id": str(posted.id)}
 
     async def show(self, text: str) -> None:
         if self._posted is None:

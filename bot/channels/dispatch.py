@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 
+from bot.cache.streams import StreamBooking, StreamLedger
 from bot.domain import AdminCheck, IncomingMessage, Reply, TextSink
 from bot.errors import ShuttingDown
 from bot.metrics import Metrics
@@ -20,9 +21,15 @@ log = logging.getLogger(__name__)
 
 
 class Dispatcher:
-    def __init__(self, service: ConversationService, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        service: ConversationService,
+        metrics: Metrics,
+        streams: StreamLedger | None = None,
+    ) -> None:
         self.service = service
         self.metrics = metrics
+        self.streams = streams  # None: streaming replies are not booked (bot/cache/streams.py)
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -80,6 +87,11 @@ class Dispatcher:
                 self.metrics.first_text.labels(channel).observe(time.perf_counter() - started)
 
         return show
+
+    def booking(self, channel: str) -> StreamBooking | None:
+        """Where an adapter books a reply as it streams, for a sweep to end it should
+        this worker die mid-reply."""
+        return self.streams.booking(channel) if self.streams is not None else None
 
     def streamed(self, channel: str, updates: int) -> None:
         """An adapter finished showing a streamed reply in `updates` posts and edits."""

@@ -10,14 +10,22 @@ so far on screen (a post, an edit, a draft), `seal` gives it its final text.
 `finish` ends the reply with its final text: what was streamed and what follows (a
 note that it was interrupted, say). A reply that was never streamed (a command's, an
 apology) goes through `finish` alone and is simply sent.
+
+Where the growing message is on screen (`Surface.where`) is booked in Redis at each
+update (bot/cache/streams.py), so that if this worker dies mid-reply another ends the
+message with the interrupted note. Use a LiveReply as an async context manager: a
+reply left without `finish` (the handler failed or was cancelled) is given up to that
+sweep.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Protocol, Self
 
+from bot.cache.streams import StreamBooking
 from bot.channels.base import break_at
 from bot.errors import PlatformRejected
 
@@ -36,16 +44,23 @@ class Surface(Protocol):
     async def seal(self, text: str) -> None:
         """Give the current message its final text; the next `show` starts a new one."""
 
+    @property
+    def where(self) -> Mapping[str, str] | None:
+        """The current message's place on screen, for the adapter to end it after a
+        crash (bot/cache/streams.py); None when nothing lasting is shown (a draft)."""
+
 
 class LiveReply:
     def __init__(
         self,
         surface: Surface,
         interval: float,
+        booking: StreamBooking | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.surface = surface
         self.interval = interval
+        self.booking = booking
         self.clock = clock
         self.updates = 0  # platform calls made: shows and seals
         self._reply = ""  # every piece so far
@@ -55,6 +70,18 @@ class LiveReply:
         self._refused: PlatformRejected | None = None  # the platform will not take it
         # Room for the cursor: what is shown fits in a message as it will be sealed.
         self._room = max(1, surface.limit - len(CURSOR))
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self.booking is not None:
+            self.booking.abandoned()  # unless finished: its lease lapses, a sweep ends it
 
     @property
     def streamed(self) -> str:
@@ -81,6 +108,8 @@ class LiveReply:
         current = self._reply[self._done :]
         if current.strip() or self._shown:
             await self._seal(current.rstrip())
+        if self.booking is not None:
+            await self.booking.ended()
 
     async def _seal_full(self, limit: int) -> None:
         """Seal the messages the reply has outgrown, each cut at a sensible break (on a
@@ -104,9 +133,19 @@ class LiveReply:
         except PlatformRejected as exc:
             self._refused = exc
             raise
+        if self.booking is not None and (where := self.surface.where) is not None:
+            await self.booking.shown(where, current.rstrip())
 
     async def _seal(self, text: str) -> None:
         self._shown = ""
         self._last = self.clock()
         self.updates += 1
         await self.surface.seal(text)
+
+
+def ended_text(shown: str, note: str, limit: int) -> str:
+    """What a message cut off mid-stream shows once another worker ends it: its text,
+    then the note; the text cut short (…) when both would outgrow the message."""
+    room = limit - len(note) - 2
+    text = shown if len(shown) <= room else shown[: room - 1].rstrip() + "…"
+    return f"{text}\n\n{note}"

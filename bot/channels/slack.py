@@ -31,6 +31,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.cache.streams import Orphan
 from bot.channels.base import (
     ChannelAdapter,
     check_declared_size,
@@ -42,10 +43,10 @@ from bot.channels.base import (
 )
 from bot.channels.delivery import deliver
 from bot.channels.dispatch import Dispatcher
-from bot.channels.live import LiveReply
+from bot.channels.live import LiveReply, ended_text
 from bot.channels.options import SlackOptions
-from bot.channels.slack_events import incoming_message, profile_name
-from bot.channels.slack_live import Place, SlackSurface
+from bot.channels.slack_events import escape, incoming_message, profile_name
+from bot.channels.slack_live import TEXT_LIMIT, Place, SlackSurface
 from bot.domain import IncomingMessage
 from bot.errors import (
     PlatformError,
@@ -285,10 +286,11 @@ class SlackAdapter(ChannelAdapter):
             if message.username is None:
                 name = await self._display_name(message.channel_user_id)
                 message = dataclasses.replace(message, username=name)
-            live = LiveReply(self._surface(message), self.options.stream_interval_seconds)
-            reply = await self.dispatcher.handle(message, live.add)
-            if reply.text is not None or live.streamed:
-                await live.finish(reply.text or "")
+            surface, booking = self._surface(message), self.dispatcher.booking(self.name)
+            async with LiveReply(surface, self.options.stream_interval_seconds, booking) as live:
+                reply = await self.dispatcher.handle(message, live.add)
+                if reply.text is not None or live.streamed:
+                    await live.finish(reply.text or "")
             if live.streamed:
                 self.dispatcher.streamed(self.name, live.updates)
             self.dispatcher.delivered(message)
@@ -333,6 +335,19 @@ class SlackAdapter(ChannelAdapter):
         if len(self._names) > NAMES_CACHED:
             self._names.popitem(last=False)  # the least recently seen
         return name
+
+    async def end_stream(self, orphan: Orphan, note: str) -> None:
+        """Stop the stream left growing with the note appended, or update the message
+        left growing (where streams are refused) to its text and the note."""
+        channel, ts = orphan.where["channel"], orphan.where["ts"]
+        if orphan.where.get("stream"):
+            tail = escape(f"\n\n{note}")
+            stop = functools.partial(self._client.chat_stopStream, markdown_text=tail)
+            await self._send(functools.partial(stop, channel=channel, ts=ts))
+        else:
+            text = escape(ended_text(orphan.text, note, TEXT_LIMIT))
+            update = functools.partial(self._client.chat_update, text=text)
+            await self._send(functools.partial(update, channel=channel, ts=ts))
 
     def _surface(self, message: IncomingMessage) -> SlackSurface:
         """Where the reply to `message` grows: a stream in its thread (for the writer, in

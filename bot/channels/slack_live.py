@@ -10,7 +10,7 @@ one: the adapter is told once and remembers.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -63,6 +63,13 @@ class SlackSurface:
         self._stream_ts: str | None = None  # the stream being written
         self._sent = ""  # what it holds so far
         self._posted_ts: str | None = None  # else the message posted, being updated
+
+    @property
+    def where(self) -> Mapping[str, str] | None:
+        channel = self._place.channel
+        if self._stream_ts is not None:
+            return {"channel": channel, "ts": self._stream_ts, "stream": "yes"}
+        return None if self._posted_ts is None else {"channel": channel, "ts": self._posted_ts}
 
     async def show(self, text: str) -> None:
         if self._stream_ts is not None:

@@ -22,11 +22,12 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from telegram import ChatMember, Message, Update
 from telegram import error as tg
-from telegram.constants import ChatAction, UpdateType
+from telegram.constants import ChatAction, MessageLimit, UpdateType
 from telegram.error import InvalidToken, RetryAfter, TelegramError
 from telegram.ext import Application, ExtBot
 from telegram.warnings import PTBDeprecationWarning
 
+from bot.cache.streams import Orphan
 from bot.channels.base import (
     ChannelAdapter,
     check_declared_size,
@@ -38,7 +39,7 @@ from bot.channels.base import (
 )
 from bot.channels.delivery import deliver
 from bot.channels.dispatch import Dispatcher
-from bot.channels.live import LiveReply
+from bot.channels.live import LiveReply, ended_text
 from bot.channels.options import TelegramOptions
 from bot.channels.telegram_live import surface_for
 from bot.channels.telegram_updates import MALFORMED, incoming_message, parse_update
@@ -88,6 +89,7 @@ class TelegramAdapter(ChannelAdapter):
         self._refusing = False  # the dispatcher refused an update: it is shutting down
         self._username = ""
         self._bot_id = 0
+        self._bot: ExtBot[Any] | None = None  # once initialized: ends streams left growing
 
     @property
     def connected(self) -> bool:
@@ -104,6 +106,7 @@ class TelegramAdapter(ChannelAdapter):
             if self._stopping.is_set():
                 return
             self._username, self._bot_id = app.bot.username, app.bot.id
+            self._bot = app.bot
             # The service asks us who may configure a group; we ask Telegram, as this bot.
             self.dispatcher.allow_admins(self.name, partial(_is_admin, app.bot))
             receive = self._serve_webhook if self.options.webhook_url else self._poll
@@ -287,19 +290,30 @@ class TelegramAdapter(ChannelAdapter):
         if message is None or incoming is None:
             return
         typing = asyncio.create_task(self._keep_typing(message))
-        live = LiveReply(self._surface(message), self.options.stream_interval_seconds)
+        interval, booking = self.options.stream_interval_seconds, self.dispatcher.booking(self.name)
+        async with LiveReply(self._surface(message), interval, booking) as live:
 
-        async def show(piece: str) -> None:  # the reply as it is written
-            typing.cancel()
-            await live.add(piece)
+            async def show(piece: str) -> None:  # the reply as it is written
+                typing.cancel()
+                await live.add(piece)
 
-        try:
-            reply = await self.dispatcher.handle(incoming, show)
-        finally:
-            typing.cancel()
-        nothing_to_send = reply.text is None and not live.streamed
-        if nothing_to_send or await self._finish(live, incoming, reply.text or ""):
-            self.dispatcher.delivered(incoming)
+            try:
+                reply = await self.dispatcher.handle(incoming, show)
+            finally:
+                typing.cancel()
+            nothing_to_send = reply.text is None and not live.streamed
+            if nothing_to_send or await self._finish(live, incoming, reply.text or ""):
+                self.dispatcher.delivered(incoming)
+
+    async def end_stream(self, orphan: Orphan, note: str) -> None:
+        """Edit the message left growing to its text and the note (a draft books nothing)."""
+        bot = self._bot
+        if bot is None:
+            raise PlatformUnavailable("telegram is not connected")
+        text = ended_text(orphan.text, note, MessageLimit.MAX_TEXT_LENGTH)
+        chat_id, message_id = int(orphan.where["chat_id"]), int(orphan.where["message_id"])
+        edit = partial(bot.edit_message_text, text, chat_id=chat_id, message_id=message_id)
+        await _retried(edit, on_rate_limited=self._count_rate_limited)
 
     def _surface(self, message: Message) -> Any:
         send = partial(_retried, on_rate_limited=self._count_rate_limited)

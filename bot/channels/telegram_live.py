@@ -9,7 +9,7 @@ edited as it grows (editMessageText).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -37,6 +37,10 @@ class DraftSurface:
         self._on_sealed = on_sealed
         self._draft = secrets.randbelow(2**30) + 1  # non-zero; one per message of the reply
 
+    @property
+    def where(self) -> Mapping[str, str] | None:
+        return None  # a draft vanishes with the worker that shows it
+
     async def show(self, text: str) -> None:
         bot, chat = self._message.get_bot(), self._message.chat_id
         await self._send(partial(bot.send_message_draft, chat, self._draft, text))
@@ -57,6 +61,13 @@ class EditSurface:
         self._on_sealed = on_sealed
         self._posted: Message | None = None
         self._quote = True  # the first message says which one it answers
+
+    @property
+    def where(self) -> Mapping[str, str] | None:
+        posted = self._posted
+        if posted is None:
+            return None
+        return {"chat_id": str(posted.chat_id), "message_id": str(posted.message_id)}
 
     async def show(self, text: str) -> None:
         if self._posted is None:

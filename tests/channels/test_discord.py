@@ -18,6 +18,7 @@ import pytest
 from discord.http import Route
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.cache.streams import StreamLedger
 from bot.channels.discord import DiscordAdapter, api_base, gateway_via, strip_mention
 from bot.channels.registry import discord_options
 from bot.domain import IncomingMessage, TextSink
@@ -80,13 +81,17 @@ async def start_bot(
     bots: list[Bot] = []
 
     async def start(
-        responder: Responder | None = None, *, wait: bool = True, **overrides: Any
+        responder: Responder | None = None,
+        *,
+        wait: bool = True,
+        streams: StreamLedger | None = None,
+        **overrides: Any,
     ) -> Bot:
         overrides.setdefault("discord_bot_token", TOKEN)
         overrides.setdefault("discord_api_base_url", discord_server.api_url)
         service = await make_service(responder=responder, **overrides)
         metrics = Metrics()
-        dispatcher = RecordingDispatcher(service, metrics)
+        dispatcher = RecordingDispatcher(service, metrics, streams)
         adapter = DiscordAdapter(
             discord_options(service.settings), dispatcher, guild_ready_timeout=0.2
         )

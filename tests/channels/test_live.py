@@ -10,6 +10,7 @@ class Recording:
     def __init__(self, limit: int = 40, rewrites: bool = True) -> None:
         self.limit = limit
         self.rewrites = rewrites
+        self.where = None  # nothing booked: these tests book no stream
         self.calls: list[tuple[str, str]] = []
 
     async def show(self, text: str) -> None:

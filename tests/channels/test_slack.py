@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.cache.streams import StreamLedger
 from bot.channels import slack as slack_channel
 from bot.channels.dispatch import Dispatcher
 from bot.channels.registry import slack_options
@@ -140,10 +141,11 @@ async def start(
         socket: bool = False,
         dispatcher_class: type[Dispatcher] = Dispatcher,
         service_settings: dict[str, Any] | None = None,
+        streams: StreamLedger | None = None,
         **overrides: Any,
     ) -> Running:
         service = await make_service(responder=responder, **(service_settings or {}))
-        dispatcher = dispatcher_class(service, Metrics())
+        dispatcher = dispatcher_class(service, Metrics(), streams)
         settings = adapter_settings(make_settings, slack, socket, **overrides)
         adapter = SlackAdapter(slack_options(settings), dispatcher)
         task = asyncio.create_task(adapter.run())
@@ -391,8 +393,10 @@ async def test_stop_finishes_the_reply_in_flight(
 class ClosingDispatcher(Dispatcher):
     """A dispatcher the worker has already closed, as during a shutdown."""
 
-    def __init__(self, service: ConversationService, metrics: Metrics) -> None:
-        super().__init__(service, metrics)
+    def __init__(
+        self, service: ConversationService, metrics: Metrics, streams: StreamLedger | None
+    ) -> None:
+        super().__init__(service, metrics, streams)
         self.close()
 
 

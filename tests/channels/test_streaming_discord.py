@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 
+from bot.cache.streams import StreamLedger
 from bot.channels.live import CURSOR
 from bot.domain import TextSink
 from bot.responders import EchoResponder, ResponderRequest, ResponderResult
+from bot.service import INTERRUPTED_NOTE
 from tests.channels import test_discord
 from tests.channels.discord_server import FakeDiscord, user
 from tests.channels.test_discord import StartBot
+from tests.support import HangingStream, lapse_leases
 
 start_bot = test_discord.start_bot  # the fixture: the adapter on the local Discord
 INTERVAL = 0.2  # seconds between two updates of a growing reply, here
@@ -82,3 +85,23 @@ async def test_an_edit_answered_429_is_waited_out_and_loses_no_text(
 
     assert discord_server.posts()[0]["content"] == text
     assert [c for c in discord_server.calls if c.method == "PATCH" and c.status == 429]
+
+
+async def test_a_reply_its_worker_left_growing_is_ended_by_another_with_the_note(
+    start_bot: StartBot, discord_server: FakeDiscord, streams: StreamLedger
+) -> None:
+    responder = HangingStream("one two three")
+    bot = await start_bot(responder, streams=streams, discord_stream_interval_seconds=INTERVAL)
+    await discord_server.push_message(discord_server.message(user("di"), "go"))
+    await discord_server.wait_for(lambda: responder.shown.is_set() and discord_server.bot_messages)
+    for task in list(bot.adapter._handling):  # the worker dies mid-reply: no final update
+        task.cancel()
+    await discord_server.wait_for(lambda: not bot.adapter._handling)
+    [left] = discord_server.bot_messages.values()
+    assert left["content"] == f"one{CURSOR}" and discord_server.posts() == []
+
+    lapse_leases(streams)  # nobody renews its lease
+    [orphan] = await streams.orphans("discord")
+    await bot.adapter.end_stream(orphan, INTERRUPTED_NOTE)
+
+    assert [post["content"] for post in discord_server.posts()] == [f"one\n\n{INTERRUPTED_NOTE}"]

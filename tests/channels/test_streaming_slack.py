@@ -8,6 +8,7 @@ stops."""
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.cache.streams import StreamLedger
 from bot.channels.live import CURSOR
 from bot.config import Settings
 from bot.responders import EchoResponder
@@ -26,7 +28,7 @@ from tests.channels.slack_server import BOT_USER_ID, STREAM_ARGUMENTS, TEAM_ID, 
 from tests.channels.test_slack import Start, deliver_event, dm, slack_id, slack_ts
 from tests.channels.test_streaming_telegram import Words
 from tests.responders.llm_server import LLMServer, Step
-from tests.support import echo, messages_of, until
+from tests.support import HangingStream, echo, lapse_leases, messages_of, until
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -34,14 +36,19 @@ start = test_slack.start  # the fixture: adapters on the fake Slack, stopped aft
 INTERVAL = 0.1  # seconds between two updates of a growing reply, here
 
 
-def mention(user: str, text: str) -> dict[str, Any]:
-    return {
+def mention(user: str, text: str, thread_ts: str | None = None) -> dict[str, Any]:
+    """A mention in a channel: a thread of its own, or a message in `thread_ts`."""
+    event = {
         "type": "app_mention",
         "user": user,
         "channel": "C0CHANNEL12",
-        "ts": slack_ts(9),
+        "ts": slack_ts(next(_ts)),
         "text": f"<@{BOT_USER_ID}> {text}",
     }
+    return event if thread_ts is None else {**event, "thread_ts": thread_ts}
+
+
+_ts = itertools.count(10)
 
 
 def test_the_fake_takes_the_stream_arguments_slack_sdk_sends() -> None:
@@ -154,9 +161,10 @@ async def test_a_workspace_refusing_streams_gets_a_message_posted_and_updated(
     user = slack_id("U")
 
     with caplog.at_level(logging.WARNING, logger="bot.channels"):
-        await deliver_event(run, slack, mention(user, "first"))
+        first = mention(user, "first")
+        await deliver_event(run, slack, first)
         await until(lambda: len(slack.posts) == 1)
-        await deliver_event(run, slack, mention(user, "second"))
+        await deliver_event(run, slack, mention(user, "second", thread_ts=first["ts"]))
         await until(lambda: len(slack.posts) == 2)
 
     assert [p["text"] for p in slack.posts] == [echo("first"), echo("second", earlier=2)]
@@ -195,3 +203,27 @@ async def test_a_reply_the_llm_breaks_off_ends_with_a_note_and_is_stored_so(
         ("user", "count"),
         ("assistant", "one two three "),
     ]
+
+
+@pytest.mark.parametrize("refused", [False, True], ids=["stream", "posted"])
+async def test_a_reply_its_worker_left_growing_is_ended_by_another_with_the_note(
+    start: Start, slack: FakeSlack, streams: StreamLedger, refused: bool
+) -> None:
+    slack.streams_refused = "feature_not_enabled" if refused else None
+    responder = HangingStream("one two three")
+    run = await start(responder, streams=streams, slack_stream_interval_seconds=INTERVAL)
+    await deliver_event(run, slack, mention(slack_id("U"), "go"))
+    await until(lambda: responder.shown.is_set() and len(slack.messages) == 1)
+    for task in list(run.adapter._tasks):  # the worker dies mid-reply: no final update
+        task.cancel()
+    await until(lambda: not run.adapter._tasks)
+    [message] = slack.messages.values()
+    assert not message.complete
+
+    lapse_leases(streams)  # nobody renews its lease
+    [orphan] = await streams.orphans("slack")
+    await run.adapter.end_stream(orphan, INTERRUPTED_NOTE)
+
+    assert message.complete and message.streamed is not refused
+    assert message.text == f"one\n\n{INTERRUPTED_NOTE}"
+    assert await streams.orphans("slack") == []

@@ -11,9 +11,12 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.cache.streams import StreamLedger
+from bot.channels.dispatch import Dispatcher
 from bot.channels.live import CURSOR
 from bot.config import Settings
 from bot.domain import TextSink
+from bot.metrics import Metrics
 from bot.responders import EchoResponder, ResponderRequest, ResponderResult
 from bot.responders.factory import build_responder
 from bot.service import INTERRUPTED_NOTE
@@ -29,7 +32,7 @@ from tests.channels.telegram_server import (
 )
 from tests.channels.test_telegram import Start, new_id, private_update
 from tests.responders.llm_server import LLMServer, Step
-from tests.support import echo, messages_of
+from tests.support import HangingStream, ServiceFactory, echo, lapse_leases, messages_of, until
 
 start = test_telegram.start  # the fixture: adapters on the fake Bot API, stopped after
 INTERVAL = 0.1  # seconds between two updates of a growing reply, here
@@ -175,3 +178,49 @@ async def test_a_reply_the_llm_breaks_off_ends_with_a_note_and_is_stored_so(
     rows = await messages_of(engine, str(eve["id"]))
     assert [r.content for r in rows] == ["count", "one two three "]
     assert rows[1].role == "assistant"
+
+
+async def died_mid_reply(
+    start: Start,
+    telegram: FakeBotApi,
+    streams: StreamLedger,
+    make_service: ServiceFactory,
+    pushed: dict[str, Any],
+) -> test_telegram.Running:
+    """An adapter that showed the start of its reply to `pushed` and then died: its
+    handler cancelled, no final update made."""
+    responder = HangingStream("one two three")
+    dispatcher = Dispatcher(await make_service(responder=responder), Metrics(), streams)
+    running = await start(dispatcher=dispatcher, telegram_stream_interval_seconds=INTERVAL)
+    await telegram.push(pushed)
+    await until(lambda: responder.shown.is_set() and (telegram.bot_messages or telegram.drafts))
+    for task in list(running.adapter._handlers):
+        task.cancel()
+    await until(lambda: not running.adapter._handlers)
+    return running
+
+
+async def test_a_reply_its_worker_left_growing_is_ended_by_another_with_the_note(
+    start: Start, telegram: FakeBotApi, streams: StreamLedger, make_service: ServiceFactory
+) -> None:
+    pushed = in_group(telegram, user(new_id(), "fay"), "go")
+    running = await died_mid_reply(start, telegram, streams, make_service, pushed)
+    [left] = telegram.bot_messages.values()
+    assert left["text"] == f"one{CURSOR}" and telegram.sent == []
+
+    lapse_leases(streams)
+    [orphan] = await streams.orphans("telegram")
+    await running.adapter.end_stream(orphan, INTERRUPTED_NOTE)
+
+    assert [m["text"] for m in telegram.sent] == [f"one\n\n{INTERRUPTED_NOTE}"]
+
+
+async def test_a_draft_is_not_booked_it_vanishes_with_its_worker(
+    start: Start, telegram: FakeBotApi, streams: StreamLedger, make_service: ServiceFactory
+) -> None:
+    pushed = private_update(telegram, user(new_id(), "gus"), "go")
+    await died_mid_reply(start, telegram, streams, make_service, pushed)
+    assert telegram.drafts and telegram.bot_messages == {}
+
+    lapse_leases(streams)
+    assert await streams.orphans("telegram") == []

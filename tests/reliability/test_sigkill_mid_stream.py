@@ -1,6 +1,8 @@
 """A `bot run` worker SIGKILLed while a reply streams (docs/streaming.md): what the user
-wrote is already in Postgres; the part shown never looks complete; and the next worker,
-given the update again by Telegram, answers it whole, once, stored once.
+wrote is already in Postgres; the part shown never looks complete; the next worker,
+given the update again by Telegram, answers it whole, once, stored once; and it ends
+the part the dead worker left in a group with the interrupted note (a private chat's
+draft vanishes by itself).
 
 Real `bot run --channels telegram` processes polling the local Bot API, answering
 through the local LLM server, which streams the reply slowly enough to kill the worker
@@ -18,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.channels.live import CURSOR
 from bot.config import Settings
+from bot.service import INTERRUPTED_NOTE
 from tests.channels.telegram_server import (
     BOT_USERNAME,
     FakeBotApi,
@@ -72,7 +75,12 @@ async def test_a_worker_killed_mid_stream_loses_nothing_and_the_next_answers_onc
     place: str,
 ) -> None:
     env = bot_run_env(
-        settings, telegram, llm, LOCK_TTL_SECONDS="2", TELEGRAM_STREAM_INTERVAL_SECONDS="0.2"
+        settings,
+        telegram,
+        llm,
+        LOCK_TTL_SECONDS="2",
+        TELEGRAM_STREAM_INTERVAL_SECONDS="0.2",
+        STREAM_ORPHAN_SECONDS="2",
     )
     first, second = Worker(env, tmp_path / "first.log"), Worker(env, tmp_path / "second.log")
     sender = user(2 * 10**9 + uuid.uuid4().int % 10**8, "kim")
@@ -93,10 +101,16 @@ async def test_a_worker_killed_mid_stream_loses_nothing_and_the_next_answers_onc
         assert all(text.endswith(CURSOR) for text in half)  # a group's part says so
 
         await second.start()  # Telegram serves the unconfirmed update again
-        await until(lambda: len(telegram.sent) == 1, within=30, what="the whole reply")
+        replies = 1 if place == "private" else 2  # the whole one, and the part ended
+        await until(lambda: len(telegram.sent) == replies, within=30, what="the whole reply")
     finally:
         await first.kill()
         await second.kill()
 
-    assert [m["text"] for m in telegram.sent] == [WORDS]
+    texts = [m["text"] for m in telegram.sent]
+    assert texts.count(WORDS) == 1
+    if place == "group":
+        [ended] = [text for text in texts if text != WORDS]
+        part, note = ended.split("\n\n")
+        assert note == INTERRUPTED_NOTE and WORDS.startswith(part) and part != WORDS
     assert await stored(engine, sender) == [("user", "count"), ("assistant", WORDS)]
