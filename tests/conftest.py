@@ -25,15 +25,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.cache.keys import glob_escape
 from bot.cache.streams import StreamLedger
 from bot.config import Settings
+from bot.emulators.discord_api import FakeDiscord
+from bot.emulators.llm_api import LLMServer
+from bot.emulators.slack_api import FakeSlack
+from bot.emulators.telegram_api import FakeBotApi
 from bot.metrics import Metrics
 from bot.responders import Responder
 from bot.runtime import build_service, create_redis, keys_for
 from bot.service import ConversationService
 from bot.store.engine import create_engine
-from tests.channels.discord_server import FakeDiscord
-from tests.channels.slack_server import FakeSlack
-from tests.channels.telegram_server import FakeBotApi
-from tests.responders.llm_server import LLMServer
 from tests.support import STREAM_LEASE, ManualClock, ServiceFactory, migrate_to_head
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tests.responders.llm_server import LLMServer
+from bot.emulators.llm_api import LLMServer
 
 
 def mark(round_: int, place: str) -> str:

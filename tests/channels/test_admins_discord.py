@@ -19,9 +19,7 @@ from bot.channels.dispatch import Dispatcher
 from bot.channels.registry import discord_options
 from bot.commands.context import NOT_ALLOWED, NOT_CHECKED
 from bot.domain import ChatKind, IncomingMessage
-from bot.metrics import Metrics
-from bot.service import ConversationService
-from tests.channels.discord_server import (
+from bot.emulators.discord_api import (
     ADMINISTRATOR,
     ERROR_UNKNOWN_MEMBER,
     MANAGE_CHANNELS,
@@ -32,6 +30,8 @@ from tests.channels.discord_server import (
     Json,
     user,
 )
+from bot.metrics import Metrics
+from bot.service import ConversationService
 from tests.support import ServiceFactory
 
 pytestmark = pytest.mark.timeout(30)

@@ -24,15 +24,15 @@ from bot.channels.registry import slack_options
 from bot.channels.slack import SlackAdapter
 from bot.commands.context import NOT_ALLOWED, NOT_CHECKED
 from bot.domain import AdminCheck, ChatKind, IncomingMessage
-from bot.metrics import Metrics
-from bot.service import ConversationService
-from tests.channels.slack_server import (
+from bot.emulators.slack_api import (
     APP_TOKEN,
     BOT_TOKEN,
     BOT_USER_ID,
     FakeSlack,
     event_envelope,
 )
+from bot.metrics import Metrics
+from bot.service import ConversationService
 from tests.support import ServiceFactory, until
 
 pytestmark = pytest.mark.timeout(20)

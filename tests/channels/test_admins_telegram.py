@@ -18,9 +18,7 @@ from bot.channels.dispatch import Dispatcher
 from bot.channels.registry import telegram_options
 from bot.channels.telegram import TelegramAdapter
 from bot.commands.context import NOT_ALLOWED, NOT_CHECKED
-from bot.metrics import Metrics
-from bot.service import ConversationService
-from tests.channels.telegram_server import (
+from bot.emulators.telegram_api import (
     BOT_USERNAME,
     MEMBER_KINDS,
     TOKEN,
@@ -33,6 +31,8 @@ from tests.channels.telegram_server import (
     update,
     user,
 )
+from bot.metrics import Metrics
+from bot.service import ConversationService
 from tests.support import ServiceFactory, until
 
 pytestmark = pytest.mark.timeout(15)

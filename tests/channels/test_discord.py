@@ -1,6 +1,6 @@
 """The Discord adapter end to end: real discord.py against a local Discord, real stores.
 
-The fake (tests/channels/discord_server.py) serves the REST API and the gateway on
+The fake (bot/emulators/discord_api.py) serves the REST API and the gateway on
 127.0.0.1; tests push MESSAGE_CREATE dispatches and assert on the requests the SDK
 sends and on the rows in Postgres. Every request and payload is checked against the
 vendored Discord OpenAPI subset.
@@ -22,10 +22,10 @@ from bot.cache.streams import StreamLedger
 from bot.channels.discord import DiscordAdapter, api_base, gateway_via, strip_mention
 from bot.channels.registry import discord_options
 from bot.domain import IncomingMessage, TextSink
+from bot.emulators.discord_api import TOKEN, FakeDiscord, Json, SpecChecker, user
 from bot.metrics import Metrics
 from bot.responders import EchoResponder, Responder, ResponderRequest, ResponderResult
 from bot.service import ConversationService
-from tests.channels.discord_server import TOKEN, FakeDiscord, Json, SpecChecker, user
 from tests.support import (
     RecordingDispatcher,
     ServiceFactory,

@@ -13,11 +13,11 @@ import pytest
 from bot.channels.discord import DiscordAdapter
 from bot.channels.dispatch import Dispatcher
 from bot.channels.registry import discord_options
+from bot.emulators.discord_api import TOKEN, FakeDiscord, user
+from bot.emulators.llm_api import LLMServer
 from bot.metrics import Metrics
 from bot.service import ConversationService
-from tests.channels.discord_server import TOKEN, FakeDiscord, user
 from tests.channels.privacy import assert_apart, mark, request_text
-from tests.responders.llm_server import LLMServer
 from tests.support import ServiceFactory, flush_cache
 
 PLACES = ("dm", "channel", "thread1", "thread2")

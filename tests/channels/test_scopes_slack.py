@@ -16,17 +16,17 @@ import pytest
 from bot.channels.dispatch import Dispatcher
 from bot.channels.registry import slack_options
 from bot.channels.slack import SlackAdapter
-from bot.metrics import Metrics
-from bot.service import ConversationService
-from tests.channels.privacy import assert_apart, mark, request_text
-from tests.channels.slack_server import (
+from bot.emulators.llm_api import LLMServer
+from bot.emulators.slack_api import (
     APP_TOKEN,
     BOT_TOKEN,
     BOT_USER_ID,
     FakeSlack,
     event_envelope,
 )
-from tests.responders.llm_server import LLMServer
+from bot.metrics import Metrics
+from bot.service import ConversationService
+from tests.channels.privacy import assert_apart, mark, request_text
 from tests.support import ServiceFactory, flush_cache, until
 
 PLACES = ("dm", "thread1", "thread2", "thread3")

@@ -13,10 +13,8 @@ import pytest
 from bot.channels.dispatch import Dispatcher
 from bot.channels.registry import telegram_options
 from bot.channels.telegram import TelegramAdapter
-from bot.metrics import Metrics
-from bot.service import ConversationService
-from tests.channels.privacy import assert_apart, mark, request_text
-from tests.channels.telegram_server import (
+from bot.emulators.llm_api import LLMServer
+from bot.emulators.telegram_api import (
     BOT_USERNAME,
     TOKEN,
     FakeBotApi,
@@ -27,7 +25,9 @@ from tests.channels.telegram_server import (
     update,
     user,
 )
-from tests.responders.llm_server import LLMServer
+from bot.metrics import Metrics
+from bot.service import ConversationService
+from tests.channels.privacy import assert_apart, mark, request_text
 from tests.support import ServiceFactory, flush_cache, until
 
 GROUP = group_chat(-1003000000001)

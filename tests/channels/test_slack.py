@@ -27,12 +27,7 @@ from bot.channels.registry import slack_options
 from bot.channels.slack import SlackAdapter
 from bot.config import Settings
 from bot.domain import TextSink
-from bot.errors import PlatformRejected, PlatformUnavailable
-from bot.metrics import Metrics
-from bot.responders import EchoResponder, Responder, ResponderRequest, ResponderResult
-from bot.service import UNAVAILABLE_TEXT, ConversationService
-from bot.worker import Worker
-from tests.channels.slack_server import (
+from bot.emulators.slack_api import (
     APP_TOKEN,
     BOT_ID,
     BOT_TOKEN,
@@ -42,6 +37,11 @@ from tests.channels.slack_server import (
     event_envelope,
     sign,
 )
+from bot.errors import PlatformRejected, PlatformUnavailable
+from bot.metrics import Metrics
+from bot.responders import EchoResponder, Responder, ResponderRequest, ResponderResult
+from bot.service import UNAVAILABLE_TEXT, ConversationService
+from bot.worker import Worker
 from tests.support import (
     ServiceFactory,
     SlowResponder,

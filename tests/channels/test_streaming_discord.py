@@ -9,10 +9,10 @@ import asyncio
 from bot.cache.streams import StreamLedger
 from bot.channels.live import CURSOR
 from bot.domain import TextSink
+from bot.emulators.discord_api import FakeDiscord, user
 from bot.responders import EchoResponder, ResponderRequest, ResponderResult
 from bot.service import INTERRUPTED_NOTE
 from tests.channels import test_discord
-from tests.channels.discord_server import FakeDiscord, user
 from tests.channels.test_discord import StartBot
 from tests.support import HangingStream, lapse_leases
 

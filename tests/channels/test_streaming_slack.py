@@ -20,14 +20,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.cache.streams import StreamLedger
 from bot.channels.live import CURSOR
 from bot.config import Settings
+from bot.emulators.llm_api import LLMServer, Step
+from bot.emulators.slack_api import BOT_USER_ID, STREAM_ARGUMENTS, TEAM_ID, FakeSlack
 from bot.responders import EchoResponder
 from bot.responders.factory import build_responder
 from bot.service import INTERRUPTED_NOTE
 from tests.channels import test_slack
-from tests.channels.slack_server import BOT_USER_ID, STREAM_ARGUMENTS, TEAM_ID, FakeSlack
 from tests.channels.test_slack import Start, deliver_event, dm, slack_id, slack_ts
 from tests.channels.test_streaming_telegram import Words
-from tests.responders.llm_server import LLMServer, Step
 from tests.support import HangingStream, echo, lapse_leases, messages_of, until
 
 pytestmark = pytest.mark.timeout(20)

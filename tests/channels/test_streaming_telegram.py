@@ -16,12 +16,8 @@ from bot.channels.dispatch import Dispatcher
 from bot.channels.live import CURSOR
 from bot.config import Settings
 from bot.domain import TextSink
-from bot.metrics import Metrics
-from bot.responders import EchoResponder, ResponderRequest, ResponderResult
-from bot.responders.factory import build_responder
-from bot.service import INTERRUPTED_NOTE
-from tests.channels import test_telegram
-from tests.channels.telegram_server import (
+from bot.emulators.llm_api import LLMServer, Step
+from bot.emulators.telegram_api import (
     BOT_USERNAME,
     FakeBotApi,
     entities,
@@ -30,8 +26,12 @@ from tests.channels.telegram_server import (
     update,
     user,
 )
+from bot.metrics import Metrics
+from bot.responders import EchoResponder, ResponderRequest, ResponderResult
+from bot.responders.factory import build_responder
+from bot.service import INTERRUPTED_NOTE
+from tests.channels import test_telegram
 from tests.channels.test_telegram import Start, new_id, private_update
-from tests.responders.llm_server import LLMServer, Step
 from tests.support import HangingStream, ServiceFactory, echo, lapse_leases, messages_of, until
 
 start = test_telegram.start  # the fixture: adapters on the fake Bot API, stopped after

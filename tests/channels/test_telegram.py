@@ -25,11 +25,7 @@ from bot.channels.registry import telegram_options
 from bot.channels.telegram import SECRET_HEADER, TelegramAdapter
 from bot.config import Settings
 from bot.domain import TextSink
-from bot.errors import ConfigError, PlatformRejected, PlatformUnavailable
-from bot.metrics import Metrics
-from bot.responders import EchoResponder, Responder, ResponderRequest, ResponderResult
-from bot.service import UNAVAILABLE_TEXT
-from tests.channels.telegram_server import (
+from bot.emulators.telegram_api import (
     BOT_ID,
     BOT_USERNAME,
     TOKEN,
@@ -43,6 +39,10 @@ from tests.channels.telegram_server import (
     update,
     user,
 )
+from bot.errors import ConfigError, PlatformRejected, PlatformUnavailable
+from bot.metrics import Metrics
+from bot.responders import EchoResponder, Responder, ResponderRequest, ResponderResult
+from bot.service import UNAVAILABLE_TEXT
 from tests.support import (
     GatedResponder,
     ServiceFactory,

@@ -1,6 +1,6 @@
 """Discord's translation: any MESSAGE_CREATE becomes a well-formed IncomingMessage or None.
 
-The adapter runs for real against the local Discord (tests/channels/discord_server.py),
+The adapter runs for real against the local Discord (bot/emulators/discord_api.py),
 so its discord.py state knows the server, its channel and its thread. Payloads are
 turned into `discord.Message` objects the way discord.py's own MESSAGE_CREATE parser
 does, then translated; a second test pushes valid-but-hostile payloads through the
@@ -20,8 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.channels.discord import DiscordAdapter, incoming_message
 from bot.channels.registry import discord_options
+from bot.emulators.discord_api import TOKEN, FakeDiscord, Json, snowflake, user
 from bot.metrics import Metrics
-from tests.channels.discord_server import TOKEN, FakeDiscord, Json, snowflake, user
 from tests.hostile.checks import assert_well_formed
 from tests.hostile.strategies import any_text, documented_cleaning, hostile_text, json_values
 from tests.support import RecordingDispatcher, ServiceFactory, messages_of

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot.channels.slack_events import escape, incoming_message
-from tests.channels.slack_server import BOT_USER_ID
+from bot.emulators.slack_api import BOT_USER_ID
 from tests.hostile.checks import assert_well_formed
 from tests.hostile.strategies import any_text, field, hostile_text, json_values
 

@@ -25,14 +25,14 @@ from bot.channels.dispatch import Dispatcher
 from bot.channels.registry import slack_options
 from bot.channels.slack import SlackAdapter
 from bot.config import Settings
-from bot.metrics import Metrics
-from tests.channels.slack_server import (
+from bot.emulators.slack_api import (
     BOT_TOKEN,
     SIGNING_SECRET,
     FakeSlack,
     event_envelope,
     sign,
 )
+from bot.metrics import Metrics
 from tests.hostile.checks import post_status, stored_since
 from tests.hostile.strategies import json_values
 from tests.hostile.test_slack_translation import events

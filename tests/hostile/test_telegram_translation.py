@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from telegram import Bot
 
 from bot.channels.telegram_updates import incoming_message, parse_update
-from tests.channels.telegram_server import BOT_ID, BOT_USERNAME, TOKEN
+from bot.emulators.telegram_api import BOT_ID, BOT_USERNAME, TOKEN
 from tests.hostile.checks import assert_well_formed
 from tests.hostile.strategies import any_text, hostile_text, json_values
 

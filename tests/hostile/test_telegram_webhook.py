@@ -23,8 +23,8 @@ from bot.channels.dispatch import Dispatcher
 from bot.channels.registry import telegram_options
 from bot.channels.telegram import SECRET_HEADER, TelegramAdapter
 from bot.config import Settings
+from bot.emulators.telegram_api import TOKEN, FakeBotApi, private_update, user
 from bot.metrics import Metrics
-from tests.channels.telegram_server import TOKEN, FakeBotApi, private_update, user
 from tests.hostile.checks import post_status, stored_since
 from tests.hostile.strategies import json_values
 from tests.hostile.test_telegram_translation import update_bodies

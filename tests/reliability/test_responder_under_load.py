@@ -2,7 +2,7 @@
 steady load.
 
 The bot answers through the real OpenAI-compatible responder, against the local
-chat-completions server of tests/responders/llm_server.py. While the fault lasts,
+chat-completions server of bot/emulators/llm_api.py. While the fault lasts,
 the server never answers the requests of some users (it hangs far beyond
 LLM_TIMEOUT_SECONDS) and answers 500 to those of others; everyone else is served as
 usual. The victims must get the apology, with their message stored and no reply row;
@@ -18,9 +18,9 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.domain import ReplyKind
+from bot.emulators.llm_api import LLMServer, Step, error
 from tests.reliability.conftest import Report
 from tests.reliability.load import Load, LoadPlan, assert_nothing_lost, measure, run_with_outage
-from tests.responders.llm_server import LLMServer, Step, error
 from tests.support import ServiceFactory
 
 LLM_TIMEOUT = 1.0  # LLM_TIMEOUT_SECONDS: one call

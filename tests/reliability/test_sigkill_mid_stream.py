@@ -20,8 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.channels.live import CURSOR
 from bot.config import Settings
-from bot.service import INTERRUPTED_NOTE
-from tests.channels.telegram_server import (
+from bot.emulators.llm_api import LLMServer, Step
+from bot.emulators.telegram_api import (
     BOT_USERNAME,
     FakeBotApi,
     entities,
@@ -31,8 +31,8 @@ from tests.channels.telegram_server import (
     update,
     user,
 )
+from bot.service import INTERRUPTED_NOTE
 from tests.reliability.test_sigterm_under_load import Worker, bot_run_env
-from tests.responders.llm_server import LLMServer, Step
 from tests.support import fetch, until
 
 WORDS = "one two three four five six seven eight nine ten"

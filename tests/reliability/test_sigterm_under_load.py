@@ -3,7 +3,7 @@ finished, answered and stored, the worker exits 0, and what it had not taken is
 answered, once, by the next worker.
 
 The worker is a real `bot run --channels telegram` process polling the local
-Telegram Bot API of tests/channels/telegram_server.py, answering through the local
+Telegram Bot API of bot/emulators/telegram_api.py, answering through the local
 LLM server (slow enough that several messages are always in flight, where they can
 be seen: their requests arrived, their replies not yet). Simulated users send their
 next message once the previous one was answered.
@@ -27,7 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.config import Settings
 from bot.domain import ReplyKind
-from tests.channels.telegram_server import (
+from bot.emulators.llm_api import LLMServer, Step
+from bot.emulators.telegram_api import (
     BOT_ID,
     TOKEN,
     FakeBotApi,
@@ -36,7 +37,6 @@ from tests.channels.telegram_server import (
 )
 from tests.reliability.conftest import Report
 from tests.reliability.load import Attempt, assert_nothing_lost, check_store, finals, summarize
-from tests.responders.llm_server import LLMServer, Step
 from tests.support import ROOT, fetch, until, worker_env
 
 USERS = 20

@@ -17,12 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.config import Settings
 from bot.domain import ContextMessage, ReplyKind
+from bot.emulators.llm_api import LLMServer, Step, error
 from bot.metrics import Metrics
 from bot.responders.base import estimate_tokens
 from bot.responders.openai_compat import fit_context, retry_after_seconds
 from bot.service import RESPONDER_FAILED_TEXT, ConversationService
 from tests.channels.test_console import chat, chat_env
-from tests.responders.llm_server import LLMServer, Step, error
 from tests.support import ROOT, ServiceFactory, messages_of, msg, new_user
 
 API_KEY = "sk-test-secret-4f1e2d"

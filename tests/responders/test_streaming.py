@@ -11,11 +11,11 @@ from datetime import UTC, datetime
 import pytest
 
 from bot.domain import ContextMessage
+from bot.emulators.llm_api import DEFAULT_USAGE, LLMServer, Step, error
 from bot.errors import ResponderError, ResponderInterrupted, ResponderTimeout
 from bot.responders.base import ResponderRequest, estimate_tokens
 from bot.responders.echo import EchoResponder
 from bot.responders.openai_compat import LLMOptions, OpenAICompatResponder
-from tests.responders.llm_server import DEFAULT_USAGE, LLMServer, Step, error
 
 TEXT = "One two three four five six."
 WORDS = ["One ", "two ", "three ", "four ", "five ", "six."]

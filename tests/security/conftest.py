@@ -17,12 +17,12 @@ import asyncpg
 import pytest
 
 from bot.config import Settings
-from tests.channels.discord_server import TOKEN as DISCORD_TOKEN
-from tests.channels.slack_server import APP_TOKEN as SLACK_APP_TOKEN
-from tests.channels.slack_server import BOT_TOKEN as SLACK_BOT_TOKEN
-from tests.channels.slack_server import SIGNING_SECRET as SLACK_SIGNING_SECRET
-from tests.channels.telegram_server import TOKEN as TELEGRAM_TOKEN
-from tests.responders.llm_server import LLMServer
+from bot.emulators.discord_api import TOKEN as DISCORD_TOKEN
+from bot.emulators.llm_api import LLMServer
+from bot.emulators.slack_api import APP_TOKEN as SLACK_APP_TOKEN
+from bot.emulators.slack_api import BOT_TOKEN as SLACK_BOT_TOKEN
+from bot.emulators.slack_api import SIGNING_SECRET as SLACK_SIGNING_SECRET
+from bot.emulators.telegram_api import TOKEN as TELEGRAM_TOKEN
 from tests.security.servers import Certificates, OwnPostgres, OwnRedis, make_certificates
 from tests.support import ROOT, migrate_to_head
 

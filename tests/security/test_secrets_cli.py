@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.responders.llm_server import LLMServer, error
+from bot.emulators.llm_api import LLMServer, error
 from tests.security.conftest import (
     LLM_API_KEY,
     PG_PASSWORD,

@@ -21,14 +21,14 @@ import aiohttp
 import pytest
 
 from bot.channels.telegram import SECRET_HEADER
-from tests.channels.discord_server import TOKEN as DISCORD_TOKEN
-from tests.channels.discord_server import FakeDiscord
-from tests.channels.slack_server import APP_TOKEN as SLACK_APP_TOKEN
-from tests.channels.slack_server import BOT_TOKEN as SLACK_BOT_TOKEN
-from tests.channels.slack_server import SIGNING_SECRET as SLACK_SIGNING_SECRET
-from tests.channels.slack_server import FakeSlack, event_envelope, sign
-from tests.channels.telegram_server import TOKEN as TELEGRAM_TOKEN
-from tests.channels.telegram_server import FakeBotApi, private_update, user
+from bot.emulators.discord_api import TOKEN as DISCORD_TOKEN
+from bot.emulators.discord_api import FakeDiscord
+from bot.emulators.slack_api import APP_TOKEN as SLACK_APP_TOKEN
+from bot.emulators.slack_api import BOT_TOKEN as SLACK_BOT_TOKEN
+from bot.emulators.slack_api import SIGNING_SECRET as SLACK_SIGNING_SECRET
+from bot.emulators.slack_api import FakeSlack, event_envelope, sign
+from bot.emulators.telegram_api import TOKEN as TELEGRAM_TOKEN
+from bot.emulators.telegram_api import FakeBotApi, private_update, user
 from tests.security.conftest import PYTHON, SECRETS, TELEGRAM_WEBHOOK_SECRET, Captured
 from tests.support import free_port, until
 

@@ -1,6 +1,6 @@
 """Rebuild openapi_subset.json from the pinned full spec (run from the project root):
 
-    python tests/specs/discord/extract.py ../shared/specs/discord/openapi.json
+    python bot/emulators/specs/discord/extract.py ../shared/specs/discord/openapi.json
 
 Keeps the operations the Discord adapter and its fake server use, the gateway object
 schemas the fake server checks its payloads against, and everything they reference,

@@ -10,7 +10,7 @@ member, as a test sets it) and can be made to fail or answer something malformed
 
 What the SDK sends to chat.postMessage and chat.update, what this server answers,
 and every event envelope the tests deliver are checked against the published spec
-subset vendored in tests/specs/slack; the stream methods, newer than that spec, against
+subset vendored in bot/emulators/specs/slack; the stream methods, newer than that spec, against
 the arguments slack_sdk's own methods take (STREAM_ARGUMENTS, compared with the SDK's
 signatures by a test); mismatches are collected in `violations`, which the fixtures
 assert empty. Nothing here is a mock of the SDK: the adapter's real slack_sdk /
@@ -36,7 +36,7 @@ from aiohttp import WSMsgType, web
 
 from bot.channels.live import CURSOR
 
-SPECS = Path(__file__).resolve().parents[1] / "specs" / "slack"
+SPECS = Path(__file__).resolve().parent / "specs" / "slack"
 
 BOT_TOKEN = "xoxb-1234-test-bot-token"
 APP_TOKEN = "xapp-1-A0APP12345-test-app-token"

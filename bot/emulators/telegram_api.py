@@ -4,7 +4,7 @@ It speaks /bot<TOKEN>/<method> for getMe, getUpdates (long polling with Telegram
 offset rules), sendMessage, sendChatAction, setWebhook, deleteWebhook and getChatMember
 (who administers which chat, as a test sets it), and checks every request the SDK sends
 and every object it serves against the vendored Bot API spec
-(tests/specs/telegram/api.json): unknown or missing parameters, wrong types.
+(bot/emulators/specs/telegram/api.json): unknown or missing parameters, wrong types.
 What it finds wrong is collected in `problems`; the fixtures assert it stays empty.
 """
 
@@ -25,7 +25,7 @@ from aiohttp import web
 
 from bot.channels.live import CURSOR
 
-SPEC_PATH = Path(__file__).resolve().parents[1] / "specs" / "telegram" / "api.json"
+SPEC_PATH = Path(__file__).resolve().parent / "specs" / "telegram" / "api.json"
 TOKEN = "123456:TEST-fake-telegram-token"
 MAX_TEXT = 4096  # characters of a message's text
 BOT_ID = 4242

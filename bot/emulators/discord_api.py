@@ -9,7 +9,7 @@ a test gives them. Gateway: HELLO, IDENTIFY → READY + GUILD_CREATE,
 heartbeat ACKs, RECONNECT → RESUME with a replay, and MESSAGE_CREATE dispatches the
 tests push. Frames are zlib-stream compressed when the client asks for it, as Discord
 does. Every request the SDK sends, every response and every object pushed is checked
-against the vendored spec (tests/specs/discord); mismatches collect in `violations`.
+against the vendored spec (bot/emulators/specs/discord); mismatches collect in `violations`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from aiohttp import WSMsgType, web
 
 from bot.channels.live import CURSOR
 
-SPEC_PATH = Path(__file__).resolve().parents[1] / "specs" / "discord" / "openapi_subset.json"
+SPEC_PATH = Path(__file__).resolve().parent / "specs" / "discord" / "openapi_subset.json"
 API = "/api/v10"
 MAX_CONTENT = 2000  # characters of a message's content
 TOKEN = "MTA-fake.discord-bot.token"
@@ -453,9 +453,9 @@ class FakeDiscord:
         else:
             response = await handler(request)
         call.status = response.status
-        checked = operation is not None and not response.get(UNCHECKED)
-        if checked and isinstance(response, web.Response):
-            self._check_response(operation, path, response)
+        checked = isinstance(response, web.Response) and not response.get(UNCHECKED)
+        if operation is not None and checked:
+            self._check_response(operation, path, response)  # type: ignore[arg-type]
         return response
 
     def _check_response(self, operation: Json, path: str, response: web.Response) -> None:
