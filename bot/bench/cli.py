@@ -9,8 +9,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bot.bench.report import render
+from bot.bench.platforms import PLATFORMS
+from bot.bench.report import render, render_streaming
 from bot.bench.runner import BenchOptions, run_bench
+from bot.bench.streaming import StreamingOptions, run_streaming_bench
 from bot.config import Settings
 from bot.errors import ConfigError
 
@@ -24,7 +26,14 @@ p50/p95/p99, Postgres statements per message (reads, writes, other round trips),
 Redis round trips, calls and server-side commands per message, cache hit ratios,
 and Redis bytes per cached session with its context; and the service/baseline
 throughput ratio. It uses a fresh database bot_bench_<random> and the key prefix
-bench:<random>:, and removes both at the end. See docs/benchmarks.md."""
+bench:<random>:, and removes both at the end. See docs/benchmarks.md.
+
+With --streaming it measures streamed replies instead: the real Telegram, Discord and
+Slack adapters against local emulators of each platform (enforcing its rate limits)
+and a local LLM that streams at a set time to first token and rate. Per platform:
+time from the event to the first text shown (p50/p99), the LLM's own first-token
+time, the bot's overhead (the difference), updates per reply, 429s, and Postgres and
+Redis round trips per message."""
 
 
 def _positive(value: str) -> int:
@@ -32,6 +41,21 @@ def _positive(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return number
+
+
+def _seconds(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return number
+
+
+def _platforms(value: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(name.strip() for name in value.split(",") if name.strip()))
+    unknown = [name for name in names if name not in PLATFORMS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(PLATFORMS)}")
+    return names
 
 
 def _count(value: str) -> int:
@@ -84,11 +108,62 @@ def register(subparsers: Any) -> None:
         help="event loop; uvloop must be installed (%(default)s)",
     )
     add("--profile", type=Path, help="write a pyinstrument profile of the warm phases here")
+    streaming = StreamingOptions()
+    add("--streaming", action="store_true", help="measure streamed replies per platform instead")
+    add(
+        "--platforms",
+        type=_platforms,
+        default=streaming.platforms,
+        help="--streaming: platforms to measure, comma-separated (%(default)s)",
+    )
+    add(
+        "--replies",
+        type=_positive,
+        default=streaming.replies,
+        help="--streaming: messages per conversation, each after the last reply (%(default)s)",
+    )
+    add(
+        "--first-token",
+        type=_seconds,
+        default=streaming.first_token_seconds,
+        help="--streaming: the LLM's seconds to its first token (%(default)s)",
+    )
+    add(
+        "--tokens-per-second",
+        type=_seconds,
+        default=streaming.tokens_per_second,
+        help="--streaming: the LLM's rate after the first token (%(default)s)",
+    )
+    add(
+        "--reply-words",
+        type=_positive,
+        default=streaming.reply_words,
+        help="--streaming: words (tokens) in each reply (%(default)s)",
+    )
+    add(
+        "--think",
+        type=float,
+        default=streaming.think_seconds,
+        help="--streaming: seconds a user reads a reply before writing again (%(default)s)",
+    )
     add("--json", action="store_true", help="print the report as JSON")
     bench.set_defaults(handler=_bench)
 
 
 async def _bench(settings: Settings, args: argparse.Namespace) -> int:
+    if args.streaming:
+        streamed = StreamingOptions(
+            platforms=args.platforms,
+            concurrency=args.concurrency,
+            replies=args.replies,
+            first_token_seconds=args.first_token,
+            tokens_per_second=args.tokens_per_second,
+            reply_words=args.reply_words,
+            think_seconds=max(args.think, 0.0),
+        )
+        found = await run_streaming_bench(settings, streamed)
+        print(json.dumps(found, indent=2) if args.json else render_streaming(found))
+        return 0
     options = BenchOptions(
         users=args.users,
         messages=args.messages,

@@ -32,6 +32,7 @@ else:
 # Kinds of Postgres round trip.
 READ, WRITE, CONTROL, PING, PREPARE = "read", "write", "control", "ping", "prepare"
 PG_KINDS = (READ, WRITE, CONTROL, PING, PREPARE)
+COMMITS = "commits"  # transactions committed (counted beside their COMMIT's round trip)
 
 _CONTROL = re.compile(
     r"(BEGIN|COMMIT|ROLLBACK|START|END|ABORT|SAVEPOINT|RELEASE|SET|RESET|SHOW|DISCARD)\b",
@@ -109,6 +110,8 @@ class CountingConnection(asyncpg.Connection):  # type: ignore[misc]
 
     async def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
         self._count(classify(query))
+        if query.lstrip()[:6].upper() == "COMMIT":
+            self._count(COMMITS)
         return await super().execute(query, *args, **kwargs)
 
     async def fetch(self, query: str, *args: Any, **kwargs: Any) -> Any:

@@ -194,3 +194,45 @@ def render(report: dict[str, Any]) -> str:
         + ", ".join(f"{name} {'ok' if ok else 'MISSED'}" for name, ok in report["targets"].items())
     )
     return "\n".join(lines)
+
+
+_STREAM_HEADER = (
+    "", "replies", "shown p50", "p99", "LLM p50", "overhead p50", "p99", "max", "updates",
+    "429s", "PG tx", "PG writes", "Redis RT",
+)  # fmt: skip
+_STREAM_ROW = "{:<10}{:>8}{:>11}{:>8}{:>9}{:>14}{:>8}{:>8}{:>9}{:>6}{:>7}{:>11}{:>10}"
+
+
+def _stream_row(name: str, found: dict[str, Any]) -> str:
+    shown, llm = found["first_visible_ms"], found["llm_first_token_ms"]
+    overhead, pg = found["overhead_ms"], found["postgres_per_message"]
+    cells = [
+        name, found["replies"], f"{shown['p50']:.0f}", f"{shown['p99']:.0f}", f"{llm['p50']:.0f}",
+        f"{overhead['p50']:.1f}", f"{overhead['p99']:.1f}", f"{overhead['max']:.1f}",
+        f"{found['updates_per_reply']['mean']:.1f}", found["platform_429s"],
+        f"{pg['transactions']:.2f}", f"{pg['writes']:.2f}",
+        f"{found['redis_round_trips_per_message']:.2f}",
+    ]  # fmt: skip
+    return _STREAM_ROW.format(*cells)
+
+
+def render_streaming(report: dict[str, Any]) -> str:
+    """The report of `bot bench --streaming` as a table, times in milliseconds."""
+    config = report["config"]
+    lines = [
+        f"bot bench --streaming: {config['concurrency']} conversations x "
+        f"{config['replies_per_conversation']} replies of {config['reply_words']} tokens, "
+        f"LLM first token {config['first_token_seconds'] * 1000:.0f} ms then "
+        f"{config['tokens_per_second']:g} tokens/s",
+        "",
+        _STREAM_ROW.format(*_STREAM_HEADER),
+    ]
+    lines += [_stream_row(name, found) for name, found in report["platforms"].items()]
+    lines.append(
+        "  (shown: event to the first text the platform was asked to show; overhead: shown "
+        "less the LLM's own first-token time; per message: updates, Postgres, Redis)"
+    )
+    for name, found in report["platforms"].items():
+        met = ", ".join(f"{k} {'ok' if ok else 'MISSED'}" for k, ok in found["targets"].items())
+        lines.append(f"targets, {name}: {met}")
+    return "\n".join(lines)

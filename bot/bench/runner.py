@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import logging
 import statistics
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +22,12 @@ from bot.bench.baseline import Baseline
 from bot.bench.driver import BenchUser, Meter, Sample, ServiceDriver
 from bot.bench.probes import PgProbe, RedisProbe
 from bot.bench.report import session_memory, summarize, targets
-from bot.bench.setup import bench_database, delete_keys, insert_history, wait_until_loaded
+from bot.bench.setup import bench_servers, delete_keys, insert_history
 from bot.config import Settings
 from bot.domain import ChatKind
 from bot.errors import ConfigError
 from bot.responders.echo import EchoResponder
-from bot.runtime import build_service, create_redis, keys_for, open_endpoints
+from bot.runtime import build_service, create_redis, keys_for
 from bot.store.engine import create_engine
 
 log = logging.getLogger(__name__)
@@ -60,29 +59,18 @@ class _Totals:
 
 async def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     """Run the bench on the configured (or embedded) servers; returns the report."""
-    run_id = uuid.uuid4().hex[:10]
-    prefix = f"bench:{run_id}:"
-    async with (
-        open_endpoints(settings) as endpoints,
-        bench_database(settings, endpoints.database_url, f"bot_bench_{run_id}") as url,
-    ):
-        control = Redis.from_url(endpoints.redis_url)
-        try:
-            await wait_until_loaded(control)
-            settings = settings.model_copy(
-                update={
-                    "database_url": SecretStr(url),
-                    "redis_url": SecretStr(endpoints.redis_url),
-                    "redis_key_prefix": f"{prefix}svc:",
-                    "rate_limit_per_minute": NO_RATE_LIMIT,
-                }
-            )
-            report = await _run(settings, options, control, f"{prefix}base:")
-            report["config"].update(database=f"bot_bench_{run_id}", key_prefix=prefix)
-            return report
-        finally:
-            await delete_keys(control, prefix)
-            await control.aclose()
+    async with bench_servers(settings) as servers:
+        settings = settings.model_copy(
+            update={
+                "database_url": SecretStr(servers.database_url),
+                "redis_url": SecretStr(servers.redis_url),
+                "redis_key_prefix": f"{servers.prefix}svc:",
+                "rate_limit_per_minute": NO_RATE_LIMIT,
+            }
+        )
+        report = await _run(settings, options, servers.control, f"{servers.prefix}base:")
+        report["config"].update(database=servers.database, key_prefix=servers.prefix)
+        return report
 
 
 async def _run(

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -18,6 +20,7 @@ from redis.asyncio import Redis
 
 from bot.config import Settings
 from bot.errors import InfrastructureError
+from bot.runtime import open_endpoints
 from bot.store.engine import create_engine
 from bot.store.migrate import upgrade_to_head
 from bot.urls import asyncpg_dsn, redact_url
@@ -32,6 +35,36 @@ LOADING_TIMEOUT_SECONDS = 300
 def with_database(url: str, name: str) -> str:
     parts = urlsplit(asyncpg_dsn(url))
     return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@dataclass(frozen=True, slots=True)
+class BenchServers:
+    """Where one bench run works: its own database and key prefix on the servers."""
+
+    database_url: str
+    redis_url: str
+    control: Redis  # for the bench itself: waiting, counting, cleaning up
+    database: str
+    prefix: str
+
+
+@asynccontextmanager
+async def bench_servers(settings: Settings) -> AsyncIterator[BenchServers]:
+    """The configured (or embedded) servers with a fresh database `bot_bench_<random>`
+    and key prefix `bench:<random>:`, both removed at the end."""
+    run_id = uuid.uuid4().hex[:10]
+    name, prefix = f"bot_bench_{run_id}", f"bench:{run_id}:"
+    async with (
+        open_endpoints(settings) as endpoints,
+        bench_database(settings, endpoints.database_url, name) as url,
+    ):
+        control = Redis.from_url(endpoints.redis_url)
+        try:
+            await wait_until_loaded(control)
+            yield BenchServers(url, endpoints.redis_url, control, name, prefix)
+        finally:
+            await delete_keys(control, prefix)
+            await control.aclose()
 
 
 @asynccontextmanager

@@ -39,6 +39,7 @@ from bot.channels.discord_live import MESSAGE_LIMIT, DiscordSurface
 from bot.channels.dispatch import Dispatcher
 from bot.channels.live import LiveReply, ended_text
 from bot.channels.options import DiscordOptions
+from bot.channels.pacing import Pacer, PacerBook
 from bot.domain import ChatKind, IncomingMessage, Reply
 from bot.errors import (
     PlatformError,
@@ -269,6 +270,11 @@ class DiscordAdapter(ChannelAdapter):
         self._stopping = False
         self._handling: set[asyncio.Task[Any]] = set()
         self._saved_api_base: str | None = None
+        # Discord takes 50 requests a second from a bot (its global limit), all together,
+        # and 5 message writes per 5 s per channel: budgets with margin (2 at once, then
+        # 0.6 a second, stay inside any 5 s window).
+        self._pacer = Pacer(per_second=40, burst=40)
+        self._channel_pacers = PacerBook(per_second=0.6, burst=2)
 
     @property
     def connected(self) -> bool:
@@ -344,7 +350,9 @@ class DiscordAdapter(ChannelAdapter):
         self._handling.add(task)
         surface, booking = self._surface(message.channel), self.dispatcher.booking(self.name)
         try:
-            async with LiveReply(surface, self.options.stream_interval_seconds, booking) as live:
+            interval = self.options.stream_interval_seconds
+            pacers = (self._pacer, self._channel_pacers[str(message.channel.id)])
+            async with LiveReply(surface, interval, booking, pacers) as live:
                 reply = await self._answer(message.channel, incoming, live)
                 if reply is None:
                     return

@@ -1,7 +1,8 @@
 """A reply shown as it is written, the same way on every platform.
 
 The pieces the service hands over are coalesced into platform updates, at most one
-per `interval` (each platform's limits, with margin); a reply that outgrows one
+per `interval` (each platform's limits, with margin) and within the budget the
+adapter's replies share (bot/channels/pacing.py); a reply that outgrows one
 platform message is sealed at a sensible break and goes on in a new one. While a
 message is still being written it ends with a cursor, so a reply cut off by a crash
 never looks complete. The platform's part is a Surface: `show` puts a message's text
@@ -21,12 +22,13 @@ sweep.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Protocol, Self
 
 from bot.cache.streams import StreamBooking
 from bot.channels.base import break_at
+from bot.channels.pacing import Pacer
 from bot.errors import PlatformRejected
 
 CURSOR = " ▍"  # on a message still being written
@@ -56,11 +58,13 @@ class LiveReply:
         surface: Surface,
         interval: float,
         booking: StreamBooking | None = None,
+        pacers: Sequence[Pacer] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.surface = surface
         self.interval = interval
         self.booking = booking
+        self.pacers = pacers  # the platform's budgets this reply shares (pacing.py)
         self.clock = clock
         self.updates = 0  # platform calls made: shows and seals
         self._reply = ""  # every piece so far
@@ -125,6 +129,10 @@ class LiveReply:
         current = self._reply[self._done :]
         if not current.strip() or current == self._shown:
             return
+        update = bool(self._shown)  # else the message's first text, which always goes
+        if update and not all(pacer.ready() for pacer in self.pacers):
+            return  # a budget is spent: the text goes with a later update
+        self._spend(update)
         self._last = self.clock()
         self._shown = current
         self.updates += 1
@@ -136,7 +144,13 @@ class LiveReply:
         if self.booking is not None and (where := self.surface.where) is not None:
             await self.booking.shown(where, current.rstrip())
 
+    def _spend(self, update: bool) -> None:
+        for pacer in self.pacers:
+            if update or not pacer.updates_only:
+                pacer.spend()
+
     async def _seal(self, text: str) -> None:
+        self._spend(update=False)  # a message's final text always goes
         self._shown = ""
         self._last = self.clock()
         self.updates += 1

@@ -45,6 +45,7 @@ from bot.channels.delivery import deliver
 from bot.channels.dispatch import Dispatcher
 from bot.channels.live import LiveReply, ended_text
 from bot.channels.options import SlackOptions
+from bot.channels.pacing import Pacer
 from bot.channels.slack_events import escape, incoming_message, profile_name
 from bot.channels.slack_live import TEXT_LIMIT, Place, SlackSurface
 from bot.domain import IncomingMessage
@@ -111,6 +112,10 @@ class SlackAdapter(ChannelAdapter):
         self.bot_user_id: str | None = None
         self.team_id: str | None = None  # the workspace's, for a stream's recipient
         self._streams_refused = False  # the workspace refused chat.startStream once
+        # Slack's budgets per workspace, with margin: chat.appendStream is tier 4 (100 a
+        # minute), chat.update tier 3 (50 a minute).
+        self._append_pacer = Pacer(per_second=80 / 60, burst=10, updates_only=True)
+        self._update_pacer = Pacer(per_second=40 / 60, burst=5, updates_only=True)
         self.port: int | None = None  # the HTTP port actually bound (SLACK_PORT may be 0)
 
     @property
@@ -287,7 +292,9 @@ class SlackAdapter(ChannelAdapter):
                 name = await self._display_name(message.channel_user_id)
                 message = dataclasses.replace(message, username=name)
             surface, booking = self._surface(message), self.dispatcher.booking(self.name)
-            async with LiveReply(surface, self.options.stream_interval_seconds, booking) as live:
+            pacer = self._update_pacer if self._streams_refused else self._append_pacer
+            interval = self.options.stream_interval_seconds
+            async with LiveReply(surface, interval, booking, (pacer,)) as live:
                 reply = await self.dispatcher.handle(message, live.add)
                 if reply.text is not None or live.streamed:
                     await live.finish(reply.text or "")

@@ -41,6 +41,7 @@ from bot.channels.delivery import deliver
 from bot.channels.dispatch import Dispatcher
 from bot.channels.live import LiveReply, ended_text
 from bot.channels.options import TelegramOptions
+from bot.channels.pacing import Pacer, PacerBook
 from bot.channels.telegram_live import surface_for
 from bot.channels.telegram_updates import MALFORMED, incoming_message, parse_update
 from bot.domain import IncomingMessage
@@ -90,6 +91,10 @@ class TelegramAdapter(ChannelAdapter):
         self._username = ""
         self._bot_id = 0
         self._bot: ExtBot[Any] | None = None  # once initialized: ends streams left growing
+        # Telegram takes about 30 messages a second from a bot, all chats together, and
+        # about one a second per chat (briefly more): budgets with margin.
+        self._pacer = Pacer(per_second=25, burst=25)
+        self._chat_pacers = PacerBook(per_second=0.8, burst=2)
 
     @property
     def connected(self) -> bool:
@@ -291,7 +296,9 @@ class TelegramAdapter(ChannelAdapter):
             return
         typing = asyncio.create_task(self._keep_typing(message))
         interval, booking = self.options.stream_interval_seconds, self.dispatcher.booking(self.name)
-        async with LiveReply(self._surface(message), interval, booking) as live:
+        surface = self._surface(message)
+        pacers = (self._pacer, self._chat_pacers[str(message.chat_id)])
+        async with LiveReply(surface, interval, booking, pacers) as live:
 
             async def show(piece: str) -> None:  # the reply as it is written
                 typing.cancel()

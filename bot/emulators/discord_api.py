@@ -30,6 +30,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from bot.channels.live import CURSOR
+from bot.emulators.limits import Window
 
 SPEC_PATH = Path(__file__).resolve().parent / "specs" / "discord" / "openapi_subset.json"
 API = "/api/v10"
@@ -210,6 +211,7 @@ class Call:
     path: str
     body: Any
     status: int = 0
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
 
 @dataclass
@@ -261,6 +263,8 @@ class FakeDiscord:
         self.rate_limited_edits = 0  # the next N message edits get a 429
         # The bot's messages by id: channel, the post's body, the content now (edits).
         self.bot_messages: dict[str, Json] = {}
+        self.limits: Window | None = None  # per channel, once enforce_limits() is called
+        self.limited = 0  # calls answered 429 for going over `limits`
         self.rate_limit_via = True  # Discord's 429s carry Via; without it discord.py gives up
         self.failing_posts = 0  # the next N message posts get `failing_status`
         self.failing_status = 503
@@ -282,6 +286,12 @@ class FakeDiscord:
 
     # -- lifecycle ---------------------------------------------------------------------
 
+    def enforce_limits(self) -> None:
+        """Limit message posts and edits as Discord does, 5 per 5 s per channel, saying
+        what is left in the X-RateLimit headers (discord.py waits on them); a call over
+        the limit is answered 429 and counted in `limited`."""
+        self.limits = Window(limit=5, seconds=5.0)
+
     async def start(self) -> None:
         app = web.Application(middlewares=[self._api])
         routes = [
@@ -299,7 +309,7 @@ class FakeDiscord:
             app.router.add_route(method, API + path, handler)
         for path in ("/gateway", "/resume-gateway", "/proxied-gateway"):
             app.router.add_get(path, self._gateway)
-        self._runner = web.AppRunner(app, handle_signals=False)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -509,10 +519,13 @@ class FakeDiscord:
         if len(body.get("content") or "") > MAX_CONTENT:
             return _error(400, "Invalid Form Body", 50035)
         channel_id = request.match_info["channel_id"]
+        headers = self._spend(channel_id)
+        if isinstance(headers, web.Response):
+            return headers
         message = self.message(self.bot, body.get("content") or "", channel_id=channel_id)
         found = {"channel_id": channel_id, "body": body, "content": message["content"]}
         self.bot_messages[message["id"]] = found
-        return _json(message)
+        return _json(message, headers=headers)
 
     async def _edit_message(self, request: web.Request) -> web.Response:
         if self.rate_limited_edits > 0:
@@ -524,10 +537,32 @@ class FakeDiscord:
         body = await request.json()
         if len(body.get("content") or "") > MAX_CONTENT:
             return _error(400, "Invalid Form Body", 50035)
+        headers = self._spend(found["channel_id"])
+        if isinstance(headers, web.Response):
+            return headers
         found["content"] = body.get("content", found["content"])
         message = self.message(self.bot, found["content"], channel_id=found["channel_id"])
         message.update(id=request.match_info["message_id"], edited_timestamp=now())
-        return _json(message)
+        return _json(message, headers=headers)
+
+    def _spend(self, channel_id: str) -> dict[str, str] | web.Response:
+        """One message write in the channel: the rate limit headers to answer with, or
+        the 429 when it is over the limit (enforce_limits)."""
+        if self.limits is None:
+            return _limits()
+        allowed, left, reset = self.limits.take(channel_id)
+        headers = {
+            "X-RateLimit-Limit": str(self.limits.limit), "X-RateLimit-Remaining": str(left),
+            "X-RateLimit-Reset": f"{time.time() + reset:.3f}",
+            "X-RateLimit-Reset-After": f"{reset:.3f}",
+            "X-RateLimit-Bucket": f"messages-{channel_id}", "Via": "1.1 google",
+        }  # fmt: skip
+        if allowed:
+            return headers
+        self.limited += 1
+        body = {"message": "You are being rate limited.", "retry_after": round(reset, 3),
+                "global": False, "code": 0}  # fmt: skip
+        return _json(body, status=429, headers={**headers, "Retry-After": f"{reset:.3f}"})
 
     def _rate_limited(self) -> web.Response:
         headers = {

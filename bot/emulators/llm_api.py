@@ -60,6 +60,9 @@ class LLMServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.pieces_sent: list[tuple[float, str]] = []  # (time.monotonic(), piece) streamed
+        # Each streamed reply: (the last message's text, when its request arrived, when
+        # its first piece went out), time.monotonic(): the LLM's own time to first token.
+        self.first_pieces: list[tuple[str, float, float]] = []
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -85,10 +88,11 @@ class LLMServer:
             await self._runner.cleanup()
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
+        arrived = time.monotonic()
         body = await request.json()
         self.requests.append(body)
         self.headers.append(dict(request.headers))
-        self.arrivals.append(time.monotonic())
+        self.arrivals.append(arrived)
         step = self.script.popleft() if self.script else self.default
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -99,11 +103,11 @@ class LLMServer:
         if step.body is not None:
             return web.json_response(step.body, status=step.status, headers=step.headers)
         if body.get("stream"):
-            return await self._stream(request, body, step)
+            return await self._stream(request, body, step, arrived)
         return web.json_response(_completion(body, step), status=step.status, headers=step.headers)
 
     async def _stream(
-        self, request: web.Request, body: dict[str, Any], step: Step
+        self, request: web.Request, body: dict[str, Any], step: Step, arrived: float
     ) -> web.StreamResponse:
         if step.reject_stream_options and "stream_options" in body:
             refusal = {"error": {"message": "stream_options is not supported", "code": 400}}
@@ -125,7 +129,10 @@ class LLMServer:
             if number:
                 await asyncio.sleep(step.piece_delay)
             await _event(response, _chunk(model, {"content": piece}))
-            self.pieces_sent.append((time.monotonic(), piece))
+            self.pieces_sent.append((sent := time.monotonic(), piece))
+            if not number:
+                last = str(body["messages"][-1]["content"])
+                self.first_pieces.append((last, arrived, sent))
         if not step.no_finish:
             await _event(response, _chunk(model, {}, finish="stop"))
         if (body.get("stream_options") or {}).get("include_usage") and step.usage is not None:

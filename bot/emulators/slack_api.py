@@ -35,6 +35,8 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from bot.channels.live import CURSOR
+from bot.channels.pacing import PacerBook
+from bot.emulators.limits import over, retry_seconds
 
 SPECS = Path(__file__).resolve().parent / "specs" / "slack"
 
@@ -243,6 +245,7 @@ class FakeSlack:
         self.fail_next = 0  # answer this many next writing calls with 503
         self.streams_refused: str | None = None  # chat.startStream answers this error
         self.limited: list[tuple[str, float]] = []  # (method, time) of each 429 answered
+        self.limits: dict[str, PacerBook] = {}  # by method, once enforce_limits() is called
         # Called with (method, params) before a writing call is answered.
         self.before_write: Callable[[str, dict[str, Any]], Any] | None = None
         self.connections_opened = 0
@@ -327,6 +330,21 @@ class FakeSlack:
             },
         )
 
+    def enforce_limits(self) -> None:
+        """Answer 429 as Slack does: a message posted (or a stream started) about once a
+        second per channel, briefly more; chat.appendStream at tier 4 (100 a minute) and
+        chat.update at tier 3 (50 a minute) for the whole workspace. Slack publishes no
+        limit of chat.stopStream, which ends a message rather than posting one: here it
+        has the per-channel rate, on a budget of its own."""
+        per_channel = PacerBook(per_second=1, burst=3)
+        self.limits = {
+            "chat.postMessage": per_channel,
+            "chat.startStream": per_channel,
+            "chat.stopStream": PacerBook(per_second=1, burst=3),
+            "chat.appendStream": PacerBook(per_second=100 / 60, burst=20),
+            "chat.update": PacerBook(per_second=50 / 60, burst=10),
+        }
+
     @property
     def posts(self) -> list[dict[str, Any]]:
         """The bot's complete messages (channel, thread_ts, text), in the order written."""
@@ -340,17 +358,28 @@ class FakeSlack:
     async def _refused_write(self, method: str, params: dict[str, Any]) -> web.Response | None:
         """A 429 or 503 when a test asked for one; else None, and the write goes on."""
         self.post_attempts += 1
-        if self.rate_limit_next and method in self.rate_limited_methods:
-            self.rate_limit_next -= 1
+        wait = self._over_limit(method, params)
+        if wait is not None or (self.rate_limit_next and method in self.rate_limited_methods):
+            if wait is None:
+                self.rate_limit_next -= 1
             self.limited.append((method, time.monotonic()))
             body = {"ok": False, "error": "ratelimited"}
-            return web.json_response(body, status=429, headers={"Retry-After": "1"})
+            retry_after = str(retry_seconds(wait or 1))
+            return web.json_response(body, status=429, headers={"Retry-After": retry_after})
         if self.fail_next:
             self.fail_next -= 1
             return web.Response(status=503, text="upstream unavailable")
         if self.before_write is not None:
             await self.before_write(method, params)
         return None
+
+    def _over_limit(self, method: str, params: dict[str, Any]) -> float | None:
+        """Seconds to wait when the call is over Slack's limits (enforce_limits)."""
+        budgets = self.limits.get(method)
+        if budgets is None:
+            return None
+        per_workspace = method in ("chat.appendStream", "chat.update")
+        return over(budgets, TEAM_ID if per_workspace else str(params.get("channel")))
 
     def _new_message(self, channel: str, thread_ts: str | None, streamed: bool) -> BotMessage:
         ts = f"{int(time.time())}.{next(self._ts):06d}"

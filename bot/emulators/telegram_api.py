@@ -24,6 +24,8 @@ from typing import Any
 from aiohttp import web
 
 from bot.channels.live import CURSOR
+from bot.channels.pacing import PacerBook
+from bot.emulators.limits import over, retry_seconds
 
 SPEC_PATH = Path(__file__).resolve().parent / "specs" / "telegram" / "api.json"
 TOKEN = "123456:TEST-fake-telegram-token"
@@ -198,6 +200,14 @@ class FakeBotApi:
         self._message_ids = itertools.count(500)
         self._chats: dict[int, dict[str, Any]] = {}
         self._runner: web.AppRunner | None = None
+        self.limits: tuple[PacerBook, PacerBook] | None = None  # (per chat, the bot's)
+
+    def enforce_limits(self) -> None:
+        """Answer 429 as Telegram does: about one message a second per chat (briefly
+        more), 30 a second in all. A draft is a preview, not a message of the chat: its
+        updates have a budget of their own per chat (the same rate; Telegram publishes
+        none for them), and count toward the 30 a second."""
+        self.limits = (PacerBook(per_second=1, burst=3), PacerBook(per_second=30, burst=30))
         self.port = 0
 
     @property
@@ -294,9 +304,21 @@ class FakeBotApi:
         if len(str(params.get("text", ""))) > MAX_TEXT:  # as Telegram refuses one
             call.status = 400
             return _error(400, "Bad Request: message is too long")
+        wait = self._over_limit(method, params)
+        if wait is not None:
+            call.status = 429
+            return _too_many(retry_seconds(wait))
         response: web.Response = await handler(params)
         call.status = response.status
         return response
+
+    def _over_limit(self, method: str, params: dict[str, Any]) -> float | None:
+        """Seconds to wait when the call is over Telegram's limits (enforce_limits)."""
+        if self.limits is None or method not in _WRITES:
+            return None
+        per_chat, overall = self.limits
+        kind = "draft" if method == "sendMessageDraft" else "message"
+        return over(per_chat, f"{kind}:{params.get('chat_id')}") or over(overall, "bot")
 
     async def _params(self, method: str, request: web.Request) -> dict[str, Any]:
         if request.content_type == "application/json":
@@ -405,12 +427,15 @@ class FakeBotApi:
         return _ok(result)
 
 
-def _too_many() -> web.Response:
+_WRITES = frozenset({"sendMessage", "editMessageText", "sendMessageDraft"})
+
+
+def _too_many(retry_after: int = 1) -> web.Response:
     answer = {
         "ok": False,
         "error_code": 429,
-        "description": "Too Many Requests: retry after 1",
-        "parameters": {"retry_after": 1},
+        "description": f"Too Many Requests: retry after {retry_after}",
+        "parameters": {"retry_after": retry_after},
     }
     return web.json_response(answer, status=429)
 

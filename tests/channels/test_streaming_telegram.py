@@ -132,7 +132,8 @@ async def test_a_reply_longer_than_a_message_goes_on_in_a_new_one(
     parts = [m["text"] for m in telegram.sent]
     assert len(parts) == 2 and all(len(part) <= 4096 for part in parts)
     assert [c.method for c in telegram.calls if c.status == 400] == []  # none too long
-    assert len(telegram.calls_of("editMessageText")) >= 4  # it was shown as it grew
+    # Shown as it grew, within the chat's budget (about 1 a second, bot/channels/pacing.py).
+    assert len(telegram.calls_of("editMessageText")) >= 2
     assert parts[0].endswith(paragraph)  # cut at the break between two paragraphs
     assert "\n\n".join(parts) == text
 
