@@ -21,7 +21,7 @@ import re
 import time
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -265,6 +265,8 @@ class FakeDiscord:
         self.bot_messages: dict[str, Json] = {}
         self.limits: Window | None = None  # per channel, once enforce_limits() is called
         self.limited = 0  # calls answered 429 for going over `limits`
+        # Run before each REST call is answered (a test looking at the database then).
+        self.before_answer: Callable[[Call], Awaitable[None]] | None = None
         self.rate_limit_via = True  # Discord's 429s carry Via; without it discord.py gives up
         self.failing_posts = 0  # the next N message posts get `failing_status`
         self.failing_status = 503
@@ -461,6 +463,8 @@ class FakeDiscord:
         if request.headers.get("Authorization") != f"Bot {TOKEN}":
             response = _error(401, "401: Unauthorized")
         else:
+            if self.before_answer is not None:
+                await self.before_answer(call)
             response = await handler(request)
         call.status = response.status
         checked = isinstance(response, web.Response) and not response.get(UNCHECKED)

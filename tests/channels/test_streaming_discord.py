@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import asyncio
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from bot.cache.streams import StreamLedger
 from bot.channels.live import CURSOR
 from bot.domain import TextSink
-from bot.emulators.discord_api import FakeDiscord, user
+from bot.emulators.discord_api import Call, FakeDiscord, user
 from bot.responders import EchoResponder, ResponderRequest, ResponderResult
 from bot.service import INTERRUPTED_NOTE
 from tests.channels import test_discord
-from tests.channels.test_discord import StartBot
+from tests.channels.test_discord import StartBot, user_rows
 from tests.support import HangingStream, lapse_leases
 
 start_bot = test_discord.start_bot  # the fixture: the adapter on the local Discord
@@ -71,6 +73,25 @@ async def test_a_reply_longer_than_2000_characters_goes_on_in_a_new_message(
     assert len(parts) == 2 and all(len(part) <= 2000 for part in parts)
     assert parts[0].endswith(paragraph)  # cut between two paragraphs
     assert [c for c in discord_server.calls if c.status == 400] == []
+
+
+async def test_the_reply_is_stored_before_its_last_edit(
+    start_bot: StartBot, discord_server: FakeDiscord, engine: AsyncEngine
+) -> None:
+    text = " ".join(f"w{i}" for i in range(30))
+    await start_bot(Chunks(text, 20, 0.05), discord_stream_interval_seconds=INTERVAL)
+    eli = user("eli")
+    stored_at_last_edit: list[list[str]] = []
+
+    async def look(call: Call) -> None:
+        if call.method == "PATCH" and (call.body or {}).get("content") == text:
+            stored_at_last_edit.append([row[1] for row in await user_rows(engine, eli)])
+
+    discord_server.before_answer = look
+    await discord_server.push_message(discord_server.message(eli, "go"))
+    await discord_server.wait_for(lambda: len(discord_server.posts()) == 1)
+
+    assert stored_at_last_edit == [["go", text]]  # the whole reply, before it is shown whole
 
 
 async def test_an_edit_answered_429_is_waited_out_and_loses_no_text(
