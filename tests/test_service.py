@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.bench.probes import CONTROL, WRITE, PgProbe
+from bot.bench.probes import COMMITS, CONTROL, WRITE, PgProbe
 from bot.domain import ReplyKind
 from bot.service import ConversationService
 from tests.support import (
@@ -76,7 +76,7 @@ async def test_warm_path_reads_nothing_from_postgres(
 
     assert "2 earlier messages" in (reply.text or "")
     # The one exchange statement in BEGIN … COMMIT: no reads, no ping of a busy pool.
-    assert sent == Counter({WRITE: 1, CONTROL: 2, "checkouts": 1}), sent
+    assert sent == Counter({WRITE: 1, CONTROL: 2, COMMITS: 1, "checkouts": 1}), sent
     assert service.stats["session_hit"] == 1 and service.stats["context_hit"] == 1
     assert service.stats["channel_config_hit"] == 1
 
@@ -104,7 +104,7 @@ async def test_the_cold_path_reads_in_one_statement_without_a_begin(
 
     assert "2 earlier messages" in (reply.text or "")  # the context came with it
     assert calls == [Counter({WRITE: 1, "checkouts": 1})]  # one round trip, no BEGIN
-    assert sent == Counter({WRITE: 2, CONTROL: 2, "checkouts": 2}), sent  # and the exchange
+    assert sent == Counter({WRITE: 2, CONTROL: 2, COMMITS: 1, "checkouts": 2}), sent  # exchange
 
 
 async def test_an_unreadable_cached_context_is_rebuilt_from_postgres(

@@ -15,7 +15,7 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.bench.probes import CONTROL, WRITE, PgProbe
+from bot.bench.probes import COMMITS, CONTROL, WRITE, PgProbe
 from bot.cache.state import BeginStatus
 from bot.channels.dispatch import Dispatcher
 from bot.domain import IncomingMessage, ReplyKind, TextSink
@@ -123,7 +123,7 @@ async def test_a_warm_streamed_exchange_takes_two_transactions_and_reads_nothing
     sent = probe.snapshot() - before
     assert reply.kind is ReplyKind.ANSWER
     # The user's message, then the reply: each one statement in BEGIN … COMMIT.
-    assert sent == Counter({WRITE: 2, CONTROL: 4, "checkouts": 2}), sent
+    assert sent == Counter({WRITE: 2, CONTROL: 4, COMMITS: 2, "checkouts": 2}), sent
 
 
 async def test_a_stream_that_breaks_off_is_stored_and_shown_as_interrupted(
