@@ -166,7 +166,10 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
         adapters = [registry.build(spec, settings, dispatcher) for spec in specs]
         if wants_console:
             adapters.append(_console(dispatcher, args.user))
-        health = HealthServer(runtime.engine, runtime.redis, runtime.metrics, adapters)
+        guard = runtime.cache.guard
+        health = HealthServer(
+            runtime.engine, runtime.redis, runtime.metrics, adapters, lambda: guard.state
+        )
         worker = Worker(adapters, dispatcher, health, settings.shutdown_grace_seconds)
         drained = await worker.run(settings.http_host, settings.http_port)
     return 0 if drained else 1

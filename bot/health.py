@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -30,11 +30,15 @@ class HealthServer:
         redis: Redis,
         metrics: Metrics,
         channels: Sequence[ChannelAdapter],
+        redis_state: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.engine = engine
         self.redis = redis
         self.metrics = metrics
         self.channels = channels
+        # Why the worker is off the cache (its breaker open), or None: a Redis that
+        # answers PING can still be one the bot cannot use (bot/cache/guard.py).
+        self.redis_state = redis_state
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
@@ -87,6 +91,8 @@ class HealthServer:
         return "ok"
 
     async def _check_redis(self) -> str:
+        if (state := self.redis_state()) is not None:
+            return f"degraded: {state}"
         try:
             async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
                 await self.redis.ping()

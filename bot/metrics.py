@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter as Tallies
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -91,6 +91,24 @@ class _TallyCollector(Collector):
         yield cache
 
 
+class _FaultCollector(Collector):
+    """Error replies from Redis that say the deployment is wrong, by reason."""
+
+    def __init__(self, faults: Callable[[], Mapping[str, int]]) -> None:
+        self._faults = faults
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "bot_redis_faults",
+            "Redis error replies that mean the deployment is wrong or the server cannot "
+            "serve (a cluster node, a replica, a full Redis), by reason",
+            labels=["reason"],
+        )
+        for reason, count in self._faults().items():
+            family.add_metric([reason], count)
+        yield family
+
+
 class _CircuitCollector(Collector):
     def __init__(self, is_open: Callable[[], bool]) -> None:
         self._is_open = is_open
@@ -171,6 +189,9 @@ class Metrics:
 
     def export_circuit(self, is_open: Callable[[], bool]) -> None:
         self.registry.register(_CircuitCollector(is_open))
+
+    def export_redis_faults(self, faults: Callable[[], Mapping[str, int]]) -> None:
+        self.registry.register(_FaultCollector(faults))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

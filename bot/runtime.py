@@ -21,15 +21,16 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cache.chat_configs import ChatConfigCache
+from bot.cache.deployment import deployment_problem
 from bot.cache.flags import FlagCache
-from bot.cache.guard import RedisGuard
+from bot.cache.guard import RedisFault, RedisGuard
 from bot.cache.hotstate import HotStateCache
 from bot.cache.keys import Keys
 from bot.cache.streams import StreamLedger
 from bot.channels import registry
 from bot.chat_configs import ChatConfigs
 from bot.config import Settings
-from bot.errors import InfrastructureError, MigrationError, StoreError
+from bot.errors import ConfigError, InfrastructureError, MigrationError, StoreError
 from bot.flags import FeatureFlags
 from bot.flagset import FlagSource
 from bot.logs import maskable, redact
@@ -161,6 +162,7 @@ def build_service(
     if metrics is not None:
         metrics.export_tallies(lambda: service.stats)
         metrics.export_circuit(lambda: guard.is_open)
+        metrics.export_redis_faults(lambda: {f.value: guard.faults[f] for f in RedisFault})
     return service
 
 
@@ -267,15 +269,20 @@ def postgres_failure(exc: BaseException) -> str:
 
 
 async def check_redis(redis: Redis, url: str) -> None:
-    """A missing Redis only degrades the bot, so this warns instead of failing."""
+    """A missing Redis only degrades the bot, so this warns instead of failing; a Redis
+    the bot cannot run on (a cluster node, a replica) is a configuration error."""
     try:
         await asyncio.wait_for(redis.ping(), timeout=2)
+        problem = await asyncio.wait_for(deployment_problem(redis), timeout=2)
     except (RedisError, OSError, TimeoutError) as exc:
         log.warning(
             "cannot reach Redis at %s (%s); starting anyway, answering from Postgres",
             redact_url(url),
             redis_failure(url, exc),
         )
+        return
+    if problem is not None:
+        raise ConfigError(f"{problem} ({redact_url(url)})")
 
 
 def redis_failure(url: str, exc: BaseException) -> str:

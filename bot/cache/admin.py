@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from bot.cache import keys as kinds
 from bot.cache import scripts
 from bot.cache.codec import encode_context, encode_session, text_of
+from bot.cache.deployment import deployment_problem
 from bot.cache.events import EventClaim
 from bot.cache.guard import RedisGuard
 from bot.cache.keys import Keys
@@ -52,6 +53,8 @@ class RedisServer:
     used_memory_human: str | None
     maxmemory: int | None
     maxmemory_policy: str | None
+    evicted_keys: int | None  # since the server started
+    problem: str | None  # why the bot cannot run on this Redis (a cluster node, a replica)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +118,7 @@ class CacheAdmin:
             times.append((time.perf_counter() - start) * 1000)
         memory = await self.memory()
         server = await self.guard.run(lambda: self.redis.info("server"))
+        stats = await self.guard.run(lambda: self.redis.info("stats"))
         return RedisServer(
             latency_ms=round(statistics.median(times), 3),
             version=server.get("redis_version"),
@@ -122,6 +126,8 @@ class CacheAdmin:
             used_memory_human=memory.get("used_memory_human"),
             maxmemory=memory.get("maxmemory"),
             maxmemory_policy=memory.get("maxmemory_policy"),
+            evicted_keys=stats.get("evicted_keys"),
+            problem=await self.guard.run(lambda: deployment_problem(self.redis)),
         )
 
     async def memory(self) -> dict[str, Any]:

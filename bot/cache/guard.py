@@ -5,6 +5,12 @@ a failure the bot must stop paying that budget per message: the breaker opens,
 calls fail at once for a cool-down, then one call probes whether Redis is back.
 An operator's one-shot command (`RedisGuard.one_shot`) gets the time bound and the
 error mapping only: no breaker, and none of the worker's log lines about degrading.
+
+Some error replies mean the deployment is wrong, not that one call was (RedisFault: a
+Redis Cluster node where the bot expects one Redis, a read-only replica, a full
+Redis that refuses writes). They open the breaker like an outage, are counted by
+reason (`faults`, exported as bot_redis_faults_total), logged once per incident with
+what they mean, and make readiness say Redis is degraded and why (`state`).
 """
 
 from __future__ import annotations
@@ -12,15 +18,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from enum import StrEnum
 from typing import TypeVar
 
 from redis.exceptions import (
+    AskError,
+    ClusterCrossSlotError,
     ClusterDownError,
+    MasterDownError,
     OutOfMemoryError,
     ReadOnlyError,
     RedisError,
     ResponseError,
+    TryAgainError,
 )
 
 from bot.errors import CacheRefused, CacheUnavailable, CircuitOpen
@@ -30,20 +42,64 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 RecoveryHook = Callable[[], Awaitable[None]]
 
-# Error replies that mean the server as a whole cannot serve us for a while.
-_SERVER_WIDE_REPLIES = (ReadOnlyError, OutOfMemoryError, ClusterDownError)
+
+class RedisFault(StrEnum):
+    """An error reply that means the server as a whole cannot serve the bot."""
+
+    CROSSSLOT = "crossslot"
+    MOVED = "moved"
+    CLUSTERDOWN = "clusterdown"
+    READONLY = "readonly"
+    OOM = "oom"
+    BUSY = "busy"
+
+    @property
+    def meaning(self) -> str:
+        """What it says about the deployment, for the log and readiness."""
+        return _MEANINGS[self]
+
+
+_MEANINGS = {
+    RedisFault.CROSSSLOT: "REDIS_URL names a Redis Cluster node (keys of one message "
+    "are in different slots); the bot needs one Redis",
+    RedisFault.MOVED: "REDIS_URL names a Redis Cluster node that serves other slots "
+    "(MOVED/ASK); the bot needs one Redis",
+    RedisFault.CLUSTERDOWN: "the Redis Cluster behind REDIS_URL is down",
+    RedisFault.READONLY: "REDIS_URL names a read-only replica, not the primary",
+    RedisFault.OOM: "Redis is full and refuses writes (maxmemory under noeviction)",
+    RedisFault.BUSY: "a script has run on Redis for longer than its busy limit",
+}
+_FAULTS: tuple[tuple[type[ResponseError] | tuple[type[ResponseError], ...], RedisFault], ...] = (
+    (ClusterCrossSlotError, RedisFault.CROSSSLOT),
+    ((AskError, TryAgainError), RedisFault.MOVED),  # MovedError is an AskError
+    (ClusterDownError, RedisFault.CLUSTERDOWN),
+    ((ReadOnlyError, MasterDownError), RedisFault.READONLY),
+    (OutOfMemoryError, RedisFault.OOM),
+)
+
+
+def fault_of(exc: BaseException) -> RedisFault | None:
+    """The fault an error reply says the deployment has, if it says one."""
+    for kinds, fault in _FAULTS:
+        if isinstance(exc, kinds):
+            return fault
+    if isinstance(exc, ResponseError):
+        text = str(exc)
+        if text.startswith("BUSY"):
+            return RedisFault.BUSY
+        if "non local key" in text:  # a script touching a key of another cluster slot
+            return RedisFault.CROSSSLOT
+    return None
 
 
 def is_outage(exc: BaseException) -> bool:
-    """Whether a failed call says Redis is down or hung, rather than refusing one call.
+    """Whether a failed call says Redis cannot serve us, rather than refusing one call.
 
     An error reply (a key of the wrong type, a script failing half-way) comes from a
     server that answers: opening the breaker for it would push every user off the
-    cache because of one bad key.
+    cache because of one bad key. A fault (RedisFault) is the whole server's.
     """
-    if not isinstance(exc, ResponseError):
-        return True
-    return isinstance(exc, _SERVER_WIDE_REPLIES) or str(exc).startswith("BUSY")
+    return not isinstance(exc, ResponseError) or fault_of(exc) is not None
 
 
 class RedisGuard:
@@ -59,6 +115,8 @@ class RedisGuard:
         self._open_until: float | None = None
         self._probing = False
         self._on_recovery: list[RecoveryHook] = []
+        self._cause = ""  # why the breaker is open
+        self.faults: Counter[RedisFault] = Counter()  # error replies of each fault seen
 
     @classmethod
     def one_shot(cls, op_timeout: float) -> RedisGuard:
@@ -69,6 +127,11 @@ class RedisGuard:
     @property
     def is_open(self) -> bool:
         return self._open_until is not None
+
+    @property
+    def state(self) -> str | None:
+        """Why the bot is off the cache (readiness says so), or None while it is on."""
+        return self._cause if self._open_until is not None else None
 
     def on_recovery(self, hook: RecoveryHook) -> None:
         """Run `hook` when Redis answers again after an outage, before any other call."""
@@ -97,8 +160,11 @@ class RedisGuard:
 
     def _failed(self, exc: BaseException, probing: bool) -> CacheUnavailable:
         name = exc.__class__.__name__
+        fault = fault_of(exc)
+        if fault is not None:
+            self.faults[fault] += 1
         if is_outage(exc):
-            self._trip(exc)
+            self._trip(exc, fault)
             return CacheUnavailable(f"Redis unavailable: {name}")
         if probing:
             self._recovered()
@@ -120,13 +186,15 @@ class RedisGuard:
         self._open_until = None
         log.info("Redis is back; using the cache again")
 
-    def _trip(self, exc: BaseException) -> None:
+    def _trip(self, exc: BaseException, fault: RedisFault | None) -> None:
         if self.cooldown is None:
             return  # no breaker: the next call tries Redis again
-        if self._open_until is None:
+        cause = f"{fault.value}: {fault.meaning}" if fault else exc.__class__.__name__
+        if self._open_until is None or cause != self._cause:  # once per incident
             log.warning(
                 "Redis unavailable (%s); answering from Postgres and rate limiting locally "
                 "until it is back",
-                exc.__class__.__name__,
+                cause,
             )
+        self._cause = cause
         self._open_until = self._clock() + self.cooldown

@@ -29,7 +29,7 @@ FAILURES = (StoreError, CacheUnavailable, TimeoutError)
 
 _REDIS_FIELDS = (
     *("latency_ms", "version", "used_memory", "used_memory_human"),
-    *("maxmemory", "maxmemory_policy"),
+    *("maxmemory", "maxmemory_policy", "evicted_keys", "problem"),
 )
 
 
@@ -85,7 +85,8 @@ async def redis_health(cache: CacheAdmin, budget: float, secrets: list[str]) -> 
     except FAILURES as exc:
         failed: dict[str, Any] = dict.fromkeys(_REDIS_FIELDS)
         return {**failed, "ok": False, "error": describe(exc, secrets)}
-    return {"ok": True, "error": None, **asdict(server)}
+    # A Redis that answers but that the bot cannot run on is not healthy.
+    return {"ok": server.problem is None, "error": server.problem, **asdict(server)}
 
 
 def health_warnings(redis: dict[str, Any]) -> list[str]:
@@ -94,8 +95,14 @@ def health_warnings(redis: dict[str, Any]) -> list[str]:
         return []
     if not redis.get("maxmemory"):
         return ["Redis has no maxmemory: it may grow until the host runs out of memory"]
-    if redis.get("maxmemory_policy") == "noeviction":
+    policy = redis.get("maxmemory_policy") or ""
+    if policy == "noeviction":
         return ["Redis maxmemory-policy is noeviction: when full it refuses writes"]
+    if policy.startswith("allkeys-") and redis.get("evicted_keys"):
+        return [
+            f"Redis has evicted {redis['evicted_keys']} keys under {policy}: the users' "
+            "locks and event claims may go with them (docs/ops.md)"
+        ]
     return []
 
 

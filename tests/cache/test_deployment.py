@@ -1,0 +1,153 @@
+"""A Redis the bot cannot run on, said loudly (bot/cache/deployment.py, guard.py): real
+redis-servers of the test's own, a Redis Cluster node and a replica. The worker
+refuses to start on them with one line naming REDIS_URL; a service already running
+on one opens its breaker, counts the fault, logs it once and says why in readiness;
+`bot ops health` reports it, never "healthy"."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.cache.deployment import CLUSTER_NODE, REPLICA, deployment_problem
+from bot.cache.guard import RedisFault
+from bot.config import Settings
+from bot.health import HealthServer
+from bot.metrics import Metrics
+from tests.security.servers import redis_server_bin
+from tests.support import ServiceFactory, free_port, msg, new_user
+from tests.test_cli import bot
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@contextmanager
+def redis_server(directory: Path, *args: str) -> Iterator[str]:
+    """A redis-server of this test's own with `args`, on a free port: its URL."""
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    command = [redis_server_bin(), "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    command += ["--appendonly", "no", "--dir", str(directory), *args]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.kill()
+        process.wait(10)
+
+
+async def answering(url: str) -> None:
+    """Once the server at `url` answers PING (it is starting)."""
+    client = Redis.from_url(url)
+    try:
+        for _ in range(500):
+            try:
+                await client.ping()
+                return
+            except RedisConnectionError:
+                await asyncio.sleep(0.02)
+        raise AssertionError(f"{url} never answered")
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def cluster_node(tmp_path: Path) -> AsyncIterator[str]:
+    """One node of a Redis Cluster serving every slot: multi-slot scripts get CROSSSLOT."""
+    # The cluster bus port must be given: port + 10000 may be taken, or over 65535.
+    bus = ("--cluster-port", str(free_port()))
+    with redis_server(tmp_path / "node", "--cluster-enabled", "yes", *bus) as url:
+        await answering(url)
+        client = Redis.from_url(url)
+        await client.execute_command("CLUSTER", "ADDSLOTSRANGE", "0", "16383")
+        await client.aclose()
+        yield url
+
+
+@pytest.fixture
+async def replica(tmp_path: Path) -> AsyncIterator[str]:
+    with redis_server(tmp_path / "primary") as primary:
+        await answering(primary)
+        port = primary.rsplit(":", 1)[1].split("/")[0]
+        with redis_server(tmp_path / "replica", "--replicaof", "127.0.0.1", port) as url:
+            await answering(url)
+            yield url
+
+
+async def test_a_cluster_node_and_a_replica_are_told_apart_from_one_redis(
+    cluster_node: str, replica: str, redis: Redis
+) -> None:
+    assert await deployment_problem(redis) is None
+    for url, problem in ((cluster_node, CLUSTER_NODE), (replica, REPLICA)):
+        client = Redis.from_url(url)
+        try:
+            assert await deployment_problem(client) == problem
+        finally:
+            await client.aclose()
+
+
+async def refused_start(url: str, problem: str, settings: Settings) -> None:
+    """`bot chat` on Redis `url` stops before it starts: exit 1, one line naming it."""
+    assert settings.database_url is not None
+    database = settings.database_url.get_secret_value()
+    done = await bot("chat", DATABASE_URL=database, REDIS_URL=url)
+    assert done.code == 1, done.err
+    [line] = [line for line in done.err.splitlines() if problem in line]
+    assert "REDIS_URL" in line and "Traceback" not in done.err
+
+
+async def test_the_worker_refuses_to_start_on_a_cluster_node(
+    cluster_node: str, settings: Settings
+) -> None:
+    await refused_start(cluster_node, CLUSTER_NODE, settings)
+
+
+async def test_the_worker_refuses_to_start_on_a_replica(replica: str, settings: Settings) -> None:
+    await refused_start(replica, REPLICA, settings)
+
+
+async def test_a_service_on_a_cluster_node_answers_from_postgres_and_says_why(
+    cluster_node: str,
+    make_service: ServiceFactory,
+    caplog: pytest.LogCaptureFixture,
+    engine: AsyncEngine,
+) -> None:
+    metrics = Metrics()
+    service = await make_service(redis_url=cluster_node, metrics=metrics)
+    guard = service.cache.guard
+    user = new_user()
+    with caplog.at_level(logging.WARNING, logger="bot.cache.guard"):
+        for text in ("one", "two", "three"):
+            reply = await service.handle(msg(user, text))
+            assert reply.text is not None and text in reply.text  # answered all the same
+
+    assert guard.faults[RedisFault.CROSSSLOT] >= 1
+    assert guard.state is not None and guard.state.startswith("crossslot: REDIS_URL names")
+    logged = [r for r in caplog.records if "crossslot" in r.getMessage()]
+    assert len(logged) == 1  # once per incident, not once per message
+    rendered = metrics.render().decode()
+    assert 'bot_redis_faults_total{reason="crossslot"}' in rendered
+    assert "bot_redis_circuit_open 1.0" in rendered
+
+    health = HealthServer(engine, service.cache.redis, metrics, [], lambda: guard.state)
+    readiness = await health.readiness()
+    assert readiness["redis"].startswith("degraded: crossslot")
+
+
+async def test_ops_health_is_not_healthy_on_a_cluster_node(
+    cluster_node: str, settings: Settings
+) -> None:
+    assert settings.database_url is not None
+    database = settings.database_url.get_secret_value()
+    done = await bot("ops", "health", "--json", DATABASE_URL=database, REDIS_URL=cluster_node)
+    assert done.code != 0
+    assert '"ok": false' in done.out and CLUSTER_NODE in done.out
