@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.errors import ConfigError
@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     redis_op_timeout_seconds: Seconds = 0.5
     redis_breaker_cooldown_seconds: Seconds = 5.0
     redis_key_prefix: str = ""
+    # Redis Sentinel: the sentinels (host:port, comma-separated) and the name of the
+    # primary they watch. The client asks them where the primary is and follows a
+    # failover; REDIS_URL then gives only the password, TLS options and database.
+    redis_sentinels: Annotated[list[tuple[str, int]] | None, NoDecode] = None
+    redis_sentinel_master: str | None = None
 
     # Hot state (DESIGN.md, "Redis keys").
     session_ttl_seconds: PositiveInt = 3600
@@ -164,6 +169,21 @@ class Settings(BaseSettings):
             return [int(part) for part in value.replace(" ", "").split(",") if part] or None
         return value
 
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _sentinels(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        found = []
+        for part in (p.strip() for p in value.split(",")):
+            host, _, port = part.rpartition(":")
+            if not part:
+                continue
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{part!r} is not host:port, e.g. 10.0.0.5:26379")
+            found.append((host.strip("[]"), int(port)))
+        return found or None
+
     @field_validator("allowed_models", mode="before")
     @classmethod
     def _allowed_models(cls, value: Any) -> Any:
@@ -198,6 +218,15 @@ class Settings(BaseSettings):
     @classmethod
     def _log_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _sentinel_pair(self) -> Settings:
+        if bool(self.redis_sentinels) != bool(self.redis_sentinel_master):
+            raise ValueError(
+                "REDIS_SENTINELS and REDIS_SENTINEL_MASTER go together: the sentinels, and "
+                "the name of the primary they watch"
+            )
+        return self
 
     def secrets(self) -> list[str]:
         """Every secret value, so log redaction can mask them wherever they appear."""

@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 from redis.asyncio import Redis
+from redis.asyncio.connection import SSLConnection, parse_url
+from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import text
@@ -78,6 +80,8 @@ async def open_endpoints(settings: Settings) -> AsyncIterator[Endpoints]:
     async with AsyncExitStack() as stack:
         database_url = _secret(settings.database_url)
         redis_url = _secret(settings.redis_url)
+        if redis_url is None and settings.redis_sentinels:
+            redis_url = SENTINEL_URL  # the sentinels say where; nothing to embed
         if database_url is None or redis_url is None:
             from bot import embedded  # the optional extra; production never needs it
 
@@ -97,14 +101,38 @@ async def _start(stack: AsyncExitStack, server: _Server) -> None:
     stack.push_async_callback(asyncio.to_thread, server.stop)
 
 
+SENTINEL_URL = "redis://sentinel/0"  # REDIS_URL's stand-in with REDIS_SENTINELS alone
+
+
 def create_redis(settings: Settings, url: str) -> Redis:
-    return Redis.from_url(
-        url,
-        max_connections=settings.redis_max_connections,
-        socket_timeout=settings.redis_socket_timeout_seconds,
-        socket_connect_timeout=settings.redis_socket_connect_timeout_seconds,
-        health_check_interval=settings.redis_health_check_interval_seconds,
+    """The Redis client: of the server REDIS_URL names, or of the primary the sentinels
+    name (REDIS_SENTINELS), followed through failovers."""
+    options: dict[str, Any] = {
+        "max_connections": settings.redis_max_connections,
+        "socket_timeout": settings.redis_socket_timeout_seconds,
+        "socket_connect_timeout": settings.redis_socket_connect_timeout_seconds,
+        "health_check_interval": settings.redis_health_check_interval_seconds,
+    }
+    if not settings.redis_sentinels:
+        return Redis.from_url(url, **options)
+    # REDIS_URL's password, database and TLS options, for the primary; not its host.
+    connection: dict[str, Any] = {
+        k: v for k, v in parse_url(url).items() if k not in ("host", "port")
+    }
+    if connection.pop("connection_class", None) is SSLConnection:
+        connection["ssl"] = True
+    sentinels = Sentinel(
+        settings.redis_sentinels,
+        sentinel_kwargs={
+            "socket_timeout": settings.redis_socket_timeout_seconds,
+            "socket_connect_timeout": settings.redis_socket_connect_timeout_seconds,
+        },
     )
+    assert settings.redis_sentinel_master is not None  # checked with the settings
+    client: Redis = sentinels.master_for(
+        settings.redis_sentinel_master, redis_class=Redis, **connection, **options
+    )
+    return client
 
 
 def keys_for(settings: Settings) -> Keys:

@@ -6,16 +6,12 @@ on one opens its breaker, counts the fault, logs it once and says why in readine
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import subprocess
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cache.deployment import CLUSTER_NODE, REPLICA, deployment_problem
@@ -23,41 +19,11 @@ from bot.cache.guard import RedisFault
 from bot.config import Settings
 from bot.health import HealthServer
 from bot.metrics import Metrics
-from tests.security.servers import redis_server_bin
+from tests.redis_servers import answering, redis_server
 from tests.support import ServiceFactory, free_port, msg, new_user
 from tests.test_cli import bot
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@contextmanager
-def redis_server(directory: Path, *args: str) -> Iterator[str]:
-    """A redis-server of this test's own with `args`, on a free port: its URL."""
-    directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    command = [redis_server_bin(), "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    command += ["--appendonly", "no", "--dir", str(directory), *args]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.kill()
-        process.wait(10)
-
-
-async def answering(url: str) -> None:
-    """Once the server at `url` answers PING (it is starting)."""
-    client = Redis.from_url(url)
-    try:
-        for _ in range(500):
-            try:
-                await client.ping()
-                return
-            except RedisConnectionError:
-                await asyncio.sleep(0.02)
-        raise AssertionError(f"{url} never answered")
-    finally:
-        await client.aclose()
 
 
 @pytest.fixture
@@ -65,22 +31,22 @@ async def cluster_node(tmp_path: Path) -> AsyncIterator[str]:
     """One node of a Redis Cluster serving every slot: multi-slot scripts get CROSSSLOT."""
     # The cluster bus port must be given: port + 10000 may be taken, or over 65535.
     bus = ("--cluster-port", str(free_port()))
-    with redis_server(tmp_path / "node", "--cluster-enabled", "yes", *bus) as url:
-        await answering(url)
-        client = Redis.from_url(url)
+    with redis_server(tmp_path / "node", "--cluster-enabled", "yes", *bus) as node:
+        await answering(node.url)
+        client = Redis.from_url(node.url)
         await client.execute_command("CLUSTER", "ADDSLOTSRANGE", "0", "16383")
         await client.aclose()
-        yield url
+        yield node.url
 
 
 @pytest.fixture
 async def replica(tmp_path: Path) -> AsyncIterator[str]:
     with redis_server(tmp_path / "primary") as primary:
-        await answering(primary)
-        port = primary.rsplit(":", 1)[1].split("/")[0]
-        with redis_server(tmp_path / "replica", "--replicaof", "127.0.0.1", port) as url:
-            await answering(url)
-            yield url
+        await answering(primary.url)
+        follow = ("--replicaof", "127.0.0.1", str(primary.port))
+        with redis_server(tmp_path / "replica", *follow) as replica:
+            await answering(replica.url)
+            yield replica.url
 
 
 async def test_a_cluster_node_and_a_replica_are_told_apart_from_one_redis(

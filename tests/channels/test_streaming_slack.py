@@ -88,6 +88,8 @@ async def test_a_dm_sees_one_stream_grow_stored_before_it_stops(
     assert CURSOR not in message.text  # Slack shows a stream being written itself
     assert "recipient_user_id" not in calls[0][1]  # a DM's stream is for its one person
     assert stored_at_stop == [["tell me", final]]  # stored before the final update
+    counted = 'bot_stream_updates_per_reply_count{channel="slack"} 1.0'
+    await until(lambda: counted in run.dispatcher.metrics.render().decode())  # adapter's turn
     metrics = run.dispatcher.metrics.render().decode()
     assert 'bot_first_token_seconds_count{channel="slack"} 1.0' in metrics
     assert f'bot_stream_updates_per_reply_sum{{channel="slack"}} {len(methods)}.0' in metrics

@@ -111,7 +111,10 @@ async def test_a_group_sees_one_message_edited_as_it_grows_at_most_once_an_inter
     updates = [c.at for c in posts + edits]
     # The first update, then at most one an interval (0.4 s of words), and the last.
     assert len(updates) <= 2 + (updates[-1] - updates[0]) / INTERVAL + 1
-    metrics = running.dispatcher.metrics.render().decode()
+    counted = 'bot_stream_updates_per_reply_count{channel="telegram"} 1.0'
+    render = running.dispatcher.metrics.render
+    await telegram.wait_for(lambda: counted in render().decode())  # once the adapter read it
+    metrics = render().decode()
     assert 'bot_first_token_seconds_count{channel="telegram"} 1.0' in metrics
     assert f'bot_stream_updates_per_reply_sum{{channel="telegram"}} {len(updates)}.0' in metrics
 
