@@ -23,7 +23,7 @@ from bot.cache import scripts
 from bot.cache.codec import encode_context, encode_session, text_of
 from bot.cache.deployment import deployment_problem
 from bot.cache.events import EventClaim
-from bot.cache.guard import RedisGuard
+from bot.cache.guard import RedisGuard, fault_of
 from bot.cache.keys import Keys
 from bot.domain import DM_SCOPE, ActiveSession
 from bot.errors import CacheUnavailable
@@ -127,8 +127,21 @@ class CacheAdmin:
             maxmemory=memory.get("maxmemory"),
             maxmemory_policy=memory.get("maxmemory_policy"),
             evicted_keys=stats.get("evicted_keys"),
-            problem=await self.guard.run(lambda: deployment_problem(self.redis)),
+            problem=await self.guard.run(lambda: deployment_problem(self.redis))
+            or await self._refuses_writes(),
         )
+
+    async def _refuses_writes(self) -> str | None:
+        """What a write says of Redis (a full one refuses it), or None if it took it: a
+        key that expires in a second, the one write of a health check."""
+        try:
+            await self.guard.run(lambda: self.redis.set(self.keys.health_probe(), 1, px=1000))
+        except CacheUnavailable as exc:
+            fault = fault_of(exc.__cause__)
+            if fault is None:
+                raise
+            return fault.meaning
+        return None
 
     async def memory(self) -> dict[str, Any]:
         info: dict[str, Any] = await self.guard.run(lambda: self.redis.info("memory"))

@@ -78,7 +78,7 @@ _FAULTS: tuple[tuple[type[ResponseError] | tuple[type[ResponseError], ...], Redi
 )
 
 
-def fault_of(exc: BaseException) -> RedisFault | None:
+def fault_of(exc: BaseException | None) -> RedisFault | None:
     """The fault an error reply says the deployment has, if it says one."""
     for kinds, fault in _FAULTS:
         if isinstance(exc, kinds):

@@ -27,9 +27,10 @@ DEDUP = "dedup"
 LOCK = "lock"
 STATS = "stats"
 STREAM = "stream"
+HEALTH = "health"
 ALL_KINDS = frozenset(
     {SESSION, RATE, ACTIVE, CONTEXT, CHANNEL_CONFIG, CHAT_CONFIG, FEATURES, DEDUP, LOCK, STATS}
-    | {STREAM}
+    | {STREAM, HEALTH}
 )
 STREAM_RECORD_TTL = 86_400  # a stream left on screen longer than a day is left alone
 
@@ -124,6 +125,10 @@ class Keys:
         """Where one streaming reply is on screen and what it shows (JSON), so that
         another worker can end it with the interrupted note if its own dies."""
         return f"{self.prefix}{STREAM}:{channel}:{stream_id}"
+
+    def health_probe(self) -> str:
+        """The key `bot ops health` writes (expiring in a second) to see Redis take writes."""
+        return f"{self.prefix}{HEALTH}:probe"
 
     def stats(self) -> str:
         """A hash of counters (session_hit, rate_limited, duplicate …) summed over workers."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import OutOfMemoryError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cache.deployment import CLUSTER_NODE, REPLICA, deployment_problem
@@ -117,3 +118,38 @@ async def test_ops_health_is_not_healthy_on_a_cluster_node(
     done = await bot("ops", "health", "--json", DATABASE_URL=database, REDIS_URL=cluster_node)
     assert done.code != 0
     assert '"ok": false' in done.out and CLUSTER_NODE in done.out
+
+
+@pytest.fixture
+async def full_redis(tmp_path: Path) -> AsyncIterator[str]:
+    """A Redis at its memory limit under noeviction: it refuses every write."""
+    limits = ("--maxmemory", "2mb", "--maxmemory-policy", "noeviction")
+    with redis_server(tmp_path / "full", *limits) as server:
+        await answering(server.url)
+        client = Redis.from_url(server.url)
+        try:
+            for n in range(10_000):
+                await client.set(f"filler:{n}", "x" * 1000)
+        except OutOfMemoryError:
+            pass
+        finally:
+            await client.aclose()
+        yield server.url
+
+
+async def test_a_full_redis_is_not_healthy_and_a_service_on_it_says_why(
+    full_redis: str, settings: Settings, make_service: ServiceFactory, engine: AsyncEngine
+) -> None:
+    assert settings.database_url is not None
+    database = settings.database_url.get_secret_value()
+    done = await bot("ops", "health", "--json", DATABASE_URL=database, REDIS_URL=full_redis)
+    assert done.code != 0 and RedisFault.OOM.meaning in done.out
+
+    metrics = Metrics()
+    service = await make_service(redis_url=full_redis, metrics=metrics)
+    reply = await service.handle(msg(new_user(), "hello"))
+    assert reply.text is not None and "hello" in reply.text  # answered from Postgres
+    guard = service.cache.guard
+    assert guard.faults[RedisFault.OOM] >= 1
+    health = HealthServer(engine, service.cache.redis, metrics, [], lambda: guard.state)
+    assert (await health.readiness())["redis"] == f"degraded: oom: {RedisFault.OOM.meaning}"
