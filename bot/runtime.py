@@ -301,7 +301,7 @@ async def check_redis(redis: Redis, url: str) -> None:
     the bot cannot run on (a cluster node, a replica) is a configuration error."""
     try:
         await asyncio.wait_for(redis.ping(), timeout=2)
-        problem = await asyncio.wait_for(deployment_problem(redis), timeout=2)
+        problem = deployment_problem(await asyncio.wait_for(redis.info(), timeout=2))
     except (RedisError, OSError, TimeoutError) as exc:
         log.warning(
             "cannot reach Redis at %s (%s); starting anyway, answering from Postgres",

@@ -116,19 +116,16 @@ class CacheAdmin:
             start = time.perf_counter()
             await self.guard.run(self.redis.ping)
             times.append((time.perf_counter() - start) * 1000)
-        memory = await self.memory()
-        server = await self.guard.run(lambda: self.redis.info("server"))
-        stats = await self.guard.run(lambda: self.redis.info("stats"))
+        info: dict[str, Any] = await self.guard.run(self.redis.info)  # the default sections
         return RedisServer(
             latency_ms=round(statistics.median(times), 3),
-            version=server.get("redis_version"),
-            used_memory=memory.get("used_memory"),
-            used_memory_human=memory.get("used_memory_human"),
-            maxmemory=memory.get("maxmemory"),
-            maxmemory_policy=memory.get("maxmemory_policy"),
-            evicted_keys=stats.get("evicted_keys"),
-            problem=await self.guard.run(lambda: deployment_problem(self.redis))
-            or await self._refuses_writes(),
+            version=info.get("redis_version"),
+            used_memory=info.get("used_memory"),
+            used_memory_human=info.get("used_memory_human"),
+            maxmemory=info.get("maxmemory"),
+            maxmemory_policy=info.get("maxmemory_policy"),
+            evicted_keys=info.get("evicted_keys"),
+            problem=deployment_problem(info) or await self._refuses_writes(),
         )
 
     async def _refuses_writes(self) -> str | None:

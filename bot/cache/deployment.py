@@ -9,7 +9,8 @@ and by `bot ops health`, rather than paid on every message.
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from collections.abc import Mapping
+from typing import Any
 
 CLUSTER_NODE = (
     "REDIS_URL names a Redis Cluster node; the bot needs one Redis that takes writes "
@@ -18,12 +19,11 @@ CLUSTER_NODE = (
 REPLICA = "REDIS_URL names a replica, which is read-only; point it at the primary"
 
 
-async def deployment_problem(redis: Redis) -> str | None:
-    """Why this Redis cannot serve the bot, or None when it can."""
-    cluster = await redis.info("cluster")
-    if str(cluster.get("cluster_enabled", 0)) == "1":
+def deployment_problem(info: Mapping[str, Any]) -> str | None:
+    """Why the Redis of this INFO (its default sections, which hold `cluster_enabled`
+    and `role`) cannot serve the bot, or None when it can."""
+    if str(info.get("cluster_enabled", 0)) == "1":
         return CLUSTER_NODE
-    replication = await redis.info("replication")
-    if replication.get("role") in ("slave", "replica"):
+    if info.get("role") in ("slave", "replica"):
         return REPLICA
     return None
