@@ -9,6 +9,7 @@ retry-after, a SQLSTATE) and never a secret or a server's quote of the data:
     ├── InfrastructureError      Postgres or Redis cannot be started or reached at start-up
     │   └── EmbeddedServerError  an embedded server would not start, stop or answer
     ├── MigrationError           the schema cannot be brought to the current revision
+    ├── BenchError               `bot bench --streaming` could not measure (no reply came)
     ├── InvalidInput             a user's message cannot be handled; the text says why
     ├── OperatorError            an operator's command cannot be carried out (bot ops)
     │   ├── BadInput             an argument is not valid (exit code 2)
@@ -57,6 +58,11 @@ class EmbeddedServerError(InfrastructureError):
 
 class MigrationError(BotError):
     """The schema could not be brought to the current revision."""
+
+
+class BenchError(BotError):
+    """The streaming bench could not measure: a reply never came, or the SDK broke a
+    platform's spec."""
 
 
 class InvalidInput(BotError):

@@ -34,7 +34,7 @@ from bot.channels.dispatch import Dispatcher
 from bot.config import Settings
 from bot.domain import IncomingMessage
 from bot.emulators.llm_api import LLMServer, Step
-from bot.errors import BotError
+from bot.errors import BenchError
 from bot.metrics import Metrics
 from bot.runtime import build_service, create_redis, keys_for
 from bot.store.engine import create_engine
@@ -64,10 +64,6 @@ class _Exchange:
     text: str
     sent: float  # time.monotonic() the event went to the adapter
     writes: list[float]  # the bot's writes in the conversation until delivered
-
-
-class BenchError(BotError):
-    """The streaming bench could not measure (a reply never came, the SDK broke a spec)."""
 
 
 class _Deliveries(Dispatcher):
@@ -210,7 +206,8 @@ async def _exchange(
     try:
         await asyncio.wait_for(delivered, REPLY_TIMEOUT_SECONDS)
     except TimeoutError:
-        raise BenchError(f"{platform.name}: no reply to {text!r} within 60 s") from None
+        seconds = REPLY_TIMEOUT_SECONDS
+        raise BenchError(f"{platform.name}: no reply to {text!r} within {seconds:g} s") from None
     writes = platform.writes(conversation, sent)
     if not writes:
         raise BenchError(f"{platform.name}: the reply to {text!r} was never shown")
