@@ -112,6 +112,16 @@ async def ask(
     return slack.posts[-1]
 
 
+async def refused_unchecked(
+    service: ConversationService, answer: dict[str, Any], log: str, *logged: str
+) -> None:
+    """The change was refused because Slack could not say who may make it: the writer
+    told so, nothing stored, and the refusal logged (with each of `logged`)."""
+    assert answer["text"] == NOT_CHECKED
+    assert await nothing_stored(service, answer)
+    assert all(word in log for word in ("refused", *logged)), log
+
+
 async def nothing_stored(service: ConversationService, *answers: dict[str, Any]) -> bool:
     """No settings were written for the threads of `answers`, nor for their channels."""
     rows = service.store.chat_configs
@@ -240,10 +250,8 @@ async def test_slack_failing_to_answer_refuses_and_says_why_in_the_log(
 
     answer = await ask(slack, person, SET, channel, thread)
 
-    assert answer["text"] == NOT_CHECKED
-    assert await nothing_stored(bot.service, answer)
+    await refused_unchecked(bot.service, answer, caplog.text, logged)
     assert person in slack.users_asked
-    assert "refused" in caplog.text and logged in caplog.text
     assert error[1] in caplog.text
     assert BOT_TOKEN not in caplog.text
 
@@ -266,9 +274,7 @@ async def test_an_unknown_user_or_slack_down_refuses(
 
     answer = await ask(slack, person, SET, channel, None)
 
-    assert answer["text"] == NOT_CHECKED
-    assert await nothing_stored(bot.service, answer)
-    assert "refused" in caplog.text
+    await refused_unchecked(bot.service, answer, caplog.text)
 
 
 async def test_a_slow_answer_refuses(
@@ -286,9 +292,7 @@ async def test_a_slow_answer_refuses(
 
     answer = await ask(slack, person, SET, channel, None)
 
-    assert answer["text"] == NOT_CHECKED
-    assert await nothing_stored(bot.service, answer)
-    assert "refused" in caplog.text and "PlatformUnavailable" in caplog.text
+    await refused_unchecked(bot.service, answer, caplog.text, "PlatformUnavailable")
 
 
 def _admin(**fields: Any) -> dict[str, Any]:
@@ -341,10 +345,8 @@ async def test_a_malformed_answer_refuses_and_says_why_in_the_log(
 
     reply = await ask(slack, person, SET, channel, thread)
 
-    assert reply["text"] == NOT_CHECKED
-    assert await nothing_stored(bot.service, reply)
+    await refused_unchecked(bot.service, reply, caplog.text, logged)
     assert person in slack.users_asked
-    assert "refused" in caplog.text and logged in caplog.text
 
 
 async def test_in_a_dm_nobody_is_an_admin_and_slack_is_not_asked(
