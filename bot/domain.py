@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -138,6 +138,9 @@ class Interruption(StrEnum):
 
     RESPONDER = "responder"  # the LLM stream broke off, stalled, or ran out of time
     SHUTDOWN = "shutdown"  # the worker stopped before the reply was done
+    # The worker stalled past its turn and another handling stored a message since:
+    # this reply is not stored (it would come after that message), only shown cut off.
+    OVERTAKEN = "overtaken"
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +184,17 @@ class ContextMessage:
             timestamp=datetime.fromtimestamp(float(data["ts"]), UTC),
             author=author if isinstance(author, str) else None,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class RecentContext:
+    """A conversation's newest messages (newest first), and the newest message stored
+    when they were read (conversations.last_message_id): the turn's fence, which the
+    next message is stored against (bot/store/conversations.py). Redis keeps it in the
+    session hash, written with the context list."""
+
+    messages: list[ContextMessage]
+    last_id: uuid.UUID | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +246,7 @@ class ActiveSession:
     scope: str  # Scope.key
     session: SessionState
     last_activity: datetime
-    context: Sequence[ContextMessage]
+    context: RecentContext
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,8 @@ retry-after, a SQLSTATE) and never a secret or a server's quote of the data:
     │   ├── StoreUnavailable     not within the retry budget (down, hung, restarting)
     │   ├── StoreFailed          refused for a reason a retry does not cure
     │   │   └── StoreConflict    a constraint refused the rows (a race, or a bug)
-    │   └── StaleSession         a cached session names a conversation that is gone
+    │   ├── StaleSession         a cached session names a conversation that is gone
+    │   └── TurnConflict         the conversation moved on since its context was read
     ├── CacheUnavailable         Redis failed, timed out or refused; fall back to Postgres
     │   ├── CacheRefused         Redis answered with an error for this one call
     │   └── CircuitOpen          not even tried: Redis failed moments ago
@@ -114,6 +115,18 @@ class StoreConflict(StoreFailed):
 
 class StaleSession(StoreError):
     """A cached session points at rows Postgres no longer holds (deleted or closed)."""
+
+
+class TurnConflict(StoreError):
+    """The conversation moved on since its context was read: another handling stored a
+    message (`held`: and is writing the reply to it now). Nothing was stored; the
+    message is answered again on the newer context (bot/service.py)."""
+
+    def __init__(self, conversation_id: object, *, held: bool) -> None:
+        state = "is answering a message" if held else "has stored a message since"
+        super().__init__(f"another handling of conversation {conversation_id} {state}")
+        self.conversation_id = conversation_id
+        self.held = held
 
 
 class CacheUnavailable(BotError):

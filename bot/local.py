@@ -1,5 +1,5 @@
-"""In-process stand-ins for what Redis provides across workers, and the task helper
-both sides need.
+"""In-process stand-ins for what Redis provides across workers, and the task helpers
+both sides need (cancelling for good, renewing a lease, waiting with backoff).
 
 The keyed locks always run first (they keep one worker's messages of a user in
 arrival order and spare Redis the polling); the rate limiter takes over only
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 
@@ -73,3 +73,51 @@ async def cancel_until_done(*tasks: asyncio.Task[None]) -> None:
         for task in pending:
             task.cancel()
         await asyncio.wait(pending, timeout=0.1)
+
+
+class Renewal:
+    """Runs `renew` every `interval` seconds until stopped, or until it returns False
+    (the lease is lost: renewing further is pointless). Work that ends before the first
+    renewal is due costs one timer, no task."""
+
+    def __init__(self, renew: Callable[[], Awaitable[bool]], interval: float) -> None:
+        self._renew = renew
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+        self._due = asyncio.get_running_loop().call_later(interval, self._start)
+
+    def _start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            if not await self._renew():
+                return
+            await asyncio.sleep(self._interval)
+
+    async def stop(self) -> BaseException | None:
+        """Stop renewing; what a renewal raised, if one did."""
+        self._due.cancel()
+        if self._task is None:
+            return None
+        await cancel_until_done(self._task)
+        return None if self._task.cancelled() else self._task.exception()
+
+
+class Backoff:
+    """Pauses that double from `first` to `longest` seconds, until `budget` seconds are
+    spent: `await backoff.pause()` returns False instead of pausing past the budget."""
+
+    def __init__(self, budget: float, first: float = 0.005, longest: float = 0.1) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._deadline = loop.time() + budget
+        self._delay = first
+        self._longest = longest
+
+    async def pause(self) -> bool:
+        if self._loop.time() + self._delay > self._deadline:
+            return False
+        await asyncio.sleep(self._delay)
+        self._delay = min(self._delay * 2, self._longest)
+        return True

@@ -29,6 +29,11 @@ EXPORTED: dict[Tally, tuple[str, str]] = {
         "bot_lock_timeouts_total",
         "Messages that waited too long for their turn",
     ),
+    Tally.TURN_CONFLICT: (
+        "bot_turn_conflicts_total",
+        "Messages answered again: another handling stored a message of the conversation "
+        "first (Redis lost the turn's lock: evicted, flushed, failed over, or away)",
+    ),
     Tally.DUPLICATE: ("bot_deduplicated_total", "Redelivered platform events answered once"),
     Tally.CACHE_UNAVAILABLE: (
         "bot_redis_errors_total",

@@ -30,6 +30,7 @@ from bot.domain import (
     IncomingMessage,
     Interruption,
     Permission,
+    RecentContext,
     Reply,
     ReplyKind,
     SessionState,
@@ -46,13 +47,15 @@ from bot.errors import (
     StaleSession,
     StoreError,
     StoreUnavailable,
+    TurnConflict,
 )
 from bot.flagset import MAINTENANCE, REPLIES_DISABLED, FlagSource, StaticFlags
-from bot.local import LocalRateLimiter
+from bot.local import Backoff, LocalRateLimiter
 from bot.relay import Relay
 from bot.responders.base import Responder, ResponderRequest, ResponderResult, estimate_tokens
 from bot.store.conversations import ExchangeRows, ReplyRow
 from bot.store.store import Store
+from bot.store.turn_hold import TurnHold
 from bot.store.turn_start import TurnStart
 from bot.tallies import CacheRead, Tally
 from bot.validation import (
@@ -84,7 +87,7 @@ class Turn:
     refresh: Refresh
     taken_over: bool  # an earlier handling of this event never finished (Redis says)
     shared: bool  # a shared conversation: who wrote each message is kept and told
-    loaded_context: list[ContextMessage] | None = None  # read with the session from Postgres
+    loaded_context: RecentContext | None = None  # read with the session from Postgres
     on_text: TextSink | None = None  # the adapter shows the reply as it is written
 
     @property
@@ -311,20 +314,41 @@ class ConversationService:
         )
 
     async def _exchange(
-        self, turn: Turn, cached: list[ContextMessage] | None, *, retried: bool = False
+        self, turn: Turn, cached: RecentContext | None, *, retried: bool = False
+    ) -> tuple[Reply, Refresh]:
+        """The exchange, stored in order: when another handling stored a message of the
+        conversation since its context was read (Redis forgot the turn's lock), it is
+        answered again on the newer context, once that handling's reply is stored."""
+        backoff = Backoff(self.settings.lock_wait_seconds, longest=0.5)
+        while True:
+            try:
+                return await self._exchange_once(turn, cached, retried=retried)
+            except TurnConflict as conflict:
+                self.stats[Tally.TURN_CONFLICT] += 1
+                log.info("%s; answering again on the newer context", conflict)
+                if not await backoff.pause():
+                    raise LockTimeout(str(turn.session.conversation_id)) from conflict
+                cached, turn = None, replace(turn, loaded_context=None)
+
+    async def _exchange_once(
+        self, turn: Turn, cached: RecentContext | None, *, retried: bool
     ) -> tuple[Reply, Refresh]:
         self._count(CacheRead.CONTEXT, cached is not None)
-        context = cached if cached is not None else turn.loaded_context
-        if context is None:
-            context = await self.store.conversations.load_context(
+        if cached is not None:
+            recent = cached
+        elif turn.loaded_context is not None:
+            recent = turn.loaded_context
+        else:
+            recent = await self.store.conversations.load_context(
                 turn.session.conversation_id, self.settings.context_messages
             )
+        context = recent.messages
         model = resolve_model(turn.session, turn.channel, self.settings.default_model)
         if turn.on_text is not None:
-            return await self._streamed(turn, cached, context, model, retried=retried)
-        user_ts = datetime.now(UTC)
+            return await self._streamed(turn, cached, recent, model, retried=retried)
+        received = datetime.now(UTC)
         result = await self._respond(turn, model, context)
-        rows = self._rows(turn, user_ts, result)
+        rows = self._rows(turn, recent, received, result)
         stored = await self._saved(rows, retried)
         if stored is None:
             return await self._recover_stale(turn)
@@ -333,7 +357,7 @@ class ConversationService:
             refresh = replace(turn.refresh, context_update=ContextUpdate.REPLACE)
             return self._redelivered(turn, stored), refresh
         reply = ContextMessage("assistant", result.text, rows.reply_ts) if result else None
-        refresh = self._appended(turn, cached, context, rows, reply)
+        refresh = self._appended(turn, recent, cached is not None, rows, reply, rows.reply_id)
         self.stats[Tally.EXCHANGE] += 1
         if result is None:
             return Reply(RESPONDER_FAILED_TEXT, ReplyKind.UNAVAILABLE), refresh
@@ -352,8 +376,8 @@ class ConversationService:
     async def _streamed(
         self,
         turn: Turn,
-        cached: list[ContextMessage] | None,
-        context: list[ContextMessage],
+        cached: RecentContext | None,
+        recent: RecentContext,
         model: str,
         *,
         retried: bool,
@@ -361,8 +385,10 @@ class ConversationService:
         """The exchange of a streamed reply, in two transactions (docs/streaming.md): the
         user's message is stored before the first piece is shown, so that a worker
         dying mid-stream loses nothing the user wrote; the reply is stored before the
-        adapter's final update, so that a reply seen whole is in Postgres."""
-        rows = self._rows(turn, datetime.now(UTC), None)
+        adapter's final update, so that a reply seen whole is in Postgres. In between,
+        the conversation's turn is held in Postgres (bot/store/turn_hold.py)."""
+        hold = float(self.settings.lock_ttl_seconds)
+        rows = self._rows(turn, recent, datetime.now(UTC), None, hold_seconds=hold)
         stored = await self._saved(rows, retried)
         if stored is None:
             return await self._recover_stale(turn)
@@ -371,16 +397,24 @@ class ConversationService:
             return self._redelivered(turn, stored), refresh
         # Else new, or taken over from a handling that died before storing its reply.
         assert turn.on_text is not None
+        conversations, conversation = self.store.conversations, turn.session.conversation_id
+        holding = TurnHold(conversations, conversation, stored.user_message_id, hold)
         relay = Relay(turn.on_text, turn.message.channel)
-        result, cut = await self._stream(turn, model, context, relay)
-        text = result.text if result is not None else relay.text
-        reply = None
-        if text:
+        reply_id = None
+        try:
+            result, cut = await self._stream(turn, model, recent.messages, relay)
+            text = result.text if result is not None else relay.text
             reply_ts = max(datetime.now(UTC), rows.user_ts + timedelta(microseconds=1))
-            await self._store_reply(turn, stored, result, text, reply_ts, cut)
-            reply = ContextMessage("assistant", text, reply_ts)
-        refresh = self._appended(turn, cached, context, rows, reply)
-        if stored.duplicate:  # the context read may hold the message already: read anew
+            if text:
+                reply_id = await self._store_reply(turn, stored, result, text, reply_ts, cut)
+        finally:
+            await holding.end(reply_stored=reply_id is not None)
+        if text and reply_id is None:
+            cut = Interruption.OVERTAKEN
+        reply = ContextMessage("assistant", text, reply_ts) if reply_id else None
+        refresh = self._appended(turn, recent, cached is not None, rows, reply, reply_id)
+        if stored.duplicate or (text and reply_id is None):
+            # The context read may hold the message already, or lack what overtook it.
             refresh = replace(turn.refresh, context_update=ContextUpdate.REPLACE)
         self.stats[Tally.EXCHANGE] += 1
         return self._streamed_reply(turn, text, cut, model), refresh
@@ -388,20 +422,23 @@ class ConversationService:
     def _appended(
         self,
         turn: Turn,
-        cached: list[ContextMessage] | None,
-        context: list[ContextMessage],
+        recent: RecentContext,
+        cached: bool,
         rows: ExchangeRows,
         reply: ContextMessage | None,
+        reply_id: uuid.UUID | None,
     ) -> Refresh:
         """The refresh that adds the exchange to the cached context (newest first), or
-        caches the whole context read from Postgres with it."""
+        caches the whole context read from Postgres with it; the newest message stored
+        is its fence."""
         new = [ContextMessage("user", rows.user_text, rows.user_ts, turn.author)]
         if reply is not None:
             new.insert(0, reply)
         return replace(
             turn.refresh,
-            context=new if cached is not None else [*new, *context],
-            context_update=ContextUpdate.APPEND if cached is not None else ContextUpdate.REPLACE,
+            context=new if cached else [*new, *recent.messages],
+            context_update=ContextUpdate.APPEND if cached else ContextUpdate.REPLACE,
+            last_message_id=reply_id if reply is not None else rows.user_message_id,
         )
 
     def _streamed_reply(self, turn: Turn, text: str, cut: Interruption | None, model: str) -> Reply:
@@ -446,7 +483,8 @@ class ConversationService:
         text: str,
         reply_ts: datetime,
         cut: Interruption | None,
-    ) -> None:
+    ) -> uuid.UUID | None:
+        """Store the streamed reply; its id, or None if it could not be stored in order."""
         row = ReplyRow(
             conversation_id=turn.session.conversation_id,
             user_message_id=stored.user_message_id,
@@ -458,10 +496,17 @@ class ConversationService:
             model_used=result.model_used if result else None,
             interrupted=cut,
         )
-        if not await self.store.conversations.save_reply(row):
-            # Another handling of this event stored its reply first (a lock lost to a
-            # stall): the database keeps one, and this one is not claimed as stored.
-            log.warning("%s: a reply to event %s was stored already", row.channel, stored)
+        if await self.store.conversations.save_reply(row):
+            return row.reply_id
+        # This worker stalled past its hold and another handling stored a message of
+        # the conversation (or this event's reply) first: the reply would come after
+        # it, so it is not stored, and it is shown cut off.
+        log.warning(
+            "%s: the reply to event %s was overtaken by another handling; not stored",
+            row.channel,
+            turn.message.platform_message_id,
+        )
+        return None
 
     def _redelivered(self, turn: Turn, stored: StoredExchange) -> Reply:
         """A platform event Postgres holds already. If Redis says its earlier handling
@@ -505,8 +550,18 @@ class ConversationService:
             self.stats[Tally.RESPONDER_ERROR] += 1
             return None
 
-    def _rows(self, turn: Turn, user_ts: datetime, result: ResponderResult | None) -> ExchangeRows:
-        # Under the user's lock, so a later message always sorts after this reply.
+    def _rows(
+        self,
+        turn: Turn,
+        recent: RecentContext,
+        user_ts: datetime,
+        result: ResponderResult | None,
+        hold_seconds: float | None = None,
+    ) -> ExchangeRows:
+        # After the context's newest message, whatever this worker's clock says, and the
+        # reply after the user's message: the stored order is the order of the turns.
+        if recent.messages:
+            user_ts = max(user_ts, recent.messages[0].timestamp + timedelta(milliseconds=1))
         reply_ts = max(datetime.now(UTC), user_ts + timedelta(microseconds=1))
         return ExchangeRows(
             conversation_id=turn.session.conversation_id,
@@ -522,6 +577,8 @@ class ConversationService:
             user_message_id=uuid.uuid4(),
             author_id=turn.session.user_id if turn.shared else None,
             reply_id=uuid.uuid4(),
+            seen=recent.last_id,
+            hold_seconds=hold_seconds,
         )
 
     def allow_admins(self, channel: str, check: AdminCheck) -> None:

@@ -12,6 +12,7 @@ class Tally(StrEnum):
     MUTED = "muted"  # ignored: replies_disabled, or a muted chat
     INVALID = "invalid"  # refused as invalid input
     LOCK_TIMEOUT = "lock_timeout"  # waited too long for the user's previous message
+    TURN_CONFLICT = "turn_conflict"  # another handling stored a message first: answered again
     DUPLICATE = "duplicate"  # a redelivered event: answered once
     CACHE_UNAVAILABLE = "cache_unavailable"  # handled without Redis
     STORE_UNAVAILABLE = "store_unavailable"  # Postgres did not answer in time

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,20 @@ async def messages_of(engine: AsyncEngine, channel_user_id: str) -> list[Any]:
     )
 
 
+async def conversation_of(engine: AsyncEngine, channel_user_id: str) -> list[tuple[str, str]]:
+    """(role, text) of every message of the user's own conversations, as the context
+    orders them (by time, a user message first on a tie)."""
+    rows = await fetch(
+        engine,
+        """SELECT m.role, m.content FROM messages m
+           JOIN conversations c ON c.id = m.conversation_id
+           JOIN users u ON u.id = c.user_id
+           WHERE u.channel_user_id = :user ORDER BY m.timestamp, m.role DESC""",
+        user=channel_user_id,
+    )
+    return [(row.role, row.content) for row in rows]
+
+
 async def usernames(engine: AsyncEngine, channel: str, channel_user_id: str) -> list[str]:
     """The display names stored for one user of `channel`."""
     rows = await fetch(
@@ -125,6 +139,17 @@ def echo(text: str, earlier: int = 0) -> str:
     """The echo responder's answer to `text`, having seen `earlier` messages before it."""
     noun = "message" if earlier == 1 else "messages"
     return f'You said: "{text}" ({earlier} earlier {noun} in my context; model gpt-4o-mini)'
+
+
+def assert_in_order(contents: Sequence[tuple[str, str]], context_limit: int = 20) -> None:
+    """`contents` ((role, text) by timestamp) is a conversation answered by the echo
+    responder in order: each message answered right after it, on all that came before
+    (up to the context's length), whichever worker handled it."""
+    roles = [role for role, _ in contents]
+    assert roles == ["user", "assistant"] * (len(contents) // 2), roles
+    for i in range(0, len(contents), 2):
+        question, answer = contents[i][1], contents[i + 1][1]
+        assert answer == echo(question, min(i, context_limit)), (i, question, answer)
 
 
 class CountingResponder(EchoResponder):

@@ -48,7 +48,14 @@ async def test_exchange_is_stored_and_cached(
     keys = service.cache.keys
     session = await redis.hgetall(keys.session("console", user))
     assert session[b"conversation_id"].decode() == str(reply.conversation_id)
-    assert set(session) == {b"user_id", b"conversation_id", b"model", b"last_activity"}
+    assert set(session) == {
+        *(b"user_id", b"conversation_id", b"model", b"last_activity", b"last_message_id")
+    }
+    newest = await fetch(
+        engine, "SELECT id FROM messages WHERE conversation_id = :c AND role = 'assistant'",
+        c=reply.conversation_id,
+    )  # fmt: skip
+    assert session[b"last_message_id"].decode() == str(newest[0].id)  # the context's fence
     assert 3500 < await redis.ttl(keys.session("console", user)) <= 3600
     context = await redis.lrange(keys.context(reply.conversation_id), 0, -1)
     assert [json.loads(c)["role"] for c in context] == ["assistant", "user"]  # newest first

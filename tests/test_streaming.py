@@ -24,6 +24,7 @@ from bot.metrics import Metrics
 from bot.responders.base import ResponderRequest, ResponderResult
 from bot.service import INTERRUPTED_NOTE, RESPONDER_FAILED_TEXT, ConversationService
 from bot.store.conversations import ExchangeRows
+from bot.tallies import Tally
 from tests.support import ServiceFactory, fetch, msg, new_user
 
 PIECES = ("Once ", "upon ", "a ", "time.")
@@ -154,6 +155,8 @@ async def test_a_responder_failing_before_any_piece_gives_the_apology_and_no_rep
     assert screen.pieces == []
     assert reply.kind is ReplyKind.UNAVAILABLE and reply.text == RESPONDER_FAILED_TEXT
     assert [(r.role, r.content) for r in await stored(engine, user)] == [("user", "hello?")]
+    await service.handle(msg(user, "still there?"), screen)
+    assert service.stats[Tally.TURN_CONFLICT] == 0  # the turn was given back: nobody waits
 
 
 async def test_a_display_that_fails_loses_nothing(

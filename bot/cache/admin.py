@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 
 from bot.cache import keys as kinds
 from bot.cache import scripts
-from bot.cache.codec import encode_context, encode_session, text_of
+from bot.cache.codec import FENCE_FIELD, encode_context, encode_session, text_of
 from bot.cache.deployment import deployment_problem
 from bot.cache.events import EventClaim
 from bot.cache.guard import RedisGuard, fault_of
@@ -374,8 +374,12 @@ class CacheAdmin:
             context_key=keys.context(entry.session.conversation_id),
             session_ttl=keys.session_ttl,
             context_ttl=keys.context_ttl,
-            session=encode_session(entry.session, entry.last_activity.timestamp()),
-            context=tuple(encode_context(message) for message in entry.context),
+            fence_field=FENCE_FIELD,
+            fence=str(entry.context.last_id or ""),
+            session=encode_session(
+                entry.session, entry.last_activity.timestamp(), fence=entry.context.last_id
+            ),
+            context=tuple(encode_context(message) for message in entry.context.messages),
         )
 
     # --- contexts of purged conversations, channel configs ----------------------------

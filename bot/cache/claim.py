@@ -17,7 +17,6 @@ releases the lock and forgets the event. Whatever a failed Redis call may have l
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -29,8 +28,9 @@ from redis.asyncio import Redis
 
 from bot.cache import scripts
 from bot.cache.codec import (
+    Fence,
+    decode_cached_context,
     decode_channel,
-    decode_contexts,
     decode_session,
     encode_author,
     encode_channel,
@@ -46,12 +46,11 @@ from bot.cache.repair import CacheRepair, Claim
 from bot.cache.state import BeginStatus, ContextUpdate, HotState, RateCount, Refresh
 from bot.domain import IncomingMessage, SessionState
 from bot.errors import CacheUnavailable, CircuitOpen, LockTimeout
-from bot.local import KeyedLocks, cancel_until_done
+from bot.local import Backoff, KeyedLocks, Renewal
 
 log = logging.getLogger(__name__)
 
 DELIVERY_MARK_DELAY = 0.05  # s a delivered event waits for a FINISH to carry its mark
-_POLL_FIRST, _POLL_LONGEST = 0.005, 0.1  # s between tries for a lock held elsewhere
 _WAITING = (BeginStatus.LOCKED, BeginStatus.DELIVERING)
 
 
@@ -107,17 +106,13 @@ class Claims:
         self, message: IncomingMessage, token: str, shared: bool = False
     ) -> HotState | None:
         """Hot state from Redis, once the turn's lock is ours; None if Redis is out."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.lock_wait
-        delay = _POLL_FIRST
+        backoff = Backoff(self.lock_wait)
         while True:
             hot = await self._try_begin(message, token, shared)
             if hot is None or hot.status not in _WAITING:
                 return hot
-            if loop.time() + delay > deadline:
+            if not await backoff.pause():
                 raise LockTimeout(f"{message.channel}:{message.channel_user_id}")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _POLL_LONGEST)
 
     async def _try_begin(
         self, message: IncomingMessage, token: str, shared: bool
@@ -238,7 +233,9 @@ class Claims:
             event_ttl=keys.dedup_ttl,
             channel_config=encode_channel(refresh.channel) if refresh.channel else None,
             channel_config_ttl=keys.channel_config_ttl,
-            session=encode_session(session, shared=shared) if session else None,
+            session=encode_session(session, shared=shared, fence=_fence(refresh))
+            if session
+            else None,
             author=author,
             now=time.time(),
             delivered=tuple(self.delivered.take()),
@@ -352,8 +349,7 @@ class LockRenewal:
     """Renews the user's lock every third of its TTL while the body works.
 
     A slow reply keeps the lock however long it takes, while the lock of a worker that
-    crashed frees within the TTL. Most messages are done long before the first renewal
-    is due: for them this costs one timer, no task.
+    crashed frees within the TTL.
     """
 
     def __init__(self, claims: Claims, message: IncomingMessage, token: str, shared: bool) -> None:
@@ -361,37 +357,26 @@ class LockRenewal:
         self._message = message
         self._token = token
         self._shared = shared
-        self._task: asyncio.Task[None] | None = None
-        loop = asyncio.get_running_loop()
-        self._due = loop.call_later(claims.keys.lock_ttl / 3, self._start)
-
-    def _start(self) -> None:
-        self._task = asyncio.create_task(self._renew())
+        self._renewal = Renewal(self._renew, claims.keys.lock_ttl / 3)
 
     async def stop(self) -> None:
-        self._due.cancel()
-        if self._task is not None:
-            await cancel_until_done(self._task)
-            if not self._task.cancelled() and (error := self._task.exception()) is not None:
-                log.error("renewing a user's lock failed", exc_info=error)
+        if (error := await self._renewal.stop()) is not None:
+            log.error("renewing a user's lock failed", exc_info=error)
 
-    async def _renew(self) -> None:
-        message, interval = self._message, self._claims.keys.lock_ttl / 3
-        while True:
-            try:
-                renewed = await self._claims.extend_lock(message, self._token, self._shared)
-            except CacheUnavailable:
-                renewed = True  # Redis is away; the next renewal may still come in time
-            if renewed:
-                await asyncio.sleep(interval)
-                continue
-            log.warning(
-                "the lock of %s:%s expired while its message was handled; another worker "
-                "may take the user's next message meanwhile",
-                message.channel,
-                message.channel_user_id,
-            )
-            return
+    async def _renew(self) -> bool:
+        message = self._message
+        try:
+            if await self._claims.extend_lock(message, self._token, self._shared):
+                return True
+        except CacheUnavailable:
+            return True  # Redis is away; the next renewal may still come in time
+        log.warning(
+            "the lock of %s:%s expired while its message was handled; another worker "
+            "may take the user's next message meanwhile (Postgres keeps them in order)",
+            message.channel,
+            message.channel_user_id,
+        )
+        return False
 
 
 def _parse_begin(result: list[Any], shared: bool) -> HotState:
@@ -406,6 +391,13 @@ def _parse_begin(result: list[Any], shared: bool) -> HotState:
         session=session,
         channel=decode_channel(config) if config else None,
         rate=RateCount(int(count), int(ttl)) if int(count) > 0 else None,
-        context=decode_contexts(context) if context else None,
+        context=decode_cached_context(flat, context) if context else None,
         taken_over=bool(taken_over),
     )
+
+
+def _fence(refresh: Refresh) -> uuid.UUID | Fence | None:
+    """The fence to write with the session: the context list's, whenever it is written."""
+    if refresh.context_update is ContextUpdate.KEEP:
+        return Fence.KEEP
+    return refresh.last_message_id

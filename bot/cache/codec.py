@@ -9,8 +9,16 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
+from enum import Enum
 
-from bot.domain import ChannelSettings, ContextMessage, SessionState
+from bot.domain import ChannelSettings, ContextMessage, RecentContext, SessionState
+
+FENCE_FIELD = "last_message_id"  # of the session hash: the cached context's fence
+
+
+class Fence(Enum):
+    KEEP = "keep"  # the session hash's fence is left as it is (the context list too)
+
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +56,13 @@ def text_of(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
+def session_fields(flat: Sequence[bytes | str]) -> dict[str, str]:
+    """The session hash as HGETALL returns it (field, value, field, value …)."""
+    return {text_of(flat[i]): text_of(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
 def decode_session(flat: Sequence[bytes | str]) -> SessionState | None:
-    fields = {text_of(flat[i]): text_of(flat[i + 1]) for i in range(0, len(flat), 2)}
+    fields = session_fields(flat)
     try:
         return SessionState(
             user_id=uuid.UUID(fields["user_id"]),
@@ -60,18 +73,39 @@ def decode_session(flat: Sequence[bytes | str]) -> SessionState | None:
         return None  # absent or unreadable: rebuild from Postgres
 
 
+def decode_cached_context(flat: Sequence[bytes | str], raw: bytes | str) -> RecentContext | None:
+    """The cached context (BEGIN's one JSON array) with its fence from the session hash;
+    None, to read both from Postgres, if either is unreadable or the fence is missing
+    (a context cached by a version without it)."""
+    messages = decode_contexts(raw)
+    fence = session_fields(flat).get(FENCE_FIELD)
+    if messages is None or fence is None:
+        return None
+    try:
+        return RecentContext(messages, uuid.UUID(fence) if fence else None)
+    except ValueError:
+        return None
+
+
 def encode_session(
-    session: SessionState, last_activity: float | None = None, *, shared: bool = False
+    session: SessionState,
+    last_activity: float | None = None,
+    *,
+    shared: bool = False,
+    fence: uuid.UUID | Fence | None = Fence.KEEP,
 ) -> str:
     """The session hash's fields as JSON (the scripts write them with HSET); the last
     activity is now unless given. A shared session names no user: whoever writes is
-    found in their own session (`encode_author`)."""
+    found in their own session (`encode_author`). `fence`, written whenever the context
+    list is: the newest message stored when the list was (RecentContext.last_id)."""
     when = time.time() if last_activity is None else last_activity
     fields = {
         "conversation_id": str(session.conversation_id),
         "model": session.model or "",
         "last_activity": f"{when:.3f}",
     }
+    if fence is not Fence.KEEP:
+        fields[FENCE_FIELD] = str(fence or "")
     return json.dumps(fields if shared else {"user_id": str(session.user_id), **fields})
 
 

@@ -250,12 +250,15 @@ return 0
 class Warm:
     """Fill a user's session and context only where absent (`bot ops cache warm`), so a
     live worker's fresher state is never overwritten. Returns {session filled (0/1),
-    context filled (0/1)}."""
+    context filled (0/1)}. A context filled sets its fence in the session hash, whose
+    own may be newer than the context read (which would let a stale context pass)."""
 
     session_key: str
     context_key: str
     session_ttl: int
     context_ttl: int
+    fence_field: str  # the session hash's field for the context's fence
+    fence: str  # the newest message stored when the context was read ('' for none)
     session: str  # the session hash's fields as JSON (bot/cache/codec.py)
     context: tuple[str, ...]  # context items (JSON), newest first
 
@@ -270,6 +273,7 @@ end
 if #context > 0 and redis.call('EXISTS', context_key) == 0 then
   redis.call('RPUSH', context_key, unpack(context))
   redis.call('EXPIRE', context_key, context_ttl)
+  redis.call('HSET', session_key, fence_field, fence)
   context_filled = 1
 end
 return {session_filled, context_filled}

@@ -3,11 +3,12 @@ the service."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from bot.domain import ChannelSettings, ContextMessage, SessionState
+from bot.domain import ChannelSettings, ContextMessage, RecentContext, SessionState
 
 
 class BeginStatus(StrEnum):
@@ -41,7 +42,7 @@ class HotState:
     session: SessionState | None = None
     channel: ChannelSettings | None = None
     rate: RateCount | None = None
-    context: list[ContextMessage] | None = None
+    context: RecentContext | None = None
     taken_over: bool = False  # an earlier handling of this event never finished
 
 
@@ -52,4 +53,5 @@ class Refresh:
     session: SessionState | None
     context: Sequence[ContextMessage] = ()  # newest first
     context_update: ContextUpdate = ContextUpdate.KEEP
+    last_message_id: uuid.UUID | None = None  # the list's fence, when it is written
     channel: ChannelSettings | None = None  # set when it was loaded from Postgres

@@ -11,8 +11,8 @@ from typing import Any, Protocol
 
 from bot.domain import (
     ChannelSettings,
-    ContextMessage,
     Permission,
+    RecentContext,
     Reply,
     ReplyKind,
     Scope,
@@ -36,9 +36,7 @@ class Conversations(Protocol):
         self, session: SessionState, model: str | None
     ) -> SessionState: ...
 
-    async def load_context(
-        self, conversation_id: uuid.UUID, limit: int
-    ) -> list[ContextMessage]: ...
+    async def load_context(self, conversation_id: uuid.UUID, limit: int) -> RecentContext: ...
 
 
 class ChatSettingsEditor(Protocol):

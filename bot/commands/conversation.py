@@ -69,9 +69,10 @@ async def history(command: Command, context: CommandContext) -> CommandResult:
     if not _COUNT.fullmatch(argument) or not 1 <= int(argument) <= MAX_HISTORY:
         text = f"Usage: /history [n], with n from 1 to {MAX_HISTORY}."
         return CommandResult(Reply(text, ReplyKind.INVALID))
-    messages = await context.conversations.load_context(
+    recent = await context.conversations.load_context(
         context.session.conversation_id, 2 * int(argument)
     )
+    messages = recent.messages
     if not messages:
         return CommandResult(Reply("No messages in this conversation yet.", ReplyKind.COMMAND))
     return CommandResult(Reply(_format_history(messages), ReplyKind.COMMAND))

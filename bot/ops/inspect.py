@@ -100,8 +100,9 @@ def health_warnings(redis: dict[str, Any]) -> list[str]:
         return ["Redis maxmemory-policy is noeviction: when full it refuses writes"]
     if policy.startswith("allkeys-") and redis.get("evicted_keys"):
         return [
-            f"Redis has evicted {redis['evicted_keys']} keys under {policy}: the users' "
-            "locks and event claims may go with them (docs/ops.md)"
+            f"Redis has evicted {redis['evicted_keys']} keys under {policy}: answers slow "
+            "down and some are asked of the LLM twice (Postgres keeps them in order); "
+            "give Redis more memory (docs/deployment.md, Redis memory)"
         ]
     return []
 

@@ -17,10 +17,11 @@ from bot.domain import (
     ChannelSettings,
     ContextMessage,
     Interruption,
+    RecentContext,
     SessionState,
     StoredExchange,
 )
-from bot.errors import StaleSession, StoreConflict, StoreFailed
+from bot.errors import StaleSession, StoreConflict, StoreFailed, TurnConflict
 from bot.store.database import Database
 from bot.store.turn_start import TurnStart, start_turn
 from bot.store.user_upsert import UPSERT_WRITER_ON_CONFLICT
@@ -53,15 +54,23 @@ _ACTIVE_CONVERSATION = text(
     """
 )
 
-# With who wrote each user message of a shared conversation (NULL elsewhere).
+# The conversation's newest messages, with who wrote each user message of a shared
+# conversation (NULL elsewhere), and its newest message as the fence knows it: one row
+# per message, or one row of NULLs beside it when there is none yet.
 _RECENT_MESSAGES = text(
     """
-    SELECT m.role, m.content, m.timestamp,
-           COALESCE(a.username, a.channel_user_id) AS author
-    FROM messages m LEFT JOIN users a ON a.id = m.author_id
-    WHERE m.conversation_id = :conversation_id
+    SELECT c.last_message_id, m.role, m.content, m.timestamp, m.author
+    FROM conversations c
+    LEFT JOIN LATERAL (
+        SELECT m.role, m.content, m.timestamp,
+               COALESCE(a.username, a.channel_user_id) AS author
+        FROM messages m LEFT JOIN users a ON a.id = m.author_id
+        WHERE m.conversation_id = c.id
+        ORDER BY m.timestamp DESC, m.role DESC
+        LIMIT :limit
+    ) m ON true
+    WHERE c.id = :conversation_id
     ORDER BY m.timestamp DESC, m.role DESC
-    LIMIT :limit
     """
 )
 
@@ -94,25 +103,34 @@ _CHANNEL_CONFIG = text(
 
 # One statement: lock the conversation if it is still active (a concurrent /reset
 # waits for us, or we see it closed), store the user's message unless this platform
-# event or this very row is already there, and store the reply and touch
-# last_activity only if the user's message went in: nothing inserted, nothing changed.
+# event or this very row is already there, and store the reply and touch the
+# conversation only if the user's message went in: nothing inserted, nothing changed.
+# The turn's fence (revision 0006): the message goes in only if the conversation's
+# newest message is still the one its context ended with, and nobody is streaming a
+# reply. The row lock makes it exact: waiting for a racing writer, Postgres re-reads
+# the locked row as that writer committed it.
 # It runs in an explicit transaction all the same: a statement sent to a server that
 # hangs and then resumes must not commit after the user was told it failed.
 # Sent by asyncpg itself (see Database.prepared), hence positional parameters:
 # $1 conversation, $2 user message id, $3 user text, $4 user time, $5 user tokens,
 # $6 channel, $7 platform message id, $8 reply id, $9 reply text, $10 reply time
 # (also the new last_activity), $11 reply tokens, $12 model used, $13 has a reply,
-# $14 the writer (a shared conversation's; else NULL).
+# $14 the writer (a shared conversation's; else NULL), $15 the newest message the
+# context held (NULL: none), $16 seconds the turn is held for the streamed reply to
+# come (NULL: the reply is stored now, or never).
 _SAVE_EXCHANGE = """
     WITH conversation AS (
-        SELECT id FROM conversations
+        SELECT id, last_message_id, reply_due > now() AS held FROM conversations
         WHERE id = $1 AND is_active
         FOR NO KEY UPDATE
+    ), fenced AS (
+        SELECT id FROM conversation
+        WHERE last_message_id IS NOT DISTINCT FROM $15 AND held IS NOT TRUE
     ), user_message AS (
         INSERT INTO messages (id, conversation_id, role, content, timestamp, token_count,
                               channel_type, platform_message_id, author_id)
         SELECT $2, id, 'user', $3, $4, $5, $6, $7, $14
-        FROM conversation
+        FROM fenced
         ON CONFLICT DO NOTHING
         RETURNING id
     ), reply AS (
@@ -121,11 +139,15 @@ _SAVE_EXCHANGE = """
         SELECT $8, $1, 'assistant', $9, $10, $11, $6, $12, user_message.id
         FROM user_message WHERE $13
     ), touched AS (
-        UPDATE conversations SET last_activity = $10
+        UPDATE conversations SET last_activity = $10,
+               last_message_id = CASE WHEN $13 THEN $8 ELSE $2 END,
+               reply_due = now() + make_interval(secs => $16)
         FROM user_message WHERE conversations.id = $1
     )
     SELECT (SELECT id FROM conversation) AS conversation_id,
-           (SELECT id FROM user_message) AS user_message_id
+           (SELECT id FROM user_message) AS user_message_id,
+           EXISTS (SELECT 1 FROM fenced) AS fenced,
+           (SELECT held FROM conversation) IS TRUE AS held
 """
 
 # The user message stored by an earlier attempt of ours (:id) or for the same platform
@@ -142,13 +164,17 @@ _STORED_EXCHANGE = text(
 )
 
 # A streamed reply, stored once the responder is done (or cut off), before the
-# platform's final update: one reply per user message (uq_messages_one_reply), so a
-# second one for the same event inserts nothing. Sent by asyncpg itself:
-# $1 conversation, $2 the user message, $3 reply id, $4 text, $5 time (also the new
-# last_activity), $6 tokens, $7 channel, $8 model used, $9 metadata (JSON text).
+# platform's final update, if its user message is still the conversation's newest (no
+# other handling took the turn meanwhile); it gives the turn back. One reply per user
+# message (uq_messages_one_reply): a second one for the same event inserts nothing.
+# `ours`: an earlier try of this very call committed (its answer was lost).
+# Sent by asyncpg itself: $1 conversation, $2 the user message, $3 reply id, $4 text,
+# $5 time (also the new last_activity), $6 tokens, $7 channel, $8 model used,
+# $9 metadata (JSON text).
 _SAVE_REPLY = """
     WITH conversation AS (
-        SELECT id FROM conversations WHERE id = $1 FOR NO KEY UPDATE
+        SELECT id FROM conversations WHERE id = $1 AND last_message_id = $2
+        FOR NO KEY UPDATE
     ), reply AS (
         INSERT INTO messages (id, conversation_id, role, content, timestamp, token_count,
                               channel_type, model_used, reply_to, metadata)
@@ -156,10 +182,19 @@ _SAVE_REPLY = """
         ON CONFLICT DO NOTHING
         RETURNING id
     ), touched AS (
-        UPDATE conversations SET last_activity = $5
+        UPDATE conversations SET last_activity = $5, last_message_id = $3, reply_due = NULL
         FROM reply WHERE conversations.id = $1
     )
-    SELECT (SELECT id FROM reply) AS reply_id
+    SELECT (SELECT id FROM reply) IS NOT NULL
+           OR EXISTS (SELECT 1 FROM messages WHERE id = $3) AS stored
+"""
+
+# The turn of a streamed reply, held a while longer (or given back: NULL seconds) by the
+# worker writing it, while its user message is still the conversation's newest.
+_HOLD_TURN = """
+    UPDATE conversations SET reply_due = now() + make_interval(secs => $3)
+    WHERE id = $1 AND last_message_id = $2
+    RETURNING id
 """
 
 _CLOSE_ACTIVE = text(
@@ -197,6 +232,8 @@ class ExchangeRows:
     user_message_id: uuid.UUID
     reply_id: uuid.UUID
     author_id: uuid.UUID | None = None  # who wrote it, in a shared conversation
+    seen: uuid.UUID | None = None  # the newest message its context held: the fence
+    hold_seconds: float | None = None  # streamed: the turn is held this long for the reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,16 +304,18 @@ class ConversationQueries:
             self._database, channel, channel_user_id, username, scope, shared, context_limit
         )
 
-    async def load_context(self, conversation_id: uuid.UUID, limit: int) -> list[ContextMessage]:
-        """The newest `limit` messages, newest first."""
+    async def load_context(self, conversation_id: uuid.UUID, limit: int) -> RecentContext:
+        """The newest `limit` messages, newest first, and the fence they were read at."""
 
-        async def work(connection: AsyncConnection) -> list[ContextMessage]:
-            rows = await connection.execute(
-                _RECENT_MESSAGES, {"conversation_id": conversation_id, "limit": limit}
-            )
-            return [
-                ContextMessage(row.role, row.content, row.timestamp, row.author) for row in rows
+        async def work(connection: AsyncConnection) -> RecentContext:
+            params = {"conversation_id": conversation_id, "limit": limit}
+            rows = (await connection.execute(_RECENT_MESSAGES, params)).all()
+            messages = [
+                ContextMessage(row.role, row.content, row.timestamp, row.author)
+                for row in rows
+                if row.role is not None
             ]
+            return RecentContext(messages, rows[0].last_message_id if rows else None)
 
         return await self._database.transaction(work)
 
@@ -290,9 +329,11 @@ class ConversationQueries:
         return await self._database.transaction(work)
 
     async def save_exchange(self, rows: ExchangeRows) -> StoredExchange:
-        """Store the user's message and the reply (if any) in one transaction.
+        """Store the user's message and the reply (if any) in one transaction; with
+        `hold_seconds`, the message alone, holding the turn for its streamed reply.
 
-        Raises StaleSession when the conversation is gone or closed.
+        Raises StaleSession when the conversation is gone or closed, and TurnConflict
+        when it moved on since `rows.seen` (bot/errors.py).
         """
 
         try:
@@ -301,27 +342,38 @@ class ConversationQueries:
             if exc.sqlstate != FOREIGN_KEY_VIOLATION:
                 raise
             raise StaleSession(f"conversation {rows.conversation_id} is gone") from exc
-        conversation_id, user_message_id = row
+        conversation_id, user_message_id, fenced, held = row
         if conversation_id is None:
             raise StaleSession(f"conversation {rows.conversation_id} is not active")
         if user_message_id is not None:
             return StoredExchange(user_message_id)
-        return await self._stored_exchange(rows)
+        found = await self._stored_exchange(rows)
+        if found is None and not fenced:
+            raise TurnConflict(rows.conversation_id, held=held)
+        return found or StoredExchange(rows.user_message_id, duplicate=True)
 
     async def save_reply(self, row: ReplyRow) -> bool:
-        """Store a streamed reply to its user message; False: that message has one
-        already (another handling of the same event stored it first)."""
+        """Store a streamed reply to its user message, giving the turn back; False: not
+        stored, as another handling stored a message since (or this event's reply)."""
         found = await self._database.prepared(
             _SAVE_REPLY,
             *(row.conversation_id, row.user_message_id, row.reply_id, row.text, row.ts),
             *(row.tokens, row.channel, row.model_used, row.metadata()),
         )
-        return found[0] is not None
+        return bool(found[0])
 
-    async def _stored_exchange(self, rows: ExchangeRows) -> StoredExchange:
+    async def hold_turn(
+        self, conversation_id: uuid.UUID, user_message_id: uuid.UUID, seconds: float | None
+    ) -> bool:
+        """Hold the turn of the streamed reply to `user_message_id` `seconds` longer
+        (None: give it back, no reply coming); False if another handling has it now."""
+        args = (conversation_id, user_message_id, seconds)
+        return await self._database.statement(_HOLD_TURN, *args) is not None
+
+    async def _stored_exchange(self, rows: ExchangeRows) -> StoredExchange | None:
         """What is stored for an exchange that inserted nothing: an earlier attempt of ours
         (it committed, its acknowledgement was lost), or another handling of the same
-        platform event (a redelivery), with the reply stored then."""
+        platform event (a redelivery), with the reply stored then; None if neither."""
 
         async def work(connection: AsyncConnection) -> Any:
             params = {
@@ -332,8 +384,8 @@ class ConversationQueries:
             return (await connection.execute(_STORED_EXCHANGE, params)).first()
 
         found = await self._database.transaction(work)
-        if found is None:  # gone since: deleted by ops, or purged
-            return StoredExchange(rows.user_message_id, duplicate=True)
+        if found is None:
+            return None
         if found.id == rows.user_message_id:
             return StoredExchange(found.id)
         return StoredExchange(found.id, True, found.reply_text, found.model_used)
@@ -425,4 +477,6 @@ def _exchange_args(rows: ExchangeRows) -> tuple[Any, ...]:
         rows.model_used,
         rows.reply_text is not None,
         rows.author_id,
+        rows.seen,
+        rows.hold_seconds,
     )

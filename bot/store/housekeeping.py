@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot.domain import ActiveSession, ContextMessage, SessionState
+from bot.domain import ActiveSession, ContextMessage, RecentContext, SessionState
 from bot.store.database import Database
 
 _USER_CONVERSATIONS = text(
@@ -86,7 +86,8 @@ _COUNT_ACTIVE_SINCE = text(
 _ACTIVE_SINCE = text(
     """
     SELECT c.id AS conversation_id, c.user_id, u.channel_type, u.channel_user_id, c.scope,
-           COALESCE(c.model_override, u.preferred_model) AS model, c.last_activity
+           COALESCE(c.model_override, u.preferred_model) AS model, c.last_activity,
+           c.last_message_id
     FROM conversations c JOIN users u ON u.id = c.user_id
     WHERE c.is_active AND c.last_activity >= :since AND c.id > :after
     ORDER BY c.id LIMIT :limit
@@ -156,6 +157,9 @@ class HousekeepingQueries:
             found = await connection.execute(_CONTEXTS, {"ids": ids, "limit": context_limit})
             for m in found:
                 context[m.conversation_id].append(ContextMessage(m.role, m.content, m.timestamp))
+            # The fence was read before the context: should a message be stored in
+            # between, the context is newer than its fence, which costs the next message
+            # a read from Postgres, never its order.
             return [
                 ActiveSession(
                     row.channel_type,
@@ -163,7 +167,7 @@ class HousekeepingQueries:
                     row.scope,
                     SessionState(row.user_id, row.conversation_id, row.model),
                     row.last_activity,
-                    context[row.conversation_id],
+                    RecentContext(context[row.conversation_id], row.last_message_id),
                 )
                 for row in rows
             ]

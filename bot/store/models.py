@@ -108,6 +108,10 @@ class Conversation(Base):
     started_at: Mapped[datetime] = _now()
     last_activity: Mapped[datetime] = _now()
     is_active: Mapped[bool] = mapped_column(nullable=False, server_default=text("true"))
+    # The turn's fence (revision 0006): the newest message stored, and until when a
+    # streamed reply to it is being written (NULL: nobody is writing one).
+    last_message_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    reply_due: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     metadata_: Mapped[dict[str, Any]] = _metadata()
 
 

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from bot.domain import ChannelSettings, ContextMessage, SessionState
+from bot.domain import ChannelSettings, ContextMessage, RecentContext, SessionState
 from bot.store.database import Database
 from bot.store.user_upsert import UPSERT_WRITER_ON_CONFLICT
 
@@ -28,7 +28,7 @@ WITH writer AS (
     VALUES ($1, $2, $3)
     {UPSERT_WRITER_ON_CONFLICT}
 ), found AS (
-    SELECT c.id, c.model_override FROM conversations c, writer
+    SELECT c.id, c.model_override, c.last_message_id FROM conversations c, writer
     WHERE c.scope = $4 AND c.is_active
       AND CASE WHEN $5 THEN c.user_id IS NULL AND c.channel_type = $1
                ELSE c.user_id = writer.id END
@@ -37,12 +37,13 @@ WITH writer AS (
     SELECT CASE WHEN $5 THEN NULL ELSE writer.id END, $1, $4 FROM writer
     WHERE NOT EXISTS (SELECT 1 FROM found)
     ON CONFLICT DO NOTHING
-    RETURNING id, model_override
+    RETURNING id, model_override, last_message_id
 ), conversation AS (
-    SELECT id, model_override FROM found UNION ALL SELECT id, model_override FROM opened
+    SELECT * FROM found UNION ALL SELECT * FROM opened
 )
 SELECT writer.id AS user_id, writer.preferred_model,
        conversation.id AS conversation_id, conversation.model_override,
+       conversation.last_message_id,
        config.default_model AS channel_model, config.settings AS channel_settings,
        (SELECT json_agg(json_build_object(
                    'role', m.role, 'content', m.content,
@@ -64,7 +65,7 @@ class TurnStart:
 
     session: SessionState
     channel: ChannelSettings  # the platform's channel_configs row (defaults without one)
-    context: list[ContextMessage]  # newest first
+    context: RecentContext  # newest first, and the fence it was read at
 
 
 async def start_turn(
@@ -87,7 +88,8 @@ async def start_turn(
     )
     platform = ChannelSettings(row["channel_model"], _json(row["channel_settings"]) or {})
     items = _json(row["context"]) or []
-    return TurnStart(session, platform, [ContextMessage.from_fields(i) for i in items])
+    context = RecentContext([ContextMessage.from_fields(i) for i in items], row["last_message_id"])
+    return TurnStart(session, platform, context)
 
 
 def _json(value: Any) -> Any:

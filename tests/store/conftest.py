@@ -1,5 +1,6 @@
-"""What the store tests share: databases of their own on demand, and the real `alembic`
-command line."""
+"""What the store tests share: databases of their own on demand, the real `alembic`
+command line, and the store's queries on the run-wide database (whose sessions a test
+can watch wait for a lock)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,15 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.config import Settings
+from bot.store.conversations import ConversationQueries
+from bot.store.database import Database
+from bot.store.engine import create_engine
+from bot.store.retry import DatabaseRetry
 from tests.conftest import create_database, drop_database
+from tests.support import fetch
 
 ROOT = Path(__file__).resolve().parents[2]
 PROXIES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
@@ -77,3 +84,29 @@ async def execute(url: str, sql: str) -> None:
         await connection.execute(sql)
     finally:
         await connection.close()
+
+
+APPLICATION = f"test-store-{uuid.uuid4().hex[:8]}"  # to watch the store's sessions wait
+
+
+@pytest.fixture
+async def store(make_settings: Callable[..., Settings]) -> AsyncIterator[ConversationQueries]:
+    settings = make_settings(db_application_name=APPLICATION)
+    assert settings.database_url is not None
+    engine = create_engine(settings, settings.database_url.get_secret_value())
+    yield ConversationQueries(Database(engine, DatabaseRetry(3, 10)))
+    await engine.dispose()
+
+
+async def store_waits_for_a_lock(engine: AsyncEngine) -> None:
+    async with asyncio.timeout(10):
+        while True:
+            waiting = await fetch(
+                engine,
+                "SELECT 1 FROM pg_stat_activity "
+                "WHERE application_name = :a AND wait_event_type = 'Lock'",
+                a=APPLICATION,
+            )
+            if waiting:
+                return
+            await asyncio.sleep(0.02)

@@ -4,43 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
 
-import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.config import Settings
 from bot.store.conversations import ConversationQueries
-from bot.store.database import Database
-from bot.store.engine import create_engine
-from bot.store.retry import DatabaseRetry
+from tests.store.conftest import store_waits_for_a_lock
 from tests.support import fetch, new_user
-
-APPLICATION = f"test-queries-{uuid.uuid4().hex[:8]}"  # to watch the store's sessions wait
-
-
-@pytest.fixture
-async def store(make_settings: Callable[..., Settings]) -> AsyncIterator[ConversationQueries]:
-    settings = make_settings(db_application_name=APPLICATION)
-    assert settings.database_url is not None
-    engine = create_engine(settings, settings.database_url.get_secret_value())
-    yield ConversationQueries(Database(engine, DatabaseRetry(3, 10)))
-    await engine.dispose()
-
-
-async def store_waits_for_a_lock(engine: AsyncEngine) -> None:
-    async with asyncio.timeout(10):
-        while True:
-            waiting = await fetch(
-                engine,
-                "SELECT 1 FROM pg_stat_activity "
-                "WHERE application_name = :a AND wait_event_type = 'Lock'",
-                a=APPLICATION,
-            )
-            if waiting:
-                return
-            await asyncio.sleep(0.02)
 
 
 async def test_racing_resets_end_in_one_new_conversation(
@@ -89,7 +59,8 @@ async def test_a_turn_starts_in_one_statement_and_finds_what_it_opened(
     shared_b = await store.start_turn("slack", bob, None, scope, True, 20)
 
     assert first is not None and again is not None and shared_a is not None and shared_b
-    assert first.session == again.session and first.context == []
+    assert first.session == again.session
+    assert first.context.messages == [] and first.context.last_id is None
     assert shared_a.session.conversation_id == shared_b.session.conversation_id
     assert shared_a.session.conversation_id != first.session.conversation_id
     assert shared_b.session.user_id != shared_a.session.user_id  # who writes, each time
