@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     # failover; REDIS_URL then gives only the password, TLS options and database.
     redis_sentinels: Annotated[list[tuple[str, int]] | None, NoDecode] = None
     redis_sentinel_master: str | None = None
+    # Redis Cluster: REDIS_URL names any node (and gives the password and TLS options);
+    # the client discovers the others and follows resharding and failovers. More seed
+    # nodes (host:port, comma-separated) let it start while that one is down.
+    redis_cluster: bool = False
+    redis_cluster_nodes: Annotated[list[tuple[str, int]] | None, NoDecode] = None
 
     # Hot state (DESIGN.md, "Redis keys").
     session_ttl_seconds: PositiveInt = 3600
@@ -169,9 +174,9 @@ class Settings(BaseSettings):
             return [int(part) for part in value.replace(" ", "").split(",") if part] or None
         return value
 
-    @field_validator("redis_sentinels", mode="before")
+    @field_validator("redis_sentinels", "redis_cluster_nodes", mode="before")
     @classmethod
-    def _sentinels(cls, value: Any) -> Any:
+    def _host_ports(cls, value: Any) -> Any:
         if not isinstance(value, str):
             return value
         found = []
@@ -225,6 +230,18 @@ class Settings(BaseSettings):
             raise ValueError(
                 "REDIS_SENTINELS and REDIS_SENTINEL_MASTER go together: the sentinels, and "
                 "the name of the primary they watch"
+            )
+        if self.redis_cluster and self.redis_sentinels:
+            raise ValueError(
+                "REDIS_CLUSTER and REDIS_SENTINELS exclude each other: a cluster fails over "
+                "by itself"
+            )
+        if self.redis_cluster_nodes and not self.redis_cluster:
+            raise ValueError("REDIS_CLUSTER_NODES needs REDIS_CLUSTER=true")
+        if self.redis_cluster and "{" in self.redis_key_prefix:
+            raise ValueError(
+                "REDIS_KEY_PREFIX must not hold '{' with REDIS_CLUSTER: a hash tag there "
+                "would put every key of the deployment in one slot"
             )
         return self
 

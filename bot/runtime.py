@@ -9,21 +9,22 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.sentinel import Sentinel
-from redis.exceptions import AuthenticationError, RedisError
+from redis.exceptions import AuthenticationError, RedisClusterException, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cache.chat_configs import ChatConfigCache
-from bot.cache.deployment import deployment_problem
+from bot.cache.deployment import NOT_A_CLUSTER, deployment_problem
 from bot.cache.flags import FlagCache
 from bot.cache.guard import RedisFault, RedisGuard
 from bot.cache.hotstate import HotStateCache
@@ -105,14 +106,17 @@ SENTINEL_URL = "redis://sentinel/0"  # REDIS_URL's stand-in with REDIS_SENTINELS
 
 
 def create_redis(settings: Settings, url: str) -> Redis:
-    """The Redis client: of the server REDIS_URL names, or of the primary the sentinels
-    name (REDIS_SENTINELS), followed through failovers."""
+    """The Redis client: of the server REDIS_URL names, of the primary the sentinels
+    name (REDIS_SENTINELS), followed through failovers, or of a Redis Cluster
+    (REDIS_CLUSTER)."""
     options: dict[str, Any] = {
         "max_connections": settings.redis_max_connections,
         "socket_timeout": settings.redis_socket_timeout_seconds,
         "socket_connect_timeout": settings.redis_socket_connect_timeout_seconds,
         "health_check_interval": settings.redis_health_check_interval_seconds,
     }
+    if settings.redis_cluster:
+        return _cluster_client(settings, url, options)
     if not settings.redis_sentinels:
         return Redis.from_url(url, **options)
     # REDIS_URL's password, database and TLS options, for the primary; not its host.
@@ -135,6 +139,24 @@ def create_redis(settings: Settings, url: str) -> Redis:
     return client
 
 
+def _cluster_client(settings: Settings, url: str, options: dict[str, Any]) -> Redis:
+    seeds = [ClusterNode(host, port) for host, port in settings.redis_cluster_nodes or ()]
+    client = RedisCluster.from_url(url, startup_nodes=seeds or None, **options)
+    # It speaks the commands the bot sends (scripts whose keys share a slot, pipelines
+    # split per node, SCAN over every primary) with the same signatures: the cache is
+    # written once against Redis (DESIGN.md, "Redis keys": hash tags, bot/cache/keys.py).
+    return cast(Redis, client)
+
+
+async def _drop_idle_connections(redis: Redis) -> None:
+    """Close the connections no call is using: the client opens fresh ones."""
+    if isinstance(redis, RedisCluster):  # a pool per node
+        for node in redis.get_nodes():
+            await node.disconnect_free_connections()
+        return
+    await redis.connection_pool.disconnect(inuse_connections=False)
+
+
 def keys_for(settings: Settings) -> Keys:
     """Key names and TTLs (DESIGN.md, "Redis keys") from the settings."""
     return Keys(
@@ -148,6 +170,7 @@ def keys_for(settings: Settings) -> Keys:
         dedup_processing_ttl=settings.dedup_processing_seconds,
         lock_ttl=settings.lock_ttl_seconds,
         delivery_lease=settings.delivery_lease_seconds,
+        cluster=settings.redis_cluster,
     )
 
 
@@ -174,7 +197,7 @@ def build_service(
     # Connections pooled before an outage may be dead (a restarted Redis): once the probe
     # finds Redis back, each of them would trip the breaker again in turn. Registered
     # before the cache's repair hook, so that the repair runs on a fresh connection.
-    guard.on_recovery(lambda: redis.connection_pool.disconnect(inuse_connections=False))
+    guard.on_recovery(lambda: _drop_idle_connections(redis))
     keys = keys_for(settings)
     cache = HotStateCache(redis, keys, guard, settings.lock_wait_seconds)
     store = build_store(settings, engine)
@@ -215,7 +238,7 @@ async def open_runtime(
         service = build_service(settings, engine, redis, metrics=metrics)
         try:
             await check_postgres(engine, endpoints.database_url, settings)
-            await check_redis(redis, endpoints.redis_url)
+            await check_redis(redis, endpoints.redis_url, settings.redis_cluster)
             if schema is Schema.MIGRATE:
                 await upgrade_to_head(engine, settings.migration_lock_wait_seconds)
             elif schema is Schema.REQUIRE_CURRENT:
@@ -296,12 +319,18 @@ def postgres_failure(exc: BaseException) -> str:
     return detail
 
 
-async def check_redis(redis: Redis, url: str) -> None:
+async def check_redis(redis: Redis, url: str, cluster: bool = False) -> None:
     """A missing Redis only degrades the bot, so this warns instead of failing; a Redis
-    the bot cannot run on (a cluster node, a replica) is a configuration error."""
+    the bot cannot run on as configured (a cluster node without REDIS_CLUSTER, a
+    standalone one with it, a replica) is a configuration error."""
     try:
         await asyncio.wait_for(redis.ping(), timeout=2)
-        problem = deployment_problem(await asyncio.wait_for(redis.info(), timeout=2))
+        info = await asyncio.wait_for(redis.info(), timeout=2)
+        problem = deployment_problem(info, cluster)
+    except RedisClusterException as exc:
+        if "not enabled" not in str(exc):  # "Cluster mode is not enabled on this node"
+            raise ConfigError(f"cannot use the Redis Cluster at {redact_url(url)}: {exc}") from exc
+        problem = NOT_A_CLUSTER
     except (RedisError, OSError, TimeoutError) as exc:
         log.warning(
             "cannot reach Redis at %s (%s); starting anyway, answering from Postgres",

@@ -286,17 +286,20 @@ class ConversationService:
             channel = loaded_channel = started.channel
         elif channel is None:
             channel = loaded_channel = await self.store.conversations.load_channel(message.channel)
-        rate = hot.rate if hot and hot.rate else await self._count_rate(session.user_id, hot)
+        rate = hot.rate if hot and hot.rate else None
+        rate = rate or await self._count_rate(session.user_id, message, hot)
         refresh = Refresh(session=session, channel=loaded_channel)
         taken_over = hot is not None and hot.taken_over
         context = started.context if started else None
         channel = chat.over(channel)
         return Turn(message, session, channel, rate, refresh, taken_over, shared, context)
 
-    async def _count_rate(self, user_id: uuid.UUID, hot: HotState | None) -> RateCount:
+    async def _count_rate(
+        self, user_id: uuid.UUID, message: IncomingMessage, hot: HotState | None
+    ) -> RateCount:
         if hot is not None:
             try:
-                return await self.cache.count_rate(user_id)
+                return await self.cache.count_rate(user_id, message)
             except CacheUnavailable:
                 pass
         count, retry_after = self._local_rate.hit(str(user_id))

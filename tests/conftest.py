@@ -34,6 +34,7 @@ from bot.responders import Responder
 from bot.runtime import build_service, create_redis, keys_for
 from bot.service import ConversationService
 from bot.store.engine import create_engine
+from tests.redis_servers import RedisCluster, redis_cluster
 from tests.support import STREAM_LEASE, ManualClock, ServiceFactory, migrate_to_head
 
 if TYPE_CHECKING:
@@ -137,6 +138,14 @@ def own_redis(tmp_path: Path) -> Iterator[embedded.EmbeddedRedis]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A Redis Cluster of the run's own (3 primaries, 3 replicas), started when first
+    asked for; tests on it use key prefixes of their own."""
+    with redis_cluster(tmp_path_factory.mktemp("cluster")) as started:
+        yield started
 
 
 @pytest.fixture(scope="session")

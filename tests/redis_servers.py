@@ -1,12 +1,14 @@
-"""redis-servers of a test's own, on free ports: a plain one, a cluster node, a replica,
-sentinels. Each is killed (SIGKILL) when its block ends; a test may kill one sooner."""
+"""redis-servers of a test's own, on free ports: a plain one, a cluster node, a whole
+cluster, a replica, sentinels. Each is killed (SIGKILL) when its block ends; a test may
+kill one sooner."""
 
 from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,3 +66,86 @@ async def answering(url: str) -> None:
         raise AssertionError(f"{url} never answered")
     finally:
         await client.aclose()
+
+
+@dataclass
+class RedisCluster:
+    """A Redis Cluster of the test's own: `primaries`, each with `replicas` replicas."""
+
+    nodes: list[RedisProcess]
+
+    @property
+    def url(self) -> str:
+        """Any one node: the bot discovers the rest from it."""
+        return self.nodes[0].url
+
+    def seeds(self) -> str:
+        """Every node, as REDIS_CLUSTER_NODES takes them."""
+        return ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+
+
+@contextmanager
+def redis_cluster(directory: Path, primaries: int = 3, replicas: int = 1) -> Iterator[RedisCluster]:
+    """A real cluster, slots spread over the primaries by `redis-cli --cluster create`;
+    every node killed when the block ends."""
+    with ExitStack() as stack:
+        nodes = [
+            stack.enter_context(
+                redis_server(
+                    directory / f"node{number}",
+                    *("--cluster-enabled", "yes", "--cluster-node-timeout", "2000"),
+                    *("--repl-diskless-sync-delay", "0"),  # replicas in sync at once
+                    # The bus port must be given: port + 10000 may be taken, or over 65535.
+                    *("--cluster-port", str(free_port())),
+                )
+            )
+            for number in range(primaries * (1 + replicas))
+        ]
+        for node in nodes:
+            _wait_until(lambda n=node: _answers(n.port), f"node {node.port} to start")
+        addresses = [f"127.0.0.1:{node.port}" for node in nodes]
+        create = ["--cluster", "create", *addresses, "--cluster-replicas", str(replicas)]
+        created = subprocess.run(
+            [_redis_cli(), *create, "--cluster-yes"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert created.returncode == 0, created.stdout + created.stderr
+        for node in nodes:
+            _wait_until(lambda n=node: _cluster_ok(n.port), f"node {node.port} to join")
+            _wait_until(lambda n=node: _in_sync(n.port), f"node {node.port} to sync")
+        yield RedisCluster(nodes)
+
+
+def _redis_cli() -> str:
+    return str(Path(redis_server_bin()).with_name("redis-cli"))
+
+
+def _cli(port: int, *command: str) -> str:
+    done = subprocess.run(
+        [_redis_cli(), "-p", str(port), *command], capture_output=True, text=True, timeout=10
+    )
+    return done.stdout
+
+
+def _answers(port: int) -> bool:
+    return _cli(port, "PING").strip() == "PONG"
+
+
+def _cluster_ok(port: int) -> bool:
+    return "cluster_state:ok" in _cli(port, "CLUSTER", "INFO")
+
+
+def _in_sync(port: int) -> bool:
+    """A primary, or a replica whose link to its primary is up (it can take over)."""
+    info = _cli(port, "INFO", "replication")
+    return "role:master" in info or "master_link_status:up" in info
+
+
+def _wait_until(condition: Callable[[], bool], what: str, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {within:g} s for {what}")
+        time.sleep(0.05)

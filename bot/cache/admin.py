@@ -12,11 +12,13 @@ import statistics
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import RedisCluster
 
 from bot.cache import keys as kinds
 from bot.cache import scripts
@@ -25,12 +27,14 @@ from bot.cache.deployment import deployment_problem
 from bot.cache.events import EventClaim
 from bot.cache.guard import RedisGuard, fault_of
 from bot.cache.keys import Keys
+from bot.cache.lua import ScriptPipelines
 from bot.domain import DM_SCOPE, ActiveSession
 from bot.errors import CacheUnavailable
 
 Progress = Callable[[int], None]  # called with how many items were just done
 
 PINGS = 3
+SCAN_BATCH = 1000  # keys a SCAN call looks at, when looking for one
 # What `cache flush --all` deletes: copies of Postgres rows and state the next message
 # rebuilds. STATE_KINDS only with --include-state: rate counters (a user could exceed
 # the limit for a minute), event claims (a redelivered event would be stored again)
@@ -106,6 +110,7 @@ class CacheAdmin:
         self.keys = keys
         self.guard = guard
         self._warm = scripts.WARM.bind(redis)
+        self._pipelines = ScriptPipelines(redis, [self._warm])
 
     # --- health and stats -------------------------------------------------------------
 
@@ -125,7 +130,7 @@ class CacheAdmin:
             maxmemory=info.get("maxmemory"),
             maxmemory_policy=info.get("maxmemory_policy"),
             evicted_keys=info.get("evicted_keys"),
-            problem=deployment_problem(info) or await self._refuses_writes(),
+            problem=deployment_problem(info, self.keys.cluster) or await self._refuses_writes(),
         )
 
     async def _refuses_writes(self) -> str | None:
@@ -212,7 +217,8 @@ class CacheAdmin:
         keys = self.keys
         every = _with_dm(scopes)
         sessions = [keys.session(channel, channel_user_id, scope) for scope in every]
-        rate = keys.rate(user_id)
+        rate = keys.user_rate(channel, channel_user_id, user_id)
+        contexts = keys.contexts(sessions, conversations)
 
         async def read() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -222,12 +228,12 @@ class CacheAdmin:
                 pipe.get(rate)
                 pipe.ttl(rate)
                 pipe.zscore(keys.active(channel), channel_user_id)
-                for conversation in conversations:
-                    pipe.lrange(keys.context(conversation), 0, -1)
+                for context in contexts:
+                    pipe.lrange(context, 0, -1)
                 return list(await pipe.execute())
 
         found = await self.guard.run(read)
-        read_sessions, (count, rate_ttl, seen, *contexts) = (
+        read_sessions, (count, rate_ttl, seen, *items) = (
             found[: 2 * len(sessions)],
             found[2 * len(sessions) :],
         )
@@ -237,13 +243,19 @@ class CacheAdmin:
                 every, sessions, read_sessions[0::2], read_sessions[1::2], strict=True
             )
         )
+        # On a cluster a context is its session's: of the conversation that session names.
+        owners = (
+            [_conversation_of(session) for session in cached]
+            if keys.cluster
+            else list(conversations)
+        )
         return CachedUser(
             sessions=cached,
             rate_key=rate,
             rate_count=None if count is None else int(count),
             rate_ttl=_ttl(rate_ttl),
             active_since=seen,
-            contexts={c: items for c, items in zip(conversations, contexts, strict=True) if items},
+            contexts={c: i for c, i in zip(owners, items, strict=True) if c is not None and i},
         )
 
     async def delete_user(
@@ -261,21 +273,25 @@ class CacheAdmin:
         LOCK_TTL_SECONDS and order a message still in flight."""
         keys = self.keys
         sessions = [keys.session(channel, channel_user_id, scope) for scope in _with_dm(scopes)]
+        contexts = keys.contexts(sessions, conversations)
 
         async def delete() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.unlink(*sessions)
-                pipe.unlink(keys.rate(user_id))
+                for name in (*sessions, keys.user_rate(channel, channel_user_id, user_id)):
+                    pipe.delete(name)  # one key each: on a cluster they are in several slots
                 pipe.zrem(keys.active(channel), channel_user_id)
-                for conversation in conversations:
-                    pipe.unlink(keys.context(conversation))
+                for context in contexts:
+                    pipe.delete(context)
                 return list(await pipe.execute())
 
-        session, rate, active, *contexts = await self.guard.run(delete)
-        return {"session": session, "rate": rate, "active": active, "context": sum(contexts)}
+        found = await self.guard.run(delete)
+        session, (rate, active, *context) = sum(found[: len(sessions)]), found[len(sessions) :]
+        return {"session": session, "rate": rate, "active": active, "context": sum(context)}
 
-    async def context(self, conversation_id: uuid.UUID) -> CachedContext:
-        key = self.keys.context(conversation_id)
+    async def context(self, conversation_id: uuid.UUID, session_key: str) -> CachedContext:
+        """The cached context of a conversation, whose session is `session_key`
+        (Keys.conversation_session)."""
+        key = self.keys.context_of(session_key, conversation_id)
 
         async def read() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -288,6 +304,10 @@ class CacheAdmin:
 
     async def event(self, channel: str, event_id: str) -> CachedEvent:
         key = self.keys.dedup(channel, event_id)
+        if self.keys.cluster:  # in the slot of its place, which the event id does not say
+            pattern = self.keys.dedup_anywhere(channel, event_id)
+            places = [name async for name in self._keys_like(pattern)]
+            key = places[0] if places else key
 
         async def read() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -310,7 +330,7 @@ class CacheAdmin:
         async def unlink() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for name in names:
-                    pipe.unlink(name)
+                    pipe.delete(name)  # UNLINK is no pipeline command on a cluster client
                 return list(await pipe.execute())
 
         deleted = await self.guard.run(unlink)
@@ -330,10 +350,11 @@ class CacheAdmin:
         """The sessions (the DM's and each of `scopes`), the rate counter and every
         conversation context of one user."""
         keys = self.keys
+        sessions = [keys.session(channel, channel_user_id, scope) for scope in _with_dm(scopes)]
         return [
-            *(keys.session(channel, channel_user_id, scope) for scope in _with_dm(scopes)),
-            keys.rate(user_id),
-            *(keys.context(conversation) for conversation in conversations),
+            *sessions,
+            keys.user_rate(channel, channel_user_id, user_id),
+            *keys.contexts(sessions, conversations),
         ]
 
     async def flush_all(self, batch: int, progress: Progress, include_state: bool) -> FlushAll:
@@ -358,20 +379,19 @@ class CacheAdmin:
         sessions and contexts were filled."""
         calls = [self._warm_call(entry) for entry in entries]
 
-        async def fill() -> list[Any]:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for call in calls:
-                    await self._warm(call, pipe)
-                return list(await pipe.execute())
+        async def fill(pipe: Pipeline) -> None:
+            for call in calls:
+                await self._warm(call, pipe)
 
-        filled = await self.guard.run(fill)
+        filled = await self.guard.run(lambda: self._pipelines.run(fill))
         return sum(int(s) for s, _ in filled), sum(int(c) for _, c in filled)
 
     def _warm_call(self, entry: ActiveSession) -> scripts.Warm:
         keys = self.keys
+        session_key = keys.session(entry.channel, entry.channel_user_id, entry.scope)
         return scripts.Warm(
-            session_key=keys.session(entry.channel, entry.channel_user_id, entry.scope),
-            context_key=keys.context(entry.session.conversation_id),
+            session_key=session_key,
+            context_key=keys.context_of(session_key, entry.session.conversation_id),
             session_ttl=keys.session_ttl,
             context_ttl=keys.context_ttl,
             fence_field=FENCE_FIELD,
@@ -385,7 +405,10 @@ class CacheAdmin:
     # --- contexts of purged conversations, channel configs ----------------------------
 
     async def contexts_cached(self, conversations: Sequence[uuid.UUID]) -> int:
-        """How many of these conversations have a cached context."""
+        """How many of these conversations have a cached context (on a cluster, where
+        contexts are kept per session, none is counted: see `drop_contexts`)."""
+        if self.keys.cluster:
+            return 0
 
         async def count() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -396,7 +419,11 @@ class CacheAdmin:
         return sum(int(found) for found in await self.guard.run(count))
 
     async def drop_contexts(self, conversations: Iterable[uuid.UUID]) -> int:
-        """Delete the cached contexts of these conversations; how many there were."""
+        """Delete the cached contexts of these conversations; how many there were. On a
+        cluster, where contexts are kept per session, none: a session naming a purged
+        conversation finds it gone at its next message and reads Postgres."""
+        if self.keys.cluster:
+            return 0
         dropped = await self.delete(self.keys.context(c) for c in set(conversations))
         return dropped[kinds.CONTEXT]
 
@@ -411,19 +438,53 @@ class CacheAdmin:
 
     # --- scanning ---------------------------------------------------------------------
 
-    async def _scan(self, batch: int) -> AsyncIterator[list[str]]:
-        """The names of this deployment's keys, a SCAN call's worth at a time (each call
-        bounded on its own: a large keyspace takes many)."""
-        cursor: int = 0
-        pattern = self.keys.all_pattern()
-        while True:
-            cursor, found = await self._scan_once(cursor, pattern, batch)
-            yield [text_of(name) for name in found]
-            if cursor == 0:
-                return
+    async def _scan(self, batch: int, pattern: str | None = None) -> AsyncIterator[list[str]]:
+        """The names of this deployment's keys (or those matching `pattern`), a SCAN
+        call's worth at a time, each call bounded on its own (a large keyspace takes
+        many); on a cluster, every primary's in turn."""
+        pattern = pattern or self.keys.all_pattern()
+        for node in await self._primaries():
+            cursor: int = 0
+            while True:
+                cursor, found = await self._scan_once(cursor, pattern, batch, node)
+                yield [text_of(name) for name in found]
+                if cursor == 0:
+                    break
 
-    def _scan_once(self, cursor: int, pattern: str, batch: int) -> Awaitable[Any]:
-        return self.guard.run(lambda: self.redis.scan(cursor, match=pattern, count=batch))
+    async def _keys_like(self, pattern: str) -> AsyncIterator[str]:
+        async for names in self._scan(SCAN_BATCH, pattern):
+            for name in names:
+                yield name
+
+    async def _primaries(self) -> list[Any]:
+        """The nodes to scan: None (the one Redis), or each primary of a cluster (whose
+        client learns them at its first command)."""
+        redis = self.redis
+        if not isinstance(redis, RedisCluster):
+            return [None]
+        await self.guard.run(redis.initialize)
+        return list(redis.get_primaries())
+
+    async def _scan_once(
+        self, cursor: int, pattern: str, batch: int, node: Any
+    ) -> tuple[int, list[Any]]:
+        redis = self.redis
+        if node is None:
+            found = await self.guard.run(lambda: redis.scan(cursor, match=pattern, count=batch))
+            return int(found[0]), list(found[1])
+        # A cluster client answers with each node's cursor: here the one node's.
+        cursors: Any
+        cursors, names = await self.guard.run(
+            lambda: redis.scan(cursor, match=pattern, count=batch, target_nodes=node)
+        )
+        return int(next(iter(cursors.values()))), list(names)
+
+
+def _conversation_of(session: CachedSession) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(session.fields["conversation_id"])
+    except (KeyError, ValueError):
+        return None
 
 
 def _with_dm(scopes: Iterable[str]) -> list[str]:

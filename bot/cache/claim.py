@@ -20,13 +20,15 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from bot.cache import scripts
+from bot.cache.beside import Beside
 from bot.cache.codec import (
     Fence,
     decode_cached_context,
@@ -42,6 +44,7 @@ from bot.cache.delivery import DeliveredEvents
 from bot.cache.events import EventState
 from bot.cache.guard import RedisGuard
 from bot.cache.keys import RATE_WINDOW_SECONDS, Keys
+from bot.cache.lua import ScriptPipelines
 from bot.cache.repair import CacheRepair, Claim
 from bot.cache.state import BeginStatus, ContextUpdate, HotState, RateCount, Refresh
 from bot.domain import IncomingMessage, SessionState
@@ -61,7 +64,27 @@ class TurnKeys:
     lock: str  # the writer's lock, or (shared) the conversation's
     session: str  # the conversation's session
     author: str  # the writer's own session: the same as `session` unless shared
+    context: str  # the session's context key, or its template (Keys.context_for)
     shared: bool
+
+
+def turn_keys(keys: Keys, message: IncomingMessage, shared: bool = False) -> TurnKeys:
+    """The keys of the message's turn: its user's, or (`shared`) its conversation's."""
+    channel, user, scope = message.channel, message.channel_user_id, message.scope.key
+    if not shared:
+        own = keys.session(channel, user, scope)
+        lock = keys.lock(channel, user, scope)
+        return TurnKeys(lock, own, own, keys.context_for(own), shared=False)
+    session = keys.shared_session(channel, scope)
+    author = keys.author(channel, user, scope)  # who they are (their id)
+    lock = keys.scope_lock(channel, scope)
+    return TurnKeys(lock, session, author, keys.context_for(session), shared=True)
+
+
+def event_key(keys: Keys, message: IncomingMessage) -> str:
+    """The key of the message's platform event: its claim (bot/cache/events.py)."""
+    event = message.platform_message_id or "-"
+    return keys.dedup(message.channel, event, message.channel_user_id, message.scope.key)
 
 
 class Claims:
@@ -80,25 +103,20 @@ class Claims:
         self._finish = scripts.FINISH.bind(redis)
         self._abort = scripts.ABORT.bind(redis)
         self._extend = scripts.EXTEND.bind(redis)
+        rate = scripts.RATE.bind(redis)
+        self.beside = Beside(keys, rate)  # on a cluster
+        used = (self._begin, self._finish, self._abort, rate)
+        self.pipelines = ScriptPipelines(redis, used)
         guard.on_recovery(lambda: self.repair.recover(self._forget_unguarded))
 
     def claim(self, message: IncomingMessage, shared: bool = False) -> MessageClaim:
         return MessageClaim(self, message, shared)
 
     def turn_keys(self, message: IncomingMessage, shared: bool = False) -> TurnKeys:
-        """The keys of the message's turn: its user's, or (`shared`) its conversation's."""
-        keys, channel, user = self.keys, message.channel, message.channel_user_id
-        own = keys.session(channel, user, message.scope.key)
-        if not shared:
-            return TurnKeys(keys.lock(channel, user), own, own, shared=False)
-        scope = message.scope.key
-        author = keys.session(channel, user)  # the writer's own: who they are (their id)
-        return TurnKeys(
-            keys.scope_lock(channel, scope), keys.shared_session(channel, scope), author, True
-        )
+        return turn_keys(self.keys, message, shared)
 
     def event_key(self, message: IncomingMessage) -> str:
-        return self.keys.dedup(message.channel, message.platform_message_id or "-")
+        return event_key(self.keys, message)
 
     # --- BEGIN: waiting for the turn ----------------------------------------------------
 
@@ -107,18 +125,22 @@ class Claims:
     ) -> HotState | None:
         """Hot state from Redis, once the turn's lock is ours; None if Redis is out."""
         backoff = Backoff(self.lock_wait)
+        first: HotState | None = None  # on a cluster, it carries what was read beside
         while True:
-            hot = await self._try_begin(message, token, shared)
+            hot = await self._try_begin(message, token, shared, beside=first is None)
             if hot is None or hot.status not in _WAITING:
+                if hot is not None and first is not None and self.keys.cluster:
+                    hot = replace(hot, rate=first.rate, channel=first.channel)
                 return hot
+            first = first or hot
             if not await backoff.pause():
                 raise LockTimeout(f"{message.channel}:{message.channel_user_id}")
 
     async def _try_begin(
-        self, message: IncomingMessage, token: str, shared: bool
+        self, message: IncomingMessage, token: str, shared: bool, beside: bool
     ) -> HotState | None:
         try:
-            return await self.begin(message, token, shared)
+            return await self.begin(message, token, shared, beside)
         except CircuitOpen:
             return None
         except CacheUnavailable:
@@ -126,19 +148,23 @@ class Claims:
             self.repair.remember_claim(self._abort_args(message, token, shared))
             return None
 
-    async def begin(self, message: IncomingMessage, token: str, shared: bool = False) -> HotState:
-        """One try: take the lock, claim the event, count the rate, read all hot state."""
+    async def begin(
+        self, message: IncomingMessage, token: str, shared: bool = False, beside: bool = True
+    ) -> HotState:
+        """One try: take the lock, claim the event, count the rate, read all hot state
+        (on a cluster, the platform's keys and the rate `beside` the script)."""
         has_event = message.platform_message_id is not None
         if has_event and self.event_key(message) in self.delivered:
             return HotState(BeginStatus.DUPLICATE)  # answered here, not marked done yet
-        keys, turn = self.keys, self.turn_keys(message, shared)
+        keys, turn, cluster = self.keys, self.turn_keys(message, shared), self.keys.cluster
         call = scripts.Begin(
             lock_key=turn.lock,
             event_key=self.event_key(message),
             session_key=turn.session,
             author_key=turn.author,
-            channel_config_key=keys.channel_config(message.channel),
-            active_key=keys.active(message.channel),
+            context_key=turn.context,
+            channel_config_key=None if cluster else keys.channel_config(message.channel),
+            active_key=None if cluster else keys.active(message.channel),
             token=token,
             lock_ttl_ms=keys.lock_ttl * 1000,
             has_event=has_event,
@@ -148,11 +174,23 @@ class Claims:
             now=time.time(),
             active_window=keys.active_window,
             active_member=message.channel_user_id,
-            context_key_template=keys.context_template(),
             context_length=keys.context_messages,
             delivery_lease=keys.delivery_lease,
         )
-        return _parse_begin(await self.guard.run(lambda: self._begin(call)), shared)
+        if not cluster:
+            return _parse_begin(await self.guard.run(lambda: self._begin(call)), shared)
+
+        async def fill(pipe: Pipeline) -> None:
+            await self._begin(call, pipe)
+            if beside:
+                await self.beside.before_begin(pipe, message)
+
+        results = await self.guard.run(lambda: self.pipelines.run(fill))
+        hot = _parse_begin(results[0], shared)
+        if not beside:
+            return hot
+        reads = Beside.read(results[1:])
+        return replace(hot, rate=reads.rate, channel=reads.channel)
 
     # --- while the body works: the lock renewed -----------------------------------------
 
@@ -213,17 +251,19 @@ class Claims:
     async def _finish_call(
         self, message: IncomingMessage, token: str, refresh: Refresh, shared: bool
     ) -> None:
-        keys, turn = self.keys, self.turn_keys(message, shared)
+        keys, turn, cluster = self.keys, self.turn_keys(message, shared), self.keys.cluster
         session = refresh.session
         conversation = session.conversation_id if session else uuid.UUID(int=0)
         author = encode_author(session) if shared and session else None
+        config = encode_channel(refresh.channel) if refresh.channel else None
+        delivered = tuple(self.delivered.take())
         call = scripts.Finish(
             session_key=turn.session,
             author_key=turn.author,
-            context_key=keys.context(conversation),
+            context_key=keys.context_of(turn.session, conversation),
             lock_key=turn.lock,
             event_key=self.event_key(message),
-            channel_config_key=keys.channel_config(message.channel),
+            channel_config_key=None if cluster else keys.channel_config(message.channel),
             token=token,
             session_ttl=keys.session_ttl,
             context_ttl=keys.context_ttl,
@@ -231,17 +271,25 @@ class Claims:
             context_update=refresh.context_update if session else ContextUpdate.KEEP,
             has_event=message.platform_message_id is not None,
             event_ttl=keys.dedup_ttl,
-            channel_config=encode_channel(refresh.channel) if refresh.channel else None,
+            channel_config=None if cluster else config,
             channel_config_ttl=keys.channel_config_ttl,
             session=encode_session(session, shared=shared, fence=_fence(refresh))
             if session
             else None,
             author=author,
             now=time.time(),
-            delivered=tuple(self.delivered.take()),
+            delivered=() if cluster else delivered,
             context=tuple(encode_context(m) for m in refresh.context),
         )
-        await self.guard.run(lambda: self._finish(call))
+        if not cluster:
+            await self.guard.run(lambda: self._finish(call))
+            return
+
+        async def fill(pipe: Pipeline) -> None:
+            await self._finish(call, pipe)
+            self.beside.after_finish(pipe, message.channel, config, delivered)
+
+        await self.guard.run(lambda: self.pipelines.run(fill))
 
     def _abort_args(
         self, message: IncomingMessage, token: str, shared: bool, unfinished: bool = False
@@ -257,9 +305,10 @@ class Claims:
     def _stale_keys(
         self, message: IncomingMessage, session: SessionState | None, shared: bool
     ) -> list[str]:
-        names = [self.turn_keys(message, shared).session]
+        turn = self.turn_keys(message, shared)
+        names = [turn.session]
         if session is not None:
-            names.append(self.keys.context(session.conversation_id))
+            names.append(self.keys.context_of(turn.session, session.conversation_id))
         return names
 
     # --- repair and delivery marks ------------------------------------------------------
@@ -270,12 +319,13 @@ class Claims:
         await self.guard.run(lambda: self._forget_unguarded(names, held))
 
     async def _forget_unguarded(self, names: list[str], held: list[Claim]) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
+        async def fill(pipe: Pipeline) -> None:
             if names:
                 pipe.delete(*names)
             for claim in held:
                 await self._abort(claim, pipe)
-            await pipe.execute()
+
+        await self.pipelines.run(fill)
 
     async def _mark_done(self, event_keys: list[str]) -> None:
         async def write() -> None:

@@ -30,6 +30,7 @@ from redis.exceptions import (
     MasterDownError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterException,
     RedisError,
     ResponseError,
     TryAgainError,
@@ -61,9 +62,9 @@ class RedisFault(StrEnum):
 
 _MEANINGS = {
     RedisFault.CROSSSLOT: "REDIS_URL names a Redis Cluster node (keys of one message "
-    "are in different slots); the bot needs one Redis",
+    "are in different slots); set REDIS_CLUSTER=true",
     RedisFault.MOVED: "REDIS_URL names a Redis Cluster node that serves other slots "
-    "(MOVED/ASK); the bot needs one Redis",
+    "(MOVED/ASK); set REDIS_CLUSTER=true",
     RedisFault.CLUSTERDOWN: "the Redis Cluster behind REDIS_URL is down",
     RedisFault.READONLY: "REDIS_URL names a read-only replica, not the primary",
     RedisFault.OOM: "Redis is full and refuses writes (maxmemory under noeviction)",
@@ -149,7 +150,7 @@ class RedisGuard:
                     for hook in self._on_recovery:
                         await hook()
                 result = await operation()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             raise self._failed(exc, probing) from exc
         finally:
             if probing:

@@ -43,8 +43,10 @@ class HotStateCache:
         """Mark every delivered event done now (at shutdown)."""
         await self.claims.delivered.flush()
 
-    async def count_rate(self, user_id: uuid.UUID) -> RateCount:
-        call = scripts.Rate(rate_key=self.keys.rate(user_id), window=RATE_WINDOW_SECONDS)
+    async def count_rate(self, user_id: uuid.UUID, message: IncomingMessage) -> RateCount:
+        """Count one more message of the writer (`user_id`), when BEGIN could not."""
+        counter = self.keys.user_rate(message.channel, message.channel_user_id, user_id)
+        call = scripts.Rate(rate_key=counter, window=RATE_WINDOW_SECONDS)
         count, ttl = await self.guard.run(lambda: self._rate(call))
         return RateCount(int(count), int(ttl))
 

@@ -2,7 +2,10 @@
 frozen dataclass; this turns it into the Lua header that names them and into the KEYS
 and ARGV of each call.
 
-Fields named `*_key` are KEYS, the others ARGV, in order (keys first, tuples last). By
+Fields named `*_key` are KEYS, the others ARGV, in order (keys first, tuples last). A
+key typed `str | None` is optional: left out of KEYS when None (nil in Lua), so it comes
+after the keys that are always given (a script on a Redis Cluster names only keys of
+one slot, and leaves out those of others). By
 the field's type a value arrives in Lua as a string, a number (int, float), a boolean
 (bool), nil when None (`… | None`), or a table (a tuple: a variable tail, sent as its
 length and then its items; the last tail needs no length). A StrEnum field also
@@ -13,7 +16,7 @@ event states of bot/cache/events.py (`STATE_DONE`, …) and the helper `hset_jso
 from __future__ import annotations
 
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any, Generic, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -21,6 +24,7 @@ from typing import Any, Generic, TypeVar, Union, get_args, get_origin, get_type_
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from bot.cache.events import lua_constants
 
@@ -52,15 +56,19 @@ def _fields(args_type: type) -> tuple[list[str], list[_Field]]:
     hints = get_type_hints(args_type)
     keys: list[str] = []
     argv: list[_Field] = []
+    optional_keys = False
     for item in fields(args_type):
-        if item.name.endswith("_key"):
-            if argv:
-                raise TypeError(f"{args_type.__name__}.{item.name}: keys come first")
-            keys.append(item.name)
-            continue
         hint = hints[item.name]
         members = [arg for arg in get_args(hint) if arg is not type(None)]
         optional = get_origin(hint) in (Union, types.UnionType) and len(members) == 1
+        if item.name.endswith("_key"):
+            if argv:
+                raise TypeError(f"{args_type.__name__}.{item.name}: keys come first")
+            if optional_keys and not optional:
+                raise TypeError(f"{args_type.__name__}.{item.name}: optional keys come last")
+            optional_keys = optional
+            keys.append(item.name)
+            continue
         kind = members[0] if optional else (get_origin(hint) or hint)
         if argv and argv[-1].kind is tuple and kind is not tuple:
             raise TypeError(f"{args_type.__name__}.{item.name}: tuples come last")
@@ -124,6 +132,10 @@ class Script(Generic[A]):
 
     def keys_and_args(self, args: A) -> tuple[list[str], list[Any]]:
         keys = [getattr(args, name) for name in self._keys]
+        while keys and keys[-1] is None:
+            keys.pop()  # optional keys left out
+        if None in keys:
+            raise ValueError(f"{self.args_type.__name__}: an optional key given after one left out")
         argv = [encode(getattr(args, name)) for name, encode in self._scalars]
         for name in self._counted:
             items: Sequence[str] = getattr(args, name)
@@ -146,3 +158,41 @@ class BoundScript(Generic[A]):
     async def __call__(self, args: A, pipeline: Pipeline | None = None) -> Any:
         keys, argv = self.script.keys_and_args(args)
         return await self._registered(keys=keys, args=argv, client=pipeline)
+
+    async def load(self) -> None:
+        """SCRIPT LOAD: on a cluster, on every primary."""
+        await self._registered.registered_client.script_load(self.script.source)
+
+
+class ScriptPipelines:
+    """Pipelines of script calls (and commands) on a Redis Cluster, whose pipeline does
+    not load a script a node lacks. The scripts `used` are loaded on every primary
+    before the first pipeline, and again when a node answers NOSCRIPT (a replica
+    promoted by a failover starts without them); the pipeline then runs once more, and
+    what ran in it runs twice. So a pipeline holds at most one script that must not
+    run twice; beside it only what may (RATE: a count one higher; BEGIN: its caller's
+    own lock and claim, found taken)."""
+
+    def __init__(self, redis: Redis, used: Sequence[BoundScript[Any]]) -> None:
+        self.redis = redis
+        self.used = tuple(used)
+        self._loaded = False
+
+    async def run(self, fill: Callable[[Pipeline], Awaitable[None]]) -> list[Any]:
+        if not self._loaded:
+            await self._load()
+        try:
+            return await self._once(fill)
+        except NoScriptError:
+            await self._load()
+            return await self._once(fill)
+
+    async def _once(self, fill: Callable[[Pipeline], Awaitable[None]]) -> list[Any]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await fill(pipe)
+            return list(await pipe.execute())
+
+    async def _load(self) -> None:
+        for script in self.used:
+            await script.load()
+        self._loaded = True

@@ -27,24 +27,30 @@ class Begin:
     config JSON or '', rate count (0: not counted, the writer is not known), rate ttl,
     context as one JSON array (newest first) or '', 1 if an earlier claim on the event
     was taken over else 0, the writer's user id or ''}.
+
+    On a Redis Cluster the platform's keys (channel config, active users) and the rate
+    counter live in other slots: they are left out (None, and an empty rate template),
+    and read beside the script (bot/cache/claim.py).
     """
 
     lock_key: str
     event_key: str
     session_key: str
     author_key: str  # the writer's own session (the same as session_key unless shared)
-    channel_config_key: str
-    active_key: str
+    # The session's context: on one Redis the template of the conversation's key, with
+    # '{conversation_id}' for the id the session names; on a cluster the key itself.
+    context_key: str
+    channel_config_key: str | None
+    active_key: str | None
     token: str  # the lock's value: who holds it
     lock_ttl_ms: int
     has_event: bool  # the platform gave an event id to claim
     processing_ttl: int  # s a 'processing' claim lives (only a crashed holder's expires)
-    rate_key_template: str  # with '{user_id}' for the id the session names
+    rate_key_template: str  # with '{user_id}' for the id the session names; '': not here
     rate_window: int  # s
     now: float  # unix time
     active_window: int  # s a user counts as active
     active_member: str  # the user's platform id, in the channel's active set
-    context_key_template: str  # with '{conversation_id}'
     context_length: int  # messages read
     delivery_lease: int  # s an 'answered' claim is taken for a reply being sent
 
@@ -72,17 +78,19 @@ if has_event then
   if claim then taken_over = 1 end
   redis.call('SET', event_key, STATE_PROCESSING, 'EX', processing_ttl)
 end
-redis.call('ZADD', active_key, now, active_member)
-redis.call('ZREMRANGEBYSCORE', active_key, '-inf', now - active_window)
-redis.call('EXPIRE', active_key, active_window)
+if active_key then
+  redis.call('ZADD', active_key, now, active_member)
+  redis.call('ZREMRANGEBYSCORE', active_key, '-inf', now - active_window)
+  redis.call('EXPIRE', active_key, active_window)
+end
 local session = redis.call('HGETALL', session_key)
-local config = redis.call('GET', channel_config_key) or ''
+local config = channel_config_key and redis.call('GET', channel_config_key) or ''
 local count, ttl, context = 0, 0, ''
 local fields = {}
 for i = 1, #session, 2 do fields[session[i]] = session[i + 1] end
 local author = fields['user_id']
 if author_key ~= session_key then author = redis.call('HGET', author_key, 'user_id') end
-if author then
+if author and rate_key_template ~= '' then
   local rate_key = string.gsub(rate_key_template, '{user_id}', author)
   count = redis.call('INCR', rate_key)
   ttl = redis.call('TTL', rate_key)
@@ -92,8 +100,7 @@ if author then
   end
 end
 if fields['conversation_id'] then
-  local context_key = string.gsub(
-    context_key_template, '{conversation_id}', fields['conversation_id'])
+  local context_key = string.gsub(context_key, '{conversation_id}', fields['conversation_id'])
   local items = redis.call('LRANGE', context_key, 0, context_length - 1)
   -- One string, not a list: one reply to parse and one json.loads on the client.
   if #items > 0 then context = '[' .. table.concat(items, ',') .. ']' end
@@ -139,7 +146,7 @@ class Finish:
     context_key: str
     lock_key: str
     event_key: str
-    channel_config_key: str
+    channel_config_key: str | None  # None on a cluster: written beside the script
     token: str
     session_ttl: int
     context_ttl: int
@@ -152,7 +159,7 @@ class Finish:
     session: str | None  # the session hash's fields as JSON (bot/cache/codec.py)
     author: str | None  # shared: the writer's fields for their own session, as JSON
     now: float
-    delivered: tuple[str, ...]  # event keys to mark 'done'
+    delivered: tuple[str, ...]  # event keys to mark 'done' (on a cluster: none, marked beside)
     context: tuple[str, ...]  # context items (JSON), newest first
 
 
@@ -182,7 +189,7 @@ end
 if has_event and redis.call('GET', event_key) ~= STATE_DONE then
   redis.call('SET', event_key, ANSWERED_AT .. now, 'EX', event_ttl)
 end
-if channel_config then
+if channel_config and channel_config_key then
   redis.call('SET', channel_config_key, channel_config, 'EX', channel_config_ttl)
 end
 if redis.call('GET', lock_key) == token then redis.call('DEL', lock_key) end

@@ -30,7 +30,9 @@ async def show_conversation(ops: Ops, conversation_id: uuid.UUID, limit: int) ->
     history = await ops.store.records.conversation_history(conversation_id, limit)
     if history is None:
         raise NotFound(f"no conversation {conversation_id}")
-    context = await ops.cache.context(conversation_id)
+    row = history.conversation
+    session = ops.cache.keys.conversation_session(row.channel_type, row.scope, row.channel_user_id)
+    context = await ops.cache.context(conversation_id, session)
     cached = [item for item in map(context_item, context.items) if "timestamp" in item]
     return {
         "conversation": asdict(history.conversation),

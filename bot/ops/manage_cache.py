@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import uuid
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +93,17 @@ def _deleted_view(out: Out, data: dict[str, Any]) -> None:
         out.note(f"kept: {kept}", style="dim")
 
 
+async def _context_key(ops: Ops, conversation: uuid.UUID) -> str:
+    """A conversation's context key: on a cluster its session's, which Postgres names."""
+    keys = ops.cache.keys
+    found = await ops.store.records.conversation_history(conversation, 1)
+    if found is None:
+        return keys.context(conversation)
+    row = found.conversation
+    session = keys.conversation_session(row.channel_type, row.scope, row.channel_user_id)
+    return keys.context_of(session, conversation)
+
+
 async def _flush(ops: Ops, args: argparse.Namespace, out: Out) -> int:
     cache = ops.cache
     if args.all:
@@ -100,7 +112,7 @@ async def _flush(ops: Ops, args: argparse.Namespace, out: Out) -> int:
             result = await cache.flush_all(batch, advance, args.include_state)
         data = _counts("all", result.deleted, kept=dict(result.kept))
     elif args.conversation:
-        deleted = await cache.delete([cache.keys.context(args.conversation)])
+        deleted = await cache.delete([await _context_key(ops, args.conversation)])
         data = _counts(f"conversation {args.conversation}", deleted)
     else:
         channel, cuid = args.user

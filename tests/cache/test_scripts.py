@@ -16,6 +16,7 @@ from bot.cache.events import EventClaim, EventState
 from bot.cache.state import ContextUpdate, Refresh
 from bot.domain import ContextMessage, IncomingMessage, SessionState
 from tests.cache.conftest import CacheFactory
+from tests.support import msg
 
 TOKEN = "our-token"
 
@@ -198,7 +199,7 @@ async def test_rate_counts_within_a_window_that_expires(make_cache: CacheFactory
     cache = await make_cache()
     user = uuid.uuid4()
 
-    counts = [await cache.count_rate(user) for _ in range(3)]
+    counts = [await cache.count_rate(user, msg("someone", "hi")) for _ in range(3)]
 
     assert [c.count for c in counts] == [1, 2, 3]
     assert all(0 < c.retry_after <= 60 for c in counts)

@@ -19,9 +19,9 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.domain import ReplyKind
 from tests.redis_servers import RedisProcess, answering, redis_server
-from tests.support import ServiceFactory, messages_of, msg, new_user, until
+from tests.reliability.writers import Writers
+from tests.support import ServiceFactory, until
 
 log = logging.getLogger(__name__)
 pytestmark = pytest.mark.timeout(120)
@@ -120,61 +120,27 @@ async def test_the_primary_killed_under_load_loses_nothing_and_the_client_follow
         rate_limit_per_minute=1_000_000,  # the writers are quicker than people
     )
     guard = service.cache.guard
-    users = [new_user() for _ in range(USERS)]
-    sent: dict[str, list[str]] = {user: [] for user in users}
-    stop = asyncio.Event()
-
-    async def write(user: str) -> None:
-        number = 0
-        while not stop.is_set():
-            text = f"message {number}"
-            reply = await service.handle(msg(user, text, pid=f"{user}-{number}"))
-            assert reply.kind is ReplyKind.ANSWER and reply.text is not None, reply
-            service.delivered(msg(user, text, pid=f"{user}-{number}"))
-            sent[user].append(text)
-            number += 1
-            await asyncio.sleep(0.02)
-
-    writers = [asyncio.create_task(write(user)) for user in users]
-
-    def writing(condition: bool) -> bool:
-        """`condition`, while every writer writes (a writer's error is raised at once)."""
-        for writer in writers:
-            if writer.done():
-                writer.result()
-                raise AssertionError("a writer stopped")
-        return condition
-
-    def written() -> int:
-        return sum(len(texts) for texts in sent.values())
+    writers = Writers(service, USERS)
 
     try:
-        await until(lambda: writing(all(len(texts) >= 5 for texts in sent.values())), 30)
+        await until(lambda: writers.each_wrote(5), 30)
         assert not guard.is_open
         old = sentinels.primary.port
         sentinels.primary.kill()
         killed = time.monotonic()
-        await until(lambda: writing(guard.is_open), within=30, what="the breaker opening")
+        await until(lambda: writers.writing(guard.is_open), within=30, what="the breaker opening")
         await until_async(lambda: sentinels.primary_port(), lambda port: port != old, 60)
         promoted = time.monotonic() - killed
-        await until(lambda: writing(not guard.is_open), 30, what="the bot back on the cache")
-        back = time.monotonic() - killed
-        before = written()
-        await until(lambda: writing(written() >= before + 2 * USERS), within=30)
+        back = await writers.back_on_the_cache(guard, within=30) - killed
     finally:
-        stop.set()
-        results = await asyncio.gather(*writers, return_exceptions=True)
-    assert [r for r in results if isinstance(r, BaseException)] == []
+        await writers.stop()
     log.warning(
         "sentinel failover: promoted after %.1f s, on the cache after %.1f s", promoted, back
     )
     assert await sentinels.primary_port() == sentinels.replica.port
     assert not guard.is_open  # answering from the new primary
 
-    for user, texts in sent.items():
-        rows = await messages_of(engine, user)
-        assert [r.content for r in rows if r.role == "user"] == texts  # once each, in order
-        assert [r.role for r in rows] == ["user", "assistant"] * len(texts)
+    await writers.assert_stored_in_order(engine)
 
 
 async def until_async(read: object, holds: object, within: float) -> None:

@@ -1,0 +1,72 @@
+"""What a message's scripts leave to commands beside them on a Redis Cluster.
+
+A script names keys of one slot: the slot of the place the message is written in
+(bot/cache/keys.py). The platform's keys (active users, channel config), the writer's
+rate counter and other users' events live in other slots. On a cluster they go in
+the same pipeline as the script, and the pipeline sends each command to its own node,
+all at once: the message still waits for one round trip.
+
+Beside BEGIN (its first try only, not while polling a held lock): count the writer's
+rate, mark them active, read the channel config. Beside FINISH: cache a channel config
+read from Postgres, and mark the events delivered since the last call done.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio.client import Pipeline
+
+from bot.cache import scripts
+from bot.cache.codec import decode_channel
+from bot.cache.events import EventState
+from bot.cache.keys import RATE_WINDOW_SECONDS, Keys
+from bot.cache.lua import BoundScript
+from bot.cache.state import RateCount
+from bot.domain import ChannelSettings, IncomingMessage
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformReads:
+    """What was read beside BEGIN."""
+
+    rate: RateCount
+    channel: ChannelSettings | None
+
+
+class Beside:
+    def __init__(self, keys: Keys, rate: BoundScript[scripts.Rate]) -> None:
+        self.keys = keys
+        self._rate = rate
+
+    async def before_begin(self, pipe: Pipeline, message: IncomingMessage) -> int:
+        """Queue the reads; how many results they add to the pipeline's."""
+        keys, channel = self.keys, message.channel
+        counter = keys.rate_of(channel, message.channel_user_id)
+        await self._rate(scripts.Rate(rate_key=counter, window=RATE_WINDOW_SECONDS), pipe)
+        active, now = keys.active(channel), time.time()
+        pipe.zadd(active, {message.channel_user_id: now})
+        pipe.zremrangebyscore(active, "-inf", now - keys.active_window)
+        pipe.expire(active, keys.active_window)
+        pipe.get(keys.channel_config(channel))
+        return 5
+
+    @staticmethod
+    def read(results: Sequence[Any]) -> PlatformReads:
+        """The reads, from the results `before_begin` added."""
+        (count, ttl), *_, config = results
+        channel = decode_channel(config) if config else None
+        return PlatformReads(RateCount(int(count), int(ttl)), channel)
+
+    def after_finish(
+        self, pipe: Pipeline, channel: str, config: str | None, delivered: Sequence[str]
+    ) -> None:
+        """Queue the writes of FINISH's platform keys and other events."""
+        keys = self.keys
+        if config is not None:
+            pipe.set(keys.channel_config(channel), config, ex=keys.channel_config_ttl)
+        for key in delivered:
+            pipe.set(key, EventState.DONE.value, xx=True, ex=keys.dedup_ttl)
