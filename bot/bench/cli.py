@@ -146,11 +146,18 @@ def register(subparsers: Any) -> None:
         default=streaming.think_seconds,
         help="--streaming: seconds a user reads a reply before writing again (%(default)s)",
     )
+    add(
+        "--redis-cluster",
+        action="store_true",
+        help="REDIS_URL names a node of a Redis Cluster: run on it (as REDIS_CLUSTER=true)",
+    )
     add("--json", action="store_true", help="print the report as JSON")
     bench.set_defaults(handler=_bench)
 
 
 async def _bench(settings: Settings, args: argparse.Namespace) -> int:
+    if args.redis_cluster:
+        settings = settings.model_copy(update={"redis_cluster": True})
     if args.streaming:
         streamed = StreamingOptions(
             platforms=args.platforms,

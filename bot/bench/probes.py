@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -139,21 +140,56 @@ class _CountingRedisConnection(_ConnectionBase):
         return super().pack_command(*args)
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        self.bench_probe.counts["round_trips"] += 1
+        probe = self.bench_probe
+        probe.counts["sends"] += 1
+        if not probe.cluster:  # one Redis: each send is one wait for its answer
+            probe.counts["round_trips"] += 1
         await super().send_packed_command(command, check_health)
 
 
 class RedisProbe:
-    """Client-side Redis round trips and calls of one client."""
+    """Client-side Redis round trips (the waits for an answer: a command, or a pipeline),
+    sends (per connection: on a cluster a pipeline sends to each node it needs, at
+    once) and calls of one client."""
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
+        self.cluster = False
 
     def attach(self, redis: Redis) -> None:
         """Count `redis`'s traffic; call before it opens its first connection."""
-        pool = redis.connection_pool
-        base = pool.connection_class
-        pool.connection_class = type(
+        if not isinstance(redis, RedisCluster):
+            pool = redis.connection_pool
+            pool.connection_class = self._counting(pool.connection_class)
+            return
+        self.cluster = True  # each node's pool is made at its first command
+        options = redis.nodes_manager.connection_kwargs
+        options["connection_class"] = self._counting(options["connection_class"])
+        self._count_waits(redis)
+
+    def _count_waits(self, redis: RedisCluster) -> None:
+        counts, command, pipeline = self.counts, redis.execute_command, redis.pipeline
+
+        async def waited(*args: Any, **kwargs: Any) -> Any:
+            counts["round_trips"] += 1
+            return await command(*args, **kwargs)
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            pipe = pipeline(*args, **kwargs)
+            execute = pipe.execute
+
+            async def executed(*more: Any, **options: Any) -> Any:
+                counts["round_trips"] += 1
+                return await execute(*more, **options)
+
+            setattr(pipe, "execute", executed)  # noqa: B010 - this one object's
+            return pipe
+
+        setattr(redis, "execute_command", waited)  # noqa: B010
+        setattr(redis, "pipeline", counted)  # noqa: B010
+
+    def _counting(self, base: type) -> type:
+        return type(
             f"Counting{base.__name__}", (_CountingRedisConnection, base), {"bench_probe": self}
         )
 
@@ -162,12 +198,22 @@ class RedisProbe:
 
 
 async def command_stats(redis: Redis) -> Counter[str]:
-    """Commands the server has run, by name (scripts' inner commands included)."""
-    info: dict[str, Any] = await redis.info("commandstats")
-    return Counter(
-        {
-            name.removeprefix("cmdstat_"): int(stats["calls"])
-            for name, stats in info.items()
-            if isinstance(stats, dict) and name != "cmdstat_info"
-        }
-    )
+    """Commands the server has run, by name (scripts' inner commands included); on a
+    cluster, summed over its primaries."""
+    if isinstance(redis, RedisCluster):
+        found: dict[str, Any] = await redis.info(
+            "commandstats", target_nodes=RedisCluster.PRIMARIES
+        )
+        each = list(found.values())
+    else:
+        each = [await redis.info("commandstats")]
+    total: Counter[str] = Counter()
+    for info in each:
+        total.update(
+            {
+                name.removeprefix("cmdstat_"): int(stats["calls"])
+                for name, stats in info.items()
+                if isinstance(stats, dict) and name != "cmdstat_info"
+            }
+        )
+    return total

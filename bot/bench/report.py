@@ -52,6 +52,7 @@ def summarize(sample: Sample) -> dict[str, Any]:
         },
         "redis_per_message": {
             "round_trips": sample.redis["round_trips"] / n,
+            "sends": sample.redis["sends"] / n,  # more than round trips only on a cluster
             "calls": sample.redis["calls"] / n,
             "commands": sum(sample.redis_commands.values()) / n,
         },
@@ -73,8 +74,9 @@ async def session_memory(
     for user in users[:limit]:
         if user.conversation_id is None:
             continue
-        session = await redis.memory_usage(keys.session(channel, user.channel_user_id), samples=0)
-        context_key = keys.context(user.conversation_id)
+        session_key = keys.session(channel, user.channel_user_id)
+        session = await redis.memory_usage(session_key, samples=0)
+        context_key = keys.context_of(session_key, user.conversation_id)
         context = await redis.memory_usage(context_key, samples=0)
         if session is None or context is None:
             continue
@@ -167,6 +169,12 @@ def render(report: dict[str, Any]) -> str:
         "  (CPU ms: this process per message; Postgres and Redis columns: per message; "
         "PG other: BEGIN/COMMIT/ROLLBACK, pre-ping, PREPARE)"
     )
+    if config.get("redis_cluster"):
+        sends = report["service"]["warm"]["redis_per_message"]["sends"]
+        lines.append(
+            f"  (Redis Cluster: Redis RT counts the waits; a pipeline goes to every node it "
+            f"needs at once, {sends:.2f} sends per warm message)"
+        )
     for kind, phase in report["service"].items():
         ratios = ", ".join(f"{k} {v:.2f}" for k, v in phase["hit_ratio"].items())
         lines.append(f"cache hit ratio, {kind}: {ratios or 'n/a'}")

@@ -69,7 +69,11 @@ async def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]
             }
         )
         report = await _run(settings, options, servers.control, f"{servers.prefix}base:")
-        report["config"].update(database=servers.database, key_prefix=servers.prefix)
+        report["config"].update(
+            database=servers.database,
+            key_prefix=servers.prefix,
+            redis_cluster=settings.redis_cluster,
+        )
         return report
 
 
@@ -92,7 +96,10 @@ async def _run(
     service = build_service(settings, engine, redis, EchoResponder())
     users = [BenchUser(f"user-{i:05d}") for i in range(options.users)]
     driver = ServiceDriver(service, users, CHANNEL, Meter(pg, rd, control, service.stats))
-    base_keys = keys_for(settings.model_copy(update={"redis_key_prefix": baseline_prefix}))
+    # The baseline names its keys as on one Redis: it sends each in a command of its own,
+    # which a cluster's pipeline routes to its node.
+    plain = {"redis_key_prefix": baseline_prefix, "redis_cluster": False}
+    base_keys = keys_for(settings.model_copy(update=plain))
     baseline = Baseline(url, base_redis, base_keys, CHANNEL, base_pg, settings.default_model)
     try:
         if options.baseline:

@@ -19,8 +19,8 @@ import asyncpg
 from redis.asyncio import Redis
 
 from bot.config import Settings
-from bot.errors import InfrastructureError
-from bot.runtime import open_endpoints
+from bot.errors import ConfigError, InfrastructureError
+from bot.runtime import check_redis, create_redis, open_endpoints
 from bot.store.engine import create_engine
 from bot.store.migrate import upgrade_to_head
 from bot.urls import asyncpg_dsn, redact_url
@@ -54,11 +54,18 @@ async def bench_servers(settings: Settings) -> AsyncIterator[BenchServers]:
     and key prefix `bench:<random>:`, both removed at the end."""
     run_id = uuid.uuid4().hex[:10]
     name, prefix = f"bot_bench_{run_id}", f"bench:{run_id}:"
+    if settings.redis_cluster and settings.redis_url is None:
+        raise ConfigError("--redis-cluster needs REDIS_URL naming a node of the Redis Cluster")
     async with (
         open_endpoints(settings) as endpoints,
         bench_database(settings, endpoints.database_url, name) as url,
     ):
-        control = Redis.from_url(endpoints.redis_url)
+        control = create_redis(settings, endpoints.redis_url)  # a cluster's, with REDIS_CLUSTER
+        try:
+            await check_redis(control, endpoints.redis_url, settings.redis_cluster)
+        except BaseException:
+            await control.aclose()  # nothing written there yet, nothing to clean
+            raise
         try:
             await wait_until_loaded(control)
             yield BenchServers(url, endpoints.redis_url, control, name, prefix)
