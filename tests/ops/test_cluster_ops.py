@@ -46,6 +46,9 @@ async def test_ops_find_and_flush_what_workers_keep_on_a_cluster(
     assert shown["conversations"][0]["cached_context"] == 4  # the session's, on a cluster
     event = (await ops("event", "console", f"{user}-one", "--json", **env)).data
     assert event["redis"]["state"] == "done"
+    conversation = shown["conversations"][0]["id"]
+    seen = (await ops("conversation", "show", conversation, "--json", **env)).data
+    assert seen["context"]["length"] == 4 and all(m["cached"] for m in seen["messages"])
 
     flushed = (await ops("cache", "flush", "--user", f"console:{user}", "--json", **env)).data
     assert flushed["deleted"]["session"] == 1 and flushed["deleted"]["context"] == 1
