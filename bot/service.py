@@ -286,8 +286,7 @@ class ConversationService:
             channel = loaded_channel = started.channel
         elif channel is None:
             channel = loaded_channel = await self.store.conversations.load_channel(message.channel)
-        rate = hot.rate if hot and hot.rate else None
-        rate = rate or await self._count_rate(session.user_id, message, hot)
+        rate = (hot.rate if hot else None) or await self._count_rate(session.user_id, message, hot)
         refresh = Refresh(session=session, channel=loaded_channel)
         taken_over = hot is not None and hot.taken_over
         context = started.context if started else None

@@ -86,16 +86,36 @@ def _check_port(url: str) -> None:
 
 
 def normalize_database_url(url: str) -> str:
-    """Accept postgres://, postgresql:// and postgresql+asyncpg://; return the asyncpg form."""
+    """Accept postgres://, postgresql:// and postgresql+asyncpg://; return the asyncpg form.
+    libpq's several hosts (`u@h1:5432,h2:5432/db?target_session_attrs=read-write`, for
+    failover) become SQLAlchemy's `u@/db?host=h1:5432&host=h2:5432&…`."""
     scheme, sep, rest = url.partition("://")
     driver = _DATABASE_SCHEMES.get(scheme.lower())
     if not sep or driver is None:
         raise ValueError("must start with postgresql://, postgres:// or postgresql+asyncpg://")
     if not rest.strip("/"):
         raise ValueError("has no host or database")
-    _check_port(url)
     before, mark, query = rest.partition("?")
-    return f"{driver}://{before}{mark}{_database_tls_query(query)}"
+    before, hosts = _several_hosts(before)
+    _check_port(f"{scheme}://{before}")
+    query = "&".join([*(f"host={host}" for host in hosts), *([query] if query else [])])
+    return f"{driver}://{before}{'?' if query else mark}{_database_tls_query(query)}"
+
+
+def _several_hosts(before: str) -> tuple[str, list[str]]:
+    """libpq's `user@h1:p1,h2:p2/db` as (`user@/db`, ['h1:p1', 'h2:p2']); one host as is."""
+    netloc, slash, path = before.partition("/")
+    userinfo, at, hostlist = netloc.rpartition("@")
+    if "," not in hostlist:
+        return before, []
+    hosts = hostlist.split(",")
+    for host in hosts:
+        name, colon, port = host.rpartition(":")
+        if not colon or "]" in port:  # no port, or an IPv6 address without one
+            name, port = host, ""
+        if not name or (port and not (port.isdigit() and int(port) < 65536)):
+            raise ValueError(f"{host!r} is not host or host:port")
+    return f"{userinfo}{at}{slash}{path}", hosts
 
 
 def _segments(query: str) -> list[tuple[str, str]]:
@@ -167,13 +187,20 @@ def _ssl_context(values: dict[str, str]) -> ssl.SSLContext:
 
 
 def asyncpg_dsn(url: str) -> str:
-    """The DATABASE_URL as a DSN for asyncpg.connect (libpq's form: sslmode=, not ssl=)."""
+    """The DATABASE_URL as a DSN for asyncpg.connect (libpq's form: sslmode=, not ssl=,
+    several hosts in the host part)."""
     base, _, query = normalize_database_url(url).partition("?")
+    hosts = [seg.partition("=")[2] for name, seg in _segments(query) if name == "host"]
     segments = [
         "sslmode=" + seg.partition("=")[2] if name == "ssl" else seg
         for name, seg in _segments(query)
+        if name != "host"
     ]
     base = base.replace("postgresql+asyncpg://", "postgresql://", 1)
+    if hosts:
+        scheme, _, rest = base.partition("://")
+        netloc, slash, path = rest.partition("/")
+        base = f"{scheme}://{netloc}{','.join(hosts)}{slash}{path}"
     return base + ("?" + "&".join(segments) if segments else "")
 
 

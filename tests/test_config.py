@@ -8,7 +8,7 @@ import pytest
 
 from bot.config import Settings, load_settings
 from bot.errors import ConfigError
-from bot.urls import redact_url
+from bot.urls import asyncpg_dsn, redact_url
 
 
 @pytest.fixture(autouse=True)
@@ -80,9 +80,26 @@ def test_database_url_keeps_query_and_unix_socket_forms(monkeypatch: pytest.Monk
     )
 
 
+def test_libpq_several_hosts_are_accepted_for_failover(monkeypatch: pytest.MonkeyPatch) -> None:
+    given = "postgresql://bot:pw@db1:5432,db2:5433/chat?target_session_attrs=read-write"
+    monkeypatch.setenv("DATABASE_URL", given)
+
+    settings = load_settings()
+
+    assert settings.database_url is not None
+    normalized = settings.database_url.get_secret_value()
+    assert normalized == (
+        "postgresql+asyncpg://bot:pw@/chat"
+        "?host=db1:5432&host=db2:5433&target_session_attrs=read-write"
+    )  # SQLAlchemy's form of it
+    assert asyncpg_dsn(normalized) == given  # and back, for asyncpg.connect
+
+
 @pytest.mark.parametrize(
     "given",
     [
+        "postgresql://u:s3cretpw@db1:5432,db2:nope/chat",
+        "postgresql://u:s3cretpw@db1,:5432/chat",
         "mysql://u:s3cretpw@h/db",
         "sqlite:///s3cretpw.db",
         "postgresql+psycopg2://u:s3cretpw@h/db",

@@ -11,7 +11,7 @@ scope (`{chat:-100123}`): `session:{telegram:42}`, `lock:scope:slack:{chat:C1}`.
 names read as the reference ones with braces added. Two differ in kind, because a
 script must name every key before it runs, before it has read the session. A
 context is kept per session, not per conversation (`context:{telegram:42}`), and
-checked against the turn's fence like any other (bot/store/turn_hold.py). A rate
+checked against the turn's fence like any other (bot/store/conversations.py). A rate
 counter is kept per platform user (`rate:user:{telegram:42}:minute`). Keys for a
 whole platform (active users, channel config, stats) are read and written by
 commands pipelined beside the script, each routed to its own node.

@@ -7,14 +7,18 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.bench.probes import PING, PgProbe
 from bot.config import Settings
 from bot.store.engine import create_engine
+from bot.urls import asyncpg_dsn
+from tests.support import free_port
 
 IDLE = 0.3  # seconds before a pooled connection is pinged, in these tests
 
@@ -97,3 +101,26 @@ async def test_zero_idle_seconds_pings_on_every_checkout(make_engine: EngineFact
     for _ in range(3):
         await backend_pid(engine)
     assert probe.counts[PING] == 2  # all but the fresh connection's first checkout
+
+
+async def test_of_several_hosts_the_writable_one_that_answers_is_used(
+    make_engine: EngineFactory, database_url: str
+) -> None:
+    """libpq's failover form: the first host is down, the second is the primary."""
+    live = make_url(database_url)
+    dead = free_port()
+    several = (
+        f"postgresql://{live.username}@127.0.0.1:{dead},{live.host}:{live.port}/"
+        f"{live.database}?target_session_attrs=read-write"
+    )
+    engine, _ = make_engine(database_url=several)
+
+    async with engine.connect() as connection:
+        port = (await connection.execute(text("SELECT inet_server_port()"))).scalar_one()
+    direct = await asyncpg.connect(asyncpg_dsn(several))
+    try:
+        writable = await direct.fetchval("SELECT NOT pg_is_in_recovery()")
+    finally:
+        await direct.close()
+
+    assert port == live.port and writable
