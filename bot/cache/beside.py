@@ -38,26 +38,31 @@ class PlatformReads:
 
 
 class Beside:
-    def __init__(self, keys: Keys, rate: BoundScript[scripts.Rate]) -> None:
+    def __init__(
+        self, keys: Keys, rate: BoundScript[scripts.Rate], active: BoundScript[scripts.Active]
+    ) -> None:
         self.keys = keys
         self._rate = rate
+        self._active = active
 
-    async def before_begin(self, pipe: Pipeline, message: IncomingMessage) -> int:
-        """Queue the reads; how many results they add to the pipeline's."""
+    async def before_begin(self, pipe: Pipeline, message: IncomingMessage) -> None:
+        """Queue the rate count, the mark of activity and the channel config's read."""
         keys, channel = self.keys, message.channel
         counter = keys.rate_of(channel, message.channel_user_id)
         await self._rate(scripts.Rate(rate_key=counter, window=RATE_WINDOW_SECONDS), pipe)
-        active, now = keys.active(channel), time.time()
-        pipe.zadd(active, {message.channel_user_id: now})
-        pipe.zremrangebyscore(active, "-inf", now - keys.active_window)
-        pipe.expire(active, keys.active_window)
+        seen = scripts.Active(
+            active_key=keys.active(channel),
+            now=time.time(),
+            window=keys.active_window,
+            member=message.channel_user_id,
+        )
+        await self._active(seen, pipe)
         pipe.get(keys.channel_config(channel))
-        return 5
 
     @staticmethod
     def read(results: Sequence[Any]) -> PlatformReads:
         """The reads, from the results `before_begin` added."""
-        (count, ttl), *_, config = results
+        (count, ttl), _, config = results
         channel = decode_channel(config) if config else None
         return PlatformReads(RateCount(int(count), int(ttl)), channel)
 

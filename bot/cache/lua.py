@@ -10,7 +10,8 @@ the field's type a value arrives in Lua as a string, a number (int, float), a bo
 (bool), nil when None (`… | None`), or a table (a tuple: a variable tail, sent as its
 length and then its items; the last tail needs no length). A StrEnum field also
 brings its members as constants (`CONTEXT_UPDATE_APPEND`), and every script knows the
-event states of bot/cache/events.py (`STATE_DONE`, …) and the helper `hset_json`.
+event states of bot/cache/events.py (`STATE_DONE`, …) and the helpers `hset_json` and
+`mark_active`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,16 @@ local function hset_json(key, json)
     flat[#flat + 1] = value
   end
   redis.call('HSET', key, unpack(flat))
+end
+"""
+
+# Shared by BEGIN and, on a cluster, ACTIVE: a user seen now in a channel's active set,
+# which keeps only the window's members and expires with the last of them.
+_MARK_ACTIVE = r"""
+local function mark_active(key, now, window, member)
+  redis.call('ZADD', key, now, member)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  redis.call('EXPIRE', key, window)
 end
 """
 
@@ -124,7 +135,7 @@ class Script(Generic[A]):
     def __init__(self, args_type: type[A], body: str) -> None:
         keys, argv = _fields(args_type)
         self.args_type = args_type
-        self.source = lua_constants() + _HSET_JSON + _header(keys, argv) + body
+        self.source = lua_constants() + _HSET_JSON + _MARK_ACTIVE + _header(keys, argv) + body
         self._keys = keys
         self._scalars = [(f.name, _encoder(f)) for f in argv if f.kind is not tuple]
         tails = [f.name for f in argv if f.kind is tuple]

@@ -78,11 +78,7 @@ if has_event then
   if claim then taken_over = 1 end
   redis.call('SET', event_key, STATE_PROCESSING, 'EX', processing_ttl)
 end
-if active_key then
-  redis.call('ZADD', active_key, now, active_member)
-  redis.call('ZREMRANGEBYSCORE', active_key, '-inf', now - active_window)
-  redis.call('EXPIRE', active_key, active_window)
-end
+if active_key then mark_active(active_key, now, active_window, active_member) end
 local session = redis.call('HGETALL', session_key)
 local config = channel_config_key and redis.call('GET', channel_config_key) or ''
 local count, ttl, context = 0, 0, ''
@@ -129,6 +125,25 @@ if ttl < 0 then
   ttl = window
 end
 return {count, ttl}
+"""
+
+
+# --- ACTIVE (on a cluster, beside BEGIN) -----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Active:
+    """Mark a user active in their channel's set. Returns 1."""
+
+    active_key: str
+    now: float  # unix time
+    window: int  # s a user counts as active
+    member: str  # the user's platform id
+
+
+_ACTIVE = r"""
+mark_active(active_key, now, window, member)
+return 1
 """
 
 
@@ -289,6 +304,7 @@ return {session_filled, context_filled}
 
 BEGIN = Script(Begin, _BEGIN)
 RATE = Script(Rate, _RATE)
+ACTIVE = Script(Active, _ACTIVE)
 FINISH = Script(Finish, _FINISH)
 ABORT = Script(Abort, _ABORT)
 EXTEND = Script(Extend, _EXTEND)
