@@ -43,7 +43,8 @@ def _pgserver() -> ModuleType:
     return pgserver
 
 
-def _pg_bin() -> Path:
+def pg_bin() -> Path:
+    """The directory of the embedded server's binaries (postgres, pg_dump, …)."""
     return Path(_pgserver()._commands.POSTGRES_BIN_PATH)
 
 
@@ -52,7 +53,7 @@ def _pg_system_user() -> str | None:
     """Postgres refuses to run as root, so as root it runs as an unprivileged system user."""
     if os.geteuid() != 0:
         return None
-    utils, bin_dir = _pgserver().utils, _pg_bin()
+    utils, bin_dir = _pgserver().utils, pg_bin()
     try:
         utils.ensure_user_exists(PG_SYSTEM_USER)
     except (OSError, subprocess.CalledProcessError) as exc:
@@ -80,7 +81,7 @@ def _prepare_pgdata(pgdata: Path) -> str | None:
 
 def _run_pg(command: str, pgdata: Path, user: str | None) -> None:
     name, *args = shlex.split(command)
-    cmd = [str(_pg_bin() / name), "-D", str(pgdata), *args]
+    cmd = [str(pg_bin() / name), "-D", str(pgdata), *args]
     timeout = PG_START_TIMEOUT + 30
     # A temp file, not a pipe: the daemonized postmaster inherits it, so a pipe never hits EOF.
     with tempfile.TemporaryFile("w+") as out:

@@ -1,8 +1,10 @@
-"""`bot ops flags|config|chat|cache|purge`: change what the bot does, and clean up after it.
+"""`bot ops flags|config|chat|cache|purge|backup|restore`: change what the bot does, clean
+up after it, and keep its data safe.
 
 bot/ops/cli.py calls `register_manage` with the `ops` sub-parsers. This module holds
 the flags commands; config is in bot/ops/manage_config.py, cache and purge in
-bot/ops/manage_cache.py. Tables for people, one JSON object with --json.
+bot/ops/manage_cache.py, backup and restore in bot/ops/manage_backup.py. Tables for
+people, one JSON object with --json.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from bot.flagset import GLOBAL, KNOWN_FLAGS, FlagSet, parse_value
 from bot.ops.arguments import channel
 from bot.ops.context import Ops
 from bot.ops.handler import group, leaf, warn
+from bot.ops.manage_backup import register_backup
 from bot.ops.manage_cache import register_cache, register_purge
 from bot.ops.manage_chat import register_chat
 from bot.ops.manage_config import register_config
@@ -28,12 +31,13 @@ if TYPE_CHECKING:
 
 
 def register_manage(ops: Subparsers) -> None:
-    """Add the flags, config, cache and purge commands to `bot ops`."""
+    """Add the flags, config, cache, purge, backup and restore commands to `bot ops`."""
     _register_flags(group(ops, "flags", "feature flags: list, get, set, unset"))
     register_config(group(ops, "config", "channel configs: show, set"))
     register_chat(group(ops, "chat", "a chat's settings: list, show, set, unset"))
     register_cache(group(ops, "cache", "the Redis cache: flush, warm"))
     register_purge(ops)
+    register_backup(ops)
 
 
 def _register_flags(flags: Subparsers) -> None:

@@ -80,9 +80,35 @@ class PostgresProbe:
         return None if version is None else str(version)
 
 
+_PUBLIC_TABLES = text(
+    "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
+)
+
+
 class Monitoring:
     def __init__(self, database: Database) -> None:
         self._database = database
+
+    async def tables(self) -> list[str]:
+        """The tables of the database's public schema (none: an empty database)."""
+
+        async def read(connection: AsyncConnection) -> list[str]:
+            return list((await connection.execute(_PUBLIC_TABLES)).scalars())
+
+        return await self._database.once(read)
+
+    async def row_counts(self) -> dict[str, int]:
+        """Exact row counts of every table of the public schema (a backup's check)."""
+
+        async def count(connection: AsyncConnection) -> dict[str, int]:
+            names = list((await connection.execute(_PUBLIC_TABLES)).scalars())
+            found = {}
+            for name in names:  # names from the catalogue, quoted: no caller's text
+                sql = text(f'SELECT count(*) FROM public."{name}"')
+                found[name] = int((await connection.execute(sql)).scalar_one())
+            return found
+
+        return await self._database.once(count)
 
     @asynccontextmanager
     async def probe(self) -> AsyncIterator[PostgresProbe]:
