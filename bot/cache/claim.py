@@ -103,9 +103,10 @@ class Claims:
         self._finish = scripts.FINISH.bind(redis)
         self._abort = scripts.ABORT.bind(redis)
         self._extend = scripts.EXTEND.bind(redis)
-        rate, active = scripts.RATE.bind(redis), scripts.ACTIVE.bind(redis)
-        self.beside = Beside(keys, rate, active)  # on a cluster
-        used = (self._begin, self._finish, self._abort, rate, active)
+        self.rate = scripts.RATE.bind(redis)  # BEGIN's count, when it could not count
+        active = scripts.ACTIVE.bind(redis)
+        self.beside = Beside(keys, self.rate, active)  # on a cluster
+        used = (self._begin, self._finish, self._abort, self.rate, active)
         self.pipelines = ScriptPipelines(redis, used)
         guard.on_recovery(lambda: self.repair.recover(self._forget_unguarded))
 

@@ -27,7 +27,6 @@ class HotStateCache:
         self.keys = keys
         self.guard = guard
         self.claims = Claims(redis, keys, guard, lock_wait)
-        self._rate = scripts.RATE.bind(redis)
 
     def claim(self, message: IncomingMessage, shared: bool = False) -> MessageClaim:
         """The message's turn, to enter with `async with` (bot/cache/claim.py): its
@@ -47,7 +46,7 @@ class HotStateCache:
         """Count one more message of the writer (`user_id`), when BEGIN could not."""
         counter = self.keys.user_rate(message.channel, message.channel_user_id, user_id)
         call = scripts.Rate(rate_key=counter, window=RATE_WINDOW_SECONDS)
-        count, ttl = await self.guard.run(lambda: self._rate(call))
+        count, ttl = await self.guard.run(lambda: self.claims.rate(call))
         return RateCount(int(count), int(ttl))
 
     async def add_stats(self, delta: Mapping[Tally, int]) -> None:

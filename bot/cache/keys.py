@@ -198,9 +198,7 @@ class Keys:
         One per user, wherever they write; on a cluster one per user and place."""
         if not self.cluster:
             return self._key(LOCK, f"chat:{channel}:{channel_user_id}")
-        return self._placed(LOCK, channel, channel_user_id, scope).replace(
-            f"{LOCK}:", f"{LOCK}:chat:", 1
-        )
+        return self._placed(f"{LOCK}:chat", channel, channel_user_id, scope)
 
     def scope_lock(self, channel: str, scope: str) -> str:
         """Serializes the messages of a shared conversation, whoever writes them."""
