@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     db_application_name: str = "chatbot"
     db_retry_attempts: PositiveInt = 10  # with the backoff, about 9 s: a server restart
     db_retry_deadline_seconds: Seconds = 15.0
+    # "transaction": Postgres is behind a transaction pooler (PgBouncer pool_mode =
+    # transaction): no start-up parameters it refuses, no named prepared statements, the
+    # statement timeout set per transaction (docs/deployment.md, "PgBouncer").
+    database_pooler: Literal["none", "transaction"] = "none"
     # How long start-up waits for another worker's migration (under the advisory lock).
     migration_lock_wait_seconds: Seconds = 600.0
     # false: `bot run` and `bot chat` only check the schema is current, for a runtime role

@@ -314,6 +314,8 @@ def postgres_failure(exc: BaseException) -> str:
     detail = f"{type(cause).__name__}: {lines[0]}" if lines else type(cause).__name__
     if "CERTIFICATE_VERIFY_FAILED" in detail:
         return f"{detail}; sslrootcert must name the CA that signed the server's certificate"
+    if "unsupported startup parameter" in detail:
+        return f"{detail}; behind a transaction pooler (PgBouncer)? set DATABASE_POOLER=transaction"
     if "no encryption" in detail:
         return f"{detail}; the server wants TLS: add ?sslmode=require (or verify-full)"
     return detail

@@ -30,6 +30,9 @@ _REDIS_SCHEMES = {"redis", "rediss", "unix"}
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _CERTIFICATE_PARAMETERS = ("sslrootcert", "sslcert", "sslkey", "sslpassword")
 _CERTIFICATE_MODES = ("require", "verify-ca", "verify-full")
+# What DATABASE_URL's query may hold: SQLAlchemy hands each to asyncpg.connect as a
+# keyword, so anything else would fail there, as a TypeError, on the first connection.
+_DATABASE_PARAMETERS = ("host", "password", "sslmode", "ssl", "target_session_attrs")
 # redis-py reads these from a rediss:// URL's query itself.
 REDIS_TLS_OPTIONS = (
     "ssl_ca_certs", "ssl_ca_path", "ssl_ca_data", "ssl_cert_reqs", "ssl_check_hostname",
@@ -99,7 +102,7 @@ def normalize_database_url(url: str) -> str:
     before, hosts = _several_hosts(before)
     _check_port(f"{scheme}://{before}")
     query = "&".join([*(f"host={host}" for host in hosts), *([query] if query else [])])
-    return f"{driver}://{before}{'?' if query else mark}{_database_tls_query(query)}"
+    return f"{driver}://{before}{'?' if query else mark}{_checked_query(query)}"
 
 
 def _several_hosts(before: str) -> tuple[str, list[str]]:
@@ -123,9 +126,9 @@ def _segments(query: str) -> list[tuple[str, str]]:
     return [(unquote_plus(seg.partition("=")[0]), seg) for seg in query.split("&") if seg]
 
 
-def _database_tls_query(query: str) -> str:
-    """The query with libpq's `sslmode=` as asyncpg's `ssl=`, the rest as written; TLS
-    parameters asyncpg cannot honour are refused here, not by a TypeError later."""
+def _checked_query(query: str) -> str:
+    """The query with libpq's `sslmode=` as asyncpg's `ssl=`, the rest as written; a
+    parameter asyncpg cannot honour is refused here, not by a TypeError later."""
     segments: list[str] = []
     mode: str | None = None
     found: set[str] = set()
@@ -141,6 +144,12 @@ def _database_tls_query(query: str) -> str:
             raise ValueError(
                 f"{name} is not supported; the TLS parameters are sslmode, sslrootcert, "
                 "sslcert, sslkey and sslpassword"
+            )
+        elif name not in (*_DATABASE_PARAMETERS, *_CERTIFICATE_PARAMETERS):
+            raise ValueError(
+                f"{name} is not supported; the parameters are sslmode, sslrootcert, sslcert, "
+                "sslkey, sslpassword, password and target_session_attrs (behind PgBouncer, "
+                "set DATABASE_POOLER=transaction)"
             )
         found.add(name)
         segments.append(segment)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -207,6 +208,16 @@ class RecordingDispatcher(Dispatcher):
         return await super().handle(message, on_text)
 
 
+def required_binary(found: str | None, package: str) -> str:
+    """A server binary a test needs: CI installs it (.ci/run), so missing there is a
+    failure; elsewhere the test is skipped, saying what to install."""
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"no {package} on this machine")
+        pytest.skip(f"no {package} on this machine: install the {package} package")
+    return found
+
+
 def free_port() -> int:
     """A local port nothing listens on (at least for now)."""
     with socket.socket() as probe:
@@ -249,6 +260,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
     env["DATABASE_URL"] = settings.database_url.get_secret_value()  # type: ignore[union-attr]
     env["REDIS_URL"] = settings.redis_url.get_secret_value()  # type: ignore[union-attr]
     env["REDIS_KEY_PREFIX"] = settings.redis_key_prefix
+    env["DATABASE_POOLER"] = settings.database_pooler
     env["LOG_LEVEL"] = "WARNING"
     return env
 

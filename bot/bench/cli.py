@@ -151,6 +151,12 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="REDIS_URL names a node of a Redis Cluster: run on it (as REDIS_CLUSTER=true)",
     )
+    add(
+        "--pgbouncer",
+        action="store_true",
+        help="also run the service through a local PgBouncer in transaction mode (the "
+        "pgbouncer package) in each round, and compare it with the direct connection",
+    )
     add("--json", action="store_true", help="print the report as JSON")
     bench.set_defaults(handler=_bench)
 
@@ -180,6 +186,7 @@ async def _bench(settings: Settings, args: argparse.Namespace) -> int:
         baseline=not args.no_baseline,
         loop=args.loop,
         profile=args.profile,
+        pgbouncer=args.pgbouncer,
     )
     if options.loop == "uvloop":
         try:

@@ -84,7 +84,8 @@ class PgProbe:
         return Counter(self.counts)
 
     def _do_connect(self, dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
-        cparams.update(self.connect_kwargs())
+        # Counting on top of the class the engine chose (a pooler's sets its own).
+        cparams["connection_class"] = _counting(cparams.get("connection_class", asyncpg.Connection))
 
     def _on_connect(self, dbapi_connection: Any, record: Any) -> None:
         self.counts["connections"] += 1
@@ -109,27 +110,44 @@ class CountingConnection(asyncpg.Connection):  # type: ignore[misc]
         if self.bench_probe is not None:
             self.bench_probe.counts[kind] += 1
 
-    async def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
+    def _count_prepared(self, query: str) -> None:
+        """A statement with parameters; without a statement cache (behind a transaction
+        pooler) asyncpg parses it anew each time, in a round trip before the execution."""
         self._count(classify(query))
+        if not self._stmt_cache_enabled:
+            self._count(PREPARE)
+
+    async def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        if args:
+            self._count_prepared(query)
+        else:
+            self._count(classify(query))  # the simple protocol: one round trip
         if query.lstrip()[:6].upper() == "COMMIT":
             self._count(COMMITS)
         return await super().execute(query, *args, **kwargs)
 
     async def fetch(self, query: str, *args: Any, **kwargs: Any) -> Any:
-        self._count(classify(query))
+        self._count_prepared(query)
         return await super().fetch(query, *args, **kwargs)
 
     async def fetchrow(self, query: str, *args: Any, **kwargs: Any) -> Any:
-        self._count(classify(query))
+        self._count_prepared(query)
         return await super().fetchrow(query, *args, **kwargs)
 
     async def fetchval(self, query: str, *args: Any, **kwargs: Any) -> Any:
-        self._count(classify(query))
+        self._count_prepared(query)
         return await super().fetchval(query, *args, **kwargs)
 
     async def prepare(self, query: str, **kwargs: Any) -> Any:
         self._count(PREPARE)
         return await super().prepare(query, **kwargs)
+
+
+@functools.cache
+def _counting(base: type[asyncpg.Connection]) -> type[CountingConnection]:
+    if issubclass(base, CountingConnection):
+        return base
+    return type(f"Counting{base.__name__}", (CountingConnection, base), {})
 
 
 class _CountingRedisConnection(_ConnectionBase):

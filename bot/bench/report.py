@@ -162,6 +162,8 @@ def render(report: dict[str, Any]) -> str:
     phases = [(f"service {k}", v) for k, v in report["service"].items()]
     for mode, group in report.get("groups", {}).items():
         phases += [(f"{mode} {k}", v) for k, v in group.items()]
+    if report.get("pgbouncer"):
+        phases.append(("pgbouncer warm", report["pgbouncer"]["warm"]))
     if report.get("baseline"):
         phases.append(("baseline", report["baseline"]))
     lines += [_row(name, phase) for name, phase in phases]
@@ -187,6 +189,13 @@ def render(report: dict[str, Any]) -> str:
             f"throughput service/baseline: {report['baseline_ratio']:.2f} median of rounds "
             f"({by_round}); {report['baseline_ratio_overall']:.2f} overall; "
             f"client CPU per message service/baseline: {cpu:.2f}"
+        )
+    if report.get("pgbouncer"):
+        pooled = report["pgbouncer"]
+        by_round = ", ".join(f"{r:.2f}" for r in pooled["ratio_by_round"])
+        lines.append(
+            f"throughput through PgBouncer (transaction mode)/direct, warm: "
+            f"{pooled['ratio_to_direct']:.2f} median of rounds ({by_round})"
         )
     memory = report["memory"]
     if memory.get("sessions_measured"):

@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 import logging
 import statistics
-from dataclasses import dataclass
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from sqlalchemy import text
 
 from bot.bench.baseline import Baseline
 from bot.bench.driver import BenchUser, Meter, Sample, ServiceDriver
+from bot.bench.pooled import pooled_driver
 from bot.bench.probes import PgProbe, RedisProbe
 from bot.bench.report import session_memory, summarize, targets
 from bot.bench.setup import bench_servers, delete_keys, insert_history
@@ -47,6 +49,7 @@ class BenchOptions:
     baseline: bool = True
     loop: str = "asyncio"
     profile: Path | None = None  # write a pyinstrument profile of the warm phases here
+    pgbouncer: bool = False  # also run the service behind a local PgBouncer, each round
 
 
 @dataclass(slots=True)
@@ -55,6 +58,8 @@ class _Totals:
     warm: Sample
     baseline: Sample
     ratios: list[float]
+    pooled: Sample = field(default_factory=lambda: Sample("warm"))
+    pooled_ratios: list[float] = field(default_factory=list)
 
 
 async def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
@@ -68,7 +73,7 @@ async def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]
                 "rate_limit_per_minute": NO_RATE_LIMIT,
             }
         )
-        report = await _run(settings, options, servers.control, f"{servers.prefix}base:")
+        report = await _run(settings, options, servers.control, servers.prefix)
         report["config"].update(
             database=servers.database,
             key_prefix=servers.prefix,
@@ -78,7 +83,7 @@ async def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]
 
 
 async def _run(
-    settings: Settings, options: BenchOptions, control: Redis, baseline_prefix: str
+    settings: Settings, options: BenchOptions, control: Redis, prefix: str
 ) -> dict[str, Any]:
     assert settings.database_url is not None and settings.redis_url is not None
     url, redis_url = settings.database_url.get_secret_value(), settings.redis_url.get_secret_value()
@@ -94,11 +99,12 @@ async def _run(
     rd.attach(redis)
     base_rd.attach(base_redis)
     service = build_service(settings, engine, redis, EchoResponder())
+    stack = AsyncExitStack()
     users = [BenchUser(f"user-{i:05d}") for i in range(options.users)]
     driver = ServiceDriver(service, users, CHANNEL, Meter(pg, rd, control, service.stats))
     # The baseline names its keys as on one Redis: it sends each in a command of its own,
     # which a cluster's pipeline routes to its node.
-    plain = {"redis_key_prefix": baseline_prefix, "redis_cluster": False}
+    plain = {"redis_key_prefix": f"{prefix}base:", "redis_cluster": False}
     base_keys = keys_for(settings.model_copy(update=plain))
     baseline = Baseline(url, base_redis, base_keys, CHANNEL, base_pg, settings.default_model)
     try:
@@ -107,7 +113,8 @@ async def _run(
             await baseline.open(min(options.concurrency, options.users), names)
         base_meter = Meter(base_pg, base_rd, control)
         await _run_in(options, service, control)
-        totals = await _rounds(options, control, driver, baseline, base_meter, profiler)
+        pooled = await _pooled(stack, settings, options, url, control, f"{prefix}pgb:")
+        totals = await _rounds(options, control, driver, baseline, base_meter, profiler, pooled)
         memory = await session_memory(control, service.cache.keys, CHANNEL, users)
         groups = await _groups(options, control, service, Meter(pg, rd, control, service.stats))
         report = {
@@ -120,11 +127,18 @@ async def _run(
             "baseline_ratio_by_round": totals.ratios,
             "memory": memory,
         }
+        if pooled is not None:
+            report["pgbouncer"] = {
+                "warm": summarize(totals.pooled),
+                "ratio_to_direct": statistics.median(totals.pooled_ratios),
+                "ratio_by_round": totals.pooled_ratios,
+            }
         report["targets"] = targets(report)
         if profiler is not None and options.profile is not None:
             _write_profile(profiler, options.profile)
         return report
     finally:
+        await stack.aclose()
         await baseline.close()
         await redis.aclose()
         await base_redis.aclose()
@@ -138,6 +152,7 @@ async def _rounds(
     baseline: Baseline,
     baseline_meter: Meter,
     profiler: Any,
+    pooled: ServiceDriver | None,
 ) -> _Totals:
     totals = _Totals(Sample("cold"), Sample("warm"), Sample("baseline"), [])
     c, m = options.concurrency, options.messages
@@ -152,12 +167,42 @@ async def _rounds(
         totals.warm.add(warm := await driver.warm(round_no, m, c))
         if profiler is not None:
             profiler.stop()
+        if pooled is not None:
+            totals.pooled.add(through := await _pooled_round(pooled, control, round_no, m, c))
+            totals.pooled_ratios.append(round(through.throughputs[0] / warm.throughputs[0], 3))
         if options.baseline and service_first:
             totals.baseline.add(base := await baseline.run(round_no, m, c, baseline_meter))
         if options.baseline:
             totals.ratios.append(round(warm.throughputs[0] / base.throughputs[0], 3))
         log.info("round %d of %d done", round_no + 1, options.rounds)
     return totals
+
+
+async def _pooled(
+    stack: AsyncExitStack,
+    settings: Settings,
+    options: BenchOptions,
+    url: str,
+    control: Redis,
+    prefix: str,
+) -> ServiceDriver | None:
+    """With --pgbouncer: the driver of a service behind PgBouncer, run in like the other."""
+    if not options.pgbouncer:
+        return None
+    driver = await stack.enter_async_context(
+        pooled_driver(settings, url, control, prefix, options.users, CHANNEL)
+    )
+    await _run_in(options, driver.service, control)
+    return driver
+
+
+async def _pooled_round(
+    driver: ServiceDriver, control: Redis, round_no: int, messages: int, concurrency: int
+) -> Sample:
+    """A cold phase, unmeasured but for filling the cache, then the measured warm one."""
+    await delete_keys(control, driver.service.cache.keys.prefix)
+    await driver.cold(round_no, concurrency)
+    return await driver.warm(round_no, messages, concurrency)
 
 
 async def _groups(

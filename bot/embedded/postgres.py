@@ -49,7 +49,7 @@ def pg_bin() -> Path:
 
 
 @functools.cache
-def _pg_system_user() -> str | None:
+def pg_system_user() -> str | None:
     """Postgres refuses to run as root, so as root it runs as an unprivileged system user."""
     if os.geteuid() != 0:
         return None
@@ -71,7 +71,7 @@ def _pg_system_user() -> str | None:
 def _prepare_pgdata(pgdata: Path) -> str | None:
     """Create pgdata, owned by the user Postgres will run as; return that user (None = us)."""
     pgdata.mkdir(parents=True, exist_ok=True)
-    user = _pg_system_user()
+    user = pg_system_user()
     if user is not None:
         _pgserver().utils.ensure_prefix_permissions(pgdata)
         entry = pwd.getpwnam(user)
@@ -148,4 +148,4 @@ class EmbeddedPostgres(EmbeddedServer):
 
     def _shutdown(self) -> None:
         if live_process(self._pid, self.process_name) is not None:
-            _run_pg("pg_ctl -m fast -w stop", self.data_dir, _pg_system_user())
+            _run_pg("pg_ctl -m fast -w stop", self.data_dir, pg_system_user())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event
 from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -36,15 +37,54 @@ def create_engine(settings: Settings, url: str, *, pool_size: int | None = None)
             **tls_args,
             "timeout": settings.db_connect_timeout_seconds,
             "command_timeout": settings.db_command_timeout_seconds,
-            "server_settings": {
-                "application_name": settings.db_application_name,
-                "statement_timeout": str(settings.db_statement_timeout_ms),
-            },
+            **_session_args(settings),
         },
     )
     if settings.db_pool_pre_ping and not ping_every_checkout:
         ping_idle_connections(engine, settings.db_pool_ping_idle_seconds)
     return engine
+
+
+def _session_args(settings: Settings) -> dict[str, Any]:
+    """The session's settings: the app name and statement timeout, sent at start-up to
+    Postgres, or through a transaction pooler as that pooler allows."""
+    server_settings = {"application_name": settings.db_application_name}
+    if settings.database_pooler == "transaction":
+        return {"server_settings": server_settings, **_pooled(settings.db_statement_timeout_ms)}
+    server_settings["statement_timeout"] = str(settings.db_statement_timeout_ms)
+    return {"server_settings": server_settings}
+
+
+def _pooled(statement_timeout_ms: int) -> dict[str, Any]:
+    """asyncpg's connect arguments for a transaction pooler (DATABASE_POOLER=transaction).
+
+    Consecutive transactions of one connection may run on different server connections,
+    and PgBouncer refuses startup parameters it does not track. So: no statement_timeout
+    at start-up (it is set in each transaction, in BEGIN's own round trip), and no named
+    prepared statement, which would outlive its transaction on a server connection
+    another client gets next: asyncpg and SQLAlchemy prepare unnamed ones, each used
+    within the transaction that parsed it.
+    """
+    return {
+        "statement_cache_size": 0,
+        "prepared_statement_cache_size": 0,
+        "connection_class": _with_transaction_timeout(statement_timeout_ms),
+    }
+
+
+def _with_transaction_timeout(statement_timeout_ms: int) -> type[asyncpg.Connection]:
+    set_timeout = f"SET LOCAL statement_timeout = {int(statement_timeout_ms)}"
+
+    class TimeoutPerTransaction(asyncpg.Connection):  # type: ignore[misc]
+        """Sends `SET LOCAL statement_timeout` with every BEGIN, in one simple query."""
+
+        async def execute(self, query: str, *args: Any, **options: Any) -> str:
+            if not args and query.startswith("BEGIN"):
+                query = f"{query.rstrip(';')}; {set_timeout}"
+            result: str = await super().execute(query, *args, **options)
+            return result
+
+    return TimeoutPerTransaction
 
 
 def ping_idle_connections(engine: AsyncEngine, idle_seconds: float) -> None:

@@ -63,17 +63,17 @@ async def upgrade_to_head(
 ) -> str | None:
     """Bring the schema to the newest revision; return the revision now in place.
 
-    Waits up to `lock_wait` seconds for another process's migration to finish.
+    Every pending migration runs in one transaction, the one that holds the migration
+    lock: a transaction-level lock, which ends with it, so neither a failed migration
+    nor a transaction pooler's server connection can keep it. Waits up to `lock_wait`
+    seconds for another process's migration to finish.
     """
     config = alembic_config()
     try:
         async with engine.connect() as connection:
             await _lock(connection, lock_wait)
-            try:
-                await connection.run_sync(_upgrade, config)
-                await connection.commit()
-            finally:
-                await _unlock(connection)
+            await connection.run_sync(_upgrade, config)
+            await connection.commit()
     except (SQLAlchemyError, OSError) as exc:
         cause = getattr(exc, "orig", None) or exc
         raise MigrationError(f"migration failed: {cause.__class__.__name__}: {cause}") from exc
@@ -84,18 +84,19 @@ async def upgrade_to_head(
 
 
 async def _lock(connection: AsyncConnection, lock_wait: float) -> None:
-    """Take the migration lock, polling: a blocking pg_advisory_lock would run under the
-    engine's command timeout and fail behind any migration longer than that."""
+    """Open the migration's transaction holding the lock, polling: a blocking
+    pg_advisory_xact_lock would run under the engine's command timeout and fail behind
+    any migration longer than that."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + lock_wait
     delay = 0.05
     while True:
         taken = await connection.scalar(
-            text("SELECT pg_try_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID}
+            text("SELECT pg_try_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID}
         )
-        await connection.commit()  # no transaction left open (and no snapshot held) between tries
         if taken:
             return
+        await connection.rollback()  # no transaction left open (and no snapshot held) between tries
         if loop.time() + delay > deadline:
             raise MigrationError(
                 f"another process held the migration lock for more than {lock_wait:g} s "
@@ -103,20 +104,6 @@ async def _lock(connection: AsyncConnection, lock_wait: float) -> None:
             )
         await asyncio.sleep(delay)
         delay = min(delay * 2, _POLL_MAX_SECONDS)
-
-
-async def _unlock(connection: AsyncConnection) -> None:
-    """Release the lock, also after a failed migration left the transaction aborted.
-
-    The lock belongs to the session, so a pooled connection that kept it would block every
-    later migration; a connection that cannot release it is closed, which releases it.
-    """
-    try:
-        await connection.rollback()  # a no-op after the commit of a successful upgrade
-        await connection.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": MIGRATION_LOCK_ID})
-        await connection.commit()
-    except (SQLAlchemyError, OSError):
-        await connection.invalidate()
 
 
 def _upgrade(connection: Connection, config: Config) -> None:

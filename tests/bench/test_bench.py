@@ -3,7 +3,6 @@ promises for the warm path, and leaves nothing behind. Counts only, never a time
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import asyncpg
@@ -12,8 +11,8 @@ from redis.asyncio import Redis
 
 from bot.bench.probes import CONTROL, PING, READ, WRITE, classify
 from bot.bench.report import percentile
+from tests.bench.run import bench_report
 from tests.conftest import _plain
-from tests.test_cli import bot
 
 USERS, MESSAGES, ROUNDS = 5, 4, 2
 
@@ -21,16 +20,12 @@ USERS, MESSAGES, ROUNDS = 5, 4, 2
 @pytest.fixture(scope="module")
 async def report(server_urls: tuple[str, str]) -> dict[str, Any]:
     admin_url, redis_url = server_urls
-    result = await bot(
-        "bench",
+    return await bench_report(
         *("--users", str(USERS), "--messages", str(MESSAGES), "--rounds", str(ROUNDS)),
-        *("--concurrency", "4", "--history", "250", "--json"),
-        DATABASE_URL=admin_url,
-        REDIS_URL=redis_url,
+        *("--concurrency", "4", "--history", "250"),
+        database_url=admin_url,
+        redis_url=redis_url,
     )
-    assert result.code == 0, result.err
-    parsed: dict[str, Any] = json.loads(result.out)
-    return parsed
 
 
 def test_warm_path_reads_nothing_from_postgres_and_makes_two_redis_round_trips(

@@ -4,12 +4,12 @@ once) and reads nothing from Postgres. Counts only, never a time."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 
 from bot.bench.probes import READ, WRITE
+from tests.bench.run import bench_report
 from tests.redis_servers import RedisCluster
 from tests.test_cli import bot
 
@@ -18,17 +18,13 @@ USERS, MESSAGES, ROUNDS = 5, 4, 2
 
 @pytest.fixture(scope="module")
 async def report(server_urls: tuple[str, str], cluster: RedisCluster) -> dict[str, Any]:
-    result = await bot(
-        "bench",
+    return await bench_report(
         "--redis-cluster",
         *("--users", str(USERS), "--messages", str(MESSAGES), "--rounds", str(ROUNDS)),
-        *("--concurrency", "4", "--json"),
-        DATABASE_URL=server_urls[0],
-        REDIS_URL=cluster.url,
+        *("--concurrency", "4"),
+        database_url=server_urls[0],
+        redis_url=cluster.url,
     )
-    assert result.code == 0, result.err
-    parsed: dict[str, Any] = json.loads(result.out)
-    return parsed
 
 
 def test_the_warm_path_on_a_cluster_waits_for_two_round_trips(report: dict[str, Any]) -> None:

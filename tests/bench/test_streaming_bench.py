@@ -4,7 +4,6 @@ streamed exchange, and leaves nothing behind. Counts only, never a time target."
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import asyncpg
@@ -12,8 +11,8 @@ import pytest
 from redis.asyncio import Redis
 
 from bot.cache.keys import glob_escape
+from tests.bench.run import bench_report
 from tests.conftest import _plain
-from tests.test_cli import bot
 
 CONVERSATIONS, REPLIES = 3, 2
 
@@ -21,18 +20,14 @@ CONVERSATIONS, REPLIES = 3, 2
 @pytest.fixture(scope="module")
 async def report(server_urls: tuple[str, str]) -> dict[str, Any]:
     admin_url, redis_url = server_urls
-    result = await bot(
-        "bench",
+    return await bench_report(
         "--streaming",
         *("--concurrency", str(CONVERSATIONS), "--replies", str(REPLIES)),
         *("--first-token", "0.05", "--tokens-per-second", "200", "--reply-words", "30"),
-        *("--think", "1", "--json"),  # as people read: inside the per-chat limits
-        DATABASE_URL=admin_url,
-        REDIS_URL=redis_url,
+        *("--think", "1"),  # as people read: inside the per-chat limits
+        database_url=admin_url,
+        redis_url=redis_url,
     )
-    assert result.code == 0, result.err
-    parsed: dict[str, Any] = json.loads(result.out)
-    return parsed
 
 
 @pytest.mark.parametrize("platform", ["telegram", "discord", "slack"])

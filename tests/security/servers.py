@@ -22,7 +22,7 @@ import pytest
 import redis
 import trustme
 
-from tests.support import free_port
+from tests.support import free_port, required_binary
 
 HOST = "127.0.0.1"
 TLS_ONLY = "tls_only"  # a group role: its members' connections must use TLS
@@ -208,12 +208,7 @@ class OwnPostgres:
 
 
 def redis_server_bin() -> str:
-    found = shutil.which("redis-server")
-    if found is None:
-        if os.environ.get("CI"):  # CI installs it (.ci/run): missing there is a failure
-            pytest.fail("no redis-server on this machine")
-        pytest.skip("no redis-server on this machine: install the redis-server package")
-    return found
+    return required_binary(shutil.which("redis-server"), "redis-server")
 
 
 @dataclass

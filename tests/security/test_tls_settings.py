@@ -43,8 +43,9 @@ def refused(**settings: str) -> str:
     "mode", ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 )
 def test_libpq_sslmode_becomes_asyncpgs_ssl(mode: str) -> None:
-    assert database_url(f"{BASE}?sslmode={mode}&application_name=x") == (
-        f"postgresql+asyncpg://bot:s3cretpw@db.example:5432/chat?ssl={mode}&application_name=x"
+    assert database_url(f"{BASE}?sslmode={mode}&target_session_attrs=primary") == (
+        f"postgresql+asyncpg://bot:s3cretpw@db.example:5432/chat?ssl={mode}"
+        "&target_session_attrs=primary"
     )
     assert database_url(f"{BASE}?ssl={mode}").endswith(f"?ssl={mode}")
 
@@ -56,6 +57,8 @@ def test_libpq_sslmode_becomes_asyncpgs_ssl(mode: str) -> None:
         ("ssl=true", "ssl must be one of disable, allow, prefer, require"),
         ("sslmode=require&ssl=require", "not both"),
         ("sslcrl=/etc/crl.pem", "sslcrl is not supported"),
+        ("statement_cache_size=0", "statement_cache_size is not supported; the parameters"),
+        ("application_name=x", "set DATABASE_POOLER=transaction"),
         ("sslrootcert=/etc/ca.pem", "need sslmode=require, verify-ca or verify-full"),
         ("sslmode=prefer&sslrootcert=/etc/ca.pem", "need sslmode=require"),
     ],
@@ -67,11 +70,12 @@ def test_bad_tls_options_of_the_database_url_are_refused_readably(query: str, sa
 
 
 def test_certificate_files_become_an_ssl_context(certificates: Certificates) -> None:
-    url = database_url(f"{BASE}?sslmode=verify-full&sslrootcert={certificates.ca}&x=1")
+    tls = f"sslmode=verify-full&sslrootcert={certificates.ca}"
+    url = database_url(f"{BASE}?{tls}&target_session_attrs=any")
 
     plain, connect_args = database_connect_args(url)
 
-    assert plain == "postgresql+asyncpg://bot:s3cretpw@db.example:5432/chat?x=1"
+    assert plain == f"postgresql+asyncpg://{BASE.partition('://')[2]}?target_session_attrs=any"
     context = connect_args["ssl"]
     assert isinstance(context, ssl.SSLContext)
     assert context.verify_mode is ssl.CERT_REQUIRED and context.check_hostname
