@@ -34,6 +34,9 @@ class Settings(BaseSettings):
 
     # Where the state lives. Unset URLs start embedded servers under DATA_DIR.
     database_url: SecretStr | None = None
+    # A streaming replica for the reads of `bot ops` (stats, search, export, conversation
+    # show), never for the message path; unset: they read DATABASE_URL.
+    database_read_url: SecretStr | None = None
     redis_url: SecretStr | None = None
     data_dir: Path = Path(".data")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
@@ -58,6 +61,8 @@ class Settings(BaseSettings):
     # transaction): no start-up parameters it refuses, no named prepared statements, the
     # statement timeout set per transaction (docs/deployment.md, "PgBouncer").
     database_pooler: Literal["none", "transaction"] = "none"
+    # `bot ops health` warns when the read replica's replay is this far behind.
+    replica_lag_warning_seconds: Seconds = 30.0
     # How long start-up waits for another worker's migration (under the advisory lock).
     migration_lock_wait_seconds: Seconds = 600.0
     # false: `bot run` and `bot chat` only check the schema is current, for a runtime role
@@ -209,7 +214,7 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://, e.g. http://localhost:11434/v1")
         return str(value)
 
-    @field_validator("database_url", mode="before")
+    @field_validator("database_url", "database_read_url", mode="before")
     @classmethod
     def _database_url(cls, value: Any) -> Any:
         if value in (None, ""):

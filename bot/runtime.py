@@ -60,6 +60,7 @@ class _Server(Protocol):
 class Endpoints:
     database_url: str
     redis_url: str
+    database_read_url: str | None = None  # a replica for ops reads (never embedded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +95,7 @@ async def open_endpoints(settings: Settings) -> AsyncIterator[Endpoints]:
                 redis_server = embedded.EmbeddedRedis(settings.data_dir / "redis")
                 await _start(stack, redis_server)
                 redis_url = redis_server.url
-        yield Endpoints(database_url, redis_url)
+        yield Endpoints(database_url, redis_url, _secret(settings.database_read_url))
 
 
 async def _start(stack: AsyncExitStack, server: _Server) -> None:

@@ -362,3 +362,18 @@ def test_an_empty_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> N
     settings = Settings(_env_file=None)
     assert settings.slack_app_token is None and settings.database_url is None
     assert settings.rate_limit_per_minute == 60
+
+
+def test_database_read_url_is_checked_like_database_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = config_error(monkeypatch, DATABASE_READ_URL="mysql://u:s3cretpw@h/db")
+
+    assert message.startswith("invalid setting DATABASE_READ_URL:") and "\n" not in message
+    assert "s3cretpw" not in message
+    monkeypatch.setenv("DATABASE_READ_URL", "postgres://ops:s3cretpw@r1:5432,r2:5432/chat")
+    settings = load_settings(_env_file=None)
+    assert settings.database_read_url is not None
+    assert settings.database_read_url.get_secret_value() == (
+        "postgresql+asyncpg://ops:s3cretpw@/chat?host=r1:5432&host=r2:5432"
+    )
+    assert "s3cretpw" in settings.secrets()  # masked wherever it would appear
+    assert settings.replica_lag_warning_seconds == 30.0

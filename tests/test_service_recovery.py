@@ -11,7 +11,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cache.state import BeginStatus
 from bot.domain import ReplyKind
-from tests.support import GatedResponder, ServiceFactory, handled, messages_of, msg, new_user
+from tests.support import (
+    GatedResponder,
+    ServiceFactory,
+    free_port,
+    handled,
+    messages_of,
+    msg,
+    new_user,
+)
 
 # A short lock, so that a lock nobody renews runs out within the test.
 SHORT_LOCK = {"lock_ttl_seconds": 1, "lock_wait_seconds": 20}
@@ -177,3 +185,34 @@ async def test_a_reply_never_delivered_is_sent_by_the_redelivery_after_the_lease
     assert waited >= 0.5  # it waited for the lease: the first worker might still send it
     assert survivor.stats["reply_resent"] == 1
     assert len(await messages_of(engine, user)) == 2
+
+
+async def test_an_event_told_cant_answer_and_delivered_is_answered_when_it_comes_again(
+    make_service: ServiceFactory, engine: AsyncEngine, redis: Redis
+) -> None:
+    """The adapter delivers "can't answer" as any reply (and reports it delivered); the
+    platform's redelivery of that event, on any worker, is answered, not taken for a
+    duplicate (a failover's refused messages were lost this way)."""
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
+    without_postgres = await make_service(
+        database_url=dead, db_retry_deadline_seconds=0.2, db_connect_timeout_seconds=0.5
+    )
+    survivor = await make_service()
+    user = new_user()
+    event = msg(user, "hello after the outage", pid=f"{user}:1")
+
+    told = await handled(without_postgres, event)
+    await without_postgres.cache.flush_delivered()
+    again_here = await handled(without_postgres, event)
+    redelivered = await handled(survivor, event)
+    await survivor.cache.flush_delivered()
+
+    assert told.kind is again_here.kind is ReplyKind.UNAVAILABLE, (told, again_here)
+    assert redelivered.kind is ReplyKind.ANSWER, redelivered
+    rows = await messages_of(engine, user)
+    assert [(r.role, r.content) for r in rows] == [
+        ("user", "hello after the outage"),
+        ("assistant", redelivered.text),
+    ]
+    keys = survivor.cache.keys
+    assert await redis.get(keys.dedup("console", f"{user}:1")) == b"done"

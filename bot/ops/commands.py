@@ -25,9 +25,14 @@ View = Callable[[Out, Any], None]
 
 
 async def health(ops: Ops, args: argparse.Namespace, out: Out) -> int:
-    data = await inspect.health(ops.store, ops.cache, args.timeout, out.secrets)
+    replica = None
+    if ops.has_replica:
+        replica = inspect.Replica(ops.reads, ops.settings.replica_lag_warning_seconds)
+    data = await inspect.health(ops.store, ops.cache, args.timeout, out.secrets, replica)
     data["postgres"]["url"] = redact_url(ops.endpoints.database_url)
     data["redis"]["url"] = redact_url(ops.endpoints.redis_url)
+    if ops.endpoints.database_read_url is not None:
+        data["replica"]["url"] = redact_url(ops.endpoints.database_read_url)
     out.emit(data, views.health_view)
     return 0 if data["ok"] else 1
 
@@ -35,7 +40,7 @@ async def health(ops: Ops, args: argparse.Namespace, out: Out) -> int:
 async def stats(ops: Ops, args: argparse.Namespace, out: Out) -> int:
     with out.progress("scanning Redis keys") as advance:
         data = await inspect.redis_stats(ops.cache, advance)
-    data.update(await inspect.postgres_stats(ops.store))
+    data.update(await inspect.postgres_stats(ops.store, ops.reads))
     out.emit(data, views.stats_view)
     return 0
 
@@ -55,7 +60,7 @@ user_show = report(records.show_user, views.user_view, "channel", "user")
 
 
 async def user_export(ops: Ops, args: argparse.Namespace, out: Out) -> int:
-    summary = await records.user_summary(ops, args.channel, args.user)
+    summary = await records.user_summary(ops, args.channel, args.user, on_replica=True)
     with out.progress("exporting conversations", total=summary["conversations"]) as advance:
         data = await records.export_user(ops, args.channel, args.user, advance)
     document = to_json(data) + "\n"  # as stored: the export is not redacted

@@ -1,12 +1,15 @@
 """What every `bot ops` command works with, opened once per command and closed after it:
-the settings, where the servers are, all SQL (the Store) and the Redis side of ops
-(the CacheAdmin). Read-mostly: nothing is migrated and no service is started."""
+the settings, where the servers are, all SQL (the Store), the reads that may go to a
+replica (`reads`) and the Redis side of ops (the CacheAdmin). Read-mostly: nothing is
+migrated and no service is started."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cache.admin import CacheAdmin
 from bot.cache.flags import FlagCache
@@ -26,6 +29,13 @@ class Ops:
     endpoints: Endpoints
     store: Store
     cache: CacheAdmin
+    # Stats, search, export and conversation show: on DATABASE_READ_URL's replica when
+    # set (they may lag behind it), else `store` itself.
+    reads: Store
+
+    @property
+    def has_replica(self) -> bool:
+        return self.reads is not self.store
 
     def flag_cache(self) -> FlagCache:
         """The flags' Redis hashes, for every channel the bot has."""
@@ -36,13 +46,20 @@ class Ops:
 @asynccontextmanager
 async def open_ops(settings: Settings) -> AsyncIterator[Ops]:
     """Clients of both stores (embedded servers for what is not configured)."""
-    async with open_endpoints(settings) as endpoints:
-        engine = create_engine(settings, endpoints.database_url, pool_size=2)
+    async with open_endpoints(settings) as endpoints, AsyncExitStack() as stack:
+        store = build_store(settings, _engine(stack, settings, endpoints.database_url))
+        reads = store
+        if endpoints.database_read_url is not None:
+            reads = build_store(settings, _engine(stack, settings, endpoints.database_read_url))
         redis = create_redis(settings, endpoints.redis_url)
+        stack.push_async_callback(redis.aclose)
         guard = RedisGuard.one_shot(max(settings.redis_op_timeout_seconds, OPS_REDIS_TIMEOUT))
-        try:
-            cache = CacheAdmin(redis, keys_for(settings), guard)
-            yield Ops(settings, endpoints, build_store(settings, engine), cache)
-        finally:
-            await redis.aclose()
-            await engine.dispose()
+        cache = CacheAdmin(redis, keys_for(settings), guard)
+        yield Ops(settings, endpoints, store, cache, reads)
+
+
+def _engine(stack: AsyncExitStack, settings: Settings, url: str) -> AsyncEngine:
+    """A small pool for one command, disposed of when the command ends."""
+    engine = create_engine(settings, url, pool_size=2)
+    stack.push_async_callback(engine.dispose)
+    return engine

@@ -1,5 +1,6 @@
 """What `bot ops conversation show|search` read: the conversation's newest messages,
-each marked if also in the Redis context, and full-text search over all messages."""
+each marked if also in the Redis context, and full-text search over all messages. Both
+read the replica of DATABASE_READ_URL, if there is one."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def _is_cached(message: RecentMessage, cached: list[dict[str, Any]]) -> bool:
 
 async def show_conversation(ops: Ops, conversation_id: uuid.UUID, limit: int) -> dict[str, Any]:
     """The newest `limit` messages, oldest first, each marked if also in the cached context."""
-    history = await ops.store.records.conversation_history(conversation_id, limit)
+    history = await ops.reads.records.conversation_history(conversation_id, limit)
     if history is None:
         raise NotFound(f"no conversation {conversation_id}")
     row = history.conversation
@@ -46,5 +47,5 @@ async def show_conversation(ops: Ops, conversation_id: uuid.UUID, limit: int) ->
 
 async def search_messages(ops: Ops, query: str, limit: int) -> dict[str, Any]:
     """Messages matching a web-search style query (words, "a phrase", -not, or), newest first."""
-    hits = await ops.store.records.search_messages(query, limit, HIGHLIGHT)
+    hits = await ops.reads.records.search_messages(query, limit, HIGHLIGHT)
     return {"query": query, "limit": limit, "results": [asdict(hit) for hit in hits]}

@@ -10,7 +10,7 @@ import asyncio
 import statistics
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from bot.cache import keys as kinds
@@ -108,20 +108,91 @@ def health_warnings(redis: dict[str, Any]) -> list[str]:
 
 
 async def health(
-    store: Store, cache: CacheAdmin, budget: float, secrets: list[str]
+    store: Store,
+    cache: CacheAdmin,
+    budget: float,
+    secrets: list[str],
+    replica: Replica | None = None,
 ) -> dict[str, Any]:
-    """Both stores reachable, their round trips, the schema revision, Redis memory."""
-    postgres, redis = await asyncio.gather(
-        postgres_health(store, budget, secrets), redis_health(cache, budget, secrets)
+    """Both stores reachable, their round trips, the schema revision, Redis memory, and
+    the read replica (DATABASE_READ_URL) if there is one: reachable, in recovery, lag."""
+    postgres, redis, read = await asyncio.gather(
+        postgres_health(store, budget, secrets),
+        redis_health(cache, budget, secrets),
+        replica_health(store, replica, budget, secrets),
     )
     migrations = migration_status(postgres.pop("revision"), postgres["ok"])
+    replica_ok = read is None or read["ok"]
     return {
-        "ok": bool(postgres["ok"] and redis["ok"] and migrations["ok"]),
+        "ok": bool(postgres["ok"] and redis["ok"] and migrations["ok"] and replica_ok),
         "postgres": postgres,
         "redis": redis,
         "migrations": migrations,
-        "warnings": health_warnings(redis),
+        **({"replica": read} if read is not None else {}),
+        "warnings": health_warnings(redis) + replica_warnings(read, replica),
     }
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    """The read replica's store, and the replay lag above which health warns."""
+
+    store: Store
+    lag_warning_seconds: float
+
+
+async def replica_health(
+    primary: Store, replica: Replica | None, budget: float, secrets: list[str]
+) -> dict[str, Any] | None:
+    """Reachable, in recovery, and how far its replay is behind the primary: in bytes of
+    WAL, and in seconds since the last transaction it replayed (0 when it has replayed
+    all the primary has written, however long ago that was)."""
+    if replica is None:
+        return None
+    found = await postgres_health(replica.store, budget, secrets)
+    found.pop("revision")
+    lag: dict[str, Any] = {"in_recovery": None, "lag_bytes": None, "lag_seconds": None}
+    if not found["ok"]:
+        return {**found, **lag}
+    try:
+        async with asyncio.timeout(budget):
+            # The primary's position first: a replica that replays past it meanwhile is not
+            # behind, where the other order would count what was written in between.
+            position = await _primary_position(primary)
+            status = await replica.store.monitoring.replica_status(position)
+    except FAILURES as exc:
+        return {**found, **lag, "ok": False, "error": describe(exc, secrets)}
+    behind = status.lag_bytes
+    seconds = 0.0 if behind == 0 else status.since_last_replay
+    lag = {"in_recovery": status.in_recovery, "lag_bytes": behind, "lag_seconds": seconds}
+    return {**found, **lag}
+
+
+async def _primary_position(primary: Store) -> str | None:
+    """The primary's WAL position; None if it cannot be read (the lag is then unknown)."""
+    try:
+        return await primary.monitoring.wal_position()
+    except StoreError:
+        return None
+
+
+def replica_warnings(read: dict[str, Any] | None, replica: Replica | None) -> list[str]:
+    """A replica that is no standby, or whose replay lags beyond the threshold."""
+    if read is None or replica is None or not read["ok"]:
+        return []
+    if read["in_recovery"] is False:
+        return [
+            "DATABASE_READ_URL names a server that is not in recovery (a primary, or a "
+            "promoted standby): ops reads load it as they would the primary"
+        ]
+    seconds, limit = read["lag_seconds"], replica.lag_warning_seconds
+    if seconds is not None and seconds > limit:
+        return [
+            f"the read replica is {seconds:.1f} s ({read['lag_bytes']} bytes of WAL) behind "
+            f"the primary, over REPLICA_LAG_WARNING_SECONDS={limit:g}: ops stats, search, "
+            "export and conversation show miss what was written since"
+        ]
+    return []
 
 
 # --- stats: Redis ---------------------------------------------------------------------
@@ -169,8 +240,11 @@ def _counts(name: str, row: MessageCounts) -> dict[str, Any]:
     return {name: row.value, "last_hour": row.last_hour, "last_24h": row.last_24h}
 
 
-async def postgres_stats(store: Store) -> dict[str, Any]:
-    activity = await store.monitoring.activity()
+async def postgres_stats(store: Store, reads: Store) -> dict[str, Any]:
+    """What the rows say, from `reads` (a replica, if there is one), and the tables' and
+    indexes' sizes and use from `store`: a standby keeps its own statistics."""
+    activity = await reads.monitoring.activity()
+    usage = await store.monitoring.usage()
     return {
         "conversations": asdict(activity.conversations),
         "messages": {
@@ -178,7 +252,7 @@ async def postgres_stats(store: Store) -> dict[str, Any]:
             "replies_by_model": [_counts("model", row) for row in activity.replies_by_model],
         },
         "postgres": {
-            "tables": [asdict(row) for row in activity.tables],
-            "indexes": [asdict(row) for row in activity.indexes],
+            "tables": [asdict(row) for row in usage.tables],
+            "indexes": [asdict(row) for row in usage.indexes],
         },
     }

@@ -103,7 +103,7 @@ def _by_scope(items: Sequence[ExportedConversation]) -> list[dict[str, Any]]:
 async def export_user(ops: Ops, channel: str, user: str, progress: Progress) -> dict[str, Any]:
     """Everything stored about the user, in both stores, as one JSON-ready object: their
     messages grouped by scope (of shared conversations, what they wrote)."""
-    found = _found(await ops.store.records.export_user(channel, user, progress), channel, user)
+    found = _found(await ops.reads.records.export_user(channel, user, progress), channel, user)
     summaries = [item.conversation for item in found.conversations]
     return {
         "exported_at": datetime.now(UTC),
@@ -113,10 +113,14 @@ async def export_user(ops: Ops, channel: str, user: str, progress: Progress) -> 
     }
 
 
-async def user_summary(ops: Ops, channel: str, user: str) -> dict[str, Any]:
-    """What a delete would remove from Postgres: for the confirmation prompt (and the
-    export's progress). Of a shared conversation, only what the user wrote goes."""
-    found = _found(await ops.store.records.user_with_conversations(channel, user), channel, user)
+async def user_summary(
+    ops: Ops, channel: str, user: str, *, on_replica: bool = False
+) -> dict[str, Any]:
+    """What a delete would remove from Postgres: for the confirmation prompt (from the
+    primary), and the export's progress (`on_replica`, where the export reads). Of a
+    shared conversation, only what the user wrote goes."""
+    store = ops.reads if on_replica else ops.store
+    found = _found(await store.records.user_with_conversations(channel, user), channel, user)
     return {
         "user": asdict(found.user),
         "conversations": len(found.conversations),

@@ -40,12 +40,29 @@ def health_view(out: Out, data: dict[str, Any]) -> None:
         ("Redis", _state(rd["ok"]), rd["latency_ms"], _store_details(rd, "Redis", memory)),
         ("Migrations", _state(mig["ok"], mig["status"], mig["status"].upper()), None, revision),
     ]
+    if "replica" in data:
+        rows.insert(1, _replica_row(data["replica"]))
     out.table("Health", ["component", "status", "round trip ms", "details"], rows)
     for warning in data["warnings"]:
         out.note(f"warning: {warning}", style="yellow")
     out.note(
         "healthy" if data["ok"] else "NOT healthy", style="green" if data["ok"] else "bold red"
     )
+
+
+def _replica_row(replica: dict[str, Any]) -> tuple[str, Text, Any, str]:
+    """The read replica: reachable, in recovery, and its replay lag."""
+    if replica["error"] or replica["in_recovery"] is None:
+        details = _store_details(replica, "Postgres")
+    elif not replica["in_recovery"]:
+        details = _store_details(replica, "Postgres", ", NOT in recovery (not a standby)")
+    else:
+        seconds = replica["lag_seconds"]
+        lag = "unknown" if seconds is None else f"{seconds:.1f} s"
+        behind = replica["lag_bytes"]
+        lag += "" if behind is None else f" ({size(behind)} of WAL)"
+        details = _store_details(replica, "Postgres", f", in recovery, replay lag {lag}")
+    return ("Read replica", _state(replica["ok"]), replica["latency_ms"], details)
 
 
 def stats_view(out: Out, data: dict[str, Any]) -> None:

@@ -1,5 +1,6 @@
 """The SQL of `bot ops health` and `bot ops stats`: round trips, the server version,
-recent activity, and the size and use of the tables and indexes. Read only.
+recent activity, the size and use of the tables and indexes, and how far a read
+replica's replay is behind its primary. Read only.
 
 As in bot/store/ops_queries.py nothing is retried: a health check reports a failure
 at once, as a StoreError whose cause names the driver's error.
@@ -20,6 +21,8 @@ from bot.store.records import (
     IndexUsage,
     MessageCounts,
     PostgresActivity,
+    PostgresUsage,
+    ReplicaStatus,
     TableUsage,
 )
 from bot.store.retry import errors_mapped
@@ -80,6 +83,21 @@ class PostgresProbe:
         return None if version is None else str(version)
 
 
+# The primary's WAL position (None on a standby), to compare a replica's replay with.
+_WAL_POSITION = text(
+    "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END"
+)
+# Read on the replica: the bytes of the primary's WAL (its position given as text) not
+# replayed yet; a replica that replayed past that position is not behind (0).
+_REPLICA_STATUS = text(
+    """SELECT pg_is_in_recovery() AS in_recovery,
+              CASE WHEN pg_is_in_recovery() THEN greatest(0, pg_wal_lsn_diff(
+                  CAST(CAST(:primary_position AS text) AS pg_lsn), pg_last_wal_replay_lsn()))
+              END::bigint AS lag_bytes,
+              extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8
+                  AS since_last_replay"""
+)
+
 _PUBLIC_TABLES = text(
     "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
 )
@@ -125,6 +143,27 @@ class Monitoring:
     async def activity(self) -> PostgresActivity:
         return await self._database.once(_activity)
 
+    async def usage(self) -> PostgresUsage:
+        return await self._database.once(_usage)
+
+    async def wal_position(self) -> str | None:
+        """The server's current WAL position, if it is a primary (None: a standby)."""
+
+        async def read(connection: AsyncConnection) -> str | None:
+            return (await connection.execute(_WAL_POSITION)).scalar()
+
+        return await self._database.once(read)
+
+    async def replica_status(self, primary_position: str | None) -> ReplicaStatus:
+        """This server as a replica of a primary at `primary_position` (None: unknown)."""
+
+        async def read(connection: AsyncConnection) -> ReplicaStatus:
+            params = {"primary_position": primary_position}
+            row = (await connection.execute(_REPLICA_STATUS, params)).one()
+            return ReplicaStatus(**row._mapping)
+
+        return await self._database.once(read)
+
 
 async def _activity(connection: AsyncConnection) -> PostgresActivity:
     conversations = (await connection.execute(_CONVERSATION_ACTIVITY)).one()
@@ -132,9 +171,13 @@ async def _activity(connection: AsyncConnection) -> PostgresActivity:
     channels = tuple(MessageCounts(**row._mapping) for row in by_channel)
     by_model = await connection.execute(_REPLIES_BY_MODEL)
     models = tuple(MessageCounts(**row._mapping) for row in by_model)
+    activity = ConversationActivity(**conversations._mapping)
+    return PostgresActivity(activity, channels, models)
+
+
+async def _usage(connection: AsyncConnection) -> PostgresUsage:
     tables = await connection.execute(_TABLES)
     table_usage = tuple(TableUsage(**row._mapping) for row in tables)
     indexes = await connection.execute(_INDEXES)
     index_usage = tuple(IndexUsage(**row._mapping) for row in indexes)
-    activity = ConversationActivity(**conversations._mapping)
-    return PostgresActivity(activity, channels, models, table_usage, index_usage)
+    return PostgresUsage(table_usage, index_usage)

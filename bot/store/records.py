@@ -195,11 +195,29 @@ class IndexUsage:
 
 @dataclass(frozen=True, slots=True)
 class PostgresActivity:
-    """Conversations and messages of the last 24 hours, and the size and use of the
-    tables and indexes of the current schema."""
+    """Conversations and messages of the last 24 hours: what the rows say, the same on a
+    replica as on the primary."""
 
     conversations: ConversationActivity
     messages_by_channel: tuple[MessageCounts, ...]
     replies_by_model: tuple[MessageCounts, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresUsage:
+    """The size and use of the tables and indexes of the current schema: each server's
+    own statistics (a standby counts its own scans and no live rows)."""
+
     tables: tuple[TableUsage, ...]
     indexes: tuple[IndexUsage, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaStatus:
+    """A server read as a replica: whether it is in recovery, how many bytes of the
+    primary's WAL it has yet to replay (None: not a standby, or the primary's position
+    unknown), and the seconds since the last transaction it replayed (None: none yet)."""
+
+    in_recovery: bool
+    lag_bytes: int | None
+    since_last_replay: float | None
