@@ -113,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(handler(settings, args))
     except KeyboardInterrupt:
         return 130
+    except ConfigError as exc:  # found once running: a port taken, a token refused
+        print(f"bot: {exc}", file=sys.stderr)
+        return 2
     except BotError as exc:
         print(f"bot: {exc}", file=sys.stderr)
         return 1

@@ -197,7 +197,21 @@ class PlatformUnavailable(PlatformError):
 
 
 class PlatformRejected(PlatformError):
-    """The platform refused the call (bad token, unknown chat, ...): retrying won't help."""
+    """The platform refused the call (bad token, unknown chat, ...): retrying won't help.
+    `code` is the platform's own name for the refusal, where it gives one."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class CredentialsRejected(PlatformRejected):
+    """The platform refused the bot's credentials (or its account setup) for good: the
+    channel is not restarted until `fix` is done."""
+
+    def __init__(self, message: str, fix: str) -> None:
+        super().__init__(message)
+        self.fix = fix
 
 
 class WebhookRefused(BotError):

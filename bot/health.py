@@ -16,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.channels.base import ChannelAdapter
+from bot.listening import start_site
 from bot.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,7 @@ class HealthServer:
         """Serve on host:port; returns the port (useful with port 0)."""
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
+        await start_site(self._runner, host, port, "HTTP_PORT")
         bound: int = self._runner.addresses[0][1]
         log.info("health and metrics on http://%s:%d (/healthz /readyz /metrics)", host, bound)
         return bound

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from bot.cache.streams import StreamLedger
 from bot.channels.base import ChannelAdapter
 from bot.channels.dispatch import Dispatcher
-from bot.errors import PlatformError
+from bot.errors import ConfigError, CredentialsRejected, PlatformError
 from bot.health import HealthServer
 from bot.service import INTERRUPTED_NOTE
 
@@ -59,12 +59,17 @@ class Worker:
             a.name: deque(maxlen=32) for a in self.adapters
         }
         self._stop = asyncio.Event()
+        self._rejected: set[str] = set()  # channels whose credentials were refused
+        self._fatal: ConfigError | None = None  # why the worker cannot go on, if it cannot
 
     def request_stop(self) -> None:
         self._stop.set()
 
     async def run(self, host: str = "0.0.0.0", port: int = 8080) -> bool:
-        """Serve until asked to stop; True if every in-flight message finished."""
+        """Serve until asked to stop; True if every in-flight message finished.
+
+        ConfigError (after the shutdown) if the worker cannot serve as configured: a
+        port is taken, or every channel's credentials were refused."""
         if self.health is not None:
             await self.health.start(host, port)
         self._install_signal_handlers()
@@ -77,18 +82,31 @@ class Worker:
             await self._stop.wait()
         finally:
             drained = await self._shutdown(supervisors)
+        if self._fatal is not None:
+            raise self._fatal
         return drained
 
     async def _supervise(self, adapter: ChannelAdapter) -> None:
         loop = asyncio.get_running_loop()
         delay = self.restart_backoff
+        incident = False  # this run of failures was already told with its traceback
         while not self._stop.is_set():
             started = loop.time()
             try:
                 await adapter.run()
-            except Exception:
-                delay = self._next_delay(delay, loop.time() - started)
-                log.exception("channel %s crashed; restarting in %.1f s", adapter.name, delay)
+            except CredentialsRejected as exc:
+                await self._give_up(adapter, exc)
+                return
+            except ConfigError as exc:  # e.g. its port is taken: no restart can cure that
+                self._fatal = self._fatal or exc
+                self.request_stop()
+                return
+            except Exception as exc:  # noqa: BLE001 - told by _tell_crash, then restarted
+                lasted = loop.time() - started
+                delay = self._next_delay(delay, lasted)
+                incident = incident and lasted < self.stable_run
+                self._tell_crash(adapter.name, exc, delay, first=not incident)
+                incident = True
             else:
                 if adapter.finite or self._stop.is_set():
                     self.request_stop()
@@ -101,6 +119,35 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
             delay = min(delay * 2, RESTART_BACKOFF_MAX)
+
+    @staticmethod
+    def _tell_crash(name: str, exc: Exception, delay: float, *, first: bool) -> None:
+        """One line per failed run, with its cause and the next delay. A crash that is
+        not the platform's (a bug) has its traceback told once per incident; the others
+        only at DEBUG."""
+        cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        trace = log.isEnabledFor(logging.DEBUG) or (first and not isinstance(exc, PlatformError))
+        level = logging.ERROR if first else logging.WARNING
+        again = "is down" if first else "failed again"
+        log.log(
+            level,
+            "channel %s %s (%s); restarting in %.1f s",
+            name,
+            again,
+            cause,
+            delay,
+            exc_info=exc if trace else None,
+        )
+
+    async def _give_up(self, adapter: ChannelAdapter, exc: CredentialsRejected) -> None:
+        """A channel whose credentials are refused stays down; the worker goes on with the
+        others, and stops (exit 2) when none is left."""
+        log.error("channel %s stopped: %s; %s, then restart the worker", adapter.name, exc, exc.fix)
+        await self._close(adapter)
+        self._rejected.add(adapter.name)
+        if all(a.name in self._rejected for a in self.adapters if not a.finite):
+            self._fatal = self._fatal or ConfigError(f"no channel left to serve: {exc}; {exc.fix}")
+            self.request_stop()
 
     def _next_delay(self, delay: float, lasted: float) -> float:
         """The wait before the next run: back to the start after a run that held up."""

@@ -8,6 +8,7 @@ import os
 import pty
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -44,6 +45,7 @@ from tests.support import (
     messages_of,
     msg,
     new_user,
+    read_line,
     until,
 )
 
@@ -336,7 +338,7 @@ def test_bot_run_without_channels_explains_what_enables_them(tmp_path: Path) -> 
     env = chat_env(None, tmp_path)
     env["LOG_LEVEL"] = "INFO"
     done = _bot_run(env)
-    assert done.returncode == 1
+    assert done.returncode == 2
     for setting in ("DISCORD_BOT_TOKEN", "TELEGRAM_BOT_TOKEN", "SLACK_SIGNING_SECRET"):
         assert setting in done.stderr
     assert "no channel is configured" in done.stderr and "Traceback" not in done.stderr
@@ -403,7 +405,7 @@ def test_bot_run_refuses_an_unknown_channel_as_a_usage_error(tmp_path: Path) -> 
 
 def test_bot_run_names_the_setting_a_named_channel_lacks(tmp_path: Path) -> None:
     done = _bot_run(chat_env(None, tmp_path), "--channels", "console,telegram")
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert done.stderr.strip() == "bot: channel telegram needs TELEGRAM_BOT_TOKEN"
     assert not any(tmp_path.iterdir()), "nothing may start without the credential"
 
@@ -475,3 +477,60 @@ def _get_json(url: str) -> dict[str, object]:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def test_bot_run_on_a_port_in_use_names_the_setting_in_one_line(
+    settings: Settings, redis: object, tmp_path: Path
+) -> None:
+    """A second `bot run` beside the first, say: one line naming HTTP_PORT, exit 2."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = chat_env(settings, tmp_path) | {"HTTP_PORT": str(port), "HTTP_HOST": "127.0.0.1"}
+        done = _bot_run(env, "--channels", "console")
+
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"bot: cannot listen on 127.0.0.1:{port} (HTTP_PORT={port}): address already in use; "
+        "set HTTP_PORT to a free port (another bot already running?)"
+    ]
+
+
+def test_a_channel_that_cannot_connect_says_so_in_one_line_per_retry(
+    settings: Settings, redis: object, tmp_path: Path
+) -> None:
+    """No network for Telegram: each restart is one line with its cause and the next
+    delay, growing; no traceback, for a failure that is the platform's, not a bug."""
+    nowhere = f"http://127.0.0.1:{free_port()}/bot"
+    env = chat_env(settings, tmp_path) | {
+        "HTTP_PORT": str(free_port()),
+        "HTTP_HOST": "127.0.0.1",
+        "TELEGRAM_BOT_TOKEN": "123:telegram-token",
+        "TELEGRAM_API_BASE_URL": nowhere,
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "bot", "run", "--channels", "telegram"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # the log, read as read_line reads stdout
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    try:
+        told = [read_line(worker) for _ in range(3)]
+        worker.send_signal(signal.SIGTERM)
+        rest = worker.communicate(timeout=30)[0]
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == 0
+    cause = "(PlatformUnavailable: Telegram unavailable: httpx.ConnectError"
+    assert "channel telegram is down " + cause in told[0] and told[0].endswith("in 1.0 s\n")
+    assert [line.split("WARNING ")[1] for line in told[1:]] == [
+        f"bot.worker: channel telegram failed again {cause}: All connection attempts failed); "
+        f"restarting in {delay} s\n"
+        for delay in ("2.0", "4.0")
+    ]
+    assert "Traceback" not in "".join(told) + rest

@@ -42,6 +42,7 @@ from bot.channels.options import DiscordOptions
 from bot.channels.pacing import Pacer, PacerBook
 from bot.domain import ChatKind, IncomingMessage, Reply
 from bot.errors import (
+    CredentialsRejected,
     PlatformError,
     PlatformRateLimited,
     PlatformRejected,
@@ -159,6 +160,22 @@ def platform_error(exc: discord.HTTPException) -> PlatformError:
     if exc.status >= 500:
         return PlatformUnavailable(f"Discord answered {exc.status}")
     return PlatformRejected(f"Discord refused the request: {exc.status} {exc.text}".strip())
+
+
+def _rejected(exc: Exception) -> CredentialsRejected | None:
+    """Discord's "no" for good at login or on the gateway: a bad token (401, close 4004)
+    or a privileged intent the bot's settings lack (close 4014)."""
+    token = "set DISCORD_BOT_TOKEN to the bot's token (Discord developer portal, Bot)"
+    if isinstance(exc, discord.LoginFailure):
+        return CredentialsRejected("Discord rejected DISCORD_BOT_TOKEN (401 at login)", token)
+    if isinstance(exc, discord.PrivilegedIntentsRequired):
+        return CredentialsRejected(
+            "Discord refused the Message Content intent (gateway close 4014)",
+            "enable Message Content Intent for the bot (Discord developer portal, Bot)",
+        )
+    if isinstance(exc, discord.ConnectionClosed) and exc.code == 4004:
+        return CredentialsRejected("Discord rejected DISCORD_BOT_TOKEN (gateway close 4004)", token)
+    return None
 
 
 async def is_admin(client: discord.Client, message: IncomingMessage) -> bool:
@@ -290,8 +307,12 @@ class DiscordAdapter(ChannelAdapter):
         self._set_api_base()
         try:
             await client.start(self._token, reconnect=True)  # login, then the gateway
-        except Exception:
-            if not self._stopping:
+        except Exception as exc:
+            if self._stopping:
+                pass
+            elif (rejected := _rejected(exc)) is not None:
+                raise rejected from None
+            else:
                 raise
         finally:
             self._ready = False

@@ -50,6 +50,7 @@ from bot.channels.slack_events import escape, incoming_message, profile_name
 from bot.channels.slack_live import TEXT_LIMIT, Place, SlackSurface
 from bot.domain import IncomingMessage
 from bot.errors import (
+    CredentialsRejected,
     PlatformError,
     PlatformRateLimited,
     PlatformRejected,
@@ -57,6 +58,7 @@ from bot.errors import (
     ShuttingDown,
     WebhookRefused,
 )
+from bot.listening import start_site
 
 T = TypeVar("T")
 
@@ -71,6 +73,10 @@ NAMES_CACHED = 10_000  # display names kept in memory, least recently used dropp
 # an object, a number where it wants text): it checks no types itself.
 _UNREADABLE = (AttributeError, IndexError, KeyError, TypeError, ValueError)
 _SERVER_ERRORS = frozenset({"internal_error", "fatal_error", "service_unavailable"})
+# A token Slack will never take: revoked, expired, malformed, or of a deleted account.
+_TOKEN_ERRORS = frozenset(
+    {"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired"}
+)
 _USER_FLAGS = ("is_admin", "is_owner", "deleted")  # what users.info says of a user's role
 
 
@@ -133,7 +139,7 @@ class SlackAdapter(ChannelAdapter):
         self._stopping = False
         self._stop_event.clear()
         try:
-            identity = await _mapped(self._client.auth_test)
+            identity = await _credentials_checked(self._client.auth_test, "SLACK_BOT_TOKEN")
             self.bot_user_id = str(identity["user_id"])
             self.team_id = identity.get("team_id")
             # The service asks us who may configure a channel or thread; we ask Slack.
@@ -177,8 +183,7 @@ class SlackAdapter(ChannelAdapter):
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
         await runner.setup()
         self._runner = runner
-        site = web.TCPSite(runner, self.options.listen, self.options.port)
-        await site.start()
+        await start_site(runner, self.options.listen, self.options.port, "SLACK_PORT")
         self.port = int(runner.addresses[0][1])
         self.log.info("slack events on %s:%s%s", self.options.listen, self.port, EVENTS_PATH)
 
@@ -437,6 +442,17 @@ async def _mapped(call: Callable[[], Awaitable[T]]) -> T:
         raise PlatformUnavailable(f"Slack API unreachable ({type(exc).__name__})") from exc
 
 
+async def _credentials_checked(call: Callable[[], Awaitable[T]], setting: str) -> T:
+    """A call that proves a token: refused for good, it names the setting to fix."""
+    try:
+        return await _mapped(call)
+    except PlatformRejected as exc:
+        if exc.code not in _TOKEN_ERRORS:
+            raise
+        fix = f"set {setting} to the token of the Slack app's settings (OAuth & Permissions)"
+        raise CredentialsRejected(f"Slack rejected {setting} ({exc.code})", fix) from None
+
+
 def platform_error(exc: SlackApiError) -> PlatformError:
     response = exc.response
     status = int(getattr(response, "status_code", None) or getattr(response, "status", 0) or 0)
@@ -447,7 +463,7 @@ def platform_error(exc: SlackApiError) -> PlatformError:
         return PlatformRateLimited(_retry_after(getattr(response, "headers", None)), detail)
     if status >= 500 or status == 0 or code in _SERVER_ERRORS:
         return PlatformUnavailable(f"Slack API failed {detail}")
-    return PlatformRejected(f"Slack API refused the call {detail}")
+    return PlatformRejected(f"Slack API refused the call {detail}", code=code)
 
 
 def _retry_after(headers: Mapping[str, str] | None) -> float:

@@ -46,6 +46,7 @@ from bot.channels.telegram_live import surface_for
 from bot.channels.telegram_updates import MALFORMED, incoming_message, parse_update
 from bot.domain import IncomingMessage
 from bot.errors import (
+    CredentialsRejected,
     PlatformError,
     PlatformRateLimited,
     PlatformRejected,
@@ -53,6 +54,7 @@ from bot.errors import (
     ShuttingDown,
     WebhookRefused,
 )
+from bot.listening import start_site
 
 T = TypeVar("T")
 Bot = ExtBot[None]
@@ -232,7 +234,7 @@ class TelegramAdapter(ChannelAdapter):
         await runner.setup()
         try:
             host, port = options.webhook_listen, options.webhook_port
-            await web.TCPSite(runner, host, port).start()
+            await start_site(runner, host, port, "TELEGRAM_WEBHOOK_PORT")
             hook = partial(bot.set_webhook, url, secret_token=self._secret)
             await _retried(partial(hook, allowed_updates=ALLOWED_UPDATES))
             self._connected = True
@@ -412,7 +414,8 @@ def _platform_error(exc: TelegramError) -> PlatformError:
         seconds = after.total_seconds() if isinstance(after, timedelta) else float(after)
         return PlatformRateLimited(seconds, "(Telegram)")
     if isinstance(exc, InvalidToken):
-        return PlatformRejected("Telegram rejected TELEGRAM_BOT_TOKEN")
+        fix = "set TELEGRAM_BOT_TOKEN to the token @BotFather gave"
+        return CredentialsRejected("Telegram rejected TELEGRAM_BOT_TOKEN", fix)
     if isinstance(exc, tg.BadRequest | tg.Forbidden | tg.EndPointNotFound | tg.ChatMigrated):
         return PlatformRejected(f"Telegram refused the call: {exc.message}")
     # NetworkError, TimedOut, Conflict (another poller), 5xx, unreadable answers.

@@ -46,5 +46,5 @@ async def test_the_cluster_bench_needs_a_cluster(server_urls: tuple[str, str]) -
     without = await bot("bench", "--redis-cluster", DATABASE_URL=admin_url, REDIS_URL="")
     standalone = await bot("bench", "--redis-cluster", DATABASE_URL=admin_url, REDIS_URL=redis_url)
 
-    assert without.code == 1 and "--redis-cluster needs REDIS_URL" in without.err
-    assert standalone.code == 1 and "without cluster mode" in standalone.err
+    assert without.code == 2 and "--redis-cluster needs REDIS_URL" in without.err
+    assert standalone.code == 2 and "without cluster mode" in standalone.err

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import discord
 import pytest
 from discord.http import Route
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -23,6 +22,7 @@ from bot.channels.discord import DiscordAdapter, api_base, gateway_via, strip_me
 from bot.channels.registry import discord_options
 from bot.domain import IncomingMessage, TextSink
 from bot.emulators.discord_api import TOKEN, FakeDiscord, Json, SpecChecker, user
+from bot.errors import CredentialsRejected
 from bot.metrics import Metrics
 from bot.responders import EchoResponder, Responder, ResponderRequest, ResponderResult
 from bot.service import ConversationService
@@ -462,21 +462,23 @@ async def test_configured_shards_connect_through_the_gateway_url(
 
 
 @pytest.mark.parametrize(
-    ("problem", "error"),
-    [("bad token", discord.LoginFailure), ("intent", discord.PrivilegedIntentsRequired)],
+    ("problem", "says", "fix"),
+    [
+        ("bad token", "rejected DISCORD_BOT_TOKEN (401 at login)", "set DISCORD_BOT_TOKEN"),
+        ("intent", "Message Content intent (gateway close 4014)", "enable Message Content"),
+    ],
 )
-async def test_run_raises_when_discord_refuses_the_bot(
-    start_bot: StartBot,
-    discord_server: FakeDiscord,
-    problem: str,
-    error: type[Exception],
+async def test_run_says_discord_refuses_the_bot_for_good(
+    start_bot: StartBot, discord_server: FakeDiscord, problem: str, says: str, fix: str
 ) -> None:
-    """The worker restarts a run() that raised, with backoff."""
+    """The worker does not restart a channel whose credentials are refused: it says
+    which setting to fix (tests/test_worker.py)."""
     discord_server.message_content_allowed = problem != "intent"
     token = "not-the-token" if problem == "bad token" else TOKEN
     bot = await start_bot(wait=False, discord_bot_token=token)
-    with pytest.raises(error):
+    with pytest.raises(CredentialsRejected) as refused:
         await asyncio.wait_for(bot.run, 10)
+    assert says in str(refused.value) and refused.value.fix.startswith(fix)
     assert not bot.adapter.connected
     assert Route.BASE == DEFAULT_API_BASE
 
