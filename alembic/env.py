@@ -16,7 +16,7 @@ from alembic import context
 from bot.config import Settings, load_settings
 from bot.errors import ConfigError
 from bot.store.engine import create_engine
-from bot.store.models import Base
+from bot.store.models import Base, modelled
 from bot.urls import redact_url, url_passwords
 
 config = context.config
@@ -30,6 +30,7 @@ def _configure(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
+        include_object=modelled,
         compare_type=True,
         compare_server_default=True,
         transaction_per_migration=True,

@@ -23,7 +23,7 @@ from bot.errors import BotError, ConfigError
 from bot.health import HealthServer
 from bot.logs import setup_logging
 from bot.ops.cli import register as register_ops
-from bot.runtime import Schema, open_runtime
+from bot.runtime import Schema, build_maintenance, open_runtime
 from bot.store.migrate import upgrade_to_head
 from bot.urls import redact_url
 from bot.worker import Worker
@@ -173,7 +173,9 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
         health = HealthServer(
             runtime.engine, runtime.redis, runtime.metrics, adapters, lambda: guard.state
         )
-        worker = Worker(adapters, dispatcher, health, settings.shutdown_grace_seconds)
+        upkeep = build_maintenance(runtime)
+        grace = settings.shutdown_grace_seconds
+        worker = Worker(adapters, dispatcher, health, grace, maintenance=upkeep)
         drained = await worker.run(settings.http_host, settings.http_port)
     return 0 if drained else 1
 

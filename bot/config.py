@@ -116,6 +116,12 @@ class Settings(BaseSettings):
     purge_batch_size: PositiveInt = 1000  # rows per transaction of `bot ops purge`
     cache_batch_size: PositiveInt = 500  # keys per SCAN/DEL and users per warm batch
 
+    # Upkeep of messages by the worker (bot/retention.py): monthly partitions made this
+    # many months ahead, and messages older than RETENTION_DAYS deleted (unset: kept).
+    partitions_ahead: Annotated[int, Field(ge=1, le=24)] = 3
+    retention_days: PositiveInt | None = None
+    maintenance_interval_seconds: Seconds = 3600.0
+
     # Worker.
     http_host: str = "0.0.0.0"
     http_port: Annotated[int, Field(ge=0, le=65535)] = 8080

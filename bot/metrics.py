@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter as Tallies
 from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -188,6 +188,29 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._upkeep()
+
+    def _upkeep(self) -> None:
+        """The scheduled upkeep of messages: partitions made, retention runs (bot/retention.py)."""
+        self.partitions_created = Counter(
+            "bot_partitions_created",
+            "Monthly partitions of messages made ahead",
+            registry=self.registry,
+        )
+        self.retention_runs = Counter(
+            "bot_retention_runs", "Retention runs (RETENTION_DAYS) done by this worker",
+            registry=self.registry,
+        )  # fmt: skip
+        self.retention_deleted = Counter(
+            "bot_retention_deleted",
+            "What retention deleted: messages, conversations, partitions (whole months)",
+            ["what"],
+            registry=self.registry,
+        )
+        self.retention_seconds = Gauge(
+            "bot_retention_last_run_seconds", "How long the last retention run took",
+            registry=self.registry,
+        )  # fmt: skip
 
     def export_tallies(self, tallies: Callable[[], Tallies[Tally]]) -> None:
         self.registry.register(_TallyCollector(tallies))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.cache.admin import CacheAdmin
 from bot.cache.chat_configs import ChatConfigCache
 from bot.cache.deployment import NOT_A_CLUSTER, deployment_problem
 from bot.cache.flags import FlagCache
@@ -41,6 +44,7 @@ from bot.metrics import Metrics
 from bot.responders import Responder
 from bot.responders.factory import build_responder
 from bot.responders.timed import TimedResponder
+from bot.retention import Maintenance
 from bot.service import ConversationService
 from bot.store.engine import create_engine
 from bot.store.migrate import current_revision, head_revision, upgrade_to_head
@@ -266,6 +270,23 @@ async def open_runtime(
             await service.responder.aclose()
             await redis.aclose()
             await engine.dispose()
+
+
+def build_maintenance(runtime: Runtime) -> Maintenance:
+    """The worker's upkeep of messages: partitions ahead, and retention if set."""
+    settings, store = runtime.settings, runtime.store
+    cache = CacheAdmin(runtime.redis, keys_for(settings), runtime.cache.guard)
+    return Maintenance(
+        store.partitions,
+        store.housekeeping,
+        cache,
+        runtime.metrics,
+        ahead=settings.partitions_ahead,
+        retention_days=settings.retention_days,
+        batch=settings.purge_batch_size,
+        interval=settings.maintenance_interval_seconds,
+        worker=f"{socket.gethostname()}:{os.getpid()}",
+    )
 
 
 async def require_current_schema(engine: AsyncEngine) -> None:

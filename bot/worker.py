@@ -21,8 +21,9 @@ from redis.exceptions import RedisError
 from bot.cache.streams import StreamLedger
 from bot.channels.base import ChannelAdapter
 from bot.channels.dispatch import Dispatcher
-from bot.errors import ConfigError, CredentialsRejected, PlatformError
+from bot.errors import BotError, ConfigError, CredentialsRejected, PlatformError
 from bot.health import HealthServer
+from bot.retention import Maintenance
 from bot.service import INTERRUPTED_NOTE
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class Worker:
         restart_backoff: float = RESTART_BACKOFF_INITIAL,
         stats_interval: float = STATS_PUBLISH_SECONDS,
         stable_run: float = STABLE_RUN_SECONDS,
+        maintenance: Maintenance | None = None,
     ) -> None:
         self.adapters = list(adapters)
         self.dispatcher = dispatcher
@@ -53,6 +55,7 @@ class Worker:
         self.restart_backoff = restart_backoff
         self.stats_interval = stats_interval
         self.stable_run = stable_run
+        self.maintenance = maintenance
         self.restarts: dict[str, int] = {a.name: 0 for a in self.adapters}
         # The delays of the latest restarts per channel, for ops and tests.
         self.restart_delays: dict[str, deque[float]] = {
@@ -78,6 +81,9 @@ class Worker:
         if self.dispatcher.streams is not None:
             tending = self._tend_streams(self.dispatcher.streams)
             supervisors.append(asyncio.create_task(tending, name="streams"))
+        if self.maintenance is not None:
+            upkeep = self._maintain(self.maintenance)
+            supervisors.append(asyncio.create_task(upkeep, name="maintenance"))
         try:
             await self._stop.wait()
         finally:
@@ -158,6 +164,19 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.stats_interval)
             await self.dispatcher.service.publish_stats()
+
+    async def _maintain(self, maintenance: Maintenance) -> None:
+        """Partitions ahead and retention (bot/retention.py): at start, then each interval."""
+        while not self._stop.is_set():
+            try:
+                await maintenance.tick()
+            except BotError as exc:
+                log.warning("upkeep of messages failed, tried again in %g s: %s",
+                            maintenance.interval, exc)  # fmt: skip
+            except Exception:  # a bug must not end the upkeep for the worker's life
+                log.exception("upkeep of messages failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), maintenance.interval)
 
     async def _tend_streams(self, streams: StreamLedger) -> None:
         """Renew the leases of this worker's streaming replies, and end those of dead

@@ -24,7 +24,7 @@ from bot.bench.driver import BenchUser, Meter, Sample, ServiceDriver
 from bot.bench.pooled import pooled_driver
 from bot.bench.probes import PgProbe, RedisProbe
 from bot.bench.report import session_memory, summarize, targets
-from bot.bench.setup import bench_servers, delete_keys, insert_history
+from bot.bench.setup import bench_servers, delete_keys, history_partitions, insert_history
 from bot.config import Settings
 from bot.domain import ChatKind
 from bot.errors import ConfigError
@@ -90,6 +90,7 @@ async def _run(
     profiler = _profiler(options.profile)
     if options.history:
         log.info("storing %d messages of history", options.history)
+        await history_partitions(settings, url)
         await insert_history(url, options.history)
     engine = create_engine(settings, url)
     redis = create_redis(settings, redis_url)

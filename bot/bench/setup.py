@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -20,9 +21,13 @@ from redis.asyncio import Redis
 
 from bot.config import Settings
 from bot.errors import ConfigError, InfrastructureError
+from bot.retention import ensure_partitions
 from bot.runtime import check_redis, create_redis, open_endpoints
 from bot.store.engine import create_engine
 from bot.store.migrate import upgrade_to_head
+from bot.store.partitions import month_start
+from bot.store.retry import DatabaseRetry
+from bot.store.store import Store
 from bot.urls import asyncpg_dsn, redact_url
 
 log = logging.getLogger(__name__)
@@ -110,9 +115,22 @@ async def _admin(server_url: str) -> asyncpg.Connection:
         ) from None
 
 
+async def history_partitions(settings: Settings, database_url: str) -> None:
+    """The monthly partitions the history goes into (it starts 30 days back), as the
+    worker would have made them when it was written."""
+    engine = create_engine(settings, database_url, pool_size=1)
+    try:
+        store = Store.on(engine, DatabaseRetry(3, 30))
+        start = month_start(datetime.now(UTC) - timedelta(days=31))
+        await ensure_partitions(store.partitions, 1, start)
+    finally:
+        await engine.dispose()
+
+
 async def insert_history(database_url: str, messages: int) -> None:
     """`messages` stored messages in conversations of other users, written server-side
-    (INSERT … SELECT generate_series), with their indexes, then VACUUM ANALYZE."""
+    (INSERT … SELECT generate_series), with their indexes and the claims of their
+    platform events, then VACUUM ANALYZE."""
     if messages <= 0:
         return
     conversations = -(-messages // HISTORY_PER_CONVERSATION)
@@ -155,6 +173,16 @@ async def insert_history(database_url: str, messages: int) -> None:
             HISTORY_CHANNEL,
             HISTORY_PER_CONVERSATION,
             messages,
+        )
+        # The events' claims, as the service writes them (message_events, revision 0007).
+        await connection.execute(
+            """
+            INSERT INTO message_events (channel_type, platform_message_id, message_id,
+                                        message_timestamp)
+            SELECT channel_type, platform_message_id, id, timestamp FROM messages
+            WHERE channel_type = $1::text AND platform_message_id IS NOT NULL
+            """,
+            HISTORY_CHANNEL,
         )
         await connection.execute("VACUUM ANALYZE")
     finally:

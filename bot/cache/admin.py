@@ -418,6 +418,12 @@ class CacheAdmin:
 
         return sum(int(found) for found in await self.guard.run(count))
 
+    async def claim_run(self, name: str, worker: str, seconds: int) -> bool:
+        """Whether this worker runs job `name` now: the first to ask in `seconds` does.
+        The claim is never released; it lapses, so the job runs once an interval."""
+        key = self.keys.run_lock(name)
+        return bool(await self.guard.run(lambda: self.redis.set(key, worker, nx=True, ex=seconds)))
+
     async def drop_contexts(self, conversations: Iterable[uuid.UUID]) -> int:
         """Delete the cached contexts of these conversations; how many there were. On a
         cluster, where contexts are kept per session, none: a session naming a purged

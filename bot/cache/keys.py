@@ -204,6 +204,10 @@ class Keys:
         """Serializes the messages of a shared conversation, whoever writes them."""
         return self._key(LOCK, f"scope:{channel}:{self._tag(scope)}")
 
+    def run_lock(self, name: str) -> str:
+        """Held by the one worker running a scheduled job (`name`) this interval."""
+        return self._key(LOCK, f"run:{name}")
+
     def streams(self, channel: str) -> str:
         """A sorted set of the channel's replies streaming on screen: stream id, scored
         by the time its worker must renew it by (bot/cache/streams.py)."""

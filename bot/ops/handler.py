@@ -100,9 +100,12 @@ def leaf(
     return parser
 
 
-def group(parent: Subparsers, name: str, help: str, *, docs: str = MANAGE_DOCS) -> Subparsers:
-    """A group of commands (`bot ops NAME COMMAND`)."""
-    parser = parent.add_parser(name, help=help, description=f"{help}. {docs}")
+def group(
+    parent: Subparsers, name: str, help: str, *, docs: str = MANAGE_DOCS, about: str = ""
+) -> Subparsers:
+    """A group of commands (`bot ops NAME COMMAND`); `about` explains it in its --help."""
+    text = f"{help}. {about} {docs}" if about else f"{help}. {docs}"
+    parser = parent.add_parser(name, help=help, description=text)
     return parser.add_subparsers(dest=f"ops_{name}_command", metavar="COMMAND", required=True)
 
 

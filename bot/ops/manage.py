@@ -1,5 +1,5 @@
-"""`bot ops flags|config|chat|cache|purge|backup|restore`: change what the bot does, clean
-up after it, and keep its data safe.
+"""`bot ops flags|config|chat|cache|purge|partitions|backup|restore`: change what the
+bot does, clean up after it, and keep its data safe.
 
 bot/ops/cli.py calls `register_manage` with the `ops` sub-parsers. This module holds
 the flags commands; config is in bot/ops/manage_config.py, cache and purge in
@@ -24,6 +24,7 @@ from bot.ops.manage_backup import register_backup
 from bot.ops.manage_cache import register_cache, register_purge
 from bot.ops.manage_chat import register_chat
 from bot.ops.manage_config import register_config
+from bot.ops.manage_partitions import register_partitions
 from bot.ops.render import Out
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ def register_manage(ops: Subparsers) -> None:
     register_chat(group(ops, "chat", "a chat's settings: list, show, set, unset"))
     register_cache(group(ops, "cache", "the Redis cache: flush, warm"))
     register_purge(ops)
+    register_partitions(ops)
     register_backup(ops)
 
 

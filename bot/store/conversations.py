@@ -102,9 +102,12 @@ _CHANNEL_CONFIG = text(
 )
 
 # One statement: lock the conversation if it is still active (a concurrent /reset
-# waits for us, or we see it closed), store the user's message unless this platform
-# event or this very row is already there, and store the reply and touch the
-# conversation only if the user's message went in: nothing inserted, nothing changed.
+# waits for us, or we see it closed), claim the platform event (message_events, whose
+# key is the event's: revision 0007), store the user's message if the claim went in
+# (or it has no platform id) and this very row is not there yet, and store the reply
+# with its claim (message_replies) and touch the conversation only if the user's
+# message went in: nothing inserted, nothing changed. Of two handlings of one event,
+# the second waits on the first's claim and then inserts nothing.
 # The turn's fence (revision 0006): the message goes in only if the conversation's
 # newest message is still the one its context ended with, and nobody is streaming a
 # reply. The row lock makes it exact: waiting for a racing writer, Postgres re-reads
@@ -126,11 +129,17 @@ _SAVE_EXCHANGE = """
     ), fenced AS (
         SELECT id FROM conversation
         WHERE last_message_id IS NOT DISTINCT FROM $15 AND held IS NOT TRUE
+    ), event AS (
+        INSERT INTO message_events (channel_type, platform_message_id, message_id,
+                                    message_timestamp)
+        SELECT $6, $7, $2, $4 FROM fenced WHERE $7::varchar IS NOT NULL
+        ON CONFLICT DO NOTHING
+        RETURNING message_id
     ), user_message AS (
         INSERT INTO messages (id, conversation_id, role, content, timestamp, token_count,
                               channel_type, platform_message_id, author_id)
         SELECT $2, id, 'user', $3, $4, $5, $6, $7, $14
-        FROM fenced
+        FROM fenced WHERE $7::varchar IS NULL OR EXISTS (SELECT 1 FROM event)
         ON CONFLICT DO NOTHING
         RETURNING id
     ), reply AS (
@@ -138,6 +147,9 @@ _SAVE_EXCHANGE = """
                               channel_type, model_used, reply_to)
         SELECT $8, $1, 'assistant', $9, $10, $11, $6, $12, user_message.id
         FROM user_message WHERE $13
+    ), reply_claim AS (
+        INSERT INTO message_replies (reply_to, reply_id, reply_timestamp)
+        SELECT user_message.id, $8, $10 FROM user_message WHERE $13
     ), touched AS (
         UPDATE conversations SET last_activity = $10,
                last_message_id = CASE WHEN $13 THEN $8 ELSE $2 END,
@@ -152,12 +164,20 @@ _SAVE_EXCHANGE = """
 
 # The user message stored by an earlier attempt of ours (:id) or for the same platform
 # event, and its reply if it has one (an exchange whose responder failed has none).
+# Each message is found by its whole key (id, timestamp): one partition searched.
 _STORED_EXCHANGE = text(
     """
+    WITH found AS (
+        SELECT id, timestamp FROM messages WHERE id = :id AND timestamp = :ts
+        UNION ALL
+        SELECT m.id, m.timestamp FROM message_events e
+        JOIN messages m ON m.id = e.message_id AND m.timestamp = e.message_timestamp
+        WHERE e.channel_type = :channel AND e.platform_message_id = :event
+    )
     SELECT u.id, r.content AS reply_text, r.model_used
-    FROM messages AS u
-    LEFT JOIN messages AS r ON r.reply_to = u.id
-    WHERE u.id = :id OR (u.channel_type = :channel AND u.platform_message_id = :event)
+    FROM found AS u
+    LEFT JOIN message_replies AS c ON c.reply_to = u.id
+    LEFT JOIN messages AS r ON r.id = c.reply_id AND r.timestamp = c.reply_timestamp
     ORDER BY u.id = :id DESC
     LIMIT 1
     """
@@ -166,7 +186,7 @@ _STORED_EXCHANGE = text(
 # A streamed reply, stored once the responder is done (or cut off), before the
 # platform's final update, if its user message is still the conversation's newest (no
 # other handling took the turn meanwhile); it gives the turn back. One reply per user
-# message (uq_messages_one_reply): a second one for the same event inserts nothing.
+# message (its claim in message_replies goes first): a second one inserts nothing.
 # `ours`: an earlier try of this very call committed (its answer was lost).
 # Sent by asyncpg itself: $1 conversation, $2 the user message, $3 reply id, $4 text,
 # $5 time (also the new last_activity), $6 tokens, $7 channel, $8 model used,
@@ -175,10 +195,15 @@ _SAVE_REPLY = """
     WITH conversation AS (
         SELECT id FROM conversations WHERE id = $1 AND last_message_id = $2
         FOR NO KEY UPDATE
+    ), claim AS (
+        INSERT INTO message_replies (reply_to, reply_id, reply_timestamp)
+        SELECT $2, $3, $5 FROM conversation
+        ON CONFLICT DO NOTHING
+        RETURNING reply_id
     ), reply AS (
         INSERT INTO messages (id, conversation_id, role, content, timestamp, token_count,
                               channel_type, model_used, reply_to, metadata)
-        SELECT $3, id, 'assistant', $4, $5, $6, $7, $8, $2, $9::jsonb FROM conversation
+        SELECT $3, $1, 'assistant', $4, $5, $6, $7, $8, $2, $9::jsonb FROM claim
         ON CONFLICT DO NOTHING
         RETURNING id
     ), touched AS (
@@ -186,7 +211,7 @@ _SAVE_REPLY = """
         FROM reply WHERE conversations.id = $1
     )
     SELECT (SELECT id FROM reply) IS NOT NULL
-           OR EXISTS (SELECT 1 FROM messages WHERE id = $3) AS stored
+           OR EXISTS (SELECT 1 FROM messages WHERE id = $3 AND timestamp = $5) AS stored
 """
 
 # The turn of a streamed reply, held a while longer (or given back: NULL seconds) by the
@@ -378,6 +403,7 @@ class ConversationQueries:
         async def work(connection: AsyncConnection) -> Any:
             params = {
                 "id": rows.user_message_id,
+                "ts": rows.user_ts,
                 "channel": rows.channel,
                 "event": rows.platform_message_id,
             }

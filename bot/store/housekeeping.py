@@ -33,10 +33,12 @@ _EMPTY_CONVERSATION = """
     NOT c.is_active AND c.last_activity < :cutoff
     AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = c.id)
 """
+# By the whole key (id, timestamp): each row is found in its own partition. Their
+# claims (message_events, message_replies) go with them, by the foreign key's cascade.
 _PURGE_MESSAGES = text(
     f"""
-    DELETE FROM messages WHERE id IN (
-        SELECT id FROM messages WHERE {_OLD_MESSAGE}
+    DELETE FROM messages WHERE (id, timestamp) IN (
+        SELECT id, timestamp FROM messages WHERE {_OLD_MESSAGE}
         ORDER BY timestamp LIMIT :limit FOR UPDATE SKIP LOCKED)
     RETURNING conversation_id
     """

@@ -5,20 +5,24 @@ Alembic revisions are written to match these exactly; `alembic check` proves it.
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    DDL,
     CheckConstraint,
     DateTime,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
     String,
     Text,
     UniqueConstraint,
+    event,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
@@ -33,6 +37,28 @@ NAMING_CONVENTION = {
 }
 
 ROLES = ("user", "assistant", "system")
+
+# The partitions of `messages` (revision 0007): one per month, messages_pYYYY_MM, and
+# the default one. Made and dropped at run time, so no model and no migration has them.
+DEFAULT_PARTITION = "messages_default"
+MESSAGE_PARTITION = re.compile(r"messages_(default|p\d{4}_\d{2})")
+
+
+def is_message_partition(table: str) -> bool:
+    return MESSAGE_PARTITION.fullmatch(table) is not None
+
+
+def modelled(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+    """Whether the models describe a schema object (Alembic's include_object): all but
+    the partitions of messages, their indexes, and the foreign keys Postgres keeps to
+    each of them, which the worker makes and drops at run time."""
+    if type_ == "table":
+        table = name
+    elif type_ == "foreign_key_constraint":
+        table = obj.referred_table.name
+    else:
+        table = getattr(getattr(obj, "table", None), "name", None)
+    return not (table and is_message_partition(table))
 
 
 class Base(DeclarativeBase):
@@ -116,14 +142,15 @@ class Conversation(Base):
 
 
 class Message(Base):
+    """Partitioned by month of `timestamp` (revision 0007): a unique key must hold the
+    partition key, so the keys that must be unique by themselves (a platform event, a
+    user message's one reply) live in MessageEvent and MessageReply."""
+
     __tablename__ = "messages"
     __table_args__ = (
         CheckConstraint("role IN ('user', 'assistant', 'system')", name="role"),
         Index("ix_messages_conversation_id_timestamp", "conversation_id", text("timestamp DESC")),
         Index("ix_messages_timestamp", text("timestamp DESC")),
-        # Invariant 2: a redelivered platform event is stored at most once per channel.
-        # NULLs are distinct, so replies and console lines (no platform id) never collide.
-        UniqueConstraint("channel_type", "platform_message_id"),
         # Full-text search of `bot ops conversation search` (revision 0003): queries use
         # the same expression, to_tsvector('simple', content) @@ websearch_to_tsquery(…).
         Index(
@@ -132,15 +159,11 @@ class Message(Base):
             postgresql_using="gin",
         ),
         Index("ix_messages_author_id", "author_id", postgresql_where=text("author_id IS NOT NULL")),
-        # One reply per user message (revision 0005), whoever streams it.
-        Index(
-            "uq_messages_one_reply",
-            "reply_to",
-            unique=True,
-            postgresql_where=text("reply_to IS NOT NULL"),
-        ),
+        {"postgresql_partition_by": "RANGE (timestamp)"},
     )
 
+    # (id, timestamp): a partitioned table's key holds the partition key. The id alone
+    # is unique all the same (a random UUID), and a retried write repeats both.
     id: Mapped[uuid.UUID] = _uuid_pk()
     conversation_id: Mapped[uuid.UUID] = mapped_column(
         UUID(as_uuid=True), ForeignKey("conversations.id", ondelete="CASCADE"), nullable=False
@@ -148,7 +171,9 @@ class Message(Base):
     role: Mapped[str] = mapped_column(String(20), nullable=False)
     content: Mapped[str] = mapped_column(Text, nullable=False)
     model_used: Mapped[str | None] = mapped_column(String(100))
-    timestamp: Mapped[datetime] = _now()
+    timestamp: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), primary_key=True, server_default=text("now()")
+    )
     token_count: Mapped[int | None] = mapped_column(Integer)
     metadata_: Mapped[dict[str, Any]] = _metadata()
     channel_type: Mapped[str] = mapped_column(String(32), nullable=False)
@@ -160,6 +185,61 @@ class Message(Base):
     # The user message an assistant message answers; NULL for user messages. A link,
     # not a foreign key: purging deletes each message by its own age (revision 0005).
     reply_to: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+
+
+# Rows of a month without a partition of its own land here rather than being refused;
+# `bot ops partitions create` moves them into their month's partition (revision 0007).
+event.listen(
+    Message.__table__,
+    "after_create",
+    DDL(f"CREATE TABLE {DEFAULT_PARTITION} PARTITION OF messages DEFAULT"),  # type: ignore[no-untyped-call]
+)
+
+
+def _message_key(prefix: str) -> ForeignKeyConstraint:
+    """The stored message a claim is for: it goes when the message goes, and follows
+    when its time is changed (which moves the message to another partition)."""
+    return ForeignKeyConstraint(
+        [f"{prefix}_id", f"{prefix}_timestamp"],
+        ["messages.id", "messages.timestamp"],
+        ondelete="CASCADE",
+        onupdate="CASCADE",
+    )
+
+
+class MessageEvent(Base):
+    """Invariant 2: a platform event is stored at most once per channel (revision 0007).
+
+    Written in the statement that stores its message, and first: the message goes in
+    only if this row did. Replies and console lines (no platform id) have none.
+    """
+
+    __tablename__ = "message_events"
+    __table_args__ = (
+        _message_key("message"),
+        # Retention deletes by time; a message's delete cascades by (id, timestamp).
+        Index("ix_message_events_message_timestamp_message_id", "message_timestamp", "message_id"),
+    )
+
+    channel_type: Mapped[str] = mapped_column(String(32), primary_key=True)
+    platform_message_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    message_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    message_timestamp: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class MessageReply(Base):
+    """One reply per user message, whoever streams it (revisions 0005, 0007): the reply
+    goes in only if this row, keyed by the user message, did."""
+
+    __tablename__ = "message_replies"
+    __table_args__ = (
+        _message_key("reply"),
+        Index("ix_message_replies_reply_timestamp_reply_id", "reply_timestamp", "reply_id"),
+    )
+
+    reply_to: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    reply_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    reply_timestamp: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
 
 
 class ChannelConfig(Base):

@@ -50,21 +50,35 @@ _MESSAGES_BY_CHANNEL = text(_MESSAGES_BY.format(column="channel_type", extra="")
 _REPLIES_BY_MODEL = text(
     _MESSAGES_BY.format(column="coalesce(model_used, '?')", extra="AND role = 'assistant'")
 )
+# A partitioned table (messages, revision 0007) counts as one: its partitions summed
+# (`bot ops partitions` lists them one by one); its indexes likewise.
 _TABLES = text(
     """
-    SELECT relname AS table, n_live_tup AS rows, pg_total_relation_size(relid) AS total_bytes,
-           pg_relation_size(relid) AS table_bytes, pg_indexes_size(relid) AS index_bytes,
-           seq_scan, idx_scan
-    FROM pg_stat_user_tables WHERE schemaname = current_schema()
-    ORDER BY total_bytes DESC, relname
+    SELECT root.relname AS table, sum(s.n_live_tup)::bigint AS rows,
+           sum(pg_total_relation_size(s.relid))::bigint AS total_bytes,
+           sum(pg_relation_size(s.relid))::bigint AS table_bytes,
+           sum(pg_indexes_size(s.relid))::bigint AS index_bytes,
+           sum(s.seq_scan)::bigint AS seq_scan, sum(s.idx_scan)::bigint AS idx_scan
+    FROM pg_stat_user_tables s
+    JOIN pg_class root ON root.oid = coalesce(pg_partition_root(s.relid), s.relid)
+    WHERE s.schemaname = current_schema()
+    GROUP BY root.relname
+    ORDER BY total_bytes DESC, root.relname
     """
 )
 _INDEXES = text(
     """
-    SELECT relname AS table, indexrelname AS index, idx_scan AS scans,
-           idx_tup_read AS tuples_read, pg_relation_size(indexrelid) AS bytes
-    FROM pg_stat_user_indexes WHERE schemaname = current_schema()
-    ORDER BY relname, indexrelname
+    SELECT root_table.relname AS table, root_index.relname AS index,
+           sum(s.idx_scan)::bigint AS scans, sum(s.idx_tup_read)::bigint AS tuples_read,
+           sum(pg_relation_size(s.indexrelid))::bigint AS bytes
+    FROM pg_stat_user_indexes s
+    JOIN pg_class root_index
+      ON root_index.oid = coalesce(pg_partition_root(s.indexrelid), s.indexrelid)
+    JOIN pg_index i ON i.indexrelid = root_index.oid
+    JOIN pg_class root_table ON root_table.oid = i.indrelid
+    WHERE s.schemaname = current_schema()
+    GROUP BY 1, 2
+    ORDER BY 1, 2
     """
 )
 

@@ -93,12 +93,13 @@ _SEARCH = text(
        LEFT JOIN users u ON u.id = COALESCE(hits.author_id, c.user_id)
        ORDER BY hits.timestamp DESC"""
 )
-# The reply to a message is the next message of its conversation, if it is the
-# assistant's (as bot/store/conversations.py reads it for a redelivered event).
+# The event's message by its claim (message_events, revision 0007); the reply to it is
+# the next message of its conversation, if it is the assistant's.
 _EVENT = text(
     """SELECT u.id AS message_id, u.conversation_id, us.channel_user_id, u.timestamp,
               r.id AS reply_id, r.timestamp AS reply_timestamp, r.model_used AS reply_model
-       FROM messages u
+       FROM message_events e
+       JOIN messages u ON u.id = e.message_id AND u.timestamp = e.message_timestamp
        JOIN conversations c ON c.id = u.conversation_id
        JOIN users us ON us.id = COALESCE(u.author_id, c.user_id)
        LEFT JOIN LATERAL (
@@ -106,7 +107,7 @@ _EVENT = text(
            WHERE n.conversation_id = u.conversation_id AND n.timestamp > u.timestamp
            ORDER BY n.timestamp LIMIT 1
        ) r ON r.role = 'assistant'
-       WHERE u.channel_type = :channel AND u.platform_message_id = :event"""
+       WHERE e.channel_type = :channel AND e.platform_message_id = :event"""
 )
 # The chat's scope and its threads' ('chat:{id}' and 'chat:{id}:thread:…'), or one thread's.
 _CHAT_CONVERSATIONS = text(

@@ -16,6 +16,7 @@ from bot.store.flags import FlagQueries
 from bot.store.housekeeping import HousekeepingQueries
 from bot.store.monitoring import Monitoring
 from bot.store.ops_queries import OpsQueries
+from bot.store.partitions import PartitionQueries
 from bot.store.retry import DatabaseRetry
 
 
@@ -29,6 +30,7 @@ class Store:
         self.housekeeping = HousekeepingQueries(database)
         self.records = OpsQueries(database)
         self.monitoring = Monitoring(database)
+        self.partitions = PartitionQueries(database)
 
     @classmethod
     def on(cls, engine: AsyncEngine, retry: DatabaseRetry) -> Store:

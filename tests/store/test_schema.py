@@ -133,21 +133,63 @@ async def test_erasing_a_user_erases_what_they_said_in_a_shared_conversation(
     assert [row.content for row in left] == ["theirs"]  # the conversation itself stays
 
 
-async def test_platform_message_is_stored_once_per_channel(engine: AsyncEngine) -> None:
+async def claim_event(
+    engine: AsyncEngine, message: uuid.UUID, pid: str, channel: str = "console"
+) -> None:
+    await one(
+        engine,
+        """INSERT INTO message_events
+               (channel_type, platform_message_id, message_id, message_timestamp)
+           SELECT :ch, :p, id, timestamp FROM messages WHERE id = :m""",
+        ch=channel,
+        p=pid,
+        m=message,
+    )
+
+
+async def test_platform_event_is_claimed_once_per_channel(engine: AsyncEngine) -> None:
     conversation = await add_conversation(engine, await add_user(engine))
     pid = f"evt-{uuid.uuid4().hex}"
-    await add_message(engine, conversation, pid)
+    await claim_event(engine, await add_message(engine, conversation, pid), pid)
 
-    with pytest.raises(IntegrityError, match="uq_messages_channel_type_platform_message_id"):
-        await add_message(engine, conversation, pid)
+    with pytest.raises(IntegrityError, match="pk_message_events"):
+        await claim_event(engine, await add_message(engine, conversation, pid), pid)
 
-    await add_message(engine, conversation, pid, channel="slack")  # another platform's id space
-    for _ in range(3):  # replies and console lines carry no platform id
-        await add_message(engine, conversation, None, role="assistant")
-    rows = await fetch(
-        engine, "SELECT count(*) AS n FROM messages WHERE conversation_id = :c", c=conversation
-    )
-    assert rows[0].n == 5
+    other = await add_message(engine, conversation, pid, channel="slack")
+    await claim_event(engine, other, pid, channel="slack")  # another platform's id space
+
+
+async def test_one_reply_per_user_message(engine: AsyncEngine) -> None:
+    conversation = await add_conversation(engine, await add_user(engine))
+    asked = await add_message(engine, conversation)
+    claim = """INSERT INTO message_replies (reply_to, reply_id, reply_timestamp)
+               SELECT :to, id, timestamp FROM messages WHERE id = :r"""
+    await one(engine, claim, to=asked, r=await add_message(engine, conversation, role="assistant"))
+
+    with pytest.raises(IntegrityError, match="pk_message_replies"):
+        second = await add_message(engine, conversation, role="assistant")
+        await one(engine, claim, to=asked, r=second)
+
+
+async def test_a_claim_needs_its_message_and_goes_with_it(engine: AsyncEngine) -> None:
+    conversation = await add_conversation(engine, await add_user(engine))
+    pid = f"evt-{uuid.uuid4().hex}"
+    message = await add_message(engine, conversation, pid)
+    await claim_event(engine, message, pid)
+
+    with pytest.raises(IntegrityError, match="fk_message_events_message_id_messages"):
+        await one(
+            engine,
+            """INSERT INTO message_events
+                   (channel_type, platform_message_id, message_id, message_timestamp)
+               VALUES ('console', :p, :m, now())""",
+            p=f"evt-{uuid.uuid4().hex}",
+            m=uuid.uuid4(),
+        )
+
+    await one(engine, "DELETE FROM messages WHERE id = :m", m=message)
+    claims = "SELECT 1 FROM message_events WHERE platform_message_id = :p"
+    assert await fetch(engine, claims, p=pid) == []
 
 
 @pytest.mark.parametrize("role", ["robot", "User", ""])
@@ -252,13 +294,25 @@ async def test_foreign_keys_cascade_on_delete(engine: AsyncEngine) -> None:
     rows = await fetch(
         engine,
         """SELECT conname, pg_get_constraintdef(oid) AS definition FROM pg_constraint
-           WHERE contype = 'f' AND connamespace = 'public'::regnamespace ORDER BY conname""",
+           WHERE contype = 'f' AND connamespace = 'public'::regnamespace
+             AND conparentid = 0 AND NOT (SELECT relispartition FROM pg_class WHERE oid = conrelid)
+           ORDER BY conname""",
     )
 
     assert [(r.conname, r.definition) for r in rows] == [
         (
             "fk_conversations_user_id_users",
             "FOREIGN KEY (user_id) REFERENCES users(id) ON DELETE CASCADE",
+        ),
+        (
+            "fk_message_events_message_id_messages",
+            'FOREIGN KEY (message_id, message_timestamp) REFERENCES messages(id, "timestamp") '
+            "ON UPDATE CASCADE ON DELETE CASCADE",
+        ),
+        (
+            "fk_message_replies_reply_id_messages",
+            'FOREIGN KEY (reply_id, reply_timestamp) REFERENCES messages(id, "timestamp") '
+            "ON UPDATE CASCADE ON DELETE CASCADE",
         ),
         (
             "fk_messages_author_id_users",
