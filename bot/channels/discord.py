@@ -380,7 +380,7 @@ class DiscordAdapter(ChannelAdapter):
                 if (reply.text is None and not live.streamed) or await self._finish(
                     live, incoming, reply
                 ):
-                    self.dispatcher.delivered(incoming)
+                    self.dispatcher.delivered(incoming, reply)
         finally:
             self._handling.discard(task)
 

@@ -305,7 +305,7 @@ class SlackAdapter(ChannelAdapter):
                     await live.finish(reply.text or "")
             if live.streamed:
                 self.dispatcher.streamed(self.name, live.updates)
-            self.dispatcher.delivered(message)
+            self.dispatcher.delivered(message, reply)
         except ShuttingDown:
             self.log.warning("slack event %s arrived during shutdown", message.platform_message_id)
         except PlatformError as exc:
