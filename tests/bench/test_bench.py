@@ -139,6 +139,5 @@ def test_history_is_measured_against_the_empty_tables_of_the_same_run(
     assert empty["warm"]["replies"] == {"answer": USERS * MESSAGES}
     assert empty["warm"]["postgres_per_message"][READ] == 0  # warm there too
     assert empty["ratio_with_history"] == pytest.approx(
-        report["service"]["warm"]["messages_per_second"]
-        / empty["warm"]["messages_per_second"]
+        report["service"]["warm"]["messages_per_second"] / empty["warm"]["messages_per_second"]
     )
