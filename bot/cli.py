@@ -23,6 +23,8 @@ from bot.errors import BotError, ConfigError
 from bot.health import HealthServer
 from bot.logs import setup_logging
 from bot.ops.cli import register as register_ops
+from bot.ops.handler import JsonErrorParser
+from bot.ops.render import error_object, write_json
 from bot.runtime import Schema, build_maintenance, open_runtime
 from bot.store.migrate import upgrade_to_head
 from bot.urls import redact_url
@@ -39,8 +41,12 @@ DATA_DIR (default ./.data). Settings come from the environment or a .env file.""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="bot", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser: argparse.ArgumentParser = (
+        JsonErrorParser(  # --json commands get their argument errors as JSON too
+            prog="bot",
+            description=DESCRIPTION,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -106,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings()
     except ConfigError as exc:
         print(f"bot: {exc}", file=sys.stderr)
+        if getattr(args, "json", False):  # `bot ops … --json`: scripts parse one object
+            write_json(error_object(f"bot: {exc}", 2))
         return 2
     setup_logging(settings.log_level, settings.log_format, settings.secrets())
     handler: Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]] = args.handler
@@ -164,6 +172,8 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
             )
         log.warning("no channel configured: opening the console chat")
         wants_console = True
+    for spec in specs:  # settings an adapter cannot run with: exit 2 before any store
+        spec.options(settings)
     async with open_runtime(settings, schema=_schema(settings, args)) as runtime:
         dispatcher = Dispatcher(runtime.service, runtime.metrics, runtime.streams)
         adapters = [registry.build(spec, settings, dispatcher) for spec in specs]
