@@ -24,6 +24,8 @@ from bot.errors import BotError, ConfigError
 from bot.health import HealthServer
 from bot.logs import LOG_FILE_NAME, setup_logging
 from bot.ops.cli import register as register_ops
+from bot.ops.handler import JsonErrorParser
+from bot.ops.render import error_object, write_json
 from bot.runtime import Schema, build_maintenance, open_runtime
 from bot.store.migrate import upgrade_to_head
 from bot.urls import redact_url
@@ -40,8 +42,12 @@ DATA_DIR (default ./.data). Settings come from the environment or a .env file.""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="bot", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser: argparse.ArgumentParser = (
+        JsonErrorParser(  # --json commands get their argument errors as JSON too
+            prog="bot",
+            description=DESCRIPTION,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -107,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings()
     except ConfigError as exc:
         print(f"bot: {exc}", file=sys.stderr)
+        if getattr(args, "json", False):  # `bot ops … --json`: scripts parse one object
+            write_json(error_object(f"bot: {exc}", 2))
         return 2
     log_file = _terminal_log(settings, args)
     args.log_file = log_file
@@ -167,6 +175,8 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
         # WARNING: LOG_LEVEL=WARNING still says why, on the terminal of the chat too.
         log.warning("no channel is configured (%s): opening the console chat", needs)
         wants_console = True
+    for spec in specs:  # settings an adapter cannot run with: exit 2 before any store
+        spec.options(settings)
     async with open_runtime(settings, schema=_schema(settings, args)) as runtime:
         dispatcher = Dispatcher(runtime.service, runtime.metrics, runtime.streams)
         adapters = [registry.build(spec, settings, dispatcher) for spec in specs]
