@@ -250,6 +250,16 @@ class Metrics:
             registry=self.registry,
         )  # fmt: skip
 
+    def track_channel(self, channel: str) -> None:
+        """Export the channel's series at zero from the start: a rate, a ratio or an
+        alert over them works from the channel's first event, not its second."""
+        for family in (
+            self.messages_in, self.messages_out, self.reply_latency, self.refused_at_shutdown,
+            self.adapter_errors, self.platform_rate_limited, self.first_text,
+            self.stream_updates, self.orphans_ended,
+        ):  # fmt: skip
+            family.labels(channel)
+
     def _readiness(self) -> None:
         """What /readyz says, set at each scrape of /metrics (HealthServer)."""
         self.ready = Gauge(

@@ -194,6 +194,8 @@ async def test_readiness_and_channels_are_gauges_set_at_each_scrape(
 
     scraped = await scrape(metrics, engine, service.cache.redis, [channel])
     assert value(scraped, "bot_channel_connected", channel="queue") == 0
+    assert value(scraped, "bot_messages_in_total", channel="queue") == 0  # there from the start
+    assert value(scraped, "bot_platform_rate_limited_total", channel="queue") == 0
     assert value(scraped, "bot_dependency_up", dependency="postgres") == 1
     assert value(scraped, "bot_dependency_up", dependency="redis") == 1
     assert value(scraped, "bot_ready") == 0  # the channel is not connected
