@@ -331,6 +331,7 @@ async def test_metrics_count_postgres_errors(
     assert reply.text == UNAVAILABLE_TEXT
     scraped = await _scrape(metrics, engine, redis)
     assert scraped["bot_postgres_errors_total"] == 1
+    assert scraped["bot_postgres_retries_total"] >= 1  # refused, retried, then given up
     assert scraped["bot_redis_errors_total"] == 0
 
 
