@@ -1,37 +1,20 @@
-"""The `bot` command line: run, chat, migrate."""
+"""The `bot` command line: the parsers of run, chat, migrate, ops and bench.
+
+Building them imports no command's code (each handler is named, bot/lazy.py): `--help`
+answers at once. bot/serve.py runs the command parsed.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import getpass
-import logging
-import os
-import signal
-import sys
-from collections.abc import Callable, Coroutine, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
 from bot.bench.cli import register as register_bench
-from bot.channels import registry
-from bot.channels.console import ConsoleChannel
-from bot.channels.dispatch import Dispatcher
-from bot.channels.options import ConsoleOptions
-from bot.config import Settings, load_settings
-from bot.errors import BotError, ConfigError
-from bot.health import HealthServer
-from bot.logs import LOG_FILE_NAME, setup_logging
+from bot.channels.names import parse_names
+from bot.errors import ConfigError
+from bot.lazy import Lazy
 from bot.ops.cli import register as register_ops
-from bot.ops.handler import JsonErrorParser
-from bot.ops.render import error_object, write_json
-from bot.runtime import Schema, build_maintenance, open_runtime
-from bot.store.migrate import upgrade_to_head
-from bot.urls import redact_url
-from bot.worker import Worker
-
-log = logging.getLogger("bot")
+from bot.ops.parsing import JsonErrorParser
 
 DESCRIPTION = """\
 A chat-bot backend: Discord, Telegram and Slack adapters over one conversation
@@ -68,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--user", default=None, help="console user name (default: your login)")
     _no_migrate_option(run)
-    run.set_defaults(handler=_run)
+    run.set_defaults(handler=Lazy("bot.start:run"))
 
     chat = commands.add_parser(
         "chat",
@@ -79,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chat.add_argument("--user", default=None, help="who is chatting (default: your login)")
     _no_migrate_option(chat)
-    chat.set_defaults(handler=_chat)
+    chat.set_defaults(handler=Lazy("bot.start:chat"))
 
     migrate = commands.add_parser(
         "migrate",
@@ -87,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Bring the Postgres schema to the newest Alembic revision, under an "
         "advisory lock so that several workers starting at once do not race.",
     )
-    migrate.set_defaults(handler=_migrate)
+    migrate.set_defaults(handler=Lazy("bot.start:migrate"))
     register_ops(commands)
     register_bench(commands)
     return parser
@@ -102,130 +85,15 @@ def _no_migrate_option(command: argparse.ArgumentParser) -> None:
     )
 
 
-def _schema(settings: Settings, args: argparse.Namespace) -> Schema:
-    migrate = settings.migrate_on_start and not args.no_migrate
-    return Schema.MIGRATE if migrate else Schema.REQUIRE_CURRENT
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"bot: {exc}", file=sys.stderr)
-        if getattr(args, "json", False):  # `bot ops … --json`: scripts parse one object
-            write_json(error_object(f"bot: {exc}", 2))
-        return 2
-    log_file = _terminal_log(settings, args)
-    args.log_file = log_file
-    setup_logging(settings.log_level, settings.log_format, settings.secrets(), log_file)
-    handler: Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]] = args.handler
-    try:
-        return asyncio.run(handler(settings, args))
-    except KeyboardInterrupt:
-        return 130
-    except ConfigError as exc:  # found once running: a port taken, a token refused
-        print(f"bot: {exc}", file=sys.stderr)
-        return 2
-    except BotError as exc:
-        print(f"bot: {exc}", file=sys.stderr)
-        return 1
-
-
-async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
-    async with open_runtime(settings, schema=Schema.LEAVE) as runtime:
-        revision = await upgrade_to_head(runtime.engine, settings.migration_lock_wait_seconds)
-        print(f"database at revision {revision} ({redact_url(runtime.endpoints.database_url)})")
-    return 0
-
-
-async def _chat(settings: Settings, args: argparse.Namespace) -> int:
-    """The console channel under the worker: SIGTERM/SIGINT stop reading, finish the
-    message in flight, close the pools and stop the embedded servers, then exit 0."""
-    stop = asyncio.Event()
-    _note_stop_signals(stop)  # start-up finishes first: it may be launching servers
-    async with open_runtime(settings, schema=_schema(settings, args)) as runtime:
-        dispatcher = Dispatcher(runtime.service, runtime.metrics)
-        console = _console(dispatcher, args)
-        worker = Worker([console], dispatcher, None, settings.shutdown_grace_seconds)
-        if stop.is_set():
-            worker.request_stop()
-        drained = await worker.run()  # with signal handlers of its own while it runs
-        _note_stop_signals(stop)  # a second signal must not cut short the stop of servers
-    return 0 if drained else 1
-
-
-def _note_stop_signals(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
-            loop.add_signal_handler(signum, stop.set)
-
-
-async def _run(settings: Settings, args: argparse.Namespace) -> int:
-    specs = registry.select(settings, args.channels)
-    wants_console = args.channels is not None and "console" in args.channels
-    if not specs and not wants_console:
-        needs = "; ".join(f"{spec.name}: set {spec.needs}" for spec in registry.PLATFORM_CHANNELS)
-        if not sys.stdin.isatty():
-            raise ConfigError(
-                f"no channel is configured ({needs}) and standard input is not a terminal "
-                "for the console chat; set a channel's credentials, or use `bot chat`"
-            )
-        # WARNING: LOG_LEVEL=WARNING still says why, on the terminal of the chat too.
-        log.warning("no channel is configured (%s): opening the console chat", needs)
-        wants_console = True
-    for spec in specs:  # settings an adapter cannot run with: exit 2 before any store
-        spec.options(settings)
-    async with open_runtime(settings, schema=_schema(settings, args)) as runtime:
-        dispatcher = Dispatcher(runtime.service, runtime.metrics, runtime.streams)
-        adapters = [registry.build(spec, settings, dispatcher) for spec in specs]
-        if wants_console:
-            adapters.append(_console(dispatcher, args))
-        guard = runtime.cache.guard
-        health = HealthServer(
-            runtime.engine, runtime.redis, runtime.metrics, adapters, lambda: guard.state
-        )
-        upkeep = build_maintenance(runtime)
-        grace = settings.shutdown_grace_seconds
-        worker = Worker(adapters, dispatcher, health, grace, maintenance=upkeep)
-        drained = await worker.run(settings.http_host, settings.http_port)
-    return 0 if drained else 1
-
-
-def _terminal_log(settings: Settings, args: argparse.Namespace) -> Path | None:
-    """Where the log goes while a person chats on this terminal (DATA_DIR/bot.log), so
-    that the chat shows only the chat and warnings; None: the log goes to stderr."""
-    if not (sys.stdin.isatty() and sys.stderr.isatty()):
-        return None
-    if args.command == "run":
-        try:
-            platforms = registry.select(settings, args.channels)
-        except ConfigError:
-            return None  # refused before anything starts: said on stderr
-        named = args.channels is not None and "console" in args.channels
-        if platforms and not named:
-            return None  # a worker serving platforms: its log is what the operator watches
-    elif args.command != "chat":
-        return None
-    return settings.data_dir / LOG_FILE_NAME
-
-
 def _channel_names(text: str) -> tuple[str, ...]:
     try:
-        return registry.parse_names(text)
+        return parse_names(text)
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None  # argparse: usage error, exit 2
 
 
-def _console(dispatcher: Dispatcher, args: argparse.Namespace) -> ConsoleChannel:
-    log_file = str(args.log_file) if args.log_file is not None else None
-    options = ConsoleOptions(args.user or _login(), sys.stdin.isatty(), log_file)
-    return ConsoleChannel(options, dispatcher, sys.stdin, sys.stdout)
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from bot.serve import execute  # what commands need: imported once one runs
 
-
-def _login() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return os.environ.get("USER", "console")
+    return execute(args)

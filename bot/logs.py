@@ -92,7 +92,15 @@ def setup_logging(
     root.handlers[:] = handlers
     root.setLevel(level)
     sys.excepthook = _log_uncaught
-    for noisy in ("asyncio", "alembic.runtime.migration", "pgserver", "httpx", "httpx2", "openai"):
+    for noisy in (
+        "asyncio",
+        "alembic.runtime.migration",
+        "alembic.runtime.plugins",
+        "pgserver",
+        "httpx",
+        "httpx2",
+        "openai",
+    ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 

@@ -13,10 +13,12 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bot.config import Settings
 from bot.errors import BadInput
+
+if TYPE_CHECKING:
+    from bot.config import Settings
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,99}$")  # as /model accepts
 MAX_PROMPT_CHARS = 8000

@@ -31,9 +31,10 @@ from bot.emulators.slack_api import FakeSlack
 from bot.emulators.telegram_api import FakeBotApi
 from bot.metrics import Metrics
 from bot.responders import Responder
-from bot.runtime import build_service, create_redis, keys_for
+from bot.runtime import build_service
 from bot.service import ConversationService
 from bot.store.engine import create_engine
+from bot.stores import create_redis, keys_for
 from tests.redis_servers import RedisCluster, redis_cluster
 from tests.support import STREAM_LEASE, ManualClock, ServiceFactory, migrate_to_head
 

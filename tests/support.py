@@ -26,10 +26,11 @@ from bot.channels.dispatch import Dispatcher
 from bot.config import Settings, load_settings
 from bot.domain import IncomingMessage, Reply, TextSink
 from bot.responders import EchoResponder, ResponderRequest, ResponderResult
-from bot.runtime import build_service, create_redis
+from bot.runtime import build_service
 from bot.service import ConversationService
 from bot.store.engine import create_engine
 from bot.store.migrate import upgrade_to_head
+from bot.stores import create_redis
 
 ServiceFactory = Callable[..., Awaitable[ConversationService]]
 ROOT = Path(__file__).resolve().parents[1]  # the repository

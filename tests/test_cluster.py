@@ -18,8 +18,9 @@ from bot.cache.keys import Keys
 from bot.config import Settings
 from bot.domain import ChatKind, IncomingMessage, ReplyKind
 from bot.errors import ConfigError
-from bot.runtime import check_redis, create_redis, keys_for
+from bot.runtime import check_redis
 from bot.service import ConversationService
+from bot.stores import create_redis, keys_for
 from bot.tallies import CacheRead, Tally
 from tests.redis_servers import RedisCluster
 from tests.support import (

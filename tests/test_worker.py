@@ -32,9 +32,9 @@ from bot.embedded import EmbeddedRedis
 from bot.errors import ShuttingDown
 from bot.health import HealthServer
 from bot.metrics import Metrics
-from bot.runtime import keys_for
 from bot.service import INTERRUPTED_NOTE, UNAVAILABLE_TEXT
 from bot.store.engine import create_engine
+from bot.stores import keys_for
 from bot.worker import Worker
 from tests.channels.test_console import chat_env
 from tests.support import (

@@ -1,20 +1,13 @@
-"""`bot bench`: the command line of the benchmark."""
+"""`bot bench`: the command line of the benchmark (bot/bench/command.py runs it)."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import importlib
-import json
 from pathlib import Path
 from typing import Any
 
-from bot.bench.platforms import PLATFORMS
-from bot.bench.report import render, render_streaming
-from bot.bench.runner import BenchOptions, run_bench
-from bot.bench.streaming import StreamingOptions, run_streaming_bench
-from bot.config import Settings
-from bot.errors import ConfigError
+from bot.bench.options import PLATFORM_NAMES, BenchOptions, StreamingOptions
+from bot.lazy import Lazy
 
 DESCRIPTION = """\
 Drive simulated users through the real conversation service (echo responder) against
@@ -52,9 +45,9 @@ def _seconds(value: str) -> float:
 
 def _platforms(value: str) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(name.strip() for name in value.split(",") if name.strip()))
-    unknown = [name for name in names if name not in PLATFORMS]
+    unknown = [name for name in names if name not in PLATFORM_NAMES]
     if not names or unknown:
-        raise argparse.ArgumentTypeError(f"choose from {', '.join(PLATFORMS)}")
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(PLATFORM_NAMES)}")
     return names
 
 
@@ -158,44 +151,4 @@ def register(subparsers: Any) -> None:
         "pgbouncer package) in each round, and compare it with the direct connection",
     )
     add("--json", action="store_true", help="print the report as JSON")
-    bench.set_defaults(handler=_bench)
-
-
-async def _bench(settings: Settings, args: argparse.Namespace) -> int:
-    if args.redis_cluster:
-        settings = settings.model_copy(update={"redis_cluster": True})
-    if args.streaming:
-        streamed = StreamingOptions(
-            platforms=args.platforms,
-            concurrency=args.concurrency,
-            replies=args.replies,
-            first_token_seconds=args.first_token,
-            tokens_per_second=args.tokens_per_second,
-            reply_words=args.reply_words,
-            think_seconds=max(args.think, 0.0),
-        )
-        found = await run_streaming_bench(settings, streamed)
-        print(json.dumps(found, indent=2) if args.json else render_streaming(found))
-        return 0
-    options = BenchOptions(
-        users=args.users,
-        messages=args.messages,
-        concurrency=args.concurrency,
-        history=args.history,
-        rounds=args.rounds,
-        baseline=not args.no_baseline,
-        loop=args.loop,
-        profile=args.profile,
-        pgbouncer=args.pgbouncer,
-    )
-    if options.loop == "uvloop":
-        try:
-            uvloop = importlib.import_module("uvloop")
-        except ImportError:
-            raise ConfigError("--loop uvloop needs uvloop: pip install uvloop") from None
-        # The whole bench on a uvloop loop of its own, in a thread of its own.
-        report = await asyncio.to_thread(uvloop.run, run_bench(settings, options))
-    else:
-        report = await run_bench(settings, options)
-    print(json.dumps(report, indent=2) if args.json else render(report))
-    return 0
+    bench.set_defaults(handler=Lazy("bot.bench.command:bench"))

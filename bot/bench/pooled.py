@@ -17,8 +17,9 @@ from bot.bench.probes import PgProbe, RedisProbe
 from bot.config import Settings
 from bot.embedded.pgbouncer import local_pgbouncer
 from bot.responders.echo import EchoResponder
-from bot.runtime import build_service, create_redis
+from bot.runtime import build_service
 from bot.store.engine import create_engine
+from bot.stores import create_redis
 
 
 @asynccontextmanager

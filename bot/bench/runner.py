@@ -21,6 +21,7 @@ from sqlalchemy import text
 
 from bot.bench.baseline import Baseline
 from bot.bench.driver import BenchUser, Meter, Sample, ServiceDriver
+from bot.bench.options import BenchOptions
 from bot.bench.pooled import pooled_driver
 from bot.bench.probes import PgProbe, RedisProbe
 from bot.bench.report import session_memory, summarize, targets
@@ -29,27 +30,15 @@ from bot.config import Settings
 from bot.domain import ChatKind
 from bot.errors import ConfigError
 from bot.responders.echo import EchoResponder
-from bot.runtime import build_service, create_redis, keys_for
+from bot.runtime import build_service
 from bot.store.engine import create_engine
+from bot.stores import create_redis, keys_for
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "bench"
 GROUP_MEMBERS = 5  # people per group chat (and per shared thread) of the group traffic
 NO_RATE_LIMIT = 1_000_000_000  # simulated users send far faster than people
-
-
-@dataclass(frozen=True, slots=True)
-class BenchOptions:
-    users: int = 200
-    messages: int = 20  # warm messages per user and round
-    concurrency: int = 16
-    history: int = 0
-    rounds: int = 3
-    baseline: bool = True
-    loop: str = "asyncio"
-    profile: Path | None = None  # write a pyinstrument profile of the warm phases here
-    pgbouncer: bool = False  # also run the service behind a local PgBouncer, each round
 
 
 @dataclass(slots=True)

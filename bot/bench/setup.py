@@ -22,12 +22,13 @@ from redis.asyncio import Redis
 from bot.config import Settings
 from bot.errors import ConfigError, InfrastructureError
 from bot.retention import ensure_partitions
-from bot.runtime import check_redis, create_redis, open_endpoints
+from bot.runtime import check_redis
 from bot.store.engine import create_engine
 from bot.store.migrate import upgrade_to_head
 from bot.store.partitions import month_start
 from bot.store.retry import DatabaseRetry
 from bot.store.store import Store
+from bot.stores import create_redis, open_endpoints
 from bot.urls import asyncpg_dsn, redact_url
 
 log = logging.getLogger(__name__)

@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from bot.bench.options import StreamingOptions
 from bot.bench.platforms import PLATFORMS, Platform
 from bot.bench.probes import COMMITS, READ, WRITE, PgProbe, RedisProbe
 from bot.bench.report import percentile
@@ -36,27 +37,15 @@ from bot.domain import IncomingMessage, Reply
 from bot.emulators.llm_api import LLMServer, Step
 from bot.errors import BenchError
 from bot.metrics import Metrics
-from bot.runtime import build_service, create_redis, keys_for
+from bot.runtime import build_service
 from bot.store.engine import create_engine
+from bot.stores import create_redis, keys_for
 
 log = logging.getLogger(__name__)
 
 REPLY_TIMEOUT_SECONDS = 60.0  # one reply, 429 waits included
 CONNECT_TIMEOUT_SECONDS = 30.0
 OVERHEAD_P99_TARGET_MS = 150.0
-
-
-@dataclass(frozen=True, slots=True)
-class StreamingOptions:
-    platforms: tuple[str, ...] = tuple(PLATFORMS)
-    concurrency: int = 16  # conversations at once
-    replies: int = 5  # messages per conversation, each after the last reply
-    first_token_seconds: float = 0.3
-    tokens_per_second: float = 50.0
-    reply_words: int = 60
-    # A person reads a reply before writing again; the platforms' per-chat limits
-    # (about a message a second, briefly more) assume as much.
-    think_seconds: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,14 +12,17 @@ import importlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
-from bot.channels.base import ChannelAdapter
-from bot.channels.dispatch import Dispatcher
 from bot.channels.options import ChannelOptions, DiscordOptions, SlackOptions, TelegramOptions
 from bot.config import Settings
 from bot.errors import ConfigError
+
+if TYPE_CHECKING:
+    from bot.channels.base import ChannelAdapter
+    from bot.channels.dispatch import Dispatcher
 
 _TELEGRAM_SECRET = re.compile(r"^[A-Za-z0-9_-]{1,256}$")  # what setWebhook accepts
 
@@ -129,21 +132,6 @@ PLATFORM_CHANNELS = (
         slack_options,
     ),
 )
-ALL_NAMES = ("console", *(spec.name for spec in PLATFORM_CHANNELS))
-
-
-def parse_names(text: str) -> tuple[str, ...]:
-    """Channel names as written for `--channels`: comma-separated, spaces and repeats
-    ignored, each one a channel the bot has."""
-    names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
-    if not names:
-        raise ConfigError(f"name at least one channel, from {', '.join(ALL_NAMES)}")
-    unknown = [name for name in names if name not in ALL_NAMES]
-    if unknown:
-        raise ConfigError(
-            f"unknown channel(s) {', '.join(unknown)}; choose from {', '.join(ALL_NAMES)}"
-        )
-    return names
 
 
 def select(settings: Settings, names: Sequence[str] | None) -> list[ChannelSpec]:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from bot.channels import registry
+from bot.channels import names
 from bot.errors import BadInput
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
@@ -79,9 +79,9 @@ def user_ref(value: str) -> tuple[str, str]:
 def channel(value: str) -> str:
     """A channel the bot has: a name it has no adapter for is a typo (bad input, exit 2),
     never a user, flag or config that is merely missing."""
-    if value not in registry.ALL_NAMES:
+    if value not in names.ALL_NAMES:
         raise argparse.ArgumentTypeError(
-            f"unknown channel {value!r}; choose from {', '.join(registry.ALL_NAMES)}"
+            f"unknown channel {value!r}; choose from {', '.join(names.ALL_NAMES)}"
         )
     return value
 

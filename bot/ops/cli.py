@@ -1,8 +1,9 @@
 """`bot ops`: look into the bot's Redis and Postgres, and fix things.
 
 `register` adds the `ops` command with its inspection sub-commands (health, stats,
-user, conversation; bot/ops/commands.py) and the management sub-commands (flags,
-config, cache, purge; bot/ops/manage.py).
+user, conversation, event; bot/ops/commands.py) and the management sub-commands
+(bot/ops/cli_manage.py). Each names the function that runs it: building the parsers
+imports none of them.
 """
 
 from __future__ import annotations
@@ -11,21 +12,11 @@ import argparse
 from typing import TYPE_CHECKING
 
 from bot.ops.arguments import channel, conversation_id, positive, search_text, timeout
-from bot.ops.commands import (
-    conversation_search,
-    conversation_show,
-    event_show,
-    health,
-    stats,
-    user_delete,
-    user_export,
-    user_show,
-)
-from bot.ops.handler import OPS_DOCS, Command, group, leaf
-from bot.ops.manage import register_manage
+from bot.ops.cli_manage import register_manage
+from bot.ops.parsing import OPS_DOCS, group, leaf
 
 if TYPE_CHECKING:
-    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+    from bot.ops.parsing import Subparsers
 
 DESCRIPTION = f"""\
 Inspect and manage the bot's state: Postgres (the source of truth) and Redis (its
@@ -41,7 +32,7 @@ terminal, take --yes for scripts and --dry-run to count what would go.
 
 
 def _leaf(
-    parent: Subparsers, name: str, help: str, text: str, run: Command, *, deletes: bool = False
+    parent: Subparsers, name: str, help: str, text: str, run: str, *, deletes: bool = False
 ) -> argparse.ArgumentParser:
     return leaf(parent, name, help, text, run, docs=OPS_DOCS, deletes=deletes)
 
@@ -78,7 +69,7 @@ def _register_inspection(commands: Subparsers) -> None:
         "Reach Postgres and Redis and time a round trip to each; compare the database's "
         "migration revision with this code's head; show Redis memory and maxmemory-policy. "
         "Exit 1 if a store is down or the schema is behind (run `bot migrate`).",
-        health,
+        "bot.ops.commands:health",
     )
     check.add_argument(
         "--timeout",
@@ -96,7 +87,7 @@ def _register_inspection(commands: Subparsers) -> None:
         "per model, rate-limited and de-duplicated counts and cache hit ratios summed over "
         "all workers (when the workers publish them), Redis memory and keys by kind, "
         "Postgres table and index sizes and index usage.",
-        stats,
+        "bot.ops.commands:stats",
     )
     _register_user(_group(commands, "user", "one user: show, export or delete"))
     _register_conversation(_group(commands, "conversation", "conversations: show, search"))
@@ -108,7 +99,7 @@ def _register_inspection(commands: Subparsers) -> None:
         "as the adapter names it): the state of its claim in Redis (processing, answered, "
         "unfinished, done; docs/architecture.md), the user message and reply Postgres "
         "stored for it, and what the two say together.",
-        event_show,
+        "bot.ops.commands:event_show",
     )
     event.add_argument(
         "channel", type=channel, metavar="CHANNEL", help="console, discord, telegram or slack"
@@ -123,7 +114,7 @@ def _register_user(users: Subparsers) -> None:
         "the user's row, cached session and conversations",
         "The users row, the cached session with its TTL, this minute's rate counter, and "
         "each conversation with its message count and how many are in the cached context.",
-        user_show,
+        "bot.ops.commands:user_show",
     )
     _user_arguments(show)
     export = _leaf(
@@ -132,7 +123,7 @@ def _register_user(users: Subparsers) -> None:
         "everything stored about the user, as JSON",
         "Write the user's row, conversations with all their messages, and what Redis holds "
         "about them (session, rate counter, cached contexts) as one JSON document.",
-        user_export,
+        "bot.ops.commands:user_export",
     )
     _user_arguments(export)
     export.add_argument(
@@ -144,7 +135,7 @@ def _register_user(users: Subparsers) -> None:
         "erase the user from Postgres and Redis",
         "Delete the user's row and, by cascade, their conversations and messages; then "
         "their session, rate counter, cached contexts and active-set entry in Redis.",
-        user_delete,
+        "bot.ops.commands:user_delete",
         deletes=True,
     )
     _user_arguments(delete)
@@ -157,7 +148,7 @@ def _register_conversation(group: Subparsers) -> None:
         "a conversation's messages",
         "The newest messages of the conversation, oldest first, with role, model, tokens "
         "and time; `cached` marks those also in the Redis context.",
-        conversation_show,
+        "bot.ops.commands:conversation_show",
     )
     show.add_argument("id", type=conversation_id, metavar="ID", help="the conversation id")
     show.add_argument(
@@ -170,7 +161,7 @@ def _register_conversation(group: Subparsers) -> None:
         "Postgres full-text search (GIN index, 'simple' configuration: no stemming). "
         'Web-search syntax: words (all must match), "a phrase", -excluded, or. Newest '
         "first, with conversation, user, time and a snippet.",
-        conversation_search,
+        "bot.ops.commands:conversation_search",
     )
     search.add_argument(
         "text", type=search_text, nargs="+", metavar="TEXT", help="what to search for"

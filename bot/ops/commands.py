@@ -17,7 +17,8 @@ from bot.errors import BadInput
 from bot.ops import conversations, deletion, events, inspect, records, views
 from bot.ops.context import Ops
 from bot.ops.handler import Command
-from bot.ops.render import Out, to_json
+from bot.ops.jsonout import to_json
+from bot.ops.render import Out
 from bot.urls import redact_url
 
 Read = Callable[..., Awaitable[dict[str, Any]]]  # (ops, *argument values) -> report

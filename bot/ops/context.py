@@ -14,11 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.cache.admin import CacheAdmin
 from bot.cache.flags import FlagCache
 from bot.cache.guard import RedisGuard
-from bot.channels import registry
+from bot.channels import names
 from bot.config import Settings
-from bot.runtime import Endpoints, build_store, create_redis, keys_for, open_endpoints
 from bot.store.engine import create_engine
 from bot.store.store import Store
+from bot.stores import Endpoints, build_store, create_redis, keys_for, open_endpoints
 
 OPS_REDIS_TIMEOUT = 2.0  # seconds for one Redis call of a command: not the hot path
 
@@ -40,7 +40,7 @@ class Ops:
     def flag_cache(self) -> FlagCache:
         """The flags' Redis hashes, for every channel the bot has."""
         cache = self.cache
-        return FlagCache(cache.redis, cache.keys, cache.guard, registry.ALL_NAMES)
+        return FlagCache(cache.redis, cache.keys, cache.guard, names.ALL_NAMES)
 
 
 @asynccontextmanager

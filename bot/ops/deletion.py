@@ -7,8 +7,9 @@ and `cache flush`.
 - without a terminal to ask on it refuses unless `--yes` is given: the command line of
   a script must say so (BadInput: exit 2, before any store is reached).
 
-Commands that change settings (flags, config, chat) or make partitions delete no data
-and do not ask.
+`--yes` and `--dry-run`, and the rule in each such command's --help, come with its
+declaration (bot/ops/parsing.py, `leaf(..., deletes=True)`). Commands that change
+settings (flags, config, chat) or make partitions delete no data and do not ask.
 """
 
 from __future__ import annotations
@@ -16,21 +17,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from typing import TYPE_CHECKING
 
 from bot.errors import BadInput, NotConfirmed
-from bot.ops.render import Out
 
-RULE = (
-    "It deletes data: on a terminal it shows what and asks first; without one it refuses "
-    "unless --yes is given; --dry-run counts what would go and changes nothing."
-)
-
-
-def add_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--yes", "-y", action="store_true", help="do not ask: delete (scripts)")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="print what would be deleted; change nothing"
-    )
+if TYPE_CHECKING:
+    from bot.ops.render import Out
 
 
 def refuse_unconfirmable(args: argparse.Namespace) -> None:

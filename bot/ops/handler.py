@@ -14,15 +14,15 @@ runs it, and maps every failure of our error tree to one line and an exit code
        setting. Refused before any store is reached where it can be told from the
        arguments alone.
 
-Argument errors found by argparse itself exit 2 the same way (JsonErrorParser).
+Argument errors found by argparse itself exit 2 the same way (bot/ops/parsing.py,
+JsonErrorParser).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 
@@ -40,7 +40,8 @@ from bot.logs import redact
 from bot.ops import deletion
 from bot.ops.arguments import check_text
 from bot.ops.context import Ops, open_ops
-from bot.ops.render import Out, error_object, write_json
+from bot.ops.parsing import BAD_INPUT
+from bot.ops.render import Out
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -49,29 +50,7 @@ Command = Callable[[Ops, argparse.Namespace, Out], Awaitable[int]]
 Check = Callable[[argparse.Namespace, Settings], None]  # raises BadInput
 Handler = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 
-OK, FAILED, BAD_INPUT = 0, 1, 2
-OPS_DOCS = "Each command's redis-cli / psql equivalent: docs/ops.md."
-MANAGE_DOCS = "Each command's redis-cli / psql equivalent: docs/ops_manage.md."
-
-
-class JsonErrorParser(argparse.ArgumentParser):
-    """argparse's parser, which on an argument error also prints the JSON error object
-    on standard output when --json is among the arguments: scripts parse one object
-    whatever went wrong. Sub-parsers are of the same class."""
-
-    wants_json = False
-
-    def parse_known_args(  # type: ignore[override]
-        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
-    ) -> tuple[argparse.Namespace, list[str]]:
-        given = sys.argv[1:] if args is None else args
-        self.wants_json = "--json" in given
-        return super().parse_known_args(args, namespace)
-
-    def error(self, message: str) -> NoReturn:
-        if self.wants_json:
-            write_json(error_object(f"{self.prog}: {message}", BAD_INPUT))
-        super().error(message)  # usage and the message on standard error, exit 2
+OK, FAILED = 0, 1
 
 
 def exit_code(exc: BotError) -> int:
@@ -117,41 +96,6 @@ def describe(exc: BaseException, secrets: Iterable[str] = ()) -> str:
     lines = str(cause).strip().splitlines()
     name = type(cause).__name__
     return redact(f"{name}: {lines[0]}" if lines else name, secrets)
-
-
-def leaf(
-    parent: Subparsers,
-    name: str,
-    help: str,
-    text: str,
-    run: Command,
-    check: Check | None = None,
-    *,
-    docs: str = MANAGE_DOCS,
-    deletes: bool = False,
-) -> argparse.ArgumentParser:
-    """A command: its parser, with --json, running `run` through `handler`. A command
-    that `deletes` data follows bot/ops/deletion.py: --yes, --dry-run, and it asks."""
-    description = f"{text} {deletion.RULE} {docs}" if deletes else f"{text} {docs}"
-    parser = parent.add_parser(name, help=help, description=description)
-    parser.add_argument(
-        "--json",
-        action="store_true",
-        help='print one JSON object for scripts (on failure: {"error": …, "exit_code": …})',
-    )
-    if deletes:
-        deletion.add_options(parser)
-    parser.set_defaults(handler=handler(run, check, deletes=deletes))
-    return parser
-
-
-def group(
-    parent: Subparsers, name: str, help: str, *, docs: str = MANAGE_DOCS, about: str = ""
-) -> Subparsers:
-    """A group of commands (`bot ops NAME COMMAND`); `about` explains it in its --help."""
-    text = f"{help}. {about} {docs}" if about else f"{help}. {docs}"
-    parser = parent.add_parser(name, help=help, description=text)
-    return parser.add_subparsers(dest=f"ops_{name}_command", metavar="COMMAND", required=True)
 
 
 def warn(out: Out, data: dict[str, Any], message: str) -> None:

@@ -16,62 +16,13 @@ from bot.config import Settings
 from bot.domain import FlagRow
 from bot.errors import BadInput, FlagError
 from bot.flags import FlagChange, change_flag
-from bot.flagset import GLOBAL, KNOWN_FLAGS, FlagSet, parse_value
-from bot.ops.arguments import channel
+from bot.flagset import GLOBAL, FlagSet, parse_value
 from bot.ops.context import Ops
-from bot.ops.handler import group, leaf, warn
-from bot.ops.manage_backup import register_backup
-from bot.ops.manage_cache import register_cache, register_purge
-from bot.ops.manage_chat import register_chat
-from bot.ops.manage_config import register_config
-from bot.ops.manage_partitions import register_partitions
+from bot.ops.handler import warn
 from bot.ops.render import Out
 
 if TYPE_CHECKING:
-    from bot.ops.handler import Subparsers
-
-
-def register_manage(ops: Subparsers) -> None:
-    """Add the flags, config, cache, purge, backup and restore commands to `bot ops`."""
-    _register_flags(group(ops, "flags", "feature flags: list, get, set, unset"))
-    register_config(group(ops, "config", "channel configs: show, set"))
-    register_chat(group(ops, "chat", "a chat's settings: list, show, set, unset"))
-    register_cache(group(ops, "cache", "the Redis cache: flush, warm"))
-    register_purge(ops)
-    register_partitions(ops)
-    register_backup(ops)
-
-
-def _register_flags(flags: Subparsers) -> None:
-    known = "; ".join(f"{name}: {spec.help}" for name, spec in KNOWN_FLAGS.items())
-    names = sorted(KNOWN_FLAGS)
-    leaf(flags, "list", "every flag set, by scope", f"Every flag set. Flags: {known}.", _list)
-    get = leaf(
-        flags,
-        "get",
-        "the value of a flag in force",
-        "The value in force: the channel's if set, else the global one.",
-        _get,
-    )
-    get.add_argument("name", choices=names, metavar="NAME", help=", ".join(names))
-    get.add_argument("--channel", type=channel, help="for this channel (default: global)")
-    set_ = leaf(
-        flags,
-        "set",
-        "set a flag, globally or for one channel",
-        "Write the flag to Postgres and Redis and tell every worker: they follow within "
-        f"seconds. Booleans take true/false, on/off, yes/no, 1/0. Flags: {known}.",
-        _set,
-        _check_value,
-    )
-    set_.add_argument("name", choices=names, metavar="NAME", help=", ".join(names))
-    set_.add_argument("value", metavar="VALUE")
-    set_.add_argument("--channel", type=channel, help="only this channel (default: global)")
-    unset = leaf(
-        flags, "unset", "remove a flag", "Remove the flag: its default applies again.", _unset
-    )
-    unset.add_argument("name", choices=names, metavar="NAME", help=", ".join(names))
-    unset.add_argument("--channel", type=channel, help="only this channel (default: global)")
+    pass
 
 
 def _check_value(args: argparse.Namespace, settings: Settings) -> None:

@@ -10,71 +10,12 @@ from typing import TYPE_CHECKING, Any
 from bot.config import Settings
 from bot.errors import BadInput, NotFound
 from bot.ops import deletion, housekeeping
-from bot.ops.arguments import age, conversation_id, seconds, user_ref
 from bot.ops.context import Ops
-from bot.ops.handler import leaf, warn
+from bot.ops.handler import warn
 from bot.ops.render import Out
 
 if TYPE_CHECKING:
-    from bot.ops.handler import Subparsers
-
-
-def register_cache(cache: Subparsers) -> None:
-    flush = leaf(
-        cache,
-        "flush",
-        "delete cached state (Postgres keeps everything)",
-        "Delete keys of this deployment only (its REDIS_KEY_PREFIX). --user: the user's "
-        "session, rate counter and the context of each of their conversations; "
-        "--conversation: its context; --all: every cached key (sessions, contexts, channel "
-        "configs, feature-flag hashes, active sets; SCAN, in batches of CACHE_BATCH_SIZE), "
-        "keeping rate counters, dedup markers, the stats counters and locks.",
-        _flush,
-        _check_flush,
-        deletes=True,
-    )
-    scope = flush.add_mutually_exclusive_group(required=True)
-    scope.add_argument("--user", type=user_ref, metavar="CHANNEL:ID", help="e.g. discord:1234")
-    scope.add_argument("--conversation", type=conversation_id, metavar="ID", help="its context")
-    scope.add_argument("--all", action="store_true", help="every cached key under the prefix")
-    flush.add_argument(
-        "--include-state",
-        action="store_true",
-        help="with --all: also rate counters, dedup markers (a redelivered event would be "
-        "stored again) and the stats counters; locks of messages in flight are always kept",
-    )
-    warm = leaf(
-        cache,
-        "warm",
-        "refill sessions and contexts of recently active users",
-        "From Postgres, put back the session and recent context of every user whose active "
-        "conversation had a message since --since; keys already cached are left alone.",
-        _warm,
-    )
-    warm.add_argument("--since", type=age, default="1h", metavar="AGE", help="default: 1h")
-
-
-def register_purge(ops: Subparsers) -> None:
-    purge = leaf(
-        ops,
-        "purge",
-        "delete messages older than a cutoff, in small batches",
-        "Delete messages older than --older-than in batches of PURGE_BATCH_SIZE rows, one "
-        "short transaction each (never a long lock), then inactive conversations left "
-        "empty; drop the Redis contexts of the conversations touched. Rows other "
-        "transactions hold locked are retried for --lock-wait seconds, then reported as "
-        "skipped.",
-        _purge,
-        deletes=True,
-    )
-    purge.add_argument("--older-than", type=age, required=True, metavar="AGE", help="e.g. 90d")
-    purge.add_argument(
-        "--lock-wait",
-        type=seconds,
-        default=5.0,
-        metavar="SECONDS",
-        help="how long to retry rows locked by other transactions (default %(default)s)",
-    )
+    pass
 
 
 def _check_flush(args: argparse.Namespace, settings: Settings) -> None:

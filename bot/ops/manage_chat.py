@@ -13,64 +13,13 @@ from bot.chat_configs import ChatConfigChange, change_chat_config
 from bot.config import Settings
 from bot.domain import ChatConfigRow, ChatKind, Scope
 from bot.errors import BadInput
-from bot.ops.arguments import channel
+from bot.ops.cli_manage import CONVERSATIONS_SHOWN
 from bot.ops.context import Ops
-from bot.ops.handler import leaf, warn
+from bot.ops.handler import warn
 from bot.ops.render import Out
 
 if TYPE_CHECKING:
-    from bot.ops.handler import Subparsers
-
-CONVERSATIONS_SHOWN = 20
-
-
-def register_chat(chat: Subparsers) -> None:
-    keys = "; ".join(f"{k} ({s.help})" for k, s in setting_keys.CHAT_KEYS.items())
-    listed = leaf(
-        chat,
-        "list",
-        "every chat with settings of its own",
-        "Every chat_configs row, of one platform or all.",
-        _list,
-    )
-    listed.add_argument("channel", nargs="?", type=channel, metavar="CHANNEL")
-    show = leaf(
-        chat,
-        "show",
-        "a chat's settings in force and its conversations",
-        "For every key the value in force in the chat (or --thread) and where it comes "
-        "from: the thread's row, the chat's, the platform's channel_configs row, or the "
-        f"global setting; then the newest {CONVERSATIONS_SHOWN} conversations held there.",
-        _show,
-    )
-    _place_arguments(show)
-    set_ = leaf(
-        chat,
-        "set",
-        "change a chat's settings (validated); every worker follows at once",
-        f"Set keys of the chat's row (or --thread's); `key=` (empty) removes one. Keys: {keys}.",
-        _set,
-        _check_pairs,
-    )
-    _place_arguments(set_)
-    set_.add_argument("pairs", nargs="+", metavar="KEY=VALUE")
-    unset = leaf(
-        chat,
-        "unset",
-        "remove keys of a chat's settings",
-        "Remove the keys: the platform's value (or the global setting) applies again. A row "
-        "left with nothing set is deleted.",
-        _set,
-        _check_keys,
-    )
-    _place_arguments(unset)
-    unset.add_argument("keys", nargs="+", metavar="KEY")
-
-
-def _place_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("channel", type=channel, metavar="CHANNEL")
-    parser.add_argument("chat", metavar="CHAT_ID", help="the platform's id of the chat")
-    parser.add_argument("--thread", metavar="THREAD_ID", help="a thread (topic) of the chat")
+    pass
 
 
 def _check_pairs(args: argparse.Namespace, settings: Settings) -> None:

@@ -8,36 +8,12 @@ from typing import TYPE_CHECKING, Any
 from bot import setting_keys
 from bot.config import Settings
 from bot.errors import CacheUnavailable
-from bot.ops.arguments import channel
 from bot.ops.context import Ops
-from bot.ops.handler import leaf, warn
+from bot.ops.handler import warn
 from bot.ops.render import Out
 
 if TYPE_CHECKING:
-    from bot.ops.handler import Subparsers
-
-
-def register_config(config: Subparsers) -> None:
-    keys = "; ".join(f"{k} ({s.help})" for k, s in setting_keys.CONFIG_KEYS.items())
-    show = leaf(
-        config,
-        "show",
-        "a channel's config and the values in force",
-        "The channel's channel_configs row and, for every key, the value in force and "
-        "where it comes from (the row, or the global setting). Without CHANNEL: every row.",
-        _show,
-    )
-    show.add_argument("channel", nargs="?", type=channel, metavar="CHANNEL")
-    set_ = leaf(
-        config,
-        "set",
-        "change a channel's config (validated); its cache is invalidated",
-        f"Set keys of the channel's row; `key=` (empty) removes one. Keys: {keys}.",
-        _set,
-        _check_pairs,
-    )
-    set_.add_argument("channel", type=channel, metavar="CHANNEL")
-    set_.add_argument("pairs", nargs="+", metavar="KEY=VALUE")
+    pass
 
 
 def _check_pairs(args: argparse.Namespace, settings: Settings) -> None:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -33,38 +31,12 @@ from rich.table import Table
 from rich.text import Text
 
 from bot.logs import maskable, redact
+from bot.ops.jsonout import error_object, json_default, write_json
 
 _UNITS = ("B", "kB", "MB", "GB", "TB")
 # Off a terminal rich would wrap at 80 columns and split UUIDs over two lines; piped
 # output is for grep, so it gets wide lines unless COLUMNS says otherwise.
 PIPED_WIDTH = 200
-
-
-def json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def to_json(data: Any) -> str:
-    return json.dumps(data, default=json_default, ensure_ascii=False, indent=2)
-
-
-def error_object(message: str, exit_code: int) -> dict[str, Any]:
-    """What a command prints on standard output when it fails with --json: the one
-    line it prints on standard error, and its exit code. A byte of an argument that
-    is not UTF-8 (a lone surrogate) is written as an escape: stdout could not take it."""
-    text = message.encode("utf-8", "backslashreplace").decode("utf-8")
-    return {"error": text, "exit_code": exit_code}
-
-
-def write_json(data: Any) -> None:
-    sys.stdout.write(to_json(data) + "\n")
-    sys.stdout.flush()
 
 
 def make_console(stderr: bool = False) -> Console:

@@ -141,3 +141,10 @@ def test_history_is_measured_against_the_empty_tables_of_the_same_run(
     assert empty["ratio_with_history"] == pytest.approx(
         report["service"]["warm"]["messages_per_second"] / empty["warm"]["messages_per_second"]
     )
+
+
+def test_the_platforms_the_command_line_offers_are_those_the_bench_drives() -> None:
+    from bot.bench.options import PLATFORM_NAMES
+    from bot.bench.platforms import PLATFORMS
+
+    assert tuple(PLATFORMS) == PLATFORM_NAMES

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from bot.cache.guard import RedisGuard
 from bot.cache.hotstate import HotStateCache
 from bot.config import Settings
-from bot.runtime import create_redis, keys_for
+from bot.stores import create_redis, keys_for
 
 CacheFactory = Callable[..., Awaitable[HotStateCache]]
 

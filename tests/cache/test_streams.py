@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from bot.cache.streams import Orphan, StreamLedger
 from bot.config import Settings
-from bot.runtime import keys_for
+from bot.stores import keys_for
 from tests.support import STREAM_LEASE, ManualClock, free_port
 
 WHERE = {"chat_id": "-100123", "message_id": "77"}

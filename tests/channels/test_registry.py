@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from bot.channels import names as channel_names
 from bot.channels import registry
 from bot.config import Settings
 from bot.errors import ConfigError
@@ -32,18 +33,18 @@ ALL_CONFIGURED = {
     ],
 )
 def test_names_are_split_at_commas_without_spaces(written: str, names: tuple[str, ...]) -> None:
-    assert registry.parse_names(written) == names
+    assert channel_names.parse_names(written) == names
 
 
 @pytest.mark.parametrize("written", ["", " , "])
 def test_no_name_at_all_is_refused(written: str) -> None:
     with pytest.raises(ConfigError, match="name at least one channel"):
-        registry.parse_names(written)
+        channel_names.parse_names(written)
 
 
 def test_unknown_names_are_refused_with_the_choices() -> None:
     with pytest.raises(ConfigError) as refused:
-        registry.parse_names("slack, irc,matrix")
+        channel_names.parse_names("slack, irc,matrix")
     assert str(refused.value) == (
         "unknown channel(s) irc, matrix; choose from console, discord, telegram, slack"
     )
@@ -55,7 +56,7 @@ def make(**values: Any) -> Settings:
 
 def test_a_subset_of_the_configured_channels() -> None:
     settings = make(**ALL_CONFIGURED)
-    chosen = registry.select(settings, registry.parse_names(" slack, telegram "))
+    chosen = registry.select(settings, channel_names.parse_names(" slack, telegram "))
     assert [spec.name for spec in chosen] == ["slack", "telegram"]
     assert [spec.name for spec in registry.select(settings, None)] == [
         "discord",
@@ -68,7 +69,7 @@ def test_a_subset_of_the_configured_channels() -> None:
 def test_a_named_channel_without_its_credentials_names_the_setting() -> None:
     settings = make(discord_bot_token="discord-token", slack_bot_token="xoxb-slack")
     with pytest.raises(ConfigError) as refused:
-        registry.select(settings, registry.parse_names("discord,telegram,slack"))
+        registry.select(settings, channel_names.parse_names("discord,telegram,slack"))
     assert str(refused.value) == (
         "channel telegram needs TELEGRAM_BOT_TOKEN; channel slack needs SLACK_BOT_TOKEN, "
         "with SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP)"
@@ -177,3 +178,7 @@ def test_building_options_imports_no_platform_sdk() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_the_names_the_command_line_accepts_are_the_channels_the_registry_builds() -> None:
+    assert tuple(spec.name for spec in registry.PLATFORM_CHANNELS) == channel_names.PLATFORMS

@@ -24,8 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.cache.keys import Keys
 from bot.cli import main
 from bot.config import Settings
-from bot.runtime import keys_for
 from bot.service import ConversationService
+from bot.stores import keys_for
 from tests.support import ServiceFactory, msg
 
 

@@ -11,8 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cache.keys import Keys
 from bot.config import Settings
-from bot.runtime import keys_for
 from bot.service import ConversationService
+from bot.stores import keys_for
 from tests.ops.conftest import Ops, execute, keys_of, seed
 from tests.support import msg, new_user
 

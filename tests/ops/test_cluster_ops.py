@@ -8,7 +8,7 @@ from redis.asyncio.cluster import RedisCluster as ClusterClient
 
 from bot.cache.keys import glob_escape
 from bot.config import Settings
-from bot.runtime import keys_for
+from bot.stores import keys_for
 from bot.tallies import CacheRead
 from tests.ops.conftest import Ops
 from tests.redis_servers import RedisCluster

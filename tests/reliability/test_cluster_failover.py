@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.runtime import keys_for
+from bot.stores import keys_for
 from tests.redis_servers import RedisCluster, RedisProcess, redis_cluster
 from tests.reliability.writers import Writers
 from tests.support import ServiceFactory, until

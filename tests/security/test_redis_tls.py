@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import Settings
-from bot.runtime import keys_for
+from bot.stores import keys_for
 from tests.security.conftest import Captured, bot_env, run_bot, unique
 from tests.security.servers import Certificates, OwnRedis
 

@@ -18,11 +18,11 @@ from bot.cache.guard import RedisGuard
 from bot.config import Settings
 from bot.metrics import Metrics
 from bot.retention import Maintenance, Retention, ensure_partitions
-from bot.runtime import keys_for
 from bot.store.database import Database
 from bot.store.housekeeping import HousekeepingQueries
 from bot.store.partitions import PartitionQueries
 from bot.store.retry import DatabaseRetry
+from bot.stores import keys_for
 from tests.store.conftest import NewDatabase
 from tests.support import engine_on, execute, fetch, migrate_to_head
 
