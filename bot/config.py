@@ -175,6 +175,10 @@ class Settings(BaseSettings):
     llm_api_key: SecretStr | None = None
     llm_timeout_seconds: Seconds = 60.0  # one call
     llm_retry_deadline_seconds: Seconds = 90.0  # all tries of one reply, waits included
+    # Tries of one reply while the connection is refused or the host name does not
+    # resolve: a server not running or a wrong URL fails in about a second, not the
+    # deadline (timeouts, 429 and 5xx keep the deadline).
+    llm_connect_attempts: Annotated[int, Field(ge=1, le=20)] = 3
     llm_max_concurrency: PositiveInt = 8  # calls in flight per worker
     llm_max_tokens: PositiveInt = 1024
     llm_temperature: Annotated[float, Field(ge=0, le=2)] | None = None  # unset: the API's
