@@ -11,20 +11,21 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from importlib import metadata
+from typing import Any, NoReturn
 
 from bot.bench.cli import register as register_bench
 from bot.channels import registry
 from bot.channels.console import ConsoleChannel
 from bot.channels.dispatch import Dispatcher
 from bot.channels.options import ConsoleOptions
-from bot.config import Settings, load_settings
+from bot.config import Settings, load_settings, misspelt_settings
 from bot.errors import BotError, ConfigError
 from bot.health import HealthServer
 from bot.logs import setup_logging
 from bot.ops.cli import register as register_ops
 from bot.runtime import Schema, build_maintenance, open_runtime
-from bot.store.migrate import upgrade_to_head
+from bot.store.migrate import head_revision, upgrade_to_head
 from bot.urls import redact_url
 from bot.worker import Worker
 
@@ -35,12 +36,16 @@ A chat-bot backend: Discord, Telegram and Slack adapters over one conversation
 service, Redis for hot state, Postgres as the source of truth.
 
 With no DATABASE_URL / REDIS_URL it starts embedded Postgres and Redis under
-DATA_DIR (default ./.data). Settings come from the environment or a .env file."""
+DATA_DIR (default: your user data directory, e.g. ~/.local/share/chatbot-backend).
+Settings come from the environment or a .env file."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bot", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--version", action=_ShowVersion, help="print the version and the schema revision it needs"
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -86,6 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _ShowVersion(argparse.Action):
+    """`bot --version`; the schema revision read only when asked (it reads alembic/)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> NoReturn:
+        try:
+            version = metadata.version("chatbot-backend")
+        except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+            version = "(not installed)"
+        print(f"bot {version} (database schema revision {head_revision()})")
+        parser.exit()
+
+
 def _no_migrate_option(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--no-migrate",
@@ -108,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bot: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_format, settings.secrets())
+    for warning in misspelt_settings(os.environ):
+        log.warning(warning)
     handler: Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]] = args.handler
     try:
         return asyncio.run(handler(settings, args))
