@@ -12,6 +12,7 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from importlib import metadata
+from pathlib import Path
 from typing import Any, NoReturn
 
 from bot.bench.cli import register as register_bench
@@ -22,8 +23,10 @@ from bot.channels.options import ConsoleOptions
 from bot.config import Settings, load_settings, misspelt_settings
 from bot.errors import BotError, ConfigError
 from bot.health import HealthServer
-from bot.logs import setup_logging
+from bot.logs import LOG_FILE_NAME, setup_logging
 from bot.ops.cli import register as register_ops
+from bot.ops.handler import JsonErrorParser
+from bot.ops.render import error_object, write_json
 from bot.runtime import Schema, build_maintenance, open_runtime
 from bot.store.migrate import head_revision, upgrade_to_head
 from bot.urls import redact_url
@@ -41,8 +44,12 @@ Settings come from the environment or a .env file."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="bot", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser: argparse.ArgumentParser = (
+        JsonErrorParser(  # --json commands get their argument errors as JSON too
+            prog="bot",
+            description=DESCRIPTION,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
     )
     parser.add_argument(
         "--version", action=_ShowVersion, help="print the version and the schema revision it needs"
@@ -126,8 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings()
     except ConfigError as exc:
         print(f"bot: {exc}", file=sys.stderr)
+        if getattr(args, "json", False):  # `bot ops … --json`: scripts parse one object
+            write_json(error_object(f"bot: {exc}", 2))
         return 2
-    setup_logging(settings.log_level, settings.log_format, settings.secrets())
+    log_file = _terminal_log(settings, args)
+    args.log_file = log_file
+    setup_logging(settings.log_level, settings.log_format, settings.secrets(), log_file)
     for warning in misspelt_settings(os.environ):
         log.warning(warning)
     handler: Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]] = args.handler
@@ -157,7 +168,7 @@ async def _chat(settings: Settings, args: argparse.Namespace) -> int:
     _note_stop_signals(stop)  # start-up finishes first: it may be launching servers
     async with open_runtime(settings, schema=_schema(settings, args)) as runtime:
         dispatcher = Dispatcher(runtime.service, runtime.metrics)
-        console = _console(dispatcher, args.user)
+        console = _console(dispatcher, args)
         worker = Worker([console], dispatcher, None, settings.shutdown_grace_seconds)
         if stop.is_set():
             worker.request_stop()
@@ -177,20 +188,22 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
     specs = registry.select(settings, args.channels)
     wants_console = args.channels is not None and "console" in args.channels
     if not specs and not wants_console:
-        for spec in registry.PLATFORM_CHANNELS:  # WARNING: LOG_LEVEL=WARNING still says why
-            log.warning("channel %s is off: set %s to enable it", spec.name, spec.needs)
+        needs = "; ".join(f"{spec.name}: set {spec.needs}" for spec in registry.PLATFORM_CHANNELS)
         if not sys.stdin.isatty():
             raise ConfigError(
-                "no channel is configured (see the lines above) and standard input is not a "
-                "terminal for the console chat; set a channel's credentials, or use `bot chat`"
+                f"no channel is configured ({needs}) and standard input is not a terminal "
+                "for the console chat; set a channel's credentials, or use `bot chat`"
             )
-        log.warning("no channel configured: opening the console chat")
+        # WARNING: LOG_LEVEL=WARNING still says why, on the terminal of the chat too.
+        log.warning("no channel is configured (%s): opening the console chat", needs)
         wants_console = True
+    for spec in specs:  # settings an adapter cannot run with: exit 2 before any store
+        spec.options(settings)
     async with open_runtime(settings, schema=_schema(settings, args)) as runtime:
         dispatcher = Dispatcher(runtime.service, runtime.metrics, runtime.streams)
         adapters = [registry.build(spec, settings, dispatcher) for spec in specs]
         if wants_console:
-            adapters.append(_console(dispatcher, args.user))
+            adapters.append(_console(dispatcher, args))
         guard = runtime.cache.guard
         health = HealthServer(
             runtime.engine, runtime.redis, runtime.metrics, adapters, lambda: guard.state
@@ -202,6 +215,24 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if drained else 1
 
 
+def _terminal_log(settings: Settings, args: argparse.Namespace) -> Path | None:
+    """Where the log goes while a person chats on this terminal (DATA_DIR/bot.log), so
+    that the chat shows only the chat and warnings; None: the log goes to stderr."""
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return None
+    if args.command == "run":
+        try:
+            platforms = registry.select(settings, args.channels)
+        except ConfigError:
+            return None  # refused before anything starts: said on stderr
+        named = args.channels is not None and "console" in args.channels
+        if platforms and not named:
+            return None  # a worker serving platforms: its log is what the operator watches
+    elif args.command != "chat":
+        return None
+    return settings.data_dir / LOG_FILE_NAME
+
+
 def _channel_names(text: str) -> tuple[str, ...]:
     try:
         return registry.parse_names(text)
@@ -209,8 +240,9 @@ def _channel_names(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None  # argparse: usage error, exit 2
 
 
-def _console(dispatcher: Dispatcher, user: str | None) -> ConsoleChannel:
-    options = ConsoleOptions(user or _login(), interactive=sys.stdin.isatty())
+def _console(dispatcher: Dispatcher, args: argparse.Namespace) -> ConsoleChannel:
+    log_file = str(args.log_file) if args.log_file is not None else None
+    options = ConsoleOptions(args.user or _login(), sys.stdin.isatty(), log_file)
     return ConsoleChannel(options, dispatcher, sys.stdin, sys.stdout)
 
 

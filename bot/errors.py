@@ -14,7 +14,8 @@ retry-after, a SQLSTATE) and never a secret or a server's quote of the data:
     ├── OperatorError            an operator's command cannot be carried out (bot ops)
     │   ├── BadInput             an argument is not valid (exit code 2)
     │   │   └── FlagError        a feature flag's name or value is not valid
-    │   └── NotFound             what the command names does not exist (exit code 1)
+    │   ├── NotFound             what the command names does not exist (exit code 1)
+    │   └── NotConfirmed         the operator answered no to a deletion (exit code 1)
     ├── StoreError               Postgres did not do the work; none of it was written
     │   ├── StoreUnavailable     not within the retry budget (down, hung, restarting)
     │   ├── StoreFailed          refused for a reason a retry does not cure
@@ -86,6 +87,11 @@ class FlagError(BadInput):
 
 class NotFound(OperatorError):
     """What the command was asked about does not exist (exit code 1)."""
+
+
+class NotConfirmed(OperatorError):
+    """The operator did not confirm a deletion at the prompt: nothing was changed (exit
+    code 1). A deletion without a terminal to ask on and without --yes is BadInput."""
 
 
 class StoreError(BotError):

@@ -68,14 +68,22 @@ class HealthServer:
 
     async def _readyz(self, request: web.Request) -> web.Response:
         checks = await self.readiness()
-        ready = all(status in ("ok", "connected") for status in _flatten(checks))
+        ready = all(_is_up(status) for status in _flatten(checks))
         body = {"status": "ready" if ready else "not ready", **checks}
         return web.json_response(body, status=200 if ready else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        await self._record_readiness()
         return web.Response(
             body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
+
+    async def _record_readiness(self) -> None:
+        """Check readiness as /readyz does, for the gauges of this scrape."""
+        checks = await self.readiness()
+        dependencies = {name: _is_up(checks[name]) for name in ("postgres", "redis")}
+        channels = {name: _is_up(state) for name, state in checks["channels"].items()}
+        self.metrics.record_readiness(dependencies, channels)
 
     async def readiness(self) -> dict[str, Any]:
         postgres, redis = await asyncio.gather(self._check_postgres(), self._check_redis())
@@ -99,6 +107,10 @@ class HealthServer:
         except (RedisError, OSError, TimeoutError) as exc:
             return f"down: {exc.__class__.__name__}"
         return "ok"
+
+
+def _is_up(status: str) -> bool:
+    return status in ("ok", "connected")
 
 
 def _flatten(checks: dict[str, Any]) -> list[str]:

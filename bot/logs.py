@@ -8,6 +8,8 @@ import re
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -81,21 +83,37 @@ def announce(logger: logging.Logger, message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def setup_logging(level: str, fmt: str, secrets: Iterable[str] = ()) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(RedactingFilter(secrets))
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
-        )
+LOG_FILE_NAME = "bot.log"  # under DATA_DIR, while a person chats on the terminal
+LOG_FILE_BYTES = 10 * 1024 * 1024  # a chat's log file rotates at this size, 3 kept
+
+
+def setup_logging(
+    level: str, fmt: str, secrets: Iterable[str] = (), log_file: Path | None = None
+) -> None:
+    """Log at `level` to stderr; with `log_file` (a person chatting on this terminal),
+    only warnings and errors go to stderr, between the chat's lines, and the whole log
+    to that file."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        handlers[0].setLevel(max(logging.WARNING, logging.getLevelName(level)))
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(RotatingFileHandler(log_file, maxBytes=LOG_FILE_BYTES, backupCount=3))
+    for handler in handlers:
+        handler.addFilter(RedactingFilter(secrets))
+        handler.setFormatter(_formatter(fmt, dated=handler is not handlers[0]))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = handlers
     root.setLevel(level)
     sys.excepthook = _log_uncaught
     for noisy in ("asyncio", "alembic.runtime.migration", "pgserver", "httpx", "httpx2", "openai"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def _formatter(fmt: str, *, dated: bool) -> logging.Formatter:
+    if fmt == "json":
+        return JsonFormatter()
+    stamp = "%Y-%m-%d %H:%M:%S" if dated else "%H:%M:%S"  # a file outlives the day
+    return logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", stamp)
 
 
 def _log_uncaught(

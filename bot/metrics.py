@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter as Tallies
 from collections.abc import Callable, Iterator, Mapping
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -96,22 +97,58 @@ class _TallyCollector(Collector):
         yield cache
 
 
-class _FaultCollector(Collector):
-    """Error replies from Redis that say the deployment is wrong, by reason."""
+class _CountsByLabel(Collector):
+    """A counter kept elsewhere (a Counter by label value), read at each scrape."""
 
-    def __init__(self, faults: Callable[[], Mapping[str, int]]) -> None:
-        self._faults = faults
+    def __init__(
+        self, name: str, help_text: str, label: str, counts: Callable[[], Mapping[str, int]]
+    ) -> None:
+        self._name, self._help, self._label, self._counts = name, help_text, label, counts
 
     def collect(self) -> Iterator[CounterMetricFamily]:
-        family = CounterMetricFamily(
-            "bot_redis_faults",
-            "Redis error replies that mean the deployment is wrong or the server cannot "
-            "serve (a cluster node, a replica, a full Redis), by reason",
-            labels=["reason"],
-        )
-        for reason, count in self._faults().items():
-            family.add_metric([reason], count)
+        family = CounterMetricFamily(self._name, self._help, labels=[self._label])
+        for value, count in self._counts().items():
+            family.add_metric([value], count)
         yield family
+
+
+class _Count(Collector):
+    """A count kept elsewhere, read at each scrape."""
+
+    def __init__(self, name: str, help_text: str, count: Callable[[], int]) -> None:
+        self._name, self._help, self._count = name, help_text, count
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self._name, self._help, value=self._count())
+
+
+class PoolUse(NamedTuple):
+    """The Postgres connection pool at one instant (SQLAlchemy's QueuePool)."""
+
+    size: int  # connections it keeps open (DB_POOL_SIZE)
+    checked_out: int  # connections in use now
+    overflow: int  # connections open beyond `size` now
+    max_overflow: int  # how many it may open beyond `size` (DB_MAX_OVERFLOW)
+
+
+_POOL_HELP = {
+    "size": "Connections the Postgres pool keeps open (DB_POOL_SIZE)",
+    "checked_out": "Postgres connections in use now",
+    "overflow": "Postgres connections open beyond the pool size now",
+    "max_overflow": "Connections the pool may open beyond its size (DB_MAX_OVERFLOW)",
+}
+
+
+class _PoolCollector(Collector):
+    def __init__(self, use: Callable[[], PoolUse | None]) -> None:
+        self._use = use
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        use = self._use()
+        if use is None:  # a pool that keeps no connections: nothing to tell
+            return
+        for field, help_text in _POOL_HELP.items():
+            yield GaugeMetricFamily(f"bot_postgres_pool_{field}", help_text, getattr(use, field))
 
 
 class _CircuitCollector(Collector):
@@ -189,6 +226,7 @@ class Metrics:
             registry=self.registry,
         )
         self._upkeep()
+        self._readiness()
 
     def _upkeep(self) -> None:
         """The scheduled upkeep of messages: partitions made, retention runs (bot/retention.py)."""
@@ -212,6 +250,44 @@ class Metrics:
             registry=self.registry,
         )  # fmt: skip
 
+    def track_channel(self, channel: str) -> None:
+        """Export the channel's series at zero from the start: a rate, a ratio or an
+        alert over them works from the channel's first event, not its second."""
+        for family in (
+            self.messages_in, self.messages_out, self.reply_latency, self.refused_at_shutdown,
+            self.adapter_errors, self.platform_rate_limited, self.first_text,
+            self.stream_updates, self.orphans_ended,
+        ):  # fmt: skip
+            family.labels(channel)
+
+    def _readiness(self) -> None:
+        """What /readyz says, set at each scrape of /metrics (HealthServer)."""
+        self.ready = Gauge(
+            "bot_ready", "1 while /readyz answers 200 (ready), else 0", registry=self.registry
+        )
+        self.dependency_up = Gauge(
+            "bot_dependency_up",
+            "1 while /readyz finds Postgres or Redis usable, else 0 (down, or Redis degraded)",
+            ["dependency"],
+            registry=self.registry,
+        )
+        self.channel_connected = Gauge(
+            "bot_channel_connected",
+            "1 while the channel is connected to its platform, else 0",
+            ["channel"],
+            registry=self.registry,
+        )
+
+    def record_readiness(
+        self, dependencies: Mapping[str, bool], channels: Mapping[str, bool]
+    ) -> None:
+        """Set the readiness gauges from one readiness check: ready when all are up."""
+        for dependency, up in dependencies.items():
+            self.dependency_up.labels(dependency).set(float(up))
+        for channel, connected in channels.items():
+            self.channel_connected.labels(channel).set(float(connected))
+        self.ready.set(float(all(dependencies.values()) and all(channels.values())))
+
     def export_tallies(self, tallies: Callable[[], Tallies[Tally]]) -> None:
         self.registry.register(_TallyCollector(tallies))
 
@@ -219,7 +295,39 @@ class Metrics:
         self.registry.register(_CircuitCollector(is_open))
 
     def export_redis_faults(self, faults: Callable[[], Mapping[str, int]]) -> None:
-        self.registry.register(_FaultCollector(faults))
+        self.registry.register(
+            _CountsByLabel(
+                "bot_redis_faults",
+                "Redis error replies that mean the deployment is wrong or the server cannot "
+                "serve (a cluster node, a replica, a full Redis), by reason",
+                "reason",
+                faults,
+            )
+        )
+
+    def export_redis_errors(self, errors: Callable[[], Mapping[str, int]]) -> None:
+        self.registry.register(
+            _CountsByLabel(
+                "bot_redis_call_errors",
+                "Redis calls that failed, by kind: timeout, connection, fault (see "
+                "bot_redis_faults_total), refused (an error reply to one call), other, and "
+                "circuit_open (not sent: the breaker was open)",
+                "kind",
+                errors,
+            )
+        )
+
+    def export_postgres_retries(self, retries: Callable[[], int]) -> None:
+        self.registry.register(
+            _Count(
+                "bot_postgres_retries",
+                "Postgres work tried again after a transient failure (each retry counted)",
+                retries,
+            )
+        )
+
+    def export_pool(self, use: Callable[[], PoolUse | None]) -> None:
+        self.registry.register(_PoolCollector(use))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

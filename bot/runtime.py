@@ -30,7 +30,7 @@ from bot.cache.admin import CacheAdmin
 from bot.cache.chat_configs import ChatConfigCache
 from bot.cache.deployment import NOT_A_CLUSTER, deployment_problem
 from bot.cache.flags import FlagCache
-from bot.cache.guard import RedisFault, RedisGuard
+from bot.cache.guard import RedisErrorKind, RedisFault, RedisGuard
 from bot.cache.hotstate import HotStateCache
 from bot.cache.keys import Keys
 from bot.cache.streams import StreamLedger
@@ -47,7 +47,7 @@ from bot.responders.factory import build_responder
 from bot.responders.timed import TimedResponder
 from bot.retention import Maintenance
 from bot.service import ConversationService
-from bot.store.engine import create_engine
+from bot.store.engine import create_engine, pool_use
 from bot.store.migrate import current_revision, head_revision, upgrade_to_head
 from bot.store.retry import DatabaseRetry
 from bot.store.store import Store
@@ -239,6 +239,9 @@ def build_service(
         metrics.export_tallies(lambda: service.stats)
         metrics.export_circuit(lambda: guard.is_open)
         metrics.export_redis_faults(lambda: {f.value: guard.faults[f] for f in RedisFault})
+        metrics.export_redis_errors(lambda: {k.value: guard.errors[k] for k in RedisErrorKind})
+        metrics.export_postgres_retries(lambda: store.database.retry.retries)
+        metrics.export_pool(lambda: pool_use(engine))
     return service
 
 

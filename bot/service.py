@@ -74,9 +74,6 @@ BUSY_TEXT = "I'm still busy with your previous message. Please send this one aga
 RESPONDER_FAILED_TEXT = "Sorry, I couldn't come up with a reply just now. Please try again."
 ADMIN_CHECK_SECONDS = 5.0  # longest a platform may take to say who is an admin
 INTERRUPTED_NOTE = "[My reply was interrupted here. Please ask again if you need the rest.]"
-# Events told to come again, remembered until the adapter reports that message delivered
-# (the oldest forgotten past this many: a reply that never went out leaves its entry).
-UNSETTLED_EVENTS_KEPT = 10_000
 
 
 @dataclass(slots=True)
@@ -121,21 +118,20 @@ class ConversationService:
         self._local_rate = LocalRateLimiter()
         self._admin_checks: dict[str, AdminCheck] = {}
         self._stopping = asyncio.Event()  # set at shutdown: streams are cut off
-        self._unsettled: dict[tuple[str, str], None] = {}  # (channel, event): told to retry
         self._command_options = commands.CommandOptions(
             settings.default_model, tuple(settings.allowed_models), settings.history_default
         )
 
-    def delivered(self, message: IncomingMessage) -> None:
+    def delivered(self, message: IncomingMessage, kind: ReplyKind) -> None:
         """The adapter delivered the reply to `message` (all of it) to the platform: its
-        event is done, and a redelivery of it says nothing."""
-        event = storable_event_id(message.platform_message_id)
-        if event is not None and (message.channel, event) in self._unsettled:
-            del self._unsettled[(message.channel, event)]
-            # Told "can't answer" or "busy": the event stays open for its redelivery, which
-            # takes over the claim left unfinished (or still another's). Marked done, it
-            # would be a silent duplicate, and a commit whose answer was lost never told.
+        event is done, and a redelivery of it says nothing. Unless that reply told the
+        user to come again ("can't answer", "busy"): the event stays open for its
+        redelivery, which takes over the claim left unfinished (or still another's).
+        Marked done, it would be a silent duplicate, and a commit whose answer was lost
+        never told."""
+        if kind is ReplyKind.UNAVAILABLE:
             return
+        event = storable_event_id(message.platform_message_id)
         self.cache.mark_delivered(replace(message, platform_message_id=event))
 
     async def close(self) -> None:
@@ -185,22 +181,12 @@ class ConversationService:
             return await self._in_turn(message, chat, shared, stream)
         except LockTimeout:
             self.stats[Tally.LOCK_TIMEOUT] += 1
-            self._unsettled_until_delivered(message)
             return Reply(BUSY_TEXT, ReplyKind.UNAVAILABLE)
         except StoreError as exc:
             # The claim is released as unfinished: a commit may have gone through
             # unacknowledged, and a redelivery checks Postgres.
             self._store_failed(message, exc)
-            self._unsettled_until_delivered(message)
             return Reply(UNAVAILABLE_TEXT, ReplyKind.UNAVAILABLE)
-
-    def _unsettled_until_delivered(self, message: IncomingMessage) -> None:
-        """The message is told to come again: its delivery must not close its event."""
-        if message.platform_message_id is None:
-            return
-        self._unsettled[(message.channel, message.platform_message_id)] = None
-        while len(self._unsettled) > UNSETTLED_EVENTS_KEPT:
-            del self._unsettled[next(iter(self._unsettled))]
 
     def _validated(self, message: IncomingMessage) -> IncomingMessage:
         """The message as it will be stored, or InvalidInput saying why it cannot be."""

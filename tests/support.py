@@ -124,7 +124,7 @@ def msg(user: str, text: str, pid: str | None = None, channel: str = "console") 
 async def handled(service: ConversationService, message: IncomingMessage) -> Reply:
     """`handle` as an adapter calls it: and then the reply reaches the user."""
     reply = await service.handle(message)
-    service.delivered(message)
+    service.delivered(message, reply.kind)
     return reply
 
 

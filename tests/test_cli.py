@@ -19,6 +19,7 @@ import pytest
 from bot.config import Settings
 from bot.store.migrate import head_revision
 from tests.conftest import create_database, drop_database
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = ROOT / ".venv" / "bin" / "python"
@@ -220,6 +221,33 @@ async def test_migrate_a_database_of_an_unknown_revision_fails_readably(
     lines = result.err.strip().splitlines()
     assert len(lines) == 1, result.err
     assert lines[0].startswith("bot: migration failed") and "9999_from_the_future" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        (
+            {"TELEGRAM_BOT_TOKEN": "123:abc", "TELEGRAM_WEBHOOK_URL": "https://bot.invalid/tg"},
+            "TELEGRAM_WEBHOOK_URL needs TELEGRAM_WEBHOOK_SECRET",
+        ),
+        (
+            {"DISCORD_BOT_TOKEN": "abc", "DISCORD_SHARD_IDS": "0,1"},
+            "DISCORD_SHARD_IDS needs DISCORD_SHARD_COUNT",
+        ),
+    ],
+)
+async def test_a_channel_setting_it_cannot_run_with_exits_2_before_any_store(
+    tmp_path: Path, env: dict[str, str], says: str
+) -> None:
+    # Nothing listens at DATABASE_URL: reaching for it would exit 1 "cannot reach Postgres".
+    nowhere = f"postgresql://postgres@127.0.0.1:{free_port()}/x"
+
+    result = await bot("run", DATABASE_URL=nowhere, DATA_DIR=str(tmp_path), **env)
+
+    assert result.code == 2, result
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"bot: {says}"), result.err
+    assert "Postgres" not in result.err and is_empty(tmp_path)
 
 
 def stderr_lines_saying(result: Result, words: str) -> list[str]:

@@ -160,7 +160,7 @@ async def test_an_event_is_done_only_once_its_reply_was_delivered(
     retry = asyncio.create_task(other.handle(event))
     await asyncio.sleep(0.3)
     assert not retry.done()
-    sender.delivered(event)  # ...which the adapter reports once the reply is out
+    sender.delivered(event, first.kind)  # ...which the adapter reports once the reply is out
     again = await asyncio.wait_for(retry, timeout=5)
 
     assert again.kind is ReplyKind.DUPLICATE and again.text is None  # no second reply

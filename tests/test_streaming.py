@@ -225,7 +225,7 @@ async def test_a_worker_that_died_mid_stream_is_taken_over_and_answered_once(
     screen = Screen()
 
     redelivered = await asyncio.wait_for(survivor.handle(event, screen), timeout=30)
-    survivor.delivered(event)
+    survivor.delivered(event, redelivered.kind)
     again = await survivor.handle(event, Screen())
 
     assert redelivered.kind is ReplyKind.ANSWER and screen.pieces == list(PIECES)

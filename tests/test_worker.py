@@ -331,6 +331,7 @@ async def test_metrics_count_postgres_errors(
     assert reply.text == UNAVAILABLE_TEXT
     scraped = await _scrape(metrics, engine, redis)
     assert scraped["bot_postgres_errors_total"] == 1
+    assert scraped["bot_postgres_retries_total"] >= 1  # refused, retried, then given up
     assert scraped["bot_redis_errors_total"] == 0
 
 
@@ -413,36 +414,58 @@ def test_bot_run_names_the_setting_a_named_channel_lacks(tmp_path: Path) -> None
 def test_bot_run_on_a_terminal_without_credentials_opens_the_console(
     settings: Settings, redis: object, tmp_path: Path
 ) -> None:
-    env = chat_env(settings, tmp_path) | {"HTTP_PORT": str(free_port()), "HTTP_HOST": "127.0.0.1"}
-    assert env["LOG_LEVEL"] == "WARNING"  # the explanation must survive a quiet log level
+    """The whole terminal is the chat's: one warning saying why there is no platform,
+    the chat, and no INFO line in between (they go to DATA_DIR/bot.log)."""
+    env = chat_env(settings, tmp_path) | {
+        "HTTP_PORT": str(free_port()),
+        "HTTP_HOST": "127.0.0.1",
+        "LOG_LEVEL": "INFO",
+    }
+    shown = _on_a_terminal(["run"], env, b"hello terminal\n", 'You said: "hello terminal"')
+    [warning] = [line for line in shown.splitlines() if "WARNING" in line]
+    assert "no channel is configured (" in warning and "opening the console chat" in warning
+    for setting in ("DISCORD_BOT_TOKEN", "TELEGRAM_BOT_TOKEN", "SLACK_SIGNING_SECRET"):
+        assert setting in warning
+    assert " INFO " not in shown and f"The log goes to {tmp_path / 'bot.log'}" in shown
+    logged = (tmp_path / "bot.log").read_text()
+    assert "INFO    bot.channels.dispatch: console message from" in logged
+
+
+def test_bot_chat_on_a_terminal_shows_only_the_chat(
+    settings: Settings, redis: object, tmp_path: Path
+) -> None:
+    env = chat_env(settings, tmp_path) | {"LOG_LEVEL": "INFO"}
+    shown = _on_a_terminal(["chat"], env, b"/help\n", "/history")
+    assert " INFO " not in shown and " WARNING " not in shown, shown
+    assert "/history" in shown  # the help, as the chat shows it
+    assert "bot.channels.dispatch: console message from" in (tmp_path / "bot.log").read_text()
+
+
+def _on_a_terminal(command: list[str], env: dict[str, str], line: bytes, answer: str) -> str:
+    """`bot COMMAND` with a terminal for stdin, stdout and stderr: one line typed once
+    the prompt shows, then Ctrl-D once `answer` shows; what the terminal showed."""
     controller, terminal = pty.openpty()
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "bot", "run", "--user", new_user()],
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bot", *command, "--user", new_user()],
         stdin=terminal,
         stdout=terminal,
-        stderr=subprocess.PIPE,
-        text=True,
+        stderr=terminal,
         env=env,
         cwd=ROOT,
     )
     os.close(terminal)
     try:
         shown = _read_until(controller, "you> ")
-        os.write(controller, b"hello terminal\n")
-        shown += _read_until(controller, 'You said: "hello terminal"')
-        os.write(controller, b"\x04")  # Ctrl-D ends the chat, and so the worker
-        assert worker.wait(timeout=30) == 0
-        assert worker.stderr is not None
-        logged = worker.stderr.read()
+        os.write(controller, line)
+        shown += _read_until(controller, answer)
+        os.write(controller, b"\x04")  # Ctrl-D ends the chat (and a worker serving only it)
+        assert process.wait(timeout=30) == 0
     finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait(timeout=10)
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
         os.close(controller)
-    assert "Chatting as" in shown
-    for setting in ("DISCORD_BOT_TOKEN", "TELEGRAM_BOT_TOKEN", "SLACK_SIGNING_SECRET"):
-        assert setting in logged
-    assert "no channel configured: opening the console chat" in logged
+    return shown
 
 
 def _read_until(fd: int, wanted: str, within: float = 30.0) -> str:

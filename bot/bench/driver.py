@@ -182,7 +182,7 @@ class ServiceDriver:
                 chat_kind=user.kind,
             )
             reply = await self.service.handle(message)
-            self.service.delivered(message)  # as an adapter does once the reply is sent
+            self.service.delivered(message, reply.kind)  # as an adapter does once the reply is sent
             self.meter.replies[reply.kind.value] += 1
             if reply.kind is ReplyKind.ANSWER:
                 user.conversation_id = reply.conversation_id

@@ -149,6 +149,38 @@ def _row(name: str, phase: dict[str, Any]) -> str:
     )
 
 
+def _comparisons(report: dict[str, Any]) -> list[str]:
+    """The lines comparing the service with what ran beside it in the same run."""
+    found: list[str] = []
+    config = report["config"]
+    if report.get("baseline_ratio") is not None:
+        by_round = ", ".join(f"{r:.2f}" for r in report["baseline_ratio_by_round"])
+        cpu = report["service"]["warm"]["client_cpu_ms_per_message"] / max(
+            report["baseline"]["client_cpu_ms_per_message"], 1e-9
+        )
+        found.append(
+            f"throughput service/baseline: {report['baseline_ratio']:.2f} median of rounds "
+            f"({by_round}); {report['baseline_ratio_overall']:.2f} overall; "
+            f"client CPU per message service/baseline: {cpu:.2f}"
+        )
+    if report.get("empty_database"):
+        empty = report["empty_database"]
+        found.append(
+            f"warm before the history was stored (same run): "
+            f"{empty['warm']['messages_per_second']:.0f} msg/s, p99 "
+            f"{empty['warm']['latency_ms']['p99']:.1f} ms; with {config['history']} stored "
+            f"messages: {empty['ratio_with_history']:.2f} of that"
+        )
+    if report.get("pgbouncer"):
+        pooled = report["pgbouncer"]
+        by_round = ", ".join(f"{r:.2f}" for r in pooled["ratio_by_round"])
+        found.append(
+            f"throughput through PgBouncer (transaction mode)/direct, warm: "
+            f"{pooled['ratio_to_direct']:.2f} median of rounds ({by_round})"
+        )
+    return found
+
+
 def render(report: dict[str, Any]) -> str:
     """The report as the table `bot bench` prints."""
     config = report["config"]
@@ -162,6 +194,8 @@ def render(report: dict[str, Any]) -> str:
     phases = [(f"service {k}", v) for k, v in report["service"].items()]
     for mode, group in report.get("groups", {}).items():
         phases += [(f"{mode} {k}", v) for k, v in group.items()]
+    if report.get("empty_database"):
+        phases.append(("empty db warm", report["empty_database"]["warm"]))
     if report.get("pgbouncer"):
         phases.append(("pgbouncer warm", report["pgbouncer"]["warm"]))
     if report.get("baseline"):
@@ -180,23 +214,7 @@ def render(report: dict[str, Any]) -> str:
     for kind, phase in report["service"].items():
         ratios = ", ".join(f"{k} {v:.2f}" for k, v in phase["hit_ratio"].items())
         lines.append(f"cache hit ratio, {kind}: {ratios or 'n/a'}")
-    if report.get("baseline_ratio") is not None:
-        by_round = ", ".join(f"{r:.2f}" for r in report["baseline_ratio_by_round"])
-        cpu = report["service"]["warm"]["client_cpu_ms_per_message"] / max(
-            report["baseline"]["client_cpu_ms_per_message"], 1e-9
-        )
-        lines.append(
-            f"throughput service/baseline: {report['baseline_ratio']:.2f} median of rounds "
-            f"({by_round}); {report['baseline_ratio_overall']:.2f} overall; "
-            f"client CPU per message service/baseline: {cpu:.2f}"
-        )
-    if report.get("pgbouncer"):
-        pooled = report["pgbouncer"]
-        by_round = ", ".join(f"{r:.2f}" for r in pooled["ratio_by_round"])
-        lines.append(
-            f"throughput through PgBouncer (transaction mode)/direct, warm: "
-            f"{pooled['ratio_to_direct']:.2f} median of rounds ({by_round})"
-        )
+    lines += _comparisons(report)
     memory = report["memory"]
     if memory.get("sessions_measured"):
         lines.append(

@@ -88,10 +88,6 @@ async def _run(
     assert settings.database_url is not None and settings.redis_url is not None
     url, redis_url = settings.database_url.get_secret_value(), settings.redis_url.get_secret_value()
     profiler = _profiler(options.profile)
-    if options.history:
-        log.info("storing %d messages of history", options.history)
-        await history_partitions(settings, url)
-        await insert_history(url, options.history)
     engine = create_engine(settings, url)
     redis = create_redis(settings, redis_url)
     base_redis = create_redis(settings, redis_url)
@@ -114,6 +110,8 @@ async def _run(
             await baseline.open(min(options.concurrency, options.users), names)
         base_meter = Meter(base_pg, base_rd, control)
         await _run_in(options, service, control)
+        meter = Meter(pg, rd, control, service.stats)
+        empty = await _before_history(settings, options, url, control, service, meter)
         pooled = await _pooled(stack, settings, options, url, control, f"{prefix}pgb:")
         totals = await _rounds(options, control, driver, baseline, base_meter, profiler, pooled)
         memory = await session_memory(control, service.cache.keys, CHANNEL, users)
@@ -128,6 +126,13 @@ async def _run(
             "baseline_ratio_by_round": totals.ratios,
             "memory": memory,
         }
+        if empty is not None:
+            before, after = summarize(empty), summarize(totals.warm)
+            report["empty_database"] = {
+                "warm": before,
+                "ratio_with_history": after["messages_per_second"]
+                / max(before["messages_per_second"], 1e-9),
+            }
         if pooled is not None:
             report["pgbouncer"] = {
                 "warm": summarize(totals.pooled),
@@ -177,6 +182,29 @@ async def _rounds(
             totals.ratios.append(round(warm.throughputs[0] / base.throughputs[0], 3))
         log.info("round %d of %d done", round_no + 1, options.rounds)
     return totals
+
+
+async def _before_history(
+    settings: Settings,
+    options: BenchOptions,
+    url: str,
+    control: Redis,
+    service: Any,
+    meter: Meter,
+) -> Sample | None:
+    """With --history: a warm phase of users of their own on the tables as they are
+    (empty), then the history stored; the rounds then run beside it. Both in one run,
+    so the effect of the history is not the machine's mood between two runs."""
+    if not options.history:
+        return None
+    users = [BenchUser(f"empty-{i:05d}") for i in range(options.users)]
+    driver = ServiceDriver(service, users, CHANNEL, meter)
+    await driver.cold(0, options.concurrency)
+    before = await driver.warm(0, options.messages, options.concurrency)
+    log.info("storing %d messages of history", options.history)
+    await history_partitions(settings, url)
+    await insert_history(url, options.history)
+    return before
 
 
 async def _pooled(

@@ -32,7 +32,7 @@ from bot.channels import registry
 from bot.channels.base import ChannelAdapter
 from bot.channels.dispatch import Dispatcher
 from bot.config import Settings
-from bot.domain import IncomingMessage
+from bot.domain import IncomingMessage, Reply
 from bot.emulators.llm_api import LLMServer, Step
 from bot.errors import BenchError
 from bot.metrics import Metrics
@@ -77,8 +77,8 @@ class _Deliveries(Dispatcher):
         future = self._waiting[text] = asyncio.get_running_loop().create_future()
         return future
 
-    def delivered(self, message: IncomingMessage) -> None:
-        super().delivered(message)
+    def delivered(self, message: IncomingMessage, reply: Reply) -> None:
+        super().delivered(message, reply)
         future = self._waiting.pop(message.text, None)
         if future is not None and not future.done():
             future.set_result(None)

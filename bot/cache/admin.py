@@ -323,19 +323,28 @@ class CacheAdmin:
 
     async def delete(self, names: Iterable[str]) -> Counter[str]:
         """Delete the named keys; how many existed, by kind."""
+        return await self._each_key(names, "delete")  # UNLINK: no pipeline command on a cluster
+
+    async def existing(self, names: Iterable[str]) -> Counter[str]:
+        """How many of the named keys exist, by kind: what `delete` would delete."""
+        return await self._each_key(names, "exists")
+
+    async def _each_key(self, names: Iterable[str], command: str) -> Counter[str]:
+        """`command` (delete or exists) on each key, one call per key (on a cluster they
+        are in several slots) in one pipeline; the 1s it answered, summed by kind."""
         names = list(dict.fromkeys(names))
         if not names:
             return Counter()
 
-        async def unlink() -> list[Any]:
+        async def each() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for name in names:
-                    pipe.delete(name)  # UNLINK is no pipeline command on a cluster client
+                    getattr(pipe, command)(name)
                 return list(await pipe.execute())
 
-        deleted = await self.guard.run(unlink)
+        answers = await self.guard.run(each)
         found: Counter[str] = Counter({self.keys.kind_of(name): 0 for name in names})
-        for name, count in zip(names, deleted, strict=True):
+        for name, count in zip(names, answers, strict=True):
             found[self.keys.kind_of(name)] += int(count)
         return found
 
@@ -357,9 +366,12 @@ class CacheAdmin:
             *keys.contexts(sessions, conversations),
         ]
 
-    async def flush_all(self, batch: int, progress: Progress, include_state: bool) -> FlushAll:
+    async def flush_all(
+        self, batch: int, progress: Progress, include_state: bool, dry_run: bool = False
+    ) -> FlushAll:
         """The cached keys of this deployment: CACHE_KINDS, and STATE_KINDS too with
-        `include_state`; every other key is counted as kept, by kind."""
+        `include_state`; every other key is counted as kept, by kind. `dry_run`: only
+        counted, as found by the scan."""
         flushed = frozenset(CACHE_KINDS + STATE_KINDS if include_state else CACHE_KINDS)
         result = FlushAll()
         async for names in self._scan(batch):
@@ -370,7 +382,10 @@ class CacheAdmin:
                     doomed.append(name)
                 else:  # with an empty prefix, other applications' keys too
                     result.kept[kind if kind in kinds.ALL_KINDS else "other"] += 1
-            result.deleted.update(await self.delete(doomed))
+            if dry_run:
+                result.deleted.update(self.keys.kind_of(name) for name in doomed)
+            else:
+                result.deleted.update(await self.delete(doomed))
             progress(len(doomed))
         return result
 

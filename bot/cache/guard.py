@@ -11,6 +11,8 @@ Redis Cluster node where the bot expects one Redis, a read-only replica, a full
 Redis that refuses writes). They open the breaker like an outage, are counted by
 reason (`faults`, exported as bot_redis_faults_total), logged once per incident with
 what they mean, and make readiness say Redis is degraded and why (`state`).
+
+Every failed call is counted by kind (`errors`, exported as bot_redis_call_errors_total).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from redis.exceptions import (
     ResponseError,
     TryAgainError,
 )
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bot.errors import CacheRefused, CacheUnavailable, CircuitOpen
 
@@ -93,6 +97,29 @@ def fault_of(exc: BaseException | None) -> RedisFault | None:
     return None
 
 
+class RedisErrorKind(StrEnum):
+    """How a Redis call failed."""
+
+    TIMEOUT = "timeout"  # no answer within REDIS_OP_TIMEOUT_SECONDS
+    CONNECTION = "connection"  # refused, reset, unresolvable: no server to talk to
+    FAULT = "fault"  # an error reply saying the deployment is wrong (RedisFault)
+    REFUSED = "refused"  # an error reply to this one call (a key of the wrong type, ...)
+    OTHER = "other"
+    CIRCUIT_OPEN = "circuit_open"  # not sent: the breaker is open
+
+
+def kind_of(exc: BaseException) -> RedisErrorKind:
+    if isinstance(exc, (TimeoutError, RedisTimeoutError)):
+        return RedisErrorKind.TIMEOUT
+    if fault_of(exc) is not None:
+        return RedisErrorKind.FAULT
+    if isinstance(exc, ResponseError):
+        return RedisErrorKind.REFUSED
+    if isinstance(exc, (RedisConnectionError, OSError)):
+        return RedisErrorKind.CONNECTION
+    return RedisErrorKind.OTHER
+
+
 def is_outage(exc: BaseException) -> bool:
     """Whether a failed call says Redis cannot serve us, rather than refusing one call.
 
@@ -118,6 +145,7 @@ class RedisGuard:
         self._on_recovery: list[RecoveryHook] = []
         self._cause = ""  # why the breaker is open
         self.faults: Counter[RedisFault] = Counter()  # error replies of each fault seen
+        self.errors: Counter[RedisErrorKind] = Counter()  # failed calls of each kind
 
     @classmethod
     def one_shot(cls, op_timeout: float) -> RedisGuard:
@@ -161,6 +189,7 @@ class RedisGuard:
 
     def _failed(self, exc: BaseException, probing: bool) -> CacheUnavailable:
         name = exc.__class__.__name__
+        self.errors[kind_of(exc)] += 1
         fault = fault_of(exc)
         if fault is not None:
             self.faults[fault] += 1
@@ -179,6 +208,7 @@ class RedisGuard:
             return False
         # One caller at a time probes after the cool-down; the rest fail fast.
         if self._clock() < self._open_until or self._probing:
+            self.errors[RedisErrorKind.CIRCUIT_OPEN] += 1
             raise CircuitOpen("Redis unavailable (circuit open)")
         self._probing = True
         return True

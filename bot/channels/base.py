@@ -27,6 +27,7 @@ class ChannelAdapter(abc.ABC):
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
         self.log = logging.getLogger(f"bot.channels.{self.name}")
+        dispatcher.metrics.track_channel(self.name)
 
     @abc.abstractmethod
     async def run(self) -> None:

@@ -32,6 +32,7 @@ class ConsoleChannel(ChannelAdapter):
         self.stdin = stdin
         self.stdout = stdout
         self.interactive = options.interactive
+        self.log_file = options.log_file
         self._running = False
 
     @property
@@ -43,6 +44,8 @@ class ConsoleChannel(ChannelAdapter):
         self._running = True
         if self.interactive:
             self._write(f"Chatting as {self.user}. Type /help for commands, Ctrl-D to quit.\n")
+            if self.log_file is not None:
+                self._write(f"(The log goes to {self.log_file}.)\n")
             self._write(PROMPT)
         try:
             async for line in _lines(self.stdin):

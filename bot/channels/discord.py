@@ -380,7 +380,7 @@ class DiscordAdapter(ChannelAdapter):
                 if (reply.text is None and not live.streamed) or await self._finish(
                     live, incoming, reply
                 ):
-                    self.dispatcher.delivered(incoming)
+                    self.dispatcher.delivered(incoming, reply)
         finally:
             self._handling.discard(task)
 
@@ -465,6 +465,8 @@ class DiscordAdapter(ChannelAdapter):
         if self.options.shard_ids:
             sdk_options["shard_ids"] = list(self.options.shard_ids)
         url = self.options.gateway_url
+        # The bot never joins voice: no warning that its libraries (PyNaCl, davey) are missing.
+        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         return _Client(self, yarl.URL(url) if url else None, **sdk_options)
 
     def _set_api_base(self) -> None:

@@ -105,9 +105,10 @@ class Dispatcher:
         """An adapter delivered a reply (or one part of it) to the platform."""
         self.metrics.messages_out.labels(channel).inc()
 
-    def delivered(self, message: IncomingMessage) -> None:
-        """An adapter delivered the whole reply to `message`: its event is done."""
-        self.service.delivered(message)
+    def delivered(self, message: IncomingMessage, reply: Reply) -> None:
+        """An adapter delivered the whole `reply` to `message`: its event is done (unless
+        the reply said to come again)."""
+        self.service.delivered(message, reply.kind)
 
     def refused(self, channel: str) -> None:
         """A message was turned away because the worker (or its adapter) is stopping."""

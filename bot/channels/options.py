@@ -57,6 +57,7 @@ class ConsoleOptions:
 
     user: str
     interactive: bool  # a terminal: greet, prompt, skip blank lines
+    log_file: str | None = None  # where the log goes meanwhile, said in the greeting
 
 
 ChannelOptions = DiscordOptions | TelegramOptions | SlackOptions

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -26,6 +27,7 @@ from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
+from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
 from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
@@ -98,7 +100,7 @@ class SlackAdapter(ChannelAdapter):
         self._app = AsyncApp(
             name=self.name,
             client=self._client,
-            logger=self.log,
+            logger=_bolt_logger(self.log),
             signing_secret=secret.get_secret_value() if secret else "",
             request_verification_enabled=options.app_token is None,
             process_before_response=False,
@@ -305,7 +307,7 @@ class SlackAdapter(ChannelAdapter):
                     await live.finish(reply.text or "")
             if live.streamed:
                 self.dispatcher.streamed(self.name, live.updates)
-            self.dispatcher.delivered(message)
+            self.dispatcher.delivered(message, reply)
         except ShuttingDown:
             self.log.warning("slack event %s arrived during shutdown", message.platform_message_id)
         except PlatformError as exc:
@@ -440,6 +442,21 @@ async def _mapped(call: Callable[[], Awaitable[T]]) -> T:
         raise platform_error(exc) from None
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise PlatformUnavailable(f"Slack API unreachable ({type(exc).__name__})") from exc
+
+
+class _TokenFromClient(logging.Filter):
+    """Bolt reads SLACK_BOT_TOKEN from the environment itself, and then warns that the
+    client given beside it wins: it does, and it holds that very token."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != warning_client_prioritized_and_token_skipped()
+
+
+def _bolt_logger(log: logging.Logger) -> logging.Logger:
+    bolt = log.getChild("bolt")
+    if not any(isinstance(f, _TokenFromClient) for f in bolt.filters):
+        bolt.addFilter(_TokenFromClient())
+    return bolt
 
 
 async def _credentials_checked(call: Callable[[], Awaitable[T]], setting: str) -> T:

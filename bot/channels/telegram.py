@@ -312,7 +312,7 @@ class TelegramAdapter(ChannelAdapter):
                 typing.cancel()
             nothing_to_send = reply.text is None and not live.streamed
             if nothing_to_send or await self._finish(live, incoming, reply.text or ""):
-                self.dispatcher.delivered(incoming)
+                self.dispatcher.delivered(incoming, reply)
 
     async def end_stream(self, orphan: Orphan, note: str) -> None:
         """Edit the message left growing to its text and the note (a draft books nothing)."""

@@ -52,6 +52,7 @@ def _bounded(kind: Callable[[str], float], low: float, high: float) -> Callable[
 
 positive = _bounded(int, 1, 100_000)  # a count: --limit
 seconds = _bounded(float, 0, 3600)  # a wait: --lock-wait
+timeout = _bounded(float, 0.001, 3600)  # a time to give up after: --timeout
 
 
 def conversation_id(value: str) -> uuid.UUID:
@@ -69,14 +70,15 @@ def search_text(value: str) -> str:
 
 def user_ref(value: str) -> tuple[str, str]:
     """CHANNEL:ID, e.g. discord:1234."""
-    channel, sep, channel_user_id = value.partition(":")
-    if not (sep and channel and channel_user_id):
+    name, sep, channel_user_id = value.partition(":")
+    if not (sep and name and channel_user_id):
         raise argparse.ArgumentTypeError(f"takes CHANNEL:ID (e.g. discord:1234), not {value!r}")
-    return channel, channel_user_id
+    return channel(name), channel_user_id
 
 
 def channel(value: str) -> str:
-    """A channel the bot has (flags and configs of another name would never be read)."""
+    """A channel the bot has: a name it has no adapter for is a typo (bad input, exit 2),
+    never a user, flag or config that is merely missing."""
     if value not in registry.ALL_NAMES:
         raise argparse.ArgumentTypeError(
             f"unknown channel {value!r}; choose from {', '.join(registry.ALL_NAMES)}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from bot.ops.arguments import conversation_id, positive, search_text
+from bot.ops.arguments import channel, conversation_id, positive, search_text, timeout
 from bot.ops.commands import (
     conversation_search,
     conversation_show,
@@ -30,15 +30,20 @@ if TYPE_CHECKING:
 DESCRIPTION = f"""\
 Inspect and manage the bot's state: Postgres (the source of truth) and Redis (its
 cache), the configured servers or the embedded ones. Every command prints tables,
-or one JSON object with --json; progress goes to standard error. Exit codes: 0 ok,
-1 something is down or not found, 2 bad input.
+or one JSON object with --json (on failure {{"error": …, "exit_code": …}}); progress
+and errors go to standard error. Exit codes: 0 done; 1 not done: a store is down or
+refused, what the command names does not exist, a deletion was answered no, or health
+is not healthy; 2 bad input: an invalid argument (an unknown channel, a malformed id,
+a number out of range), a deletion without a terminal and without --yes, an invalid
+setting. Commands that delete data (user delete, purge, cache flush) ask first on a
+terminal, take --yes for scripts and --dry-run to count what would go.
 {OPS_DOCS}"""
 
 
 def _leaf(
-    parent: Subparsers, name: str, help: str, text: str, run: Command
+    parent: Subparsers, name: str, help: str, text: str, run: Command, *, deletes: bool = False
 ) -> argparse.ArgumentParser:
-    return leaf(parent, name, help, text, run, docs=OPS_DOCS)
+    return leaf(parent, name, help, text, run, docs=OPS_DOCS, deletes=deletes)
 
 
 def _group(parent: Subparsers, name: str, help: str) -> Subparsers:
@@ -46,7 +51,9 @@ def _group(parent: Subparsers, name: str, help: str) -> Subparsers:
 
 
 def _user_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("channel", metavar="CHANNEL", help="console, discord, telegram or slack")
+    parser.add_argument(
+        "channel", type=channel, metavar="CHANNEL", help="console, discord, telegram or slack"
+    )
     parser.add_argument("user", metavar="USER_ID", help="the user's id on that platform")
 
 
@@ -75,10 +82,10 @@ def _register_inspection(commands: Subparsers) -> None:
     )
     check.add_argument(
         "--timeout",
-        type=float,
+        type=timeout,
         default=5.0,
         metavar="SECONDS",
-        help="give up on a store after this long (default %(default)s)",
+        help="give up on a store after this long, more than 0 (default %(default)s)",
     )
     _leaf(
         commands,
@@ -103,7 +110,9 @@ def _register_inspection(commands: Subparsers) -> None:
         "stored for it, and what the two say together.",
         event_show,
     )
-    event.add_argument("channel", metavar="CHANNEL", help="console, discord, telegram or slack")
+    event.add_argument(
+        "channel", type=channel, metavar="CHANNEL", help="console, discord, telegram or slack"
+    )
     event.add_argument("event", metavar="EVENT_ID", help="the platform's id of the event")
 
 
@@ -134,12 +143,11 @@ def _register_user(users: Subparsers) -> None:
         "delete",
         "erase the user from Postgres and Redis",
         "Delete the user's row and, by cascade, their conversations and messages; then "
-        "their session, rate counter, cached contexts and active-set entry in Redis. Asks "
-        "for confirmation; without a terminal it refuses unless --yes is given.",
+        "their session, rate counter, cached contexts and active-set entry in Redis.",
         user_delete,
+        deletes=True,
     )
     _user_arguments(delete)
-    delete.add_argument("--yes", "-y", action="store_true", help="do not ask: delete")
 
 
 def _register_conversation(group: Subparsers) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bot.errors import BadInput
-from bot.ops import conversations, events, inspect, records, views
+from bot.ops import conversations, deletion, events, inspect, records, views
 from bot.ops.context import Ops
 from bot.ops.handler import Command
 from bot.ops.render import Out, to_json
@@ -90,23 +90,20 @@ def _write_private(path: str, document: str) -> None:
 
 
 async def user_delete(ops: Ops, args: argparse.Namespace, out: Out) -> int:
-    if not args.yes:
-        if not sys.stdin.isatty():
-            out.error(
-                "refusing to delete without confirmation: stdin is not a terminal; "
-                "pass --yes to delete anyway"
-            )
-            return 2
-        summary = await records.user_summary(ops, args.channel, args.user)
-        question = (
-            f"Delete user {args.channel}:{args.user} ({summary['user']['id']}) with "
-            f"{summary['conversations'] - summary['shared']} conversations and "
-            f"{summary['messages']} messages (what they wrote in {summary['shared']} shared "
-            "ones included) from Postgres, and their keys from Redis? This cannot be undone."
+    if args.dry_run or not args.yes:
+        preview = await records.delete_preview(ops, args.channel, args.user)
+        if args.dry_run:
+            out.emit(preview, views.delete_preview_view)
+            return 0
+        pg, keys = preview["postgres"], sum(preview["redis"].values())
+        await deletion.confirm(
+            out,
+            args,
+            f"Delete user {args.channel}:{args.user} ({preview['user']['id']}) with "
+            f"{pg['conversations']} conversations and {pg['messages']} messages (what they "
+            f"wrote in shared ones included) from Postgres, and {keys} keys from Redis? This "
+            "cannot be undone.",
         )
-        if not await asyncio.to_thread(out.confirm, question):
-            out.error("not confirmed: nothing deleted")
-            return 1
     data = await records.delete_user(ops, args.channel, args.user)
     out.emit(data, views.delete_view)
     return 0

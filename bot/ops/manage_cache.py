@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot.config import Settings
 from bot.errors import BadInput, NotFound
-from bot.ops import housekeeping
+from bot.ops import deletion, housekeeping
 from bot.ops.arguments import age, conversation_id, seconds, user_ref
 from bot.ops.context import Ops
 from bot.ops.handler import leaf, warn
@@ -31,6 +31,7 @@ def register_cache(cache: Subparsers) -> None:
         "keeping rate counters, dedup markers, the stats counters and locks.",
         _flush,
         _check_flush,
+        deletes=True,
     )
     scope = flush.add_mutually_exclusive_group(required=True)
     scope.add_argument("--user", type=user_ref, metavar="CHANNEL:ID", help="e.g. discord:1234")
@@ -62,11 +63,11 @@ def register_purge(ops: Subparsers) -> None:
         "short transaction each (never a long lock), then inactive conversations left "
         "empty; drop the Redis contexts of the conversations touched. Rows other "
         "transactions hold locked are retried for --lock-wait seconds, then reported as "
-        "skipped. --dry-run counts only.",
+        "skipped.",
         _purge,
+        deletes=True,
     )
     purge.add_argument("--older-than", type=age, required=True, metavar="AGE", help="e.g. 90d")
-    purge.add_argument("--dry-run", action="store_true", help="count only; change nothing")
     purge.add_argument(
         "--lock-wait",
         type=seconds,
@@ -81,13 +82,21 @@ def _check_flush(args: argparse.Namespace, settings: Settings) -> None:
         raise BadInput("--include-state goes with --all")
 
 
-def _counts(scope: str, deleted: Counter[str], **extra: Any) -> dict[str, Any]:
-    return {"scope": scope, "deleted": dict(deleted), "total": deleted.total(), **extra}
+def _counts(scope: str, deleted: Counter[str], dry_run: bool, **extra: Any) -> dict[str, Any]:
+    """The keys deleted (with `dry_run`: that would be), by kind."""
+    return {
+        "scope": scope,
+        "dry_run": dry_run,
+        "deleted": dict(sorted(deleted.items())),
+        "total": deleted.total(),
+        **extra,
+    }
 
 
 def _deleted_view(out: Out, data: dict[str, Any]) -> None:
-    rows = [(kind, count) for kind, count in sorted(data["deleted"].items())]
-    out.table(f"Deleted ({data['scope']})", ["kind", "#keys"], [*rows, ("total", data["total"])])
+    rows = [(kind, count) for kind, count in data["deleted"].items()]
+    title = f"{'Would delete' if data['dry_run'] else 'Deleted'} ({data['scope']})"
+    out.table(title, ["kind", "#keys"], [*rows, ("total", data["total"])])
     if data.get("kept"):
         kept = ", ".join(f"{count} {kind}" for kind, count in sorted(data["kept"].items()))
         out.note(f"kept: {kept}", style="dim")
@@ -105,24 +114,46 @@ async def _context_key(ops: Ops, conversation: uuid.UUID) -> str:
 
 
 async def _flush(ops: Ops, args: argparse.Namespace, out: Out) -> int:
+    if args.dry_run or not args.yes:
+        counted = await _flush_keys(ops, args, out, dry_run=True)
+        if args.dry_run:
+            out.emit(counted, _deleted_view)
+            return 0
+        kinds = ", ".join(f"{count} {kind}" for kind, count in counted["deleted"].items() if count)
+        await deletion.confirm(
+            out,
+            args,
+            f"Delete {counted['total']} keys ({kinds or 'none'}) of {counted['scope']} from "
+            "Redis? Postgres keeps everything: the next messages rebuild them.",
+        )
+    out.emit(await _flush_keys(ops, args, out, dry_run=False), _deleted_view)
+    return 0
+
+
+async def _flush_keys(
+    ops: Ops, args: argparse.Namespace, out: Out, *, dry_run: bool
+) -> dict[str, Any]:
+    """Delete the keys the arguments name, or with `dry_run` count those that exist."""
     cache = ops.cache
     if args.all:
-        with out.progress("deleting keys") as advance:
+        with out.progress("counting keys" if dry_run else "deleting keys") as advance:
             batch = ops.settings.cache_batch_size
-            result = await cache.flush_all(batch, advance, args.include_state)
-        data = _counts("all", result.deleted, kept=dict(result.kept))
-    elif args.conversation:
-        deleted = await cache.delete([await _context_key(ops, args.conversation)])
-        data = _counts(f"conversation {args.conversation}", deleted)
+            result = await cache.flush_all(batch, advance, args.include_state, dry_run)
+        return _counts("all", result.deleted, dry_run, kept=dict(result.kept))
+    if args.conversation:
+        scope, names = (
+            f"conversation {args.conversation}",
+            [await _context_key(ops, args.conversation)],
+        )
     else:
         channel, cuid = args.user
         found = await ops.store.housekeeping.user_conversations(channel, cuid)
         if found is None:
             raise NotFound(f"no user {cuid!r} on channel {channel!r}")
+        scope = f"user {channel}:{cuid}"
         names = cache.user_keys(channel, cuid, found.user_id, found.conversations, found.scopes)
-        data = _counts(f"user {channel}:{cuid}", await cache.delete(names))
-    out.emit(data, _deleted_view)
-    return 0
+    counted = await (cache.existing(names) if dry_run else cache.delete(names))
+    return _counts(scope, counted, dry_run)
 
 
 async def _warm(ops: Ops, args: argparse.Namespace, out: Out) -> int:
@@ -149,6 +180,16 @@ async def _purge(ops: Ops, args: argparse.Namespace, out: Out) -> int:
     if args.dry_run:
         result = await housekeeping.purge_dry_run(store, cache, cutoff, batch)
     else:
+        if not args.yes:
+            counted = await housekeeping.purge_dry_run(store, cache, cutoff, batch)
+            contexts = "their" if counted.contexts is None else f"{counted.contexts}"
+            await deletion.confirm(
+                out,
+                args,
+                f"Delete {counted.messages} messages older than {cutoff:%Y-%m-%d %H:%M:%S}Z "
+                f"and {counted.conversations} inactive conversations left empty from "
+                f"Postgres, and drop {contexts} cached contexts? This cannot be undone.",
+            )
         counts = await store.count_purgeable(cutoff)
         with out.progress("purging rows", total=counts.messages + counts.conversations) as step:
             result = await housekeeping.purge(store, cache, cutoff, batch, step, args.lock_wait)

@@ -129,6 +129,25 @@ async def user_summary(
     }
 
 
+async def delete_preview(ops: Ops, channel: str, user: str) -> dict[str, Any]:
+    """What `delete_user` would erase, counted, changing nothing: for --dry-run and the
+    question asked before. Redis: the keys of the user that exist, by kind."""
+    found = _found(await ops.store.records.user_with_conversations(channel, user), channel, user)
+    conversations, row = found.conversations, found.user
+    ids, scopes = [c.id for c in conversations], [c.scope for c in conversations if not c.shared]
+    names = ops.cache.user_keys(channel, user, row.id, ids, scopes)
+    return {
+        "dry_run": True,
+        "user": {"id": row.id, "channel_type": channel, "channel_user_id": user},
+        "postgres": {
+            "users": 1,
+            "conversations": sum(not c.shared for c in conversations),
+            "messages": found.messages,
+        },
+        "redis": dict(sorted((await ops.cache.existing(names)).items())),
+    }
+
+
 async def delete_user(ops: Ops, channel: str, user: str) -> dict[str, Any]:
     """Erase the user: their row, and with it (the foreign keys cascade) their
     conversations and messages, then every Redis key about them. Postgres first: it is

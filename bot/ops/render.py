@@ -54,6 +54,19 @@ def to_json(data: Any) -> str:
     return json.dumps(data, default=json_default, ensure_ascii=False, indent=2)
 
 
+def error_object(message: str, exit_code: int) -> dict[str, Any]:
+    """What a command prints on standard output when it fails with --json: the one
+    line it prints on standard error, and its exit code. A byte of an argument that
+    is not UTF-8 (a lone surrogate) is written as an escape: stdout could not take it."""
+    text = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    return {"error": text, "exit_code": exit_code}
+
+
+def write_json(data: Any) -> None:
+    sys.stdout.write(to_json(data) + "\n")
+    sys.stdout.flush()
+
+
 def make_console(stderr: bool = False) -> Console:
     """A console for people; wide when its output is piped (see PIPED_WIDTH)."""
     made = Console(stderr=stderr, highlight=False)
@@ -119,8 +132,7 @@ class Out:
         return show(masked(value, self.secrets))
 
     def json(self, data: Any) -> None:
-        sys.stdout.write(to_json(masked(data, self.secrets)) + "\n")
-        sys.stdout.flush()
+        write_json(masked(data, self.secrets))
 
     def emit(self, data: Any, view: Callable[[Out, Any], None]) -> None:
         """The command's result: as JSON with --json, else as the view's tables."""
@@ -132,6 +144,14 @@ class Out:
     def error(self, message: str) -> None:
         text = Text(f"bot ops: {redact(message, self.secrets)}", style="red")
         self.err.print(text, soft_wrap=True)
+
+    def fail(self, message: str, exit_code: int) -> int:
+        """The command failed: one line on standard error and, with --json, the error
+        object on standard output (scripts always get one JSON object)."""
+        self.error(message)
+        if self.as_json:
+            self.json(error_object(message, exit_code))
+        return exit_code
 
     def note(self, message: str, style: str = "") -> None:
         self.console.print(Text(redact(message, self.secrets), style=style))

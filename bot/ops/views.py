@@ -34,7 +34,7 @@ def health_view(out: Out, data: dict[str, Any]) -> None:
     pg, rd, mig = data["postgres"], data["redis"], data["migrations"]
     limit = size(rd["maxmemory"]) if rd["maxmemory"] else "no limit"
     memory = f"; memory {rd['used_memory_human']} of {limit}, policy {rd['maxmemory_policy']}"
-    revision = f"database at {mig['current'] or 'no revision'}, code head {mig['head']}"
+    revision = f"{_database_revision(mig)}, code head {mig['head']}"
     rows = [
         ("Postgres", _state(pg["ok"]), pg["latency_ms"], _store_details(pg, "Postgres")),
         ("Redis", _state(rd["ok"]), rd["latency_ms"], _store_details(rd, "Redis", memory)),
@@ -48,6 +48,13 @@ def health_view(out: Out, data: dict[str, Any]) -> None:
     out.note(
         "healthy" if data["ok"] else "NOT healthy", style="green" if data["ok"] else "bold red"
     )
+
+
+def _database_revision(migrations: dict[str, Any]) -> str:
+    """A database Postgres could not be asked about has an unknown revision, not none."""
+    if migrations["status"] == "unknown":
+        return "database revision unknown (Postgres did not answer)"
+    return f"database at {migrations['current'] or 'no revision'}"
 
 
 def _replica_row(replica: dict[str, Any]) -> tuple[str, Text, Any, str]:
@@ -208,6 +215,19 @@ def delete_view(out: Out, data: dict[str, Any]) -> None:
         "redelivered event from being stored again) and lock keys (they expire by themselves).",
         style="dim",
     )
+
+
+def delete_preview_view(out: Out, data: dict[str, Any]) -> None:
+    user, pg, rd = data["user"], data["postgres"], data["redis"]
+    keys = ", ".join(f"{count} {kind}" for kind, count in rd.items() if count) or "none"
+    out.pairs(
+        f"Would delete user {user['channel_type']}:{user['channel_user_id']} ({user['id']})",
+        {
+            "Postgres": f"1 user, {pg['conversations']} conversations, {pg['messages']} messages",
+            "Redis": f"keys: {keys}; and the active-set entry",
+        },
+    )
+    out.note("dry run: nothing deleted", style="dim")
 
 
 def event_view(out: Out, data: dict[str, Any]) -> None:

@@ -9,9 +9,10 @@ import asyncpg
 from sqlalchemy import event
 from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 
 from bot.config import Settings
+from bot.metrics import PoolUse
 from bot.urls import database_connect_args
 
 _IDLE_SINCE = "bot_idle_since"  # where a pooled connection remembers its last check-in
@@ -43,6 +44,16 @@ def create_engine(settings: Settings, url: str, *, pool_size: int | None = None)
     if settings.db_pool_pre_ping and not ping_every_checkout:
         ping_idle_connections(engine, settings.db_pool_ping_idle_seconds)
     return engine
+
+
+def pool_use(engine: AsyncEngine) -> PoolUse | None:
+    """How much of the engine's connection pool is in use now (None: not a QueuePool)."""
+    pool = engine.pool
+    if not isinstance(pool, QueuePool):
+        return None
+    # overflow() counts from -size: connections opened beyond size, if positive.
+    # _max_overflow is the pool's own record of DB_MAX_OVERFLOW (no public accessor).
+    return PoolUse(pool.size(), pool.checkedout(), max(pool.overflow(), 0), pool._max_overflow)
 
 
 def _session_args(settings: Settings) -> dict[str, Any]:

@@ -98,6 +98,7 @@ class DatabaseRetry:
         self.attempts = attempts
         self.deadline = deadline
         self.initial_wait = initial_wait
+        self.retries = 0  # attempts after a transient failure (bot_postgres_retries_total)
 
     async def run(self, work: Callable[[], Awaitable[T]]) -> T:
         started = time.monotonic()
@@ -126,6 +127,7 @@ class DatabaseRetry:
             # tenacity awaits only what it recognizes as a coroutine function; any
             # other callable (a lambda returning a coroutine) would be "called" once,
             # never awaited nor retried.
+            self.retries += 1
             return await work()
 
         try:

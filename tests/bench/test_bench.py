@@ -130,3 +130,14 @@ def test_percentile_is_nearest_rank() -> None:
     values = [float(v) for v in range(1, 101)]
     assert percentile(values, 0.5) == 50 and percentile(values, 0.99) == 99
     assert percentile(values, 1.0) == 100 and percentile([], 0.5) == 0
+
+
+def test_history_is_measured_against_the_empty_tables_of_the_same_run(
+    report: dict[str, Any],
+) -> None:
+    empty = report["empty_database"]
+    assert empty["warm"]["replies"] == {"answer": USERS * MESSAGES}
+    assert empty["warm"]["postgres_per_message"][READ] == 0  # warm there too
+    assert empty["ratio_with_history"] == pytest.approx(
+        report["service"]["warm"]["messages_per_second"] / empty["warm"]["messages_per_second"]
+    )

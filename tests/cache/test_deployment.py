@@ -63,11 +63,12 @@ async def test_a_cluster_node_and_a_replica_are_told_apart_from_one_redis(
 
 
 async def refused_start(url: str, problem: str, settings: Settings) -> None:
-    """`bot chat` on Redis `url` stops before it starts: exit 1, one line naming it."""
+    """`bot chat` on Redis `url` stops before it starts: exit 2 (a setting to fix), one
+    line naming it."""
     assert settings.database_url is not None
     database = settings.database_url.get_secret_value()
     done = await bot("chat", DATABASE_URL=database, REDIS_URL=url)
-    assert done.code == 1, done.err
+    assert done.code == 2, done.err
     [line] = [line for line in done.err.splitlines() if problem in line]
     assert "REDIS_URL" in line and "Traceback" not in done.err
 

@@ -9,10 +9,12 @@ vendored Discord OpenAPI subset.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import discord
 import pytest
 from discord.http import Route
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -552,3 +554,14 @@ def test_the_spec_check_catches_a_wrong_shape() -> None:
     create = spec.body_schema(operation["requestBody"])
     assert create is not None
     assert spec.errors({"content": "x" * 4001}, create)  # Discord's limit (4000)
+
+
+async def test_no_voice_warning_at_start(
+    start_bot: StartBot, caplog: pytest.LogCaptureFixture
+) -> None:
+    """discord.py warns once per process that PyNaCl is missing for voice, which the bot
+    never uses: not at a worker's start."""
+    discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = True  # a fresh process
+    with caplog.at_level(logging.WARNING):
+        await start_bot()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []

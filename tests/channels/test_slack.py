@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -662,3 +663,14 @@ def errors(run: Running) -> float:
 
 def posted(slack: FakeSlack, count: int) -> bool:
     return len(slack.posts) == count
+
+
+async def test_bolt_does_not_warn_of_the_token_it_reads_from_the_environment(
+    start: Start, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bolt reads SLACK_BOT_TOKEN itself, beside the client holding that very token, and
+    said `token` will be unused at every start: chatter, not a warning."""
+    monkeypatch.setenv("SLACK_BOT_TOKEN", BOT_TOKEN)
+    with caplog.at_level(logging.WARNING):
+        await start()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []

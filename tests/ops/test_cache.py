@@ -32,7 +32,7 @@ async def test_cache_flush_user_drops_only_that_users_keys(
               keys.context(second)]  # fmt: skip
     assert await redis.exists(*alices) == 4
 
-    ran = await ops("cache", "flush", "--user", f"console:{alice}", "--json")
+    ran = await ops("cache", "flush", "--user", f"console:{alice}", "--yes", "--json")
 
     assert ran.data["deleted"] == {"session": 1, "rate": 1, "context": 2}
     assert ran.data["total"] == 4
@@ -47,7 +47,7 @@ async def test_cache_flush_conversation_and_bad_scopes(
     ops: Ops, service: ConversationService, redis: Redis, keys: Keys
 ) -> None:
     conversation = await seed(service, new_user(), "hello")
-    ran = await ops("cache", "flush", "--conversation", str(conversation), "--json")
+    ran = await ops("cache", "flush", "--conversation", str(conversation), "--yes", "--json")
     assert ran.data["deleted"] == {"context": 1}
     assert await redis.exists(keys.context(conversation)) == 0
 
@@ -61,7 +61,7 @@ async def test_cache_flush_conversation_and_bad_scopes(
         ran = await ops("cache", "flush", *argv)
         assert ran.code == 2 and says in ran.err, (argv, ran)
     stranger = new_user()
-    ran = await ops("cache", "flush", "--user", f"console:{stranger}")
+    ran = await ops("cache", "flush", "--user", f"console:{stranger}", "--yes")
     assert ran.code == 1 and f"no user '{stranger}' on channel 'console'" in ran.err, ran
 
 
@@ -78,7 +78,7 @@ async def test_cache_flush_all_keeps_dedup_markers_locks_counters_and_other_depl
     state = {k for k in before if keys.kind_of(k) in ("dedup", "lock", "stats", "rate")}
     assert {keys.dedup("console", "event-0"), keys.stats()} <= state
     try:
-        ran = await ops("cache", "flush", "--all", "--json")
+        ran = await ops("cache", "flush", "--all", "--yes", "--json")
 
         deleted = ran.data["deleted"]
         assert deleted["session"] == 3 and deleted["context"] == 3 and deleted["active"] == 1
@@ -87,7 +87,9 @@ async def test_cache_flush_all_keeps_dedup_markers_locks_counters_and_other_depl
         assert await keys_of(redis, keys) == state
         assert await redis.exists(stranger) == 1
 
-        everything = (await ops("cache", "flush", "--all", "--include-state", "--json")).data
+        everything = (
+            await ops("cache", "flush", "--all", "--include-state", "--yes", "--json")
+        ).data
         assert everything["deleted"] == {"dedup": 3, "stats": 1, "rate": 3}
         assert everything["kept"] == {"lock": 1}
         assert await keys_of(redis, keys) == {keys.lock("console", "busy")}
@@ -109,7 +111,7 @@ async def test_a_prefix_with_glob_characters_is_matched_literally(
     env = {"REDIS_KEY_PREFIX": keys.prefix}
     try:
         counted = (await ops("stats", "--json", **env)).data["redis"]["keys_by_kind"]
-        flushed = (await ops("cache", "flush", "--all", "--json", **env)).data
+        flushed = (await ops("cache", "flush", "--all", "--yes", "--json", **env)).data
 
         assert counted == {"session": 1}
         assert flushed["deleted"] == {"session": 1} and flushed["kept"] == {}
@@ -132,7 +134,7 @@ async def test_cache_warm_refills_recent_users_only(
     )
     before_session = await redis.hgetall(keys.session("console", recent))
     before_context = await redis.lrange(keys.context(conversation), 0, -1)
-    assert (await ops("cache", "flush", "--all")).code == 0
+    assert (await ops("cache", "flush", "--all", "--yes")).code == 0
 
     ran = await ops("cache", "warm", "--since", "1h", "--json")
 

@@ -50,7 +50,9 @@ async def test_ops_find_and_flush_what_workers_keep_on_a_cluster(
     seen = (await ops("conversation", "show", conversation, "--json", **env)).data
     assert seen["context"]["length"] == 4 and all(m["cached"] for m in seen["messages"])
 
-    flushed = (await ops("cache", "flush", "--user", f"console:{user}", "--json", **env)).data
+    flushed = (
+        await ops("cache", "flush", "--user", f"console:{user}", "--yes", "--json", **env)
+    ).data
     assert flushed["deleted"]["session"] == 1 and flushed["deleted"]["context"] == 1
     warmed = (await ops("cache", "warm", "--since", "1h", "--json", **env)).data
     assert warmed["sessions_filled"] >= 1
@@ -58,7 +60,9 @@ async def test_ops_find_and_flush_what_workers_keep_on_a_cluster(
     await handled(service, msg(user, "three", f"{user}-three"))
     assert service.stats[CacheRead.CONTEXT.tally(True)] == hits + 1  # warmed, and fenced
 
-    assert (await ops("cache", "flush", "--all", "--include-state", "--json", **env)).code == 0
+    assert (
+        await ops("cache", "flush", "--all", "--include-state", "--yes", "--json", **env)
+    ).code == 0
     left = await keys_on(cluster, settings.redis_key_prefix)
     assert left <= {keys.health_probe()}  # the health check's own, expiring in a second
 

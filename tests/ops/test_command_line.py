@@ -76,12 +76,12 @@ async def test_bad_input_is_refused_before_reaching_any_store(tmp_path: Path) ->
     [
         (
             {"DATABASE_URL": "postgresql://postgres@127.0.0.1:{port}/x"},
-            ("cache", "flush", "--user", "console:nobody"),  # Postgres first
+            ("cache", "flush", "--user", "console:nobody", "--yes"),  # Postgres first
             "Postgres is unavailable: ",
         ),
         (
             {"REDIS_URL": "redis://127.0.0.1:{port}/0"},
-            ("cache", "flush", "--conversation", str(uuid.uuid4())),  # Redis only
+            ("cache", "flush", "--conversation", str(uuid.uuid4()), "--yes"),  # Redis only
             "Redis is unavailable: ",
         ),
     ],
@@ -98,3 +98,22 @@ async def test_a_store_out_of_reach_is_one_line_and_exit_1(
     told = [line for line in ran.err.splitlines() if line.startswith("bot ops: ")]
     assert len(told) == 1 and told[0].startswith(f"bot ops: {says}"), ran.err
     assert "Traceback" not in ran.err
+
+
+@pytest.mark.timeout(60)  # a real `python -m bot`
+async def test_the_bot_command_line_fails_with_one_json_object(settings: Settings) -> None:
+    assert settings.database_url is not None and settings.redis_url is not None
+    env = {
+        "DATABASE_URL": settings.database_url.get_secret_value(),
+        "REDIS_URL": settings.redis_url.get_secret_value(),
+    }
+
+    missing = await bot("ops", "user", "show", "console", "nobody-at-all", "--json", **env)
+    mistyped = await bot("ops", "user", "show", "nosuchchan", "1", "--json", **env)
+
+    assert missing.code == 1 and json.loads(missing.out) == {
+        "error": "no user 'nobody-at-all' on channel 'console'",
+        "exit_code": 1,
+    }
+    assert mistyped.code == 2 and json.loads(mistyped.out)["exit_code"] == 2
+    assert "unknown channel 'nosuchchan'" in json.loads(mistyped.out)["error"]

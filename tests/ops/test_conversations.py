@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(15)
 async def test_conversation_show_marks_the_messages_in_the_cached_context(
     ops: Ops, make_service: ServiceFactory
 ) -> None:
-    channel, user = channel_name(), new_user()
+    channel, user = "console", new_user()
     service = await make_service(context_messages=2)  # only the newest exchange is cached
     for text in ("one", "two", "three [bold]not markup[/bold]"):
         await service.handle(msg(user, text, channel=channel))

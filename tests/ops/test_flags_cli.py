@@ -84,7 +84,7 @@ async def test_with_redis_down_flags_still_commit_and_cache_commands_fail(
     assert "Redis is unreachable: the change is in Postgres only" in ran.err
     rows = await fetch(engine, "SELECT scope, name, value FROM feature_flags")
     assert rows == [("global", "maintenance", True)]
-    flushed = await ops("cache", "flush", "--all", **down)
+    flushed = await ops("cache", "flush", "--all", "--yes", **down)
     assert flushed.code == 1 and "Redis" in flushed.err, flushed
 
 

@@ -57,6 +57,8 @@ async def test_health_exits_1_when_a_store_is_down_without_printing_a_password(
         assert secret not in result.out + result.err
     table = await ops("health", DATABASE_URL="postgresql://ops:pg-Secret-9x@127.0.0.1:1/bot")
     assert table.code == 1 and "DOWN" in table.out and "pg-Secret-9x" not in table.out
+    # Not "no revision": that is what a database never migrated says.
+    assert "database revision unknown" in table.out and "no revision" not in table.out
 
 
 async def _database_at(url: str, revision: str) -> None:

@@ -17,7 +17,7 @@ from tests.support import ServiceFactory, fetch, messages_of, msg, new_user
 
 pytestmark = pytest.mark.timeout(15)
 
-PURGE = ("purge", "--older-than", "900d", "--json")
+PURGE = ("purge", "--older-than", "900d", "--yes", "--json")
 SMALL_BATCHES = {"PURGE_BATCH_SIZE": "2"}
 
 

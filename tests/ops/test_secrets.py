@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from bot.config import Settings
-from tests.ops.conftest import Ops, channel_name, chat
+from tests.ops.conftest import Ops, chat
 from tests.support import ServiceFactory, new_user
 
 pytestmark = pytest.mark.timeout(15)
@@ -53,7 +53,7 @@ async def test_a_password_like_a_letter_or_a_json_key_leaves_the_json_intact(
 ) -> None:
     assert settings.database_url is not None
     plain_url = settings.database_url.get_secret_value()
-    channel, user = channel_name(), new_user()
+    channel, user = "console", new_user()
     await chat(make_service, channel, user, "hello")
 
     for args in (*REPORTS, ("user", "show", channel, user)):
@@ -75,7 +75,7 @@ async def test_tables_and_errors_never_contain_the_database_password(
     assert settings.database_url is not None
     secret = "ops-Secret-pw-7"
     url = with_password(settings.database_url.get_secret_value(), secret)
-    channel, user = channel_name(), new_user()
+    channel, user = "console", new_user()
     await chat(make_service, channel, user, "hello")
 
     outputs = []

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.cache.keys import Keys
 from bot.config import Settings
 from bot.domain import ChatKind, IncomingMessage
-from tests.ops.conftest import Ops, channel_name, chat, keys_of
+from tests.ops.conftest import Ops, chat, keys_of
 from tests.support import ServiceFactory, fetch, msg, new_user
 
 pytestmark = pytest.mark.timeout(15)
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.timeout(15)
 async def test_user_show_has_the_row_the_cached_session_and_conversations(
     ops: Ops, make_service: ServiceFactory, settings: Settings, keys: Keys
 ) -> None:
-    channel, user = channel_name(), new_user()
+    channel, user = "console", new_user()
     await chat(make_service, channel, user, "first", "second", "/reset", "third")
 
     data = (await ops("user", "show", channel, user, "--json")).data
@@ -45,7 +45,7 @@ async def test_user_show_has_the_row_the_cached_session_and_conversations(
 async def test_piped_tables_keep_each_id_on_one_line(
     ops: Ops, make_service: ServiceFactory
 ) -> None:
-    channel, user = channel_name(), new_user()
+    channel, user = "console", new_user()
     await chat(make_service, channel, user, "first", "/reset", "second")
     ids = [
         c["id"] for c in (await ops("user", "show", channel, user, "--json")).data["conversations"]
@@ -67,13 +67,14 @@ async def test_user_show_of_an_unknown_user_exits_1(ops: Ops) -> None:
     result = await ops("user", "show", "console", new_user(), "--json")
 
     assert result.code == 1
-    assert "no user" in result.err and result.out == ""
+    assert "no user" in result.err
+    assert result.json() == {"error": result.err.strip().removeprefix("bot ops: "), "exit_code": 1}
 
 
 async def test_user_export_holds_every_message_and_the_cache(
     ops: Ops, make_service: ServiceFactory, tmp_path: Path
 ) -> None:
-    channel, user = channel_name(), new_user()
+    channel, user = "console", new_user()
     await chat(make_service, channel, user, "alpha one", "/reset", "beta two")
     target = tmp_path / "export.json"
 
@@ -102,7 +103,7 @@ async def test_user_export_holds_every_message_and_the_cache(
 async def test_user_export_to_a_path_that_cannot_be_written_says_so(
     ops: Ops, make_service: ServiceFactory, tmp_path: Path
 ) -> None:
-    channel, user = channel_name(), new_user()
+    channel, user = "console", new_user()
     await chat(make_service, channel, user, "hello")
     target = tmp_path / "missing" / "export.json"
 
@@ -126,7 +127,7 @@ async def test_arguments_that_are_not_text_are_bad_input(ops: Ops, argv: list[st
 
     assert result.code == 2, result
     assert "not valid UTF-8" in result.err or "NUL" in result.err
-    assert "unavailable" not in result.err and result.out == ""
+    assert "unavailable" not in result.err and result.json()["exit_code"] == 2
 
 
 async def _user_rows(engine: AsyncEngine, channel: str, user: str) -> dict[str, int]:
@@ -144,10 +145,10 @@ async def _user_rows(engine: AsyncEngine, channel: str, user: str) -> dict[str, 
 async def test_user_delete_erases_the_user_from_both_stores(
     ops: Ops, make_service: ServiceFactory, engine: AsyncEngine, redis: Redis, keys: Keys
 ) -> None:
-    channel, gone, kept = channel_name(), new_user(), new_user()
+    channel, gone, kept = "console", new_user(), new_user()
     service = await make_service()
     for text, pid in (("one", "p1"), ("/reset", "p2"), ("two", "p3")):
-        await service.handle(msg(gone, text, pid=pid, channel=channel))
+        await service.handle(msg(gone, text, pid=f"{gone}-{pid}", channel=channel))
     await chat(make_service, channel, kept, "stay")
     shown = (await ops("user", "show", channel, gone, "--json")).data
     conversations = [uuid.UUID(c["id"]) for c in shown["conversations"]]
@@ -172,7 +173,7 @@ async def test_user_delete_erases_the_user_from_both_stores(
     assert not (left & about)
     assert not any(gone in key for key in left if not key.startswith(keys.dedup(channel, "")))
     assert await redis.zscore(keys.active(channel), gone) is None
-    assert await redis.exists(keys.dedup(channel, "p1"))  # kept: no personal data
+    assert await redis.exists(keys.dedup(channel, f"{gone}-p1"))  # kept: no personal data
     # The other user is untouched.
     assert await _user_rows(engine, channel, kept) == {"users": 1, "conversations": 1}
     assert keys.session(channel, kept) in left
@@ -235,7 +236,7 @@ class FakeTerminal(io.StringIO):
 async def test_user_delete_asks_first_and_refuses_without_a_terminal(
     ops: Ops, make_service: ServiceFactory, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    channel, user = channel_name(), new_user()
+    channel, user = "console", new_user()
     await chat(make_service, channel, user, "hello")
 
     refused = await ops("user", "delete", channel, user)  # pytest's stdin is no terminal

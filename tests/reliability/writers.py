@@ -31,7 +31,7 @@ class Writers:
             text = f"message {number}"
             reply = await self.service.handle(msg(user, text, pid=f"{user}-{number}"))
             assert reply.kind is ReplyKind.ANSWER and reply.text is not None, reply
-            self.service.delivered(msg(user, text, pid=f"{user}-{number}"))
+            self.service.delivered(msg(user, text, pid=f"{user}-{number}"), reply.kind)
             self.sent[user].append(text)
             number += 1
             await asyncio.sleep(0.02)
