@@ -35,5 +35,5 @@ migrate: $(STAMP)  ## apply pending migrations
 bench: $(STAMP)  ## measure the hot path against a hand-written baseline; BENCH_ARGS="--users 50 ..."
 	$(BIN)/bot bench $(BENCH_ARGS)
 
-clean:  ## remove the virtualenv (the data under .data is kept)
+clean:  ## remove the virtualenv (the data under DATA_DIR is kept)
 	rm -rf $(VENV)

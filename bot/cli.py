@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from importlib import metadata
+from typing import NoReturn
 
 from bot.bench.cli import register as register_bench
 from bot.channels.names import parse_names
@@ -21,7 +23,8 @@ A chat-bot backend: Discord, Telegram and Slack adapters over one conversation
 service, Redis for hot state, Postgres as the source of truth.
 
 With no DATABASE_URL / REDIS_URL it starts embedded Postgres and Redis under
-DATA_DIR (default ./.data). Settings come from the environment or a .env file."""
+DATA_DIR (default: your user data directory, e.g. ~/.local/share/chatbot-backend).
+Settings come from the environment or a .env file."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
             description=DESCRIPTION,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
+    )
+    parser.add_argument(
+        "--version", action=_ShowVersion, help="print the version and the schema revision it needs"
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -74,6 +80,22 @@ def build_parser() -> argparse.ArgumentParser:
     register_ops(commands)
     register_bench(commands)
     return parser
+
+
+class _ShowVersion(argparse.Action):
+    """`bot --version`; the schema revision read only when asked (it reads alembic/)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> NoReturn:
+        try:
+            version = metadata.version("chatbot-backend")
+        except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+            version = "(not installed)"
+        revision = Lazy("bot.store.migrate:head_revision")()
+        print(f"bot {version} (database schema revision {revision})")
+        parser.exit()
 
 
 def _no_migrate_option(command: argparse.ArgumentParser) -> None:

@@ -5,10 +5,14 @@ The URLs among them are parsed and checked by bot/urls.py.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import platformdirs
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -16,8 +20,18 @@ from bot.errors import ConfigError
 from bot.urls import check_redis_url, normalize_database_url, url_passwords
 
 ENV_FILE = ".env"
+# How alike (difflib's ratio) a variable's name must be to a setting's to be taken for a
+# misspelling of it: DATABSE_URL 0.96, TELEGRAM_TOKEN 0.88, TEMPERATURE 0.85, while
+# HTTP_PROXY (0.74 to HTTP_PORT) and REDIS_PORT (0.74 to REDIS_URL) stay others'.
+MISSPELT_SIMILARITY = 0.8
+APP_NAME = "chatbot-backend"  # the name of the per-user data directory
 Seconds = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
+
+
+def default_data_dir() -> Path:
+    """The platform's per-user data directory of the bot (DATA_DIR's default)."""
+    return platformdirs.user_data_path(APP_NAME, appauthor=False)
 
 
 class Settings(BaseSettings):
@@ -38,7 +52,10 @@ class Settings(BaseSettings):
     # show), never for the message path; unset: they read DATABASE_URL.
     database_read_url: SecretStr | None = None
     redis_url: SecretStr | None = None
-    data_dir: Path = Path(".data")
+    # One place per user wherever `bot` runs from (~/.local/share/chatbot-backend on
+    # Linux, XDG_DATA_HOME honoured): a relative default started a new, empty database
+    # in every directory the bot was run from.
+    data_dir: Path = Field(default_factory=default_data_dir)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 
@@ -175,6 +192,10 @@ class Settings(BaseSettings):
     llm_api_key: SecretStr | None = None
     llm_timeout_seconds: Seconds = 60.0  # one call
     llm_retry_deadline_seconds: Seconds = 90.0  # all tries of one reply, waits included
+    # Tries of one reply while the connection is refused or the host name does not
+    # resolve: a server not running or a wrong URL fails in about a second, not the
+    # deadline (timeouts, 429 and 5xx keep the deadline).
+    llm_connect_attempts: Annotated[int, Field(ge=1, le=20)] = 3
     llm_max_concurrency: PositiveInt = 8  # calls in flight per worker
     llm_max_tokens: PositiveInt = 1024
     llm_temperature: Annotated[float, Field(ge=0, le=2)] | None = None  # unset: the API's
@@ -288,6 +309,40 @@ def load_settings(**overrides: Any) -> Settings:
         ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read {_env_file(overrides)}: {exc.strerror or exc}") from None
+
+
+def misspelt_settings(environ: Mapping[str, str], env_file: str | Path = ENV_FILE) -> list[str]:
+    """One warning per variable, in the environment or in `env_file`, whose name is not a
+    setting but close to one (DATABSE_URL): otherwise it is ignored without a word, and
+    an embedded Postgres starts instead of the one meant."""
+    warnings = [_misspelt(name, "") for name in environ]
+    try:
+        in_file = list(dotenv_values(env_file)) if Path(env_file).is_file() else []
+    except (OSError, UnicodeDecodeError):  # load_settings has said so already
+        in_file = []
+    warnings += [_misspelt(name, f" in {env_file}") for name in in_file]
+    return [warning for warning in warnings if warning]
+
+
+def _misspelt(name: str, where: str) -> str:
+    known = setting_names()
+    upper = name.upper()
+    if upper in known or _namespaced_copy(upper, known):
+        return ""
+    closest = difflib.get_close_matches(upper, known, n=1, cutoff=MISSPELT_SIMILARITY)
+    if not closest:
+        return ""
+    return f"{name}{where} is not a setting and is ignored; did you mean {closest[0]}?"
+
+
+def _namespaced_copy(name: str, known: Iterable[str]) -> bool:
+    """Another program's variable built on one of ours (TEST_DATABASE_URL, REDIS_URL_OLD)."""
+    return any(name.endswith(f"_{setting}") or name.startswith(f"{setting}_") for setting in known)
+
+
+def setting_names() -> list[str]:
+    """Every setting's environment variable."""
+    return [name.upper() for name in Settings.model_fields]
 
 
 def _env_file(overrides: dict[str, Any]) -> str:

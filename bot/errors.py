@@ -28,7 +28,9 @@ retry-after, a SQLSTATE) and never a secret or a server's quote of the data:
     ├── LockTimeout              a user's previous message held the turn for too long
     ├── ResponderError           no reply from the responder
     │   ├── ResponderTimeout     the LLM API did not answer in time (retried)
-    │   ├── ResponderUnavailable 429, 5xx or unreachable (retried)
+    │   ├── ResponderUnavailable 429, 5xx or the connection broke (retried)
+    │   │   └── ResponderUnreachable nothing accepts the connection, or the host name does
+    │   │                            not resolve (retried LLM_CONNECT_ATTEMPTS times only)
     │   ├── ResponderRejected    any other 4xx (not retried)
     │   └── ResponderInterrupted a stream broke off after some of it was given out
     ├── PlatformError            a platform API call failed
@@ -169,6 +171,12 @@ class ResponderUnavailable(ResponderError):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after  # seconds the API asked us to wait, if it said
+
+
+class ResponderUnreachable(ResponderUnavailable):
+    """Nothing accepts the connection (refused) or the host name does not resolve: a
+    server that is not running or a wrong LLM_BASE_URL far more often than a blip, so
+    it is tried LLM_CONNECT_ATTEMPTS times, not until the deadline."""
 
 
 class ResponderRejected(ResponderError):

@@ -70,6 +70,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+def announce(logger: logging.Logger, message: str) -> None:
+    """A line an operator needs whatever LOG_LEVEL (where a server listens, what it was
+    run as): printed as it is, or, with LOG_FORMAT=json, as a JSON line like the log's,
+    so that a JSON log stays JSON from its first line."""
+    formatters = [handler.formatter for handler in logging.getLogger().handlers]
+    as_json = next((f for f in formatters if isinstance(f, JsonFormatter)), None)
+    if as_json is not None:
+        message = as_json.format(
+            logger.makeRecord(logger.name, logging.INFO, "", 0, message, (), None)
+        )
+    print(message, file=sys.stderr, flush=True)
+
+
 LOG_FILE_NAME = "bot.log"  # under DATA_DIR, while a person chats on the terminal
 LOG_FILE_BYTES = 10 * 1024 * 1024  # a chat's log file rotates at this size, 3 kept
 

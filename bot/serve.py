@@ -8,13 +8,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 from bot.channels import registry
-from bot.config import Settings, load_settings
+from bot.config import Settings, load_settings, misspelt_settings
 from bot.errors import BotError, ConfigError
 from bot.logs import LOG_FILE_NAME, setup_logging
 from bot.ops.jsonout import error_object, write_json
@@ -34,6 +35,8 @@ def execute(args: argparse.Namespace) -> int:
     log_file = _terminal_log(settings, args)
     args.log_file = log_file
     setup_logging(settings.log_level, settings.log_format, settings.secrets(), log_file)
+    for warning in misspelt_settings(os.environ):
+        log.warning(warning)
     handler: Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]] = args.handler
     try:
         return asyncio.run(handler(settings, args))

@@ -7,9 +7,11 @@ needs nothing more, so it loads no service, responder or channel.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, cast
 
 from pydantic import SecretStr
@@ -23,6 +25,8 @@ from bot.cache.keys import Keys
 from bot.config import Settings
 from bot.store.retry import DatabaseRetry
 from bot.store.store import Store
+
+log = logging.getLogger(__name__)
 
 
 class _Server(Protocol):
@@ -48,6 +52,7 @@ async def open_endpoints(settings: Settings) -> AsyncIterator[Endpoints]:
         if database_url is None or redis_url is None:
             from bot import embedded  # the optional extra; production never needs it
 
+            _point_at_old_default(settings)
             if database_url is None:
                 server = embedded.EmbeddedPostgres(settings.data_dir / "postgres")
                 await _start(stack, server)
@@ -57,6 +62,24 @@ async def open_endpoints(settings: Settings) -> AsyncIterator[Endpoints]:
                 await _start(stack, redis_server)
                 redis_url = redis_server.url
         yield Endpoints(database_url, redis_url, _secret(settings.database_read_url))
+
+
+OLD_DEFAULT_DATA_DIR = Path(".data")  # DATA_DIR's default before the per-user directory
+
+
+def _point_at_old_default(settings: Settings) -> None:
+    """Data an earlier version kept in ./.data is not lost: say where it is, and how to
+    keep using it, rather than start an empty database beside it without a word."""
+    if "data_dir" in settings.model_fields_set:
+        return
+    old = OLD_DEFAULT_DATA_DIR / "postgres" / "PG_VERSION"
+    if old.exists() and OLD_DEFAULT_DATA_DIR.resolve() != settings.data_dir.resolve():
+        log.warning(
+            "%s holds the data of an earlier version (DATA_DIR's default was .data); this "
+            "run keeps its data in %s. Set DATA_DIR=.data to go on with the old data",
+            OLD_DEFAULT_DATA_DIR.absolute(),
+            settings.data_dir,
+        )
 
 
 async def _start(stack: AsyncExitStack, server: _Server) -> None:

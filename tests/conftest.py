@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cache.keys import glob_escape
 from bot.cache.streams import StreamLedger
-from bot.config import Settings
+from bot.config import Settings, default_data_dir
 from bot.emulators.discord_api import FakeDiscord
 from bot.emulators.llm_api import LLMServer
 from bot.emulators.slack_api import FakeSlack
@@ -45,6 +45,17 @@ if TYPE_CHECKING:
 for _name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
     os.environ.pop(_name, None)
 os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def user_data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """XDG_DATA_HOME of this run, for every test and the processes they start: DATA_DIR
+    defaults to the per-user data directory, which a test must never write into."""
+    home = tmp_path_factory.mktemp("user-data")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_DATA_HOME", str(home))
+        assert default_data_dir().is_relative_to(home), "this platform ignores XDG_DATA_HOME"
+        yield home
 
 
 def _answers(host: str, port: int) -> bool:

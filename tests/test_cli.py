@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -246,3 +248,62 @@ async def test_a_channel_setting_it_cannot_run_with_exits_2_before_any_store(
     lines = result.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"bot: {says}"), result.err
     assert "Postgres" not in result.err and is_empty(tmp_path)
+
+
+def stderr_lines_saying(result: Result, words: str) -> list[str]:
+    return [line for line in result.err.splitlines() if words in line]
+
+
+async def test_a_misspelt_setting_is_named_with_the_setting_it_is_close_to(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Issue 17, item 4: DATABSE_URL was ignored without a word, and an embedded Postgres
+    started instead of the one meant. Now a warning for each such variable, in the
+    environment and in .env, naming the closest setting; others' variables stay quiet."""
+    (tmp_path / ".env").write_text(
+        "LLM_BASEURL=http://127.0.0.1:1/v1\nPOSTGRES_PASSWORD=for-docker-compose\n"
+    )
+    result = await bot(
+        "migrate",
+        cwd=tmp_path,
+        DATABSE_URL="postgresql://postgres@127.0.0.1:5432/meant",
+        TEST_DATABASE_URL="postgresql://postgres@127.0.0.1:5432/a-test-suite-s",
+        REDIS_URL=redis_url,
+        DATA_DIR=str(tmp_path / "data"),
+    )
+
+    assert result.code == 0, result.err
+    warned = stderr_lines_saying(result, "is not a setting")
+    assert [line.split(": ", 1)[1] for line in warned] == [
+        "DATABSE_URL is not a setting and is ignored; did you mean DATABASE_URL?",
+        "LLM_BASEURL in .env is not a setting and is ignored; did you mean LLM_BASE_URL?",
+    ]
+    assert all(" WARNING " in line for line in warned)
+    # Still what the settings say: no DATABASE_URL, so the embedded one, after the warning.
+    assert result.err.index("DATABSE_URL") < result.err.index("embedded Postgres listening")
+
+
+async def test_log_format_json_keeps_the_embedded_servers_lines_json(tmp_path: Path) -> None:
+    """Issue 17, item 10: LOG_FORMAT=json printed the embedded servers' lines as text;
+    and run as root, the system user made for Postgres was never mentioned."""
+    result = await bot("migrate", LOG_FORMAT="json", DATA_DIR=str(tmp_path))
+
+    assert result.code == 0, result.err
+    entries = [json.loads(line) for line in result.err.splitlines()]  # each line is JSON
+    said = [entry["message"] for entry in entries if entry["logger"] == "bot.embedded"]
+    assert [line.split(" 127.0.0.1:")[0] for line in said if "listening" in line] == [
+        "embedded Postgres listening on",
+        "embedded Redis listening on",
+    ]
+    as_root = [line for line in said if line.startswith("running as root")]
+    assert len(as_root) == (1 if os.geteuid() == 0 else 0)
+    if as_root:
+        assert "runs as the system user 'pgserver'" in as_root[0]
+
+
+async def test_version_names_the_release_and_its_schema_revision() -> None:
+    result = await bot("--version")
+
+    assert result.code == 0 and result.err == ""
+    version = metadata.version("chatbot-backend")
+    assert result.out == f"bot {version} (database schema revision {head_revision()})\n"

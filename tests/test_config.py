@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import Settings, load_settings
+from bot.config import Settings, load_settings, misspelt_settings
 from bot.errors import ConfigError
 from bot.urls import asyncpg_dsn, redact_url
 
@@ -377,3 +377,33 @@ def test_database_read_url_is_checked_like_database_url(monkeypatch: pytest.Monk
     )
     assert "s3cretpw" in settings.secrets()  # masked wherever it would appear
     assert settings.replica_lag_warning_seconds == 30.0
+
+
+def test_misspelt_settings_are_told_and_others_variables_left_alone(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("telegram_token=1:x\nPOSTGRES_PASSWORD=compose\n")
+    environ = {
+        "databse_url": "x",  # any case, as settings are read
+        "database_url": "x",  # a setting
+        "REDIS_URL_OLD": "x",  # another program's, built on a setting's name
+        "TEST_REDIS_URL": "x",
+        "HTTP_PROXY": "x",  # 0.74 like HTTP_PORT: not ours
+        "TEMPERATURE": "0.3",
+    }
+
+    assert misspelt_settings(environ, tmp_path / ".env") == [
+        "databse_url is not a setting and is ignored; did you mean DATABASE_URL?",
+        "TEMPERATURE is not a setting and is ignored; did you mean LLM_TEMPERATURE?",
+        f"telegram_token in {tmp_path / '.env'} is not a setting and is ignored; "
+        "did you mean TELEGRAM_BOT_TOKEN?",
+    ]
+    assert misspelt_settings({}, tmp_path / "no.env") == []
+
+
+def test_data_dir_is_the_per_user_one_unless_set(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "share"))
+    assert load_settings().data_dir == tmp_path / "share" / "chatbot-backend"
+
+    monkeypatch.setenv("DATA_DIR", "elsewhere")
+    assert load_settings().data_dir == Path("elsewhere")

@@ -222,6 +222,72 @@ def test_redis_port_in_use_raises_with_log_tail(
     assert not server.owned and server.pid is None
 
 
+TCP_TIME_WAIT = "06"  # the state column of /proc/net/tcp
+
+
+def time_waits_on(port: int) -> int:
+    """Connections in TIME-WAIT whose local end is `port` (Linux's /proc/net/tcp)."""
+    table = Path("/proc/net/tcp")
+    if not table.exists():
+        pytest.skip("needs Linux's /proc/net/tcp to see TIME-WAIT")
+    rows = [line.split() for line in table.read_text().splitlines()[1:]]
+    return sum(
+        1 for row in rows if int(row[1].split(":")[1], 16) == port and row[3] == TCP_TIME_WAIT
+    )
+
+
+def closed_by_the_server(server: EmbeddedPostgres | EmbeddedRedis, clients: int = 3) -> None:
+    """Connections the server closes first (Postgres on Terminate, Redis on QUIT): their
+    server end waits in TIME-WAIT for a minute, on the server's port."""
+    if isinstance(server, EmbeddedPostgres):
+        for _ in range(clients):
+            pg_query(server.url, "SELECT 1")
+        return
+    for _ in range(clients):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(b"QUIT\r\n")
+            while sock.recv(1024):  # until the server closes
+                pass
+
+
+@pytest.mark.parametrize("server_class", [EmbeddedPostgres, EmbeddedRedis])
+def test_the_next_run_listens_on_the_same_port_though_it_is_in_time_wait(
+    tmp_path: Path,
+    server_class: type[EmbeddedPostgres] | type[EmbeddedRedis],
+    track: Callable[[Any], Any],
+) -> None:
+    """Issue 17, item 6: the port changed on every restart (59101 -> 47773 -> 57231)
+    because the last run's closed connections sat in TIME-WAIT on it."""
+    ports = []
+    for _run in range(3):  # a new object each time, as a new `bot` process
+        server = track(server_class(tmp_path / "data"))
+        server.start()
+        ports.append(server.port)
+        closed_by_the_server(server)
+        server.stop()
+        assert time_waits_on(server.port) > 0, "the case to test: the port in TIME-WAIT"
+
+    assert ports == [ports[0]] * 3
+
+
+def test_a_port_another_program_took_meanwhile_is_not_used(
+    tmp_path: Path,
+    track: Callable[[EmbeddedRedis], EmbeddedRedis],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with EmbeddedRedis(tmp_path / "redis") as earlier:  # a run that ended
+        taken = earlier.port
+    with socket.socket() as stranger:
+        stranger.bind(("127.0.0.1", taken))
+        stranger.listen()
+        later = track(EmbeddedRedis(tmp_path / "redis"))
+        later.start()
+
+    assert later.port != taken
+    said = capsys.readouterr().err.splitlines()[-1]
+    assert said.endswith(f"; port {taken} of the last run is taken by another program")
+
+
 @pytest.mark.parametrize("server_class", [EmbeddedRedis, EmbeddedPostgres])
 def test_a_server_orphaned_by_a_killed_run_is_adopted_and_stopped_at_exit(
     tmp_path: Path,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import pwd
 import shlex
@@ -24,6 +25,9 @@ from bot.embedded.process import (
 )
 from bot.embedded.server import EmbeddedServer
 from bot.errors import EmbeddedServerError
+from bot.logs import announce
+
+logger = logging.getLogger("bot.embedded")
 
 PG_SYSTEM_USER = "pgserver"
 PG_START_TIMEOUT = 60
@@ -50,10 +54,12 @@ def pg_bin() -> Path:
 
 @functools.cache
 def pg_system_user() -> str | None:
-    """Postgres refuses to run as root, so as root it runs as an unprivileged system user."""
+    """Postgres refuses to run as root, so as root it runs as an unprivileged system user,
+    created if missing: said on stderr, since it changes the machine."""
     if os.geteuid() != 0:
         return None
     utils, bin_dir = _pgserver().utils, pg_bin()
+    existed = _user_exists(PG_SYSTEM_USER)
     try:
         utils.ensure_user_exists(PG_SYSTEM_USER)
     except (OSError, subprocess.CalledProcessError) as exc:
@@ -61,6 +67,12 @@ def pg_system_user() -> str | None:
         raise EmbeddedServerError(
             f"Postgres cannot run as root and creating user {PG_SYSTEM_USER!r} failed: {detail}"
         ) from exc
+    created = "" if existed else ", created now with useradd"
+    announce(
+        logger,
+        f"running as root: Postgres refuses to, so it runs as the system user "
+        f"{PG_SYSTEM_USER!r}{created}; run the bot as an ordinary user to avoid this",
+    )
     utils.ensure_prefix_permissions(bin_dir)
     read = stat.S_IRGRP | stat.S_IROTH
     utils.ensure_folder_permissions(bin_dir, read | stat.S_IXGRP | stat.S_IXOTH)
@@ -68,15 +80,35 @@ def pg_system_user() -> str | None:
     return PG_SYSTEM_USER
 
 
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 def _prepare_pgdata(pgdata: Path) -> str | None:
     """Create pgdata, owned by the user Postgres will run as; return that user (None = us)."""
     pgdata.mkdir(parents=True, exist_ok=True)
     user = pg_system_user()
     if user is not None:
-        _pgserver().utils.ensure_prefix_permissions(pgdata)
+        _let_others_traverse(pgdata.parent)
         entry = pwd.getpwnam(user)
         os.chown(pgdata, entry.pw_uid, entry.pw_gid)
     return user
+
+
+def _let_others_traverse(directory: Path) -> None:
+    """g+x,o+x on `directory` and each above it, so the system user reaches pgdata: enough
+    to pass through, and unlike pgserver's own helper (g+rx,o+rx) it lets nobody list
+    them (root's default DATA_DIR is under /root). Group too: the servers run with the
+    system user's uid but root's gid."""
+    traverse = stat.S_IXGRP | stat.S_IXOTH
+    for folder in (directory, *directory.parents):
+        mode = folder.stat().st_mode
+        if mode & traverse != traverse:
+            folder.chmod(stat.S_IMODE(mode) | traverse)
 
 
 def _run_pg(command: str, pgdata: Path, user: str | None) -> None:

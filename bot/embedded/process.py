@@ -22,6 +22,10 @@ def pick_port(requested: int, remembered: int | None) -> int:
     # Prefer the last run's port, so the operator's psql / redis-cli command keeps working.
     for port in (remembered or 0, 0):
         with contextlib.suppress(OSError), socket.socket() as sock:
+            # As Postgres and Redis bind: with SO_REUSEADDR, so the connections the last
+            # run's server closed (TIME-WAIT on its port for a minute) do not count as a
+            # use of the port; a program listening there still does.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((HOST, port))
             return int(sock.getsockname()[1])
     raise EmbeddedServerError(f"no free TCP port on {HOST}")

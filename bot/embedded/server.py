@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -27,6 +26,7 @@ from bot.embedded.process import (
     write_state,
 )
 from bot.errors import EmbeddedServerError
+from bot.logs import announce
 
 logger = logging.getLogger("bot.embedded")
 
@@ -70,10 +70,13 @@ class EmbeddedServer:
         with dir_lock(self.data_dir):
             if self._attach():
                 return
+            remembered = None if self.port else self.remembered_port()  # 0: ours to choose
             self._launch()
             self._owned = True
             write_state(self.state_file, pid=self._pid, port=self.port, owner=this_process())
-        self._announce("listening on", "; " + self.hint.format(host=HOST, port=self.port))
+        moved = remembered is not None and remembered != self.port
+        taken = f"; port {remembered} of the last run is taken by another program" if moved else ""
+        self._announce("listening on", "; " + self.hint.format(host=HOST, port=self.port) + taken)
 
     def stop(self) -> None:
         with contextlib.suppress(EmbeddedServerError):  # it may have died while paused
@@ -141,9 +144,9 @@ class EmbeddedServer:
         return True
 
     def _announce(self, event: str, detail: str = "") -> None:
-        # Printed, not logged: an operator needs it to psql / redis-cli in, whatever LOG_LEVEL.
+        # Whatever LOG_LEVEL: an operator needs it to psql / redis-cli in.
         where = f"{HOST}:{self.port} (data in {self.data_dir})"
-        print(f"embedded {self.kind} {event} {where}{detail}", file=sys.stderr, flush=True)
+        announce(logger, f"embedded {self.kind} {event} {where}{detail}")
 
     def _log(self, event: str, detail: str = "") -> None:
         msg = "embedded %s %s %s:%d (data in %s)%s"

@@ -26,6 +26,7 @@ def llm_options(settings: Settings) -> LLMOptions:
         api_key=settings.llm_api_key,
         timeout=settings.llm_timeout_seconds,
         deadline=settings.llm_retry_deadline_seconds,
+        connect_attempts=settings.llm_connect_attempts,
         max_concurrency=settings.llm_max_concurrency,
         max_tokens=settings.llm_max_tokens,
         temperature=settings.llm_temperature,

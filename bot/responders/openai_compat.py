@@ -3,9 +3,11 @@ OpenRouter, vLLM, Ollama, llama.cpp server, LM Studio.
 
 One call per attempt through the `openai` client (its own retries off), at most
 `max_concurrency` calls in flight per worker, and one retry policy (`llm_retry`):
-timeouts, 429 (after its Retry-After) and 5xx are tried again within a total
-deadline; any other 4xx is not. What finally fails is raised as a ResponderError,
-which the conversation service turns into an apology.
+timeouts, 429 (after its Retry-After), 5xx and broken connections are tried again
+within a total deadline; a connection refused or a host name that does not resolve
+only `connect_attempts` times (a server that is not running, or a wrong URL); any
+other 4xx not at all. What finally fails is raised as a ResponderError, which the
+conversation service turns into an apology.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -36,6 +39,7 @@ from tenacity import (
     stop_before_delay,
     wait_exponential_jitter,
 )
+from tenacity.stop import stop_base
 
 from bot.domain import ContextMessage, TextSink
 from bot.errors import (
@@ -44,8 +48,10 @@ from bot.errors import (
     ResponderRejected,
     ResponderTimeout,
     ResponderUnavailable,
+    ResponderUnreachable,
 )
 from bot.responders.base import ResponderRequest, ResponderResult, estimate_tokens
+from bot.urls import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +66,7 @@ class LLMOptions:
     api_key: SecretStr | None
     timeout: float  # one call
     deadline: float  # all attempts of one reply, waits included
+    connect_attempts: int  # tries of one reply while the connection is refused
     max_concurrency: int
     max_tokens: int
     temperature: float | None
@@ -160,13 +167,12 @@ def retry_after_seconds(headers: Mapping[str, str], now: datetime | None = None)
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
-def map_error(exc: openai.OpenAIError) -> ResponderError:
+def map_error(exc: openai.OpenAIError, base_url: str) -> ResponderError:
     """The client's exception as ours; the message never holds the API key."""
     if isinstance(exc, openai.APITimeoutError):
         return ResponderTimeout("the LLM API did not answer in time")
     if isinstance(exc, openai.APIConnectionError):
-        cause = exc.__cause__.__class__.__name__ if exc.__cause__ else "connection error"
-        return ResponderUnavailable(f"cannot reach the LLM API ({cause})")
+        return _connection_error(exc, base_url)
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         detail = _error_detail(exc.body)
@@ -179,6 +185,36 @@ def map_error(exc: openai.OpenAIError) -> ResponderError:
             f"the LLM API refused the request: {status}{detail}", status=status
         )
     return ResponderError(f"the LLM API call failed ({exc.__class__.__name__})")
+
+
+def _connection_error(exc: openai.APIConnectionError, base_url: str) -> ResponderError:
+    """Refused or unresolvable: one line saying what to check. Anything else (a reset,
+    a TLS failure, a connection cut mid-answer) may pass: retried to the deadline."""
+    where = redact_url(base_url)
+    for cause in _causes(exc):
+        if isinstance(cause, ConnectionRefusedError):
+            return ResponderUnreachable(
+                f"cannot connect to the LLM API at {where}: connection refused "
+                "(is the server running? LLM_BASE_URL)"
+            )
+        if isinstance(cause, socket.gaierror):
+            return ResponderUnreachable(
+                f"cannot connect to the LLM API at {where}: its host name does not resolve "
+                "(check LLM_BASE_URL)"
+            )
+    last = _causes(exc)[-1]
+    return ResponderUnavailable(f"cannot reach the LLM API at {where} ({last.__class__.__name__})")
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exception and what it was raised from, outermost first. httpx wraps the
+    socket's error two or three times, and anyio puts it in the context of its own."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
 
 
 def _error_detail(body: object) -> str:
@@ -203,16 +239,34 @@ def _log_retry(state: RetryCallState) -> None:
     log.warning("LLM call failed (%s); try %d in %.2f s", error, state.attempt_number + 1, wait)
 
 
-def llm_retry(deadline: float) -> AsyncRetrying:
-    """The one retry policy for LLM calls: timeouts, 429 and 5xx, within a total deadline.
+class _UnreachableTries(stop_base):
+    """A stop condition: `attempts` tries of one reply failed as ResponderUnreachable
+    (counted whatever failed in between, so a server flapping between 503 and refused
+    still ends in seconds once it stays away)."""
+
+    def __init__(self, attempts: int) -> None:
+        self.attempts = attempts
+        self.failed = 0
+
+    def __call__(self, state: RetryCallState) -> bool:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, ResponderUnreachable):
+            self.failed += 1
+        return self.failed >= self.attempts
+
+
+def llm_retry(deadline: float, connect_attempts: int) -> AsyncRetrying:
+    """The one retry policy for LLM calls: timeouts, 429, 5xx and broken connections
+    within a total deadline; a refused or unresolvable connection `connect_attempts`
+    times at most, so a server that is not there costs seconds, not the deadline.
 
     A wait that would end past the deadline (a long Retry-After) is not started: the
-    last error is raised instead.
+    last error is raised instead. Build one per reply: it counts the refusals.
     """
     return AsyncRetrying(
         retry=retry_if_exception_type((ResponderTimeout, ResponderUnavailable)),
         wait=_wait,
-        stop=stop_before_delay(deadline),
+        stop=stop_before_delay(deadline) | _UnreachableTries(connect_attempts),
         before_sleep=_log_retry,
         reraise=True,
     )
@@ -259,7 +313,8 @@ class OpenAICompatResponder:
         async def attempt() -> ChatCompletion:
             return await self._attempt(request.model, messages, params, deadline)
 
-        completion: ChatCompletion = await llm_retry(self.options.deadline)(attempt)
+        retrying = llm_retry(self.options.deadline, self.options.connect_attempts)
+        completion: ChatCompletion = await retrying(attempt)
         return parse_completion(completion, request.model, messages)
 
     async def _attempt(
@@ -283,7 +338,7 @@ class OpenAICompatResponder:
             except TimeoutError:
                 raise ResponderTimeout("the LLM API did not answer in time") from None
             except openai.OpenAIError as exc:
-                raise map_error(exc) from exc
+                raise map_error(exc, self.options.base_url) from exc
 
     @asynccontextmanager
     async def _slot(self, deadline: float) -> AsyncIterator[None]:
@@ -339,7 +394,8 @@ class _StreamCall:
         self.finished = False
 
     async def run(self) -> ResponderResult:
-        await llm_retry(self.responder.options.deadline)(self._attempt)
+        options = self.responder.options
+        await llm_retry(options.deadline, options.connect_attempts)(self._attempt)
         text = "".join(self.pieces)
         if not self.finished:
             raise ResponderInterrupted("the LLM stream ended before the reply", partial=text)
@@ -362,7 +418,7 @@ class _StreamCall:
             except TimeoutError:
                 raise self._failed(ResponderTimeout("the LLM API did not answer in time")) from None
             except openai.OpenAIError as exc:
-                raise self._failed(map_error(exc)) from exc
+                raise self._failed(map_error(exc, responder.options.base_url)) from exc
 
     async def _open(self) -> AsyncStream[ChatCompletionChunk]:
         loop = asyncio.get_running_loop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 from bot.config import Settings
 from bot.embedded.process import live_process
 from tests.support import ROOT, new_user
+from tests.test_embedded import time_waits_on
 
 
 def chat_env(settings: Settings | None, data_dir: Path) -> dict[str, str]:
@@ -72,6 +74,51 @@ def test_chat_without_configuration_uses_embedded_servers(tmp_path: Path) -> Non
     assert "2 earlier messages" in second.stdout
     assert (data_dir / "postgres" / "PG_VERSION").exists()
     assert not (data_dir / "postgres" / "postmaster.pid").exists()
+
+
+def test_chat_from_any_directory_continues_in_the_per_user_data_dir_on_the_same_port(
+    tmp_path: Path, user_data_home: Path
+) -> None:
+    """Issue 17, items 5 and 6: `bot chat` from another directory started a new, empty
+    database there (DATA_DIR=.data), and the embedded Postgres port changed at every
+    run because the last run's connections sat in TIME-WAIT on it."""
+    env = chat_env(None, tmp_path)
+    del env["DATA_DIR"]
+    env["LOG_LEVEL"] = "INFO"
+    user = f"wherever-{uuid.uuid4().hex[:6]}"
+    data_dir = user_data_home / "chatbot-backend"
+    here, there = tmp_path / "here", tmp_path / "there"
+    # There, an earlier version's embedded database, in its default DATA_DIR.
+    (there / ".data" / "postgres").mkdir(parents=True)
+    (there / ".data" / "postgres" / "PG_VERSION").write_text("16\n")
+    ran, said, waiting = [], [], []
+    for cwd, text in ((here, "remember me"), (there, "still there?")):
+        cwd.mkdir(exist_ok=True)
+        done = chat(f"{text}\n", user, env, cwd)
+        assert done.returncode == 0, done.stderr
+        ran.append(done)
+        said.append(listening_lines(done.stderr))
+        waiting.append(time_waits_on(int(said[-1]["Postgres"][0])))
+    first, second = ran
+
+    assert waiting[0] > 0, "the case to test: the port in TIME-WAIT when the next run starts"
+    assert "0 earlier messages" in first.stdout and "2 earlier messages" in second.stdout
+    assert said[0]["Postgres"][1] == said[1]["Postgres"][1] == str(data_dir / "postgres")
+    assert said[0]["Redis"][1] == said[1]["Redis"][1] == str(data_dir / "redis")
+    assert said[1]["Postgres"][0] == said[0]["Postgres"][0]  # the same port
+    assert said[1]["Redis"][0] == said[0]["Redis"][0]
+    assert not (here / ".data").exists()
+    assert f"{there / '.data'} holds the data of an earlier version" in second.stderr
+    assert "Set DATA_DIR=.data to go on with the old data" in second.stderr
+    assert "earlier version" not in first.stderr
+
+
+def listening_lines(stderr: str) -> dict[str, tuple[str, str]]:
+    """What each `embedded … listening on` line says: the server's (port, data dir)."""
+    found = re.findall(
+        r"^embedded (\w+) listening on 127\.0\.0\.1:(\d+) \(data in (.+?)\)", stderr, re.M
+    )
+    return {kind: (port, data) for kind, port, data in found}
 
 
 def test_chat_with_stdin_at_dev_null_exits_at_once(

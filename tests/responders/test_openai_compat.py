@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -294,6 +296,70 @@ async def test_bot_chat_answers_from_the_llm(
     assert done.stdout.splitlines() == ["Hello from the local LLM."]
     assert llm.requests[0]["model"] == "chat-model"
     assert API_KEY not in done.stderr + done.stdout
+
+
+def refused_port() -> socket.socket:
+    """A port bound by this test and never listened on: connecting is refused, and no
+    other program can take the port while the test holds it."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    return holder
+
+
+@pytest.mark.parametrize("attempts", [None, "1"])
+async def test_bot_chat_with_the_llm_server_down_apologizes_in_seconds_saying_why(
+    settings: Settings, redis: Redis, tmp_path: Path, attempts: str | None
+) -> None:
+    """Issue 17, item 3: connection refused cost 18 tries and 105 s before the apology.
+    Now LLM_CONNECT_ATTEMPTS tries (3 unless set), the deadline (90 s) left as it is,
+    and the last line says what is wrong."""
+    with refused_port() as holder:
+        url = f"http://127.0.0.1:{holder.getsockname()[1]}/v1"
+        env = chat_env(settings, tmp_path) | {"LLM_BASE_URL": url}
+        env.pop("LLM_RETRY_DEADLINE_SECONDS", None)
+        if attempts is not None:
+            env["LLM_CONNECT_ATTEMPTS"] = attempts
+        started = time.monotonic()
+        done = await asyncio.to_thread(chat, "hi\n", new_user(), env, ROOT)
+        took = time.monotonic() - started
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [RESPONDER_FAILED_TEXT]
+    tries = int(attempts or 3)
+    retried = re.findall(r"LLM call failed \(.*connection refused.*\); try (\d+) in", done.stderr)
+    assert retried == [str(n) for n in range(2, tries + 1)]
+    *_, last = done.stderr.strip().splitlines()
+    assert last.endswith(
+        f"responder openai failed: cannot connect to the LLM API at {url}: connection refused "
+        "(is the server running? LLM_BASE_URL)"
+    )
+    assert took < 30, f"{took:.1f} s to the apology"  # the process included; 105 s before
+
+
+async def test_an_unresolvable_host_is_tried_a_few_times_only(
+    llm_service: LLMService, engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = await llm_service(
+        llm_base_url="http://no-such-host.invalid/v1", llm_retry_deadline_seconds=60.0
+    )
+    who = new_user()
+    reply = await service.handle(msg(who, "hi"))
+
+    assert reply.text == RESPONDER_FAILED_TEXT
+    retries = [r for r in caplog.records if r.getMessage().startswith("LLM call failed")]
+    assert len(retries) == 2, caplog.text
+    assert "no-such-host.invalid/v1: its host name does not resolve" in retries[0].getMessage()
+    await assert_apologized(service, engine, who)
+
+
+async def test_5xx_keeps_the_deadline_beyond_the_connect_attempts(
+    llm_service: LLMService, llm: LLMServer
+) -> None:
+    service = await llm_service(llm_retry_deadline_seconds=30.0, llm_connect_attempts=2)
+    llm.then(*(error(503) for _ in range(4)))
+    reply = await service.handle(msg(new_user(), "hi"))
+
+    assert reply.kind is ReplyKind.ANSWER and len(llm.requests) == 5
 
 
 def test_fit_context_keeps_the_newest() -> None:

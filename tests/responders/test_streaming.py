@@ -27,6 +27,7 @@ def options(llm: LLMServer, timeout: float = 2.0, deadline: float = 5.0) -> LLMO
         api_key=None,
         timeout=timeout,
         deadline=deadline,
+        connect_attempts=3,
         max_concurrency=4,
         max_tokens=64,
         temperature=None,
