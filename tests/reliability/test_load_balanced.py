@@ -528,3 +528,35 @@ async def test_workers_behind_haproxy_answer_each_event_once_in_order(
     # platforms never had to deliver again.
     assert not run.seen.refused, run.seen.refused
     assert redispatched >= 1  # the SIGTERM came while webhooks were still arriving
+
+
+def test_the_compose_file_sets_up_what_this_test_runs() -> None:
+    """deploy/scaled/docker-compose.yml and haproxy.cfg agree with each other and with the
+    workers above (read as text: the suite has no YAML parser, and needs none for this)."""
+    compose = (HAPROXY_CFG.parent / "docker-compose.yml").read_text()
+    config = HAPROXY_CFG.read_text()
+    services = re.findall(r"^  (bot-\d+):$", compose, re.M)
+    assert services == [f"bot-{n}" for n in range(1, WORKERS + 1)]
+    for setting in (
+        f"TELEGRAM_WEBHOOK_URL: https://${{PUBLIC_HOST:-bot.example.com}}{HOOK_PATH}",
+        'TELEGRAM_WEBHOOK_PORT: "8443"',
+        'SLACK_PORT: "3000"',
+        'HTTP_PORT: "8080"',
+        'SLACK_APP_TOKEN: ""',
+        f'DISCORD_SHARD_COUNT: "{SHARDS}"',
+        "./haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro",
+        "./certs:/usr/local/etc/haproxy/certs:ro",
+    ):
+        assert setting in compose, setting
+    blocks = re.split(r"^  (?=bot-\d+:$)", compose, flags=re.M)[1:]
+    for number, block in enumerate(blocks, 1):
+        block = block.split("\n\n")[0]
+        if number <= SHARDS:
+            assert f'DISCORD_SHARD_IDS: "{number - 1}"' in block, block
+        else:
+            assert 'DISCORD_BOT_TOKEN: ""' in block, block
+    assert "check port 8080" in config
+    assert f"path_beg {HOOK_PATH.rsplit('/', 1)[0]}/" in config
+    for number in range(1, WORKERS + 1):
+        assert f"server bot-{number} bot-{number}:8443" in config
+        assert f"server bot-{number} bot-{number}:3000" in config
