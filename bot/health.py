@@ -1,4 +1,15 @@
-"""The worker's HTTP endpoints: /healthz, /readyz and Prometheus /metrics."""
+"""The worker's HTTP endpoints: /healthz, /readyz and Prometheus /metrics.
+
+`/readyz` is the worker's readiness for an orchestrator: its stores answer and every
+channel is connected. `/readyz?channel=telegram` (or `slack`, several comma-separated)
+is what a load balancer in front of several workers asks before it sends that channel's
+webhooks to this one: the channel's listener is up and the worker is not shutting down.
+The stores are shown there but do not decide: a Redis outage only degrades a worker and
+a Postgres outage is the worker's to tell users of (DESIGN.md, invariants 4 and 5), and
+every worker shares them, so taking every worker out of the pool would only stop the bot.
+From SIGTERM on both answer 503, "shutting down", so that no new request is sent to a
+worker that would refuse it.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +43,7 @@ class HealthServer:
         metrics: Metrics,
         channels: Sequence[ChannelAdapter],
         redis_state: Callable[[], str | None] = lambda: None,
+        closing: Callable[[], bool] = lambda: False,
     ) -> None:
         self.engine = engine
         self.redis = redis
@@ -40,6 +52,8 @@ class HealthServer:
         # Why the worker is off the cache (its breaker open), or None: a Redis that
         # answers PING can still be one the bot cannot use (bot/cache/guard.py).
         self.redis_state = redis_state
+        # True once the worker shuts down (its dispatcher refuses new events).
+        self.closing = closing
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
@@ -68,8 +82,19 @@ class HealthServer:
 
     async def _readyz(self, request: web.Request) -> web.Response:
         checks = await self.readiness()
-        ready = all(_is_up(status) for status in _flatten(checks))
-        body = {"status": "ready" if ready else "not ready", **checks}
+        named = [n.strip() for n in request.query.get("channel", "").split(",") if n.strip()]
+        if named:  # a load balancer's question: can this worker take these webhooks?
+            channels = checks["channels"]
+            for name in named:
+                channels.setdefault(name, "not served")
+            ready = all(channels[name] == "connected" for name in named)
+        else:
+            ready = all(_is_up(status) for status in _flatten(checks))
+        if self.closing():
+            status, ready = "shutting down", False
+        else:
+            status = "ready" if ready else "not ready"
+        body = {"status": status, **checks}
         return web.json_response(body, status=200 if ready else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:

@@ -84,7 +84,12 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             adapters.append(_console(dispatcher, args))
         guard = runtime.cache.guard
         health = HealthServer(
-            runtime.engine, runtime.redis, runtime.metrics, adapters, lambda: guard.state
+            runtime.engine,
+            runtime.redis,
+            runtime.metrics,
+            adapters,
+            lambda: guard.state,
+            closing=lambda: dispatcher.closing,
         )
         upkeep = build_maintenance(runtime)
         grace = settings.shutdown_grace_seconds

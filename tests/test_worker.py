@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -274,6 +275,41 @@ async def test_readiness_names_postgres_when_it_is_down(settings: Settings, redi
     assert response.status == 503
     assert body["status"] == "not ready"
     assert body["postgres"].startswith("down") and body["redis"] == "ok"
+
+
+async def test_readiness_of_a_channel_for_a_load_balancer(
+    make_service: ServiceFactory, engine: AsyncEngine, own_redis: EmbeddedRedis
+) -> None:
+    """/readyz?channel=NAME, a load balancer's health check: the channel's listener, not
+    the stores every worker shares (Redis down only degrades a worker); and from the
+    shutdown on, 503 on both, so that no new webhook is sent to a worker refusing it."""
+    metrics = Metrics()
+    service = await make_service(metrics=metrics, redis_url=own_redis.url)
+    dispatcher = Dispatcher(service, metrics)
+    channel = QueueChannel(dispatcher)
+    health = HealthServer(
+        engine, service.cache.redis, metrics, [channel], closing=lambda: dispatcher.closing
+    )
+
+    async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, Any]]:
+        async with http.get(url) as response:
+            return response.status, await response.json()
+
+    async with serving(health) as base, aiohttp.ClientSession() as http:
+        assert (await get(http, f"{base}/readyz?channel=queue"))[0] == 503  # not connected
+        channel._connected = True
+        assert (await get(http, f"{base}/readyz?channel=queue"))[0] == 200
+        own_redis.stop()
+        whole, body = await get(http, f"{base}/readyz")
+        assert (whole, body["status"]) == (503, "not ready") and body["redis"].startswith("down")
+        status, body = await get(http, f"{base}/readyz?channel=queue")
+        assert (status, body["status"]) == (200, "ready") and body["redis"].startswith("down")
+        status, body = await get(http, f"{base}/readyz?channel=queue,telegram")
+        assert status == 503 and body["channels"]["telegram"] == "not served"
+        dispatcher.close()
+        for url in (f"{base}/readyz", f"{base}/readyz?channel=queue"):
+            status, body = await get(http, url)
+            assert (status, body["status"]) == (503, "shutting down"), url
 
 
 async def _scrape(metrics: Metrics, engine: AsyncEngine, redis: Redis) -> dict[str, float]:
