@@ -140,7 +140,9 @@ class Settings(BaseSettings):
     maintenance_interval_seconds: Seconds = 3600.0
 
     # Worker.
-    http_host: str = "0.0.0.0"
+    # Loopback by default: a workstation shows its /metrics to nobody. Containers set
+    # 0.0.0.0 (the Dockerfile does), so that the orchestrator reaches them.
+    http_host: str = "127.0.0.1"
     http_port: Annotated[int, Field(ge=0, le=65535)] = 8080
     shutdown_grace_seconds: Seconds = 30.0
     # Replies appear as the model writes them where the adapter can show that; false:

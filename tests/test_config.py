@@ -407,3 +407,10 @@ def test_data_dir_is_the_per_user_one_unless_set(
 
     monkeypatch.setenv("DATA_DIR", "elsewhere")
     assert load_settings().data_dir == Path("elsewhere")
+
+
+def test_the_http_endpoints_listen_on_loopback_unless_told() -> None:
+    """A workstation's /metrics is nobody else's business; the image sets 0.0.0.0."""
+    assert Settings(_env_file=None).http_host == "127.0.0.1"
+    dockerfile = (Path(__file__).resolve().parents[1] / "Dockerfile").read_text()
+    assert "HTTP_HOST=0.0.0.0" in dockerfile

@@ -114,7 +114,7 @@ def test_worker_processes_behind_pgbouncer_store_each_message_once(
 ) -> None:
     settings = make_settings(database_url=bouncer_url, **POOLED)
     user = new_user()
-    texts = [[f"p{p} m{m}" for m in range(3)] for p in range(3)]
+    texts = [[f"{user} p{p} m{m}" for m in range(3)] for p in range(3)]  # event ids too
 
     results: list[Any] = run_together(
         settings, [["tests.concurrent_client", user, *own] for own in texts], 120.0
