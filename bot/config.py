@@ -122,6 +122,14 @@ class Settings(BaseSettings):
     # How long a redelivery waits for a reply being sent by another worker (its event
     # 'answered', not yet 'done') before taking it for lost and sending the stored reply.
     delivery_lease_seconds: PositiveInt = 30
+    # The inbox (bot/inbox.py): an event is held by its worker this long, renewed every
+    # third of it while answered; a dead worker's events are answered by a sweep within
+    # INBOX_LEASE_SECONDS + INBOX_SWEEP_SECONDS.
+    inbox_lease_seconds: Seconds = 30.0
+    inbox_sweep_seconds: Seconds = 2.0
+    # How long a message whose reply failed for now (timeout, 5xx, refused connection) is
+    # tried again, with backoff, before it gets the apology.
+    responder_retry_seconds: Seconds = 300.0
 
     # Conversation.
     default_model: str = "gpt-4o-mini"

@@ -93,6 +93,10 @@ class IncomingMessage:
     chat_id: str | None = None  # where to reply; for groups and threads also the scope
     thread_id: str | None = None
     chat_kind: ChatKind = ChatKind.PRIVATE
+    # What the adapter needs to answer the message with no platform object in hand (a
+    # message taken from the inbox after a crash), where chat_id and platform_message_id
+    # do not say it: Telegram's message id in its chat. Opaque to all but the adapter.
+    reply_to: str | None = None
 
     @property
     def scope(self) -> Scope:
@@ -131,6 +135,29 @@ class ReplyKind(StrEnum):
     MAINTENANCE = "maintenance"  # the `maintenance` flag is on: a polite notice, nothing stored
     MUTED = "muted"  # the `replies_disabled` flag is on: say nothing, nothing stored
     INTERRUPTED = "interrupted"  # a streamed reply cut off: its part, and a note saying so
+    DEFERRED = "deferred"  # kept in the inbox, answered later (the text, if any, says so)
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """An event kept in the inbox (bot/inbox.py) before the platform was told it arrived.
+
+    `taken` is False when another live worker holds the event already: the platform
+    may be told it arrived, and nothing else is done. `older` are the events of the
+    same writer and place still in the inbox before it: it is answered after them.
+    `resumed`: taken from the inbox after its handler died or its reply was deferred.
+    """
+
+    taken: bool
+    seq: int | None = None  # None: not kept (no platform id, or the inbox is off)
+    older: tuple[int, ...] = ()
+    resumed: bool = False
+    received_at: datetime | None = None
+    told: bool = False  # the writer was told already that the answer will come
+    tries: int = 0  # handlings before this one
+
+
+NOT_KEPT = Receipt(taken=True)
 
 
 class Interruption(StrEnum):

@@ -33,6 +33,8 @@ retry-after, a SQLSTATE) and never a secret or a server's quote of the data:
     │   │                            not resolve (retried LLM_CONNECT_ATTEMPTS times only)
     │   ├── ResponderRejected    any other 4xx (not retried)
     │   └── ResponderInterrupted a stream broke off after some of it was given out
+    ├── ReplyDeferred            the responder failed for now: the message is answered on a
+    │                            later try, from the inbox (bot/inbox.py)
     ├── PlatformError            a platform API call failed
     │   ├── PlatformRateLimited  429: wait `retry_after` seconds (retried)
     │   ├── PlatformUnavailable  5xx or the network (retried)
@@ -194,6 +196,15 @@ class ResponderInterrupted(ResponderError):
     def __init__(self, message: str, *, partial: str) -> None:
         super().__init__(message)
         self.partial = partial
+
+
+class ReplyDeferred(BotError):
+    """The reply is left to a later try (bot/inbox.py): the responder failed for now."""
+
+    def __init__(self, after: float, cause: ResponderError) -> None:
+        super().__init__(f"reply deferred for {after:g} s: {cause}")
+        self.after = after
+        self.cause = cause
 
 
 class PlatformError(BotError):

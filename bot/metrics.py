@@ -75,6 +75,20 @@ EXPORTED: dict[Tally, tuple[str, str]] = {
         "bot_stale_sessions_total",
         "Cached sessions that named a closed or deleted conversation, rebuilt from Postgres",
     ),
+    Tally.DEFERRED: (
+        "bot_replies_deferred_total",
+        "Replies the responder failed to give for now (timeout, 5xx, refused): the message "
+        "kept in the inbox and answered on a later try",
+    ),
+    Tally.QUEUED: (
+        "bot_inbox_queued_total",
+        "Messages put back in the inbox behind an older one of their writer's that no "
+        "handler was answering, answered in order by the sweep",
+    ),
+    Tally.RESUMED: (
+        "bot_inbox_resumed_total",
+        "Messages taken from the inbox by a sweep: their worker died, or they were put back",
+    ),
 }
 
 

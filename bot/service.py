@@ -30,6 +30,7 @@ from bot.domain import (
     IncomingMessage,
     Interruption,
     Permission,
+    Receipt,
     RecentContext,
     Reply,
     ReplyKind,
@@ -43,17 +44,21 @@ from bot.errors import (
     CacheUnavailable,
     InvalidInput,
     LockTimeout,
+    ReplyDeferred,
     ResponderError,
+    ResponderRejected,
     StaleSession,
     StoreError,
     StoreUnavailable,
     TurnConflict,
 )
 from bot.flagset import MAINTENANCE, REPLIES_DISABLED, FlagSource, StaticFlags
+from bot.inbox import Inbox
 from bot.local import Backoff, LocalRateLimiter
 from bot.relay import Relay
 from bot.responders.base import Responder, ResponderRequest, ResponderResult, estimate_tokens
 from bot.store.conversations import ExchangeRows, ReplyRow
+from bot.store.inbox import Taken
 from bot.store.store import Store
 from bot.store.turn_hold import TurnHold
 from bot.store.turn_start import TurnStart
@@ -73,6 +78,8 @@ UNAVAILABLE_TEXT = "Sorry, I can't answer right now. Please try again in a minut
 BUSY_TEXT = "I'm still busy with your previous message. Please send this one again shortly."
 RESPONDER_FAILED_TEXT = "Sorry, I couldn't come up with a reply just now. Please try again."
 ADMIN_CHECK_SECONDS = 5.0  # longest a platform may take to say who is an admin
+DEFERRED_TEXT = "I can't reply just now. I'll send my answer here as soon as I can."
+LONGEST_RETRY_PAUSE = 60.0  # s between tries of a deferred reply, at most
 INTERRUPTED_NOTE = "[My reply was interrupted here. Please ask again if you need the rest.]"
 
 
@@ -89,6 +96,7 @@ class Turn:
     shared: bool  # a shared conversation: who wrote each message is kept and told
     loaded_context: RecentContext | None = None  # read with the session from Postgres
     on_text: TextSink | None = None  # the adapter shows the reply as it is written
+    receipt: Receipt | None = None  # kept in the inbox: a failed reply may be deferred
 
     @property
     def author(self) -> str | None:
@@ -114,6 +122,8 @@ class ConversationService:
         self.chats = chats
         self.flags = flags or StaticFlags()  # held in memory: no round trip per message
         self.stats: Counter[Tally] = Counter()
+        lease, wait = settings.inbox_lease_seconds, settings.lock_wait_seconds
+        self.inbox = Inbox(store.inbox, lease, wait)
         self._published: Counter[Tally] = Counter()
         self._local_rate = LocalRateLimiter()
         self._admin_checks: dict[str, AdminCheck] = {}
@@ -129,14 +139,27 @@ class ConversationService:
         redelivery, which takes over the claim left unfinished (or still another's).
         Marked done, it would be a silent duplicate, and a commit whose answer was lost
         never told."""
-        if kind is ReplyKind.UNAVAILABLE:
-            return
+        if kind in (ReplyKind.UNAVAILABLE, ReplyKind.DEFERRED):
+            return  # the inbox keeps it: a redelivery or a sweep answers it
         event = storable_event_id(message.platform_message_id)
-        self.cache.mark_delivered(replace(message, platform_message_id=event))
+        message = replace(message, platform_message_id=event)
+        self.cache.mark_delivered(message)
+        self.inbox.delivered(message)
+
+    def adopt(self, taken: Taken) -> IncomingMessage:
+        """An event a sweep took from the inbox, to be answered as a resumed one."""
+        self.stats[Tally.RESUMED] += 1
+        return self.inbox.adopt(taken)
+
+    async def receive(self, message: IncomingMessage) -> Receipt:
+        """Keep the event in the inbox before the platform is told it arrived; StoreError
+        if it cannot be kept (then the platform must not be told)."""
+        return await self.inbox.receive(message)
 
     async def close(self) -> None:
         """Write what is pending in Redis: delivered events, tallies (at shutdown)."""
         await self.cache.flush_delivered()
+        await self.inbox.flush()
         await self.publish_stats()
 
     async def publish_stats(self) -> None:
@@ -171,14 +194,30 @@ class ConversationService:
         except InvalidInput as exc:
             self.stats[Tally.INVALID] += 1
             return Reply(str(exc), ReplyKind.INVALID)
+        receipt = self.inbox.receipt(message)
+        if receipt is None:
+            return await self._answer(message, None, on_text)
+        self.inbox.working(receipt)
         try:
+            return await self._answer(message, receipt, on_text)
+        finally:
+            self.inbox.idle(receipt)
+
+    async def _answer(
+        self, message: IncomingMessage, receipt: Receipt | None, on_text: TextSink | None
+    ) -> Reply:
+        try:
+            if receipt is not None and await self.inbox.unanswered_older(receipt):
+                return await self._put_behind(receipt)
             chat = await self.chats.layer_for(message.channel, message.scope)
             if chat.muted:
                 self.stats[Tally.MUTED] += 1
                 return Reply(None, ReplyKind.MUTED)
             shared = self._shared(message, chat)
             stream = on_text if self.settings.stream_replies else None
-            return await self._in_turn(message, chat, shared, stream)
+            return await self._in_turn(message, chat, shared, stream, receipt)
+        except ReplyDeferred as deferral:
+            return await self._deferred(message, receipt, deferral)
         except LockTimeout:
             self.stats[Tally.LOCK_TIMEOUT] += 1
             return Reply(BUSY_TEXT, ReplyKind.UNAVAILABLE)
@@ -210,12 +249,49 @@ class ConversationService:
         mode = mode or default_mode(message.channel, message.chat_kind)
         return mode == ConversationMode.SHARED
 
+    async def _put_behind(self, receipt: Receipt) -> Reply:
+        """An older message of the writer's is in the inbox and nobody answers it now (its
+        reply was deferred, or its worker died): this one goes behind it, and the sweep
+        answers both in order."""
+        self.stats[Tally.QUEUED] += 1
+        await self.inbox.put_back(receipt, 0.0, told=False)
+        return Reply(None, ReplyKind.DEFERRED)
+
+    async def _deferred(
+        self, message: IncomingMessage, receipt: Receipt | None, deferral: ReplyDeferred
+    ) -> Reply:
+        """The responder failed for now: the message goes back to the inbox for a later
+        try; its writer is told once that the answer will come."""
+        assert receipt is not None  # only a kept message is deferred
+        self.stats[Tally.DEFERRED] += 1
+        log.warning(
+            "%s:%s: no reply for now (%s); trying again in %g s",
+            message.channel, message.channel_user_id, deferral.cause, deferral.after,
+        )  # fmt: skip
+        if not await self.inbox.put_back(receipt, deferral.after, told=True):
+            return Reply(None, ReplyKind.DEFERRED)  # taken by another: it tells
+        return Reply(None if receipt.told else DEFERRED_TEXT, ReplyKind.DEFERRED)
+
+    def _deferral(self, turn: Turn, exc: ResponderError) -> ReplyDeferred | None:
+        """Whether a failed reply is tried again later: a failure that may pass (not a
+        4xx) of a message kept in the inbox, within RESPONDER_RETRY_SECONDS of its
+        arrival."""
+        receipt = turn.receipt
+        if receipt is None or receipt.received_at is None or isinstance(exc, ResponderRejected):
+            return None
+        waited = (datetime.now(UTC) - receipt.received_at).total_seconds()
+        if waited >= self.settings.responder_retry_seconds:
+            return None
+        pause = self.settings.inbox_sweep_seconds * 2**receipt.tries
+        return ReplyDeferred(min(pause, LONGEST_RETRY_PAUSE), exc)
+
     async def _in_turn(
         self,
         message: IncomingMessage,
         chat: ChannelSettings,
         shared: bool,
         on_text: TextSink | None = None,
+        receipt: Receipt | None = None,
     ) -> Reply:
         """Handle the message in its turn (bot/cache/claim.py): its writer's, or its
         shared conversation's, with its chat's settings laid over its platform's."""
@@ -225,7 +301,8 @@ class ConversationService:
                 return Reply(None, ReplyKind.DUPLICATE)
             if claim.hot is None:
                 self.stats[Tally.CACHE_UNAVAILABLE] += 1
-            reply, refresh = await self._process(message, claim.hot, chat, shared, on_text)
+            hot = claim.hot
+            reply, refresh = await self._process(message, hot, chat, shared, on_text, receipt)
             claim.settle_with(refresh)
         return reply
 
@@ -245,8 +322,13 @@ class ConversationService:
         chat: ChannelSettings,
         shared: bool,
         on_text: TextSink | None,
+        receipt: Receipt | None,
     ) -> tuple[Reply, Refresh]:
-        turn = replace(await self._prepare(message, hot, chat, shared), on_text=on_text)
+        turn = await self._prepare(message, hot, chat, shared)
+        resumed = receipt is not None and receipt.resumed
+        turn = replace(
+            turn, on_text=on_text, receipt=receipt, taken_over=turn.taken_over or resumed
+        )
         limit = turn.channel.rate_limit(self.settings.rate_limit_per_minute)
         if turn.rate.count > limit:
             return self._rate_limited(turn, limit), turn.refresh
@@ -479,6 +561,8 @@ class ConversationService:
         try:
             return responding.result(), None
         except ResponderError as exc:
+            if not relay.text and (deferral := self._deferral(turn, exc)):
+                raise deferral from exc
             log.warning("responder %s failed: %s", self.responder.name, exc)
             self.stats[Tally.RESPONDER_ERROR] += 1
             return None, Interruption.RESPONDER if relay.text else None
@@ -554,6 +638,8 @@ class ConversationService:
         try:
             return await self.responder.respond(request)
         except ResponderError as exc:
+            if deferral := self._deferral(turn, exc):
+                raise deferral from exc
             log.warning("responder %s failed: %s", self.responder.name, exc)
             self.stats[Tally.RESPONDER_ERROR] += 1
             return None

@@ -25,6 +25,9 @@ class Tally(StrEnum):
     STREAMED = "streamed"  # a reply shown as it was written, stored when done
     INTERRUPTED = "interrupted"  # a streamed reply cut off, stored and shown as such
     STALE_SESSION = "stale_session"  # a cached session named a closed conversation
+    DEFERRED = "deferred"  # the responder failed for now: kept in the inbox, answered later
+    QUEUED = "queued"  # behind an older event of its place nobody here answers: put back
+    RESUMED = "resumed"  # taken from the inbox after its holder died or it was put back
     SESSION_HIT = "session_hit"
     SESSION_MISS = "session_miss"
     CONTEXT_HIT = "context_hit"

@@ -25,6 +25,7 @@ from bot.errors import BotError, ConfigError, CredentialsRejected, PlatformError
 from bot.health import HealthServer
 from bot.retention import Maintenance
 from bot.service import INTERRUPTED_NOTE
+from bot.store.inbox import Taken
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ RESTART_BACKOFF_MAX = 60.0
 # next restart starts again from the initial delay.
 STABLE_RUN_SECONDS = RESTART_BACKOFF_MAX
 STATS_PUBLISH_SECONDS = 10.0  # how often tallies reach `bot ops stats`
+SWEEP_IN_FLIGHT = 32  # places answered from the inbox at once, at most
 
 
 class Worker:
@@ -64,6 +66,7 @@ class Worker:
         self._stop = asyncio.Event()
         self._rejected: set[str] = set()  # channels whose credentials were refused
         self._fatal: ConfigError | None = None  # why the worker cannot go on, if it cannot
+        self._resuming: set[asyncio.Task[None]] = set()  # places answered from the inbox
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -81,6 +84,8 @@ class Worker:
         if self.dispatcher.streams is not None:
             tending = self._tend_streams(self.dispatcher.streams)
             supervisors.append(asyncio.create_task(tending, name="streams"))
+        if any(a.resumes for a in self.adapters):
+            supervisors.append(asyncio.create_task(self._tend_inbox(), name="inbox"))
         if self.maintenance is not None:
             upkeep = self._maintain(self.maintenance)
             supervisors.append(asyncio.create_task(upkeep, name="maintenance"))
@@ -178,6 +183,50 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), maintenance.interval)
 
+    async def _tend_inbox(self) -> None:
+        """Renew the leases of the events this worker answers, and answer those whose
+        worker died or that were put back (bot/inbox.py): at start, then every
+        INBOX_SWEEP_SECONDS (or a third of a lease, if shorter)."""
+        service = self.dispatcher.service
+        inbox, settings = service.inbox, service.settings
+        interval = min(settings.inbox_sweep_seconds, inbox.lease / 3)
+        while not self._stop.is_set():
+            try:
+                await inbox.renew()
+                await self._sweep()
+            except BotError as exc:
+                log.warning("inbox not tended, tried again in %g s: %s", interval, exc)
+            except Exception:  # a bug must not end the tending for the worker's life
+                log.exception("inbox not tended")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval)
+
+    async def _sweep(self) -> None:
+        room = SWEEP_IN_FLIGHT - len(self._resuming)
+        ready = {a.name: a for a in self.adapters if a.resumes and a.connected}
+        if room <= 0 or not ready or self.dispatcher.closing:
+            return
+        for taken in await self.dispatcher.service.inbox.take(list(ready), room):
+            task = asyncio.create_task(self._resume_place(ready, taken), name="resume")
+            self._resuming.add(task)
+            task.add_done_callback(self._resuming.discard)
+
+    async def _resume_place(self, adapters: dict[str, ChannelAdapter], taken: Taken) -> None:
+        """Answer the taken event, then the next ones of its place, in order."""
+        service = self.dispatcher.service
+        next_one: Taken | None = taken
+        try:
+            while next_one is not None and not self.dispatcher.closing:
+                message = service.adopt(next_one)
+                log.info("answering a %s message left in the inbox (%s)", message.channel,
+                         message.platform_message_id)  # fmt: skip
+                await adapters[message.channel].resume(message)
+                next_one = await service.inbox.take_next(next_one.place)
+        except BotError as exc:  # it lapses, and a sweep takes it again
+            log.warning("a message from the inbox was not answered: %s", exc)
+        except Exception:
+            log.exception("a message from the inbox was not answered")
+
     async def _tend_streams(self, streams: StreamLedger) -> None:
         """Renew the leases of this worker's streaming replies, and end those of dead
         workers (bot/cache/streams.py), three times a lease."""
@@ -210,9 +259,9 @@ class Worker:
         drained = await self.dispatcher.drain(self.shutdown_grace)
         for adapter in self.adapters:
             await self._close(adapter)
-        for task in supervisors:
+        for task in (*supervisors, *self._resuming):
             task.cancel()
-        await asyncio.gather(*supervisors, return_exceptions=True)
+        await asyncio.gather(*supervisors, *self._resuming, return_exceptions=True)
         await self.dispatcher.service.close()
         if self.health is not None:
             await self.health.stop()

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from bot.cache.streams import Orphan
 from bot.channels.dispatch import Dispatcher
+from bot.domain import IncomingMessage
 from bot.errors import WebhookRefused
 
 
@@ -23,6 +24,7 @@ class ChannelAdapter(abc.ABC):
 
     name: str
     finite = False  # True for a channel whose end ends the worker (the console)
+    resumes = False  # True when it can answer an event from the inbox (send_to)
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
@@ -45,6 +47,20 @@ class ChannelAdapter(abc.ABC):
         `note`, so that it does not look complete. A channel that shows nothing lasting
         while a reply streams books nothing, and has nothing to end."""
         return None
+
+    async def resume(self, message: IncomingMessage) -> None:
+        """Answer an event taken from the inbox (its worker died, or its reply was
+        deferred): no platform object is in hand, so the reply goes to the place the
+        message names (`send_to`)."""
+        reply = await self.dispatcher.handle(message)
+        if reply.text is None or await self.send_to(message, reply.text):
+            self.dispatcher.delivered(message, reply)
+
+    async def send_to(self, message: IncomingMessage, text: str) -> bool:
+        """Send `text` as the reply to `message`, from its plain data alone; False if it
+        could not be delivered now (the inbox tries again after a lease). A channel
+        that cannot (`resumes` False) is never given an event by the sweep."""
+        raise NotImplementedError(f"{self.name} cannot answer from the inbox")
 
     @property
     @abc.abstractmethod

@@ -12,7 +12,7 @@ import logging
 import time
 
 from bot.cache.streams import StreamBooking, StreamLedger
-from bot.domain import AdminCheck, IncomingMessage, Reply, TextSink
+from bot.domain import AdminCheck, IncomingMessage, Receipt, Reply, TextSink
 from bot.errors import ShuttingDown
 from bot.metrics import Metrics
 from bot.service import ConversationService
@@ -43,6 +43,16 @@ class Dispatcher:
     def closing(self) -> bool:
         """True once close() was called: adapters stop acknowledging new events."""
         return self._closing
+
+    async def receive(self, message: IncomingMessage) -> Receipt:
+        """Keep `message` in the inbox (bot/inbox.py); only then may the adapter tell the
+        platform it arrived. ShuttingDown or StoreError: it was not kept, the platform
+        must not be told (it delivers it again; Discord, which never does, tells the user
+        it cannot answer). A receipt not `taken`: another worker has it in hand."""
+        if self._closing:
+            self.refused(message.channel)
+            raise ShuttingDown("the worker is shutting down")
+        return await self.service.receive(message)
 
     async def handle(self, message: IncomingMessage, on_text: TextSink | None = None) -> Reply:
         """The service's reply to `message`. With `on_text` (the adapter's display of a

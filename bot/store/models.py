@@ -12,10 +12,13 @@ from typing import Any
 
 from sqlalchemy import (
     DDL,
+    BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
     ForeignKeyConstraint,
+    Identity,
     Index,
     Integer,
     MetaData,
@@ -282,3 +285,27 @@ class FeatureFlag(Base):
     name: Mapped[str] = mapped_column(String(64), nullable=False)
     value: Mapped[Any] = mapped_column(JSONB, nullable=False)
     updated_at: Mapped[datetime] = _now()
+
+
+class InboxEvent(Base):
+    """A platform event kept before the platform was told it arrived (revision 0008),
+    until its reply is delivered: a worker that dies leaves it for another to answer
+    (bot/inbox.py). `place` orders it: writer, platform and scope; `seq` is the order
+    of arrival. The holder answers it until `held_until`, renewing while it works."""
+
+    __tablename__ = "inbox"
+    __table_args__ = (
+        Index("ix_inbox_place_seq", "place", "seq"),
+        Index("ix_inbox_held_until", "held_until"),
+    )
+
+    channel_type: Mapped[str] = mapped_column(String(32), primary_key=True)
+    platform_message_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, Identity(always=True), nullable=False, unique=True)
+    place: Mapped[str] = mapped_column(Text, nullable=False)
+    message: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    received_at: Mapped[datetime] = _now()
+    holder: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    held_until: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    tries: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    told: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))

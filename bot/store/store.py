@@ -14,6 +14,7 @@ from bot.store.conversations import ConversationQueries
 from bot.store.database import Database
 from bot.store.flags import FlagQueries
 from bot.store.housekeeping import HousekeepingQueries
+from bot.store.inbox import InboxQueries
 from bot.store.monitoring import Monitoring
 from bot.store.ops_queries import OpsQueries
 from bot.store.partitions import PartitionQueries
@@ -31,6 +32,7 @@ class Store:
         self.records = OpsQueries(database)
         self.monitoring = Monitoring(database)
         self.partitions = PartitionQueries(database)
+        self.inbox = InboxQueries(database)
 
     @classmethod
     def on(cls, engine: AsyncEngine, retry: DatabaseRetry) -> Store:

@@ -1,0 +1,209 @@
+"""The inbox's SQL (revision 0008; the state machine is bot/inbox.py).
+
+Every statement is one round trip with no BEGIN (Database.statement), but taking due
+events, which locks them first (FOR UPDATE SKIP LOCKED) in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bot.store.database import Database
+
+# $1 channel, $2 platform message id, $3 place, $4 message (JSON), $5 holder,
+# $6 lease (seconds). A redelivery of an event takes it only from its own holder (a
+# retry after "can't answer") or from a lease that lapsed; else no row: another
+# worker has it in hand. Older rows are read from the snapshot before the insert.
+_RECEIVE = """
+WITH kept AS (
+    INSERT INTO inbox AS i (channel_type, platform_message_id, place, message, holder,
+                            held_until)
+    VALUES ($1, $2, $3, $4::jsonb, $5, now() + make_interval(secs => $6))
+    ON CONFLICT (channel_type, platform_message_id) DO UPDATE
+        SET holder = EXCLUDED.holder, held_until = EXCLUDED.held_until, tries = i.tries + 1
+        WHERE i.holder = EXCLUDED.holder OR i.held_until < now()
+    RETURNING i.seq, i.place, i.received_at, i.told, i.tries
+)
+SELECT kept.seq, kept.received_at, kept.told, kept.tries,
+       ARRAY(SELECT o.seq FROM inbox AS o
+             WHERE o.place = kept.place AND o.seq < kept.seq ORDER BY o.seq) AS older
+FROM kept
+"""
+
+# $1 holder, $2 seqs, $3 lease (seconds).
+_RENEW = """
+WITH renewed AS (
+    UPDATE inbox SET held_until = now() + make_interval(secs => $3)
+    WHERE holder = $1 AND seq = ANY($2::bigint[])
+    RETURNING 1
+)
+SELECT count(*) AS renewed FROM renewed
+"""
+
+# $1 seqs.
+_DONE = """
+WITH done AS (DELETE FROM inbox WHERE seq = ANY($1::bigint[]) RETURNING 1)
+SELECT count(*) AS done FROM done
+"""
+
+# $1 seq, $2 holder, $3 nobody (the holder it is left to), $4 seconds until a sweep may
+# take it, $5 whether the writer was told.
+_PUT_BACK = """
+UPDATE inbox SET holder = $3, held_until = now() + make_interval(secs => $4),
+                 told = told OR $5
+WHERE seq = $1 AND holder = $2
+RETURNING seq
+"""
+
+# $1 seqs, $2 nobody: how many are still in the inbox, and which of them a live holder has.
+_STILL_HELD = """
+SELECT count(*) AS there,
+       coalesce(array_agg(seq) FILTER (WHERE holder <> $2 AND held_until > now()), '{}')
+           AS held
+FROM inbox WHERE seq = ANY($1::bigint[])
+"""
+
+# :holder, :lease, :channels, :limit. Only the oldest event of each place is taken, so
+# that a place is answered in order by whoever holds its head.
+_TAKE_HEADS = """
+WITH due AS (
+    SELECT i.channel_type, i.platform_message_id FROM inbox AS i
+    WHERE i.held_until < now() AND i.channel_type = ANY(:channels)
+      AND NOT EXISTS (SELECT 1 FROM inbox AS o WHERE o.place = i.place AND o.seq < i.seq)
+    ORDER BY i.seq LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE inbox AS i SET holder = :holder, held_until = now() + make_interval(secs => :lease),
+                      tries = i.tries + 1
+FROM due
+WHERE i.channel_type = due.channel_type AND i.platform_message_id = due.platform_message_id
+RETURNING i.seq, i.place, i.message, i.received_at, i.told, i.tries
+"""
+
+# :place, :holder, :lease: the next event of a place whose head was just answered.
+_TAKE_NEXT = """
+WITH head AS (
+    SELECT i.channel_type, i.platform_message_id FROM inbox AS i
+    WHERE i.place = :place AND i.held_until < now()
+      AND NOT EXISTS (SELECT 1 FROM inbox AS o WHERE o.place = i.place AND o.seq < i.seq)
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE inbox AS i SET holder = :holder, held_until = now() + make_interval(secs => :lease),
+                      tries = i.tries + 1
+FROM head
+WHERE i.channel_type = head.channel_type AND i.platform_message_id = head.platform_message_id
+RETURNING i.seq, i.place, i.message, i.received_at, i.told, i.tries
+"""
+
+_PENDING = """
+SELECT count(*) AS pending, min(received_at) AS oldest,
+       count(*) FILTER (WHERE held_until < now()) AS lapsed
+FROM inbox
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """What receiving an event found: None from `receive` if another worker holds it."""
+
+    seq: int
+    received_at: datetime
+    told: bool
+    tries: int
+    older: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """An event taken from the inbox by a sweep: its handler died, or it was put back."""
+
+    seq: int
+    place: str
+    message: dict[str, Any]
+    received_at: datetime
+    told: bool
+    tries: int
+
+
+@dataclass(frozen=True, slots=True)
+class InboxSummary:
+    pending: int
+    lapsed: int
+    oldest: datetime | None
+
+
+class InboxQueries:
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    async def receive(
+        self,
+        channel: str,
+        event_id: str,
+        place: str,
+        message: dict[str, Any],
+        holder: uuid.UUID,
+        lease: float,
+    ) -> Kept | None:
+        args = (channel, event_id, place, json.dumps(message), holder, lease)
+        row = await self._database.statement(_RECEIVE, *args)
+        if row is None:
+            return None
+        return Kept(row["seq"], row["received_at"], row["told"], row["tries"], tuple(row["older"]))
+
+    async def renew(self, holder: uuid.UUID, seqs: Sequence[int], lease: float) -> int:
+        row = await self._database.statement(_RENEW, holder, list(seqs), lease)
+        return int(row["renewed"]) if row else 0
+
+    async def done(self, seqs: Sequence[int]) -> int:
+        row = await self._database.statement(_DONE, list(seqs))
+        return int(row["done"]) if row else 0
+
+    async def put_back(
+        self, seq: int, holder: uuid.UUID, nobody: uuid.UUID, after: float, told: bool
+    ) -> bool:
+        """Leave the event for a sweep to take `after` seconds from now (0: at once)."""
+        row = await self._database.statement(_PUT_BACK, seq, holder, nobody, after, told)
+        return row is not None
+
+    async def still_held(self, seqs: Sequence[int], nobody: uuid.UUID) -> list[int] | None:
+        """Of `seqs`, those a live holder is answering; None when none is left at all."""
+        row = await self._database.statement(_STILL_HELD, list(seqs), nobody)
+        if row is None or not row["there"]:
+            return None
+        return list(row["held"])
+
+    async def take_heads(
+        self, holder: uuid.UUID, channels: Sequence[str], lease: float, limit: int
+    ) -> list[Taken]:
+        params = {"holder": holder, "channels": list(channels), "lease": lease, "limit": limit}
+        return await self._database.transaction(partial_taken(_TAKE_HEADS, params))
+
+    async def take_next(self, place: str, holder: uuid.UUID, lease: float) -> Taken | None:
+        params = {"place": place, "holder": holder, "lease": lease}
+        taken = await self._database.transaction(partial_taken(_TAKE_NEXT, params))
+        return taken[0] if taken else None
+
+    async def summary(self) -> InboxSummary:
+        row = await self._database.statement(_PENDING)
+        assert row is not None
+        return InboxSummary(int(row["pending"]), int(row["lapsed"]), row["oldest"])
+
+
+def partial_taken(sql: str, params: dict[str, Any]) -> Any:
+    async def work(connection: AsyncConnection) -> list[Taken]:
+        result = await connection.execute(text(sql), params)
+        return [
+            Taken(row.seq, row.place, row.message, row.received_at, row.told, row.tries)
+            for row in result
+        ]
+
+    return work
