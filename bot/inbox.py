@@ -227,4 +227,6 @@ class Inbox:
         return await self.queries.take_heads(self.holder, channels, self.lease, limit)
 
     async def take_next(self, place: str) -> Taken | None:
+        """The next event of `place`, once the one answered before it is deleted."""
+        await self.flush()
         return await self.queries.take_next(place, self.holder, self.lease)
