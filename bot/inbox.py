@@ -43,13 +43,14 @@ from typing import Any
 from bot.domain import NOT_KEPT, ChatKind, IncomingMessage, Receipt
 from bot.errors import InvalidInput, StoreError
 from bot.local import Backoff
-from bot.store.inbox import InboxQueries, Taken
+from bot.store.inbox import Arriving, InboxQueries, Kept, Taken
 from bot.validation import storable_event_id
 
 log = logging.getLogger(__name__)
 
 NOBODY = uuid.UUID(int=0)  # the holder of an event put back: nobody is answering it
 DELIVERED_DELAY = 0.05  # s a delivered event waits for others to be deleted with
+RECEIVE_BATCH = 200  # events kept in one statement, at most
 RECENTLY_DONE = 4096  # events delivered here remembered, so that a newer one never waits
 EventKey = tuple[str, str]
 
@@ -59,13 +60,15 @@ def place_of(message: IncomingMessage) -> str:
     return f"{message.channel}\x1f{message.scope.key}\x1f{message.channel_user_id}"
 
 
+_FIELDS = tuple(f.name for f in dataclasses.fields(IncomingMessage))
+
+
 def encoded(message: IncomingMessage) -> dict[str, Any]:
-    return dataclasses.asdict(message)
+    return {name: getattr(message, name) for name in _FIELDS}
 
 
 def decoded(message: dict[str, Any]) -> IncomingMessage:
-    fields = {f.name for f in dataclasses.fields(IncomingMessage)}
-    known = {k: v for k, v in message.items() if k in fields}
+    known = {k: v for k, v in message.items() if k in _FIELDS}
     return IncomingMessage(**{**known, "chat_kind": ChatKind(known["chat_kind"])})
 
 
@@ -78,6 +81,8 @@ class Inbox:
         self.wait = wait  # longest an event waits for an older one being answered elsewhere
         self.holder = uuid.uuid4()
         self._receipts: OrderedDict[EventKey, tuple[Receipt, float]] = OrderedDict()
+        self._arriving: list[tuple[Arriving, asyncio.Future[Kept | None]]] = []
+        self._writer: asyncio.Task[None] | None = None
         self._working: dict[int, int] = {}  # seq -> handlings of it running here
         self._done: OrderedDict[int, None] = OrderedDict()
         self._to_delete: list[int] = []
@@ -97,8 +102,8 @@ class Inbox:
         if event is None:
             return NOT_KEPT
         message = dataclasses.replace(message, platform_message_id=event)
-        kept = await self.queries.receive(
-            message.channel, event, place_of(message), encoded(message), self.holder, self.lease
+        kept = await self._keep(
+            Arriving(message.channel, event, place_of(message), encoded(message))
         )
         if kept is None:
             return Receipt(taken=False)
@@ -107,6 +112,38 @@ class Inbox:
         )
         self._remember((message.channel, event), receipt)
         return receipt
+
+    async def _keep(self, arriving: Arriving) -> Kept | None:
+        """Keep one event, in the next batch written: while one batch is being written,
+        the events arriving meanwhile gather for the next, so that under load many share
+        one statement and one commit, and an idle worker's event waits for nothing."""
+        future: asyncio.Future[Kept | None] = asyncio.get_running_loop().create_future()
+        self._arriving.append((arriving, future))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_batches())
+        return await future
+
+    async def _write_batches(self) -> None:
+        try:
+            while self._arriving:
+                batch = self._arriving[:RECEIVE_BATCH]
+                del self._arriving[:RECEIVE_BATCH]
+                await self._write(batch)
+        finally:
+            self._writer = None
+
+    async def _write(self, batch: list[tuple[Arriving, asyncio.Future[Kept | None]]]) -> None:
+        distinct = {(a.channel, a.event_id): a for a, _ in batch}
+        try:
+            kept = await self.queries.receive(list(distinct.values()), self.holder, self.lease)
+        except Exception as exc:  # noqa: BLE001 - none of the batch was kept: each is told
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for arriving, future in batch:
+            if not future.done():  # its receiver may have been cancelled meanwhile
+                future.set_result(kept.get((arriving.channel, arriving.event_id)))
 
     def adopt(self, taken: Taken) -> IncomingMessage:
         """An event a sweep took: its message, with its receipt kept for the service."""

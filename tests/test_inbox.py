@@ -76,6 +76,23 @@ async def test_an_event_is_kept_until_its_reply_is_delivered(
     assert await inbox_rows(engine, user) == []
 
 
+async def test_events_arriving_together_share_a_statement_and_know_their_elders(
+    service: ConversationService, engine: AsyncEngine
+) -> None:
+    user, other = new_user(), new_user()
+    events = [msg(user, f"m{n}", pid=f"{user}:{n}") for n in range(4)]
+    events.insert(2, msg(other, "hi", pid=f"{other}:1"))
+    receipts = await asyncio.gather(*(service.receive(e) for e in events))
+    seqs = [r.seq for r in receipts]
+    assert all(r.taken for r in receipts) and seqs == sorted(seqs)  # kept in order
+    mine = [r for r, e in zip(receipts, events, strict=True) if e.channel_user_id == user]
+    assert [r.older for r in mine] == [tuple(r.seq for r in mine[:n]) for n in range(4)]
+    assert receipts[2].older == ()  # another writer's events are no elders of it
+    assert await inbox_rows(engine, user) == [
+        e.platform_message_id for e in mine and events if e.channel_user_id == user
+    ]
+
+
 async def test_a_message_without_a_platform_id_is_not_kept(
     service: ConversationService, engine: AsyncEngine
 ) -> None:

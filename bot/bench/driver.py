@@ -146,12 +146,22 @@ class ServiceDriver:
     """Users talking to the real ConversationService (with a no-cost responder)."""
 
     def __init__(
-        self, service: ConversationService, users: list[BenchUser], channel: str, meter: Meter
+        self,
+        service: ConversationService,
+        users: list[BenchUser],
+        channel: str,
+        meter: Meter,
+        *,
+        inbox: bool = True,
     ) -> None:
         self.service = service
         self.users = users
         self.channel = channel
         self.meter = meter
+        # Each message kept in the inbox first, as an adapter does before acknowledging
+        # it (bot/inbox.py); without, the service alone, as before the inbox.
+        self.inbox = inbox
+        self.tag = "" if inbox else "n"  # event ids of their own: never duplicates
 
     async def cold(self, round_no: int, concurrency: int) -> Sample:
         """One message per user, every one of them missing the cache."""
@@ -176,11 +186,13 @@ class ServiceDriver:
                 user.channel_user_id,
                 message_text(user, number),
                 username=user.channel_user_id,
-                platform_message_id=f"{tag}-{user.channel_user_id}-{number}",
+                platform_message_id=f"{self.tag}{tag}-{user.channel_user_id}-{number}",
                 chat_id=user.chat_id,
                 thread_id=user.thread_id,
                 chat_kind=user.kind,
             )
+            if self.inbox:
+                await self.service.receive(message)
             reply = await self.service.handle(message)
             self.service.delivered(message, reply.kind)  # as an adapter does once the reply is sent
             self.meter.replies[reply.kind.value] += 1

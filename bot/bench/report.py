@@ -15,6 +15,7 @@ from bot.tallies import CacheRead
 # The targets of issue 7, checked on every run where they apply.
 MAX_WARM_REDIS_ROUND_TRIPS = 2
 MIN_BASELINE_RATIO = 0.8
+MIN_INBOX_RATIO = 0.8  # issue 20: the inbox's write costs at most a fifth of throughput
 MAX_P99_MS = 25.0
 MAX_SESSION_BYTES = 8 * 1024
 
@@ -118,6 +119,10 @@ def targets(report: dict[str, Any]) -> dict[str, bool]:
     met["cold_p99_at_most_2x_warm"] = cold <= 2 * warm["latency_ms"]["p99"]
     if report.get("baseline_ratio") is not None:
         met["throughput_at_least_0.8x_baseline"] = report["baseline_ratio"] >= MIN_BASELINE_RATIO
+    if report.get("inbox"):
+        met["inbox_throughput_at_least_0.8x_without"] = (
+            report["inbox"]["ratio_to_without"] >= MIN_INBOX_RATIO
+        )
     memory = report["memory"]
     if memory.get("sessions_measured"):
         met["session_with_context_under_8_kb"] = memory["max_bytes_per_session"] < MAX_SESSION_BYTES
@@ -171,6 +176,16 @@ def _comparisons(report: dict[str, Any]) -> list[str]:
             f"{empty['warm']['latency_ms']['p99']:.1f} ms; with {config['history']} stored "
             f"messages: {empty['ratio_with_history']:.2f} of that"
         )
+    if report.get("inbox"):
+        inbox = report["inbox"]
+        by_round = ", ".join(f"{r:.2f}" for r in inbox["ratio_by_round"])
+        with_pg = report["service"]["warm"]["postgres_per_message"]
+        without_pg = inbox["warm_without"]["postgres_per_message"]
+        found.append(
+            f"throughput with the inbox/without, warm: {inbox['ratio_to_without']:.2f} median "
+            f"of rounds ({by_round}); Postgres round trips per message "
+            f"{with_pg['round_trips']:.2f} with, {without_pg['round_trips']:.2f} without"
+        )
     if report.get("pgbouncer"):
         pooled = report["pgbouncer"]
         by_round = ", ".join(f"{r:.2f}" for r in pooled["ratio_by_round"])
@@ -196,6 +211,8 @@ def render(report: dict[str, Any]) -> str:
         phases += [(f"{mode} {k}", v) for k, v in group.items()]
     if report.get("empty_database"):
         phases.append(("empty db warm", report["empty_database"]["warm"]))
+    if report.get("inbox"):
+        phases.append(("no inbox warm", report["inbox"]["warm_without"]))
     if report.get("pgbouncer"):
         phases.append(("pgbouncer warm", report["pgbouncer"]["warm"]))
     if report.get("baseline"):

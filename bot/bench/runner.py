@@ -49,6 +49,8 @@ class _Totals:
     ratios: list[float]
     pooled: Sample = field(default_factory=lambda: Sample("warm"))
     pooled_ratios: list[float] = field(default_factory=list)
+    no_inbox: Sample = field(default_factory=lambda: Sample("warm"))
+    inbox_ratios: list[float] = field(default_factory=list)  # with the inbox / without
 
 
 async def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
@@ -122,6 +124,11 @@ async def _run(
                 "ratio_with_history": after["messages_per_second"]
                 / max(before["messages_per_second"], 1e-9),
             }
+        report["inbox"] = {
+            "warm_without": summarize(totals.no_inbox),
+            "ratio_to_without": statistics.median(totals.inbox_ratios),
+            "ratio_by_round": totals.inbox_ratios,
+        }
         if pooled is not None:
             report["pgbouncer"] = {
                 "warm": summarize(totals.pooled),
@@ -157,11 +164,17 @@ async def _rounds(
             totals.baseline.add(base := await baseline.run(round_no, m, c, baseline_meter))
         await delete_keys(control, driver.service.cache.keys.prefix)  # the cold phase's empty cache
         totals.cold.add(await driver.cold(round_no, c))
+        plain = ServiceDriver(driver.service, driver.users, CHANNEL, driver.meter, inbox=False)
+        if not service_first:
+            totals.no_inbox.add(without := await plain.warm(round_no, m, c))
         if profiler is not None:
             profiler.start()
         totals.warm.add(warm := await driver.warm(round_no, m, c))
         if profiler is not None:
             profiler.stop()
+        if service_first:
+            totals.no_inbox.add(without := await plain.warm(round_no, m, c))
+        totals.inbox_ratios.append(round(warm.throughputs[0] / without.throughputs[0], 3))
         if pooled is not None:
             totals.pooled.add(through := await _pooled_round(pooled, control, round_no, m, c))
             totals.pooled_ratios.append(round(through.throughputs[0] / warm.throughputs[0], 3))

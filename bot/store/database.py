@@ -65,13 +65,21 @@ class Database:
         """One statement on its own, sent by asyncpg directly (prepared once per
         connection): Postgres runs it atomically without a BEGIN, in one round trip. For
         reads, and for writes a retry may repeat (it finds what an earlier try did)."""
+        return await self._on_driver(lambda driver: driver.fetchrow(sql, *args))
 
-        async def attempt() -> asyncpg.Record | None:
+    async def statement_rows(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        """`statement`, for one that returns several rows."""
+        return list(await self._on_driver(lambda driver: driver.fetch(sql, *args)))
+
+    async def _on_driver(self, use: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """`use` on a pooled connection's asyncpg driver, under the retry policy; a
+        connection that failed is discarded, not pooled again."""
+
+        async def attempt() -> T:
             async with self.engine.connect() as connection:
                 raw = await connection.get_raw_connection()
-                driver: asyncpg.Connection = raw.driver_connection
                 try:
-                    return await driver.fetchrow(sql, *args)
+                    return await use(raw.driver_connection)
                 except BaseException:
                     await connection.invalidate()
                     raise

@@ -18,21 +18,27 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.store.database import Database
 
-# $1 channel, $2 platform message id, $3 place, $4 message (JSON), $5 holder,
-# $6 lease (seconds). A redelivery of an event takes it only from its own holder (a
-# retry after "can't answer") or from a lease that lapsed; else no row: another
-# worker has it in hand. Older rows are read from the snapshot before the insert.
+# $1 channels, $2 platform message ids, $3 places, $4 messages (JSON): the events of
+# one batch, in order of arrival; $5 holder, $6 lease (seconds). A redelivery takes its
+# row only from its own holder (a retry after "can't answer") or from a lapsed lease;
+# else no row comes back: another worker has it in hand. Older rows are read from the
+# snapshot before the insert (the caller adds the older ones of its own batch).
 _RECEIVE = """
-WITH kept AS (
+WITH incoming AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+        WITH ORDINALITY AS t(channel, event, place, message, n)
+), kept AS (
     INSERT INTO inbox AS i (channel_type, platform_message_id, place, message, holder,
                             held_until)
-    VALUES ($1, $2, $3, $4::jsonb, $5, now() + make_interval(secs => $6))
+    SELECT channel, event, place, message::jsonb, $5, now() + make_interval(secs => $6)
+    FROM incoming ORDER BY n
     ON CONFLICT (channel_type, platform_message_id) DO UPDATE
         SET holder = EXCLUDED.holder, held_until = EXCLUDED.held_until, tries = i.tries + 1
         WHERE i.holder = EXCLUDED.holder OR i.held_until < now()
-    RETURNING i.seq, i.place, i.received_at, i.told, i.tries
+    RETURNING i.channel_type, i.platform_message_id, i.seq, i.place, i.received_at, i.told,
+              i.tries
 )
-SELECT kept.seq, kept.received_at, kept.told, kept.tries,
+SELECT kept.*,
        ARRAY(SELECT o.seq FROM inbox AS o
              WHERE o.place = kept.place AND o.seq < kept.seq ORDER BY o.seq) AS older
 FROM kept
@@ -111,6 +117,16 @@ FROM inbox
 
 
 @dataclass(frozen=True, slots=True)
+class Arriving:
+    """An event to keep: where it belongs and what it is."""
+
+    channel: str
+    event_id: str
+    place: str
+    message: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class Kept:
     """What receiving an event found: None from `receive` if another worker holds it."""
 
@@ -145,19 +161,26 @@ class InboxQueries:
         self._database = database
 
     async def receive(
-        self,
-        channel: str,
-        event_id: str,
-        place: str,
-        message: dict[str, Any],
-        holder: uuid.UUID,
-        lease: float,
-    ) -> Kept | None:
-        args = (channel, event_id, place, json.dumps(message), holder, lease)
-        row = await self._database.statement(_RECEIVE, *args)
-        if row is None:
-            return None
-        return Kept(row["seq"], row["received_at"], row["told"], row["tries"], tuple(row["older"]))
+        self, events: Sequence[Arriving], holder: uuid.UUID, lease: float
+    ) -> dict[tuple[str, str], Kept]:
+        """Keep the events of one batch (distinct keys), in one statement; those taken,
+        by (channel, event id). Each one's older events include those of the batch."""
+        columns = (
+            [e.channel for e in events],
+            [e.event_id for e in events],
+            [e.place for e in events],
+            [json.dumps(e.message) for e in events],
+        )
+        rows = await self._database.statement_rows(_RECEIVE, *columns, holder, lease)
+        kept: dict[tuple[str, str], Kept] = {}
+        batch_by_place: dict[str, list[int]] = {}
+        for row in sorted(rows, key=lambda r: int(r["seq"])):
+            earlier = batch_by_place.setdefault(row["place"], [])
+            older = tuple(sorted({*row["older"], *earlier}))
+            key = (row["channel_type"], row["platform_message_id"])
+            kept[key] = Kept(row["seq"], row["received_at"], row["told"], row["tries"], older)
+            earlier.append(row["seq"])
+        return kept
 
     async def renew(self, holder: uuid.UUID, seqs: Sequence[int], lease: float) -> int:
         row = await self._database.statement(_RENEW, holder, list(seqs), lease)
