@@ -189,6 +189,20 @@ def fault_postgres_restored(fault_postgres: embedded.EmbeddedPostgres) -> Iterat
     fault_postgres.start()
 
 
+@pytest.fixture(autouse=True)
+async def empty_inbox(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Events a test left in the inbox of the run's database (a worker it killed, a reply
+    it deferred) must not be answered by a later test's worker, whose channel is the same."""
+    yield
+    if "database_url" not in request.fixturenames:
+        return
+    connection = await asyncpg.connect(_plain(request.getfixturevalue("database_url")))
+    try:
+        await connection.execute("DELETE FROM inbox")
+    finally:
+        await connection.close()
+
+
 async def create_migrated_database(admin_url: str, name: str) -> str:
     """A new database `name` on the server of `admin_url`, migrated to head."""
     url = await create_database(admin_url, name)

@@ -23,6 +23,7 @@ from bot.store.store import Store
 from bot.tallies import CacheRead, Tally
 
 PINGS = 3
+INBOX_WAIT_WARNING_SECONDS = 300.0  # an inbox message older than this is worth a look
 SCAN_BATCH = 1000
 # What a health check may meet: our errors, or its own time budget running out.
 FAILURES = (StoreError, CacheUnavailable, TimeoutError)
@@ -116,10 +117,11 @@ async def health(
 ) -> dict[str, Any]:
     """Both stores reachable, their round trips, the schema revision, Redis memory, and
     the read replica (DATABASE_READ_URL) if there is one: reachable, in recovery, lag."""
-    postgres, redis, read = await asyncio.gather(
+    postgres, redis, read, inbox = await asyncio.gather(
         postgres_health(store, budget, secrets),
         redis_health(cache, budget, secrets),
         replica_health(store, replica, budget, secrets),
+        inbox_health(store, budget, secrets),
     )
     migrations = migration_status(postgres.pop("revision"), postgres["ok"])
     replica_ok = read is None or read["ok"]
@@ -129,8 +131,37 @@ async def health(
         "redis": redis,
         "migrations": migrations,
         **({"replica": read} if read is not None else {}),
-        "warnings": health_warnings(redis) + replica_warnings(read, replica),
+        "inbox": inbox,
+        "warnings": [
+            *health_warnings(redis),
+            *replica_warnings(read, replica),
+            *inbox_warnings(inbox),
+        ],
     }
+
+
+async def inbox_health(store: Store, budget: float, secrets: list[str]) -> dict[str, Any]:
+    """The messages in the inbox (bot/inbox.py): all, those no worker holds, the oldest's
+    age; None of each, and why, when it cannot be read."""
+    try:
+        summary = await asyncio.wait_for(store.inbox.summary(), budget)
+    except FAILURES as exc:
+        unknown = {"pending": None, "waiting": None, "oldest_seconds": None}
+        return {**unknown, "error": describe(exc, secrets)}
+    return {**asdict(summary), "error": None}
+
+
+def inbox_warnings(inbox: dict[str, Any]) -> list[str]:
+    """Messages that have waited long for an answer: no worker runs for their channel,
+    or the LLM has failed for as long."""
+    oldest = inbox["oldest_seconds"]
+    if not inbox["waiting"] or oldest is None or oldest < INBOX_WAIT_WARNING_SECONDS:
+        return []
+    return [
+        f"the inbox holds {inbox['pending']} unanswered messages, {inbox['waiting']} of them "
+        f"held by no worker, the oldest {oldest:.0f} s old: is a worker running for their "
+        "channel, and is the LLM answering? (docs/reliability.md, the inbox)"
+    ]
 
 
 @dataclass(frozen=True, slots=True)

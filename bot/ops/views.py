@@ -42,6 +42,7 @@ def health_view(out: Out, data: dict[str, Any]) -> None:
     ]
     if "replica" in data:
         rows.insert(1, _replica_row(data["replica"]))
+    rows.append(_inbox_row(data["inbox"]))
     out.table("Health", ["component", "status", "round trip ms", "details"], rows)
     for warning in data["warnings"]:
         out.note(f"warning: {warning}", style="yellow")
@@ -55,6 +56,17 @@ def _database_revision(migrations: dict[str, Any]) -> str:
     if migrations["status"] == "unknown":
         return "database revision unknown (Postgres did not answer)"
     return f"database at {migrations['current'] or 'no revision'}"
+
+
+def _inbox_row(inbox: dict[str, Any]) -> tuple[str, Text, Any, str]:
+    """The messages kept and not yet answered, and how many no worker is holding."""
+    if inbox["pending"] is None:
+        return ("Inbox", Text("unknown", style="yellow"), None, f"not read: {inbox['error']}")
+    details = f"{inbox['pending']} messages not yet answered"
+    if inbox["pending"]:
+        age = inbox["oldest_seconds"]
+        details += f" ({inbox['waiting']} held by no worker), the oldest {age:.0f} s old"
+    return ("Inbox", Text("ok", style="green"), None, details)
 
 
 def _replica_row(replica: dict[str, Any]) -> tuple[str, Text, Any, str]:

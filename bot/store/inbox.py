@@ -110,8 +110,8 @@ RETURNING i.seq, i.place, i.message, i.received_at, i.told, i.tries
 """
 
 _PENDING = """
-SELECT count(*) AS pending, min(received_at) AS oldest,
-       count(*) FILTER (WHERE held_until < now()) AS lapsed
+SELECT count(*) AS pending, count(*) FILTER (WHERE held_until < now()) AS waiting,
+       extract(epoch FROM now() - min(received_at))::float8 AS oldest_seconds
 FROM inbox
 """
 
@@ -151,9 +151,9 @@ class Taken:
 
 @dataclass(frozen=True, slots=True)
 class InboxSummary:
-    pending: int
-    lapsed: int
-    oldest: datetime | None
+    pending: int  # events in the inbox: not yet answered, or their reply not delivered
+    waiting: int  # of them, held by nobody: their worker died, or they wait for a retry
+    oldest_seconds: float | None  # since the oldest of them arrived
 
 
 class InboxQueries:
@@ -218,7 +218,7 @@ class InboxQueries:
     async def summary(self) -> InboxSummary:
         row = await self._database.statement(_PENDING)
         assert row is not None
-        return InboxSummary(int(row["pending"]), int(row["lapsed"]), row["oldest"])
+        return InboxSummary(int(row["pending"]), int(row["waiting"]), row["oldest_seconds"])
 
 
 def partial_taken(sql: str, params: dict[str, Any]) -> Any:

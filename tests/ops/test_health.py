@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import asyncpg
 import pytest
 
 from alembic import command
@@ -93,3 +94,27 @@ async def test_health_exits_1_when_the_schema_is_behind(
     assert data["postgres"]["ok"] and data["redis"]["ok"]
     assert data["migrations"]["status"] == "behind"
     assert data["migrations"]["current"] == "0001"
+
+
+async def test_health_counts_the_messages_in_the_inbox_and_warns_of_old_ones(
+    ops: Ops, database_url: str
+) -> None:
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute(
+            "INSERT INTO inbox (channel_type, platform_message_id, place, message, holder, "
+            "held_until, received_at) VALUES "
+            "('telegram', 'h-1', 'p', '{}', gen_random_uuid(), now() + interval '1 minute', "
+            " now()),"
+            "('telegram', 'h-2', 'p', '{}', gen_random_uuid(), now() - interval '1 minute', "
+            " now() - interval '10 minutes')"
+        )
+    finally:
+        await connection.close()
+    data = (await ops("health", "--json")).data
+    inbox = data["inbox"]
+    assert (inbox["pending"], inbox["waiting"], inbox["error"]) == (2, 1, None)
+    assert 570 < inbox["oldest_seconds"] < 700
+    assert any("1 of them held by no worker" in w for w in data["warnings"]), data["warnings"]
+    table = await ops("health")
+    assert "2 messages not yet answered (1 held by no worker)" in table.out
