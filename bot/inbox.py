@@ -83,6 +83,7 @@ class Inbox:
         self._receipts: OrderedDict[EventKey, tuple[Receipt, float]] = OrderedDict()
         self._arriving: list[tuple[Arriving, asyncio.Future[Kept | None]]] = []
         self._writer: asyncio.Task[None] | None = None
+        self._here: dict[int, EventKey] = {}  # seqs of the receipts above
         self._working: dict[int, int] = {}  # seq -> handlings of it running here
         self._done: OrderedDict[int, None] = OrderedDict()
         self._to_delete: list[int] = []
@@ -163,13 +164,21 @@ class Inbox:
     def _remember(self, key: EventKey, receipt: Receipt) -> None:
         self._receipts[key] = (receipt, time.monotonic())
         self._receipts.move_to_end(key)
+        if receipt.seq is not None:
+            self._here[receipt.seq] = key
         # One never delivered (its delivery failed) lapses, and a sweep takes it again.
         horizon = time.monotonic() - 2 * self.lease
         while self._receipts:
-            oldest = next(iter(self._receipts.values()))
-            if oldest[1] > horizon or self._working.get(oldest[0].seq or 0):
+            oldest, since = next(iter(self._receipts.values()))
+            if since > horizon or self._working.get(oldest.seq or 0):
                 break
             self._receipts.popitem(last=False)
+            self._here.pop(oldest.seq or 0, None)
+
+    def _forget(self, receipt: Receipt) -> None:
+        key = self._here.pop(receipt.seq, None) if receipt.seq is not None else None
+        if key is not None:
+            self._receipts.pop(key, None)
 
     # -- in hand ---------------------------------------------------------------------
 
@@ -196,7 +205,7 @@ class Inbox:
         """Wait (up to `wait`) for the older events of the receipt's place that are being
         answered elsewhere; True if one is still there (the receipt must go behind it).
         Events handled here are ordered by the turn's lock already."""
-        older = [s for s in receipt.older if s not in self._done and s not in self._working]
+        older = [s for s in receipt.older if s not in self._done and s not in self._here]
         if not older:
             return False
         backoff = Backoff(self.wait, first=0.02, longest=0.25)
@@ -212,6 +221,7 @@ class Inbox:
         allows); False if it is no longer this worker's (or not kept)."""
         if receipt.seq is None:
             return False
+        self._forget(receipt)  # another event of its place must wait for it now
         return await self.queries.put_back(receipt.seq, self.holder, NOBODY, after, told)
 
     # -- delivered -------------------------------------------------------------------
@@ -221,7 +231,7 @@ class Inbox:
         receipt = self.receipt(message)
         if receipt is None or receipt.seq is None:
             return
-        self._receipts.pop((message.channel, message.platform_message_id or ""), None)
+        self._forget(receipt)
         self._done[receipt.seq] = None
         if len(self._done) > RECENTLY_DONE:
             self._done.popitem(last=False)
