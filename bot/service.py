@@ -432,7 +432,7 @@ class ConversationService:
             recent = await self.store.conversations.load_context(
                 turn.session.conversation_id, self.settings.context_messages
             )
-        context = recent.messages
+        context = _without_itself(turn, recent.messages)
         model = resolve_model(turn.session, turn.channel, self.settings.default_model)
         if turn.on_text is not None:
             return await self._streamed(turn, cached, recent, model, retried=retried)
@@ -445,6 +445,8 @@ class ConversationService:
         if stored.duplicate:
             # The cached context may lack the stored exchange: rebuild it next time.
             refresh = replace(turn.refresh, context_update=ContextUpdate.REPLACE)
+            if result is not None and stored.reply_text is None and turn.taken_over:
+                return await self._late_reply(turn, stored, result, model), refresh
             return self._redelivered(turn, stored), refresh
         reply = ContextMessage("assistant", result.text, rows.reply_ts) if result else None
         refresh = self._appended(turn, recent, cached is not None, rows, reply, rows.reply_id)
@@ -492,7 +494,9 @@ class ConversationService:
         relay = Relay(turn.on_text, turn.message.channel)
         reply_id = None
         try:
-            result, cut = await self._stream(turn, model, recent.messages, relay)
+            result, cut = await self._stream(
+                turn, model, _without_itself(turn, recent.messages), relay
+            )
             text = result.text if result is not None else relay.text
             reply_ts = max(datetime.now(UTC), rows.user_ts + timedelta(microseconds=1))
             if text:
@@ -599,6 +603,17 @@ class ConversationService:
             turn.message.platform_message_id,
         )
         return None
+
+    async def _late_reply(
+        self, turn: Turn, stored: StoredExchange, result: ResponderResult, model: str
+    ) -> Reply:
+        """The reply to a message stored without one by an earlier handling (a streamed
+        reply deferred before its first word, or whose worker died): stored now, in turn."""
+        reply_ts = datetime.now(UTC)
+        if await self._store_reply(turn, stored, result, result.text, reply_ts, None) is None:
+            return Reply(None, ReplyKind.DUPLICATE)  # another handling answered it first
+        self.stats[Tally.EXCHANGE] += 1
+        return Reply(result.text, ReplyKind.ANSWER, turn.session.conversation_id, model)
 
     def _redelivered(self, turn: Turn, stored: StoredExchange) -> Reply:
         """A platform event Postgres holds already. If Redis says its earlier handling
@@ -716,3 +731,18 @@ class ConversationService:
 
     def _count(self, read: CacheRead, hit: bool) -> None:
         self.stats[read.tally(hit)] += 1
+
+
+def _without_itself(turn: Turn, context: list[ContextMessage]) -> list[ContextMessage]:
+    """The context a message is answered with. A message taken over from an earlier
+    handling that stored it (and no reply) may find itself newest in the context read
+    since: it is asked once, as the message, not also as context."""
+    newest = context[0] if context else None
+    if (
+        turn.taken_over
+        and newest is not None
+        and newest.role == "user"
+        and newest.content == turn.message.text
+    ):
+        return context[1:]
+    return context

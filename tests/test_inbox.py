@@ -218,3 +218,33 @@ async def test_a_rejected_request_gets_the_apology_at_once(
     reply = await service.handle(message)
     assert reply.kind is ReplyKind.UNAVAILABLE and reply.text != DEFERRED_TEXT
     assert [r.role for r in await messages_of(engine, user)] == ["user"]
+
+
+async def test_a_streamed_reply_deferred_before_its_first_word_is_stored_later_in_turn(
+    make_service: ServiceFactory, engine: AsyncEngine
+) -> None:
+    llm = Failing(ResponderUnavailable("LLM API returned 502", status=502))
+    service = await make_service(responder=llm, stream_replies=True, **SHORT_LEASE)
+    user = new_user()
+    message = msg(user, "m1", pid=f"{user}:1")
+    shown: list[str] = []
+
+    async def show(piece: str) -> None:
+        shown.append(piece)
+
+    assert (await service.receive(message)).taken
+    reply = await service.handle(message, show)
+    assert (reply.kind, reply.text, shown) == (ReplyKind.DEFERRED, DEFERRED_TEXT, [])
+    # Streaming stored the user's message before asking for the reply.
+    assert [(r.role, r.content) for r in await messages_of(engine, user)] == [("user", "m1")]
+
+    llm.down = False
+    await asyncio.sleep(0.3)
+    answers = await sweep(service)
+    assert [(pid, r.kind, r.text) for pid, r in answers] == [
+        (f"{user}:1", ReplyKind.ANSWER, echo("m1"))  # not seeing itself as context
+    ]
+    assert [(r.role, r.content) for r in await messages_of(engine, user)] == [
+        ("user", "m1"),
+        ("assistant", echo("m1")),
+    ]
