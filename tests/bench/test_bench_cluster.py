@@ -31,7 +31,8 @@ def test_the_warm_path_on_a_cluster_waits_for_two_round_trips(report: dict[str, 
     warm = report["service"]["warm"]
     assert report["config"]["redis_cluster"] is True
     assert warm["replies"] == {"answer": USERS * MESSAGES * ROUNDS}
-    assert warm["postgres_per_message"][READ] == 0 and warm["postgres_per_message"][WRITE] == 1
+    assert warm["postgres_per_message"][READ] == 0
+    assert 1 < warm["postgres_per_message"][WRITE] <= 3  # the exchange and the inbox's
     idle_flushes = ROUNDS / warm["messages"]  # delivery marks of a phase's last messages
     redis = warm["redis_per_message"]
     assert redis["round_trips"] <= 2 + idle_flushes
