@@ -62,6 +62,11 @@ _ALL_MESSAGES = text(
 )
 _LOCK_USER = text("SELECT id FROM users WHERE id = :id FOR UPDATE")
 _DELETE_USER = text("DELETE FROM users WHERE id = :id")
+# What they wrote that is not answered yet: a sweep would answer it, and make them again.
+_DELETE_USER_INBOX = text(
+    """DELETE FROM inbox WHERE channel_type = :channel
+       AND message->>'channel_user_id' = :channel_user_id"""
+)
 
 _CONVERSATION = text(
     """SELECT c.id, c.channel_type, c.scope, c.is_active, c.model_override, c.started_at,
@@ -168,8 +173,9 @@ class OpsQueries:
 
     async def delete_user(self, channel: str, channel_user_id: str) -> UserConversations | None:
         """Delete the user's row, and with it (ON DELETE CASCADE) their conversations and
-        messages, and what they wrote in shared ones; what was deleted (the shared
-        conversations themselves stay), or None if no such user."""
+        messages, and what they wrote in shared ones, and their messages still in the
+        inbox; what was deleted (the shared conversations themselves stay), or None if
+        no such user."""
 
         async def work(connection: AsyncConnection) -> UserConversations | None:
             async with connection.begin():
@@ -179,6 +185,8 @@ class OpsQueries:
                 await connection.execute(_LOCK_USER, {"id": row.id})
                 conversations = await _conversations(connection, row.id)
                 await connection.execute(_DELETE_USER, {"id": row.id})
+                writer = {"channel": channel, "channel_user_id": channel_user_id}
+                await connection.execute(_DELETE_USER_INBOX, writer)
             return UserConversations(row, conversations)
 
         return await self._database.once(work)

@@ -150,6 +150,9 @@ async def test_user_delete_erases_the_user_from_both_stores(
     for text, pid in (("one", "p1"), ("/reset", "p2"), ("two", "p3")):
         await service.handle(msg(gone, text, pid=f"{gone}-{pid}", channel=channel))
     await chat(make_service, channel, kept, "stay")
+    # Each wrote once more, kept in the inbox and not answered yet.
+    for user in (gone, kept):
+        assert (await service.receive(msg(user, "later", pid=f"{user}-p9"))).taken
     shown = (await ops("user", "show", channel, gone, "--json")).data
     conversations = [uuid.UUID(c["id"]) for c in shown["conversations"]]
     user_id = uuid.UUID(shown["user"]["id"])
@@ -176,6 +179,8 @@ async def test_user_delete_erases_the_user_from_both_stores(
     assert await redis.exists(keys.dedup(channel, f"{gone}-p1"))  # kept: no personal data
     # The other user is untouched.
     assert await _user_rows(engine, channel, kept) == {"users": 1, "conversations": 1}
+    pending = await fetch(engine, "SELECT message->>'channel_user_id' AS who FROM inbox")
+    assert [row.who for row in pending] == [kept]  # the deleted user's is gone with them
     assert keys.session(channel, kept) in left
     assert await redis.zscore(keys.active(channel), kept) is not None
     again = await ops("user", "delete", channel, gone, "--yes")
