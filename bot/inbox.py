@@ -15,9 +15,10 @@ An event's life in the inbox, as this worker sees it:
   another worker has it in hand and the redelivery is acknowledged and dropped.
 - **in hand**: the worker renews the leases of the events it is answering, every third
   of a lease, in one statement for all of them (`renew`, called by the worker).
-- **order**: an event with an older one of its place that this worker is not handling
-  waits for it to go; if nobody is answering that one (it is put back, or its holder
-  died), the event is put back behind it, and the sweep answers the place in order.
+- **order**: an event with an older one of its place still in the inbox (answered here
+  or by another worker) waits for it to go; if nobody is answering that one (it is put
+  back, or its holder died), the event is put back behind it, and the sweep answers
+  the place in order.
 - **sweep** (the worker, every INBOX_SWEEP_SECONDS): takes the oldest event of each
   place whose lease lapsed (FOR UPDATE SKIP LOCKED), answers it through its channel,
   then the next one of the place, until the place is empty or its next is held.
@@ -203,13 +204,16 @@ class Inbox:
 
     async def unanswered_older(self, receipt: Receipt) -> bool:
         """Wait (up to `wait`) for the older events of the receipt's place that are being
-        answered elsewhere; True if one is still there (the receipt must go behind it).
-        Events handled here are ordered by the turn's lock already."""
-        older = [s for s in receipt.older if s not in self._done and s not in self._here]
-        if not older:
-            return False
+        answered, here or elsewhere; True if one is still there (the receipt must go
+        behind it). Those handled here too: the turn's lock orders messages as they
+        reach it, not as they were received, and one of them still waiting for an
+        older one elsewhere may yet be put back."""
+        older = list(receipt.older)
         backoff = Backoff(self.wait, first=0.02, longest=0.25)
         while True:
+            older = [s for s in older if s not in self._done]  # delivered here meanwhile
+            if not older:
+                return False
             live = await self.queries.still_held(older, NOBODY)
             if live is None:
                 return False  # all gone

@@ -418,7 +418,16 @@ class ConversationService:
                 log.info("%s; answering again on the newer context", conflict)
                 if not await backoff.pause():
                     raise LockTimeout(str(turn.session.conversation_id)) from conflict
-                cached, turn = None, replace(turn, loaded_context=None)
+                cached, turn = None, await self._reread(turn)
+
+    async def _reread(self, turn: Turn) -> Turn:
+        """The turn, to be answered again on what Postgres holds: the context (read by
+        the next try) and the session, which may be as stale as the cached context was
+        (a Redis restored from an older snapshot: a /model since). Only after a
+        conflict: the warm path reads neither."""
+        session = await self._load_session(turn.message, turn.shared)
+        refresh = replace(turn.refresh, session=session)
+        return replace(turn, session=session, refresh=refresh, loaded_context=None)
 
     async def _exchange_once(
         self, turn: Turn, cached: RecentContext | None, *, retried: bool
@@ -688,6 +697,7 @@ class ConversationService:
             reply_id=uuid.uuid4(),
             seen=recent.last_id,
             hold_seconds=hold_seconds,
+            session_model=turn.session.model,
         )
 
     def allow_admins(self, channel: str, check: AdminCheck) -> None:

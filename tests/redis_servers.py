@@ -34,10 +34,14 @@ class RedisProcess:
 
 
 @contextmanager
-def redis_server(directory: Path, *args: str, config: str = "") -> Iterator[RedisProcess]:
-    """A redis-server with `args` (and a config file of `config`, if given)."""
+def redis_server(
+    directory: Path, *args: str, config: str = "", port: int | None = None
+) -> Iterator[RedisProcess]:
+    """A redis-server with `args` (and a config file of `config`, if given), on `port`
+    (one that was another's, to restart it) or a free one. It loads the RDB file of
+    `directory` (dump.rdb) if there is one, and writes one only when told (SAVE)."""
     directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     command = [redis_server_bin()]
     if config:
         (directory / "redis.conf").write_text(config)

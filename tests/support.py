@@ -10,6 +10,7 @@ import select
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -274,9 +275,19 @@ def read_line(process: subprocess.Popen[str], within: float = 120.0) -> str:
     return process.stdout.readline()
 
 
-def run_together(settings: Settings, commands: list[list[str]], within: float) -> list[Any]:
+def run_together(
+    settings: Settings,
+    commands: list[list[str]],
+    within: float,
+    *,
+    env: dict[str, str] | None = None,
+    before_go: Callable[[], object] = lambda: None,
+) -> list[Any]:
     """Start a worker process per command, let them all go at once, and return the JSON
-    line each prints then (the other side of `service_told_to_go`)."""
+    line each prints then (the other side of `service_told_to_go`). `env` is added to
+    each one's environment; `before_go` runs once all are ready (a fault to inject).
+    The line that lets them go is "go T0": a start instant on the monotonic clock,
+    which every process of the machine shares, for those that keep a schedule."""
     workers = [
         subprocess.Popen(
             [sys.executable, "-m", *command],
@@ -284,25 +295,43 @@ def run_together(settings: Settings, commands: list[list[str]], within: float) -
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=worker_env(settings),
+            env={**worker_env(settings), **(env or {})},
             cwd=ROOT,
         )
         for command in commands
     ]
     try:
         assert [read_line(w, within) for w in workers] == ["ready\n"] * len(workers)
+        before_go()
+        start = time.monotonic() + GO_MARGIN
         for worker in workers:
             assert worker.stdin is not None
-            worker.stdin.write("go\n")
+            worker.stdin.write(f"go {start}\n")
             worker.stdin.flush()
         results = [json.loads(read_line(w, within)) for w in workers]
         assert [w.wait(timeout=within) for w in workers] == [0] * len(workers)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the workers said: {_last_words(workers)}") from exc
     finally:
         for worker in workers:
             if worker.poll() is None:
                 worker.kill()
             worker.communicate(timeout=30)
     return results
+
+
+GO_MARGIN = 0.2  # s between "go" and the start instant it names: every worker has read it
+
+
+def _last_words(workers: list[subprocess.Popen[str]]) -> list[str]:
+    """The end of each worker's stderr (it is killed first if still running)."""
+    words = []
+    for worker in workers:
+        if worker.poll() is None:
+            worker.kill()
+        _, err = worker.communicate(timeout=30)
+        words.append(err[-3000:])
+    return words
 
 
 @asynccontextmanager

@@ -248,3 +248,32 @@ async def test_a_streamed_reply_deferred_before_its_first_word_is_stored_later_i
         ("user", "m1"),
         ("assistant", echo("m1")),
     ]
+
+
+async def test_a_newer_message_never_overtakes_an_older_one_of_the_same_worker(
+    make_service: ServiceFactory, engine: AsyncEngine
+) -> None:
+    """Two messages of a writer on one worker both wait for an older one answered
+    elsewhere; the first waits too long and is put back: the second goes behind it,
+    not ahead (the turn's lock orders only what reaches it)."""
+    gate = GatedResponder()
+    slow = await make_service(responder=gate)
+    fast = await make_service(lock_wait_seconds=1.0)
+    user = new_user()
+    first, second, third = (msg(user, f"m{n}", pid=f"{user}:{n}") for n in (1, 2, 3))
+    answering = asyncio.create_task(received_and_handled(slow, first))
+    await asyncio.wait_for(gate.started.wait(), 10)
+    assert (await fast.receive(second)).taken
+    waiting = asyncio.create_task(fast.handle(second))
+    await asyncio.sleep(0.5)
+    assert (await fast.receive(third)).taken
+    later = asyncio.create_task(fast.handle(third))
+    reply = await asyncio.wait_for(waiting, 10)  # waited its second: put back
+    assert (reply.kind, reply.text) == (ReplyKind.DEFERRED, None)
+    gate.release.set()
+    await answering
+
+    reply = await asyncio.wait_for(later, 10)
+    assert (reply.kind, reply.text) == (ReplyKind.DEFERRED, None)  # behind the second
+    assert [r.content for r in await messages_of(engine, user)] == ["m1", echo("m1")]
+    assert await inbox_rows(engine, user) == [f"{user}:2", f"{user}:3"]

@@ -120,15 +120,23 @@ _CHANNEL_CONFIG = text(
 # (also the new last_activity), $11 reply tokens, $12 model used, $13 has a reply,
 # $14 the writer (a shared conversation's; else NULL), $15 the newest message the
 # context held (NULL: none), $16 seconds the turn is held for the streamed reply to
-# come (NULL: the reply is stored now, or never).
+# come (NULL: the reply is stored now, or never), $17 the session's model (its
+# conversation's override, else its writer's preference; NULL: none).
+# The fence covers the session's model too: a cached session older than a /model is
+# as stale as a context older than the last message (a Redis restored from an older
+# snapshot), and is caught by this statement, not by a read before it.
 _SAVE_EXCHANGE = """
     WITH conversation AS (
-        SELECT id, last_message_id, reply_due > now() AS held FROM conversations
+        SELECT id, last_message_id, reply_due > now() AS held,
+               coalesce(model_override, (SELECT preferred_model FROM users
+                                         WHERE users.id = conversations.user_id)) AS model
+        FROM conversations
         WHERE id = $1 AND is_active
         FOR NO KEY UPDATE
     ), fenced AS (
         SELECT id FROM conversation
         WHERE last_message_id IS NOT DISTINCT FROM $15 AND held IS NOT TRUE
+          AND model IS NOT DISTINCT FROM $17
     ), event AS (
         INSERT INTO message_events (channel_type, platform_message_id, message_id,
                                     message_timestamp)
@@ -259,6 +267,7 @@ class ExchangeRows:
     author_id: uuid.UUID | None = None  # who wrote it, in a shared conversation
     seen: uuid.UUID | None = None  # the newest message its context held: the fence
     hold_seconds: float | None = None  # streamed: the turn is held this long for the reply
+    session_model: str | None = None  # the model its session named: the fence's too
 
 
 @dataclass(frozen=True, slots=True)
@@ -505,4 +514,5 @@ def _exchange_args(rows: ExchangeRows) -> tuple[Any, ...]:
         rows.author_id,
         rows.seen,
         rows.hold_seconds,
+        rows.session_model,
     )

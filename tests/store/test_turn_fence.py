@@ -24,6 +24,7 @@ def exchange(
     seen: uuid.UUID | None,
     reply: str | None = "reply",
     hold: float | None = None,
+    model: str | None = None,
 ) -> ExchangeRows:
     now = datetime.now(UTC)
     return ExchangeRows(
@@ -41,6 +42,7 @@ def exchange(
         reply_id=uuid.uuid4(),
         seen=seen,
         hold_seconds=hold,
+        session_model=model,
     )
 
 
@@ -93,6 +95,27 @@ async def test_a_message_goes_in_only_on_the_context_it_was_answered_with(
     recent = await store.load_context(session.conversation_id, 10)
     assert recent.last_id == second.reply_id
     assert [m.role for m in recent.messages] == ["assistant", "user"] * 2
+
+
+async def test_a_session_older_than_a_model_choice_is_fenced_too(
+    store: ConversationQueries, engine: AsyncEngine
+) -> None:
+    """A cached session that lacks the model chosen since (a Redis restored from an
+    older snapshot) is caught by the same statement: nothing else had changed."""
+    session = await store.load_session("console", new_user(), None)
+    chosen = await store.set_preferred_model(session, "gpt-4o")
+    assert chosen.model == "gpt-4o"
+    with pytest.raises(TurnConflict):
+        await store.save_exchange(exchange(session, seen=None))  # the session of before
+    assert await count(engine, session) == 0
+    await store.save_exchange(exchange(chosen, seen=None, model=chosen.model))
+
+    pinned = await store.set_model_override(chosen, "gpt-4.1")  # the conversation's wins
+    newest_id = await newest(engine, session)
+    with pytest.raises(TurnConflict):
+        await store.save_exchange(exchange(pinned, seen=newest_id, model="gpt-4o"))
+    await store.save_exchange(exchange(pinned, seen=newest_id, model="gpt-4.1"))
+    assert await count(engine, session) == 4
 
 
 async def test_a_retried_commit_is_recognised_as_its_own_not_as_a_conflict(
