@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 import time
 import uuid
 from collections import OrderedDict
@@ -68,6 +69,14 @@ def encoded(message: IncomingMessage) -> dict[str, Any]:
     return {name: getattr(message, name) for name in _FIELDS}
 
 
+# What a jsonb value cannot hold: NUL, and lone surrogates (as bot/validation.py says).
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+
+
+def _unstorable(message: IncomingMessage) -> bool:
+    return any(isinstance(v, str) and _UNSTORABLE.search(v) for v in encoded(message).values())
+
+
 def decoded(message: dict[str, Any]) -> IncomingMessage:
     known = {k: v for k, v in message.items() if k in _FIELDS}
     return IncomingMessage(**{**known, "chat_kind": ChatKind(known["chat_kind"])})
@@ -96,12 +105,14 @@ class Inbox:
     async def receive(self, message: IncomingMessage) -> Receipt:
         """Keep the event (StoreError if it cannot be: the platform must not be told it
         arrived). A message with no usable platform id is not kept: nothing could tell
-        a redelivery of it from a new one."""
+        a redelivery of it from a new one. Nor one that Postgres cannot hold as JSON (a
+        NUL or a lone surrogate in a field): it would fail the whole batch it is written
+        with; it is answered live (the service cleans or refuses it), without a lease."""
         try:
             event = storable_event_id(message.platform_message_id)
         except InvalidInput:
             return NOT_KEPT
-        if event is None:
+        if event is None or _unstorable(message):
             return NOT_KEPT
         message = dataclasses.replace(message, platform_message_id=event)
         kept = await self._keep(

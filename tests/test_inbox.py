@@ -102,6 +102,26 @@ async def test_a_message_without_a_platform_id_is_not_kept(
     assert await inbox_rows(engine, user) == []
 
 
+async def test_a_message_postgres_cannot_hold_is_answered_without_failing_its_batch(
+    service: ConversationService, engine: AsyncEngine
+) -> None:
+    """A NUL or a lone surrogate cannot be in a jsonb value: such an event is not kept
+    (it would fail the statement of every event arriving with it), and answered live."""
+    user = new_user()
+    events = [
+        msg(user, "before", pid=f"{user}:1"),
+        msg(user, "nul\x00here", pid=f"{user}:2"),
+        msg(user, "lone \ud800", pid=f"{user}:3"),
+        msg(user, "after", pid=f"{user}:4"),
+    ]
+    receipts = await asyncio.gather(*(service.receive(e) for e in events))
+    assert [r.taken for r in receipts] == [True] * 4
+    assert [r.seq is None for r in receipts] == [False, True, True, False]
+    assert await inbox_rows(engine, user) == [f"{user}:1", f"{user}:4"]
+    reply = await service.handle(events[1])
+    assert reply.kind is ReplyKind.ANSWER
+
+
 async def test_a_redelivery_held_by_another_live_worker_is_not_taken(
     make_service: ServiceFactory, engine: AsyncEngine
 ) -> None:
