@@ -3,10 +3,14 @@
 Socket Mode when SLACK_APP_TOKEN is set, else the Events API on
 SLACK_LISTEN:SLACK_PORT/slack/events: the body's size, the signature and timestamp,
 the content type and the JSON are checked before bolt sees a request (4xx otherwise,
-docs/channels/slack.md), and bolt answers url_verification. Bolt acks every event
-before our handler runs, so a slow reply never makes Slack retry; a retry that comes
-anyway carries the same event_id, which is the platform message id the service
-de-duplicates on. A reply grows as Slack's own stream in the message's thread
+docs/channels/slack.md), and bolt answers url_verification. An event is acknowledged
+(HTTP 200, or the Socket Mode envelope ack) once it is kept in the inbox, which is one
+short statement, and its reply is computed after the ack: a slow reply never makes
+Slack retry. An event that could not be kept is not acknowledged (503; no envelope
+ack), so Slack sends it again; any retry carries the same event_id, the platform
+message id the inbox and the service de-duplicate on. After a crash, another worker
+answers what was kept (send_to: posted in the message's thread). A reply grows as
+Slack's own stream in the message's thread
 (bot/channels/slack_live.py). Who may configure a channel's thread is Slack's to say: users.info's
 is_admin or is_owner (the workspace's admins and owners), never for a deleted account.
 """
@@ -58,6 +62,7 @@ from bot.errors import (
     PlatformRejected,
     PlatformUnavailable,
     ShuttingDown,
+    StoreError,
     WebhookRefused,
 )
 from bot.listening import start_site
@@ -85,6 +90,7 @@ _USER_FLAGS = ("is_admin", "is_owner", "deleted")  # what users.info says of a u
 class SlackAdapter(ChannelAdapter):
     name = "slack"
     reconnect_deadline = 120.0  # seconds without a Socket Mode connection before run() raises
+    resumes = True  # an event left in the inbox is answered in its thread (send_to)
 
     def __init__(self, options: SlackOptions, dispatcher: Dispatcher) -> None:
         super().__init__(dispatcher)
@@ -103,7 +109,8 @@ class SlackAdapter(ChannelAdapter):
             logger=_bolt_logger(self.log),
             signing_secret=secret.get_secret_value() if secret else "",
             request_verification_enabled=options.app_token is None,
-            process_before_response=False,
+            # The listener's end is the ack: it returns once the event is kept.
+            process_before_response=True,
         )
         self._app.middleware(self._gate)
         self._app.error(self._on_bolt_error)
@@ -285,19 +292,36 @@ class SlackAdapter(ChannelAdapter):
 
     async def _on_event(
         self, body: dict[str, Any], event: dict[str, Any], context: AsyncBoltContext
-    ) -> None:
+    ) -> BoltResponse | None:
+        """Bolt's listener: its return is the ack (process_before_response). The event is
+        kept in the inbox first, and answered after the ack; one that could not be kept
+        is refused (503 over HTTP, no envelope ack in Socket Mode): Slack sends it again."""
         message = incoming_message(body, event, context.bot_user_id or self.bot_user_id)
         if message is None:
-            return
-        task = asyncio.create_task(self._answer(message))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            return None
+        try:
+            await self._keep(message)
+        except (ShuttingDown, StoreError) as exc:
+            self.log.warning(
+                "slack event %s not kept, so not acknowledged (Slack sends it again): %s",
+                message.platform_message_id,
+                exc,
+            )
+            return BoltResponse(status=503, body="not kept: send it again")
+        return None  # bolt acknowledges it
+
+    async def _keep(self, message: IncomingMessage) -> None:
+        """Keep the event in the inbox and, unless another worker holds it already,
+        start answering it. The inbox keeps events in the order they are given to it,
+        so a writer's answers start in the order the events came."""
+        if (await self.dispatcher.receive(message)).taken:
+            task = asyncio.create_task(self._answer(message))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _answer(self, message: IncomingMessage) -> None:
         try:
-            if message.username is None:
-                name = await self._display_name(message.channel_user_id)
-                message = dataclasses.replace(message, username=name)
+            message = await self._named(message)
             surface, booking = self._surface(message), self.dispatcher.booking(self.name)
             pacer = self._update_pacer if self._streams_refused else self._append_pacer
             interval = self.options.stream_interval_seconds
@@ -315,6 +339,31 @@ class SlackAdapter(ChannelAdapter):
         except Exception:  # the last guard: a bug must not kill the task silently
             self.dispatcher.failed(self.name)
             self.log.exception("slack event %s failed", message.platform_message_id)
+
+    async def resume(self, message: IncomingMessage) -> None:
+        """Answer an event from the inbox, under the writer's display name as a live one."""
+        await super().resume(await self._named(message))
+
+    async def send_to(self, message: IncomingMessage, text: str) -> bool:
+        """Post `text` in the message's thread (cut into Slack-sized messages as a live
+        reply is); False when Slack is unreachable now, True once posted or refused for
+        good (the channel is gone, the bot was removed from it: logged)."""
+        live = LiveReply(self._surface(message), self.options.stream_interval_seconds)
+        try:
+            await live.finish(text)
+        except PlatformRejected as exc:
+            self.log.error("slack reply to %s refused for good: %s", message.channel_user_id, exc)
+        except PlatformError as exc:
+            self.log.warning("slack reply to %s not delivered now: %s", message.chat_id, exc)
+            return False
+        return True
+
+    async def _named(self, message: IncomingMessage) -> IncomingMessage:
+        """The message with its writer's display name (events rarely carry it)."""
+        if message.username is not None:
+            return message
+        name = await self._display_name(message.channel_user_id)
+        return dataclasses.replace(message, username=name)
 
     async def _display_name(self, user_id: str) -> str:
         """The user's display name from users.info, cached; the id when Slack won't say."""

@@ -244,6 +244,7 @@ class FakeSlack:
         self.rate_limited_methods = WRITES  # the writing calls rate_limit_next applies to
         self.fail_next = 0  # answer this many next writing calls with 503
         self.streams_refused: str | None = None  # chat.startStream answers this error
+        self.gone_channels: set[str] = set()  # chat.postMessage there: channel_not_found
         self.limited: list[tuple[str, float]] = []  # (method, time) of each 429 answered
         self.limits: dict[str, PacerBook] = {}  # by method, once enforce_limits() is called
         # Called with (method, params) before a writing call is answered.
@@ -395,6 +396,8 @@ class FakeSlack:
             return refused
         if authorization != f"Bearer {BOT_TOKEN}":
             return self._answer("chat.postMessage", {"ok": False, "error": "invalid_auth"})
+        if params.get("channel") in self.gone_channels:
+            return self._answer("chat.postMessage", {"ok": False, "error": "channel_not_found"})
         posted = self._new_message(str(params.get("channel")), params.get("thread_ts"), False)
         posted.text = str(params.get("text", ""))
         posted.writes.append(("chat.postMessage", time.monotonic(), posted.text))

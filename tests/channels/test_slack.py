@@ -8,6 +8,7 @@ posted), and on the rows in the test Postgres.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -19,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import sqlalchemy
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cache.streams import StreamLedger
@@ -27,7 +29,7 @@ from bot.channels.dispatch import Dispatcher
 from bot.channels.registry import slack_options
 from bot.channels.slack import SlackAdapter
 from bot.config import Settings
-from bot.domain import TextSink
+from bot.domain import ChatKind, IncomingMessage, TextSink
 from bot.emulators.slack_api import (
     APP_TOKEN,
     BOT_ID,
@@ -41,12 +43,14 @@ from bot.emulators.slack_api import (
 from bot.errors import PlatformRejected, PlatformUnavailable
 from bot.metrics import Metrics
 from bot.responders import EchoResponder, Responder, ResponderRequest, ResponderResult
-from bot.service import UNAVAILABLE_TEXT, ConversationService
+from bot.service import ConversationService
 from bot.worker import Worker
 from tests.support import (
+    GatedResponder,
     ServiceFactory,
     SlowResponder,
     echo,
+    fetch,
     free_port,
     messages_of,
     until,
@@ -420,6 +424,153 @@ async def test_events_are_not_acked_once_the_dispatcher_closes(
     assert slack.posts == []
 
 
+# The inbox: an event is kept before Slack is told it arrived
+
+
+async def inbox_of(engine: AsyncEngine, event_id: str) -> list[Any]:
+    return await fetch(
+        engine,
+        "SELECT seq, holder FROM inbox WHERE channel_type = 'slack' "
+        "AND platform_message_id = :event",
+        event=event_id,
+    )
+
+
+@contextlib.asynccontextmanager
+async def inbox_locked(engine: AsyncEngine) -> AsyncIterator[None]:
+    """Every insert into the inbox waits (a SHARE lock in a transaction of the test's)."""
+    async with engine.connect() as connection, connection.begin():
+        await connection.execute(sqlalchemy.text("LOCK TABLE inbox IN SHARE MODE"))
+        yield
+
+
+async def until_an_insert_waits(engine: AsyncEngine, within: float = 10.0) -> None:
+    """Until a statement inserting into the inbox waits for the test's lock."""
+    sql = (
+        "SELECT count(*) AS n FROM pg_stat_activity "
+        "WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO inbox%'"
+    )
+    async with asyncio.timeout(within):
+        while not (await fetch(engine, sql))[0].n:  # noqa: ASYNC110 - Postgres state
+            await asyncio.sleep(0.02)
+
+
+async def acknowledged(run: Running, slack: FakeSlack, body: dict[str, Any], socket: bool) -> int:
+    """Deliver the event as Slack does; the HTTP status once answered, or 200 once its
+    envelope is acked."""
+    if not socket:
+        return (await post_event(run.events_url, body))[0]
+    envelope_id = await slack.push(body)
+    await until(lambda: envelope_id in {ack.get("envelope_id") for ack in slack.acks})
+    return 200
+
+
+@pytest.mark.parametrize("socket", [False, True], ids=["http", "socket-mode"])
+async def test_an_event_is_in_the_inbox_before_it_is_acknowledged(
+    start: Start, slack: FakeSlack, engine: AsyncEngine, socket: bool
+) -> None:
+    responder = GatedResponder()  # the LLM holds the reply until released
+    run = await start(responder=responder, socket=socket)
+    user = slack_id("U")
+    body = event_envelope(dm(user, "keep me first"))
+    async with inbox_locked(engine):
+        ack = asyncio.create_task(acknowledged(run, slack, body, socket))
+        await until_an_insert_waits(engine)
+        assert not ack.done()  # no 200, no envelope ack, while the event is not kept
+    assert await asyncio.wait_for(ack, 5) == 200
+    # At the ack: kept, in this worker's hands, and its reply still being written.
+    assert [row.holder for row in await inbox_of(engine, body["event_id"])] == [
+        run.service.inbox.holder
+    ]
+    assert slack.posts == [] and not responder.release.is_set()
+    responder.release.set()
+    await until(lambda: len(slack.posts) == 1)
+    assert slack.posts[0]["text"] == echo("keep me first")
+    await run.service.inbox.flush()  # delivered: gone from the inbox
+    assert await inbox_of(engine, body["event_id"]) == []
+
+
+async def test_an_event_held_by_another_live_worker_is_acknowledged_and_left_to_it(
+    start: Start, slack: FakeSlack, engine: AsyncEngine
+) -> None:
+    """Slack retries an event another worker holds (its first delivery timed out, say):
+    acknowledged, and not answered a second time here."""
+    responder = GatedResponder()
+    first = await start(responder=responder, socket=True)
+    second = await start(responder=responder)
+    user = slack_id("U")
+    body = event_envelope(dm(user, "one worker is enough"))
+    envelope_id = await slack.push(body)
+    await until(lambda: envelope_id in {ack.get("envelope_id") for ack in slack.acks})
+    retry = {"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"}
+    assert (await post_event(second.events_url, body, headers=retry))[0] == 200
+    responder.release.set()
+    await until(lambda: len(slack.posts) == 1)
+    await until(lambda: first.dispatcher.in_flight == 0)
+    assert second.dispatcher.metrics.registry.get_sample_value(
+        "bot_messages_in_total", {"channel": "slack"}
+    ) in (None, 0.0)
+    assert [p["text"] for p in slack.posts] == [echo("one worker is enough")]
+
+
+async def test_send_to_posts_in_the_message_thread_cut_to_slack_size(
+    start: Start, slack: FakeSlack
+) -> None:
+    run = await start()
+    thread = slack_ts(3)
+    message = IncomingMessage(
+        "slack", slack_id("U"), "tell me everything", platform_message_id="Ev0RESUMED1",
+        chat_id="C0CHANNEL12", thread_id=thread, chat_kind=ChatKind.THREAD,
+    )  # fmt: skip
+    text = LongResponder.text + " <@U0OTHER> & co"
+    assert await run.adapter.send_to(message, text) is True
+    assert [(p["channel"], p["thread_ts"]) for p in slack.posts] == [("C0CHANNEL12", thread)] * 3
+    assert all(len(p["text"]) <= 4000 for p in slack.posts)
+    # Escaped as a live reply is: it can't ping anyone.
+    assert " ".join(p["text"] for p in slack.posts).endswith("&lt;@U0OTHER&gt; &amp; co")
+    await until(lambda: run.sent() == 3)
+
+
+async def test_send_to_a_channel_gone_for_good_is_done_with(
+    start: Start, slack: FakeSlack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Slack refuses for good (channel_not_found): logged, and True, so that the inbox
+    does not try it again and again."""
+    run = await start()
+    slack.gone_channels.add("C0GONE12345")
+    message = IncomingMessage(
+        "slack", slack_id("U"), "hello?", platform_message_id="Ev0GONE0001",
+        chat_id="C0GONE12345", thread_id=slack_ts(), chat_kind=ChatKind.THREAD,
+    )  # fmt: skip
+    assert await run.adapter.send_to(message, "too late") is True
+    assert slack.posts == []
+    assert any("channel_not_found" in r.getMessage() for r in caplog.records)
+
+
+async def test_resume_answers_an_event_from_the_inbox_in_its_thread(
+    start: Start, slack: FakeSlack, engine: AsyncEngine
+) -> None:
+    """What a worker's sweep does with an event a dead worker left: answered in its
+    thread, under the writer's display name, stored once, and gone from the inbox."""
+    run = await start()
+    user = slack_id("U")
+    slack.display_names[user] = "Grace Hopper"
+    thread = slack_ts(5)
+    message = IncomingMessage(
+        "slack", user, "still there?", platform_message_id=f"Ev{user}",
+        chat_id="C0CHANNEL12", thread_id=thread, chat_kind=ChatKind.THREAD,
+    )  # fmt: skip
+    assert (await run.service.receive(message)).taken
+    await run.adapter.resume(message)
+    assert slack.posts == [
+        {"channel": "C0CHANNEL12", "thread_ts": thread, "text": echo("still there?")}
+    ]
+    assert await usernames(engine, "slack", user) == ["Grace Hopper"]
+    assert [r.role for r in await messages_of(engine, user)] == ["user", "assistant"]
+    await run.service.inbox.flush()
+    assert await inbox_of(engine, f"Ev{user}") == []
+
+
 # Socket Mode
 
 
@@ -637,21 +788,44 @@ async def test_unexpected_error_is_logged_with_its_traceback_and_counted(
     assert slack.posts == []
 
 
-async def test_store_outage_is_answered_not_an_adapter_error(
-    start: Start, slack: FakeSlack
+@pytest.mark.parametrize("socket", [False, True], ids=["http", "socket-mode"])
+async def test_an_event_postgres_cannot_keep_is_not_acknowledged(
+    start: Start,
+    slack: FakeSlack,
+    engine: AsyncEngine,
+    caplog: pytest.LogCaptureFixture,
+    socket: bool,
 ) -> None:
-    """The service turns a Postgres outage into a reply; the adapter's last guard stays idle."""
+    """Postgres down when the event arrives: it is not kept in the inbox, so Slack is not
+    told it arrived (503; no envelope ack) and sends it again; nothing answered, and no
+    adapter error (the outage is no bug)."""
+    caplog.set_level(logging.INFO, logger="bot.channels.slack")
     run = await start(
+        socket=socket,
         service_settings={
             "database_url": f"postgresql://postgres@127.0.0.1:{free_port()}/gone",
             "db_connect_timeout_seconds": 0.5,
             "db_retry_deadline_seconds": 1.0,
-        }
+        },
     )
-    await deliver_event(run, slack, dm(slack_id("U"), "anyone home?"))
-    await until(lambda: len(slack.posts) == 1, within=10)
-    assert slack.posts[0]["text"] == UNAVAILABLE_TEXT
-    assert errors(run) == 0
+    user = slack_id("U")
+    body = event_envelope(dm(user, "anyone home?"))
+    if socket:
+        envelope_id = await slack.push(body)
+        # Bolt's own word that it sends no ack for this envelope:
+        await until(lambda: unacked_by_bolt(caplog, 503), within=10)
+        assert envelope_id not in {ack.get("envelope_id") for ack in slack.acks}
+    else:
+        status, _ = await post_event(run.events_url, body)
+        assert status == 503
+    assert slack.posts == [] and errors(run) == 0
+    assert await inbox_of(engine, body["event_id"]) == []
+    assert await messages_of(engine, user) == []
+
+
+def unacked_by_bolt(caplog: pytest.LogCaptureFixture, status: int) -> bool:
+    said = f"Unsuccessful Bolt execution result (status: {status}"
+    return any(said in record.getMessage() for record in caplog.records)
 
 
 def errors(run: Running) -> float:
