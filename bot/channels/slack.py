@@ -76,6 +76,10 @@ WATCH_INTERVAL = 1.0
 NAME_LOOKUP_TIMEOUT = 5.0  # a slow users.info must not hold the reply for long
 ADMIN_LOOKUP_TIMEOUT = 5.0  # nor hold a chat's turn while the service waits for a yes or no
 NAMES_CACHED = 10_000  # display names kept in memory, least recently used dropped first
+# Slack wants an event acknowledged within 3 s, else it counts a failure and retries:
+# an event not kept by then is refused rather than acknowledged late (the retry, or a
+# sweep if it was kept after all, answers it).
+KEEP_WITHIN = 2.5
 # What bolt raises reading a body of a shape it does not expect (a list where it wants
 # an object, a number where it wants text): it checks no types itself.
 _UNREADABLE = (AttributeError, IndexError, KeyError, TypeError, ValueError)
@@ -300,12 +304,12 @@ class SlackAdapter(ChannelAdapter):
         if message is None:
             return None
         try:
-            await self._keep(message)
-        except (ShuttingDown, StoreError) as exc:
+            await asyncio.wait_for(self._keep(message), KEEP_WITHIN)
+        except (ShuttingDown, StoreError, TimeoutError) as exc:
             self.log.warning(
                 "slack event %s not kept, so not acknowledged (Slack sends it again): %s",
                 message.platform_message_id,
-                exc,
+                exc or f"not within {KEEP_WITHIN} s",
             )
             return BoltResponse(status=503, body="not kept: send it again")
         return None  # bolt acknowledges it

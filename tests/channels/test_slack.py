@@ -490,6 +490,55 @@ async def test_an_event_is_in_the_inbox_before_it_is_acknowledged(
     assert await inbox_of(engine, body["event_id"]) == []
 
 
+@pytest.mark.parametrize("socket", [False, True], ids=["http", "socket-mode"])
+async def test_an_event_not_kept_in_time_is_refused_and_its_retry_answered_once(
+    start: Start,
+    slack: FakeSlack,
+    engine: AsyncEngine,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    socket: bool,
+) -> None:
+    """Postgres slow to keep the event: refused before Slack's 3 s are up rather than
+    acknowledged late; the insert goes through later all the same, and Slack's retry
+    finds it, and is answered once."""
+    caplog.set_level(logging.INFO, logger="bot.channels.slack")
+    monkeypatch.setattr(slack_channel, "KEEP_WITHIN", 0.5)
+    run = await start(socket=socket)
+    user = slack_id("U")
+    body = event_envelope(dm(user, "slow to keep"))
+    async with inbox_locked(engine):
+        began = time.monotonic()
+        if socket:
+            first = await slack.push(body)
+            await until(lambda: unacked_by_bolt(caplog, 503))
+            assert first not in {ack.get("envelope_id") for ack in slack.acks}
+        else:
+            assert (await post_event(run.events_url, body))[0] == 503
+        assert time.monotonic() - began < 3
+    await until_kept(engine, body["event_id"])  # the insert went through after the refusal
+    if socket:
+        await acknowledged_retry(slack, body)
+    else:
+        retry = {"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_error"}
+        assert (await post_event(run.events_url, body, headers=retry))[0] == 200
+    await until(lambda: len(slack.posts) == 1)
+    await until(lambda: run.dispatcher.in_flight == 0)
+    assert [p["text"] for p in slack.posts] == [echo("slow to keep")]
+    assert [r.role for r in await messages_of(engine, user)] == ["user", "assistant"]
+
+
+async def until_kept(engine: AsyncEngine, event_id: str, within: float = 10.0) -> None:
+    async with asyncio.timeout(within):
+        while not await inbox_of(engine, event_id):  # noqa: ASYNC110 - Postgres state
+            await asyncio.sleep(0.02)
+
+
+async def acknowledged_retry(slack: FakeSlack, body: dict[str, Any]) -> None:
+    envelope_id = await slack.push(body, retry_attempt=1)
+    await until(lambda: envelope_id in {ack.get("envelope_id") for ack in slack.acks})
+
+
 async def test_an_event_held_by_another_live_worker_is_acknowledged_and_left_to_it(
     start: Start, slack: FakeSlack, engine: AsyncEngine
 ) -> None:
