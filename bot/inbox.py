@@ -288,6 +288,10 @@ class Inbox:
             return []
         return await self.queries.take_heads(self.holder, channels, self.lease, limit)
 
+    async def drop(self, taken: Taken) -> None:
+        """Delete an event that will never be answered (the worker gives up on it)."""
+        await self.queries.done([taken.seq])
+
     async def take_next(self, place: str) -> Taken | None:
         """The next event of `place`, once the one answered before it is deleted."""
         await self.flush()

@@ -35,6 +35,9 @@ RESTART_BACKOFF_MAX = 60.0
 # next restart starts again from the initial delay.
 STABLE_RUN_SECONDS = RESTART_BACKOFF_MAX
 STATS_PUBLISH_SECONDS = 10.0  # how often tallies reach `bot ops stats`
+# Handlings of one inbox event after which it is dropped: only a bug fails this often (a
+# deferred reply is tried about 10 times in RESPONDER_RETRY_SECONDS, then apologised for).
+INBOX_GIVE_UP_TRIES = 30
 SWEEP_IN_FLIGHT = 32  # places answered from the inbox at once, at most
 
 
@@ -217,15 +220,29 @@ class Worker:
         next_one: Taken | None = taken
         try:
             while next_one is not None and not self.dispatcher.closing:
-                message = service.adopt(next_one)
-                log.info("answering a %s message left in the inbox (%s)", message.channel,
-                         message.platform_message_id)  # fmt: skip
-                await adapters[message.channel].resume(message)
+                if next_one.tries > INBOX_GIVE_UP_TRIES:
+                    await self._give_up_on(next_one)
+                else:
+                    message = service.adopt(next_one)
+                    log.info("answering a %s message left in the inbox (%s)", message.channel,
+                             message.platform_message_id)  # fmt: skip
+                    await adapters[message.channel].resume(message)
                 next_one = await service.inbox.take_next(next_one.place)
         except BotError as exc:  # it lapses, and a sweep takes it again
             log.warning("a message from the inbox was not answered: %s", exc)
         except Exception:
             log.exception("a message from the inbox was not answered")
+
+    async def _give_up_on(self, taken: Taken) -> None:
+        """An event every handling of which failed (a bug: a deferred reply ends with the
+        apology in time): dropped, so that it stops holding up its place, and told."""
+        message = taken.message
+        log.error(
+            "dropped a %s message from the inbox after %d failed tries (event %s of %s)",
+            message.get("channel"), taken.tries - 1, message.get("platform_message_id"),
+            message.get("channel_user_id"),
+        )  # fmt: skip
+        await self.dispatcher.service.inbox.drop(taken)
 
     async def _tend_streams(self, streams: StreamLedger) -> None:
         """Renew the leases of this worker's streaming replies, and end those of dead

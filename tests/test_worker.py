@@ -36,12 +36,15 @@ from bot.metrics import Metrics
 from bot.service import INTERRUPTED_NOTE, UNAVAILABLE_TEXT
 from bot.store.engine import create_engine
 from bot.stores import keys_for
-from bot.worker import Worker
+from bot.worker import INBOX_GIVE_UP_TRIES, Worker
 from tests.channels.test_console import chat_env
 from tests.support import (
     ROOT,
     ServiceFactory,
     SlowResponder,
+    echo,
+    execute,
+    fetch,
     free_port,
     messages_of,
     msg,
@@ -593,3 +596,55 @@ def test_a_channel_that_cannot_connect_says_so_in_one_line_per_retry(
         for delay in ("2.0", "4.0")
     ]
     assert "Traceback" not in "".join(told) + rest
+
+
+class ResumingChannel(QueueChannel):
+    """A QueueChannel that answers events from the inbox too, keeping what it sends."""
+
+    resumes = True
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        super().__init__(dispatcher)
+        self.sent_to: list[tuple[str | None, str]] = []
+
+    async def send_to(self, message: IncomingMessage, text: str) -> bool:
+        self.sent_to.append((message.platform_message_id, text))
+        return True
+
+
+async def test_the_sweep_answers_a_dead_workers_events_and_drops_one_that_always_fails(
+    make_service: ServiceFactory, engine: AsyncEngine
+) -> None:
+    fast = {"inbox_lease_seconds": 1.0, "inbox_sweep_seconds": 0.1}
+    dead = await make_service(**fast)
+    dispatcher = Dispatcher(await make_service(**fast), Metrics())
+    channel = ResumingChannel(dispatcher)
+    channel.name = "console"  # the dead worker's messages' channel
+    user, poisoned = new_user(), new_user()
+    for n in (1, 2):
+        assert (await dead.receive(msg(user, f"m{n}", pid=f"{user}:{n}"))).taken
+    assert (await dead.receive(msg(poisoned, "bad", pid=f"{poisoned}:1"))).taken
+    # Its every handling failed (a bug): tried more often than any deferral would be.
+    await execute(
+        engine,
+        "UPDATE inbox SET tries = :tries WHERE platform_message_id = :pid",
+        tries=INBOX_GIVE_UP_TRIES + 1,
+        pid=f"{poisoned}:1",
+    )
+    worker = Worker([channel], dispatcher, None, shutdown_grace=5)
+    running = asyncio.create_task(worker.run())
+    left = "SELECT count(*) AS n FROM inbox WHERE message->>'channel_user_id' = ANY(:users)"
+    await until(lambda: len(channel.sent_to) == 2, within=20)
+
+    async def inbox_empty() -> bool:
+        return (await fetch(engine, left, users=[user, poisoned]))[0].n == 0
+
+    for _ in range(100):
+        if await inbox_empty():
+            break
+        await asyncio.sleep(0.1)
+    worker.request_stop()
+    await running
+    assert channel.sent_to == [(f"{user}:1", echo("m1")), (f"{user}:2", echo("m2", 2))]
+    assert await inbox_empty()
+    assert [r.content for r in await messages_of(engine, poisoned)] == []
