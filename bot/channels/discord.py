@@ -25,14 +25,14 @@ import contextlib
 import functools
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 import discord
 import yarl
 from discord.http import INTERNAL_API_VERSION, Route
 
-from bot.cache.streams import Orphan
+from bot.cache.streams import Orphan, StreamBooking
 from bot.channels.base import ChannelAdapter
 from bot.channels.delivery import deliver
 from bot.channels.discord_live import MESSAGE_LIMIT, DiscordSurface
@@ -40,7 +40,7 @@ from bot.channels.dispatch import Dispatcher
 from bot.channels.live import LiveReply, ended_text
 from bot.channels.options import DiscordOptions
 from bot.channels.pacing import Pacer, PacerBook
-from bot.domain import ChatKind, IncomingMessage, Reply
+from bot.domain import ChatKind, IncomingMessage, Reply, ReplyKind
 from bot.errors import (
     CredentialsRejected,
     PlatformError,
@@ -48,7 +48,12 @@ from bot.errors import (
     PlatformRejected,
     PlatformUnavailable,
     ShuttingDown,
+    StoreError,
 )
+from bot.service import UNAVAILABLE_TEXT
+
+if TYPE_CHECKING:  # discord.py's alias of what a message is in (typing only)
+    from discord.abc import MessageableChannel as Channel
 
 T = TypeVar("T")
 # discord.py retries a 5xx for up to 25 s, and the admin check runs inside the turn's claim
@@ -268,6 +273,7 @@ class _Client(discord.AutoShardedClient):
 
 class DiscordAdapter(ChannelAdapter):
     name = "discord"
+    resumes = True  # a message's channel and id are all a reply needs (send_to)
 
     def __init__(
         self,
@@ -369,20 +375,92 @@ class DiscordAdapter(ChannelAdapter):
             self._refused(incoming)
             return
         self._handling.add(task)
-        surface, booking = self._surface(message.channel), self.dispatcher.booking(self.name)
         try:
-            interval = self.options.stream_interval_seconds
-            pacers = (self._pacer, self._channel_pacers[str(message.channel.id)])
-            async with LiveReply(surface, interval, booking, pacers) as live:
-                reply = await self._answer(message.channel, incoming, live)
-                if reply is None:
-                    return
-                if (reply.text is None and not live.streamed) or await self._finish(
-                    live, incoming, reply
-                ):
-                    self.dispatcher.delivered(incoming, reply)
+            if await self._kept(message.channel, incoming):
+                await self._reply(message.channel, incoming)
         finally:
             self._handling.discard(task)
+
+    async def _kept(self, channel: Channel, incoming: IncomingMessage) -> bool:
+        """Whether the message is in the inbox, for this worker to answer. Discord never
+        delivers a message again: one that cannot be kept now is lost, so its writer is
+        told to try again."""
+        try:
+            receipt = await self.dispatcher.receive(incoming)
+        except ShuttingDown:  # counted by the dispatcher
+            self._refused(incoming)
+            return False
+        except StoreError as exc:
+            self.log.warning(
+                "discord message %s not kept (%s): its writer is told to try again",
+                incoming.platform_message_id, exc,
+                extra={"channel": self.name, "user_id": incoming.channel_user_id},
+            )  # fmt: skip
+            await self._tell(channel, incoming, Reply(UNAVAILABLE_TEXT, ReplyKind.UNAVAILABLE))
+            return False
+        return receipt.taken  # not taken: another worker has it in hand
+
+    async def _reply(self, channel: Channel, incoming: IncomingMessage) -> None:
+        """Answer the message, the reply shown as it is written."""
+        async with self._live(channel, self.dispatcher.booking(self.name)) as live:
+            reply = await self._answer(channel, incoming, live)
+            if reply is None:
+                return
+            if (reply.text is None and not live.streamed) or await self._finish(
+                live, incoming, reply
+            ):
+                self.dispatcher.delivered(incoming, reply)
+
+    async def _tell(self, channel: Channel, incoming: IncomingMessage, reply: Reply) -> None:
+        """Send a reply the service did not make (it could not be asked)."""
+        async with self._live(channel) as live:
+            await self._finish(live, incoming, reply)
+
+    async def send_to(self, message: IncomingMessage, text: str) -> bool:
+        """Reply in the message's channel (its thread, its DM channel), as an answer to
+        the message (shown above the reply, if it still exists). Discord refusing for good
+        (the channel is gone, the bot may no longer write there) is logged: True."""
+        client, place = self._client, message.thread_id or message.chat_id
+        if client is None or client.is_closed() or not self.connected:
+            return False
+        if place is None or not place.isdigit():
+            self.log.error("discord message %s names no channel to answer in",
+                           message.platform_message_id)  # fmt: skip
+            return True
+        channel = client.get_partial_messageable(int(place))
+        pid = message.platform_message_id
+        reference = (
+            discord.MessageReference(message_id=int(pid), channel_id=int(place),
+                                     fail_if_not_exists=False)
+            if pid is not None and pid.isdigit() else None
+        )  # fmt: skip
+        async with self._live(channel, reference=reference) as live:
+            try:
+                await live.finish(text)
+            except PlatformRejected as exc:
+                self.log.error("late reply refused by Discord for good: %s", exc,
+                               extra=self._where(message))  # fmt: skip
+                return True
+            except PlatformError as exc:
+                self.log.warning("late reply not delivered to Discord for now: %s", exc,
+                                 extra=self._where(message))  # fmt: skip
+                return False
+        return True
+
+    def _where(self, message: IncomingMessage) -> dict[str, str | None]:
+        return {"channel": self.name, "user_id": message.channel_user_id,
+                "chat_id": message.chat_id}  # fmt: skip
+
+    def _live(
+        self,
+        channel: Channel,
+        booking: StreamBooking | None = None,
+        reference: discord.MessageReference | None = None,
+    ) -> LiveReply:
+        """A reply in `channel`, within the bot's budget and the channel's."""
+        pacers = (self._pacer, self._channel_pacers[str(channel.id)])
+        surface = self._surface(channel, reference)
+        return LiveReply(surface, self.options.stream_interval_seconds, booking, pacers)
 
     async def end_stream(self, orphan: Orphan, note: str) -> None:
         """Edit the message left growing to its text and the note."""
@@ -426,14 +504,20 @@ class DiscordAdapter(ChannelAdapter):
 
             try:
                 return await self.dispatcher.handle(incoming, show)
-            except ShuttingDown:  # counted by the dispatcher
-                self._refused(incoming)
+            except ShuttingDown:  # counted by the dispatcher; kept, it lapses to a sweep
+                self.log.info("discord message %s left in the inbox: shutting down",
+                              incoming.platform_message_id)  # fmt: skip
                 return None
 
-    def _surface(self, channel: discord.abc.Messageable) -> DiscordSurface:
+    def _surface(
+        self,
+        channel: discord.abc.Messageable,
+        reference: discord.MessageReference | None = None,
+    ) -> DiscordSurface:
         rate_limited = functools.partial(self.dispatcher.platform_rate_limited, self.name)
         send = functools.partial(_delivered, on_rate_limited=rate_limited)
-        return DiscordSurface(channel, send, functools.partial(self.dispatcher.sent, self.name))
+        sent = functools.partial(self.dispatcher.sent, self.name)
+        return DiscordSurface(channel, send, sent, reference)
 
     async def _finish(self, live: LiveReply, incoming: IncomingMessage, reply: Reply) -> bool:
         """The reply's final update (all of it, if nothing was streamed); False if it
