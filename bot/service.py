@@ -442,6 +442,8 @@ class ConversationService:
         stored = await self._saved(rows, retried)
         if stored is None:
             return await self._recover_stale(turn)
+        if stored.duplicate and stored.reply_text is None and turn.taken_over:
+            return await self._reply_to_stored(turn, stored, result, rows.reply_ts, model)
         if stored.duplicate:
             # The cached context may lack the stored exchange: rebuild it next time.
             refresh = replace(turn.refresh, context_update=ContextUpdate.REPLACE)
@@ -452,6 +454,26 @@ class ConversationService:
         if result is None:
             return Reply(RESPONDER_FAILED_TEXT, ReplyKind.UNAVAILABLE), refresh
         return Reply(result.text, ReplyKind.ANSWER, turn.session.conversation_id, model), refresh
+
+    async def _reply_to_stored(
+        self,
+        turn: Turn,
+        stored: StoredExchange,
+        result: ResponderResult | None,
+        reply_ts: datetime,
+        model: str,
+    ) -> tuple[Reply, Refresh]:
+        """Taken over from a handling that stored the user's message alone (a streamed
+        reply whose worker died, or that was deferred: a resumed event is answered
+        without streaming): this reply is stored as its reply, and sent."""
+        refresh = replace(turn.refresh, context_update=ContextUpdate.REPLACE)
+        self.stats[Tally.EXCHANGE] += 1
+        if result is None:
+            return Reply(RESPONDER_FAILED_TEXT, ReplyKind.UNAVAILABLE), refresh
+        if await self._store_reply(turn, stored, result, result.text, reply_ts, None) is None:
+            return Reply(None, ReplyKind.DUPLICATE), refresh  # another handling answered
+        conversation = turn.session.conversation_id
+        return Reply(result.text, ReplyKind.ANSWER, conversation, model), refresh
 
     async def _saved(self, rows: ExchangeRows, retried: bool) -> StoredExchange | None:
         """Store the exchange's rows; None when the cached session named a closed or

@@ -201,3 +201,42 @@ async def test_a_rejected_request_gets_the_apology_at_once(
     reply = await service.handle(message)
     assert reply.kind is ReplyKind.UNAVAILABLE and reply.text != DEFERRED_TEXT
     assert [r.role for r in await messages_of(engine, user)] == ["user"]
+
+
+async def test_a_streamed_reply_deferred_is_answered_when_resumed(
+    make_service: ServiceFactory, engine: AsyncEngine
+) -> None:
+    """A streamed handling stores the user's message before the responder is asked; a
+    resumed one is not streamed (bot/channels/base.py, resume): it finds the message
+    stored without a reply, and answers it, the reply stored to it, once."""
+    llm = Failing(ResponderUnavailable("LLM API returned 503", status=503))
+    service = await make_service(responder=llm, stream_replies=True, **SHORT_LEASE)
+    user = new_user()
+    message = msg(user, "m1", pid=f"{user}:1")
+    shown: list[str] = []
+
+    async def show(piece: str) -> None:
+        shown.append(piece)
+
+    assert (await service.receive(message)).taken
+    reply = await service.handle(message, show)
+    assert (reply.kind, reply.text) == (ReplyKind.DEFERRED, DEFERRED_TEXT)
+    assert [r.content for r in await messages_of(engine, user)] == ["m1"]  # stored first
+    llm.down = False
+
+    answers: list = []
+    for _ in range(50):  # its retry is due after INBOX_SWEEP_SECONDS
+        answers.extend(await sweep(service))
+        if answers:
+            break
+        await asyncio.sleep(0.1)
+    ((pid, reply),) = answers
+    # (The context read from Postgres holds the stored message already, as for any
+    # event taken over: its count of earlier messages is not checked here.)
+    assert (pid, reply.kind) == (f"{user}:1", ReplyKind.ANSWER)
+    assert reply.text is not None and reply.text.startswith('You said: "m1"')
+    assert [(r.role, r.content) for r in await messages_of(engine, user)] == [
+        ("user", "m1"),
+        ("assistant", reply.text),
+    ]
+    assert await inbox_rows(engine, user) == []
