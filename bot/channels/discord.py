@@ -50,6 +50,7 @@ from bot.errors import (
     ShuttingDown,
     StoreError,
 )
+from bot.local import KeyedLocks
 from bot.service import UNAVAILABLE_TEXT
 
 if TYPE_CHECKING:  # discord.py's alias of what a message is in (typing only)
@@ -292,6 +293,7 @@ class DiscordAdapter(ChannelAdapter):
         self._ready = False
         self._stopping = False
         self._handling: set[asyncio.Task[Any]] = set()
+        self._receiving = KeyedLocks()  # per channel
         self._saved_api_base: str | None = None
         # Discord takes 50 requests a second from a bot (its global limit), all together,
         # and 5 message writes per 5 s per channel: budgets with margin (2 at once, then
@@ -386,7 +388,10 @@ class DiscordAdapter(ChannelAdapter):
         delivers a message again: one that cannot be kept now is lost, so its writer is
         told to try again."""
         try:
-            receipt = await self.dispatcher.receive(incoming)
+            # The inbox orders a writer's messages as they are kept: in Discord's order,
+            # which the gateway keeps in a channel, though each message is its own task.
+            async with self._receiving.hold(str(channel.id)):
+                receipt = await self.dispatcher.receive(incoming)
         except ShuttingDown:  # counted by the dispatcher
             self._refused(incoming)
             return False

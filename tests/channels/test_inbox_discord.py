@@ -283,3 +283,28 @@ async def test_a_message_a_dead_worker_kept_is_answered_in_its_thread(
         ("user", "are you still there?"),
         ("assistant", echo("are you still there?")),
     ]
+
+
+async def test_messages_are_kept_in_the_order_discord_sent_them(
+    start_bot: StartBot, discord_server: FakeDiscord, engine: AsyncEngine
+) -> None:
+    """Each message is its own discord.py task, and Postgres takes concurrent inserts in
+    any order: the inbox, which answers a writer's messages in the order it kept them,
+    must keep them in the gateway's."""
+    responder = GatedResponder()
+    await start_bot(responder)
+    ada, channel = user("ada"), snowflake()
+    messages = [discord_server.message(ada, f"m{n}", channel_id=channel) for n in range(10)]
+    for message in messages:
+        await discord_server.push_message(message)
+
+    async def all_kept() -> bool:
+        return len(await inbox_of(engine, ada)) == len(messages)
+
+    await eventually(all_kept, "every message kept")
+    assert await inbox_of(engine, ada) == [m["id"] for m in messages]
+    responder.release.set()
+    await discord_server.wait_for(lambda: len(discord_server.posts(channel)) == len(messages))
+    assert [p["content"] for p in discord_server.posts(channel)] == [
+        echo(f"m{n}", 2 * n) for n in range(len(messages))
+    ]
