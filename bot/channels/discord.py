@@ -2,6 +2,10 @@
 
 Translation only: a gateway MESSAGE_CREATE becomes an IncomingMessage, the Reply
 goes back with POST /channels/{id}/messages in parts of at most 2000 characters.
+Discord never delivers a message again, so each is kept in the inbox (bot/inbox.py)
+before it is answered, in the gateway's order per channel; one taken from the inbox
+after its worker died is answered from its plain data (`send_to`): in the channel or
+thread it names (a DM's chat_id is its DM channel), as a reply to it.
 Who may configure a server channel or thread, Discord says: the writer's member
 object (GET /guilds/{guild_id}/members/{user_id}, fetched fresh) weighed against the
 guild's roles and the channel's overwrites, which the gateway gave discord.py.

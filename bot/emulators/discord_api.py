@@ -2,8 +2,9 @@
 
 REST: what the adapter's client calls (login, application info, gateway discovery,
 messages, typing, DM channels, a guild member), every call recorded, with switches that
-answer the next message posts with 429 or a server error, and that make the member
-fetch fail or answer something malformed. The guild has the roles a test adds (with
+answer the next message posts with 429 or a server error, refuse posts to a channel
+for good (403 Missing Permissions, 404 Unknown Channel), and make the member fetch
+fail or answer something malformed. The guild has the roles a test adds (with
 their permissions), an owner, and overwrites on its text channel; each member the roles
 a test gives them. Gateway: HELLO, IDENTIFY → READY + GUILD_CREATE,
 heartbeat ACKs, RECONNECT → RESUME with a replay, and MESSAGE_CREATE dispatches the
