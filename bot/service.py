@@ -442,7 +442,8 @@ class ConversationService:
         stored = await self._saved(rows, retried)
         if stored is None:
             return await self._recover_stale(turn)
-        if stored.duplicate and stored.reply_text is None and turn.taken_over:
+        taken_over = stored.duplicate and stored.reply_text is None and turn.taken_over
+        if taken_over and result is not None:
             return await self._reply_to_stored(turn, stored, result, rows.reply_ts, model)
         if stored.duplicate:
             # The cached context may lack the stored exchange: rebuild it next time.
@@ -459,17 +460,17 @@ class ConversationService:
         self,
         turn: Turn,
         stored: StoredExchange,
-        result: ResponderResult | None,
+        result: ResponderResult,
         reply_ts: datetime,
         model: str,
     ) -> tuple[Reply, Refresh]:
         """Taken over from a handling that stored the user's message alone (a streamed
         reply whose worker died, or that was deferred: a resumed event is answered
-        without streaming): this reply is stored as its reply, and sent."""
+        without streaming): this reply is stored as its reply, and sent. (With no
+        reply, it is a duplicate as before: a message answered with the apology stays
+        in the inbox, and the duplicate is what ends it.)"""
         refresh = replace(turn.refresh, context_update=ContextUpdate.REPLACE)
         self.stats[Tally.EXCHANGE] += 1
-        if result is None:
-            return Reply(RESPONDER_FAILED_TEXT, ReplyKind.UNAVAILABLE), refresh
         if await self._store_reply(turn, stored, result, result.text, reply_ts, None) is None:
             return Reply(None, ReplyKind.DUPLICATE), refresh  # another handling answered
         conversation = turn.session.conversation_id

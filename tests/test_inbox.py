@@ -240,3 +240,29 @@ async def test_a_streamed_reply_deferred_is_answered_when_resumed(
         ("assistant", reply.text),
     ]
     assert await inbox_rows(engine, user) == []
+
+
+async def test_an_apology_is_not_sent_again_by_a_sweep(
+    make_service: ServiceFactory, engine: AsyncEngine
+) -> None:
+    """The apology's message stays in the inbox (delivered ignores UNAVAILABLE); taken
+    again, its stored message without a reply is a silent duplicate, and it is done."""
+    llm = Failing(ResponderRejected("LLM API returned 400", status=400))
+    # Redis holds the answered event for a redelivery's sake DELIVERY_LEASE_SECONDS.
+    service = await make_service(responder=llm, delivery_lease_seconds=1, **SHORT_LEASE)
+    user = new_user()
+    message = msg(user, "m1", pid=f"{user}:1")
+    assert (await service.receive(message)).taken
+    reply = await service.handle(message)
+    assert reply.kind is ReplyKind.UNAVAILABLE
+    service.delivered(message, reply.kind)
+
+    answers: list = []
+    for _ in range(50):  # its lease lapses
+        answers.extend(await sweep(service))
+        if answers:
+            break
+        await asyncio.sleep(0.1)
+    assert [(r.kind, r.text) for _, r in answers] == [(ReplyKind.DUPLICATE, None)]
+    assert await inbox_rows(engine, user) == []
+    assert [r.role for r in await messages_of(engine, user)] == ["user"]
