@@ -126,6 +126,17 @@ def incoming_message(message: discord.Message, me_id: int) -> IncomingMessage | 
     )
 
 
+def reference_to(message: IncomingMessage, channel_id: int) -> discord.MessageReference | None:
+    """The message, for a reply to show above itself; the reply goes all the same if
+    the message was deleted since."""
+    found = message.platform_message_id
+    if found is None or not found.isdigit():
+        return None
+    return discord.MessageReference(
+        message_id=int(found), channel_id=channel_id, fail_if_not_exists=False
+    )
+
+
 def _chat_kind(channel: object) -> ChatKind:
     """A DM, a thread channel (its own scope, apart from its parent), or a guild channel."""
     if isinstance(channel, discord.DMChannel):
@@ -430,20 +441,14 @@ class DiscordAdapter(ChannelAdapter):
         the message (shown above the reply, if it still exists). Discord refusing for good
         (the channel is gone, the bot may no longer write there) is logged: True."""
         client, place = self._client, message.thread_id or message.chat_id
-        if client is None or client.is_closed() or not self.connected:
+        if client is None or not self.connected:
             return False
         if place is None or not place.isdigit():
             self.log.error("discord message %s names no channel to answer in",
                            message.platform_message_id)  # fmt: skip
             return True
         channel = client.get_partial_messageable(int(place))
-        pid = message.platform_message_id
-        reference = (
-            discord.MessageReference(message_id=int(pid), channel_id=int(place),
-                                     fail_if_not_exists=False)
-            if pid is not None and pid.isdigit() else None
-        )  # fmt: skip
-        async with self._live(channel, reference=reference) as live:
+        async with self._live(channel, reference=reference_to(message, channel.id)) as live:
             try:
                 await live.finish(text)
             except PlatformRejected as exc:
