@@ -16,8 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.domain import ChatKind, IncomingMessage, ReplyKind, TextSink
 from bot.emulators.discord_api import FakeDiscord, Json, snowflake, user
+from bot.errors import ResponderUnavailable
 from bot.responders import ResponderRequest, ResponderResult
-from bot.service import UNAVAILABLE_TEXT
+from bot.service import DEFERRED_TEXT, UNAVAILABLE_TEXT
 from bot.store.inbox import Taken
 from tests.channels import test_discord
 from tests.channels.test_discord import LongResponder, StartBot, answered, user_rows
@@ -29,6 +30,7 @@ from tests.support import (
     fetch,
     free_port,
 )
+from tests.test_inbox import Failing
 
 start_bot = test_discord.start_bot  # the fixture: the adapter on the local Discord
 SHORT_LEASE = {"inbox_lease_seconds": 1.0, "inbox_sweep_seconds": 0.2}
@@ -307,4 +309,35 @@ async def test_messages_are_kept_in_the_order_discord_sent_them(
     await discord_server.wait_for(lambda: len(discord_server.posts(channel)) == len(messages))
     assert [p["content"] for p in discord_server.posts(channel)] == [
         echo(f"m{n}", 2 * n) for n in range(len(messages))
+    ]
+
+
+async def test_a_reply_deferred_while_the_llm_is_down_comes_later_as_a_reply(
+    start_bot: StartBot, discord_server: FakeDiscord, engine: AsyncEngine
+) -> None:
+    """The writer is told once that the answer will come (the reply was being streamed,
+    so the message is stored already); once the LLM is back, the sweep answers it."""
+    llm = Failing(ResponderUnavailable("LLM API returned 503", status=503))
+    bot = await start_bot(llm, stream_replies=True, **SHORT_LEASE)
+    bea = user("bea")
+    message = discord_server.message(bea, "later then")
+    assert await answered(discord_server, message) == [DEFERRED_TEXT]
+    llm.down = False
+
+    taken: list[Taken] = []
+
+    async def due() -> bool:  # its retry is due after INBOX_SWEEP_SECONDS
+        found = await bot.service.inbox.take(["discord"], 100)
+        taken.extend(t for t in found if t.message["platform_message_id"] == message["id"])
+        return bool(taken)
+
+    await eventually(due, "the deferred message taken")
+    await bot.adapter.resume(bot.service.adopt(taken[0]))
+    posts = discord_server.posts(message["channel_id"])
+    assert len(posts) == 2 and posts[0]["content"] == DEFERRED_TEXT
+    assert posts[1]["content"].startswith('You said: "later then"')
+    assert posts[1]["message_reference"]["message_id"] == int(message["id"])
+    assert [row[:2] for row in await user_rows(engine, bea)] == [
+        ("user", "later then"),
+        ("assistant", posts[1]["content"]),
     ]
