@@ -131,7 +131,8 @@ class ReplyKind(StrEnum):
     RATE_LIMITED = "rate_limited"
     DUPLICATE = "duplicate"  # a redelivered event: answered already, say nothing
     INVALID = "invalid"  # bad input, refused with an explanation
-    UNAVAILABLE = "unavailable"  # Postgres could not store the exchange
+    UNAVAILABLE = "unavailable"  # not answered now ("can't answer", "busy"): come again
+    FAILED = "failed"  # the responder failed for good: an apology; stored without a reply
     MAINTENANCE = "maintenance"  # the `maintenance` flag is on: a polite notice, nothing stored
     MUTED = "muted"  # the `replies_disabled` flag is on: say nothing, nothing stored
     INTERRUPTED = "interrupted"  # a streamed reply cut off: its part, and a note saying so

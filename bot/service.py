@@ -451,18 +451,38 @@ class ConversationService:
         stored = await self._saved(rows, retried)
         if stored is None:
             return await self._recover_stale(turn)
+        taken_over = stored.duplicate and stored.reply_text is None and turn.taken_over
+        if taken_over and result is not None:
+            return await self._reply_to_stored(turn, stored, result, rows.reply_ts, model)
         if stored.duplicate:
             # The cached context may lack the stored exchange: rebuild it next time.
             refresh = replace(turn.refresh, context_update=ContextUpdate.REPLACE)
-            if result is not None and stored.reply_text is None and turn.taken_over:
-                return await self._late_reply(turn, stored, result, model), refresh
             return self._redelivered(turn, stored), refresh
         reply = ContextMessage("assistant", result.text, rows.reply_ts) if result else None
         refresh = self._appended(turn, recent, cached is not None, rows, reply, rows.reply_id)
         self.stats[Tally.EXCHANGE] += 1
         if result is None:
-            return Reply(RESPONDER_FAILED_TEXT, ReplyKind.UNAVAILABLE), refresh
+            return Reply(RESPONDER_FAILED_TEXT, ReplyKind.FAILED), refresh
         return Reply(result.text, ReplyKind.ANSWER, turn.session.conversation_id, model), refresh
+
+    async def _reply_to_stored(
+        self,
+        turn: Turn,
+        stored: StoredExchange,
+        result: ResponderResult,
+        reply_ts: datetime,
+        model: str,
+    ) -> tuple[Reply, Refresh]:
+        """Taken over from a handling that stored the user's message alone (a streamed
+        reply whose worker died, or that was deferred: a resumed event is answered
+        without streaming): this reply is stored as its reply, and sent. (With no
+        reply, it is a duplicate as before: nothing is sent twice.)"""
+        refresh = replace(turn.refresh, context_update=ContextUpdate.REPLACE)
+        self.stats[Tally.EXCHANGE] += 1
+        if await self._store_reply(turn, stored, result, result.text, reply_ts, None) is None:
+            return Reply(None, ReplyKind.DUPLICATE), refresh  # another handling answered
+        conversation = turn.session.conversation_id
+        return Reply(result.text, ReplyKind.ANSWER, conversation, model), refresh
 
     async def _saved(self, rows: ExchangeRows, retried: bool) -> StoredExchange | None:
         """Store the exchange's rows; None when the cached session named a closed or
@@ -547,7 +567,7 @@ class ConversationService:
     def _streamed_reply(self, turn: Turn, text: str, cut: Interruption | None, model: str) -> Reply:
         conversation = turn.session.conversation_id
         if not text:
-            return Reply(RESPONDER_FAILED_TEXT, ReplyKind.UNAVAILABLE)
+            return Reply(RESPONDER_FAILED_TEXT, ReplyKind.FAILED)
         if cut is not None:
             self.stats[Tally.INTERRUPTED] += 1
             note = f"{text}\n\n{INTERRUPTED_NOTE}"
@@ -612,17 +632,6 @@ class ConversationService:
             turn.message.platform_message_id,
         )
         return None
-
-    async def _late_reply(
-        self, turn: Turn, stored: StoredExchange, result: ResponderResult, model: str
-    ) -> Reply:
-        """The reply to a message stored without one by an earlier handling (a streamed
-        reply deferred before its first word, or whose worker died): stored now, in turn."""
-        reply_ts = datetime.now(UTC)
-        if await self._store_reply(turn, stored, result, result.text, reply_ts, None) is None:
-            return Reply(None, ReplyKind.DUPLICATE)  # another handling answered it first
-        self.stats[Tally.EXCHANGE] += 1
-        return Reply(result.text, ReplyKind.ANSWER, turn.session.conversation_id, model)
 
     def _redelivered(self, turn: Turn, stored: StoredExchange) -> Reply:
         """A platform event Postgres holds already. If Redis says its earlier handling

@@ -236,7 +236,7 @@ async def test_a_rejected_request_gets_the_apology_at_once(
     message = msg(user, "m1", pid=f"{user}:1")
     assert (await service.receive(message)).taken
     reply = await service.handle(message)
-    assert reply.kind is ReplyKind.UNAVAILABLE and reply.text != DEFERRED_TEXT
+    assert reply.kind is ReplyKind.FAILED and reply.text != DEFERRED_TEXT
     assert [r.role for r in await messages_of(engine, user)] == ["user"]
 
 
@@ -297,3 +297,31 @@ async def test_a_newer_message_never_overtakes_an_older_one_of_the_same_worker(
     assert (reply.kind, reply.text) == (ReplyKind.DEFERRED, None)  # behind the second
     assert [r.content for r in await messages_of(engine, user)] == ["m1", echo("m1")]
     assert await inbox_rows(engine, user) == [f"{user}:2", f"{user}:3"]
+
+
+async def test_an_apology_is_final_and_holds_up_nothing_behind_it(
+    make_service: ServiceFactory, engine: AsyncEngine
+) -> None:
+    """A reply refused for good gets the apology, and the message is done with: its
+    event leaves the inbox once the apology is delivered, a redelivery says nothing, and
+    the writer's next message is answered at once."""
+    llm = Failing(ResponderRejected("LLM API returned 400", status=400))
+    service = await make_service(responder=llm, **SHORT_LEASE)
+    user = new_user()
+    message, after = (msg(user, f"m{n}", pid=f"{user}:{n}") for n in (1, 2))
+    assert (await service.receive(message)).taken
+    reply = await service.handle(message)
+    assert reply.kind is ReplyKind.FAILED
+    service.delivered(message, reply.kind)
+    await service.inbox.flush()
+    assert await inbox_rows(engine, user) == []
+
+    assert (await service.receive(message)).taken  # the platform sends it again
+    again = await service.handle(message)
+    assert (again.kind, again.text) == (ReplyKind.DUPLICATE, None)
+    service.delivered(message, again.kind)
+    await service.inbox.flush()
+    llm.down = False
+    assert (await service.receive(after)).older == ()
+    assert await received_and_handled(service, after) == echo("m2", 1)
+    assert [r.role for r in await messages_of(engine, user)] == ["user", "user", "assistant"]

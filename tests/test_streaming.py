@@ -153,7 +153,7 @@ async def test_a_responder_failing_before_any_piece_gives_the_apology_and_no_rep
     reply = await service.handle(msg(user, "hello?"), screen)
 
     assert screen.pieces == []
-    assert reply.kind is ReplyKind.UNAVAILABLE and reply.text == RESPONDER_FAILED_TEXT
+    assert reply.kind is ReplyKind.FAILED and reply.text == RESPONDER_FAILED_TEXT
     assert [(r.role, r.content) for r in await stored(engine, user)] == [("user", "hello?")]
     await service.handle(msg(user, "still there?"), screen)
     assert service.stats[Tally.TURN_CONFLICT] == 0  # the turn was given back: nobody waits

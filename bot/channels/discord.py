@@ -2,6 +2,10 @@
 
 Translation only: a gateway MESSAGE_CREATE becomes an IncomingMessage, the Reply
 goes back with POST /channels/{id}/messages in parts of at most 2000 characters.
+Discord never delivers a message again, so each is kept in the inbox (bot/inbox.py)
+before it is answered, in the gateway's order per channel; one taken from the inbox
+after its worker died is answered from its plain data (`send_to`): in the channel or
+thread it names (a DM's chat_id is its DM channel), as a reply to it.
 Who may configure a server channel or thread, Discord says: the writer's member
 object (GET /guilds/{guild_id}/members/{user_id}, fetched fresh) weighed against the
 guild's roles and the channel's overwrites, which the gateway gave discord.py.
@@ -25,14 +29,14 @@ import contextlib
 import functools
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 import discord
 import yarl
 from discord.http import INTERNAL_API_VERSION, Route
 
-from bot.cache.streams import Orphan
+from bot.cache.streams import Orphan, StreamBooking
 from bot.channels.base import ChannelAdapter
 from bot.channels.delivery import deliver
 from bot.channels.discord_live import MESSAGE_LIMIT, DiscordSurface
@@ -40,7 +44,7 @@ from bot.channels.dispatch import Dispatcher
 from bot.channels.live import LiveReply, ended_text
 from bot.channels.options import DiscordOptions
 from bot.channels.pacing import Pacer, PacerBook
-from bot.domain import ChatKind, IncomingMessage, Reply
+from bot.domain import ChatKind, IncomingMessage, Reply, ReplyKind
 from bot.errors import (
     CredentialsRejected,
     PlatformError,
@@ -48,7 +52,13 @@ from bot.errors import (
     PlatformRejected,
     PlatformUnavailable,
     ShuttingDown,
+    StoreError,
 )
+from bot.local import KeyedLocks
+from bot.service import UNAVAILABLE_TEXT
+
+if TYPE_CHECKING:  # discord.py's alias of what a message is in (typing only)
+    from discord.abc import MessageableChannel as Channel
 
 T = TypeVar("T")
 # discord.py retries a 5xx for up to 25 s, and the admin check runs inside the turn's claim
@@ -113,6 +123,17 @@ def incoming_message(message: discord.Message, me_id: int) -> IncomingMessage | 
         chat_id=str(thread.parent_id if thread else channel.id),
         thread_id=str(thread.id) if thread else None,
         chat_kind=_chat_kind(channel),
+    )
+
+
+def reference_to(message: IncomingMessage, channel_id: int) -> discord.MessageReference | None:
+    """The message, for a reply to show above itself; the reply goes all the same if
+    the message was deleted since."""
+    found = message.platform_message_id
+    if found is None or not found.isdigit():
+        return None
+    return discord.MessageReference(
+        message_id=int(found), channel_id=channel_id, fail_if_not_exists=False
     )
 
 
@@ -268,6 +289,7 @@ class _Client(discord.AutoShardedClient):
 
 class DiscordAdapter(ChannelAdapter):
     name = "discord"
+    resumes = True  # a message's channel and id are all a reply needs (send_to)
 
     def __init__(
         self,
@@ -286,6 +308,7 @@ class DiscordAdapter(ChannelAdapter):
         self._ready = False
         self._stopping = False
         self._handling: set[asyncio.Task[Any]] = set()
+        self._receiving = KeyedLocks()  # per channel
         self._saved_api_base: str | None = None
         # Discord takes 50 requests a second from a bot (its global limit), all together,
         # and 5 message writes per 5 s per channel: budgets with margin (2 at once, then
@@ -369,20 +392,89 @@ class DiscordAdapter(ChannelAdapter):
             self._refused(incoming)
             return
         self._handling.add(task)
-        surface, booking = self._surface(message.channel), self.dispatcher.booking(self.name)
         try:
-            interval = self.options.stream_interval_seconds
-            pacers = (self._pacer, self._channel_pacers[str(message.channel.id)])
-            async with LiveReply(surface, interval, booking, pacers) as live:
-                reply = await self._answer(message.channel, incoming, live)
-                if reply is None:
-                    return
-                if (reply.text is None and not live.streamed) or await self._finish(
-                    live, incoming, reply
-                ):
-                    self.dispatcher.delivered(incoming, reply)
+            if await self._kept(message.channel, incoming):
+                await self._reply(message.channel, incoming)
         finally:
             self._handling.discard(task)
+
+    async def _kept(self, channel: Channel, incoming: IncomingMessage) -> bool:
+        """Whether the message is in the inbox, for this worker to answer. Discord never
+        delivers a message again: one that cannot be kept now is lost, so its writer is
+        told to try again."""
+        try:
+            # The inbox orders a writer's messages as they are kept: in Discord's order,
+            # which the gateway keeps in a channel, though each message is its own task.
+            async with self._receiving.hold(str(channel.id)):
+                receipt = await self.dispatcher.receive(incoming)
+        except ShuttingDown:  # counted by the dispatcher
+            self._refused(incoming)
+            return False
+        except StoreError as exc:
+            self.log.warning(
+                "discord message %s not kept (%s): its writer is told to try again",
+                incoming.platform_message_id, exc,
+                extra={"channel": self.name, "user_id": incoming.channel_user_id},
+            )  # fmt: skip
+            await self._tell(channel, incoming, Reply(UNAVAILABLE_TEXT, ReplyKind.UNAVAILABLE))
+            return False
+        return receipt.taken  # not taken: another worker has it in hand
+
+    async def _reply(self, channel: Channel, incoming: IncomingMessage) -> None:
+        """Answer the message, the reply shown as it is written."""
+        async with self._live(channel, self.dispatcher.booking(self.name)) as live:
+            reply = await self._answer(channel, incoming, live)
+            if reply is None:
+                return
+            if (reply.text is None and not live.streamed) or await self._finish(
+                live, incoming, reply
+            ):
+                self.dispatcher.delivered(incoming, reply)
+
+    async def _tell(self, channel: Channel, incoming: IncomingMessage, reply: Reply) -> None:
+        """Send a reply the service did not make (it could not be asked)."""
+        async with self._live(channel) as live:
+            await self._finish(live, incoming, reply)
+
+    async def send_to(self, message: IncomingMessage, text: str) -> bool:
+        """Reply in the message's channel (its thread, its DM channel), as an answer to
+        the message (shown above the reply, if it still exists). Discord refusing for good
+        (the channel is gone, the bot may no longer write there) is logged: True."""
+        client, place = self._client, message.thread_id or message.chat_id
+        if client is None or not self.connected:
+            return False
+        if place is None or not place.isdigit():
+            self.log.error("discord message %s names no channel to answer in",
+                           message.platform_message_id)  # fmt: skip
+            return True
+        channel = client.get_partial_messageable(int(place))
+        async with self._live(channel, reference=reference_to(message, channel.id)) as live:
+            try:
+                await live.finish(text)
+            except PlatformRejected as exc:
+                self.log.error("late reply refused by Discord for good: %s", exc,
+                               extra=self._where(message))  # fmt: skip
+                return True
+            except PlatformError as exc:
+                self.log.warning("late reply not delivered to Discord for now: %s", exc,
+                                 extra=self._where(message))  # fmt: skip
+                return False
+        return True
+
+    def _where(self, message: IncomingMessage) -> dict[str, str | None]:
+        return {"channel": self.name, "user_id": message.channel_user_id,
+                "chat_id": message.chat_id}  # fmt: skip
+
+    def _live(
+        self,
+        channel: Channel,
+        booking: StreamBooking | None = None,
+        reference: discord.MessageReference | None = None,
+    ) -> LiveReply:
+        """A reply in `channel`, within the bot's budget and the channel's."""
+        pacers = (self._pacer, self._channel_pacers[str(channel.id)])
+        surface = self._surface(channel, reference)
+        return LiveReply(surface, self.options.stream_interval_seconds, booking, pacers)
 
     async def end_stream(self, orphan: Orphan, note: str) -> None:
         """Edit the message left growing to its text and the note."""
@@ -426,14 +518,20 @@ class DiscordAdapter(ChannelAdapter):
 
             try:
                 return await self.dispatcher.handle(incoming, show)
-            except ShuttingDown:  # counted by the dispatcher
-                self._refused(incoming)
+            except ShuttingDown:  # counted by the dispatcher; kept, it lapses to a sweep
+                self.log.info("discord message %s left in the inbox: shutting down",
+                              incoming.platform_message_id)  # fmt: skip
                 return None
 
-    def _surface(self, channel: discord.abc.Messageable) -> DiscordSurface:
+    def _surface(
+        self,
+        channel: discord.abc.Messageable,
+        reference: discord.MessageReference | None = None,
+    ) -> DiscordSurface:
         rate_limited = functools.partial(self.dispatcher.platform_rate_limited, self.name)
         send = functools.partial(_delivered, on_rate_limited=rate_limited)
-        return DiscordSurface(channel, send, functools.partial(self.dispatcher.sent, self.name))
+        sent = functools.partial(self.dispatcher.sent, self.name)
+        return DiscordSurface(channel, send, sent, reference)
 
     async def _finish(self, live: LiveReply, incoming: IncomingMessage, reply: Reply) -> bool:
         """The reply's final update (all of it, if nothing was streamed); False if it

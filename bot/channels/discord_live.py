@@ -20,11 +20,17 @@ class DiscordSurface:
     rewrites = True
 
     def __init__(
-        self, channel: discord.abc.Messageable, send: Send, on_sealed: Callable[[], None]
+        self,
+        channel: discord.abc.Messageable,
+        send: Send,
+        on_sealed: Callable[[], None],
+        reference: discord.MessageReference | None = None,
     ) -> None:
         self._channel = channel
         self._send = send
         self._on_sealed = on_sealed
+        # The message the reply's first post answers, shown above it (a late reply).
+        self._reference = reference
         self._posted: discord.Message | None = None
 
     @property
@@ -36,14 +42,22 @@ class DiscordSurface:
 
     async def show(self, text: str) -> None:
         if self._posted is None:
-            self._posted = await self._send(functools.partial(self._channel.send, text))
+            self._posted = await self._post(text)
         else:
             await self._send(functools.partial(self._posted.edit, content=text))
 
     async def seal(self, text: str) -> None:
         if self._posted is None:
-            await self._send(functools.partial(self._channel.send, text))
+            await self._post(text)
         else:
             await self._send(functools.partial(self._posted.edit, content=text))
         self._posted = None
         self._on_sealed()
+
+    async def _post(self, text: str) -> discord.Message:
+        """A new message; the first one as the reply to the referenced message."""
+        reference, self._reference = self._reference, None
+        posted: discord.Message = await self._send(
+            functools.partial(self._channel.send, text, reference=reference)
+        )
+        return posted

@@ -2,8 +2,9 @@
 
 REST: what the adapter's client calls (login, application info, gateway discovery,
 messages, typing, DM channels, a guild member), every call recorded, with switches that
-answer the next message posts with 429 or a server error, and that make the member
-fetch fail or answer something malformed. The guild has the roles a test adds (with
+answer the next message posts with 429 or a server error, refuse posts to a channel
+for good (403 Missing Permissions, 404 Unknown Channel), and make the member fetch
+fail or answer something malformed. The guild has the roles a test adds (with
 their permissions), an owner, and overwrites on its text channel; each member the roles
 a test gives them. Gateway: HELLO, IDENTIFY → READY + GUILD_CREATE,
 heartbeat ACKs, RECONNECT → RESUME with a replay, and MESSAGE_CREATE dispatches the
@@ -48,7 +49,7 @@ SEND_MESSAGES = 1 << 11
 READ_MESSAGE_HISTORY = 1 << 16
 SEND_MESSAGES_IN_THREADS = 1 << 38
 EVERYONE = VIEW_CHANNEL | SEND_MESSAGES | READ_MESSAGE_HISTORY | SEND_MESSAGES_IN_THREADS
-ERROR_UNKNOWN_GUILD, ERROR_UNKNOWN_MEMBER = 10004, 10007
+ERROR_UNKNOWN_CHANNEL, ERROR_UNKNOWN_GUILD, ERROR_UNKNOWN_MEMBER = 10003, 10004, 10007
 NOT_SET: Any = object()
 UNCHECKED = web.ResponseKey("unchecked", bool)  # served as it is, not checked
 Json = dict[str, Any]
@@ -80,10 +81,15 @@ def user(name: str, *, bot: bool = False, user_id: str | None = None) -> Json:
 
 
 class SpecChecker:
-    """Just enough JSON Schema (the keywords the vendored subset uses) to check shapes."""
+    """Just enough JSON Schema (the keywords the vendored subset uses) to check shapes.
 
-    def __init__(self, path: Path = SPEC_PATH) -> None:
+    With `integer_ids`, a snowflake may be a JSON integer, as Discord takes it in a
+    request (discord.py sends a message reference's ids so); it always answers strings.
+    """
+
+    def __init__(self, path: Path = SPEC_PATH, *, integer_ids: bool = False) -> None:
         self.spec: Json = json.loads(path.read_text(encoding="utf-8"))
+        self.integer_ids = integer_ids
         self._routes = [
             (re.compile("^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(t)) + "$"), t)
             for t in self.spec["paths"]
@@ -113,6 +119,8 @@ class SpecChecker:
 
     def errors(self, value: Any, schema: Json, where: str = "$") -> list[str]:
         schema = self.resolve(schema)
+        if self.integer_ids and schema.get("format") == "snowflake" and _is_type(value, "integer"):
+            return [] if 0 <= value < 2**64 else [f"{where}: {value} is no snowflake"]
         types = schema.get("type")
         if types is not None:
             allowed = [types] if isinstance(types, str) else types
@@ -248,6 +256,7 @@ class Connection:
 class FakeDiscord:
     def __init__(self) -> None:
         self.spec = SpecChecker()
+        self.request_spec = SpecChecker(integer_ids=True)
         self.bot = user("chatbot", bot=True)
         self.owner = user("owner")
         self.application_id = self.bot["id"]
@@ -272,6 +281,7 @@ class FakeDiscord:
         self.failing_status = 503
         self.message_content_allowed = True  # the privileged intent enabled in the portal
         self.forbidden_channels: set[str] = set()  # posting there: 403 Missing Permissions
+        self.gone_channels: set[str] = set()  # deleted: 404 Unknown Channel
         # The guild (sent in GUILD_CREATE, so set before the bot connects): `owner` owns it,
         # `roles` besides @everyone (add_role), the text channel's `overwrites`.
         self.roles: list[Json] = []
@@ -459,7 +469,8 @@ class FakeDiscord:
         if operation is None:
             self.violations.append(f"{request.method} {path}: not in the spec")
         elif body is not None and "requestBody" in operation:
-            self._check(body, self.spec.body_schema(operation["requestBody"]), f"{path} request")
+            schema = self.spec.body_schema(operation["requestBody"])
+            self._check(body, schema, f"{path} request", self.request_spec)
         if request.headers.get("Authorization") != f"Bot {TOKEN}":
             response = _error(401, "401: Unauthorized")
         else:
@@ -485,11 +496,14 @@ class FakeDiscord:
         if schema is not None and isinstance(response.body, bytes):
             self._check(json.loads(response.body), schema, f"{path} response")
 
-    def _check(self, value: Any, schema: Json | str | None, where: str) -> None:
+    def _check(
+        self, value: Any, schema: Json | str | None, where: str, spec: SpecChecker | None = None
+    ) -> None:
         if schema is None:
             return
-        resolved = self.spec.schema(schema) if isinstance(schema, str) else schema
-        self.violations += [f"{where}: {e}" for e in self.spec.errors(value, resolved)]
+        spec = spec or self.spec
+        resolved = spec.schema(schema) if isinstance(schema, str) else schema
+        self.violations += [f"{where}: {e}" for e in spec.errors(value, resolved)]
 
     async def _me(self, request: web.Request) -> web.Response:
         return _json({**self.bot, "mfa_enabled": False, "locale": "en-US", "verified": True})
@@ -511,6 +525,8 @@ class FakeDiscord:
         return _json({"url": self.ws_url(), "shards": 1, "session_start_limit": limit})
 
     async def _create_message(self, request: web.Request) -> web.Response:
+        if request.match_info["channel_id"] in self.gone_channels:
+            return _error(404, "Unknown Channel", ERROR_UNKNOWN_CHANNEL)
         if request.match_info["channel_id"] in self.forbidden_channels:
             return _error(403, "Missing Permissions", 50013)
         if self.rate_limited_posts > 0:

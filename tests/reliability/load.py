@@ -66,7 +66,7 @@ class Attempt:
     @property
     def apology(self) -> bool:
         """The responder failed: the message is stored without a reply, and told so."""
-        return self.kind is ReplyKind.UNAVAILABLE and self.reply == RESPONDER_FAILED_TEXT
+        return self.kind is ReplyKind.FAILED and self.reply == RESPONDER_FAILED_TEXT
 
     @property
     def redeliver(self) -> bool:
