@@ -737,6 +737,26 @@ async def test_webhook_answers_200_only_once_the_update_is_kept(
     assert telegram.sent[0]["text"] == echo("keep me")
 
 
+async def test_webhook_update_kept_as_the_worker_stops_is_still_answered(
+    start: Start, telegram: FakeBotApi, engine: AsyncEngine
+) -> None:
+    """Received just before the dispatcher closed, and acknowledged: Telegram will not
+    send it again, so this worker answers it while it drains."""
+    running, url = await start_webhook(start)
+    rex = user(new_id(), "rex")
+    body = private_update(telegram, rex, "just in time")
+
+    async with engine.connect() as locker, locker.begin():
+        await locker.execute(sql("LOCK TABLE inbox IN SHARE MODE"))
+        posting = asyncio.create_task(post(url, as_json(body)))
+        await until_async(lambda: waiting_for_inbox(engine), "the update's row waiting")
+        running.dispatcher.close()  # SIGTERM while the update is being kept
+    assert await posting == 200
+
+    await telegram.wait_for(lambda: len(telegram.sent) == 1)
+    assert telegram.sent[0]["text"] == echo("just in time")
+
+
 async def waiting_for_inbox(engine: AsyncEngine) -> bool:
     rows = await fetch(
         engine, "SELECT 1 FROM pg_locks WHERE relation = 'inbox'::regclass AND NOT granted"
