@@ -191,6 +191,8 @@ class TelegramAdapter(ChannelAdapter):
         await _retried(bot.delete_webhook)  # getUpdates fails while a webhook is set
         self._connected = True
         while not self._refusing:
+            if len(self._handlers) >= MAX_IN_FLIGHT:
+                await self._confirm(bot)  # what is kept, before waiting for room
             while len(self._handlers) >= MAX_IN_FLIGHT:
                 await self._any_answered(POLL_TIMEOUT)
             # Outages are retried for as long as they last: the adapter reconnects by itself.

@@ -22,6 +22,7 @@ from sqlalchemy import text as sql
 from sqlalchemy.ext.asyncio import AsyncEngine
 from telegram import Bot
 
+from bot.channels import telegram as telegram_adapter
 from bot.channels.dispatch import Dispatcher
 from bot.channels.registry import telegram_options
 from bot.channels.telegram import SECRET_HEADER, TelegramAdapter
@@ -219,6 +220,23 @@ async def test_an_update_is_confirmed_once_kept_in_the_inbox_not_once_answered(
             break
         await asyncio.sleep(0.05)
     assert not await in_inbox(engine, slow)
+
+
+async def test_polling_takes_no_more_than_max_in_flight_updates_at_once(
+    start: Start, telegram: FakeBotApi, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(telegram_adapter, "MAX_IN_FLIGHT", 2)  # 90 in production
+    responder = GatedResponder()
+    await start(responder=responder)
+    people = [user(new_id(), f"p{n}") for n in range(3)]
+    sent = [await telegram.push(private_update(telegram, p, "wait")) for p in people]
+
+    await until_async(lambda: in_inbox(engine, sent[1]), "the second update kept")
+    await asyncio.sleep(0.5)  # polling goes on, but takes no third one while two are answered
+    assert telegram.confirmed == sent[2]["update_id"]  # the third one is still Telegram's
+    assert not await in_inbox(engine, sent[2])
+    responder.release.set()
+    await telegram.wait_for(lambda: len(telegram.sent) == 3)
 
 
 # -- groups -------------------------------------------------------------------------------
