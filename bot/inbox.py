@@ -231,6 +231,13 @@ class Inbox:
             if not live or not await backoff.pause():
                 return True  # nobody is answering one of them, or it takes too long
 
+    async def older_waiting(self, receipt: Receipt) -> bool:
+        """In the turn: whether an older event of the receipt's place waits for a sweep
+        (put back while this one waited for the turn, or its holder died): this one
+        must go behind it. One statement, only for an event with older ones."""
+        older = [s for s in receipt.older if s not in self._done]
+        return bool(older) and await self.queries.any_waiting(older, NOBODY)
+
     async def put_back(self, receipt: Receipt, after: float, *, told: bool) -> bool:
         """Leave the event to a sweep, `after` seconds from now (0: as soon as its place
         allows); False if it is no longer this worker's (or not kept)."""

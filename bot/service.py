@@ -105,6 +105,15 @@ class Turn:
         return (message.username or message.channel_user_id) if self.shared else None
 
 
+class _TurnDeferred(Exception):
+    """A deferred reply, put back within its turn, on its way out of the turn (which
+    ends as failed: nothing of the exchange is settled in Redis)."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__("reply deferred")
+        self.reply = reply
+
+
 class ConversationService:
     def __init__(
         self,
@@ -216,8 +225,8 @@ class ConversationService:
             shared = self._shared(message, chat)
             stream = on_text if self.settings.stream_replies else None
             return await self._in_turn(message, chat, shared, stream, receipt)
-        except ReplyDeferred as deferral:
-            return await self._deferred(message, receipt, deferral)
+        except _TurnDeferred as deferred:
+            return deferred.reply
         except LockTimeout:
             self.stats[Tally.LOCK_TIMEOUT] += 1
             return Reply(BUSY_TEXT, ReplyKind.UNAVAILABLE)
@@ -301,8 +310,16 @@ class ConversationService:
                 return Reply(None, ReplyKind.DUPLICATE)
             if claim.hot is None:
                 self.stats[Tally.CACHE_UNAVAILABLE] += 1
+            if receipt is not None and await self.inbox.older_waiting(receipt):
+                return await self._put_behind(receipt)
             hot = claim.hot
-            reply, refresh = await self._process(message, hot, chat, shared, on_text, receipt)
+            try:
+                reply, refresh = await self._process(message, hot, chat, shared, on_text, receipt)
+            except ReplyDeferred as deferral:
+                # Put back while the turn is held: a newer message of the writer waiting
+                # for the turn then finds it put back, and goes behind it.
+                reply = await self._deferred(message, receipt, deferral)
+                raise _TurnDeferred(reply) from deferral
             claim.settle_with(refresh)
         return reply
 

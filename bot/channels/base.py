@@ -51,8 +51,11 @@ class ChannelAdapter(abc.ABC):
     async def resume(self, message: IncomingMessage) -> None:
         """Answer an event taken from the inbox (its worker died, or its reply was
         deferred): no platform object is in hand, so the reply goes to the place the
-        message names (`send_to`)."""
-        reply = await self.dispatcher.handle(message)
+        message names (`send_to`). It is handled as a live event is, through the
+        streamed path when replies stream (shown nowhere as it grows: sent whole), since
+        a handling that died may have stored the message without its reply, and only
+        that path completes such a message; the other answers it as a duplicate."""
+        reply = await self.dispatcher.handle(message, _shown_nowhere)
         if reply.text is None or await self.send_to(message, reply.text):
             self.dispatcher.delivered(message, reply)
 
@@ -66,6 +69,10 @@ class ChannelAdapter(abc.ABC):
     @abc.abstractmethod
     def connected(self) -> bool:
         """Whether the platform connection is up (for /readyz)."""
+
+
+async def _shown_nowhere(piece: str) -> None:
+    return None
 
 
 def break_at(text: str, limit: int, after: int = 0) -> int:

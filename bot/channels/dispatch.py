@@ -56,8 +56,11 @@ class Dispatcher:
 
     async def handle(self, message: IncomingMessage, on_text: TextSink | None = None) -> Reply:
         """The service's reply to `message`. With `on_text` (the adapter's display of a
-        reply as it grows), pieces are shown as they are written; the Reply is whole."""
-        if self._closing:
+        reply as it grows), pieces are shown as they are written; the Reply is whole.
+        While closing, only a message kept in the inbox here is answered: the platform
+        was told it arrived (it was received before close()), and will not send it
+        again; the drain, and the adapter's grace, wait for it."""
+        if self._closing and self.service.inbox.receipt(message) is None:
             self.refused(message.channel)
             raise ShuttingDown("the worker is shutting down")
         self._in_flight += 1

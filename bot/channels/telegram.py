@@ -2,8 +2,11 @@
 
 Updates arrive by long polling (default) or, with TELEGRAM_WEBHOOK_URL set, by webhook.
 Both receivers are ours, on top of PTB's Bot, because PTB's own ones confirm an update
-before it is handled: an update the dispatcher refuses while the worker shuts down must
-stay unconfirmed (polling) or be answered 503 (webhook), so that Telegram sends it again.
+before anything is done with it. Ours confirm an update only once it is kept in the
+inbox (bot/inbox.py), which answers it even if this worker dies: the getUpdates offset
+passes it then, or the webhook answers 200. An update that cannot be kept (Postgres is
+down, or the worker is shutting down) stays unconfirmed (polling) or is answered 503
+(webhook), so that Telegram sends it again.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from telegram import ChatMember, Message, Update
+from telegram import ChatMember, Message, ReplyParameters, Update
 from telegram import error as tg
 from telegram.constants import ChatAction, MessageLimit, UpdateType
 from telegram.error import InvalidToken, RetryAfter, TelegramError
@@ -35,6 +38,7 @@ from bot.channels.base import (
     parse_json,
     read_body,
     refusal,
+    split_text,
     webhook_application,
 )
 from bot.channels.delivery import deliver
@@ -44,7 +48,7 @@ from bot.channels.options import TelegramOptions
 from bot.channels.pacing import Pacer, PacerBook
 from bot.channels.telegram_live import surface_for
 from bot.channels.telegram_updates import MALFORMED, incoming_message, parse_update
-from bot.domain import IncomingMessage
+from bot.domain import NOT_KEPT, ChatKind, IncomingMessage
 from bot.errors import (
     CredentialsRejected,
     PlatformError,
@@ -52,6 +56,8 @@ from bot.errors import (
     PlatformRejected,
     PlatformUnavailable,
     ShuttingDown,
+    StoreError,
+    StoreUnavailable,
     WebhookRefused,
 )
 from bot.listening import start_site
@@ -61,9 +67,10 @@ Bot = ExtBot[None]
 
 ALLOWED_UPDATES = [UpdateType.MESSAGE]  # edits, reactions, channel posts: never fetched
 POLL_TIMEOUT = 30  # seconds a getUpdates long poll may wait on Telegram's side
-MAX_IN_FLIGHT = 90  # updates handled at once before polling pauses; under getUpdates' 100,
-# so that a poll that brings back every update still in hand has room for new ones
-REPOLL_DELAY = 0.5  # after a poll that brought back only updates still in hand
+MAX_IN_FLIGHT = 90  # updates answered at once; polling takes no more until one is done
+# (those it leaves stay unconfirmed, and come with a later poll)
+REPOLL_DELAY = 0.5  # after a poll that brought back only updates taken already
+UNKEPT_DELAY = 1.0  # after an update Postgres could not keep, before it is fetched again
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 JSON_ONLY = frozenset({"application/json"})  # what Telegram posts
 TYPING_DELAY = 1.0  # a fast reply needs no "typing…"
@@ -74,6 +81,7 @@ ADMIN_STATUSES = (ChatMember.OWNER, ChatMember.ADMINISTRATOR)
 
 class TelegramAdapter(ChannelAdapter):
     name = "telegram"
+    resumes = True
 
     def __init__(self, options: TelegramOptions, dispatcher: Dispatcher) -> None:
         super().__init__(dispatcher)
@@ -87,8 +95,8 @@ class TelegramAdapter(ChannelAdapter):
         self._closed.set()
         self._receiver: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
-        self._next: int | None = None  # one past the newest update taken in hand
-        self._in_hand: set[int] = set()  # updates not yet answered (or refused, or cut off)
+        # The getUpdates offset: one past the newest update kept in the inbox (or ignored).
+        self._next: int | None = None
         self._refusing = False  # the dispatcher refused an update: it is shutting down
         self._username = ""
         self._bot_id = 0
@@ -106,7 +114,7 @@ class TelegramAdapter(ChannelAdapter):
         # The worker runs the same adapter again after a crash (and a stop()): start afresh.
         self._stopping.clear()
         self._closed.clear()
-        self._next, self._in_hand, self._refusing = None, set(), False
+        self._next, self._refusing = None, False
         app = self._build()
         try:
             await _call(app.initialize())  # getMe: a bad token or no network raises here
@@ -150,8 +158,9 @@ class TelegramAdapter(ChannelAdapter):
             await asyncio.wait([self._receiver])
             self._receiver = None
         await self._finish_handlers()
-        if self._watermark() is not None:
+        if self._next is not None:  # polling took updates: confirm them
             await self._confirm(app.bot)
+        self._bot = None
         await app.shutdown()
         await app.bot.shutdown()  # after a failed getMe the app never counted as initialized
 
@@ -168,16 +177,11 @@ class TelegramAdapter(ChannelAdapter):
             await asyncio.wait(pending)
         return not pending
 
-    def _watermark(self) -> int | None:
-        """The getUpdates offset: sending it confirms every update below it to Telegram,
-        so it never passes one still being answered, refused at shutdown or cut off. A
-        worker that dies gets those (and the answered ones above them) again."""
-        return min(self._in_hand) if self._in_hand else self._next
-
     async def _confirm(self, bot: Bot) -> None:
-        # Spares the next start from fetching (and de-duplicating) what was answered.
+        # Spares the next start from fetching (and de-duplicating) what was kept. Updates
+        # cut off at shutdown are kept too: a sweep answers them once their lease lapses.
         try:
-            await bot.get_updates(offset=self._watermark(), limit=1, timeout=0)
+            await bot.get_updates(offset=self._next, limit=1, timeout=0)
         except TelegramError as exc:
             self.log.info("could not confirm the last updates (%s); they come again", exc.message)
 
@@ -187,6 +191,8 @@ class TelegramAdapter(ChannelAdapter):
         await _retried(bot.delete_webhook)  # getUpdates fails while a webhook is set
         self._connected = True
         while not self._refusing:
+            if len(self._handlers) >= MAX_IN_FLIGHT:
+                await self._confirm(bot)  # what is kept, before waiting for room
             while len(self._handlers) >= MAX_IN_FLIGHT:
                 await self._any_answered(POLL_TIMEOUT)
             # Outages are retried for as long as they last: the adapter reconnects by itself.
@@ -195,17 +201,26 @@ class TelegramAdapter(ChannelAdapter):
                 fetch, sys.maxsize, math.inf, on_rate_limited=self._count_rate_limited
             )
             fresh = [u for u in updates if self._next is None or u.update_id >= self._next]
-            for update in fresh:
-                self._spawn(update)
-            if fresh:
-                self._next = fresh[-1].update_id + 1
-            await self._admitted()
-            if updates and not fresh:
-                # Only updates still in hand came back: wait for one of them to be answered
-                # (or a moment, for new ones) rather than asking again at once.
-                await self._any_answered(REPOLL_DELAY)
+            if not await self._take_in_order(fresh):
+                if not self._refusing:
+                    await asyncio.sleep(UNKEPT_DELAY)  # Postgres is down: not at once again
+            elif updates and not fresh:
+                # Only updates taken already came back (a re-sent one): not at once again.
+                await asyncio.sleep(REPOLL_DELAY)
         self.log.info("dispatcher closing: telegram updates from %s left unconfirmed", self._next)
         await self._stopping.wait()
+
+    async def _take_in_order(self, updates: list[Update]) -> bool:
+        """Take the updates one after the other, in Telegram's order (the inbox keeps the
+        order it is given), moving the offset past each one kept. False if one could
+        not be kept: it and those after it stay unconfirmed, and come again."""
+        for update in updates:
+            if len(self._handlers) >= MAX_IN_FLIGHT:
+                return True  # the rest come with the next poll, once there is room
+            if not await self._take(update):
+                return False
+            self._next = update.update_id + 1
+        return True
 
     async def _any_answered(self, wait_at_most: float) -> None:
         if self._handlers:
@@ -216,7 +231,7 @@ class TelegramAdapter(ChannelAdapter):
     async def _fetch(self, bot: Bot) -> tuple[Update, ...]:
         try:
             updates = await bot.get_updates(
-                offset=self._watermark(), timeout=POLL_TIMEOUT, allowed_updates=ALLOWED_UPDATES
+                offset=self._next, timeout=POLL_TIMEOUT, allowed_updates=ALLOWED_UPDATES
             )
         except TelegramError:
             self._connected = False
@@ -247,10 +262,8 @@ class TelegramAdapter(ChannelAdapter):
             update = await self._webhook_update(bot, request)
         except WebhookRefused as exc:
             return refusal(exc)
-        self._spawn(update)
-        await self._admitted()
-        if self._refusing:
-            return _respond(503, "shutting down")  # Telegram delivers it again later
+        if not await self._take(update):
+            return _respond(503, "not kept")  # Telegram delivers it again later
         return _respond(200, "")
 
     async def _webhook_update(self, bot: Bot, request: web.Request) -> Update:
@@ -266,36 +279,55 @@ class TelegramAdapter(ChannelAdapter):
             raise WebhookRefused(400, "not a Telegram update")
         return update
 
-    async def _admitted(self) -> None:
-        # Handlers are created before this sleep, so each runs up to the dispatcher (which
-        # accepts or refuses synchronously) before we go on to confirm or acknowledge.
-        await asyncio.sleep(0)
-
-    # -- handling --------------------------------------------------------------------------
-
-    def _spawn(self, update: Update) -> None:
-        self._in_hand.add(update.update_id)
-        task = asyncio.create_task(self._handle(update), name=f"telegram-{update.update_id}")
-        self._handlers.add(task)
-        task.add_done_callback(self._handlers.discard)
-
-    async def _handle(self, update: Update) -> None:
-        # Refused and cut-off updates stay in hand, so they stay unconfirmed.
+    async def _take(self, update: Update) -> bool:
+        """Keep an update the bot answers in the inbox, then start answering it; True
+        once Telegram may be told it arrived (kept, held by another worker already, or
+        nothing to answer), False if it must not be (it was not kept)."""
+        incoming = incoming_message(update, self._bot_id, self._username)
+        if update.message is None or incoming is None:
+            return True  # nothing to answer: nothing to keep
         try:
-            await self._answer(update)
+            receipt = await self.dispatcher.receive(incoming)
         except ShuttingDown:
             self._refusing = True
-            return
+            return False
+        except StoreUnavailable as exc:
+            self.log.warning("telegram update %s not kept, left to come again: %s",
+                             update.update_id, exc)  # fmt: skip
+            return False
+        except StoreError as exc:
+            # Refused for good (data Postgres cannot hold, a bug): a redelivery would be
+            # refused again, and hold up every update after it. Answered, not kept.
+            self.log.error("telegram update %s cannot be kept, answered without the inbox: %s",
+                           update.update_id, exc)  # fmt: skip
+            receipt = NOT_KEPT
         except Exception:  # the last guard: one broken update must not stop the others
             self.dispatcher.failed(self.name)
             self.log.exception("telegram update %s failed", update.update_id)
-        self._in_hand.discard(update.update_id)
+            return True
+        if receipt.taken:  # else another worker has it in hand
+            self._spawn(update.update_id, update.message, incoming)
+        return True
 
-    async def _answer(self, update: Update) -> None:
-        message = update.message
-        incoming = incoming_message(update, self._bot_id, self._username)
-        if message is None or incoming is None:
+    # -- handling --------------------------------------------------------------------------
+
+    def _spawn(self, update_id: int, message: Message, incoming: IncomingMessage) -> None:
+        answer = self._handle(update_id, message, incoming)
+        task = asyncio.create_task(answer, name=f"telegram-{update_id}")
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+
+    async def _handle(self, update_id: int, message: Message, incoming: IncomingMessage) -> None:
+        # An update refused or cut off at shutdown is in the inbox: a sweep answers it.
+        try:
+            await self._answer(message, incoming)
+        except ShuttingDown:
             return
+        except Exception:  # the last guard: one broken update must not stop the others
+            self.dispatcher.failed(self.name)
+            self.log.exception("telegram update %s failed", update_id)
+
+    async def _answer(self, message: Message, incoming: IncomingMessage) -> None:
         typing = asyncio.create_task(self._keep_typing(message))
         interval, booking = self.options.stream_interval_seconds, self.dispatcher.booking(self.name)
         surface = self._surface(message)
@@ -323,6 +355,52 @@ class TelegramAdapter(ChannelAdapter):
         chat_id, message_id = int(orphan.where["chat_id"]), int(orphan.where["message_id"])
         edit = partial(bot.edit_message_text, text, chat_id=chat_id, message_id=message_id)
         await _retried(edit, on_rate_limited=self._count_rate_limited)
+
+    async def send_to(self, message: IncomingMessage, text: str) -> bool:
+        """Send `text` as the reply to `message` (taken from the inbox, no Message in
+        hand): in its chat and forum topic, the first part quoting it, as the reply to a
+        group message does; late as it is, in a private chat too."""
+        bot = self._bot
+        if bot is None:
+            return False  # not connected: the inbox tries again after a lease
+        address = _address(message)
+        if address is None:
+            self.log.error("telegram message %s has no chat to reply in; dropped",
+                           message.platform_message_id)  # fmt: skip
+            return True
+        chat_id, thread, quote = address
+        try:
+            for part in split_text(text, MessageLimit.MAX_TEXT_LENGTH):
+                await self._send_part(bot, chat_id, thread, quote, part)
+                quote = None  # only the first part says what it answers
+        except CredentialsRejected:
+            return False  # the adapter stops for it; the inbox keeps the reply
+        except PlatformRejected as exc:  # the chat is gone, the bot was blocked: for good
+            self.log.error(
+                "reply to telegram chat %s refused, not tried again: %s",
+                chat_id,
+                exc,
+                extra={"channel": self.name, "user_id": message.channel_user_id},
+            )
+            return True
+        except PlatformError as exc:
+            self.log.warning("reply to telegram chat %s not delivered now: %s", chat_id, exc)
+            return False
+        return True
+
+    async def _send_part(
+        self, bot: Bot, chat_id: int, thread: int | None, quote: int | None, part: str
+    ) -> None:
+        quoted = None
+        if quote is not None:  # the message may be deleted by now: the reply goes anyway
+            quoted = ReplyParameters(quote, allow_sending_without_reply=True)
+        send = partial(
+            bot.send_message, chat_id, part, message_thread_id=thread, reply_parameters=quoted
+        )
+        for pacer in (self._pacer, self._chat_pacers[str(chat_id)]):
+            pacer.spend()  # a message always goes; the budget shared with streamed replies
+        await _retried(send, on_rate_limited=self._count_rate_limited)
+        self.dispatcher.sent(self.name)
 
     def _surface(self, message: Message) -> Any:
         send = partial(_retried, on_rate_limited=self._count_rate_limited)
@@ -420,6 +498,19 @@ def _platform_error(exc: TelegramError) -> PlatformError:
         return PlatformRejected(f"Telegram refused the call: {exc.message}")
     # NetworkError, TimedOut, Conflict (another poller), 5xx, unreadable answers.
     return PlatformUnavailable(f"Telegram unavailable: {exc.message}")
+
+
+def _address(message: IncomingMessage) -> tuple[int, int | None, int | None] | None:
+    """Where a reply to `message` goes, from its plain data: (chat id, forum topic or
+    None, message id to quote or None); None if it names no chat."""
+    try:
+        chat_id = int(message.chat_id or "")
+        topic = message.chat_kind is ChatKind.THREAD and message.thread_id is not None
+        thread = int(message.thread_id or "") if topic else None
+        quote = int(message.reply_to) if message.reply_to else None
+    except ValueError:
+        return None
+    return chat_id, thread, quote
 
 
 def _file_url(base_url: str) -> str:

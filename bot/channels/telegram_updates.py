@@ -58,6 +58,8 @@ def incoming_message(update: Update, bot_id: int, bot_username: str) -> Incoming
         chat_id=str(chat.id),
         thread_id=str(thread) if _is_id(thread) else None,
         chat_kind=_chat_kind(message),
+        # What a reply from the inbox quotes (with chat_id and, in a topic, thread_id).
+        reply_to=str(message.message_id) if _is_id(message.message_id) else None,
     )
 
 

@@ -175,6 +175,7 @@ class FakeBotApi:
         self.confirmed = 0  # every update_id below this one has been confirmed
         self.served: list[int] = []  # update_ids returned by getUpdates, in order
         self.rate_limited = 0  # answer this many next sendMessage calls with 429
+        self.gone_chats: set[int] = set()  # sendMessage there: 403, the bot was kicked out
         self.edits_rate_limited = 0  # the same for editMessageText and sendMessageDraft
         # The bot's messages by id, each with its sendMessage params and its text now
         # (edits change it); the drafts shown in private chats: (chat id, draft id, text).
@@ -369,6 +370,8 @@ class FakeBotApi:
             self.rate_limited -= 1
             return _too_many()
         chat_id = params["chat_id"]
+        if chat_id in self.gone_chats:
+            return _error(403, "Forbidden: bot was kicked from the supergroup chat")
         chat = self._chats.get(chat_id, {"id": chat_id, "type": "private", "first_name": "User"})
         message = {
             "message_id": self.next_message_id(),

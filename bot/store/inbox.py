@@ -69,6 +69,13 @@ WHERE seq = $1 AND holder = $2
 RETURNING seq
 """
 
+# $1 seqs, $2 nobody: whether one of them waits for a sweep (put back, or its holder died).
+_WAITING = """
+SELECT EXISTS (
+    SELECT 1 FROM inbox WHERE seq = ANY($1::bigint[]) AND (holder = $2 OR held_until <= now())
+) AS waiting
+"""
+
 # $1 seqs, $2 nobody: how many are still in the inbox, and which of them a live holder has.
 _STILL_HELD = """
 SELECT count(*) AS there,
@@ -196,6 +203,11 @@ class InboxQueries:
         """Leave the event for a sweep to take `after` seconds from now (0: at once)."""
         row = await self._database.statement(_PUT_BACK, seq, holder, nobody, after, told)
         return row is not None
+
+    async def any_waiting(self, seqs: Sequence[int], nobody: uuid.UUID) -> bool:
+        """Whether one of `seqs` waits for a sweep: put back, or left by a dead holder."""
+        row = await self._database.statement(_WAITING, list(seqs), nobody)
+        return bool(row and row["waiting"])
 
     async def still_held(self, seqs: Sequence[int], nobody: uuid.UUID) -> list[int] | None:
         """Of `seqs`, those a live holder is answering; None when none is left at all."""

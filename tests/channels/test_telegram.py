@@ -18,13 +18,17 @@ from typing import Any
 import aiohttp
 import pytest
 from redis.asyncio import Redis
+from sqlalchemy import text as sql
 from sqlalchemy.ext.asyncio import AsyncEngine
+from telegram import Bot
 
+from bot.channels import telegram as telegram_adapter
 from bot.channels.dispatch import Dispatcher
 from bot.channels.registry import telegram_options
 from bot.channels.telegram import SECRET_HEADER, TelegramAdapter
+from bot.channels.telegram_updates import incoming_message, parse_update
 from bot.config import Settings
-from bot.domain import TextSink
+from bot.domain import IncomingMessage, TextSink
 from bot.emulators.telegram_api import (
     BOT_ID,
     BOT_USERNAME,
@@ -42,11 +46,11 @@ from bot.emulators.telegram_api import (
 from bot.errors import ConfigError, PlatformRejected, PlatformUnavailable
 from bot.metrics import Metrics
 from bot.responders import EchoResponder, Responder, ResponderRequest, ResponderResult
-from bot.service import UNAVAILABLE_TEXT
 from tests.support import (
     GatedResponder,
     ServiceFactory,
     echo,
+    fetch,
     free_port,
     messages_of,
     until,
@@ -178,8 +182,18 @@ class GateForOne(EchoResponder):
         return await super().respond(request, on_text)
 
 
-async def test_an_update_still_being_answered_is_never_confirmed(
-    start: Start, telegram: FakeBotApi
+async def in_inbox(engine: AsyncEngine, sent: dict[str, Any]) -> bool:
+    """Whether the update `sent` is kept in the inbox (received, its reply not delivered)."""
+    rows = await fetch(
+        engine,
+        "SELECT 1 FROM inbox WHERE channel_type = 'telegram' AND platform_message_id = :pid",
+        pid=f"{BOT_ID}:{sent['update_id']}",
+    )
+    return bool(rows)
+
+
+async def test_an_update_is_confirmed_once_kept_in_the_inbox_not_once_answered(
+    start: Start, telegram: FakeBotApi, engine: AsyncEngine
 ) -> None:
     responder = GateForOne("slow")
     await start(responder=responder)
@@ -191,15 +205,38 @@ async def test_an_update_still_being_answered_is_never_confirmed(
     polls_before = len(telegram.calls_of("getUpdates"))
     await asyncio.sleep(1.2)  # polling goes on, without spinning, for newer updates
     assert 1 <= len(telegram.calls_of("getUpdates")) - polls_before <= 6
-    # A worker dying now would get the slow one again: it is not confirmed.
-    assert telegram.confirmed <= slow["update_id"]
+    # Confirmed while its reply is still being written: the inbox holds it, and answers
+    # it should this worker die now.
+    assert telegram.confirmed > slow["update_id"]
+    assert await in_inbox(engine, slow)
 
     responder.release.set()
     await telegram.wait_for(lambda: len(telegram.sent) == 2)
     await telegram.push(private_update(telegram, bob, "next"))
     await telegram.wait_for(lambda: len(telegram.sent) == 3)
-    assert telegram.confirmed > slow["update_id"]
     assert [m["text"] for m in telegram.sent] == [echo("quick"), echo("slow"), echo("next", 2)]
+    for _ in range(100):  # delivered: deleted from the inbox (batched, within moments)
+        if not await in_inbox(engine, slow):
+            break
+        await asyncio.sleep(0.05)
+    assert not await in_inbox(engine, slow)
+
+
+async def test_polling_takes_no_more_than_max_in_flight_updates_at_once(
+    start: Start, telegram: FakeBotApi, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(telegram_adapter, "MAX_IN_FLIGHT", 2)  # 90 in production
+    responder = GatedResponder()
+    await start(responder=responder)
+    people = [user(new_id(), f"p{n}") for n in range(3)]
+    sent = [await telegram.push(private_update(telegram, p, "wait")) for p in people]
+
+    await until_async(lambda: in_inbox(engine, sent[1]), "the second update kept")
+    await asyncio.sleep(0.5)  # polling goes on, but takes no third one while two are answered
+    assert telegram.confirmed == sent[2]["update_id"]  # the third one is still Telegram's
+    assert not await in_inbox(engine, sent[2])
+    responder.release.set()
+    await telegram.wait_for(lambda: len(telegram.sent) == 3)
 
 
 # -- groups -------------------------------------------------------------------------------
@@ -357,6 +394,102 @@ async def test_rate_limited_reply_arrives_once_after_retry_after(
     assert len(telegram.sent) == 1
 
 
+# -- replies from the inbox (send_to) ------------------------------------------------------
+
+FORUM_TOPIC = 77
+
+
+def topic_message(
+    telegram: FakeBotApi, group: dict[str, Any], sender: dict[str, Any], said: str
+) -> dict[str, Any]:
+    """`sender` writing `said` to the bot (mentioned) in a forum topic of `group`."""
+    text = f"@{BOT_USERNAME} {said}"
+    return message(
+        telegram, group, sender, text,
+        entities=entities(text, "mention", f"@{BOT_USERNAME}"),
+        message_thread_id=FORUM_TOPIC, is_topic_message=True,
+    )  # fmt: skip
+
+
+def as_incoming(
+    body: dict[str, Any], telegram: FakeBotApi
+) -> tuple[dict[str, Any], IncomingMessage]:
+    """The update of `body` and the IncomingMessage the adapter makes of it: what the
+    inbox keeps, and gives back to a sweep after a crash."""
+    sent = update(telegram, body)
+    parsed = parse_update(sent, Bot(TOKEN, base_url=telegram.base_url))
+    assert parsed is not None
+    incoming = incoming_message(parsed, BOT_ID, BOT_USERNAME)
+    assert incoming is not None
+    return sent, incoming
+
+
+async def resumed(running: Running, incoming: IncomingMessage) -> None:
+    """What a worker's sweep does with an event it took from the inbox."""
+    assert (await running.dispatcher.receive(incoming)).taken
+    await running.adapter.resume(incoming)
+
+
+async def test_a_reply_from_the_inbox_goes_to_its_topic_quoting_its_message(
+    start: Start, telegram: FakeBotApi, engine: AsyncEngine
+) -> None:
+    running = await start()
+    group, rosa = group_chat(-100555), user(new_id(), "rosa")
+    body = topic_message(telegram, group, rosa, "still there?")
+    _, incoming = as_incoming(body, telegram)
+    assert incoming.reply_to == str(body["message_id"])
+
+    await resumed(running, incoming)
+    [reply] = telegram.sent
+    assert (reply["chat_id"], reply["message_thread_id"]) == (group["id"], FORUM_TOPIC)
+    assert reply["reply_parameters"]["message_id"] == body["message_id"]
+    assert reply["text"] == echo("still there?")
+    rows = await messages_of(engine, str(rosa["id"]))
+    assert [r.content for r in rows] == ["still there?", echo("still there?")]
+
+
+async def test_a_long_reply_from_the_inbox_is_split_the_first_part_quoting(
+    start: Start, telegram: FakeBotApi
+) -> None:
+    running = await start(responder=LongResponder())
+    sam = user(new_id(), "sam")
+    body = message(telegram, private_chat(sam), sam, "talk, late")
+    _, incoming = as_incoming(body, telegram)
+
+    await resumed(running, incoming)
+    parts = telegram.sent
+    assert len(parts) == 3 and " ".join(p["text"] for p in parts) == LongResponder.text
+    assert {p["chat_id"] for p in parts} == {sam["id"]}
+    assert all("message_thread_id" not in p for p in parts)  # a private chat: no topic
+    # Late, it says which message it answers (deleted meanwhile? it goes all the same).
+    assert parts[0]["reply_parameters"] == {
+        "message_id": body["message_id"],
+        "allow_sending_without_reply": True,
+    }
+    assert all("reply_parameters" not in p for p in parts[1:])
+
+
+async def test_a_reply_from_the_inbox_refused_for_good_is_not_tried_again(
+    start: Start, telegram: FakeBotApi, engine: AsyncEngine
+) -> None:
+    running = await start()
+    group, tom = group_chat(-100556), user(new_id(), "tom")
+    sent, incoming = as_incoming(topic_message(telegram, group, tom, "hello"), telegram)
+    telegram.gone_chats.add(group["id"])  # the bot was removed from the group meanwhile
+
+    assert await running.adapter.send_to(incoming, "an answer") is True  # done with
+    await resumed(running, incoming)
+    assert [c.status for c in telegram.calls_of("sendMessage", status=None)] == [403, 403]
+    for _ in range(100):  # so the inbox lets it go
+        if not await in_inbox(engine, sent):
+            break
+        await asyncio.sleep(0.05)
+    assert not await in_inbox(engine, sent)
+
+    await running.adapter.stop()  # no connection: not now, the inbox tries again later
+    assert await running.adapter.send_to(incoming, "an answer") is False
+
+
 # -- connection ---------------------------------------------------------------------------
 
 
@@ -489,16 +622,22 @@ async def test_the_adapter_runs_again_after_a_stop(start: Start, telegram: FakeB
 # -- webhook ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def webhook(start: Start) -> AsyncIterator[tuple[Running, str]]:
+async def start_webhook(start: Start, **given: Any) -> tuple[Running, str]:
+    """An adapter taking updates by webhook; its URL on this machine."""
     port = free_port()
     running = await start(
         telegram_webhook_url="https://bot.example.com/telegram/hook",
         telegram_webhook_listen="127.0.0.1",
         telegram_webhook_port=port,
         telegram_webhook_secret=WEBHOOK_SECRET,
+        **given,
     )
-    yield running, f"http://127.0.0.1:{port}/telegram/hook"
+    return running, f"http://127.0.0.1:{port}/telegram/hook"
+
+
+@pytest.fixture
+async def webhook(start: Start) -> tuple[Running, str]:
+    return await start_webhook(start)
 
 
 async def post(url: str, body: bytes, secret: str | None = WEBHOOK_SECRET) -> int:
@@ -560,6 +699,95 @@ async def test_webhook_refuses_wrong_secret_and_bad_bodies(
     assert await post(url, b'{"message": {"text": "no ids"}}', secret=WEBHOOK_SECRET) == 400
     await asyncio.sleep(0.2)
     assert telegram.sent == [] and await messages_of(engine, str(nick["id"])) == []
+
+
+async def test_an_update_postgres_refuses_for_good_is_answered_not_held_up(
+    start: Start, telegram: FakeBotApi, engine: AsyncEngine
+) -> None:
+    """JSONB holds no NUL character: such an update cannot be kept in the inbox, and
+    would be refused again each time it came; it is answered without the inbox (the
+    service stores its text cleaned) and the updates after it are not held up."""
+    await start()
+    uma = user(new_id(), "uma")
+    odd = await telegram.push(private_update(telegram, uma, "nul\x00here"))
+    await telegram.push(private_update(telegram, uma, "after it"))
+
+    await telegram.wait_for(lambda: len(telegram.sent) == 2)
+    assert [m["text"] for m in telegram.sent] == [echo("nulhere"), echo("after it", 2)]
+    assert telegram.served.count(odd["update_id"]) == 1 and not await in_inbox(engine, odd)
+
+
+async def test_webhook_answers_503_and_keeps_nothing_when_postgres_cannot_store(
+    start: Start, telegram: FakeBotApi, make_service: ServiceFactory, engine: AsyncEngine
+) -> None:
+    dispatcher = await without_postgres(make_service)
+    _, url = await start_webhook(start, dispatcher=dispatcher)
+    pat = user(new_id(), "pat")
+    body = private_update(telegram, pat, "are you there?")
+
+    assert await post(url, as_json(body)) == 503  # so Telegram delivers it again later
+    await asyncio.sleep(0.3)
+    assert telegram.sent == [] and not await in_inbox(engine, body)
+    assert adapter_errors(dispatcher) == 0
+
+
+async def test_webhook_answers_200_only_once_the_update_is_kept(
+    start: Start, telegram: FakeBotApi, engine: AsyncEngine
+) -> None:
+    responder = GatedResponder()
+    _, url = await start_webhook(start, responder=responder)
+    quinn = user(new_id(), "quinn")
+    body = private_update(telegram, quinn, "keep me")
+
+    async with engine.connect() as locker, locker.begin():
+        # The inbox takes no row while the test holds this lock: the update cannot be kept.
+        await locker.execute(sql("LOCK TABLE inbox IN SHARE MODE"))
+        posting = asyncio.create_task(post(url, as_json(body)))
+        await until_async(lambda: waiting_for_inbox(engine), "the update's row waiting")
+        assert not posting.done()  # no 200 for an update not kept
+    assert await posting == 200
+
+    # Acknowledged: kept, while its reply is still being written.
+    await asyncio.wait_for(responder.started.wait(), 5)
+    assert await in_inbox(engine, body) and telegram.sent == []
+    responder.release.set()
+    await telegram.wait_for(lambda: len(telegram.sent) == 1)
+    assert telegram.sent[0]["text"] == echo("keep me")
+
+
+async def test_webhook_update_kept_as_the_worker_stops_is_still_answered(
+    start: Start, telegram: FakeBotApi, engine: AsyncEngine
+) -> None:
+    """Received just before the dispatcher closed, and acknowledged: Telegram will not
+    send it again, so this worker answers it while it drains."""
+    running, url = await start_webhook(start)
+    rex = user(new_id(), "rex")
+    body = private_update(telegram, rex, "just in time")
+
+    async with engine.connect() as locker, locker.begin():
+        await locker.execute(sql("LOCK TABLE inbox IN SHARE MODE"))
+        posting = asyncio.create_task(post(url, as_json(body)))
+        await until_async(lambda: waiting_for_inbox(engine), "the update's row waiting")
+        running.dispatcher.close()  # SIGTERM while the update is being kept
+    assert await posting == 200
+
+    await telegram.wait_for(lambda: len(telegram.sent) == 1)
+    assert telegram.sent[0]["text"] == echo("just in time")
+
+
+async def waiting_for_inbox(engine: AsyncEngine) -> bool:
+    rows = await fetch(
+        engine, "SELECT 1 FROM pg_locks WHERE relation = 'inbox'::regclass AND NOT granted"
+    )
+    return bool(rows)
+
+
+async def until_async(condition: Callable[[], Awaitable[bool]], what: str) -> None:
+    for _ in range(250):
+        if await condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{what}: not within 5 s")
 
 
 async def test_webhook_answers_503_while_shutting_down(
@@ -634,19 +862,27 @@ async def test_unexpected_error_is_logged_counted_and_polling_goes_on(
     await telegram.wait_for(lambda: telegram.confirmed > broken["update_id"])
 
 
-async def test_store_outage_is_answered_not_an_adapter_error(
-    start: Start, telegram: FakeBotApi, make_service: ServiceFactory
-) -> None:
+async def without_postgres(make_service: ServiceFactory) -> Dispatcher:
+    """A dispatcher whose service's Postgres is not there (a closed port): it fails fast."""
     service = await make_service(
         database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/gone",
         db_connect_timeout_seconds=0.5,
         db_retry_deadline_seconds=1.0,
     )
-    dispatcher = Dispatcher(service, Metrics())
+    return Dispatcher(service, Metrics())
+
+
+async def test_an_update_postgres_cannot_keep_stays_unconfirmed_and_comes_again(
+    start: Start, telegram: FakeBotApi, make_service: ServiceFactory
+) -> None:
+    dispatcher = await without_postgres(make_service)
     await start(dispatcher=dispatcher)
     lea = user(new_id(), "lea")
-    await telegram.push(private_update(telegram, lea, "hello?"))
+    sent = await telegram.push(private_update(telegram, lea, "hello?"))
 
-    await telegram.wait_for(lambda: len(telegram.sent) == 1)
-    assert telegram.sent[0]["text"] == UNAVAILABLE_TEXT
-    assert adapter_errors(dispatcher) == 0
+    # Not kept: not confirmed, and fetched again and again (to be kept once Postgres is
+    # back), paced rather than at once.
+    await telegram.wait_for(lambda: telegram.served.count(sent["update_id"]) >= 2)
+    assert telegram.confirmed <= sent["update_id"]
+    assert telegram.sent == []  # nobody answers what is not kept
+    assert adapter_errors(dispatcher) == 0  # an outage, not a bug

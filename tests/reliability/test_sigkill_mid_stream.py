@@ -1,6 +1,7 @@
 """A `bot run` worker SIGKILLed while a reply streams (docs/streaming.md): what the user
 wrote is already in Postgres; the part shown never looks complete; the next worker,
-given the update again by Telegram, answers it whole, once, stored once; and it ends
+taking the update from the inbox once the dead one's lease lapsed, answers it whole,
+once, stored once; and it ends
 the part the dead worker left in a group with the interrupted note (a private chat's
 draft vanishes by itself).
 
@@ -32,7 +33,7 @@ from bot.emulators.telegram_api import (
     user,
 )
 from bot.service import INTERRUPTED_NOTE
-from tests.reliability.test_sigterm_under_load import Worker, bot_run_env
+from tests.reliability.telegram_bot import Worker, bot_run_env
 from tests.support import fetch, until
 
 WORDS = "one two three four five six seven eight nine ten"
@@ -81,6 +82,8 @@ async def test_a_worker_killed_mid_stream_loses_nothing_and_the_next_answers_onc
         LOCK_TTL_SECONDS="2",
         TELEGRAM_STREAM_INTERVAL_SECONDS="0.2",
         STREAM_ORPHAN_SECONDS="2",
+        INBOX_LEASE_SECONDS="2",
+        INBOX_SWEEP_SECONDS="0.5",
     )
     first, second = Worker(env, tmp_path / "first.log"), Worker(env, tmp_path / "second.log")
     sender = user(2 * 10**9 + uuid.uuid4().int % 10**8, "kim")
@@ -100,7 +103,7 @@ async def test_a_worker_killed_mid_stream_loses_nothing_and_the_next_answers_onc
         half = [m["text"] for m in telegram.bot_messages.values()]
         assert all(text.endswith(CURSOR) for text in half)  # a group's part says so
 
-        await second.start()  # Telegram serves the unconfirmed update again
+        await second.start()  # it answers the update left in the inbox
         replies = 1 if place == "private" else 2  # the whole one, and the part ended
         await until(lambda: len(telegram.sent) == replies, within=30, what="the whole reply")
     finally:
