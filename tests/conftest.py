@@ -235,18 +235,6 @@ async def make_settings(
         await delete_prefix(cleaner, prefix)
     finally:
         await cleaner.aclose()
-    await empty_inbox(database_url)
-
-
-async def empty_inbox(database_url: str) -> None:
-    """Delete the events a test left in the inbox (a handler that failed, an adapter
-    stopped mid-reply): a later test's worker would take them from the inbox and answer
-    them, to that test's platform server. The tests of a run take turns."""
-    connection = await asyncpg.connect(_plain(database_url))
-    try:
-        await connection.execute("DELETE FROM inbox")
-    finally:
-        await connection.close()
 
 
 @pytest.fixture

@@ -36,8 +36,11 @@ def test_each_platform_streams_every_reply_in_two_transactions(
 ) -> None:
     found = report["platforms"][platform]
     assert found["replies"] == CONVERSATIONS * REPLIES
-    # The user's message before the first piece, the reply before the final update.
-    assert found["postgres_per_message"] == {"reads": 0, "writes": 2, "transactions": 2}
+    # The user's message before the first piece, the reply before the final update; and
+    # the inbox's statements, with no BEGIN: each event kept as it arrives, deleted once
+    # delivered (batched with others).
+    pg = found["postgres_per_message"]
+    assert (pg["reads"], pg["transactions"]) == (0, 2) and 2 < pg["writes"] <= 4
     assert found["platform_429s"] == 0
     assert found["updates_per_reply"]["mean"] >= 2  # the first text, then the final one
     shown, llm = found["first_visible_ms"], found["llm_first_token_ms"]
