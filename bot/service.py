@@ -209,6 +209,12 @@ class ConversationService:
         self.inbox.working(receipt)
         try:
             return await self._answer(message, receipt, on_text)
+        except Exception:
+            # A bug: nothing of ours gets past _answer. The event is done with, as before
+            # the inbox, rather than tried again and again, holding up the writer's next
+            # messages; the adapter counts and logs it.
+            self.inbox.delivered(message)
+            raise
         finally:
             self.inbox.idle(receipt)
 
