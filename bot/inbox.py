@@ -299,7 +299,8 @@ class Inbox:
         """Delete an event that will never be answered (the worker gives up on it)."""
         await self.queries.done([taken.seq])
 
-    async def take_next(self, place: str) -> Taken | None:
+    async def take_next(self, place: str, channels: Sequence[str]) -> Taken | None:
         """The next event of `place`, once the one answered before it is deleted."""
         await self.flush()
-        return await self.queries.take_next(place, self.holder, self.lease)
+        taken = await self.queries.take_heads(self.holder, channels, self.lease, 1, place)
+        return taken[0] if taken else None

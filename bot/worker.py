@@ -227,7 +227,7 @@ class Worker:
                     log.info("answering a %s message left in the inbox (%s)", message.channel,
                              message.platform_message_id)  # fmt: skip
                     await adapters[message.channel].resume(message)
-                next_one = await service.inbox.take_next(next_one.place)
+                next_one = await service.inbox.take_next(next_one.place, list(adapters))
         except BotError as exc:  # it lapses, and a sweep takes it again
             log.warning("a message from the inbox was not answered: %s", exc)
         except Exception:

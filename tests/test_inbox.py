@@ -54,7 +54,7 @@ async def sweep(service: ConversationService, channels: tuple[str, ...] = ("cons
             answers.append((message.platform_message_id, reply))
             if reply.kind is not ReplyKind.DEFERRED:
                 service.delivered(message, reply.kind)
-            current = await service.inbox.take_next(current.place)
+            current = await service.inbox.take_next(current.place, channels)
     await service.inbox.flush()
     return answers
 

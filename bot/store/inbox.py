@@ -84,12 +84,13 @@ SELECT count(*) AS there,
 FROM inbox WHERE seq = ANY($1::bigint[])
 """
 
-# :holder, :lease, :channels, :limit. Only the oldest event of each place is taken, so
-# that a place is answered in order by whoever holds its head.
+# :holder, :lease, :channels, :limit, :place (NULL: any). Only the oldest event of each
+# place is taken, so that a place is answered in order by whoever holds its head.
 _TAKE_HEADS = """
 WITH due AS (
     SELECT i.channel_type, i.platform_message_id FROM inbox AS i
-    WHERE i.held_until < now() AND i.channel_type = ANY(:channels)
+    WHERE i.held_until < now() AND i.channel_type = ANY(CAST(:channels AS text[]))
+      AND (CAST(:place AS text) IS NULL OR i.place = :place)
       AND NOT EXISTS (SELECT 1 FROM inbox AS o WHERE o.place = i.place AND o.seq < i.seq)
     ORDER BY i.seq LIMIT :limit
     FOR UPDATE SKIP LOCKED
@@ -98,21 +99,6 @@ UPDATE inbox AS i SET holder = :holder, held_until = now() + make_interval(secs 
                       tries = i.tries + 1
 FROM due
 WHERE i.channel_type = due.channel_type AND i.platform_message_id = due.platform_message_id
-RETURNING i.seq, i.place, i.message, i.received_at, i.told, i.tries
-"""
-
-# :place, :holder, :lease: the next event of a place whose head was just answered.
-_TAKE_NEXT = """
-WITH head AS (
-    SELECT i.channel_type, i.platform_message_id FROM inbox AS i
-    WHERE i.place = :place AND i.held_until < now()
-      AND NOT EXISTS (SELECT 1 FROM inbox AS o WHERE o.place = i.place AND o.seq < i.seq)
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE inbox AS i SET holder = :holder, held_until = now() + make_interval(secs => :lease),
-                      tries = i.tries + 1
-FROM head
-WHERE i.channel_type = head.channel_type AND i.platform_message_id = head.platform_message_id
 RETURNING i.seq, i.place, i.message, i.received_at, i.told, i.tries
 """
 
@@ -217,28 +203,33 @@ class InboxQueries:
         return list(row["held"])
 
     async def take_heads(
-        self, holder: uuid.UUID, channels: Sequence[str], lease: float, limit: int
+        self,
+        holder: uuid.UUID,
+        channels: Sequence[str],
+        lease: float,
+        limit: int,
+        place: str | None = None,
     ) -> list[Taken]:
-        params = {"holder": holder, "channels": list(channels), "lease": lease, "limit": limit}
-        return await self._database.transaction(partial_taken(_TAKE_HEADS, params))
+        """The oldest event of each place (of `place` only, if given) whose holder is
+        gone, taken for `holder`."""
+        params = {
+            "holder": holder,
+            "channels": list(channels),
+            "lease": lease,
+            "limit": limit,
+            "place": place,
+        }
 
-    async def take_next(self, place: str, holder: uuid.UUID, lease: float) -> Taken | None:
-        params = {"place": place, "holder": holder, "lease": lease}
-        taken = await self._database.transaction(partial_taken(_TAKE_NEXT, params))
-        return taken[0] if taken else None
+        async def work(connection: AsyncConnection) -> list[Taken]:
+            result = await connection.execute(text(_TAKE_HEADS), params)
+            return [
+                Taken(row.seq, row.place, row.message, row.received_at, row.told, row.tries)
+                for row in result
+            ]
+
+        return await self._database.transaction(work)
 
     async def summary(self) -> InboxSummary:
         row = await self._database.statement(_PENDING)
         assert row is not None
         return InboxSummary(int(row["pending"]), int(row["waiting"]), row["oldest_seconds"])
-
-
-def partial_taken(sql: str, params: dict[str, Any]) -> Any:
-    async def work(connection: AsyncConnection) -> list[Taken]:
-        result = await connection.execute(text(sql), params)
-        return [
-            Taken(row.seq, row.place, row.message, row.received_at, row.told, row.tries)
-            for row in result
-        ]
-
-    return work
