@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.errors import ConfigError
+from bot.pricing import Price, parse_prices
 from bot.urls import check_redis_url, normalize_database_url, url_passwords
 
 ENV_FILE = ".env"
@@ -212,6 +213,9 @@ class Settings(BaseSettings):
     llm_context_token_budget: PositiveInt = 4000  # prompt: system + context + message
     system_prompt: str = "You are a helpful assistant."
     allowed_models: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: any
+    # Prices per million prompt/completion tokens by model, over bot/pricing.py's
+    # defaults, for the cost `bot ops usage` reports: `gpt-4o=2.5/10,local=0/0`.
+    llm_prices: Annotated[dict[str, Price], NoDecode] = Field(default_factory=dict)
 
     @field_validator("discord_shard_ids", mode="before")
     @classmethod
@@ -241,6 +245,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("llm_prices", mode="before")
+    @classmethod
+    def _llm_prices(cls, value: Any) -> Any:
+        return parse_prices(value) if isinstance(value, str) else value
 
     @field_validator("llm_base_url", mode="before")
     @classmethod

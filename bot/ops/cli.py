@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from bot.ops.arguments import channel, conversation_id, positive, search_text, timeout
+from bot.ops.arguments import age, channel, conversation_id, positive, search_text, timeout
 from bot.ops.cli_manage import register_manage
 from bot.ops.parsing import OPS_DOCS, group, leaf
 
@@ -88,6 +88,30 @@ def _register_inspection(commands: Subparsers) -> None:
         "all workers (when the workers publish them), Redis memory and keys by kind, "
         "Postgres table and index sizes and index usage.",
         "bot.ops.commands:stats",
+    )
+    spend = _leaf(
+        commands,
+        "usage",
+        "tokens the LLM spent and what they cost, by user, chat, channel or model",
+        "Prompt and completion tokens of the replies stored since --since, grouped by "
+        "--by, with their cost at each model's price per million tokens (LLM_PRICES over "
+        "the defaults of common models; a model with no price makes its group's cost "
+        "unknown). Reads DATABASE_READ_URL's replica when there is one.",
+        "bot.ops.usage:usage",
+    )
+    spend.add_argument(
+        "--by",
+        choices=("user", "chat", "channel", "model"),
+        default="model",
+        help="group by writer, chat (a DM is its writer's), platform or model "
+        "(default %(default)s)",
+    )
+    spend.add_argument(
+        "--since",
+        type=age,
+        default="30d",
+        metavar="AGE",
+        help="replies stored this recently: 12h, 7d, 4w … (default %(default)s)",
     )
     _register_user(_group(commands, "user", "one user: show, export or delete"))
     _register_conversation(_group(commands, "conversation", "conversations: show, search"))

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bot.errors import BadInput
-from bot.ops import conversations, deletion, events, inspect, records, views
+from bot.ops import conversations, deletion, events, inspect, records, usage, views
 from bot.ops.context import Ops
 from bot.ops.handler import Command
 from bot.ops.jsonout import to_json
@@ -42,6 +42,7 @@ async def stats(ops: Ops, args: argparse.Namespace, out: Out) -> int:
     with out.progress("scanning Redis keys") as advance:
         data = await inspect.redis_stats(ops.cache, advance)
     data.update(await inspect.postgres_stats(ops.store, ops.reads))
+    data["tokens_last_24h"] = await usage.last_day(ops)
     out.emit(data, views.stats_view)
     return 0
 

@@ -112,6 +112,19 @@ def stats_view(out: Out, data: dict[str, Any]) -> None:
     redis = data["redis"]
     title = f"Redis keys by kind (memory used: {redis['used_memory_human']})"
     _tally(out, title, ("kind", "keys"), redis["keys_by_kind"], "no keys")
+    tokens = data["tokens_last_24h"]
+    cost = tokens["cost_usd"]
+    out.pairs(
+        "LLM tokens, last 24 h (bot ops usage for more)",
+        {
+            "replies": tokens["replies"],
+            "prompt tokens": tokens["prompt_tokens"],
+            "completion tokens": tokens["completion_tokens"],
+            "cost (USD)": "unknown (models with no price: LLM_PRICES)"
+            if cost is None
+            else f"{cost:.4f}",
+        },
+    )
     _postgres_view(out, data["postgres"])
 
 

@@ -19,6 +19,7 @@ from bot.store.monitoring import Monitoring
 from bot.store.ops_queries import OpsQueries
 from bot.store.partitions import PartitionQueries
 from bot.store.retry import DatabaseRetry
+from bot.store.usage import UsageQueries
 
 
 class Store:
@@ -33,6 +34,7 @@ class Store:
         self.monitoring = Monitoring(database)
         self.partitions = PartitionQueries(database)
         self.inbox = InboxQueries(database)
+        self.usage = UsageQueries(database)
 
     @classmethod
     def on(cls, engine: AsyncEngine, retry: DatabaseRetry) -> Store:
