@@ -51,11 +51,9 @@ class ChannelAdapter(abc.ABC):
     async def resume(self, message: IncomingMessage) -> None:
         """Answer an event taken from the inbox (its worker died, or its reply was
         deferred): no platform object is in hand, so the reply goes to the place the
-        message names (`send_to`). It is handled as a live event is, through the
-        streamed path when replies stream (shown nowhere as it grows: sent whole), since
-        a handling that died may have stored the message without its reply, and only
-        that path completes such a message; the other answers it as a duplicate."""
-        reply = await self.dispatcher.handle(message, _shown_nowhere)
+        message names (`send_to`), whole. A message an earlier handling stored without
+        its reply gets its reply stored to it by the service (`_reply_to_stored`)."""
+        reply = await self.dispatcher.handle(message)
         if reply.text is None or await self.send_to(message, reply.text):
             self.dispatcher.delivered(message, reply)
 
@@ -69,10 +67,6 @@ class ChannelAdapter(abc.ABC):
     @abc.abstractmethod
     def connected(self) -> bool:
         """Whether the platform connection is up (for /readyz)."""
-
-
-async def _shown_nowhere(piece: str) -> None:
-    return None
 
 
 def break_at(text: str, limit: int, after: int = 0) -> int:
