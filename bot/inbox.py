@@ -73,8 +73,8 @@ def encoded(message: IncomingMessage) -> dict[str, Any]:
 _UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
 
 
-def _unstorable(message: IncomingMessage) -> bool:
-    return any(isinstance(v, str) and _UNSTORABLE.search(v) for v in encoded(message).values())
+def _unstorable(fields: dict[str, Any]) -> bool:
+    return any(isinstance(v, str) and _UNSTORABLE.search(v) for v in fields.values())
 
 
 def decoded(message: dict[str, Any]) -> IncomingMessage:
@@ -112,12 +112,13 @@ class Inbox:
             event = storable_event_id(message.platform_message_id)
         except InvalidInput:
             return NOT_KEPT
-        if event is None or _unstorable(message):
+        if event is None:
             return NOT_KEPT
         message = dataclasses.replace(message, platform_message_id=event)
-        kept = await self._keep(
-            Arriving(message.channel, event, place_of(message), encoded(message))
-        )
+        fields = encoded(message)
+        if _unstorable(fields):
+            return NOT_KEPT
+        kept = await self._keep(Arriving(message.channel, event, place_of(message), fields))
         if kept is None:
             return Receipt(taken=False)
         receipt = Receipt(
