@@ -28,6 +28,7 @@ MISSPELT_SIMILARITY = 0.8
 APP_NAME = "chatbot-backend"  # the name of the per-user data directory
 Seconds = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
 
 
 def default_data_dir() -> Path:
@@ -109,6 +110,12 @@ class Settings(BaseSettings):
     # Hot state (DESIGN.md, "Redis keys").
     session_ttl_seconds: PositiveInt = 3600
     rate_limit_per_minute: PositiveInt = 60
+    # Token quotas (bot/quotas.py): tokens a user, and a group chat, may spend a UTC day
+    # and month; 0 is no limit. A channel's or chat's quota_* keys override them.
+    quota_user_day_tokens: NonNegativeInt = 0
+    quota_user_month_tokens: NonNegativeInt = 0
+    quota_chat_day_tokens: NonNegativeInt = 0
+    quota_chat_month_tokens: NonNegativeInt = 0
     active_window_seconds: PositiveInt = 300
     context_messages: PositiveInt = 20
     context_ttl_seconds: PositiveInt = 7200

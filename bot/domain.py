@@ -129,6 +129,7 @@ class ReplyKind(StrEnum):
     ANSWER = "answer"  # the responder's reply to a stored exchange
     COMMAND = "command"  # the answer to /help, /reset, /model, /history
     RATE_LIMITED = "rate_limited"
+    OVER_QUOTA = "over_quota"  # the token quota is used up: told when it starts afresh
     DUPLICATE = "duplicate"  # a redelivered event: answered already, say nothing
     INVALID = "invalid"  # bad input, refused with an explanation
     UNAVAILABLE = "unavailable"  # not answered now ("can't answer", "busy"): come again

@@ -49,6 +49,15 @@ EXPORTED: dict[Tally, tuple[str, str]] = {
         "Messages Postgres refused to store for a reason a retry does not cure",
     ),
     Tally.RATE_LIMITED: ("bot_rate_limited_total", "Messages refused by the rate limit"),
+    Tally.OVER_QUOTA: (
+        "bot_over_quota_total",
+        "Messages refused because the writer's or chat's token quota is used up",
+    ),
+    Tally.QUOTA_REBUILT: (
+        "bot_quota_rebuilds_total",
+        "Turns whose quota counters Redis did not hold (a new period, a flush, an outage): "
+        "read from Postgres",
+    ),
     Tally.COMMAND: ("bot_commands_total", "Chat commands answered (/help, /reset, ...)"),
     Tally.EXCHANGE: (
         "bot_exchanges_total",

@@ -13,13 +13,14 @@ import asyncio
 import logging
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
-from bot import commands
+from bot import commands, quotas
 from bot.cache.hotstate import HotStateCache
-from bot.cache.state import ContextUpdate, HotState, RateCount, Refresh
+from bot.cache.state import ContextUpdate, HotState, QuotaUse, RateCount, Refresh
 from bot.chat_configs import ChatConfigs
 from bot.config import Settings
 from bot.domain import (
@@ -55,6 +56,7 @@ from bot.errors import (
 from bot.flagset import MAINTENANCE, REPLIES_DISABLED, FlagSource, StaticFlags
 from bot.inbox import Inbox
 from bot.local import Backoff, LocalRateLimiter
+from bot.quotas import Spent
 from bot.relay import Relay
 from bot.responders.base import Responder, ResponderRequest, ResponderResult, estimate_tokens
 from bot.store.conversations import ExchangeRows, ReplyRow
@@ -123,8 +125,10 @@ class ConversationService:
         responder: Responder,
         chats: ChatConfigs,
         flags: FlagSource | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.settings = settings
+        self.clock = clock or (lambda: datetime.now(UTC))  # the quotas' days and months
         self.store = store
         self.cache = cache
         self.responder = responder
@@ -310,7 +314,7 @@ class ConversationService:
     ) -> Reply:
         """Handle the message in its turn (bot/cache/claim.py): its writer's, or its
         shared conversation's, with its chat's settings laid over its platform's."""
-        async with self.cache.claim(message, shared) as claim:
+        async with self.cache.claim(message, shared, self.clock()) as claim:
             if claim.duplicate:
                 self.stats[Tally.DUPLICATE] += 1
                 return Reply(None, ReplyKind.DUPLICATE)
@@ -320,7 +324,9 @@ class ConversationService:
                 return await self._put_behind(receipt)
             hot = claim.hot
             try:
-                reply, refresh = await self._process(message, hot, chat, shared, on_text, receipt)
+                reply, refresh = await self._process(
+                    message, hot, chat, shared, on_text, receipt, claim.now
+                )
             except ReplyDeferred as deferral:
                 # Put back while the turn is held: a newer message of the writer waiting
                 # for the turn then finds it put back, and goes behind it.
@@ -346,6 +352,7 @@ class ConversationService:
         shared: bool,
         on_text: TextSink | None,
         receipt: Receipt | None,
+        now: datetime,
     ) -> tuple[Reply, Refresh]:
         turn = await self._prepare(message, hot, chat, shared)
         resumed = receipt is not None and receipt.resumed
@@ -359,7 +366,37 @@ class ConversationService:
         if command is not None:
             self.stats[Tally.COMMAND] += 1
             return await self._command(command, turn)
-        return await self._exchange(turn, hot.context if hot else None)
+        over, rebuilt = await self._quota(turn, hot, now)
+        if over is not None:
+            return over, replace(turn.refresh, quota=QuotaUse(0, rebuilt))
+        reply, refresh = await self._exchange(turn, hot.context if hot else None)
+        spent = refresh.quota.tokens if refresh.quota else 0
+        return reply, replace(refresh, quota=QuotaUse(spent, rebuilt))
+
+    async def _quota(
+        self, turn: Turn, hot: HotState | None, now: datetime
+    ) -> tuple[Reply | None, dict[quotas.Counter, int]]:
+        """A refusal if the writer's or chat's token quota is used up (bot/quotas.py),
+        and the counts of the counters Redis did not hold, rebuilt from Postgres: read
+        only then, and only when a quota applies."""
+        message = turn.message
+        counters = quotas.counters_of(message)
+        limits = quotas.limits(self.settings, turn.channel)
+        if not any(limits[c] for c in counters):
+            return None, {}
+        spent = hot.spent if hot is not None and hot.spent is not None else Spent({})
+        rebuilt: dict[quotas.Counter, int] = {}
+        if spent.missing(counters):
+            self.stats[Tally.QUOTA_REBUILT] += 1
+            chat = quotas.chat_of(message)
+            truth = await self.store.usage.spent(message.channel, turn.session.user_id, chat, now)
+            rebuilt = {c: n for c, n in truth.tokens.items() if c not in spent.tokens}
+            spent = Spent({**truth.tokens, **spent.tokens})
+        found = quotas.exceeded(spent, limits, counters, now)
+        if found is None:
+            return None, rebuilt
+        self.stats[Tally.OVER_QUOTA] += 1
+        return Reply(quotas.refusal(found, now), ReplyKind.OVER_QUOTA), rebuilt
 
     async def _command(self, command: commands.Command, turn: Turn) -> tuple[Reply, Refresh]:
         context = commands.CommandContext(
@@ -483,6 +520,7 @@ class ConversationService:
             return self._redelivered(turn, stored), refresh
         reply = ContextMessage("assistant", result.text, rows.reply_ts) if result else None
         refresh = self._appended(turn, recent, cached is not None, rows, reply, rows.reply_id)
+        refresh = replace(refresh, quota=QuotaUse(_sum(rows.user_tokens, rows.reply_tokens), {}))
         self.stats[Tally.EXCHANGE] += 1
         if result is None:
             return Reply(RESPONDER_FAILED_TEXT, ReplyKind.FAILED), refresh
@@ -500,7 +538,8 @@ class ConversationService:
         reply whose worker died, or that was deferred: a resumed event is answered
         without streaming): this reply is stored as its reply, and sent. (With no
         reply, it is a duplicate as before: nothing is sent twice.)"""
-        refresh = replace(turn.refresh, context_update=ContextUpdate.REPLACE)
+        spent = QuotaUse(_sum(result.completion_tokens), {})
+        refresh = replace(turn.refresh, context_update=ContextUpdate.REPLACE, quota=spent)
         self.stats[Tally.EXCHANGE] += 1
         if await self._store_reply(turn, stored, result, result.text, reply_ts, None) is None:
             return Reply(None, ReplyKind.DUPLICATE), refresh  # another handling answered
@@ -544,7 +583,7 @@ class ConversationService:
         conversations, conversation = self.store.conversations, turn.session.conversation_id
         holding = TurnHold(conversations, conversation, stored.user_message_id, hold)
         relay = Relay(turn.on_text, turn.message.channel)
-        reply_id = None
+        reply_id, spent = None, 0 if stored.duplicate else _sum(rows.user_tokens)
         try:
             result, cut = await self._stream(
                 turn, model, _without_itself(turn, recent.messages), relay
@@ -553,6 +592,7 @@ class ConversationService:
             reply_ts = max(datetime.now(UTC), rows.user_ts + timedelta(microseconds=1))
             if text:
                 reply_id = await self._store_reply(turn, stored, result, text, reply_ts, cut)
+                spent += _sum(_reply_tokens(result, text)) if reply_id else 0
         finally:
             await holding.end(reply_stored=reply_id is not None)
         if text and reply_id is None:
@@ -562,6 +602,7 @@ class ConversationService:
         if stored.duplicate or (text and reply_id is None):
             # The context read may hold the message already, or lack what overtook it.
             refresh = replace(turn.refresh, context_update=ContextUpdate.REPLACE)
+        refresh = replace(refresh, quota=QuotaUse(spent, {}))
         self.stats[Tally.EXCHANGE] += 1
         return self._streamed_reply(turn, text, cut, model), refresh
 
@@ -640,7 +681,7 @@ class ConversationService:
             channel=turn.message.channel,
             text=text,
             ts=reply_ts,
-            tokens=result.completion_tokens if result else estimate_tokens(text),
+            tokens=_reply_tokens(result, text),
             model_used=result.model_used if result else None,
             interrupted=cut,
         )
@@ -773,6 +814,16 @@ class ConversationService:
 
     def _count(self, read: CacheRead, hit: bool) -> None:
         self.stats[read.tally(hit)] += 1
+
+
+def _reply_tokens(result: ResponderResult | None, text: str) -> int | None:
+    """The tokens stored with a reply: the responder's count, else an estimate."""
+    return result.completion_tokens if result else estimate_tokens(text)
+
+
+def _sum(*tokens: int | None) -> int:
+    """Tokens stored with messages (None: not counted), as the quotas count them."""
+    return sum(n for n in tokens if n)
 
 
 def _without_itself(turn: Turn, context: list[ContextMessage]) -> list[ContextMessage]:

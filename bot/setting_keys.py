@@ -42,7 +42,19 @@ CONFIG_KEYS: dict[str, ConfigKey] = {
     "system_prompt": ConfigKey(str, "system prompt sent to the LLM", "SYSTEM_PROMPT"),
     "temperature": ConfigKey(float, "LLM sampling temperature", "LLM_TEMPERATURE", 0, 2),
     "max_tokens": ConfigKey(int, "most tokens of one reply", "LLM_MAX_TOKENS", 1, 1_000_000),
+    **{
+        f"quota_{holder}_{period}_tokens": ConfigKey(
+            int,
+            f"tokens {whom} may spend a UTC {period} (0: no limit)",
+            f"QUOTA_{holder.upper()}_{period.upper()}_TOKENS",
+            0,
+            10**12,
+        )
+        for holder, whom in (("user", "a user"), ("chat", "a group chat"))
+        for period in ("day", "month")
+    },
 }
+QUOTA_KEYS = tuple(key for key in CONFIG_KEYS if key.startswith("quota_"))
 # A chat's row takes these too (bot/chat_configs.py).
 CHAT_KEYS: dict[str, ConfigKey] = {
     **CONFIG_KEYS,
@@ -54,6 +66,8 @@ CHAT_KEYS: dict[str, ConfigKey] = {
     ),
     "muted": ConfigKey(bool, "true: the bot ignores every message in the chat", "false"),
 }
+# What a chat's admins may change with /config: not its quotas, which are the operator's.
+ADMIN_KEYS = {key: spec for key, spec in CHAT_KEYS.items() if key not in QUOTA_KEYS}
 _TRUE, _FALSE = {"true", "on", "yes", "1"}, {"false", "off", "no", "0"}
 
 
@@ -150,6 +164,7 @@ def layered(
         "system_prompt": settings.system_prompt,
         "temperature": settings.llm_temperature,
         "max_tokens": settings.llm_max_tokens,
+        **{key: getattr(settings, key) for key in QUOTA_KEYS},
     }
     owns = [(name, {**row, "default_model": model} if model else dict(row))
             for name, model, row in layers]  # fmt: skip

@@ -18,6 +18,8 @@ class Tally(StrEnum):
     STORE_UNAVAILABLE = "store_unavailable"  # Postgres did not answer in time
     STORE_FAILED = "store_failed"  # Postgres refused the work
     RATE_LIMITED = "rate_limited"
+    OVER_QUOTA = "over_quota"  # refused: the writer's or chat's token quota is used up
+    QUOTA_REBUILT = "quota_rebuilt"  # quota counters Redis did not hold, read from Postgres
     COMMAND = "command"
     EXCHANGE = "exchange"  # a message and its reply (or apology) stored
     RESPONDER_ERROR = "responder_error"  # no reply from the responder: an apology

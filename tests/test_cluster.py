@@ -139,3 +139,21 @@ def test_cluster_settings_are_checked(settings: Settings) -> None:
         Settings(_env_file=None, redis_cluster_nodes="127.0.0.1:7000")  # type: ignore[call-arg]
     with pytest.raises(ValueError, match="must not hold"):
         Settings(_env_file=None, redis_cluster=True, redis_key_prefix="{x}:")  # type: ignore[call-arg]
+
+
+async def test_quotas_are_counted_beside_the_scripts_on_a_cluster(
+    make_service: ServiceFactory, cluster: RedisCluster
+) -> None:
+    service = await make_service(
+        redis_url=cluster.url, redis_cluster=True, quota_user_day_tokens=150
+    )
+    user = new_user()
+
+    kinds = [
+        (await handled(service, msg(user, f"number {n} " * 5, f"{user}-{n}"))).kind
+        for n in range(12)
+    ]
+
+    assert kinds[0] is ReplyKind.ANSWER and kinds[-1] is ReplyKind.OVER_QUOTA
+    assert service.stats[Tally.QUOTA_REBUILT] == 1  # read from Postgres once, then counted
+    assert service.stats[Tally.CACHE_UNAVAILABLE] == 0 and not service.cache.guard.faults

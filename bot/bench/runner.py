@@ -39,6 +39,14 @@ log = logging.getLogger(__name__)
 CHANNEL = "bench"
 GROUP_MEMBERS = 5  # people per group chat (and per shared thread) of the group traffic
 NO_RATE_LIMIT = 1_000_000_000  # simulated users send far faster than people
+# Quotas are on, far above what the bench spends: their counters are read and written on
+# the warm path like any deployment's (bot/quotas.py).
+BENCH_QUOTA_TOKENS = 10**12
+QUOTAS_ON = {
+    f"quota_{holder}_{period}_tokens": BENCH_QUOTA_TOKENS
+    for holder in ("user", "chat")
+    for period in ("day", "month")
+}
 
 
 @dataclass(slots=True)
@@ -62,6 +70,7 @@ async def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]
                 "redis_url": SecretStr(servers.redis_url),
                 "redis_key_prefix": f"{servers.prefix}svc:",
                 "rate_limit_per_minute": NO_RATE_LIMIT,
+                **QUOTAS_ON,
             }
         )
         report = await _run(settings, options, servers.control, servers.prefix)
@@ -69,6 +78,7 @@ async def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]
             database=servers.database,
             key_prefix=servers.prefix,
             redis_cluster=settings.redis_cluster,
+            quotas="on, every limit far above the traffic",
         )
         return report
 

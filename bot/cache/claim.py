@@ -21,6 +21,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
@@ -43,13 +44,14 @@ from bot.cache.codec import (
 from bot.cache.delivery import DeliveredEvents
 from bot.cache.events import EventState
 from bot.cache.guard import RedisGuard
-from bot.cache.keys import RATE_WINDOW_SECONDS, Keys
+from bot.cache.keys import QUOTA_GRACE_SECONDS, RATE_WINDOW_SECONDS, Keys
 from bot.cache.lua import ScriptPipelines
 from bot.cache.repair import CacheRepair, Claim
-from bot.cache.state import BeginStatus, ContextUpdate, HotState, RateCount, Refresh
+from bot.cache.state import BeginStatus, ContextUpdate, HotState, QuotaUse, RateCount, Refresh
 from bot.domain import IncomingMessage, SessionState
 from bot.errors import CacheUnavailable, CircuitOpen, LockTimeout
 from bot.local import Backoff, KeyedLocks, Renewal
+from bot.quotas import Counter, Spent, counters_of
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +106,16 @@ class Claims:
         self._abort = scripts.ABORT.bind(redis)
         self._extend = scripts.EXTEND.bind(redis)
         self.rate = scripts.RATE.bind(redis)  # BEGIN's count, when it could not count
-        active = scripts.ACTIVE.bind(redis)
-        self.beside = Beside(keys, self.rate, active)  # on a cluster
-        used = (self._begin, self._finish, self._abort, self.rate, active)
+        active, quota = scripts.ACTIVE.bind(redis), scripts.QUOTA.bind(redis)
+        self.beside = Beside(keys, self.rate, active, quota)  # on a cluster
+        used = (self._begin, self._finish, self._abort, self.rate, active, quota)
         self.pipelines = ScriptPipelines(redis, used)
         guard.on_recovery(lambda: self.repair.recover(self._forget_unguarded))
 
-    def claim(self, message: IncomingMessage, shared: bool = False) -> MessageClaim:
-        return MessageClaim(self, message, shared)
+    def claim(
+        self, message: IncomingMessage, shared: bool = False, now: datetime | None = None
+    ) -> MessageClaim:
+        return MessageClaim(self, message, shared, now or datetime.now(UTC))
 
     def turn_keys(self, message: IncomingMessage, shared: bool = False) -> TurnKeys:
         return turn_keys(self.keys, message, shared)
@@ -119,29 +123,33 @@ class Claims:
     def event_key(self, message: IncomingMessage) -> str:
         return event_key(self.keys, message)
 
+    def quota_keys(self, message: IncomingMessage, now: datetime) -> dict[Counter, str]:
+        """The message's quota counters (bot/quotas.py) in the period of `now`."""
+        return {c: self.keys.quota(c, message, now) for c in counters_of(message)}
+
     # --- BEGIN: waiting for the turn ----------------------------------------------------
 
     async def wait_for_turn(
-        self, message: IncomingMessage, token: str, shared: bool = False
+        self, message: IncomingMessage, token: str, shared: bool, now: datetime
     ) -> HotState | None:
         """Hot state from Redis, once the turn's lock is ours; None if Redis is out."""
         backoff = Backoff(self.lock_wait)
         first: HotState | None = None  # on a cluster, it carries what was read beside
         while True:
-            hot = await self._try_begin(message, token, shared, beside=first is None)
+            hot = await self._try_begin(message, token, shared, now, beside=first is None)
             if hot is None or hot.status not in _WAITING:
                 if hot is not None and first is not None and self.keys.cluster:
-                    hot = replace(hot, rate=first.rate, channel=first.channel)
+                    hot = replace(hot, rate=first.rate, channel=first.channel, spent=first.spent)
                 return hot
             first = first or hot
             if not await backoff.pause():
                 raise LockTimeout(f"{message.channel}:{message.channel_user_id}")
 
     async def _try_begin(
-        self, message: IncomingMessage, token: str, shared: bool, beside: bool
+        self, message: IncomingMessage, token: str, shared: bool, now: datetime, beside: bool
     ) -> HotState | None:
         try:
-            return await self.begin(message, token, shared, beside)
+            return await self.begin(message, token, shared, beside, now)
         except CircuitOpen:
             return None
         except CacheUnavailable:
@@ -150,10 +158,17 @@ class Claims:
             return None
 
     async def begin(
-        self, message: IncomingMessage, token: str, shared: bool = False, beside: bool = True
+        self,
+        message: IncomingMessage,
+        token: str,
+        shared: bool = False,
+        beside: bool = True,
+        now: datetime | None = None,
     ) -> HotState:
         """One try: take the lock, claim the event, count the rate, read all hot state
-        (on a cluster, the platform's keys and the rate `beside` the script)."""
+        (on a cluster, the platform's keys, the rate and the quota counters `beside`
+        the script)."""
+        quota = self.quota_keys(message, now or datetime.now(UTC))
         has_event = message.platform_message_id is not None
         if has_event and self.event_key(message) in self.delivered:
             return HotState(BeginStatus.DUPLICATE)  # answered here, not marked done yet
@@ -177,21 +192,23 @@ class Claims:
             active_member=message.channel_user_id,
             context_length=keys.context_messages,
             delivery_lease=keys.delivery_lease,
+            quota_counters=() if cluster else tuple(quota.values()),
         )
         if not cluster:
-            return _parse_begin(await self.guard.run(lambda: self._begin(call)), shared)
+            result = await self.guard.run(lambda: self._begin(call))
+            return _parse_begin(result, shared, tuple(quota))
 
         async def fill(pipe: Pipeline) -> None:
             await self._begin(call, pipe)
             if beside:
-                await self.beside.before_begin(pipe, message)
+                await self.beside.before_begin(pipe, message, tuple(quota.values()))
 
         results = await self.guard.run(lambda: self.pipelines.run(fill))
-        hot = _parse_begin(results[0], shared)
+        hot = _parse_begin(results[0], shared, ())
         if not beside:
             return hot
-        reads = Beside.read(results[1:])
-        return replace(hot, rate=reads.rate, channel=reads.channel)
+        reads = Beside.read(results[1:], tuple(quota))
+        return replace(hot, rate=reads.rate, channel=reads.channel, spent=reads.spent)
 
     # --- while the body works: the lock renewed -----------------------------------------
 
@@ -214,6 +231,7 @@ class Claims:
         *,
         was_read: bool,
         shared: bool = False,
+        now: datetime | None = None,
     ) -> None:
         """After the Postgres commit: refresh Redis, or drop what may now be stale."""
         stale = self._stale_keys(message, refresh.session, shared)
@@ -222,7 +240,7 @@ class Claims:
             await self.repair.drop(stale, token, self._forget)
             return
         try:
-            await self._finish_call(message, token, refresh, shared)
+            await self._finish_call(message, token, refresh, shared, now or datetime.now(UTC))
         except CacheUnavailable:
             # FINISH may have stopped half-way: keys written before the commit may stay,
             # and the lock may still be taken.
@@ -250,7 +268,7 @@ class Claims:
             self.repair.remember_claim(self._abort_args(message, token, shared))
 
     async def _finish_call(
-        self, message: IncomingMessage, token: str, refresh: Refresh, shared: bool
+        self, message: IncomingMessage, token: str, refresh: Refresh, shared: bool, now: datetime
     ) -> None:
         keys, turn, cluster = self.keys, self.turn_keys(message, shared), self.keys.cluster
         session = refresh.session
@@ -258,6 +276,7 @@ class Claims:
         author = encode_author(session) if shared and session else None
         config = encode_channel(refresh.channel) if refresh.channel else None
         delivered = tuple(self.delivered.take())
+        quota = self._quota_counts(message, refresh.quota, now)
         call = scripts.Finish(
             session_key=turn.session,
             author_key=turn.author,
@@ -279,6 +298,8 @@ class Claims:
             else None,
             author=author,
             now=time.time(),
+            quota_tokens=refresh.quota.tokens if refresh.quota else 0,
+            quota=() if cluster else tuple(item for count in quota for item in count),
             delivered=() if cluster else delivered,
             context=tuple(encode_context(m) for m in refresh.context),
         )
@@ -289,8 +310,24 @@ class Claims:
         async def fill(pipe: Pipeline) -> None:
             await self._finish(call, pipe)
             self.beside.after_finish(pipe, message.channel, config, delivered)
+            await self.beside.count_quota(pipe, quota, call.quota_tokens)
 
         await self.guard.run(lambda: self.pipelines.run(fill))
+
+    def _quota_counts(
+        self, message: IncomingMessage, use: QuotaUse | None, now: datetime
+    ) -> list[tuple[str, str, str]]:
+        """(counter key, count rebuilt or '', expiry) of the counters the exchange counts
+        on: all the message's when it spent tokens (a counter Redis does not hold, and
+        nobody rebuilt, is not created), none otherwise."""
+        if use is None or (not use.tokens and not use.rebuilt):
+            return []
+        counts = []
+        for counter, key in self.quota_keys(message, now).items():
+            base = use.rebuilt.get(counter)
+            expire_at = int(counter.period.end(now).timestamp()) + QUOTA_GRACE_SECONDS
+            counts.append((key, "" if base is None else str(base), str(expire_at)))
+        return counts
 
     def _abort_args(
         self, message: IncomingMessage, token: str, shared: bool, unfinished: bool = False
@@ -341,9 +378,12 @@ class Claims:
 class MessageClaim:
     """One message's turn (see the module docstring)."""
 
-    def __init__(self, claims: Claims, message: IncomingMessage, shared: bool) -> None:
+    def __init__(
+        self, claims: Claims, message: IncomingMessage, shared: bool, now: datetime
+    ) -> None:
         self.message = message
         self.shared = shared  # the turn of a shared conversation, not of its writer
+        self.now = now  # the quota counters' periods are those of this time
         self.hot: HotState | None = None  # None: Redis could not be used
         self._claims = claims
         self._token = uuid.uuid4().hex
@@ -363,7 +403,8 @@ class MessageClaim:
     async def __aenter__(self) -> MessageClaim:
         await self._local.__aenter__()
         try:
-            self.hot = await self._claims.wait_for_turn(self.message, self._token, self.shared)
+            claims, message, shared = self._claims, self.message, self.shared
+            self.hot = await claims.wait_for_turn(message, self._token, shared, self.now)
         except BaseException as exc:
             await self._local.__aexit__(type(exc), exc, exc.__traceback__)
             raise
@@ -389,7 +430,8 @@ class MessageClaim:
         was_read = self.hot is not None
         claims, message, token, shared = self._claims, self.message, self._token, self.shared
         if self._refresh is not None and not failed:
-            await claims.settle(message, token, self._refresh, was_read=was_read, shared=shared)
+            refresh, now = self._refresh, self.now
+            await claims.settle(message, token, refresh, was_read=was_read, shared=shared, now=now)
         else:
             await claims.release(
                 message, token, was_read=was_read, unfinished=failed, shared=shared
@@ -430,11 +472,11 @@ class LockRenewal:
         return False
 
 
-def _parse_begin(result: list[Any], shared: bool) -> HotState:
+def _parse_begin(result: list[Any], shared: bool, counters: tuple[Counter, ...]) -> HotState:
     status = BeginStatus(text_of(result[0]))
     if status is not BeginStatus.OK:
         return HotState(status)
-    _, flat, config, count, ttl, context, taken_over, author = result
+    _, flat, config, count, ttl, context, taken_over, author, spent = result
     # A shared session names the conversation; who writes is their own session's user.
     session = decode_session([*flat, b"user_id", author] if shared and author else flat)
     return HotState(
@@ -444,6 +486,7 @@ def _parse_begin(result: list[Any], shared: bool) -> HotState:
         rate=RateCount(int(count), int(ttl)) if int(count) > 0 else None,
         context=decode_cached_context(flat, context) if context else None,
         taken_over=bool(taken_over),
+        spent=Spent.read(counters, spent) if counters else None,
     )
 
 

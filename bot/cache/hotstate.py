@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from datetime import datetime
 
 from redis.asyncio import Redis
 
@@ -28,10 +29,13 @@ class HotStateCache:
         self.guard = guard
         self.claims = Claims(redis, keys, guard, lock_wait)
 
-    def claim(self, message: IncomingMessage, shared: bool = False) -> MessageClaim:
+    def claim(
+        self, message: IncomingMessage, shared: bool = False, now: datetime | None = None
+    ) -> MessageClaim:
         """The message's turn, to enter with `async with` (bot/cache/claim.py): its
-        writer's, or (`shared`) its shared conversation's."""
-        return self.claims.claim(message, shared)
+        writer's, or (`shared`) its shared conversation's; its quota counters those of
+        the day and month of `now`."""
+        return self.claims.claim(message, shared, now)
 
     def mark_delivered(self, message: IncomingMessage) -> None:
         """The adapter delivered the reply to this event: it is to be marked done."""

@@ -23,8 +23,10 @@ import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
-from bot.domain import DM_SCOPE
+from bot.domain import DM_SCOPE, IncomingMessage
+from bot.quotas import Counter, Holder
 
 RATE_WINDOW_SECONDS = 60  # the key is per minute by name
 
@@ -41,10 +43,12 @@ LOCK = "lock"
 STATS = "stats"
 STREAM = "stream"
 HEALTH = "health"
+QUOTA = "quota"
 ALL_KINDS = frozenset(
     {SESSION, RATE, ACTIVE, CONTEXT, CHANNEL_CONFIG, CHAT_CONFIG, FEATURES, DEDUP, LOCK, STATS}
-    | {STREAM, HEALTH}
+    | {STREAM, HEALTH, QUOTA}
 )
+QUOTA_GRACE_SECONDS = 86_400  # a counter outlives its period by this (clocks differ)
 STREAM_RECORD_TTL = 86_400  # a stream left on screen longer than a day is left alone
 
 
@@ -117,6 +121,18 @@ class Keys:
     def user_rate(self, channel: str, channel_user_id: str, user_id: uuid.UUID) -> str:
         """A user's rate counter: by their id, or on a cluster by their platform id."""
         return self.rate_of(channel, channel_user_id) if self.cluster else self.rate(user_id)
+
+    def quota(self, counter: Counter, message: IncomingMessage, now: datetime) -> str:
+        """A quota's counter this period (bot/quotas.py): the writer's, by platform id
+        (`quota:user:telegram:42:day:2026-12-06`), or their group chat's, threads
+        included (`quota:chat:telegram:-100123:month:2026-12`). On a cluster, in the
+        slot of the writer's DMs, or of the chat."""
+        period = f"{counter.period}:{counter.period.stamp(now)}"
+        if counter.holder is Holder.USER:
+            place = self._tag(f"{message.channel}:{message.channel_user_id}")
+        else:
+            place = f"{message.channel}:{self._tag(f'chat:{message.chat_id}')}"
+        return self._key(QUOTA, f"{counter.holder}:{place}:{period}")
 
     def active(self, channel: str) -> str:
         return f"{self.prefix}{ACTIVE}:{channel}"

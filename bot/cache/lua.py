@@ -10,8 +10,8 @@ the field's type a value arrives in Lua as a string, a number (int, float), a bo
 (bool), nil when None (`… | None`), or a table (a tuple: a variable tail, sent as its
 length and then its items; the last tail needs no length). A StrEnum field also
 brings its members as constants (`CONTEXT_UPDATE_APPEND`), and every script knows the
-event states of bot/cache/events.py (`STATE_DONE`, …) and the helpers `hset_json` and
-`mark_active`.
+event states of bot/cache/events.py (`STATE_DONE`, …) and the helpers `hset_json`,
+`mark_active` and `add_quota`.
 """
 
 from __future__ import annotations
@@ -51,6 +51,17 @@ local function mark_active(key, now, window, member)
   redis.call('ZADD', key, now, member)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
   redis.call('EXPIRE', key, window)
+end
+"""
+
+# Shared by FINISH and, on a cluster, QUOTA: a quota's counter (bot/quotas.py) set to
+# Postgres's count when it was rebuilt (unless another turn set it first), then counting
+# the exchange's tokens. A counter Redis lost meanwhile is left for the next turn to
+# rebuild, its count then holding this exchange.
+_ADD_QUOTA = r"""
+local function add_quota(key, base, expire_at, tokens)
+  if base ~= '' then redis.call('SET', key, base, 'NX', 'EXAT', expire_at) end
+  if tokens > 0 and redis.call('EXISTS', key) == 1 then redis.call('INCRBY', key, tokens) end
 end
 """
 
@@ -135,7 +146,9 @@ class Script(Generic[A]):
     def __init__(self, args_type: type[A], body: str) -> None:
         keys, argv = _fields(args_type)
         self.args_type = args_type
-        self.source = lua_constants() + _HSET_JSON + _MARK_ACTIVE + _header(keys, argv) + body
+        self.source = (
+            lua_constants() + _HSET_JSON + _MARK_ACTIVE + _ADD_QUOTA + _header(keys, argv) + body
+        )
         self._keys = keys
         self._scalars = [(f.name, _encoder(f)) for f in argv if f.kind is not tuple]
         tails = [f.name for f in argv if f.kind is tuple]

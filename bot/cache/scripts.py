@@ -20,17 +20,18 @@ from bot.cache.state import ContextUpdate
 @dataclass(frozen=True, slots=True)
 class Begin:
     """Start handling a message: take the user's lock, claim the event, mark the user
-    active, read session, channel config and context, and (session known) count the
-    rate limit.
+        active, read session, channel config and context, and (session known) count the
+        rate limit.
 
-    Returns {'locked'} | {'duplicate'} | {'delivering'} | {'ok', session fields (flat),
-    config JSON or '', rate count (0: not counted, the writer is not known), rate ttl,
-    context as one JSON array (newest first) or '', 1 if an earlier claim on the event
-    was taken over else 0, the writer's user id or ''}.
+        Returns {'locked'} | {'duplicate'} | {'delivering'} | {'ok', session fields (flat),
+        config JSON or '', rate count (0: not counted, the writer is not known), rate ttl,
+        context as one JSON array (newest first) or '', 1 if an earlier claim on the event
+        was taken over else 0, the writer's user id or '', the tokens counted by each quota
+    counter (-1: not held)}.
 
-    On a Redis Cluster the platform's keys (channel config, active users) and the rate
-    counter live in other slots: they are left out (None, and an empty rate template),
-    and read beside the script (bot/cache/claim.py).
+        On a Redis Cluster the platform's keys (channel config, active users) and the rate
+        counter live in other slots: they are left out (None, and an empty rate template),
+        and read beside the script (bot/cache/claim.py).
     """
 
     lock_key: str
@@ -53,6 +54,9 @@ class Begin:
     active_member: str  # the user's platform id, in the channel's active set
     context_length: int  # messages read
     delivery_lease: int  # s an 'answered' claim is taken for a reply being sent
+    # The writer's and chat's quota counters this period (bot/quotas.py); none on a
+    # cluster, where they are read beside.
+    quota_counters: tuple[str, ...]
 
 
 # The lock is taken before the event is claimed, so any claim found here other than
@@ -101,7 +105,9 @@ if fields['conversation_id'] then
   -- One string, not a list: one reply to parse and one json.loads on the client.
   if #items > 0 then context = '[' .. table.concat(items, ',') .. ']' end
 end
-return {'ok', session, config, count, ttl, context, taken_over, author or ''}
+local spent = {}
+for i, key in ipairs(quota_counters) do spent[i] = tonumber(redis.call('GET', key) or '-1') end
+return {'ok', session, config, count, ttl, context, taken_over, author or '', spent}
 """
 
 
@@ -147,6 +153,25 @@ return 1
 """
 
 
+# --- QUOTA (on a cluster, beside FINISH) ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """Count an exchange's tokens on one quota counter (see `add_quota`). Returns 1."""
+
+    counter_key: str
+    base: str  # its count rebuilt from Postgres, or ''
+    expire_at: int  # unix time
+    tokens: int
+
+
+_QUOTA = r"""
+add_quota(counter_key, base, expire_at, tokens)
+return 1
+"""
+
+
 # --- FINISH ---------------------------------------------------------------------------
 
 
@@ -174,6 +199,10 @@ class Finish:
     session: str | None  # the session hash's fields as JSON (bot/cache/codec.py)
     author: str | None  # shared: the writer's fields for their own session, as JSON
     now: float
+    quota_tokens: int  # the exchange's, counted by each quota counter
+    # (counter key, its count rebuilt from Postgres or '', when it expires) for each
+    # quota counter; on a cluster none, counted beside.
+    quota: tuple[str, ...]
     delivered: tuple[str, ...]  # event keys to mark 'done' (on a cluster: none, marked beside)
     context: tuple[str, ...]  # context items (JSON), newest first
 
@@ -190,6 +219,7 @@ end
 for _, key in ipairs(delivered) do
   redis.call('SET', key, STATE_DONE, 'XX', 'EX', event_ttl)
 end
+for i = 1, #quota, 3 do add_quota(quota[i], quota[i + 1], quota[i + 2], quota_tokens) end
 if context_update == CONTEXT_UPDATE_REPLACE then
   redis.call('DEL', context_key)
   if #context > 0 then redis.call('RPUSH', context_key, unpack(context)) end
@@ -309,3 +339,4 @@ FINISH = Script(Finish, _FINISH)
 ABORT = Script(Abort, _ABORT)
 EXTEND = Script(Extend, _EXTEND)
 WARM = Script(Warm, _WARM)
+QUOTA = Script(Quota, _QUOTA)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from bot.domain import ChannelSettings, ContextMessage, RecentContext, SessionState
+from bot.quotas import Counter, Spent
 
 
 class BeginStatus(StrEnum):
@@ -44,6 +45,7 @@ class HotState:
     rate: RateCount | None = None
     context: RecentContext | None = None
     taken_over: bool = False  # an earlier handling of this event never finished
+    spent: Spent | None = None  # the quota counters' tokens; None: not read
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,3 +57,13 @@ class Refresh:
     context_update: ContextUpdate = ContextUpdate.KEEP
     last_message_id: uuid.UUID | None = None  # the list's fence, when it is written
     channel: ChannelSettings | None = None  # set when it was loaded from Postgres
+    quota: QuotaUse | None = None  # tokens the exchange spent, for the quota counters
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaUse:
+    """What FINISH counts on the message's quota counters (bot/quotas.py): the exchange's
+    tokens, and the counts rebuilt from Postgres of the counters Redis did not hold."""
+
+    tokens: int
+    rebuilt: dict[Counter, int]

@@ -4,7 +4,8 @@
     /config set key=value …       (admins) set keys of this chat's (or thread's) row
     /config unset key …           (admins) remove keys: the platform's values apply again
 
-The keys and their checks are those of `bot ops chat set` (bot/setting_keys.py).
+The keys and their checks are those of `bot ops chat set` (bot/setting_keys.py), but
+for the quotas, which only an operator sets.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ async def config(command: Command, context: CommandContext) -> CommandResult:
 def _parsed(
     action: str, rest: list[str], context: CommandContext
 ) -> tuple[dict[str, object], list[str]]:
-    keys = setting_keys.CHAT_KEYS
+    keys = setting_keys.ADMIN_KEYS
     if action == "set":
         return setting_keys.parse_assignments(rest, context.options.allowed_models, keys)
     unknown = [key for key in rest if key not in keys]

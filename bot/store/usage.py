@@ -1,4 +1,6 @@
-"""Tokens spent, by user, chat, channel or model, for `bot ops usage` (read-only).
+"""Tokens spent: by user, chat, channel or model, for `bot ops usage` (read-only); and
+by one writer and chat this day and month, the truth quota counters are rebuilt from
+(bot/quotas.py).
 
 Each reply row holds its completion tokens and its model; the user message it answers
 (messages.reply_to) holds the prompt tokens of that call. Grouped by what is asked and
@@ -7,6 +9,7 @@ by model, since a cost is a model's price (the caller prices them, bot/pricing.p
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -14,6 +17,8 @@ from enum import StrEnum
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bot.domain import ChatKind, Scope
+from bot.quotas import Counter, Holder, Period, Spent
 from bot.store.database import Database
 
 
@@ -52,6 +57,39 @@ ORDER BY 1, 2
 """
 
 
+# The tokens of each exchange (the user message's, its reply's) since the month began,
+# of the writer ($2: users.id) or in the chat ($3: its scope, $4: its threads' scopes' start;
+# NULL in a DM): the writer's own conversations and the chat's, then the shared
+# conversations of other chats the writer asked in (messages.author_id).
+_SPENT = """
+WITH asked AS (
+    SELECT q.timestamp AS ts, q.token_count AS prompt, q.id,
+           coalesce(q.author_id, c.user_id) = $2 AS mine,
+           coalesce(c.scope = $3 OR starts_with(c.scope, $4), false) AS here
+    FROM conversations AS c
+    JOIN messages AS q ON q.conversation_id = c.id
+    WHERE c.channel_type = $1 AND (c.user_id = $2 OR c.scope = $3 OR starts_with(c.scope, $4))
+      AND q.role = 'user' AND q.timestamp >= $5
+  UNION ALL
+    SELECT q.timestamp, q.token_count, q.id, true, false
+    FROM messages AS q
+    JOIN conversations AS c ON c.id = q.conversation_id
+    WHERE q.author_id = $2 AND q.timestamp >= $5 AND c.channel_type = $1
+      AND NOT coalesce(c.scope = $3 OR starts_with(c.scope, $4), false)
+), spent AS (
+    SELECT a.ts, a.mine, a.here, coalesce(a.prompt, 0) + coalesce(r.token_count, 0) AS tokens
+    FROM asked AS a
+    LEFT JOIN message_replies AS mr ON mr.reply_to = a.id
+    LEFT JOIN messages AS r ON r.id = mr.reply_id AND r.timestamp = mr.reply_timestamp
+)
+SELECT coalesce(sum(tokens) FILTER (WHERE mine AND ts >= $6), 0)::bigint AS user_day,
+       coalesce(sum(tokens) FILTER (WHERE mine), 0)::bigint AS user_month,
+       coalesce(sum(tokens) FILTER (WHERE here AND ts >= $6), 0)::bigint AS chat_day,
+       coalesce(sum(tokens) FILTER (WHERE here), 0)::bigint AS chat_month
+FROM spent
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class UsageRow:
     key: str
@@ -74,3 +112,21 @@ class UsageQueries:
             return [UsageRow(**row._mapping) for row in result]
 
         return await self._database.once(work)
+
+    async def spent(
+        self, channel: str, user_id: uuid.UUID, chat_id: str | None, now: datetime
+    ) -> Spent:
+        """The tokens the writer (`user_id`), and the group chat they write in (none in
+        a DM), spent this UTC day and month: what Redis's quota counters hold, rebuilt."""
+        chat = Scope(ChatKind.GROUP, chat_id).key if chat_id is not None else None
+        threads = Scope(ChatKind.THREAD, chat_id, "").key if chat_id is not None else None
+        day, month = Period.DAY.start(now), Period.MONTH.start(now)
+        row = await self._database.statement(_SPENT, channel, user_id, chat, threads, month, day)
+        assert row is not None  # an aggregate without GROUP BY has one row
+        tokens = {
+            Counter(holder, period): int(row[f"{holder}_{period}"])
+            for holder in Holder
+            for period in Period
+            if holder is Holder.USER or chat is not None
+        }
+        return Spent(tokens)

@@ -54,8 +54,10 @@ def test_cold_phase_misses_the_cache_and_reads_postgres(report: dict[str, Any]) 
     assert cold["replies"] == {"answer": USERS * ROUNDS}
     assert cold["hit_ratio"]["session"] == 0 and cold["hit_ratio"]["context"] == 0
     # One statement starts the turn (writer, conversation and context together, no
-    # BEGIN), then the exchange's transaction: the context's read rides on a write.
-    assert cold["postgres_per_message"][READ] == 0
+    # BEGIN), then the exchange's transaction: the context's read rides on a write. The
+    # one read is the quota counters' rebuild (the bench runs with quotas on): a new
+    # writer's counters are not in Redis.
+    assert cold["postgres_per_message"][READ] == 1
     assert 2 < cold["postgres_per_message"][WRITE] <= 4  # and the inbox's, as warm
     assert cold["postgres_per_message"][CONTROL] == 2  # the exchange's BEGIN and COMMIT
 
@@ -69,8 +71,9 @@ def test_group_traffic_keeps_the_warm_path_in_every_scope(
     assert warm["replies"] == {"answer": USERS * MESSAGES}
     assert warm["postgres_per_message"][READ] == 0
     assert warm["redis_per_message"]["round_trips"] <= 2 + 1 / warm["messages"]
-    # The chat's settings are read once for all its members, not once per member.
-    assert cold["postgres_per_message"][READ] <= 1 / 5
+    # The chat's settings are read once for all its members, not once per member; and
+    # each new writer's quota counters once.
+    assert cold["postgres_per_message"][READ] <= 1 + 1 / 5
     assert report["targets"][f"{mode}_warm_zero_postgres_reads"] is True
 
 

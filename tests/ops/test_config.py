@@ -53,7 +53,7 @@ async def test_config_set_validates_upserts_and_invalidates_the_cache(
 @pytest.mark.parametrize(
     ("pairs", "says"),
     [
-        (["colour=blue"], "valid keys: default_model, max_tokens, rate_limit_per_minute"),
+        (["colour=blue"], "valid keys: default_model, max_tokens, quota_chat_day_tokens"),
         (["temperature=3"], "temperature must be from 0 to 2"),
         (["rate_limit_per_minute=fast"], "must be a whole number"),
         (["max_tokens=0"], "max_tokens must be from 1"),
