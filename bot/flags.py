@@ -11,13 +11,12 @@ Redis hashes and pub/sub bot/cache/flags.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from bot.cache.flags import FlagCache
 from bot.domain import FlagRow
 from bot.flagset import FlagSet
-from bot.mirror import Mirror, RowsWritten, publish_change
+from bot.mirror import Change, Mirror, RowsWritten, publish_change
 from bot.store.flags import FlagQueries
 
 
@@ -29,15 +28,7 @@ class FeatureFlags(Mirror[FlagRow, FlagSet]):
         self.cache: FlagCache = cache
 
 
-@dataclass(frozen=True, slots=True)
-class FlagChange:
-    existed: bool  # the flag was set before this change
-    rows: list[FlagRow]  # every flag after it
-    cached: bool  # Redis holds the change
-    notified: int | None  # workers that got the invalidation; None: not published
-    # Why the invalidation could not be published although Redis holds the change:
-    # workers then follow at their next refresh (FLAGS_REFRESH_SECONDS).
-    publish_error: str | None = None
+FlagChange = Change[FlagRow]
 
 
 async def change_flag(
@@ -54,8 +45,4 @@ async def change_flag(
     async def change(write: RowsWritten[FlagRow]) -> tuple[bool, list[FlagRow]]:
         return await store.change(scope, name, value, write, unset=unset)
 
-    published = await publish_change(cache, change)
-    existed, rows = published.result
-    return FlagChange(
-        existed, rows, published.cached, published.notified, published.publish_error
-    )
+    return await publish_change(cache, change)

@@ -25,6 +25,10 @@ EXPORTED: dict[Tally, tuple[str, str]] = {
         "bot_muted_total",
         "Messages ignored: the replies_disabled flag is on, or their chat is muted",
     ),
+    Tally.BLOCKED: (
+        "bot_blocked_total",
+        "Messages ignored because their writer is on the blocklist (bot ops user block)",
+    ),
     Tally.INVALID: ("bot_invalid_input_total", "Messages refused as invalid input"),
     Tally.LOCK_TIMEOUT: (
         "bot_lock_timeouts_total",

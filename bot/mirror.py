@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 
 Row = TypeVar("Row")
 Snapshot = TypeVar("Snapshot")
-Result = TypeVar("Result")
 Snapshot_co = TypeVar("Snapshot_co", covariant=True)
 Row_contra = TypeVar("Row_contra", contravariant=True)
 RowsWritten = Callable[[list[Row]], Awaitable[None]]
@@ -160,10 +159,11 @@ class Mirror(Generic[Row, Snapshot]):
 
 
 @dataclass(frozen=True, slots=True)
-class Published(Generic[Result]):
-    """A change committed to Postgres, and how far it got towards the workers."""
+class Change(Generic[Row]):
+    """One row changed in Postgres, and how far the change got towards the workers."""
 
-    result: Result  # what the store's change returned
+    existed: bool  # the row was there before this change
+    rows: list[Row]  # every row after it
     cached: bool  # Redis holds the change
     notified: int | None  # workers that got the invalidation; None: not published
     # Why the invalidation could not be published although Redis holds the change:
@@ -171,13 +171,16 @@ class Published(Generic[Result]):
     publish_error: str | None = None
 
 
+StoreChange = Callable[[RowsWritten[Row]], Awaitable[tuple[bool, list[Row]]]]
+
+
 async def publish_change(
-    cache: MirrorCache[Row, Snapshot],
-    change: Callable[[RowsWritten[Row]], Awaitable[Result]],
-) -> Published[Result]:
-    """Run the store's `change`, which hands every row after it to the Redis rewrite
-    inside its transaction, then tell every worker. If Redis is unreachable the change
-    is still committed (Postgres is the source of truth) and `cached` is False."""
+    cache: MirrorCache[Row, Snapshot], change: StoreChange[Row]
+) -> Change[Row]:
+    """Run the store's `change` (whether the row existed, and every row after it), which
+    hands the rows to the Redis rewrite inside its transaction, then tell every worker.
+    If Redis is unreachable the change is still committed (Postgres is the source of
+    truth) and `cached` is False."""
     cached = False
 
     async def write(rows: list[Row]) -> None:
@@ -188,16 +191,16 @@ async def publish_change(
             cached = True
 
     try:
-        result = await change(write)
+        existed, rows = await change(write)
     except BaseException:
         if cached:  # Redis may now show what did not commit: make workers ask Postgres
             with contextlib.suppress(CacheUnavailable):
                 await cache.drop()
         raise
     if not cached:
-        return Published(result, cached=False, notified=None)
+        return Change(existed, rows, cached=False, notified=None)
     try:
         notified = await cache.publish()
     except CacheUnavailable as exc:  # the caller tells the operator; nothing is lost
-        return Published(result, True, None, publish_error=str(exc))
-    return Published(result, True, notified)
+        return Change(existed, rows, True, None, publish_error=str(exc))
+    return Change(existed, rows, True, notified)

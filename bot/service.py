@@ -18,11 +18,13 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from bot import commands
+from bot.blockset import BlockSource, StaticBlocklist
 from bot.cache.hotstate import HotStateCache
 from bot.cache.state import ContextUpdate, HotState, RateCount, Refresh
 from bot.chat_configs import ChatConfigs
 from bot.config import Settings
 from bot.domain import (
+    NOT_KEPT,
     AdminCheck,
     ChannelSettings,
     ContextMessage,
@@ -123,6 +125,7 @@ class ConversationService:
         responder: Responder,
         chats: ChatConfigs,
         flags: FlagSource | None = None,
+        blocklist: BlockSource | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -130,6 +133,7 @@ class ConversationService:
         self.responder = responder
         self.chats = chats
         self.flags = flags or StaticFlags()  # held in memory: no round trip per message
+        self.blocklist = blocklist or StaticBlocklist()  # the same
         self.stats: Counter[Tally] = Counter()
         lease, wait = settings.inbox_lease_seconds, settings.lock_wait_seconds
         self.inbox = Inbox(store.inbox, lease, wait)
@@ -150,6 +154,8 @@ class ConversationService:
         never told."""
         if kind in (ReplyKind.UNAVAILABLE, ReplyKind.DEFERRED):
             return  # the inbox keeps it: a redelivery or a sweep answers it
+        if kind is ReplyKind.BLOCKED:
+            return  # never kept nor claimed: nothing to close
         event = storable_event_id(message.platform_message_id)
         message = replace(message, platform_message_id=event)
         self.cache.mark_delivered(message)
@@ -162,7 +168,10 @@ class ConversationService:
 
     async def receive(self, message: IncomingMessage) -> Receipt:
         """Keep the event in the inbox before the platform is told it arrived; StoreError
-        if it cannot be kept (then the platform must not be told)."""
+        if it cannot be kept (then the platform must not be told). A blocked writer's
+        is not kept: it costs nothing."""
+        if self.blocklist.current.blocks(message.channel, message.channel_user_id):
+            return NOT_KEPT
         return await self.inbox.receive(message)
 
     async def close(self) -> None:
@@ -191,6 +200,8 @@ class ConversationService:
         """Answer one incoming message; never raises for bad input or a failing store.
         With `on_text` (and STREAM_REPLIES), the reply is given to it piece by piece as
         it is written; the Reply returned is then the whole of it, stored."""
+        if self._blocked(message):
+            return Reply(None, ReplyKind.BLOCKED)
         flags = self.flags.current
         if flags.enabled(MAINTENANCE, message.channel):
             self.stats[Tally.MAINTENANCE] += 1
@@ -217,6 +228,15 @@ class ConversationService:
             raise
         finally:
             self.inbox.idle(receipt)
+
+    def _blocked(self, message: IncomingMessage) -> bool:
+        """The writer is on the blocklist (held in memory): no reply, nothing stored,
+        no store reached; counted, and logged without the text."""
+        if not self.blocklist.current.blocks(message.channel, message.channel_user_id):
+            return False
+        self.stats[Tally.BLOCKED] += 1
+        log.debug("ignored a message of blocked %s:%s", message.channel, message.channel_user_id)
+        return True
 
     async def _answer(
         self, message: IncomingMessage, receipt: Receipt | None, on_text: TextSink | None

@@ -10,6 +10,7 @@ from enum import StrEnum
 class Tally(StrEnum):
     MAINTENANCE = "maintenance"  # answered with the maintenance text
     MUTED = "muted"  # ignored: replies_disabled, or a muted chat
+    BLOCKED = "blocked"  # ignored: the writer is on the blocklist
     INVALID = "invalid"  # refused as invalid input
     LOCK_TIMEOUT = "lock_timeout"  # waited too long for the user's previous message
     TURN_CONFLICT = "turn_conflict"  # another handling stored a message first: answered again
