@@ -109,6 +109,7 @@ def build_service(
     service = ConversationService(settings, store, cache, responder, chats, flags, blocklist)
     if metrics is not None:
         metrics.export_tallies(lambda: service.stats)
+        metrics.export_tokens(lambda: service.tokens)
         metrics.export_circuit(lambda: guard.is_open)
         metrics.export_redis_faults(lambda: {f.value: guard.faults[f] for f in RedisFault})
         metrics.export_redis_errors(lambda: {k.value: guard.errors[k] for k in RedisErrorKind})

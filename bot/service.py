@@ -135,6 +135,8 @@ class ConversationService:
         self.flags = flags or StaticFlags()  # held in memory: no round trip per message
         self.blocklist = blocklist or StaticBlocklist()  # the same
         self.stats: Counter[Tally] = Counter()
+        # LLM tokens of the stored replies by (model, "prompt" | "completion"): /metrics
+        self.tokens: Counter[tuple[str, str]] = Counter()
         lease, wait = settings.inbox_lease_seconds, settings.lock_wait_seconds
         self.inbox = Inbox(store.inbox, lease, wait)
         self._published: Counter[Tally] = Counter()
@@ -501,6 +503,8 @@ class ConversationService:
             # The cached context may lack the stored exchange: rebuild it next time.
             refresh = replace(turn.refresh, context_update=ContextUpdate.REPLACE)
             return self._redelivered(turn, stored), refresh
+        if result is not None:
+            self._spent(result.model_used, rows.user_tokens, rows.reply_tokens)
         reply = ContextMessage("assistant", result.text, rows.reply_ts) if result else None
         refresh = self._appended(turn, recent, cached is not None, rows, reply, rows.reply_id)
         self.stats[Tally.EXCHANGE] += 1
@@ -665,6 +669,8 @@ class ConversationService:
             interrupted=cut,
         )
         if await self.store.conversations.save_reply(row):
+            prompt = result.prompt_tokens if result else None  # None: the stream broke off
+            self._spent(row.model_used or "unknown", prompt, row.tokens)
             return row.reply_id
         # This worker stalled past its hold and another handling stored a message of
         # the conversation (or this event's reply) first: the reply would come after
@@ -675,6 +681,11 @@ class ConversationService:
             turn.message.platform_message_id,
         )
         return None
+
+    def _spent(self, model: str, prompt: int | None, completion: int | None) -> None:
+        """Count a stored reply's tokens (read by /metrics at each scrape)."""
+        self.tokens[model, "prompt"] += prompt or 0
+        self.tokens[model, "completion"] += completion or 0
 
     def _redelivered(self, turn: Turn, stored: StoredExchange) -> Reply:
         """A platform event Postgres holds already. If Redis says its earlier handling

@@ -29,6 +29,9 @@ class Tally(StrEnum):
     DEFERRED = "deferred"  # the responder failed for now: kept in the inbox, answered later
     QUEUED = "queued"  # behind an older event of its place nobody here answers: put back
     RESUMED = "resumed"  # taken from the inbox after its holder died or it was put back
+    REFUSED_INPUT = "refused_input"  # moderation flagged the message: refused, nothing stored
+    REFUSED_OUTPUT = "refused_output"  # moderation flagged the reply: a refusal stored instead
+    MODERATION_ERROR = "moderation_error"  # the moderation endpoint failed (MODERATION_FAIL)
     SESSION_HIT = "session_hit"
     SESSION_MISS = "session_miss"
     CONTEXT_HIT = "context_hit"
