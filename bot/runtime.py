@@ -39,7 +39,7 @@ from bot.flagset import FlagSource
 from bot.logs import maskable, redact
 from bot.metrics import Metrics
 from bot.responders import Responder
-from bot.responders.factory import build_responder
+from bot.responders.factory import build_moderator, build_responder
 from bot.responders.timed import TimedResponder
 from bot.retention import Maintenance
 from bot.service import ConversationService
@@ -106,7 +106,10 @@ def build_service(
         responder = TimedResponder(responder, metrics.responder_latency)
     chat_cache = ChatConfigCache(redis, keys, guard)
     chats = ChatConfigs(chat_cache, store.chat_configs, settings.channel_config_ttl_seconds)
-    service = ConversationService(settings, store, cache, responder, chats, flags, blocklist)
+    moderator = build_moderator(settings)
+    service = ConversationService(
+        settings, store, cache, responder, chats, flags, blocklist, moderator
+    )
     if metrics is not None:
         metrics.export_tallies(lambda: service.stats)
         metrics.export_tokens(lambda: service.tokens)
@@ -168,6 +171,8 @@ async def open_runtime(
             if isinstance(service.blocklist, BlockedUsers):
                 await service.blocklist.stop()
             await service.responder.aclose()
+            if service.moderator is not None:
+                await service.moderator.aclose()
             await redis.aclose()
             await engine.dispose()
 

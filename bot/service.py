@@ -10,6 +10,7 @@ then told to the user, with nothing half-written.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections import Counter
@@ -46,6 +47,7 @@ from bot.errors import (
     CacheUnavailable,
     InvalidInput,
     LockTimeout,
+    ModerationUnavailable,
     ReplyDeferred,
     ResponderError,
     ResponderRejected,
@@ -58,7 +60,13 @@ from bot.flagset import MAINTENANCE, REPLIES_DISABLED, FlagSource, StaticFlags
 from bot.inbox import Inbox
 from bot.local import Backoff, LocalRateLimiter
 from bot.relay import Relay
-from bot.responders.base import Responder, ResponderRequest, ResponderResult, estimate_tokens
+from bot.responders.base import (
+    Moderator,
+    Responder,
+    ResponderRequest,
+    ResponderResult,
+    estimate_tokens,
+)
 from bot.store.conversations import ExchangeRows, ReplyRow
 from bot.store.inbox import Taken
 from bot.store.store import Store
@@ -83,6 +91,10 @@ ADMIN_CHECK_SECONDS = 5.0  # longest a platform may take to say who is an admin
 DEFERRED_TEXT = "I can't reply just now. I'll send my answer here as soon as I can."
 LONGEST_RETRY_PAUSE = 60.0  # s between tries of a deferred reply, at most
 INTERRUPTED_NOTE = "[My reply was interrupted here. Please ask again if you need the rest.]"
+REFUSED_TEXT = "Sorry, I can't help with that message."  # moderation flagged it
+REFUSED_REPLY_TEXT = "Sorry, I can't answer that."  # stored in place of a flagged reply
+UNCHECKED_TEXT = "Sorry, I can't check your message right now. Please try again in a minute."
+UNCHECKED_REPLY_TEXT = "Sorry, I can't check my reply right now. Please ask again in a minute."
 
 
 @dataclass(slots=True)
@@ -126,6 +138,7 @@ class ConversationService:
         chats: ChatConfigs,
         flags: FlagSource | None = None,
         blocklist: BlockSource | None = None,
+        moderator: Moderator | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -134,6 +147,7 @@ class ConversationService:
         self.chats = chats
         self.flags = flags or StaticFlags()  # held in memory: no round trip per message
         self.blocklist = blocklist or StaticBlocklist()  # the same
+        self.moderator = moderator  # None: MODERATION=off
         self.stats: Counter[Tally] = Counter()
         # LLM tokens of the stored replies by (model, "prompt" | "completion"): /metrics
         self.tokens: Counter[tuple[str, str]] = Counter()
@@ -251,7 +265,9 @@ class ConversationService:
                 self.stats[Tally.MUTED] += 1
                 return Reply(None, ReplyKind.MUTED)
             shared = self._shared(message, chat)
-            stream = on_text if self.settings.stream_replies else None
+            # A reply to moderate is checked whole before anything of it is shown.
+            streams = self.settings.stream_replies and not self._moderates("output")
+            stream = on_text if streams else None
             return await self._in_turn(message, chat, shared, stream, receipt)
         except _TurnDeferred as deferred:
             return deferred.reply
@@ -381,6 +397,8 @@ class ConversationService:
         if command is not None:
             self.stats[Tally.COMMAND] += 1
             return await self._command(command, turn)
+        if (refusal := await self._refused_input(turn)) is not None:
+            return refusal, turn.refresh
         return await self._exchange(turn, hot.context if hot else None)
 
     async def _command(self, command: commands.Command, turn: Turn) -> tuple[Reply, Refresh]:
@@ -437,6 +455,59 @@ class ConversationService:
         count, retry_after = self._local_rate.hit(str(user_id))
         return RateCount(count, retry_after)
 
+    def _moderates(self, direction: str) -> bool:
+        """Whether MODERATION checks the user's messages ("input") or the replies ("output")."""
+        return self.moderator is not None and self.settings.moderation in (direction, "both")
+
+    async def _flagged(self, message: IncomingMessage, text: str, direction: str) -> bool | None:
+        """Whether moderation flags `text`; None when it cannot tell (counted, logged
+        without the text)."""
+        assert self.moderator is not None
+        try:
+            return await self.moderator.flagged(text)
+        except ModerationUnavailable as exc:
+            self.stats[Tally.MODERATION_ERROR] += 1
+            log.warning(
+                "%s:%s: %s not checked (%s); MODERATION_FAIL=%s",
+                message.channel, message.channel_user_id, direction, exc,
+                self.settings.moderation_fail,
+            )  # fmt: skip
+            return None
+
+    async def _refused_input(self, turn: Turn) -> Reply | None:
+        """Input moderation: a flagged message is refused before the responder is called,
+        and nothing of it is stored; one that cannot be checked passes, unless
+        MODERATION_FAIL=closed."""
+        if not self._moderates("input"):
+            return None
+        message = turn.message
+        flagged = await self._flagged(message, message.text, "input")
+        if flagged is None and self.settings.moderation_fail == "closed":
+            return Reply(UNCHECKED_TEXT, ReplyKind.REFUSED)
+        if not flagged:
+            return None
+        self.stats[Tally.REFUSED_INPUT] += 1
+        log.info("%s:%s: message flagged by moderation, refused",
+                 message.channel, message.channel_user_id)  # fmt: skip
+        return Reply(REFUSED_TEXT, ReplyKind.REFUSED)
+
+    async def _checked_reply(
+        self, turn: Turn, result: ResponderResult | None
+    ) -> tuple[ResponderResult | None, str | None]:
+        """Output moderation: a flagged reply (or, MODERATION_FAIL=closed, one that cannot
+        be checked) is replaced by a refusal, with why ("flagged", "unchecked")."""
+        if result is None or not self._moderates("output"):
+            return result, None
+        flagged = await self._flagged(turn.message, result.text, "output")
+        if flagged is None and self.settings.moderation_fail == "closed":
+            return replace(result, text=UNCHECKED_REPLY_TEXT), "unchecked"
+        if not flagged:
+            return result, None
+        self.stats[Tally.REFUSED_OUTPUT] += 1
+        log.info("%s:%s: reply flagged by moderation, replaced by a refusal",
+                 turn.message.channel, turn.message.channel_user_id)  # fmt: skip
+        return replace(result, text=REFUSED_REPLY_TEXT), "flagged"
+
     def _rate_limited(self, turn: Turn, limit: int) -> Reply:
         self.stats[Tally.RATE_LIMITED] += 1
         if turn.rate.count > limit + 1:
@@ -491,8 +562,12 @@ class ConversationService:
         if turn.on_text is not None:
             return await self._streamed(turn, cached, recent, model, retried=retried)
         received = datetime.now(UTC)
-        result = await self._respond(turn, model, context)
+        result, moderated = await self._checked_reply(
+            turn, await self._respond(turn, model, context)
+        )
         rows = self._rows(turn, recent, received, result)
+        if moderated is not None:  # the refusal is stored, marked: never the flagged text
+            rows = replace(rows, reply_metadata=json.dumps({"moderated": moderated}))
         stored = await self._saved(rows, retried)
         if stored is None:
             return await self._recover_stale(turn)

@@ -29,7 +29,7 @@ async def test_a_blocked_user_gets_nothing_and_costs_no_round_trip(
     pg, rd = PgProbe(), RedisProbe()
     pg.attach(service.store.engine)
     rd.attach(service.cache.redis)
-    message = msg(blocked, "hello", pid="ev-1", channel="telegram")
+    message = msg(blocked, "hello", pid=f"{blocked}-ev-1", channel="telegram")
 
     receipt = await service.receive(message)  # as an adapter does, before acknowledging
     reply = await service.handle(message)

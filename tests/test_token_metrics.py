@@ -28,9 +28,11 @@ async def test_tokens_of_stored_replies_by_model_and_kind(
     async def sink(piece: str) -> None:
         pieces.append(piece)
 
-    await handled(service, msg(user, "whole", "ev-1"))
-    await service.handle(msg(user, "streamed", "ev-2"), on_text=sink)
-    await handled(service, msg(user, "whole", "ev-1"))  # a redelivery: stored once, counted once
+    await handled(service, msg(user, "whole", f"{user}-ev-1"))
+    await service.handle(msg(user, "streamed", f"{user}-ev-2"), on_text=sink)
+    await handled(
+        service, msg(user, "whole", f"{user}-ev-1")
+    )  # a redelivery: stored once, counted once
 
     assert pieces  # the second reply was streamed
     assert (tokens(metrics, "m1-served", "prompt"), tokens(metrics, "m1-served", "completion")) == (
@@ -50,6 +52,7 @@ async def test_no_tokens_are_counted_without_a_stored_reply(
     service = await make_service(metrics=metrics, llm_base_url=llm.url, default_model="m3")
     llm.then(*[Step(status=400, body={"error": {"message": "no"}})] * 2)
 
-    await handled(service, msg(new_user(), "refused", "ev-3"))  # an apology, no reply stored
+    user = new_user()
+    await handled(service, msg(user, "refused", f"{user}-ev-3"))  # an apology, no reply stored
 
     assert not any(name == TOKENS for name, _ in samples(metrics))

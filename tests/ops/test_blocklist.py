@@ -71,11 +71,13 @@ async def test_a_running_worker_stops_answering_within_seconds_and_stores_nothin
     ops: Ops, worker: ConversationService, engine: AsyncEngine
 ) -> None:
     user = new_user()
-    assert (await handled(worker, msg(user, "before", "e1", "telegram"))).kind is ReplyKind.ANSWER
+    assert (
+        await handled(worker, msg(user, "before", f"{user}-e1", "telegram"))
+    ).kind is ReplyKind.ANSWER
 
     assert (await ops("user", "block", "telegram", user)).code == 0
     await until(lambda: worker.blocklist.current.blocks("telegram", user), 3, "block followed")
-    blocked = await handled(worker, msg(user, "while blocked", "e2", "telegram"))
+    blocked = await handled(worker, msg(user, "while blocked", f"{user}-e2", "telegram"))
 
     assert (blocked.kind, blocked.text) == (ReplyKind.BLOCKED, None)
     texts = await fetch(
@@ -88,5 +90,5 @@ async def test_a_running_worker_stops_answering_within_seconds_and_stores_nothin
 
     assert (await ops("user", "unblock", "telegram", user)).code == 0
     await until(lambda: not worker.blocklist.current.blocks("telegram", user), 3, "unblock")
-    after = await handled(worker, msg(user, "after", "e3", "telegram"))
+    after = await handled(worker, msg(user, "after", f"{user}-e3", "telegram"))
     assert after.kind is ReplyKind.ANSWER
