@@ -17,7 +17,7 @@ from openai import AsyncOpenAI
 from pydantic import SecretStr
 
 from bot.errors import ModerationUnavailable, ResponderError, ResponderTimeout
-from bot.responders.openai_compat import NO_API_KEY, llm_retry, map_error
+from bot.responders.openai_compat import api_client, llm_retry, map_error
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,13 +32,7 @@ class ModerationOptions:
 class ModerationClient:
     def __init__(self, options: ModerationOptions, client: AsyncOpenAI | None = None) -> None:
         self.options = options
-        key = options.api_key.get_secret_value() if options.api_key else ""
-        self._client = client or AsyncOpenAI(
-            base_url=options.base_url,
-            api_key=key or NO_API_KEY,
-            timeout=options.timeout,
-            max_retries=0,  # retries are ours: llm_retry
-        )
+        self._client = client or api_client(options.base_url, options.api_key, options.timeout)
 
     async def flagged(self, text: str) -> bool:
         """Whether the endpoint flags `text`; ModerationUnavailable if it does not say."""

@@ -9,6 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.domain import BlockedRow
+from bot.store import mirrored
 from bot.store.database import Database
 
 BlocklistWritten = Callable[[list[BlockedRow]], Awaitable[None]]
@@ -17,7 +18,6 @@ BlocklistWritten = Callable[[list[BlockedRow]], Awaitable[None]]
 # its Redis copy take it, so the copy is written in commit order.
 BLOCKLIST_LOCK_ID = 0x6368_6174_626F_7403
 
-_LOCK = text("SELECT pg_advisory_xact_lock(:id)")
 _ALL = text(
     "SELECT channel_type, channel_user_id, reason, blocked_at FROM blocked_users "
     "ORDER BY channel_type, channel_user_id"
@@ -47,14 +47,7 @@ class BlocklistQueries:
 
     async def refill(self, write: BlocklistWritten) -> list[BlockedRow]:
         """Every blocked user, handed to `write` (the Redis refill) under the lock."""
-
-        async def work(connection: AsyncConnection) -> list[BlockedRow]:
-            await connection.execute(_LOCK, {"id": BLOCKLIST_LOCK_ID})
-            rows = await _all(connection)
-            await write(rows)
-            return rows
-
-        return await self._database.transaction(work)
+        return await mirrored.refill(self._database, BLOCKLIST_LOCK_ID, _all, write)
 
     async def change(
         self,
@@ -68,19 +61,14 @@ class BlocklistQueries:
         """Block (or unblock) one user, then hand every row to `write` before the
         commit. Returns whether the user was blocked before, and all rows after."""
 
-        async def work(connection: AsyncConnection) -> tuple[bool, list[BlockedRow]]:
-            await connection.execute(_LOCK, {"id": BLOCKLIST_LOCK_ID})
+        async def mutate(connection: AsyncConnection) -> bool:
             params = {"channel": channel, "user": user}
             if unblock:
-                existed = (await connection.execute(_UNBLOCK, params)).first() is not None
-            else:
-                found = await connection.execute(_BLOCK, {**params, "reason": reason})
-                existed = bool(found.scalar_one())
-            rows = await _all(connection)
-            await write(rows)
-            return existed, rows
+                return (await connection.execute(_UNBLOCK, params)).first() is not None
+            found = await connection.execute(_BLOCK, {**params, "reason": reason})
+            return bool(found.scalar_one())
 
-        return await self._database.transaction(work)
+        return await mirrored.change(self._database, BLOCKLIST_LOCK_ID, mutate, _all, write)
 
 
 async def _all(connection: AsyncConnection) -> list[BlockedRow]:
