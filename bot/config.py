@@ -223,6 +223,13 @@ class Settings(BaseSettings):
     # Prices per million prompt/completion tokens by model, over bot/pricing.py's
     # defaults, for the cost `bot ops usage` reports: `gpt-4o=2.5/10,local=0/0`.
     llm_prices: Annotated[dict[str, Price], NoDecode] = Field(default_factory=dict)
+    # Moderation through the API's POST /moderations: of the user's message (input), the
+    # reply (output), both, or off. When the check fails: let the text pass (open) or
+    # tell the user it cannot be checked now (closed).
+    moderation: Literal["off", "input", "output", "both"] = "off"
+    moderation_fail: Literal["open", "closed"] = "open"
+    moderation_model: str = "omni-moderation-latest"
+    moderation_timeout_seconds: Seconds = 5.0  # one check, all its tries included
 
     @field_validator("discord_shard_ids", mode="before")
     @classmethod
@@ -297,6 +304,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 "REDIS_CLUSTER and REDIS_SENTINELS exclude each other: a cluster fails over "
                 "by itself"
+            )
+        if self.moderation != "off" and self.llm_base_url is None:
+            raise ValueError(
+                f"MODERATION={self.moderation} needs LLM_BASE_URL: it is checked by the "
+                "API's /moderations endpoint (the echo responder has none); set "
+                "MODERATION=off or LLM_BASE_URL"
             )
         if self.redis_cluster_nodes and not self.redis_cluster:
             raise ValueError("REDIS_CLUSTER_NODES needs REDIS_CLUSTER=true")

@@ -138,6 +138,8 @@ class ReplyKind(StrEnum):
     MUTED = "muted"  # the `replies_disabled` flag is on: say nothing, nothing stored
     INTERRUPTED = "interrupted"  # a streamed reply cut off: its part, and a note saying so
     DEFERRED = "deferred"  # kept in the inbox, answered later (the text, if any, says so)
+    BLOCKED = "blocked"  # the writer is on the blocklist: say nothing, nothing stored
+    REFUSED = "refused"  # moderation refused the message (or could not check it): nothing stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +288,16 @@ class StoredExchange:
     duplicate: bool = False  # the platform event was stored before, by another handling
     reply_text: str | None = None  # of a duplicate: the reply stored with it, if any
     reply_model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BlockedRow:
+    """One `blocked_users` row: a platform user the bot ignores."""
+
+    channel: str
+    channel_user_id: str
+    reason: str | None = None
+    blocked_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

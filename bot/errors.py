@@ -33,6 +33,7 @@ retry-after, a SQLSTATE) and never a secret or a server's quote of the data:
     │   │                            not resolve (retried LLM_CONNECT_ATTEMPTS times only)
     │   ├── ResponderRejected    any other 4xx (not retried)
     │   └── ResponderInterrupted a stream broke off after some of it was given out
+    ├── ModerationUnavailable    the moderation endpoint failed or timed out (MODERATION_FAIL)
     ├── ReplyDeferred            the responder failed for now: the message is answered on a
     │                            later try, from the inbox (bot/inbox.py)
     ├── PlatformError            a platform API call failed
@@ -137,6 +138,11 @@ class TurnConflict(StoreError):
         super().__init__(f"another handling of conversation {conversation_id} {state}")
         self.conversation_id = conversation_id
         self.held = held
+
+
+class ModerationUnavailable(BotError):
+    """The moderation endpoint did not say whether a text is flagged (it failed, refused
+    or timed out within MODERATION_TIMEOUT_SECONDS): MODERATION_FAIL decides."""
 
 
 class CacheUnavailable(BotError):

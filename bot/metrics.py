@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter as Tallies
 from collections.abc import Callable, Iterator, Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -24,6 +24,10 @@ EXPORTED: dict[Tally, tuple[str, str]] = {
     Tally.MUTED: (
         "bot_muted_total",
         "Messages ignored: the replies_disabled flag is on, or their chat is muted",
+    ),
+    Tally.BLOCKED: (
+        "bot_blocked_total",
+        "Messages ignored because their writer is on the blocklist (bot ops user block)",
     ),
     Tally.INVALID: ("bot_invalid_input_total", "Messages refused as invalid input"),
     Tally.LOCK_TIMEOUT: (
@@ -94,10 +98,26 @@ EXPORTED: dict[Tally, tuple[str, str]] = {
         "Messages put back in the inbox behind an older one of their writer's that no "
         "handler was answering, answered in order by the sweep",
     ),
+    Tally.MODERATION_ERROR: (
+        "bot_moderation_errors_total",
+        "Moderation checks that failed or timed out: the text passed (MODERATION_FAIL=open) "
+        "or the user was told it cannot be checked now (closed)",
+    ),
     Tally.RESUMED: (
         "bot_inbox_resumed_total",
         "Messages taken from the inbox by a sweep: their worker died, or they were put back",
     ),
+}
+
+
+# Tallies exported as one labelled counter each: tally -> (name, help, label, value).
+_REFUSALS_HELP = (
+    "Messages (input) or replies (output) the moderation endpoint flagged: the user got a "
+    "refusal (MODERATION)"
+)
+BY_LABEL: dict[Tally, tuple[str, str, str, str]] = {
+    Tally.REFUSED_INPUT: ("bot_moderation_refusals", _REFUSALS_HELP, "direction", "input"),
+    Tally.REFUSED_OUTPUT: ("bot_moderation_refusals", _REFUSALS_HELP, "direction", "output"),
 }
 
 
@@ -111,6 +131,7 @@ class _TallyCollector(Collector):
             family = CounterMetricFamily(name.removesuffix("_total"), help_text)
             family.add_metric([], stats.get(tally, 0))
             yield family
+        yield from _labelled(stats)
         cache = CounterMetricFamily(
             "bot_cache_requests", "Hot-state reads by kind and result", labels=["kind", "result"]
         )
@@ -120,18 +141,33 @@ class _TallyCollector(Collector):
         yield cache
 
 
+def _labelled(stats: Tallies[Tally]) -> Iterator[CounterMetricFamily]:
+    families: dict[str, CounterMetricFamily] = {}
+    for tally, (name, help_text, label, value) in BY_LABEL.items():
+        family = families.get(name)
+        if family is None:
+            family = families[name] = CounterMetricFamily(name, help_text, labels=[label])
+        family.add_metric([value], stats.get(tally, 0))
+    yield from families.values()
+
+
 class _CountsByLabel(Collector):
     """A counter kept elsewhere (a Counter by label value), read at each scrape."""
 
     def __init__(
-        self, name: str, help_text: str, label: str, counts: Callable[[], Mapping[str, int]]
+        self,
+        name: str,
+        help_text: str,
+        label: str | tuple[str, ...],
+        counts: Callable[[], Mapping[Any, int]],
     ) -> None:
-        self._name, self._help, self._label, self._counts = name, help_text, label, counts
+        self._name, self._help, self._counts = name, help_text, counts
+        self._labels = [label] if isinstance(label, str) else list(label)
 
     def collect(self) -> Iterator[CounterMetricFamily]:
-        family = CounterMetricFamily(self._name, self._help, labels=[self._label])
+        family = CounterMetricFamily(self._name, self._help, labels=self._labels)
         for value, count in self._counts().items():
-            family.add_metric([value], count)
+            family.add_metric(list(value) if isinstance(value, tuple) else [value], count)
         yield family
 
 
@@ -337,6 +373,18 @@ class Metrics:
                 "circuit_open (not sent: the breaker was open)",
                 "kind",
                 errors,
+            )
+        )
+
+    def export_tokens(self, tokens: Callable[[], Mapping[tuple[str, str], int]]) -> None:
+        """Tokens of the stored replies by (model, kind), kept by the service in memory."""
+        self.registry.register(
+            _CountsByLabel(
+                "bot_llm_tokens",
+                "LLM tokens of the replies stored, by the model that answered and kind: "
+                "prompt or completion (as the API reported them, else estimated)",
+                ("model", "kind"),
+                tokens,
             )
         )
 

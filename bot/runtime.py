@@ -20,7 +20,10 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.blocklist import BlockedUsers
+from bot.blockset import BlockSource
 from bot.cache.admin import CacheAdmin
+from bot.cache.blocklist import BlocklistCache
 from bot.cache.chat_configs import ChatConfigCache
 from bot.cache.deployment import NOT_A_CLUSTER, deployment_problem
 from bot.cache.flags import FlagCache
@@ -36,7 +39,7 @@ from bot.flagset import FlagSource
 from bot.logs import maskable, redact
 from bot.metrics import Metrics
 from bot.responders import Responder
-from bot.responders.factory import build_responder
+from bot.responders.factory import build_moderator, build_responder
 from bot.responders.timed import TimedResponder
 from bot.retention import Maintenance
 from bot.service import ConversationService
@@ -77,11 +80,12 @@ def build_service(
     responder: Responder | None = None,
     metrics: Metrics | None = None,
     flags: FlagSource | None = None,
+    blocklist: BlockSource | None = None,
 ) -> ConversationService:
     """The service wired to the given engine and Redis client (tests use this too).
 
-    Without `flags`, the service gets FeatureFlags of its own, empty until started
-    (`await service.flags.start()`; open_runtime does it).
+    Without `flags` (`blocklist`), the service gets FeatureFlags (BlockedUsers) of its
+    own, empty until started (`await service.flags.start()`; open_runtime does it).
     """
     guard = RedisGuard(settings.redis_op_timeout_seconds, settings.redis_breaker_cooldown_seconds)
     # Connections pooled before an outage may be dead (a restarted Redis): once the probe
@@ -94,14 +98,21 @@ def build_service(
     if flags is None:
         flag_cache = FlagCache(redis, keys, guard, names.ALL_NAMES)
         flags = FeatureFlags(flag_cache, store.flags, settings.flags_refresh_seconds)
+    if blocklist is None:
+        blocked_cache = BlocklistCache(redis, keys, guard)
+        blocklist = BlockedUsers(blocked_cache, store.blocklist, settings.flags_refresh_seconds)
     responder = responder or build_responder(settings)
     if metrics is not None:
         responder = TimedResponder(responder, metrics.responder_latency)
     chat_cache = ChatConfigCache(redis, keys, guard)
     chats = ChatConfigs(chat_cache, store.chat_configs, settings.channel_config_ttl_seconds)
-    service = ConversationService(settings, store, cache, responder, chats, flags)
+    moderator = build_moderator(settings)
+    service = ConversationService(
+        settings, store, cache, responder, chats, flags, blocklist, moderator
+    )
     if metrics is not None:
         metrics.export_tallies(lambda: service.stats)
+        metrics.export_tokens(lambda: service.tokens)
         metrics.export_circuit(lambda: guard.is_open)
         metrics.export_redis_faults(lambda: {f.value: guard.faults[f] for f in RedisFault})
         metrics.export_redis_errors(lambda: {k.value: guard.errors[k] for k in RedisErrorKind})
@@ -138,6 +149,8 @@ async def open_runtime(
                 await require_current_schema(engine)
             if schema is not Schema.LEAVE and isinstance(service.flags, FeatureFlags):
                 await service.flags.start()  # the table exists now
+            if schema is not Schema.LEAVE and isinstance(service.blocklist, BlockedUsers):
+                await service.blocklist.start()
             await service.chats.start()
             streams = StreamLedger(redis, keys_for(settings), settings.stream_orphan_seconds)
             yield Runtime(
@@ -155,7 +168,11 @@ async def open_runtime(
             await service.chats.stop()
             if isinstance(service.flags, FeatureFlags):
                 await service.flags.stop()
+            if isinstance(service.blocklist, BlockedUsers):
+                await service.blocklist.stop()
             await service.responder.aclose()
+            if service.moderator is not None:
+                await service.moderator.aclose()
             await redis.aclose()
             await engine.dispose()
 

@@ -10,6 +10,7 @@ then told to the user, with nothing half-written.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections import Counter
@@ -19,11 +20,13 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from bot import commands, quotas
+from bot.blockset import BlockSource, StaticBlocklist
 from bot.cache.hotstate import HotStateCache
 from bot.cache.state import ContextUpdate, HotState, QuotaUse, RateCount, Refresh
 from bot.chat_configs import ChatConfigs
 from bot.config import Settings
 from bot.domain import (
+    NOT_KEPT,
     AdminCheck,
     ChannelSettings,
     ContextMessage,
@@ -45,6 +48,7 @@ from bot.errors import (
     CacheUnavailable,
     InvalidInput,
     LockTimeout,
+    ModerationUnavailable,
     ReplyDeferred,
     ResponderError,
     ResponderRejected,
@@ -58,7 +62,13 @@ from bot.inbox import Inbox
 from bot.local import Backoff, LocalRateLimiter
 from bot.quotas import Spent
 from bot.relay import Relay
-from bot.responders.base import Responder, ResponderRequest, ResponderResult, estimate_tokens
+from bot.responders.base import (
+    Moderator,
+    Responder,
+    ResponderRequest,
+    ResponderResult,
+    estimate_tokens,
+)
 from bot.store.conversations import ExchangeRows, ReplyRow
 from bot.store.inbox import Taken
 from bot.store.store import Store
@@ -83,6 +93,10 @@ ADMIN_CHECK_SECONDS = 5.0  # longest a platform may take to say who is an admin
 DEFERRED_TEXT = "I can't reply just now. I'll send my answer here as soon as I can."
 LONGEST_RETRY_PAUSE = 60.0  # s between tries of a deferred reply, at most
 INTERRUPTED_NOTE = "[My reply was interrupted here. Please ask again if you need the rest.]"
+REFUSED_TEXT = "Sorry, I can't help with that message."  # moderation flagged it
+REFUSED_REPLY_TEXT = "Sorry, I can't answer that."  # stored in place of a flagged reply
+UNCHECKED_TEXT = "Sorry, I can't check your message right now. Please try again in a minute."
+UNCHECKED_REPLY_TEXT = "Sorry, I can't check my reply right now. Please ask again in a minute."
 
 
 @dataclass(slots=True)
@@ -125,6 +139,8 @@ class ConversationService:
         responder: Responder,
         chats: ChatConfigs,
         flags: FlagSource | None = None,
+        blocklist: BlockSource | None = None,
+        moderator: Moderator | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.settings = settings
@@ -134,7 +150,11 @@ class ConversationService:
         self.responder = responder
         self.chats = chats
         self.flags = flags or StaticFlags()  # held in memory: no round trip per message
+        self.blocklist = blocklist or StaticBlocklist()  # the same
+        self.moderator = moderator  # None: MODERATION=off
         self.stats: Counter[Tally] = Counter()
+        # LLM tokens of the stored replies by (model, "prompt" | "completion"): /metrics
+        self.tokens: Counter[tuple[str, str]] = Counter()
         lease, wait = settings.inbox_lease_seconds, settings.lock_wait_seconds
         self.inbox = Inbox(store.inbox, lease, wait)
         self._published: Counter[Tally] = Counter()
@@ -154,6 +174,8 @@ class ConversationService:
         never told."""
         if kind in (ReplyKind.UNAVAILABLE, ReplyKind.DEFERRED):
             return  # the inbox keeps it: a redelivery or a sweep answers it
+        if kind is ReplyKind.BLOCKED:
+            return  # never kept nor claimed: nothing to close
         event = storable_event_id(message.platform_message_id)
         message = replace(message, platform_message_id=event)
         self.cache.mark_delivered(message)
@@ -166,7 +188,10 @@ class ConversationService:
 
     async def receive(self, message: IncomingMessage) -> Receipt:
         """Keep the event in the inbox before the platform is told it arrived; StoreError
-        if it cannot be kept (then the platform must not be told)."""
+        if it cannot be kept (then the platform must not be told). A blocked writer's
+        is not kept: it costs nothing."""
+        if self.blocklist.current.blocks(message.channel, message.channel_user_id):
+            return NOT_KEPT
         return await self.inbox.receive(message)
 
     async def close(self) -> None:
@@ -195,6 +220,8 @@ class ConversationService:
         """Answer one incoming message; never raises for bad input or a failing store.
         With `on_text` (and STREAM_REPLIES), the reply is given to it piece by piece as
         it is written; the Reply returned is then the whole of it, stored."""
+        if self._blocked(message):
+            return Reply(None, ReplyKind.BLOCKED)
         flags = self.flags.current
         if flags.enabled(MAINTENANCE, message.channel):
             self.stats[Tally.MAINTENANCE] += 1
@@ -222,6 +249,15 @@ class ConversationService:
         finally:
             self.inbox.idle(receipt)
 
+    def _blocked(self, message: IncomingMessage) -> bool:
+        """The writer is on the blocklist (held in memory): no reply, nothing stored,
+        no store reached; counted, and logged without the text."""
+        if not self.blocklist.current.blocks(message.channel, message.channel_user_id):
+            return False
+        self.stats[Tally.BLOCKED] += 1
+        log.debug("ignored a message of blocked %s:%s", message.channel, message.channel_user_id)
+        return True
+
     async def _answer(
         self, message: IncomingMessage, receipt: Receipt | None, on_text: TextSink | None
     ) -> Reply:
@@ -233,7 +269,9 @@ class ConversationService:
                 self.stats[Tally.MUTED] += 1
                 return Reply(None, ReplyKind.MUTED)
             shared = self._shared(message, chat)
-            stream = on_text if self.settings.stream_replies else None
+            # A reply to moderate is checked whole before anything of it is shown.
+            streams = self.settings.stream_replies and not self._moderates("output")
+            stream = on_text if streams else None
             return await self._in_turn(message, chat, shared, stream, receipt)
         except _TurnDeferred as deferred:
             return deferred.reply
@@ -369,6 +407,8 @@ class ConversationService:
         over, rebuilt = await self._quota(turn, hot, now)
         if over is not None:
             return over, replace(turn.refresh, quota=QuotaUse(0, rebuilt))
+        if (refusal := await self._refused_input(turn)) is not None:
+            return refusal, replace(turn.refresh, quota=QuotaUse(0, rebuilt))
         reply, refresh = await self._exchange(turn, hot.context if hot else None)
         spent = refresh.quota.tokens if refresh.quota else 0
         return reply, replace(refresh, quota=QuotaUse(spent, rebuilt))
@@ -452,6 +492,59 @@ class ConversationService:
         count, retry_after = self._local_rate.hit(str(user_id))
         return RateCount(count, retry_after)
 
+    def _moderates(self, direction: str) -> bool:
+        """Whether MODERATION checks the user's messages ("input") or the replies ("output")."""
+        return self.moderator is not None and self.settings.moderation in (direction, "both")
+
+    async def _flagged(self, message: IncomingMessage, text: str, direction: str) -> bool | None:
+        """Whether moderation flags `text`; None when it cannot tell (counted, logged
+        without the text)."""
+        assert self.moderator is not None
+        try:
+            return await self.moderator.flagged(text)
+        except ModerationUnavailable as exc:
+            self.stats[Tally.MODERATION_ERROR] += 1
+            log.warning(
+                "%s:%s: %s not checked (%s); MODERATION_FAIL=%s",
+                message.channel, message.channel_user_id, direction, exc,
+                self.settings.moderation_fail,
+            )  # fmt: skip
+            return None
+
+    async def _refused_input(self, turn: Turn) -> Reply | None:
+        """Input moderation: a flagged message is refused before the responder is called,
+        and nothing of it is stored; one that cannot be checked passes, unless
+        MODERATION_FAIL=closed."""
+        if not self._moderates("input"):
+            return None
+        message = turn.message
+        flagged = await self._flagged(message, message.text, "input")
+        if flagged is None and self.settings.moderation_fail == "closed":
+            return Reply(UNCHECKED_TEXT, ReplyKind.REFUSED)
+        if not flagged:
+            return None
+        self.stats[Tally.REFUSED_INPUT] += 1
+        log.info("%s:%s: message flagged by moderation, refused",
+                 message.channel, message.channel_user_id)  # fmt: skip
+        return Reply(REFUSED_TEXT, ReplyKind.REFUSED)
+
+    async def _checked_reply(
+        self, turn: Turn, result: ResponderResult | None
+    ) -> tuple[ResponderResult | None, str | None]:
+        """Output moderation: a flagged reply (or, MODERATION_FAIL=closed, one that cannot
+        be checked) is replaced by a refusal, with why ("flagged", "unchecked")."""
+        if result is None or not self._moderates("output"):
+            return result, None
+        flagged = await self._flagged(turn.message, result.text, "output")
+        if flagged is None and self.settings.moderation_fail == "closed":
+            return replace(result, text=UNCHECKED_REPLY_TEXT), "unchecked"
+        if not flagged:
+            return result, None
+        self.stats[Tally.REFUSED_OUTPUT] += 1
+        log.info("%s:%s: reply flagged by moderation, replaced by a refusal",
+                 turn.message.channel, turn.message.channel_user_id)  # fmt: skip
+        return replace(result, text=REFUSED_REPLY_TEXT), "flagged"
+
     def _rate_limited(self, turn: Turn, limit: int) -> Reply:
         self.stats[Tally.RATE_LIMITED] += 1
         if turn.rate.count > limit + 1:
@@ -506,8 +599,12 @@ class ConversationService:
         if turn.on_text is not None:
             return await self._streamed(turn, cached, recent, model, retried=retried)
         received = datetime.now(UTC)
-        result = await self._respond(turn, model, context)
+        result, moderated = await self._checked_reply(
+            turn, await self._respond(turn, model, context)
+        )
         rows = self._rows(turn, recent, received, result)
+        if moderated is not None:  # the refusal is stored, marked: never the flagged text
+            rows = replace(rows, reply_metadata=json.dumps({"moderated": moderated}))
         stored = await self._saved(rows, retried)
         if stored is None:
             return await self._recover_stale(turn)
@@ -518,6 +615,8 @@ class ConversationService:
             # The cached context may lack the stored exchange: rebuild it next time.
             refresh = replace(turn.refresh, context_update=ContextUpdate.REPLACE)
             return self._redelivered(turn, stored), refresh
+        if result is not None:
+            self._spent(result.model_used, rows.user_tokens, rows.reply_tokens)
         reply = ContextMessage("assistant", result.text, rows.reply_ts) if result else None
         refresh = self._appended(turn, recent, cached is not None, rows, reply, rows.reply_id)
         refresh = replace(refresh, quota=QuotaUse(_sum(rows.user_tokens, rows.reply_tokens), {}))
@@ -686,6 +785,8 @@ class ConversationService:
             interrupted=cut,
         )
         if await self.store.conversations.save_reply(row):
+            prompt = result.prompt_tokens if result else None  # None: the stream broke off
+            self._spent(row.model_used or "unknown", prompt, row.tokens)
             return row.reply_id
         # This worker stalled past its hold and another handling stored a message of
         # the conversation (or this event's reply) first: the reply would come after
@@ -696,6 +797,11 @@ class ConversationService:
             turn.message.platform_message_id,
         )
         return None
+
+    def _spent(self, model: str, prompt: int | None, completion: int | None) -> None:
+        """Count a stored reply's tokens (read by /metrics at each scrape)."""
+        self.tokens[model, "prompt"] += prompt or 0
+        self.tokens[model, "completion"] += completion or 0
 
     def _redelivered(self, turn: Turn, stored: StoredExchange) -> Reply:
         """A platform event Postgres holds already. If Redis says its earlier handling

@@ -10,6 +10,7 @@ from enum import StrEnum
 class Tally(StrEnum):
     MAINTENANCE = "maintenance"  # answered with the maintenance text
     MUTED = "muted"  # ignored: replies_disabled, or a muted chat
+    BLOCKED = "blocked"  # ignored: the writer is on the blocklist
     INVALID = "invalid"  # refused as invalid input
     LOCK_TIMEOUT = "lock_timeout"  # waited too long for the user's previous message
     TURN_CONFLICT = "turn_conflict"  # another handling stored a message first: answered again
@@ -30,6 +31,9 @@ class Tally(StrEnum):
     DEFERRED = "deferred"  # the responder failed for now: kept in the inbox, answered later
     QUEUED = "queued"  # behind an older event of its place nobody here answers: put back
     RESUMED = "resumed"  # taken from the inbox after its holder died or it was put back
+    REFUSED_INPUT = "refused_input"  # moderation flagged the message: refused, nothing stored
+    REFUSED_OUTPUT = "refused_output"  # moderation flagged the reply: a refusal stored instead
+    MODERATION_ERROR = "moderation_error"  # the moderation endpoint failed (MODERATION_FAIL)
     SESSION_HIT = "session_hit"
     SESSION_MISS = "session_miss"
     CONTEXT_HIT = "context_hit"

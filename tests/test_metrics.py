@@ -21,7 +21,7 @@ from bot.domain import ReplyKind
 from bot.embedded import EmbeddedRedis
 from bot.errors import CacheRefused, CacheUnavailable, CircuitOpen
 from bot.health import HealthServer
-from bot.metrics import EXPORTED, Metrics
+from bot.metrics import BY_LABEL, EXPORTED, Metrics
 from bot.service import UNAVAILABLE_TEXT
 from bot.tallies import CacheRead, Tally
 from tests.support import ServiceFactory, execute, handled, msg, new_user
@@ -46,13 +46,16 @@ def test_every_tally_is_exported_with_its_count() -> None:
     found = samples(metrics)
 
     cache_reads = {read.tally(hit) for read in CacheRead for hit in (True, False)}
-    assert set(EXPORTED) | cache_reads == set(Tally)  # each tally has one home on /metrics
+    # each tally has one home on /metrics
+    assert set(EXPORTED) | set(BY_LABEL) | cache_reads == set(Tally)
     for tally, (name, _) in EXPORTED.items():
         assert found[(name, ())] == stats[tally], name
     for read in CacheRead:
         for result, hit in (("hit", True), ("miss", False)):
             labels = (("kind", read.value), ("result", result))
             assert found[("bot_cache_requests_total", labels)] == stats[read.tally(hit)]
+    for tally, (name, _, label, value) in BY_LABEL.items():
+        assert found[(f"{name}_total", ((label, value),))] == stats[tally], tally
 
 
 def test_the_circuit_breaker_state_is_a_gauge() -> None:

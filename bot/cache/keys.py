@@ -38,6 +38,7 @@ CONTEXT = "context"
 CHANNEL_CONFIG = "channel_config"
 CHAT_CONFIG = "chat_config"
 FEATURES = "features"
+BLOCKED = "blocked"
 DEDUP = "dedup"
 LOCK = "lock"
 STATS = "stats"
@@ -46,7 +47,7 @@ HEALTH = "health"
 QUOTA = "quota"
 ALL_KINDS = frozenset(
     {SESSION, RATE, ACTIVE, CONTEXT, CHANNEL_CONFIG, CHAT_CONFIG, FEATURES, DEDUP, LOCK, STATS}
-    | {STREAM, HEALTH, QUOTA}
+    | {STREAM, HEALTH, QUOTA, BLOCKED}
 )
 QUOTA_GRACE_SECONDS = 86_400  # a counter outlives its period by this (clocks differ)
 STREAM_RECORD_TTL = 86_400  # a stream left on screen longer than a day is left alone
@@ -174,6 +175,14 @@ class Keys:
     def features_invalidation_channel(self) -> str:
         """The pub/sub channel on which ops announce a flag change to every worker."""
         return f"{self.prefix}{FEATURES}:invalidate"
+
+    def blocklist(self) -> str:
+        """The blocked users (bot/cache/blocklist.py): one hash, in one slot anywhere."""
+        return f"{self.prefix}{BLOCKED}:users"
+
+    def blocklist_invalidation_channel(self) -> str:
+        """The pub/sub channel on which ops announce a change of the blocklist."""
+        return f"{self.prefix}{BLOCKED}:invalidate"
 
     def kind_of(self, key: str) -> str:
         """The kind of a key of this deployment (session, rate, …): for ops counts."""

@@ -1,4 +1,5 @@
-"""A local OpenAI-compatible chat-completions server the tests start (aiohttp).
+"""A local OpenAI-compatible chat-completions server the tests start (aiohttp), with the
+moderations endpoint beside it (flags a text holding FLAG_WORD; can fail or hang).
 
 It records every request body, answers from a script of steps (then a default), and
 counts the calls in flight. A request with `"stream": true` is answered with
@@ -21,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 DEFAULT_USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+FLAG_WORD = "forbidden"  # /v1/moderations flags a text holding it (any case)
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,11 @@ class LLMServer:
         self.first_pieces: list[tuple[str, float, float]] = []
         self._runner: web.AppRunner | None = None
         self.port = 0
+        # /v1/moderations: the bodies received; an error status to answer with instead
+        # (None: answer), and how long to wait before answering (a hanging endpoint).
+        self.moderations: list[dict[str, Any]] = []
+        self.moderation_status: int | None = None
+        self.moderation_delay = 0.0
 
     @property
     def url(self) -> str:
@@ -78,6 +85,7 @@ class LLMServer:
         again on `self.port`: an LLM that was down (refusing connections) is back."""
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._completions)
+        app.router.add_post("/v1/moderations", self._moderations)
         self._runner = web.AppRunner(app, shutdown_timeout=0.2, access_log=None)
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -108,6 +116,29 @@ class LLMServer:
         if body.get("stream"):
             return await self._stream(request, body, step, arrived)
         return web.json_response(_completion(body, step), status=step.status, headers=step.headers)
+
+    async def _moderations(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.moderations.append(body)
+        await asyncio.sleep(self.moderation_delay)
+        if self.moderation_status is not None:
+            failure = {"error": {"message": "scripted failure", "code": self.moderation_status}}
+            return web.json_response(failure, status=self.moderation_status)
+        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        results = []
+        for text in texts:
+            flagged = FLAG_WORD in str(text).lower()
+            score = 0.99 if flagged else 0.01
+            categories = {"harassment": flagged}
+            results.append(
+                {
+                    "flagged": flagged,
+                    "categories": categories,
+                    "category_scores": {"harassment": score},
+                }
+            )
+        model = body.get("model") or "omni-moderation-latest"
+        return web.json_response({"id": "modr-local", "model": model, "results": results})
 
     async def _stream(
         self, request: web.Request, body: dict[str, Any], step: Step, arrived: float

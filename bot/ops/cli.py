@@ -113,7 +113,9 @@ def _register_inspection(commands: Subparsers) -> None:
         metavar="AGE",
         help="replies stored this recently: 12h, 7d, 4w … (default %(default)s)",
     )
-    _register_user(_group(commands, "user", "one user: show, export or delete"))
+    _register_user(
+        _group(commands, "user", "one user: show, export, delete, block, unblock; who is blocked")
+    )
     _register_conversation(_group(commands, "conversation", "conversations: show, search"))
     event = _leaf(
         commands,
@@ -163,6 +165,41 @@ def _register_user(users: Subparsers) -> None:
         deletes=True,
     )
     _user_arguments(delete)
+    _register_blocklist(users)
+
+
+def _register_blocklist(users: Subparsers) -> None:
+    check = "bot.ops.manage_block:check_block"
+    block = leaf(
+        users,
+        "block",
+        "ignore the user: no reply, nothing stored",
+        "Put the platform user on the blocklist (they need not have written yet): every "
+        "worker ignores their messages within seconds, stores nothing and calls no LLM. "
+        "Blocking again keeps the first time and takes a new --reason.",
+        "bot.ops.manage_block:block",
+        check,
+        docs=OPS_DOCS,
+    )
+    _user_arguments(block)
+    block.add_argument("--reason", metavar="TEXT", help="why, for the operators (1-500 chars)")
+    unblock = leaf(
+        users,
+        "unblock",
+        "answer the user again",
+        "Take the platform user off the blocklist: every worker answers them again within seconds.",
+        "bot.ops.manage_block:unblock",
+        check,
+        docs=OPS_DOCS,
+    )
+    _user_arguments(unblock)
+    _leaf(
+        users,
+        "blocked",
+        "the users the bot ignores",
+        "Every blocked platform user, with the reason given and when.",
+        "bot.ops.manage_block:blocked",
+    )
 
 
 def _register_conversation(group: Subparsers) -> None:

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 from bot.config import Settings
 from bot.domain import FlagRow
 from bot.errors import BadInput, FlagError
-from bot.flags import FlagChange, change_flag
+from bot.flags import change_flag
 from bot.flagset import GLOBAL, FlagSet, parse_value
+from bot.mirror import Change
 from bot.ops.context import Ops
 from bot.ops.handler import warn
 from bot.ops.render import Out
@@ -82,7 +83,7 @@ async def _change(ops: Ops, args: argparse.Namespace, out: Out, value: Any, *, u
         "workers_notified": change.notified,
         "flags": _rows(change.rows),
     }
-    _warn_unless_delivered(out, data, change, ops.settings.flags_refresh_seconds)
+    warn_unless_delivered(out, data, change, ops.settings.flags_refresh_seconds)
 
     def view(out: Out, data: dict[str, Any]) -> None:
         summary = {k: v for k, v in data.items() if k not in ("flags", "warnings")}
@@ -93,9 +94,11 @@ async def _change(ops: Ops, args: argparse.Namespace, out: Out, value: Any, *, u
     return 0
 
 
-def _warn_unless_delivered(
-    out: Out, data: dict[str, Any], change: FlagChange, refresh: float
+def warn_unless_delivered(
+    out: Out, data: dict[str, Any], change: Change[Any], refresh: float
 ) -> None:
+    """Warn when a change held in every worker's memory (flags, the blocklist) is in
+    Postgres only, or the workers could not be told."""
     if not change.cached:
         warn(
             out,

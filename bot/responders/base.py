@@ -41,6 +41,15 @@ class Responder(Protocol):
     async def aclose(self) -> None: ...
 
 
+class Moderator(Protocol):
+    """Says whether a text is flagged (bot/responders/moderation.py); raises
+    bot.errors.ModerationUnavailable when it cannot tell."""
+
+    async def flagged(self, text: str) -> bool: ...
+
+    async def aclose(self) -> None: ...
+
+
 def estimate_tokens(text: str) -> int:
     """A rough count (about four characters a token) for when no API reports usage."""
     return max(1, (len(text) + 3) // 4)

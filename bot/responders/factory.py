@@ -6,7 +6,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from bot.config import Settings
-from bot.responders.base import Responder
+from bot.responders.base import Moderator, Responder
 from bot.responders.echo import EchoResponder
 from bot.urls import redact_url
 
@@ -47,3 +47,20 @@ def build_responder(settings: Settings) -> Responder:
         settings.default_model,
     )
     return OpenAICompatResponder(llm_options(settings))
+
+
+def build_moderator(settings: Settings) -> Moderator | None:
+    """The moderation check of MODERATION, or None when it is off (nothing to do)."""
+    if settings.moderation == "off" or settings.llm_base_url is None:
+        return None
+    from bot.responders.moderation import ModerationClient, ModerationOptions
+
+    log.info("moderating %s with %s", settings.moderation, settings.moderation_model)
+    options = ModerationOptions(
+        base_url=settings.llm_base_url,
+        api_key=settings.llm_api_key,
+        model=settings.moderation_model,
+        timeout=settings.moderation_timeout_seconds,
+        connect_attempts=settings.llm_connect_attempts,
+    )
+    return ModerationClient(options)

@@ -275,18 +275,18 @@ def llm_retry(deadline: float, connect_attempts: int) -> AsyncRetrying:
 # --- the responder --------------------------------------------------------------------
 
 
+def api_client(base_url: str, api_key: SecretStr | None, timeout: float) -> AsyncOpenAI:
+    """The `openai` client of an API, its own retries off (ours are llm_retry)."""
+    key = api_key.get_secret_value() if api_key else ""
+    return AsyncOpenAI(base_url=base_url, api_key=key or NO_API_KEY, timeout=timeout, max_retries=0)
+
+
 class OpenAICompatResponder:
     name = "openai"
 
     def __init__(self, options: LLMOptions, client: AsyncOpenAI | None = None) -> None:
         self.options = options
-        key = options.api_key.get_secret_value() if options.api_key else ""
-        self._client = client or AsyncOpenAI(
-            base_url=options.base_url,
-            api_key=key or NO_API_KEY,
-            timeout=options.timeout,
-            max_retries=0,  # retries are ours: llm_retry
-        )
+        self._client = client or api_client(options.base_url, options.api_key, options.timeout)
         self._slots = asyncio.Semaphore(options.max_concurrency)
         self._usage_in_streams = True  # until the server refuses stream_options
 

@@ -121,7 +121,8 @@ _CHANNEL_CONFIG = text(
 # $14 the writer (a shared conversation's; else NULL), $15 the newest message the
 # context held (NULL: none), $16 seconds the turn is held for the streamed reply to
 # come (NULL: the reply is stored now, or never), $17 the session's model (its
-# conversation's override, else its writer's preference; NULL: none).
+# conversation's override, else its writer's preference; NULL: none), $18 the reply's
+# metadata (JSON text: {"moderated": true} for a refusal stored in place of a reply).
 # The fence covers the session's model too: a cached session older than a /model is
 # as stale as a context older than the last message (a Redis restored from an older
 # snapshot), and is caught by this statement, not by a read before it.
@@ -152,8 +153,8 @@ _SAVE_EXCHANGE = """
         RETURNING id
     ), reply AS (
         INSERT INTO messages (id, conversation_id, role, content, timestamp, token_count,
-                              channel_type, model_used, reply_to)
-        SELECT $8, $1, 'assistant', $9, $10, $11, $6, $12, user_message.id
+                              channel_type, model_used, reply_to, metadata)
+        SELECT $8, $1, 'assistant', $9, $10, $11, $6, $12, user_message.id, $18::jsonb
         FROM user_message WHERE $13
     ), reply_claim AS (
         INSERT INTO message_replies (reply_to, reply_id, reply_timestamp)
@@ -268,6 +269,7 @@ class ExchangeRows:
     seen: uuid.UUID | None = None  # the newest message its context held: the fence
     hold_seconds: float | None = None  # streamed: the turn is held this long for the reply
     session_model: str | None = None  # the model its session named: the fence's too
+    reply_metadata: str = "{}"  # JSON of the reply's messages.metadata
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,4 +517,5 @@ def _exchange_args(rows: ExchangeRows) -> tuple[Any, ...]:
         rows.seen,
         rows.hold_seconds,
         rows.session_model,
+        rows.reply_metadata,
     )

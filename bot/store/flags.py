@@ -11,6 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.domain import FlagRow
+from bot.store import mirrored
 from bot.store.database import Database
 
 FlagsWritten = Callable[[list[FlagRow]], Awaitable[None]]
@@ -19,7 +20,6 @@ FlagsWritten = Callable[[list[FlagRow]], Awaitable[None]]
 # and refills of their Redis cache take it, so the cache is written in commit order.
 FLAGS_LOCK_ID = 0x6368_6174_626F_7402
 
-_FLAGS_LOCK = text("SELECT pg_advisory_xact_lock(:id)")
 _ALL_FLAGS = text("SELECT scope, name, value, updated_at FROM feature_flags ORDER BY scope, name")
 _UPSERT_FLAG = text(
     """
@@ -39,14 +39,7 @@ class FlagQueries:
 
     async def refill(self, write: FlagsWritten) -> list[FlagRow]:
         """Every flag, handed to `write` (the Redis refill) under the flags lock."""
-
-        async def work(connection: AsyncConnection) -> list[FlagRow]:
-            await connection.execute(_FLAGS_LOCK, {"id": FLAGS_LOCK_ID})
-            rows = await _all_flags(connection)
-            await write(rows)
-            return rows
-
-        return await self._database.transaction(work)
+        return await mirrored.refill(self._database, FLAGS_LOCK_ID, _all_flags, write)
 
     async def change(
         self, scope: str, name: str, value: Any, write: FlagsWritten, *, unset: bool = False
@@ -56,20 +49,16 @@ class FlagQueries:
         Returns whether the flag existed before, and all flags after the change.
         """
 
-        async def work(connection: AsyncConnection) -> tuple[bool, list[FlagRow]]:
-            await connection.execute(_FLAGS_LOCK, {"id": FLAGS_LOCK_ID})
+        async def mutate(connection: AsyncConnection) -> bool:
             params = {"scope": scope, "name": name}
             before = await _all_flags(connection)
-            existed = any(row.scope == scope and row.name == name for row in before)
             if unset:
                 await connection.execute(_DELETE_FLAG, params)
             else:
                 await connection.execute(_UPSERT_FLAG, {**params, "value": json.dumps(value)})
-            rows = await _all_flags(connection)
-            await write(rows)
-            return existed, rows
+            return any(row.scope == scope and row.name == name for row in before)
 
-        return await self._database.transaction(work)
+        return await mirrored.change(self._database, FLAGS_LOCK_ID, mutate, _all_flags, write)
 
 
 async def _all_flags(connection: AsyncConnection) -> list[FlagRow]:

@@ -309,3 +309,15 @@ class InboxEvent(Base):
     held_until: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     tries: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
     told: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
+
+
+class BlockedUser(Base):
+    """A platform user the bot ignores (revision 0010), by platform id: blocked before
+    they ever wrote, if need be. Each worker holds the list in memory (bot/blocklist.py)."""
+
+    __tablename__ = "blocked_users"
+
+    channel_type: Mapped[str] = mapped_column(String(32), primary_key=True)
+    channel_user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    blocked_at: Mapped[datetime] = _now()

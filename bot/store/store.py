@@ -1,13 +1,14 @@
 """All SQL of the bot, by concern, over one Database (engine and retry policy).
 
-The message flow uses `conversations`; the worker's feature flags `flags`; `bot ops`
-the rest. Nothing outside bot/store writes SQL.
+The message flow uses `conversations`; the worker's feature flags `flags` and its
+blocklist `blocklist`; `bot ops` the rest. Nothing outside bot/store writes SQL.
 """
 
 from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.store.blocklist import BlocklistQueries
 from bot.store.channel_configs import ChannelConfigQueries
 from bot.store.chat_configs import ChatConfigQueries
 from bot.store.conversations import ConversationQueries
@@ -27,6 +28,7 @@ class Store:
         self.database = database
         self.conversations = ConversationQueries(database)
         self.flags = FlagQueries(database)
+        self.blocklist = BlocklistQueries(database)
         self.channel_configs = ChannelConfigQueries(database)
         self.chat_configs = ChatConfigQueries(database)
         self.housekeeping = HousekeepingQueries(database)

@@ -31,7 +31,7 @@ from tests.store.conftest import NewDatabase, alembic, execute, query
 
 TABLES = {
     *("users", "conversations", "messages", "channel_configs", "feature_flags"),
-    *("chat_configs", "message_events", "message_replies", "inbox"),
+    *("chat_configs", "message_events", "message_replies", "inbox", "blocked_users"),
 }
 
 # Index name -> the definition Postgres reports (after "ON public.").
