@@ -2,10 +2,11 @@
 
 It speaks /bot<TOKEN>/<method> for getMe, getUpdates (long polling with Telegram's
 offset rules, serving only the kinds of update allowed_updates asked for, as Telegram
-remembers them: reactions only when asked for by name), sendMessage, sendChatAction, setWebhook, deleteWebhook and getChatMember
-(who administers which chat, as a test sets it), and checks every request the SDK sends
-and every object it serves against the vendored Bot API spec
-(bot/emulators/specs/telegram/api.json): unknown or missing parameters, wrong types.
+remembers them: reactions only when asked for by name), sendMessage, sendChatAction,
+setWebhook, deleteWebhook and getChatMember (who administers which chat, as a test sets
+it), and checks every request the SDK sends and every object it serves against the
+vendored Bot API spec (bot/emulators/specs/telegram/api.json): unknown or missing
+parameters, wrong types.
 What it finds wrong is collected in `problems`; the fixtures assert it stays empty.
 """
 

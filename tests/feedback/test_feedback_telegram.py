@@ -23,13 +23,12 @@ from bot.emulators.telegram_api import (
     update,
     user,
 )
-from tests.channels.test_telegram import (  # noqa: F401 - `start` is a fixture
+from tests.channels.test_telegram import (
     LongResponder,
     Start,
     as_json,
     new_id,
     post,
-    start,
     start_webhook,
 )
 from tests.feedback.support import DOWN, FIRE, UP, posts_of, rated_as, ratings, replies_to

@@ -1,0 +1,3 @@
+"""The platforms' adapter fixtures, shared with their own tests (tests/channels)."""
+
+from tests.channels.test_telegram import start  # noqa: F401 - a fixture
