@@ -344,6 +344,7 @@ class DiscordAdapter(ChannelAdapter):
         self._stopping = False
         self._handling: set[asyncio.Task[Any]] = set()
         self._receiving = KeyedLocks()  # per channel
+        self._rating = KeyedLocks()  # per user: their reactions recorded in Discord's order
         self._saved_api_base: str | None = None
         # Discord takes 50 requests a second from a bot (its global limit), all together,
         # and 5 message writes per 5 s per channel: budgets with margin (2 at once, then
@@ -441,8 +442,11 @@ class DiscordAdapter(ChannelAdapter):
         event = None if me is None else feedback_event(reaction, me.id)
         if event is None or self._stopping:
             return
-        with contextlib.suppress(StoreError):
-            await self.dispatcher.rate(event)
+        # discord.py runs each event's handler as a task of its own: a user's 👍 then 👎
+        # would race. Taken in the gateway's order (no await before), the lock keeps it.
+        async with self._rating.hold(event.channel_user_id):
+            with contextlib.suppress(StoreError):
+                await self.dispatcher.rate(event)
 
     async def _kept(self, channel: Channel, incoming: IncomingMessage) -> bool:
         """Whether the message is in the inbox, for this worker to answer. Discord never

@@ -1,3 +1,4 @@
 """The platforms' adapter fixtures, shared with their own tests (tests/channels)."""
 
+from tests.channels.test_discord import start_bot  # noqa: F401 - a fixture
 from tests.channels.test_telegram import start  # noqa: F401 - a fixture
