@@ -379,6 +379,8 @@ class FakeBotApi:
                     await asyncio.wait_for(
                         self._arrived.wait_for(lambda: bool(self._updates or self._replays)), wait
                     )
+            # What arrived while the poll waited is served by the same rule.
+            self._updates = [u for u in self._updates if self.delivers(u)]
             batch = (self._replays + self._updates)[:limit]
             self._replays = []
         self.served += [u["update_id"] for u in batch]

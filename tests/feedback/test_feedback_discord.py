@@ -31,7 +31,9 @@ async def test_thumbs_in_a_dm_rate_the_reply_the_latest_wins_removing_leaves_non
     ada = user("ada")
     asked = discord_server.message(ada, "rate me")
     await answered(discord_server, asked)
-    [reply] = await replies_to(engine, "discord", ada["id"])
+    later = discord_server.message(ada, "and me", channel_id=asked["channel_id"])
+    await answered(discord_server, later, parts=2)
+    reply, other = await replies_to(engine, "discord", ada["id"])
     post = bot_post(discord_server, asked["channel_id"])
     assert await posts_of(engine, reply) == [(asked["channel_id"], post["id"])]
 
@@ -44,9 +46,11 @@ async def test_thumbs_in_a_dm_rate_the_reply_the_latest_wins_removing_leaves_non
     await react(discord_server, ada, asked, UP)  # on the user's own message: nothing
     unknown = {**post, "id": "123456789012345678"}
     await react(discord_server, ada, unknown, UP)  # a message the bot never posted
-    await rated_as(engine, "discord", ada["id"], {reply: -1})
+    # A user's reactions are recorded in order: once this one is, those before it are.
+    await react(discord_server, ada, bot_post(discord_server, asked["channel_id"], 1), UP)
+    await rated_as(engine, "discord", ada["id"], {reply: -1, other: 1})
     await react(discord_server, ada, post, DOWN, added=False)
-    await rated_as(engine, "discord", ada["id"], {})
+    await rated_as(engine, "discord", ada["id"], {other: 1})
 
 
 async def test_each_part_of_a_long_reply_in_a_channel_rates_the_reply(
