@@ -202,6 +202,8 @@ class Settings(BaseSettings):
     # A growing reply is appended to (or updated) at most this often: chat.appendStream
     # is Slack's tier 4 (100+ a minute per workspace), chat.update tier 3.
     slack_stream_interval_seconds: Annotated[float, Field(ge=0.1, le=60)] = 1.5
+    # Replies end with Slack's feedback buttons (👍/👎), each click stored as a rating.
+    slack_feedback_buttons: bool = True
 
     # The offline echo responder streams word by word, this long between two words.
     echo_stream_delay_seconds: Annotated[float, Field(ge=0, le=5)] = 0.02

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import Any
 
 
@@ -182,6 +182,65 @@ class Reply:
     kind: ReplyKind
     conversation_id: uuid.UUID | None = None
     model: str | None = None
+    # The stored reply's messages.id: what a rating of the posts showing it is kept
+    # against (bot/feedback.py). None for what is not a stored reply (a command's answer).
+    message_id: uuid.UUID | None = None
+
+
+class Rating(IntEnum):
+    """A user's rating of a reply (feedback.rating)."""
+
+    GOOD = 1
+    BAD = -1
+
+
+THUMBS_UP, THUMBS_DOWN = "\N{THUMBS UP SIGN}", "\N{THUMBS DOWN SIGN}"
+_SKIN_TONES = "".join(chr(c) for c in range(0x1F3FB, 0x1F400))  # 👍🏽 is a 👍 too
+
+
+def rating_of(emoji: object) -> Rating | None:
+    """The rating a reaction gives: 👍 good, 👎 bad (any skin tone); other emoji none."""
+    if not isinstance(emoji, str):
+        return None
+    plain = emoji.rstrip(_SKIN_TONES + "\N{VARIATION SELECTOR-16}")
+    return {THUMBS_UP: Rating.GOOD, THUMBS_DOWN: Rating.BAD}.get(plain)
+
+
+@dataclass(frozen=True, slots=True)
+class PostRef:
+    """One message the bot posted on a platform, as a reaction names it: the chat (a
+    Discord channel or thread, a Telegram chat) and the message's id in it."""
+
+    chat_id: str
+    post_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackEvent:
+    """A user's gesture on a reply, translated by its adapter: a 👍/👎 reaction set or
+    taken back (Telegram, Discord), a feedback button clicked (Slack).
+
+    The reply is named by the post the gesture was on (`post`), or directly by its
+    messages.id where the platform carries it (`message_id`: Slack's button value).
+    `rating` is the user's rating now (None: they have none). `withdrawn`: the rating a
+    removed reaction took back; the stored one goes only if it is still that one (on
+    Discord a 👍 and a 👎 can both be on a post: taking one back leaves the other).
+    """
+
+    channel: str
+    channel_user_id: str
+    rating: Rating | None
+    post: PostRef | None = None
+    message_id: uuid.UUID | None = None
+    withdrawn: Rating | None = None
+
+
+class FeedbackOutcome(StrEnum):
+    """What became of a FeedbackEvent (the bot_feedback metric's `outcome`)."""
+
+    RATED = "rated"  # a rating stored (new or changed)
+    REMOVED = "removed"  # a stored rating deleted
+    IGNORED = "ignored"  # not a reply of the bot's, a rater who never wrote, or no change
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +347,7 @@ class StoredExchange:
     duplicate: bool = False  # the platform event was stored before, by another handling
     reply_text: str | None = None  # of a duplicate: the reply stored with it, if any
     reply_model: str | None = None
+    reply_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True, slots=True)

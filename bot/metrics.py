@@ -271,6 +271,13 @@ class Metrics:
             buckets=(1, 2, 3, 5, 8, 13, 21, 34, 55, 89),
             registry=self.registry,
         )
+        self.feedback = Counter(
+            "bot_feedback",
+            "Users' ratings of replies recorded: rating good or bad (set or changed), or "
+            "removed (taken back)",
+            ["channel", "rating"],
+            registry=self.registry,
+        )
         self.orphans_ended = Counter(
             "bot_orphaned_streams_ended",
             "Replies a dead worker left streaming, ended by this one with the interrupted note",

@@ -57,6 +57,7 @@ from bot.errors import (
     StoreUnavailable,
     TurnConflict,
 )
+from bot.feedback import Feedback
 from bot.flagset import MAINTENANCE, REPLIES_DISABLED, FlagSource, StaticFlags
 from bot.inbox import Inbox
 from bot.local import Backoff, LocalRateLimiter
@@ -157,6 +158,7 @@ class ConversationService:
         self.tokens: Counter[tuple[str, str]] = Counter()
         lease, wait = settings.inbox_lease_seconds, settings.lock_wait_seconds
         self.inbox = Inbox(store.inbox, lease, wait)
+        self.feedback = Feedback(store.feedback)  # ratings of replies (bot/feedback.py)
         self._published: Counter[Tally] = Counter()
         self._local_rate = LocalRateLimiter()
         self._admin_checks: dict[str, AdminCheck] = {}
@@ -195,9 +197,10 @@ class ConversationService:
         return await self.inbox.receive(message)
 
     async def close(self) -> None:
-        """Write what is pending in Redis: delivered events, tallies (at shutdown)."""
+        """Write what is pending: delivered events, reply posts, tallies (at shutdown)."""
         await self.cache.flush_delivered()
         await self.inbox.flush()
+        await self.feedback.flush()
         await self.publish_stats()
 
     async def publish_stats(self) -> None:
@@ -623,7 +626,8 @@ class ConversationService:
         self.stats[Tally.EXCHANGE] += 1
         if result is None:
             return Reply(RESPONDER_FAILED_TEXT, ReplyKind.FAILED), refresh
-        return Reply(result.text, ReplyKind.ANSWER, turn.session.conversation_id, model), refresh
+        conversation = turn.session.conversation_id
+        return Reply(result.text, ReplyKind.ANSWER, conversation, model, rows.reply_id), refresh
 
     async def _reply_to_stored(
         self,
@@ -640,10 +644,11 @@ class ConversationService:
         spent = QuotaUse(_sum(result.completion_tokens), {})
         refresh = replace(turn.refresh, context_update=ContextUpdate.REPLACE, quota=spent)
         self.stats[Tally.EXCHANGE] += 1
-        if await self._store_reply(turn, stored, result, result.text, reply_ts, None) is None:
+        reply_id = await self._store_reply(turn, stored, result, result.text, reply_ts, None)
+        if reply_id is None:
             return Reply(None, ReplyKind.DUPLICATE), refresh  # another handling answered
         conversation = turn.session.conversation_id
-        return Reply(result.text, ReplyKind.ANSWER, conversation, model), refresh
+        return Reply(result.text, ReplyKind.ANSWER, conversation, model, reply_id), refresh
 
     async def _saved(self, rows: ExchangeRows, retried: bool) -> StoredExchange | None:
         """Store the exchange's rows; None when the cached session named a closed or
@@ -703,7 +708,7 @@ class ConversationService:
             refresh = replace(turn.refresh, context_update=ContextUpdate.REPLACE)
         refresh = replace(refresh, quota=QuotaUse(spent, {}))
         self.stats[Tally.EXCHANGE] += 1
-        return self._streamed_reply(turn, text, cut, model), refresh
+        return self._streamed_reply(turn, text, cut, model, reply_id), refresh
 
     def _appended(
         self,
@@ -727,16 +732,23 @@ class ConversationService:
             last_message_id=reply_id if reply is not None else rows.user_message_id,
         )
 
-    def _streamed_reply(self, turn: Turn, text: str, cut: Interruption | None, model: str) -> Reply:
+    def _streamed_reply(
+        self,
+        turn: Turn,
+        text: str,
+        cut: Interruption | None,
+        model: str,
+        reply_id: uuid.UUID | None,
+    ) -> Reply:
         conversation = turn.session.conversation_id
         if not text:
             return Reply(RESPONDER_FAILED_TEXT, ReplyKind.FAILED)
         if cut is not None:
             self.stats[Tally.INTERRUPTED] += 1
             note = f"{text}\n\n{INTERRUPTED_NOTE}"
-            return Reply(note, ReplyKind.INTERRUPTED, conversation)
+            return Reply(note, ReplyKind.INTERRUPTED, conversation, message_id=reply_id)
         self.stats[Tally.STREAMED] += 1
-        return Reply(text, ReplyKind.ANSWER, conversation, model)
+        return Reply(text, ReplyKind.ANSWER, conversation, model, reply_id)
 
     async def _stream(
         self, turn: Turn, model: str, context: list[ContextMessage], relay: Relay
@@ -812,8 +824,8 @@ class ConversationService:
         if not turn.taken_over or stored.reply_text is None:
             return Reply(None, ReplyKind.DUPLICATE)
         self.stats[Tally.REPLY_RESENT] += 1
-        conversation = turn.session.conversation_id
-        return Reply(stored.reply_text, ReplyKind.ANSWER, conversation, stored.reply_model)
+        conversation, model = turn.session.conversation_id, stored.reply_model
+        return Reply(stored.reply_text, ReplyKind.ANSWER, conversation, model, stored.reply_id)
 
     async def _recover_stale(self, turn: Turn) -> tuple[Reply, Refresh]:
         """The cached session pointed at a closed or deleted conversation: rebuild it."""

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +34,7 @@ from bot.channels import registry
 from bot.channels.base import ChannelAdapter
 from bot.channels.dispatch import Dispatcher
 from bot.config import Settings
-from bot.domain import IncomingMessage, Reply
+from bot.domain import IncomingMessage, PostRef, Reply
 from bot.emulators.llm_api import LLMServer, Step
 from bot.errors import BenchError
 from bot.metrics import Metrics
@@ -66,8 +67,10 @@ class _Deliveries(Dispatcher):
         future = self._waiting[text] = asyncio.get_running_loop().create_future()
         return future
 
-    def delivered(self, message: IncomingMessage, reply: Reply) -> None:
-        super().delivered(message, reply)
+    def delivered(
+        self, message: IncomingMessage, reply: Reply, posts: Sequence[PostRef] = ()
+    ) -> None:
+        super().delivered(message, reply, posts)
         future = self._waiting.pop(message.text, None)
         if future is not None and not future.done():
             future.set_result(None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import json
 import logging
+import uuid
 
 from aiohttp import web
 
@@ -54,13 +55,16 @@ class ChannelAdapter(abc.ABC):
         message names (`send_to`), whole. A message an earlier handling stored without
         its reply gets its reply stored to it by the service (`_reply_to_stored`)."""
         reply = await self.dispatcher.handle(message)
-        if reply.text is None or await self.send_to(message, reply.text):
+        if reply.text is None or await self.send_to(message, reply.text, reply.message_id):
             self.dispatcher.delivered(message, reply)
 
-    async def send_to(self, message: IncomingMessage, text: str) -> bool:
+    async def send_to(
+        self, message: IncomingMessage, text: str, reply_id: uuid.UUID | None = None
+    ) -> bool:
         """Send `text` as the reply to `message`, from its plain data alone; False if it
         could not be delivered now (the inbox tries again after a lease). A channel
-        that cannot (`resumes` False) is never given an event by the sweep."""
+        that cannot (`resumes` False) is never given an event by the sweep. `reply_id`:
+        the stored reply `text` is, for ratings of the posts that show it (feedback)."""
         raise NotImplementedError(f"{self.name} cannot answer from the inbox")
 
     @property

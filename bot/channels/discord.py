@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import functools
 import re
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -44,7 +45,15 @@ from bot.channels.dispatch import Dispatcher
 from bot.channels.live import LiveReply, ended_text
 from bot.channels.options import DiscordOptions
 from bot.channels.pacing import Pacer, PacerBook
-from bot.domain import ChatKind, IncomingMessage, Reply, ReplyKind
+from bot.domain import (
+    ChatKind,
+    FeedbackEvent,
+    IncomingMessage,
+    PostRef,
+    Reply,
+    ReplyKind,
+    rating_of,
+)
 from bot.errors import (
     CredentialsRejected,
     PlatformError,
@@ -69,6 +78,7 @@ _NETWORK_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 # What discord.py raises reading data of the wrong shape: it checks nothing itself.
 _MALFORMED = (AttributeError, KeyError, IndexError, TypeError, ValueError, OverflowError)
 _SNOWFLAKE = re.compile(r"0|[1-9][0-9]{0,19}")
+CHANNEL = "discord"
 
 
 def intents() -> discord.Intents:
@@ -115,7 +125,7 @@ def incoming_message(message: discord.Message, me_id: int) -> IncomingMessage | 
         text = strip_mention(text, me_id)
     thread = channel if isinstance(channel, discord.Thread) else None
     return IncomingMessage(
-        channel="discord",
+        channel=CHANNEL,
         channel_user_id=str(author.id),
         text=text,
         username=author.name if isinstance(author.name, str) and author.name else None,
@@ -124,6 +134,25 @@ def incoming_message(message: discord.Message, me_id: int) -> IncomingMessage | 
         thread_id=str(thread.id) if thread else None,
         chat_kind=_chat_kind(channel),
     )
+
+
+def feedback_event(reaction: discord.RawReactionActionEvent, me_id: int) -> FeedbackEvent | None:
+    """A person's 👍/👎 put on (REACTION_ADD) or taken off (REACTION_REMOVE) a message,
+    or None for what is no rating: other emoji, the bot's own reactions, another bot's,
+    a reaction added to a message Discord says is not the bot's. (A removal does not
+    say whose the message is: the service finds out, only the bot's replies count.)"""
+    emoji = reaction.emoji
+    rating = rating_of(emoji.name) if emoji.is_unicode_emoji() else None
+    member = reaction.member
+    if rating is None or reaction.user_id == me_id or (member is not None and member.bot):
+        return None
+    post = PostRef(str(reaction.channel_id), str(reaction.message_id))
+    user = str(reaction.user_id)
+    if reaction.event_type == "REACTION_REMOVE":
+        return FeedbackEvent(CHANNEL, user, None, post, withdrawn=rating)
+    if reaction.message_author_id not in (None, me_id):
+        return None
+    return FeedbackEvent(CHANNEL, user, rating, post)
 
 
 def reference_to(message: IncomingMessage, channel_id: int) -> discord.MessageReference | None:
@@ -283,12 +312,18 @@ class _Client(discord.AutoShardedClient):
     async def on_message(self, message: discord.Message) -> None:
         await self._adapter.on_message(message)
 
+    async def on_raw_reaction_add(self, reaction: discord.RawReactionActionEvent) -> None:
+        await self._adapter.on_reaction(reaction)
+
+    async def on_raw_reaction_remove(self, reaction: discord.RawReactionActionEvent) -> None:
+        await self._adapter.on_reaction(reaction)
+
     async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
         self._adapter.on_error(event_method)
 
 
 class DiscordAdapter(ChannelAdapter):
-    name = "discord"
+    name = CHANNEL
     resumes = True  # a message's channel and id are all a reply needs (send_to)
 
     def __init__(
@@ -309,6 +344,7 @@ class DiscordAdapter(ChannelAdapter):
         self._stopping = False
         self._handling: set[asyncio.Task[Any]] = set()
         self._receiving = KeyedLocks()  # per channel
+        self._rating = KeyedLocks()  # per user: their reactions recorded in Discord's order
         self._saved_api_base: str | None = None
         # Discord takes 50 requests a second from a bot (its global limit), all together,
         # and 5 message writes per 5 s per channel: budgets with margin (2 at once, then
@@ -398,6 +434,20 @@ class DiscordAdapter(ChannelAdapter):
         finally:
             self._handling.discard(task)
 
+    async def on_reaction(self, reaction: discord.RawReactionActionEvent) -> None:
+        """A reaction put on or taken off a message: a rating of a reply of the bot's,
+        if it is 👍/👎. Discord never sends it again: one Postgres cannot take now is lost
+        (logged by the dispatcher)."""
+        me = self._client.user if self._client is not None else None
+        event = None if me is None else feedback_event(reaction, me.id)
+        if event is None or self._stopping:
+            return
+        # discord.py runs each event's handler as a task of its own: a user's 👍 then 👎
+        # would race. Taken in the gateway's order (no await before), the lock keeps it.
+        async with self._rating.hold(event.channel_user_id):
+            with contextlib.suppress(StoreError):
+                await self.dispatcher.rate(event)
+
     async def _kept(self, channel: Channel, incoming: IncomingMessage) -> bool:
         """Whether the message is in the inbox, for this worker to answer. Discord never
         delivers a message again: one that cannot be kept now is lost, so its writer is
@@ -429,14 +479,16 @@ class DiscordAdapter(ChannelAdapter):
             if (reply.text is None and not live.streamed) or await self._finish(
                 live, incoming, reply
             ):
-                self.dispatcher.delivered(incoming, reply)
+                self.dispatcher.delivered(incoming, reply, live.posts)
 
     async def _tell(self, channel: Channel, incoming: IncomingMessage, reply: Reply) -> None:
         """Send a reply the service did not make (it could not be asked)."""
         async with self._live(channel) as live:
             await self._finish(live, incoming, reply)
 
-    async def send_to(self, message: IncomingMessage, text: str) -> bool:
+    async def send_to(
+        self, message: IncomingMessage, text: str, reply_id: uuid.UUID | None = None
+    ) -> bool:
         """Reply in the message's channel (its thread, its DM channel), as an answer to
         the message (shown above the reply, if it still exists). Discord refusing for good
         (the channel is gone, the bot may no longer write there) is logged: True."""
@@ -459,6 +511,7 @@ class DiscordAdapter(ChannelAdapter):
                 self.log.warning("late reply not delivered to Discord for now: %s", exc,
                                  extra=self._where(message))  # fmt: skip
                 return False
+        self.dispatcher.posted(self.name, reply_id, live.posts)
         return True
 
     def _where(self, message: IncomingMessage) -> dict[str, str | None]:

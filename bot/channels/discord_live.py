@@ -9,6 +9,8 @@ from typing import Any
 
 import discord
 
+from bot.domain import PostRef
+
 MESSAGE_LIMIT = 2000  # characters in one Discord message
 
 # One discord.py call under the adapter's retry policy; the callable makes a fresh one.
@@ -32,6 +34,7 @@ class DiscordSurface:
         # The message the reply's first post answers, shown above it (a late reply).
         self._reference = reference
         self._posted: discord.Message | None = None
+        self.posts: list[PostRef] = []  # the messages sealed, in order
 
     @property
     def where(self) -> Mapping[str, str] | None:
@@ -48,10 +51,12 @@ class DiscordSurface:
 
     async def seal(self, text: str) -> None:
         if self._posted is None:
-            await self._post(text)
+            sealed = await self._post(text)
         else:
-            await self._send(functools.partial(self._posted.edit, content=text))
+            sealed = self._posted
+            await self._send(functools.partial(sealed.edit, content=text))
         self._posted = None
+        self.posts.append(PostRef(str(sealed.channel.id), str(sealed.id)))
         self._on_sealed()
 
     async def _post(self, text: str) -> discord.Message:

@@ -10,10 +10,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
+from collections.abc import Sequence
 
 from bot.cache.streams import StreamBooking, StreamLedger
-from bot.domain import AdminCheck, IncomingMessage, Receipt, Reply, TextSink
-from bot.errors import ShuttingDown
+from bot.domain import (
+    AdminCheck,
+    FeedbackEvent,
+    FeedbackOutcome,
+    IncomingMessage,
+    PostRef,
+    Receipt,
+    Reply,
+    TextSink,
+)
+from bot.errors import ShuttingDown, StoreError
 from bot.metrics import Metrics
 from bot.service import ConversationService
 
@@ -118,10 +129,36 @@ class Dispatcher:
         """An adapter delivered a reply (or one part of it) to the platform."""
         self.metrics.messages_out.labels(channel).inc()
 
-    def delivered(self, message: IncomingMessage, reply: Reply) -> None:
+    def delivered(
+        self, message: IncomingMessage, reply: Reply, posts: Sequence[PostRef] = ()
+    ) -> None:
         """An adapter delivered the whole `reply` to `message`: its event is done (unless
-        the reply said to come again)."""
+        the reply said to come again). `posts`: the platform messages showing it, which
+        reactions name (bot/feedback.py)."""
         self.service.delivered(message, reply.kind)
+        self.posted(message.channel, reply.message_id, posts)
+
+    def posted(self, channel: str, reply_id: uuid.UUID | None, posts: Sequence[PostRef]) -> None:
+        """`posts` on `channel` show the stored reply `reply_id` (None: no stored reply,
+        nothing to rate): kept for the ratings that name them."""
+        if reply_id is not None:
+            self.service.feedback.posted(channel, reply_id, posts)
+
+    async def rate(self, event: FeedbackEvent) -> FeedbackOutcome:
+        """Record a user's rating of a reply (or its removal), as an adapter translated
+        it; StoreError if Postgres cannot be reached now."""
+        try:
+            outcome = await self.service.feedback.rate(event)
+        except StoreError as exc:
+            log.warning("%s feedback from %s not recorded: %s",
+                        event.channel, event.channel_user_id, exc)  # fmt: skip
+            raise
+        if outcome is not FeedbackOutcome.IGNORED:
+            rating = event.rating.name.lower() if event.rating is not None else "removed"
+            self.metrics.feedback.labels(event.channel, rating).inc()
+        log.info("%s feedback from %s: %s", event.channel, event.channel_user_id, outcome,
+                 extra={"channel": event.channel, "user_id": event.channel_user_id})  # fmt: skip
+        return outcome
 
     def refused(self, channel: str) -> None:
         """A message was turned away because the worker (or its adapter) is stopping."""

@@ -29,6 +29,7 @@ from typing import Protocol, Self
 from bot.cache.streams import StreamBooking
 from bot.channels.base import break_at
 from bot.channels.pacing import Pacer
+from bot.domain import PostRef
 from bot.errors import PlatformRejected
 
 CURSOR = " ▍"  # on a message still being written
@@ -50,6 +51,10 @@ class Surface(Protocol):
     def where(self) -> Mapping[str, str] | None:
         """The current message's place on screen, for the adapter to end it after a
         crash (bot/cache/streams.py); None when nothing lasting is shown (a draft)."""
+
+    @property
+    def posts(self) -> Sequence[PostRef]:
+        """The platform messages sealed so far, as reactions name them (feedback)."""
 
 
 class LiveReply:
@@ -90,6 +95,11 @@ class LiveReply:
     @property
     def streamed(self) -> str:
         return self._reply
+
+    @property
+    def posts(self) -> Sequence[PostRef]:
+        """The platform messages the reply was sealed in (one per part), once finished."""
+        return self.surface.posts
 
     async def add(self, piece: str) -> None:
         """One piece of the reply: shown now, or with the next update."""

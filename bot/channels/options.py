@@ -49,6 +49,7 @@ class SlackOptions:
     webhook_max_body_bytes: int
     shutdown_grace_seconds: float
     stream_interval_seconds: float = 1.5  # at most one update of a growing reply
+    feedback_buttons: bool = True  # replies end with 👍/👎 buttons (ratings)
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,6 +110,7 @@ def slack_options(settings: Settings) -> SlackOptions:
         webhook_max_body_bytes=settings.webhook_max_body_bytes,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
         stream_interval_seconds=settings.slack_stream_interval_seconds,
+        feedback_buttons=settings.slack_feedback_buttons,
     )
 
 

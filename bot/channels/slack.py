@@ -22,15 +22,17 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
+from urllib.parse import parse_qs
 
 import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
-from slack_bolt.async_app import AsyncApp, AsyncBoltContext
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
 from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
 from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
@@ -53,6 +55,7 @@ from bot.channels.live import LiveReply, ended_text
 from bot.channels.options import SlackOptions
 from bot.channels.pacing import Pacer
 from bot.channels.slack_events import escape, incoming_message, profile_name
+from bot.channels.slack_feedback import FEEDBACK_ACTION, feedback_event
 from bot.channels.slack_live import TEXT_LIMIT, Place, SlackSurface
 from bot.domain import IncomingMessage
 from bot.errors import (
@@ -71,6 +74,7 @@ T = TypeVar("T")
 
 EVENTS_PATH = "/slack/events"
 JSON_ONLY = frozenset({"application/json"})  # what the Events API posts
+FORM = "application/x-www-form-urlencoded"  # what interactivity posts: payload=<JSON>
 CONNECT_TIMEOUT = 30.0
 WATCH_INTERVAL = 1.0
 NAME_LOOKUP_TIMEOUT = 5.0  # a slow users.info must not hold the reply for long
@@ -120,6 +124,7 @@ class SlackAdapter(ChannelAdapter):
         self._app.error(self._on_bolt_error)
         self._app.event("message")(self._on_event)
         self._app.event("app_mention")(self._on_event)
+        self._app.action(FEEDBACK_ACTION)(self._on_feedback)
         self._socket: AsyncSocketModeHandler | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -249,7 +254,8 @@ class SlackAdapter(ChannelAdapter):
         """What bolt would choke on, refused with a 4xx before bolt parses it.
 
         Size first, then the signature (bolt checks it again: cheap), so that nothing
-        unauthenticated is parsed; then the body must be a JSON object.
+        unauthenticated is parsed; then the body must be a JSON object: an event, or
+        (form-encoded, in its one `payload` field) an interaction, a feedback click.
         """
         limit = self.options.webhook_max_body_bytes
         check_declared_size(request, limit)
@@ -260,8 +266,12 @@ class SlackAdapter(ChannelAdapter):
             raise WebhookRefused(400, "request body is not UTF-8") from None
         if not self._signed(request, text):
             raise WebhookRefused(401, "invalid or missing signature, or a stale timestamp")
-        check_media_type(request, JSON_ONLY)
-        if not isinstance(parse_json(body), dict):
+        if request.content_type == FORM:
+            document = parse_json(_form_payload(text))
+        else:
+            check_media_type(request, JSON_ONLY | {FORM})
+            document = parse_json(body)
+        if not isinstance(document, dict):
             raise WebhookRefused(400, "request body is not a JSON object")
 
     def _signed(self, request: web.Request, text: str) -> bool:
@@ -314,6 +324,18 @@ class SlackAdapter(ChannelAdapter):
             return BoltResponse(status=503, body="not kept: send it again")
         return None  # bolt acknowledges it
 
+    async def _on_feedback(
+        self, ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]
+    ) -> None:
+        """A click of a reply's feedback buttons (block_actions): the rating recorded,
+        then the click acknowledged, within Slack's 3 s. One Postgres cannot take now is
+        acknowledged all the same: Slack never sends a click again (the dispatcher logs it)."""
+        event = feedback_event(body, action)
+        if event is not None:
+            with contextlib.suppress(StoreError, TimeoutError):
+                await asyncio.wait_for(self.dispatcher.rate(event), KEEP_WITHIN)
+        await ack()
+
     async def _keep(self, message: IncomingMessage) -> None:
         """Keep the event in the inbox and, unless another worker holds it already,
         start answering it. The inbox keeps events in the order they are given to it,
@@ -331,6 +353,7 @@ class SlackAdapter(ChannelAdapter):
             interval = self.options.stream_interval_seconds
             async with LiveReply(surface, interval, booking, (pacer,)) as live:
                 reply = await self.dispatcher.handle(message, live.add)
+                surface.rated = self._rated(reply.message_id)
                 if reply.text is not None or live.streamed:
                     await live.finish(reply.text or "")
             if live.streamed:
@@ -348,11 +371,16 @@ class SlackAdapter(ChannelAdapter):
         """Answer an event from the inbox, under the writer's display name as a live one."""
         await super().resume(await self._named(message))
 
-    async def send_to(self, message: IncomingMessage, text: str) -> bool:
+    async def send_to(
+        self, message: IncomingMessage, text: str, reply_id: uuid.UUID | None = None
+    ) -> bool:
         """Post `text` in the message's thread (cut into Slack-sized messages as a live
-        reply is); False when Slack is unreachable now, True once posted or refused for
-        good (the channel is gone, the bot was removed from it: logged)."""
-        live = LiveReply(self._surface(message), self.options.stream_interval_seconds)
+        reply is), with the feedback buttons if it is the stored reply `reply_id`; False
+        when Slack is unreachable now, True once posted or refused for good (the channel
+        is gone, the bot was removed from it: logged)."""
+        surface = self._surface(message)
+        surface.rated = self._rated(reply_id)
+        live = LiveReply(surface, self.options.stream_interval_seconds)
         try:
             await live.finish(text)
         except PlatformRejected as exc:
@@ -361,6 +389,11 @@ class SlackAdapter(ChannelAdapter):
             self.log.warning("slack reply to %s not delivered now: %s", message.chat_id, exc)
             return False
         return True
+
+    def _rated(self, reply_id: uuid.UUID | None) -> uuid.UUID | None:
+        """The reply a message's feedback buttons rate; None: no buttons (SLACK_FEEDBACK_
+        BUTTONS off, or not a stored reply: a command's answer, an apology)."""
+        return reply_id if self.options.feedback_buttons else None
 
     async def _named(self, message: IncomingMessage) -> IncomingMessage:
         """The message with its writer's display name (events rarely carry it)."""
@@ -481,6 +514,14 @@ async def _users_info(client: AsyncWebClient, user_id: str, within: float) -> di
     if not isinstance(found.data, dict) or found.data.get("ok") is not True:
         raise PlatformUnavailable("Slack's users.info answer is no JSON object with ok: true")
     return found.data
+
+
+def _form_payload(text: str) -> bytes:
+    """The JSON of an interaction's form body (payload=…), or 400 for any other form."""
+    fields = parse_qs(text, keep_blank_values=True)
+    if set(fields) != {"payload"} or len(fields["payload"]) != 1:
+        raise WebhookRefused(400, "a form body must hold one payload field")
+    return fields["payload"][0].encode()
 
 
 def _base_url(url: str | None) -> str:

@@ -10,6 +10,7 @@ one: the adapter is told once and remembers.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -19,6 +20,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.channels.live import CURSOR
 from bot.channels.slack_events import escape
+from bot.channels.slack_feedback import feedback_blocks
+from bot.domain import PostRef
 from bot.errors import PlatformRejected
 
 # Slack's advice for one message's text; a streamed message is held to it as well.
@@ -63,6 +66,10 @@ class SlackSurface:
         self._stream_ts: str | None = None  # the stream being written
         self._sent = ""  # what it holds so far
         self._posted_ts: str | None = None  # else the message posted, being updated
+        self.posts: list[PostRef] = []  # the messages sealed, in order
+        # The stored reply being shown, once known: its messages are sealed with the
+        # feedback buttons (bot/channels/slack_feedback.py). None: no buttons.
+        self.rated: uuid.UUID | None = None
 
     @property
     def where(self) -> Mapping[str, str] | None:
@@ -83,7 +90,10 @@ class SlackSurface:
         if self._stream_ts is not None:
             await self._stop(self._stream_ts, text)
         else:
-            await self._put(text)
+            await self._put(text, sealing=True)
+        sealed = self._stream_ts or self._posted_ts
+        if sealed is not None:
+            self.posts.append(PostRef(self._place.channel, sealed))
         self._stream_ts, self._sent, self._posted_ts = None, "", None
         self._on_sealed()
 
@@ -118,16 +128,23 @@ class SlackSurface:
     async def _stop(self, ts: str, text: str) -> None:
         new = escape(text[len(self._sent) :]) or None  # None: nothing more to append
         channel = self._place.channel
-        await self._send(
-            partial(self._client.chat_stopStream, channel=channel, ts=ts, markdown_text=new)
-        )
+        stop = partial(self._client.chat_stopStream, channel=channel, ts=ts, markdown_text=new)
+        if self.rated is not None:  # shown under the streamed text
+            stop = partial(stop, blocks=feedback_blocks(self.rated))
+        await self._send(stop)
 
-    async def _put(self, text: str) -> None:
-        """Post the message, or (once posted) update it to `text`."""
+    async def _put(self, text: str, *, sealing: bool = False) -> None:
+        """Post the message, or (once posted) update it to `text`. Sealed with the
+        feedback buttons, its text goes in a block above them (with blocks, Slack shows
+        `text` only in notifications)."""
         channel, ts, text = self._place.channel, self._posted_ts, escape(text)
+        blocks = None
+        if sealing and self.rated is not None:
+            blocks = [{"type": "markdown", "text": text}, *feedback_blocks(self.rated)]
         if ts is None:
             thread = self._place.thread_ts
             post = partial(self._client.chat_postMessage, channel=channel, thread_ts=thread)
-            self._posted_ts = str((await self._send(partial(post, text=text)))["ts"])
+            self._posted_ts = str((await self._send(partial(post, text=text, blocks=blocks)))["ts"])
         else:
-            await self._send(partial(self._client.chat_update, channel=channel, ts=ts, text=text))
+            update = partial(self._client.chat_update, channel=channel, ts=ts, blocks=blocks)
+            await self._send(partial(update, text=text))

@@ -15,6 +15,7 @@ import asyncio
 import hmac
 import math
 import sys
+import uuid
 import warnings
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -46,9 +47,14 @@ from bot.channels.dispatch import Dispatcher
 from bot.channels.live import LiveReply, ended_text
 from bot.channels.options import TelegramOptions
 from bot.channels.pacing import Pacer, PacerBook
-from bot.channels.telegram_live import surface_for
-from bot.channels.telegram_updates import MALFORMED, incoming_message, parse_update
-from bot.domain import NOT_KEPT, ChatKind, IncomingMessage
+from bot.channels.telegram_live import post_of, surface_for
+from bot.channels.telegram_updates import (
+    MALFORMED,
+    feedback_event,
+    incoming_message,
+    parse_update,
+)
+from bot.domain import NOT_KEPT, ChatKind, IncomingMessage, PostRef
 from bot.errors import (
     CredentialsRejected,
     PlatformError,
@@ -65,7 +71,9 @@ from bot.listening import start_site
 T = TypeVar("T")
 Bot = ExtBot[None]
 
-ALLOWED_UPDATES = [UpdateType.MESSAGE]  # edits, reactions, channel posts: never fetched
+# Messages, and reactions (👍/👎 rate the bot's replies); edits, channel posts: never
+# fetched. Telegram sends reactions only when asked for them by name here.
+ALLOWED_UPDATES = [UpdateType.MESSAGE, UpdateType.MESSAGE_REACTION]
 POLL_TIMEOUT = 30  # seconds a getUpdates long poll may wait on Telegram's side
 MAX_IN_FLIGHT = 90  # updates answered at once; polling takes no more until one is done
 # (those it leaves stay unconfirmed, and come with a later poll)
@@ -283,6 +291,8 @@ class TelegramAdapter(ChannelAdapter):
         """Keep an update the bot answers in the inbox, then start answering it; True
         once Telegram may be told it arrived (kept, held by another worker already, or
         nothing to answer), False if it must not be (it was not kept)."""
+        if update.message_reaction is not None:
+            return await self._rate(update)
         incoming = incoming_message(update, self._bot_id, self._username)
         if update.message is None or incoming is None:
             return True  # nothing to answer: nothing to keep
@@ -307,6 +317,21 @@ class TelegramAdapter(ChannelAdapter):
             return True
         if receipt.taken:  # else another worker has it in hand
             self._spawn(update.update_id, update.message, incoming)
+        return True
+
+    async def _rate(self, update: Update) -> bool:
+        """Record the rating a reaction gives or takes back, before Telegram is told it
+        arrived (a short statement or three); False if Postgres cannot be reached now, so
+        that Telegram sends it again. A rating changes nothing else: not kept in the inbox."""
+        event = feedback_event(update)
+        if event is None:
+            return True  # other emoji, an anonymous reaction: nothing to record
+        try:
+            await self.dispatcher.rate(event)
+        except StoreUnavailable:
+            return False
+        except StoreError:  # refused for good: a redelivery would be refused again
+            return True
         return True
 
     # -- handling --------------------------------------------------------------------------
@@ -344,7 +369,7 @@ class TelegramAdapter(ChannelAdapter):
                 typing.cancel()
             nothing_to_send = reply.text is None and not live.streamed
             if nothing_to_send or await self._finish(live, incoming, reply.text or ""):
-                self.dispatcher.delivered(incoming, reply)
+                self.dispatcher.delivered(incoming, reply, live.posts)
 
     async def end_stream(self, orphan: Orphan, note: str) -> None:
         """Edit the message left growing to its text and the note (a draft books nothing)."""
@@ -356,7 +381,9 @@ class TelegramAdapter(ChannelAdapter):
         edit = partial(bot.edit_message_text, text, chat_id=chat_id, message_id=message_id)
         await _retried(edit, on_rate_limited=self._count_rate_limited)
 
-    async def send_to(self, message: IncomingMessage, text: str) -> bool:
+    async def send_to(
+        self, message: IncomingMessage, text: str, reply_id: uuid.UUID | None = None
+    ) -> bool:
         """Send `text` as the reply to `message` (taken from the inbox, no Message in
         hand): in its chat and forum topic, the first part quoting it, as the reply to a
         group message does; late as it is, in a private chat too."""
@@ -369,9 +396,10 @@ class TelegramAdapter(ChannelAdapter):
                            message.platform_message_id)  # fmt: skip
             return True
         chat_id, thread, quote = address
+        posts: list[PostRef] = []
         try:
             for part in split_text(text, MessageLimit.MAX_TEXT_LENGTH):
-                await self._send_part(bot, chat_id, thread, quote, part)
+                posts.append(post_of(await self._send_part(bot, chat_id, thread, quote, part)))
                 quote = None  # only the first part says what it answers
         except CredentialsRejected:
             return False  # the adapter stops for it; the inbox keeps the reply
@@ -386,11 +414,12 @@ class TelegramAdapter(ChannelAdapter):
         except PlatformError as exc:
             self.log.warning("reply to telegram chat %s not delivered now: %s", chat_id, exc)
             return False
+        self.dispatcher.posted(self.name, reply_id, posts)
         return True
 
     async def _send_part(
         self, bot: Bot, chat_id: int, thread: int | None, quote: int | None, part: str
-    ) -> None:
+    ) -> Message:
         quoted = None
         if quote is not None:  # the message may be deleted by now: the reply goes anyway
             quoted = ReplyParameters(quote, allow_sending_without_reply=True)
@@ -399,8 +428,9 @@ class TelegramAdapter(ChannelAdapter):
         )
         for pacer in (self._pacer, self._chat_pacers[str(chat_id)]):
             pacer.spend()  # a message always goes; the budget shared with streamed replies
-        await _retried(send, on_rate_limited=self._count_rate_limited)
+        sent = await _retried(send, on_rate_limited=self._count_rate_limited)
         self.dispatcher.sent(self.name)
+        return sent
 
     def _surface(self, message: Message) -> Any:
         send = partial(_retried, on_rate_limited=self._count_rate_limited)

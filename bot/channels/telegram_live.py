@@ -16,6 +16,8 @@ from typing import Any
 from telegram import Message
 from telegram.constants import ChatType, MessageLimit
 
+from bot.domain import PostRef
+
 # One Bot API request under the adapter's retry policy; the callable makes a fresh one.
 Send = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
@@ -27,6 +29,11 @@ def surface_for(message: Message, send: Send, on_sealed: Callable[[], None]) -> 
     return EditSurface(message, send, on_sealed)
 
 
+def post_of(message: Message) -> PostRef:
+    """A message the bot sent, as a reaction on it names it: its chat, its id there."""
+    return PostRef(str(message.chat_id), str(message.message_id))
+
+
 class DraftSurface:
     limit = MessageLimit.MAX_TEXT_LENGTH
     rewrites = True
@@ -36,6 +43,7 @@ class DraftSurface:
         self._send = send
         self._on_sealed = on_sealed
         self._draft = secrets.randbelow(2**30) + 1  # non-zero; one per message of the reply
+        self.posts: list[PostRef] = []  # the messages sealed, in order
 
     @property
     def where(self) -> Mapping[str, str] | None:
@@ -46,7 +54,8 @@ class DraftSurface:
         await self._send(partial(bot.send_message_draft, chat, self._draft, text))
 
     async def seal(self, text: str) -> None:
-        await self._send(partial(self._message.reply_text, text, do_quote=False))
+        sealed = await self._send(partial(self._message.reply_text, text, do_quote=False))
+        self.posts.append(post_of(sealed))
         self._draft += 1  # the next message of the reply is a draft of its own
         self._on_sealed()
 
@@ -61,6 +70,7 @@ class EditSurface:
         self._on_sealed = on_sealed
         self._posted: Message | None = None
         self._quote = True  # the first message says which one it answers
+        self.posts: list[PostRef] = []  # the messages sealed, in order
 
     @property
     def where(self) -> Mapping[str, str] | None:
@@ -77,10 +87,12 @@ class EditSurface:
 
     async def seal(self, text: str) -> None:
         if self._posted is None:
-            await self._post(text)
+            sealed = await self._post(text)
         else:
-            await self._send(partial(self._posted.edit_text, text))
+            sealed = self._posted
+            await self._send(partial(sealed.edit_text, text))
         self._posted = None
+        self.posts.append(post_of(sealed))
         self._on_sealed()
 
     async def _post(self, text: str) -> Message:

@@ -11,10 +11,19 @@ from __future__ import annotations
 import re
 from typing import Any, TypeGuard
 
-from telegram import Bot, Chat, Message, MessageEntity, Update, User
+from telegram import (
+    Bot,
+    Chat,
+    Message,
+    MessageEntity,
+    MessageReactionUpdated,
+    ReactionTypeEmoji,
+    Update,
+    User,
+)
 from telegram.constants import ChatType
 
-from bot.domain import ChatKind, IncomingMessage
+from bot.domain import ChatKind, FeedbackEvent, IncomingMessage, PostRef, Rating, rating_of
 
 CHANNEL = "telegram"
 
@@ -61,6 +70,39 @@ def incoming_message(update: Update, bot_id: int, bot_username: str) -> Incoming
         # What a reply from the inbox quotes (with chat_id and, in a topic, thread_id).
         reply_to=str(message.message_id) if _is_id(message.message_id) else None,
     )
+
+
+def feedback_event(update: Update) -> FeedbackEvent | None:
+    """A person's 👍/👎 set on, or taken off, a message (message_reaction), or None for
+    what is no rating: other emoji only, an anonymous reaction, a bot's. Whose message
+    it was, the update does not say: the service finds out (only the bot's count)."""
+    reaction = update.message_reaction
+    if not isinstance(reaction, MessageReactionUpdated):
+        return None
+    user, chat, message_id = reaction.user, reaction.chat, reaction.message_id
+    if not _is_person(user) or not _is_chat(chat) or not _is_id(message_id):
+        return None
+    old, new = _ratings(reaction.old_reaction), _ratings(reaction.new_reaction)
+    if not old and not new:
+        return None  # other emoji: no rating given or taken back
+    post = PostRef(str(chat.id), str(message_id))
+    return FeedbackEvent(CHANNEL, str(user.id), _rating_now(old, new), post)
+
+
+def _ratings(reactions: object) -> list[Rating]:
+    """The ratings among a user's reactions (👍, 👎), in order."""
+    if not isinstance(reactions, tuple | list):
+        return []
+    found = (rating_of(r.emoji) for r in reactions if isinstance(r, ReactionTypeEmoji))
+    return [rating for rating in found if rating is not None]
+
+
+def _rating_now(old: list[Rating], new: list[Rating]) -> Rating | None:
+    """The user's rating after the change: the one just added (a user with several
+    reactions may keep both 👍 and 👎: the newest wins), else the one kept, else none."""
+    added = [rating for rating in new if rating not in old]
+    latest = added or new
+    return latest[-1] if latest else None
 
 
 def _chat_kind(message: Message) -> ChatKind:

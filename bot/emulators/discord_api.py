@@ -7,10 +7,12 @@ for good (403 Missing Permissions, 404 Unknown Channel), and make the member fet
 fail or answer something malformed. The guild has the roles a test adds (with
 their permissions), an owner, and overwrites on its text channel; each member the roles
 a test gives them. Gateway: HELLO, IDENTIFY → READY + GUILD_CREATE,
-heartbeat ACKs, RECONNECT → RESUME with a replay, and MESSAGE_CREATE dispatches the
-tests push. Frames are zlib-stream compressed when the client asks for it, as Discord
-does. Every request the SDK sends, every response and every object pushed is checked
-against the vendored spec (bot/emulators/specs/discord); mismatches collect in `violations`.
+heartbeat ACKs, RECONNECT → RESUME with a replay, and the MESSAGE_CREATE and
+MESSAGE_REACTION_ADD/REMOVE dispatches the tests push (reactions only to a session whose
+intents ask for them, as Discord does). Frames are zlib-stream compressed when the
+client asks for it, as Discord does. Every request the SDK sends, every response and
+every object pushed is checked against the vendored spec (bot/emulators/specs/discord);
+mismatches collect in `violations`.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ MAX_CONTENT = 2000  # characters of a message's content
 TOKEN = "MTA-fake.discord-bot.token"
 DISCORD_EPOCH_MS = 1_420_070_400_000
 INTENT_MESSAGE_CONTENT = 1 << 15
+INTENT_GUILD_MESSAGE_REACTIONS = 1 << 10
+INTENT_DIRECT_MESSAGE_REACTIONS = 1 << 13
 HEARTBEAT_INTERVAL_MS = 41_250
 # Permission bits, as Discord documents them.
 ADMINISTRATOR = 1 << 3
@@ -232,6 +236,7 @@ class Session:
     log: list[Json] = field(default_factory=list)  # the dispatches sent, for replays
     connection: Connection | None = None
     replay_from: int | None = None  # on the next RESUME, resend from this seq on
+    intents: int = 0  # as IDENTIFY gave them
 
 
 @dataclass
@@ -405,6 +410,49 @@ class FakeDiscord:
         if data.get("guild_id") == self.guild_id:  # the author is a member from now on
             self._members[data["author"]["id"]] = data["author"]
         return await self.dispatch("MESSAGE_CREATE", data, shard)
+
+    def reaction(
+        self,
+        person: Json,
+        post: Json,
+        emoji: str,
+        *,
+        added: bool = True,
+        guild: bool = False,
+    ) -> Json:
+        """A MESSAGE_REACTION_ADD (or, not `added`, _REMOVE) payload: `person` puts the
+        unicode `emoji` on (or takes it off) the message `post` (a MESSAGE_CREATE payload,
+        or a message of the bot's as `bot_message` gives it)."""
+        data: Json = {
+            "user_id": person["id"], "channel_id": post["channel_id"], "message_id": post["id"],
+            "emoji": {"id": None, "name": emoji}, "type": 0, "burst": False,
+        }  # fmt: skip
+        if guild:
+            data["guild_id"] = self.guild_id
+        if added:
+            data["burst_colors"] = []
+            data["message_author_id"] = post["author"]["id"]
+            if guild:
+                data["member"] = {**self.member(person), "user": person}
+        return data
+
+    def bot_message(self, message_id: str) -> Json:
+        """A message the bot posted, as a reaction payload names it."""
+        found = self.bot_messages[message_id]
+        return {"id": message_id, "channel_id": found["channel_id"], "author": self.bot}
+
+    async def push_reaction(self, data: Json, shard: int = 0) -> int | None:
+        """Dispatch a reaction payload (from `reaction`) if the session's intents ask
+        for reactions of its kind (in a guild, in a DM); its seq, or None if not sent."""
+        wanted = (
+            INTENT_GUILD_MESSAGE_REACTIONS
+            if "guild_id" in data
+            else (INTENT_DIRECT_MESSAGE_REACTIONS)
+        )
+        if not self.session(shard).intents & wanted:
+            return None
+        event = "MESSAGE_REACTION_ADD" if "message_author_id" in data else "MESSAGE_REACTION_REMOVE"
+        return await self.dispatch(event, data, shard)
 
     async def dispatch(self, event: str, data: Json, shard: int = 0) -> int:
         session = self.session(shard)
@@ -662,6 +710,7 @@ class FakeDiscord:
             return
         shard = list(data.get("shard") or [0, 1])
         session = Session(uuid.uuid4().hex, shard, connection=connection)
+        session.intents = int(data.get("intents", 0))
         self.sessions[session.session_id] = session
         connection.session = session
         here = (int(self.guild_id) >> 22) % shard[1] == shard[0]

@@ -66,6 +66,7 @@ STREAM_ARGUMENTS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     ),
 }  # fmt: skip
 WRITES = ("chat.postMessage", "chat.update", *STREAM_ARGUMENTS)  # calls that write a message
+_ARRAYS = frozenset({"chunks", "blocks"})  # the stream arguments that are JSON arrays
 
 _JSON_TYPES: dict[str, Callable[[Any], bool]] = {
     "string": lambda v: isinstance(v, str),
@@ -158,6 +159,8 @@ class Spec:
             param = declared.get(name)
             if param is None or param["in"] not in _PARAMS_IN:
                 found.append(f"{method}: parameter {name} is not in the spec")
+            elif name == "blocks" and isinstance(value, list):  # a JSON body's array
+                found += [f"{method}: {e}" for e in block_errors(value)]
             elif not _param_ok(param["type"], value):
                 found.append(f"{method}: {name}={value!r} is not a {param['type']}")
         return found
@@ -178,6 +181,73 @@ def _param_ok(kind: str, value: Any) -> bool:
     if kind == "boolean":
         return isinstance(value, bool) or value in ("true", "false", "1", "0")
     return _JSON_TYPES[kind](value)
+
+
+def block_errors(blocks: list[Any]) -> list[str]:
+    """What is wrong with the Block Kit blocks the bot sends, by Slack's reference for
+    the kinds it uses: markdown (text up to 12,000 characters), and context_actions
+    holding feedback_buttons (action_id; each button's plain_text text up to 75
+    characters and value up to 2,000)."""
+    found: list[str] = []
+    for i, block in enumerate(blocks):
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "markdown":
+            text = block.get("text")
+            if not isinstance(text, str) or not 0 < len(text) <= MARKDOWN_LIMIT:
+                found.append(f"blocks[{i}]: a markdown block's text must be 1-12000 characters")
+        elif kind == "context_actions":
+            elements = block.get("elements")
+            if not isinstance(elements, list) or not 0 < len(elements) <= 5:
+                found.append(f"blocks[{i}]: context_actions needs 1-5 elements")
+                continue
+            for element in elements:
+                found += [f"blocks[{i}]: {e}" for e in _feedback_buttons_errors(element)]
+        else:
+            found.append(f"blocks[{i}]: a block of a kind the bot never sends: {kind!r}")
+    return found
+
+
+def _feedback_buttons_errors(element: Any) -> list[str]:
+    if not isinstance(element, dict) or element.get("type") != "feedback_buttons":
+        return [f"not a feedback_buttons element: {element!r}"]
+    found = [] if isinstance(element.get("action_id"), str) else ["feedback_buttons: action_id"]
+    for side in ("positive_button", "negative_button"):
+        button = element.get(side)
+        text = button.get("text") if isinstance(button, dict) else None
+        label = text.get("text") if isinstance(text, dict) else None
+        value = button.get("value") if isinstance(button, dict) else None
+        if not (isinstance(text, dict) and text.get("type") == "plain_text"):
+            found.append(f"{side}: text must be a plain_text object")
+        if not isinstance(label, str) or not 0 < len(label) <= 75:
+            found.append(f"{side}: text must be 1-75 characters")
+        if not isinstance(value, str) or not 0 < len(value) <= 2000:
+            found.append(f"{side}: value must be 1-2000 characters")
+    return found
+
+
+def interaction(user_id: str, message: BotMessage, value: str) -> dict[str, Any]:
+    """The block_actions payload Slack sends when `user_id` clicks the feedback button
+    of `message` whose value is `value` (as docs.slack.dev's block_actions payload and
+    feedback_buttons element describe it)."""
+    action_id = next(
+        e["action_id"] for b in message.blocks if b["type"] == "context_actions"
+        for e in b["elements"]
+    )  # fmt: skip
+    container = {"type": "message", "message_ts": message.ts, "channel_id": message.channel,
+                 "is_ephemeral": False, "thread_ts": message.thread_ts}  # fmt: skip
+    return {
+        "type": "block_actions",
+        "user": {"id": user_id, "username": f"handle.{user_id[-4:].lower()}", "team_id": TEAM_ID},
+        "api_app_id": APP_ID, "token": "legacy-verification-token", "container": container,
+        "trigger_id": f"{int(time.time())}.{uuid.uuid4().hex[:12]}",
+        "team": {"id": TEAM_ID, "domain": "test-workspace"}, "enterprise": None,
+        "is_enterprise_install": False, "channel": {"id": message.channel, "name": "chat"},
+        "message": {"type": "message", "ts": message.ts, "text": message.text,
+                    "user": BOT_USER_ID, "bot_id": BOT_ID, "blocks": message.blocks},
+        "state": {"values": {}}, "response_url": "https://hooks.slack.test/actions/T/1/x",
+        "actions": [{"type": "feedback_buttons", "action_id": action_id,
+                     "block_id": "fb", "value": value, "action_ts": f"{time.time():.6f}"}],
+    }  # fmt: skip
 
 
 def sign(body: bytes, timestamp: int, secret: str = SIGNING_SECRET) -> str:
@@ -221,6 +291,7 @@ class BotMessage:
         self.ts = ts
         self.streamed = streamed  # written by chat.*Stream (else posted and updated)
         self.text = ""
+        self.blocks: list[dict[str, Any]] = []  # as last written (chat.stopStream adds them)
         self.streaming = streamed  # until chat.stopStream
         self.writes: list[tuple[str, float, str]] = []  # (method, monotonic time, text)
 
@@ -230,6 +301,16 @@ class BotMessage:
 
     def as_post(self) -> dict[str, Any]:
         return {"channel": self.channel, "thread_ts": self.thread_ts, "text": self.text}
+
+    def feedback_value(self, positive: bool) -> str:
+        """The value of the message's 👍 (positive) or 👎 feedback button."""
+        side = "positive_button" if positive else "negative_button"
+        found = [
+            e[side]["value"] for b in self.blocks if b["type"] == "context_actions"
+            for e in b["elements"]
+        ]  # fmt: skip
+        assert len(found) == 1, f"{len(found)} feedback buttons on message {self.ts}"
+        return str(found[0])
 
 
 class FakeSlack:
@@ -400,6 +481,7 @@ class FakeSlack:
             return self._answer("chat.postMessage", {"ok": False, "error": "channel_not_found"})
         posted = self._new_message(str(params.get("channel")), params.get("thread_ts"), False)
         posted.text = str(params.get("text", ""))
+        posted.blocks = list(params.get("blocks") or [])
         posted.writes.append(("chat.postMessage", time.monotonic(), posted.text))
         message = {
             "type": "message",
@@ -425,6 +507,7 @@ class FakeSlack:
         if found is None or found.channel != params.get("channel") or found.streamed:
             return self._answer("chat.update", {"ok": False, "error": "message_not_found"})
         found.text = str(params.get("text", ""))
+        found.blocks = list(params.get("blocks") or [])
         found.writes.append(("chat.update", time.monotonic(), found.text))
         body = {"ok": True, "channel": found.channel, "ts": found.ts, "text": found.text,
                 "message": {"text": found.text}}  # fmt: skip
@@ -451,6 +534,7 @@ class FakeSlack:
             if found is None or not found.streaming or found.channel != params["channel"]:
                 return web.json_response({"ok": False, "error": "message_not_in_streaming_state"})
         found.text += params.get("markdown_text", "")
+        found.blocks = list(params.get("blocks") or found.blocks)
         found.streaming = method != "chat.stopStream"
         found.writes.append((method, time.monotonic(), found.text))
         return web.json_response({"ok": True, "channel": found.channel, "ts": found.ts})
@@ -463,8 +547,10 @@ class FakeSlack:
         ]
         if headers.get("Authorization") != f"Bearer {BOT_TOKEN}":
             found.append(f"{method}: no bot token in the Authorization header")
-        if not all(isinstance(value, str) for key, value in params.items() if key != "chunks"):
+        if not all(isinstance(value, str) for key, value in params.items() if key not in _ARRAYS):
             found.append(f"{method}: an argument that is no string: {params}")
+        if isinstance(params.get("blocks"), list):
+            found += [f"{method}: {e}" for e in block_errors(params["blocks"])]
         if len(params.get("markdown_text", "")) > MARKDOWN_LIMIT:
             found.append(f"{method}: markdown_text over {MARKDOWN_LIMIT} characters")
         if method == "chat.appendStream" and not params.get("markdown_text"):
@@ -585,6 +671,15 @@ class FakeSlack:
                 "payload": body,
             }
         )
+        return envelope_id
+
+    async def push_interactive(self, payload: dict[str, Any]) -> str:
+        """Deliver an interaction (a block_actions payload) over the open websocket, as
+        Socket Mode does; returns its envelope_id."""
+        envelope_id = str(uuid.uuid4())
+        ws = next(ws for ws in reversed(self.sockets) if not ws.closed)
+        await ws.send_json({"envelope_id": envelope_id, "type": "interactive",
+                            "accepts_response_payload": True, "payload": payload})  # fmt: skip
         return envelope_id
 
     async def drop_sockets(self) -> None:

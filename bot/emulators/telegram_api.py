@@ -1,10 +1,12 @@
 """A fake Telegram Bot API on 127.0.0.1 that python-telegram-bot talks to for real.
 
 It speaks /bot<TOKEN>/<method> for getMe, getUpdates (long polling with Telegram's
-offset rules), sendMessage, sendChatAction, setWebhook, deleteWebhook and getChatMember
-(who administers which chat, as a test sets it), and checks every request the SDK sends
-and every object it serves against the vendored Bot API spec
-(bot/emulators/specs/telegram/api.json): unknown or missing parameters, wrong types.
+offset rules, serving only the kinds of update allowed_updates asked for, as Telegram
+remembers them: reactions only when asked for by name), sendMessage, sendChatAction,
+setWebhook, deleteWebhook and getChatMember (who administers which chat, as a test sets
+it), and checks every request the SDK sends and every object it serves against the
+vendored Bot API spec (bot/emulators/specs/telegram/api.json): unknown or missing
+parameters, wrong types.
 What it finds wrong is collected in `problems`; the fixtures assert it stays empty.
 """
 
@@ -42,6 +44,9 @@ MEMBER_KINDS = {
     "kicked": "ChatMemberBanned",
 }
 NOT_SET: Any = object()
+# What Telegram sends when allowed_updates was never given (or given empty): every kind
+# of update but these, which a bot must ask for by name.
+ASKED_FOR_BY_NAME = frozenset({"chat_member", "message_reaction", "message_reaction_count"})
 
 
 class Spec:
@@ -186,6 +191,8 @@ class FakeBotApi:
         self.updates_down = False  # answer getUpdates with 502 while set
         self.poll_cap = 1.0  # longest a getUpdates waits here, whatever it asked for
         self.webhook: dict[str, Any] = {}
+        # The kinds of update asked for last (getUpdates or setWebhook); None: the default.
+        self.allowed_updates: list[str] | None = None
         # getChatMember: each (chat id, user id)'s status, "member" unless a test says;
         # with `member_error` set (status, description) it fails so, with `member_answer`
         # set it answers that as the result, unchecked (a malformed answer).
@@ -252,6 +259,14 @@ class FakeBotApi:
         async with self._arrived:
             self._replays.append(update)
             self._arrived.notify_all()
+
+    def delivers(self, update: dict[str, Any]) -> bool:
+        """Whether Telegram would send this update to the bot, by the kinds it asked for
+        (a webhook test posts only what this says Telegram would)."""
+        kind = next(k for k in update if k != "update_id")
+        if self.allowed_updates:
+            return kind in self.allowed_updates
+        return kind not in ASKED_FOR_BY_NAME
 
     def set_status(self, chat: dict[str, Any], person: dict[str, Any], status: str) -> None:
         """What getChatMember says `person` is in `chat`: one of MEMBER_KINDS."""
@@ -339,6 +354,7 @@ class FakeBotApi:
 
     async def _api_setWebhook(self, params: dict[str, Any]) -> web.Response:
         self.webhook = params
+        self.allowed_updates = params.get("allowed_updates", self.allowed_updates)
         return _ok(True)
 
     async def _api_sendChatAction(self, params: dict[str, Any]) -> web.Response:
@@ -352,14 +368,19 @@ class FakeBotApi:
         offset = params.get("offset") or 0
         limit = params.get("limit") or 100
         wait = min(float(params.get("timeout") or 0), self.poll_cap)
+        self.allowed_updates = params.get("allowed_updates", self.allowed_updates)
         async with self._arrived:
             self.confirmed = max(self.confirmed, offset)
-            self._updates = [u for u in self._updates if u["update_id"] >= self.confirmed]
+            self._updates = [
+                u for u in self._updates if u["update_id"] >= self.confirmed and self.delivers(u)
+            ]
             if wait and not (self._updates or self._replays):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
                         self._arrived.wait_for(lambda: bool(self._updates or self._replays)), wait
                     )
+            # What arrived while the poll waited is served by the same rule.
+            self._updates = [u for u in self._updates if self.delivers(u)]
             batch = (self._replays + self._updates)[:limit]
             self._replays = []
         self.served += [u["update_id"] for u in batch]
@@ -522,6 +543,24 @@ def message(
 
 def update(server: FakeBotApi, body: dict[str, Any], kind: str = "message") -> dict[str, Any]:
     return {"update_id": server.next_update_id(), kind: body}
+
+
+def reaction(
+    server: FakeBotApi,
+    chat: dict[str, Any],
+    person: dict[str, Any],
+    message_id: int,
+    old: tuple[str, ...] = (),
+    new: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """An update of `person` changing their reactions on a message from the emoji
+    `old` to `new` (a MessageReactionUpdated)."""
+    body = {
+        "chat": chat, "message_id": message_id, "user": person, "date": int(time.time()),
+        "old_reaction": [{"type": "emoji", "emoji": e} for e in old],
+        "new_reaction": [{"type": "emoji", "emoji": e} for e in new],
+    }  # fmt: skip
+    return update(server, body, "message_reaction")
 
 
 def private_update(server: FakeBotApi, sender: dict[str, Any], text: str) -> dict[str, Any]:

@@ -183,7 +183,7 @@ _STORED_EXCHANGE = text(
         JOIN messages m ON m.id = e.message_id AND m.timestamp = e.message_timestamp
         WHERE e.channel_type = :channel AND e.platform_message_id = :event
     )
-    SELECT u.id, r.content AS reply_text, r.model_used
+    SELECT u.id, r.content AS reply_text, r.model_used, r.id AS reply_id
     FROM found AS u
     LEFT JOIN message_replies AS c ON c.reply_to = u.id
     LEFT JOIN messages AS r ON r.id = c.reply_id AND r.timestamp = c.reply_timestamp
@@ -425,7 +425,7 @@ class ConversationQueries:
             return None
         if found.id == rows.user_message_id:
             return StoredExchange(found.id)
-        return StoredExchange(found.id, True, found.reply_text, found.model_used)
+        return StoredExchange(found.id, True, found.reply_text, found.model_used, found.reply_id)
 
     async def reset_conversation(
         self, user_id: uuid.UUID, channel: str, scope: str = DM_SCOPE, shared: bool = False

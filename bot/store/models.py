@@ -22,6 +22,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -321,3 +322,36 @@ class BlockedUser(Base):
     channel_user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     reason: Mapped[str | None] = mapped_column(Text)
     blocked_at: Mapped[datetime] = _now()
+
+
+class Feedback(Base):
+    """A user's latest rating of a reply (revision 0011): 1 good, -1 bad. message_id is
+    the reply's messages.id, with no foreign key (messages is partitioned)."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (
+        CheckConstraint("rating IN (-1, 1)", name="rating"),
+        Index("ix_feedback_user_id", "user_id"),
+    )
+
+    message_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    rating: Mapped[int] = mapped_column(SmallInteger, nullable=False)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
+class ReplyPost(Base):
+    """One of the bot's platform messages and the stored reply it shows (revision
+    0012): a reaction names the post, this finds the reply it rates."""
+
+    __tablename__ = "reply_posts"
+    __table_args__ = (Index("ix_reply_posts_created_at", "created_at"),)
+
+    channel_type: Mapped[str] = mapped_column(String(32), primary_key=True)
+    chat_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    post_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    message_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    created_at: Mapped[datetime] = _now()

@@ -143,7 +143,7 @@ async def test_private_message_is_answered_and_stored(
     assert await usernames(engine, "telegram", str(alice["id"])) == ["alice"]
 
 
-async def test_polling_fetches_messages_only_and_confirms(
+async def test_polling_fetches_messages_and_reactions_only_and_confirms(
     start: Start, telegram: FakeBotApi
 ) -> None:
     running = await start()
@@ -153,7 +153,8 @@ async def test_polling_fetches_messages_only_and_confirms(
 
     polls = telegram.calls_of("getUpdates")
     assert telegram.calls_of("deleteWebhook") and polls
-    assert polls[0].params["allowed_updates"] == ["message"] and polls[0].params["timeout"] == 30
+    assert polls[0].params["allowed_updates"] == ["message", "message_reaction"]
+    assert polls[0].params["timeout"] == 30
     await running.adapter.stop()
     assert telegram.confirmed == sent["update_id"] + 1  # confirmed on the way out
     assert not running.adapter.connected and running.task.done()
@@ -661,7 +662,7 @@ async def test_webhook_is_set_with_the_secret(
     assert telegram.webhook == {
         "url": "https://bot.example.com/telegram/hook",
         "secret_token": WEBHOOK_SECRET,
-        "allowed_updates": ["message"],
+        "allowed_updates": ["message", "message_reaction"],
     }
     assert telegram.calls_of("getUpdates") == []
 

@@ -17,6 +17,7 @@ import asyncio
 import json
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -81,7 +82,9 @@ class InboxChannel(ChannelAdapter):
             self._record(message, reply.text, reply.kind, "direct")
         self.dispatcher.delivered(message, reply)
 
-    async def send_to(self, message: IncomingMessage, text: str) -> bool:
+    async def send_to(
+        self, message: IncomingMessage, text: str, reply_id: uuid.UUID | None = None
+    ) -> bool:
         self._record(message, text, ReplyKind.ANSWER, "sweep")
         return True
 
