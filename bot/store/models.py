@@ -22,6 +22,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -309,3 +310,61 @@ class InboxEvent(Base):
     held_until: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     tries: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
     told: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
+
+
+class Experiment(Base):
+    """An A/B model experiment (revision 0009): variants [{name, model, share}], fixed
+    once created; scope 'global' or a channel; running while stopped_at is NULL, at
+    most one per scope."""
+
+    __tablename__ = "experiments"
+    __table_args__ = (
+        Index(
+            "uq_experiments_one_running_per_scope",
+            "scope",
+            unique=True,
+            postgresql_where=text("stopped_at IS NULL"),
+        ),
+    )
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    variants: Mapped[Any] = mapped_column(JSONB, nullable=False)
+    scope: Mapped[str] = mapped_column(String(32), nullable=False)
+    created_at: Mapped[datetime] = _now()
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ExperimentAssignment(Base):
+    """The variant a user was assigned in an experiment (revision 0009), written with
+    their first exchange in it: it survives a Redis flush."""
+
+    __tablename__ = "experiment_assignments"
+    __table_args__ = (Index("ix_experiment_assignments_user_id", "user_id"),)
+
+    experiment: Mapped[str] = mapped_column(
+        String(64), ForeignKey("experiments.name", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    variant: Mapped[str] = mapped_column(String(32), nullable=False)
+    assigned_at: Mapped[datetime] = _now()
+
+
+class Feedback(Base):
+    """A user's rating of a reply (revision 0011): 1 good, -1 bad; their latest wins.
+    No foreign key to the reply: messages is partitioned, keyed by (id, timestamp)."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (
+        CheckConstraint("rating IN (-1, 1)", name="rating"),
+        Index("ix_feedback_user_id", "user_id"),
+    )
+
+    message_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    rating: Mapped[int] = mapped_column(SmallInteger, nullable=False)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()

@@ -32,6 +32,7 @@ from tests.store.conftest import NewDatabase, alembic, execute, query
 TABLES = {
     *("users", "conversations", "messages", "channel_configs", "feature_flags"),
     *("chat_configs", "message_events", "message_replies", "inbox"),
+    *("experiments", "experiment_assignments", "feedback"),
 }
 
 # Index name -> the definition Postgres reports (after "ON public.").
@@ -80,6 +81,16 @@ EXPECTED_INDEXES = {
         False,
     ),
     "uq_channel_configs_channel_type": ("channel_configs USING btree (channel_type)", True),
+    "uq_experiments_one_running_per_scope": (
+        "experiments USING btree (scope) WHERE (stopped_at IS NULL)",
+        True,
+    ),
+    "pk_experiment_assignments": (
+        "experiment_assignments USING btree (experiment, user_id)",
+        True,
+    ),
+    "pk_feedback": ("feedback USING btree (message_id, user_id)", True),
+    "ix_feedback_user_id": ("feedback USING btree (user_id)", False),
 }
 
 
@@ -228,7 +239,7 @@ async def test_models_and_migrations_build_the_same_schema(
     for part in ("columns", "constraints", "indexes"):
         assert from_migrations[part] == from_models[part], part
     checks = {c[1] for c in from_migrations["constraints"] if c[2] == "c"}
-    assert checks == {"ck_messages_role"}
+    assert checks == {"ck_messages_role", "ck_feedback_rating"}
 
 
 async def test_upgrade_to_head_from_four_engines_at_once(
