@@ -319,6 +319,7 @@ class ConversationQueries:
                 user_id=user.id,
                 conversation_id=conversation.id,
                 model=conversation.model_override or preferred,
+                pinned=bool(conversation.model_override),
             )
 
         return await self._database.transaction(work)
@@ -437,13 +438,17 @@ class ConversationQueries:
             # A reset racing ours may have opened one first: then both end up in it.
             conversation = await self._open_or_find_active(connection, params, shared)
             if shared:
-                return SessionState(user_id, conversation.id, conversation.model_override)
+                override = conversation.model_override
+                return SessionState(user_id, conversation.id, override, pinned=bool(override))
             preferred = (
                 await connection.execute(
                     text("SELECT preferred_model FROM users WHERE id = :user_id"), params
                 )
             ).scalar_one()
-            return SessionState(user_id, conversation.id, conversation.model_override or preferred)
+            override = conversation.model_override
+            return SessionState(
+                user_id, conversation.id, override or preferred, pinned=bool(override)
+            )
 
         return await self._database.transaction(work)
 
@@ -475,7 +480,9 @@ class ConversationQueries:
 
         async def work(connection: AsyncConnection) -> SessionState:
             await connection.execute(_SET_MODEL_OVERRIDE, params)
-            return SessionState(session.user_id, session.conversation_id, model)
+            return SessionState(
+                session.user_id, session.conversation_id, model, pinned=model is not None
+            )
 
         return await self._database.transaction(work)
 
@@ -491,7 +498,9 @@ class ConversationQueries:
                     _MODEL_OVERRIDE, {"conversation_id": session.conversation_id}
                 )
             ).scalar_one_or_none()
-            return SessionState(session.user_id, session.conversation_id, override or model)
+            return SessionState(
+                session.user_id, session.conversation_id, override or model, bool(override)
+            )
 
         return await self._database.transaction(work)
 
