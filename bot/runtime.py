@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cache.admin import CacheAdmin
 from bot.cache.chat_configs import ChatConfigCache
+from bot.cache.experiments import ExperimentCache
 from bot.cache.deployment import NOT_A_CLUSTER, deployment_problem
 from bot.cache.flags import FlagCache
 from bot.cache.guard import RedisErrorKind, RedisFault, RedisGuard
@@ -31,6 +32,7 @@ from bot.channels import names
 from bot.chat_configs import ChatConfigs
 from bot.config import Settings
 from bot.errors import ConfigError, InfrastructureError, MigrationError, StoreError
+from bot.experiments import RunningExperiments
 from bot.flags import FeatureFlags
 from bot.flagset import FlagSource
 from bot.logs import maskable, redact
@@ -81,7 +83,8 @@ def build_service(
     """The service wired to the given engine and Redis client (tests use this too).
 
     Without `flags`, the service gets FeatureFlags of its own, empty until started
-    (`await service.flags.start()`; open_runtime does it).
+    (`await service.flags.start()`; open_runtime does it). So with the experiments it
+    runs (`await service.experiments.start()`, or `.load()` once).
     """
     guard = RedisGuard(settings.redis_op_timeout_seconds, settings.redis_breaker_cooldown_seconds)
     # Connections pooled before an outage may be dead (a restarted Redis): once the probe
@@ -99,7 +102,10 @@ def build_service(
         responder = TimedResponder(responder, metrics.responder_latency)
     chat_cache = ChatConfigCache(redis, keys, guard)
     chats = ChatConfigs(chat_cache, store.chat_configs, settings.channel_config_ttl_seconds)
-    service = ConversationService(settings, store, cache, responder, chats, flags)
+    experiments = RunningExperiments(
+        ExperimentCache(redis, keys, guard), store.experiments, settings.flags_refresh_seconds
+    )
+    service = ConversationService(settings, store, cache, responder, chats, flags, experiments)
     if metrics is not None:
         metrics.export_tallies(lambda: service.stats)
         metrics.export_circuit(lambda: guard.is_open)
@@ -138,6 +144,8 @@ async def open_runtime(
                 await require_current_schema(engine)
             if schema is not Schema.LEAVE and isinstance(service.flags, FeatureFlags):
                 await service.flags.start()  # the table exists now
+            if schema is not Schema.LEAVE and isinstance(service.experiments, RunningExperiments):
+                await service.experiments.start()
             await service.chats.start()
             streams = StreamLedger(redis, keys_for(settings), settings.stream_orphan_seconds)
             yield Runtime(
@@ -155,6 +163,8 @@ async def open_runtime(
             await service.chats.stop()
             if isinstance(service.flags, FeatureFlags):
                 await service.flags.stop()
+            if isinstance(service.experiments, RunningExperiments):
+                await service.experiments.stop()
             await service.responder.aclose()
             await redis.aclose()
             await engine.dispose()

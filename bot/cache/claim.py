@@ -258,6 +258,8 @@ class Claims:
         author = encode_author(session) if shared and session else None
         config = encode_channel(refresh.channel) if refresh.channel else None
         delivered = tuple(self.delivered.take())
+        assignment = refresh.assignment
+        ab_test = keys.ab_test(assignment.experiment) if assignment else None
         call = scripts.Finish(
             session_key=turn.session,
             author_key=turn.author,
@@ -265,6 +267,7 @@ class Claims:
             lock_key=turn.lock,
             event_key=self.event_key(message),
             channel_config_key=None if cluster else keys.channel_config(message.channel),
+            ab_test_key=None if cluster else ab_test,
             token=token,
             session_ttl=keys.session_ttl,
             context_ttl=keys.context_ttl,
@@ -278,6 +281,8 @@ class Claims:
             if session
             else None,
             author=author,
+            ab_test_field=keys.ab_test_field(assignment.user_id) if assignment else "",
+            variant=assignment.variant if assignment else "",
             now=time.time(),
             delivered=() if cluster else delivered,
             context=tuple(encode_context(m) for m in refresh.context),
@@ -288,7 +293,7 @@ class Claims:
 
         async def fill(pipe: Pipeline) -> None:
             await self._finish(call, pipe)
-            self.beside.after_finish(pipe, message.channel, config, delivered)
+            self.beside.after_finish(pipe, message.channel, config, delivered, assignment)
 
         await self.guard.run(lambda: self.pipelines.run(fill))
 

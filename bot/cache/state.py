@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from bot.domain import ChannelSettings, ContextMessage, RecentContext, SessionState
+from bot.experimentset import Assignment
 
 
 class BeginStatus(StrEnum):
@@ -55,3 +56,4 @@ class Refresh:
     context_update: ContextUpdate = ContextUpdate.KEEP
     last_message_id: uuid.UUID | None = None  # the list's fence, when it is written
     channel: ChannelSettings | None = None  # set when it was loaded from Postgres
+    assignment: Assignment | None = None  # the writer's variant, for `ab_test:{experiment}`
