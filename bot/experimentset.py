@@ -131,9 +131,7 @@ def parse_variant(text: str) -> Variant:
     return Variant(name, model, int(share))
 
 
-def check_experiment(
-    name: str, variants: Sequence[Variant], allowed_models: Sequence[str]
-) -> None:
+def check_experiment(name: str, variants: Sequence[Variant], allowed_models: Sequence[str]) -> None:
     """ExperimentError, in one line, unless the experiment can be created as given."""
     if not NAME.fullmatch(name):
         raise ExperimentError(

@@ -22,8 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cache.admin import CacheAdmin
 from bot.cache.chat_configs import ChatConfigCache
-from bot.cache.experiments import ExperimentCache
 from bot.cache.deployment import NOT_A_CLUSTER, deployment_problem
+from bot.cache.experiments import ExperimentCache
 from bot.cache.flags import FlagCache
 from bot.cache.guard import RedisErrorKind, RedisFault, RedisGuard
 from bot.cache.hotstate import HotStateCache
