@@ -115,7 +115,8 @@ def register_cache(cache: Subparsers) -> None:
         "Delete keys of this deployment only (its REDIS_KEY_PREFIX). --user: the user's "
         "session, rate counter and the context of each of their conversations; "
         "--conversation: its context; --all: every cached key (sessions, contexts, channel "
-        "configs, feature-flag hashes, active sets; SCAN, in batches of CACHE_BATCH_SIZE), "
+        "configs, feature-flag hashes, active sets, ab_test records; SCAN, in batches of "
+        "CACHE_BATCH_SIZE), "
         "keeping rate counters, dedup markers, the stats counters and locks.",
         "bot.ops.manage_cache:_flush",
         "bot.ops.manage_cache:_check_flush",
