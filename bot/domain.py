@@ -294,11 +294,22 @@ class SessionState:
     user_id: uuid.UUID
     conversation_id: uuid.UUID
     model: str | None  # conversation override, else the user's preference, else None
+    # `model` is the conversation's override (/model in a group or thread, or a pinned
+    # conversation), which an experiment's variant does not beat; else a preference.
+    pinned: bool = False
 
 
-def resolve_model(session: SessionState, channel: ChannelSettings, default_model: str) -> str:
-    """Conversation override > user preference > channel default > DEFAULT_MODEL."""
-    return session.model or channel.default_model or default_model
+def resolve_model(
+    session: SessionState,
+    channel: ChannelSettings,
+    default_model: str,
+    variant_model: str | None = None,
+) -> str:
+    """Conversation override > experiment variant > user preference > channel default >
+    DEFAULT_MODEL."""
+    if session.pinned and session.model:
+        return session.model
+    return variant_model or session.model or channel.default_model or default_model
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,9 @@ retry-after, a SQLSTATE) and never a secret or a server's quote of the data:
     ├── InvalidInput             a user's message cannot be handled; the text says why
     ├── OperatorError            an operator's command cannot be carried out (bot ops)
     │   ├── BadInput             an argument is not valid (exit code 2)
-    │   │   └── FlagError        a feature flag's name or value is not valid
+    │   │   ├── FlagError        a feature flag's name or value is not valid
+    │   │   └── ExperimentError  an experiment's name, variants or shares are not valid
+    │   ├── ExperimentConflict   an experiment's name is taken, or its scope has one running
     │   ├── NotFound             what the command names does not exist (exit code 1)
     │   └── NotConfirmed         the operator answered no to a deletion (exit code 1)
     ├── StoreError               Postgres did not do the work; none of it was written
@@ -86,6 +88,15 @@ class BadInput(OperatorError):
 
 class FlagError(BadInput):
     """A flag name or value an operator gave is not valid."""
+
+
+class ExperimentError(BadInput):
+    """An experiment an operator described is not valid (its name, variants, shares)."""
+
+
+class ExperimentConflict(OperatorError):
+    """An experiment cannot be created or stopped as asked: its name is taken, another
+    runs in its scope, or it is stopped already."""
 
 
 class NotFound(OperatorError):

@@ -26,6 +26,7 @@ from bot.cache.admin import CacheAdmin
 from bot.cache.blocklist import BlocklistCache
 from bot.cache.chat_configs import ChatConfigCache
 from bot.cache.deployment import NOT_A_CLUSTER, deployment_problem
+from bot.cache.experiments import ExperimentCache
 from bot.cache.flags import FlagCache
 from bot.cache.guard import RedisErrorKind, RedisFault, RedisGuard
 from bot.cache.hotstate import HotStateCache
@@ -34,6 +35,7 @@ from bot.channels import names
 from bot.chat_configs import ChatConfigs
 from bot.config import Settings
 from bot.errors import ConfigError, InfrastructureError, MigrationError, StoreError
+from bot.experiments import RunningExperiments
 from bot.flags import FeatureFlags
 from bot.flagset import FlagSource
 from bot.logs import maskable, redact
@@ -85,7 +87,8 @@ def build_service(
     """The service wired to the given engine and Redis client (tests use this too).
 
     Without `flags` (`blocklist`), the service gets FeatureFlags (BlockedUsers) of its
-    own, empty until started (`await service.flags.start()`; open_runtime does it).
+    own, empty until started (`await service.flags.start()`; open_runtime does it). So
+    with the experiments it runs (`await service.experiments.start()`, or `.load()`).
     """
     guard = RedisGuard(settings.redis_op_timeout_seconds, settings.redis_breaker_cooldown_seconds)
     # Connections pooled before an outage may be dead (a restarted Redis): once the probe
@@ -107,8 +110,11 @@ def build_service(
     chat_cache = ChatConfigCache(redis, keys, guard)
     chats = ChatConfigs(chat_cache, store.chat_configs, settings.channel_config_ttl_seconds)
     moderator = build_moderator(settings)
+    experiments = RunningExperiments(
+        ExperimentCache(redis, keys, guard), store.experiments, settings.flags_refresh_seconds
+    )
     service = ConversationService(
-        settings, store, cache, responder, chats, flags, blocklist, moderator
+        settings, store, cache, responder, chats, flags, blocklist, moderator, experiments
     )
     if metrics is not None:
         metrics.export_tallies(lambda: service.stats)
@@ -151,6 +157,8 @@ async def open_runtime(
                 await service.flags.start()  # the table exists now
             if schema is not Schema.LEAVE and isinstance(service.blocklist, BlockedUsers):
                 await service.blocklist.start()
+            if schema is not Schema.LEAVE and isinstance(service.experiments, RunningExperiments):
+                await service.experiments.start()
             await service.chats.start()
             streams = StreamLedger(redis, keys_for(settings), settings.stream_orphan_seconds)
             yield Runtime(
@@ -170,6 +178,8 @@ async def open_runtime(
                 await service.flags.stop()
             if isinstance(service.blocklist, BlockedUsers):
                 await service.blocklist.stop()
+            if isinstance(service.experiments, RunningExperiments):
+                await service.experiments.stop()
             await service.responder.aclose()
             if service.moderator is not None:
                 await service.moderator.aclose()

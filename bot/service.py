@@ -10,8 +10,8 @@ then told to the user, with nothing half-written.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -57,6 +57,7 @@ from bot.errors import (
     StoreUnavailable,
     TurnConflict,
 )
+from bot.experimentset import Assignment, ExperimentSource, StaticExperiments
 from bot.feedback import Feedback
 from bot.flagset import MAINTENANCE, REPLIES_DISABLED, FlagSource, StaticFlags
 from bot.inbox import Inbox
@@ -114,6 +115,7 @@ class Turn:
     loaded_context: RecentContext | None = None  # read with the session from Postgres
     on_text: TextSink | None = None  # the adapter shows the reply as it is written
     receipt: Receipt | None = None  # kept in the inbox: a failed reply may be deferred
+    assignment: Assignment | None = None  # the writer's variant, if an experiment decides
 
     @property
     def author(self) -> str | None:
@@ -142,6 +144,7 @@ class ConversationService:
         flags: FlagSource | None = None,
         blocklist: BlockSource | None = None,
         moderator: Moderator | None = None,
+        experiments: ExperimentSource | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.settings = settings
@@ -153,6 +156,7 @@ class ConversationService:
         self.flags = flags or StaticFlags()  # held in memory: no round trip per message
         self.blocklist = blocklist or StaticBlocklist()  # the same
         self.moderator = moderator  # None: MODERATION=off
+        self.experiments = experiments or StaticExperiments()  # in memory, like the flags
         self.stats: Counter[Tally] = Counter()
         # LLM tokens of the stored replies by (model, "prompt" | "completion"): /metrics
         self.tokens: Counter[tuple[str, str]] = Counter()
@@ -452,6 +456,7 @@ class ConversationService:
             chat_settings=self.chats,
             may_configure=partial(self._may_configure, turn.message),
             options=self._command_options,
+            variant_model=_model_of(self._assignment(turn)),
         )
         result = await commands.run(command, context)
         refresh = turn.refresh
@@ -598,16 +603,20 @@ class ConversationService:
                 turn.session.conversation_id, self.settings.context_messages
             )
         context = _without_itself(turn, recent.messages)
-        model = resolve_model(turn.session, turn.channel, self.settings.default_model)
+        turn.assignment = self._assignment(turn)
+        model = resolve_model(
+            turn.session, turn.channel, self.settings.default_model, _model_of(turn.assignment)
+        )
         if turn.on_text is not None:
             return await self._streamed(turn, cached, recent, model, retried=retried)
         received = datetime.now(UTC)
+        started = time.monotonic()
         result, moderated = await self._checked_reply(
             turn, await self._respond(turn, model, context)
         )
-        rows = self._rows(turn, recent, received, result)
+        rows = self._rows(turn, recent, received, result, latency_ms=_since(started))
         if moderated is not None:  # the refusal is stored, marked: never the flagged text
-            rows = replace(rows, reply_metadata=json.dumps({"moderated": moderated}))
+            rows = replace(rows, moderated=moderated)
         stored = await self._saved(rows, retried)
         if stored is None:
             return await self._recover_stale(turn)
@@ -644,7 +653,7 @@ class ConversationService:
         spent = QuotaUse(_sum(result.completion_tokens), {})
         refresh = replace(turn.refresh, context_update=ContextUpdate.REPLACE, quota=spent)
         self.stats[Tally.EXCHANGE] += 1
-        reply_id = await self._store_reply(turn, stored, result, result.text, reply_ts, None)
+        reply_id = await self._store_reply(turn, stored, result, result.text, reply_ts, None, None)
         if reply_id is None:
             return Reply(None, ReplyKind.DUPLICATE), refresh  # another handling answered
         conversation = turn.session.conversation_id
@@ -689,13 +698,17 @@ class ConversationService:
         relay = Relay(turn.on_text, turn.message.channel)
         reply_id, spent = None, 0 if stored.duplicate else _sum(rows.user_tokens)
         try:
+            started = time.monotonic()
             result, cut = await self._stream(
                 turn, model, _without_itself(turn, recent.messages), relay
             )
+            latency = _since(started)
             text = result.text if result is not None else relay.text
             reply_ts = max(datetime.now(UTC), rows.user_ts + timedelta(microseconds=1))
             if text:
-                reply_id = await self._store_reply(turn, stored, result, text, reply_ts, cut)
+                reply_id = await self._store_reply(
+                    turn, stored, result, text, reply_ts, cut, latency
+                )
                 spent += _sum(_reply_tokens(result, text)) if reply_id else 0
         finally:
             await holding.end(reply_stored=reply_id is not None)
@@ -730,6 +743,7 @@ class ConversationService:
             context=new if cached else [*new, *recent.messages],
             context_update=ContextUpdate.APPEND if cached else ContextUpdate.REPLACE,
             last_message_id=reply_id if reply is not None else rows.user_message_id,
+            assignment=turn.assignment,
         )
 
     def _streamed_reply(
@@ -783,6 +797,7 @@ class ConversationService:
         text: str,
         reply_ts: datetime,
         cut: Interruption | None,
+        latency_ms: int | None,
     ) -> uuid.UUID | None:
         """Store the streamed reply; its id, or None if it could not be stored in order."""
         row = ReplyRow(
@@ -795,6 +810,8 @@ class ConversationService:
             tokens=_reply_tokens(result, text),
             model_used=result.model_used if result else None,
             interrupted=cut,
+            assignment=turn.assignment,
+            latency_ms=latency_ms,
         )
         if await self.store.conversations.save_reply(row):
             prompt = result.prompt_tokens if result else None  # None: the stream broke off
@@ -866,6 +883,7 @@ class ConversationService:
         user_ts: datetime,
         result: ResponderResult | None,
         hold_seconds: float | None = None,
+        latency_ms: int | None = None,
     ) -> ExchangeRows:
         # After the context's newest message, whatever this worker's clock says, and the
         # reply after the user's message: the stored order is the order of the turns.
@@ -889,6 +907,8 @@ class ConversationService:
             seen=recent.last_id,
             hold_seconds=hold_seconds,
             session_model=turn.session.model,
+            assignment=turn.assignment,
+            latency_ms=latency_ms if result else None,
         )
 
     def allow_admins(self, channel: str, check: AdminCheck) -> None:
@@ -932,6 +952,22 @@ class ConversationService:
 
     def _count(self, read: CacheRead, hit: bool) -> None:
         self.stats[read.tally(hit)] += 1
+
+    def _assignment(self, turn: Turn) -> Assignment | None:
+        """The writer's variant of the experiment running for the channel, unless the
+        conversation's own model override decides (model resolution: bot/domain.py)."""
+        if turn.session.pinned and turn.session.model:
+            return None
+        return self.experiments.current.assign(turn.message.channel, turn.session.user_id)
+
+
+def _model_of(assignment: Assignment | None) -> str | None:
+    return assignment.model if assignment is not None else None
+
+
+def _since(started: float) -> int:
+    """Milliseconds since `started` (time.monotonic())."""
+    return round((time.monotonic() - started) * 1000)
 
 
 def _reply_tokens(result: ResponderResult | None, text: str) -> int | None:

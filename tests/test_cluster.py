@@ -18,6 +18,7 @@ from bot.cache.keys import Keys
 from bot.config import Settings
 from bot.domain import ChatKind, IncomingMessage, ReplyKind
 from bot.errors import ConfigError
+from bot.experimentset import ExperimentSet, StaticExperiments, Variant
 from bot.runtime import check_redis
 from bot.service import ConversationService
 from bot.stores import create_redis, keys_for
@@ -28,6 +29,8 @@ from tests.support import (
     assert_in_order,
     conversation_of,
     echo,
+    execute,
+    fetch,
     handled,
     msg,
     new_user,
@@ -157,3 +160,29 @@ async def test_quotas_are_counted_beside_the_scripts_on_a_cluster(
     assert kinds[0] is ReplyKind.ANSWER and kinds[-1] is ReplyKind.OVER_QUOTA
     assert service.stats[Tally.QUOTA_REBUILT] == 1  # read from Postgres once, then counted
     assert service.stats[Tally.CACHE_UNAVAILABLE] == 0 and not service.cache.guard.faults
+
+
+async def test_an_experiments_variant_is_recorded_beside_finish_on_a_cluster(
+    make_service: ServiceFactory, cluster: RedisCluster, engine: AsyncEngine
+) -> None:
+    service = await on_cluster(make_service, cluster)
+    name, variants = (
+        f"exp-{uuid.uuid4().hex[:8]}",
+        (Variant("a", "m-a", 50), Variant("b", "m-b", 50)),
+    )
+    experiment = await service.store.experiments.create(name, variants, f"t{uuid.uuid4().hex[:6]}")
+    service.experiments = StaticExperiments(ExperimentSet({}, {"telegram": experiment}))
+    try:
+        user = new_user()
+        reply = await handled(service, msg(user, "hi", f"{user}-1", channel="telegram"))
+        (row,) = await fetch(
+            engine, "SELECT user_id, variant FROM experiment_assignments WHERE experiment = :n",
+            n=name,
+        )  # fmt: skip
+        keys = service.cache.keys
+        recorded = await service.cache.redis.hgetall(keys.ab_test(name))  # its own slot
+        assert recorded == {keys.ab_test_field(row.user_id).encode(): row.variant.encode()}
+        assert reply.model == f"m-{row.variant}"
+        assert service.stats[Tally.CACHE_UNAVAILABLE] == 0 and not service.cache.guard.faults
+    finally:
+        await execute(engine, "DELETE FROM experiments WHERE name = :n", n=name)

@@ -49,7 +49,8 @@ async def test_exchange_is_stored_and_cached(
     session = await redis.hgetall(keys.session("console", user))
     assert session[b"conversation_id"].decode() == str(reply.conversation_id)
     assert set(session) == {
-        *(b"user_id", b"conversation_id", b"model", b"last_activity", b"last_message_id")
+        *(b"user_id", b"conversation_id", b"model", b"pinned", b"last_activity"),
+        b"last_message_id",
     }
     newest = await fetch(
         engine, "SELECT id FROM messages WHERE conversation_id = :c AND role = 'assistant'",

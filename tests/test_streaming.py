@@ -105,7 +105,7 @@ async def test_the_pieces_are_shown_in_order_after_the_users_message_is_stored(
         ("user", "tell me a story"),
         ("assistant", "Once upon a time."),
     ]
-    assert rows[1].reply_to == rows[0].id and rows[1].metadata == {}
+    assert rows[1].reply_to == rows[0].id and set(rows[1].metadata) == {"latency_ms"}
     assert service.stats["streamed"] == 1
 
 
@@ -140,6 +140,7 @@ async def test_a_stream_that_breaks_off_is_stored_and_shown_as_interrupted(
     assert reply.text == f"Once upon \n\n{INTERRUPTED_NOTE}"
     rows = await stored(engine, user)
     assert [(r.role, r.content) for r in rows] == [("user", "go on"), ("assistant", "Once upon ")]
+    assert rows[1].metadata.pop("latency_ms") >= 0  # the responder's time to the cut
     assert rows[1].metadata == {"status": "interrupted", "reason": "responder"}
     assert service.stats["interrupted"] == 1
 
@@ -196,6 +197,7 @@ async def test_streams_running_at_shutdown_are_cut_off_within_the_grace_period(
     assert reply.text.startswith("Once upon a ") and reply.text.endswith(INTERRUPTED_NOTE)
     rows = await stored(engine, user)
     assert rows[-1].content == "Once upon a "
+    assert rows[-1].metadata.pop("latency_ms") >= 0
     assert rows[-1].metadata == {"status": "interrupted", "reason": "shutdown"}
 
 

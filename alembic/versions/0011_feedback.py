@@ -9,7 +9,7 @@
 Downgrade drops the table: the ratings go with it.
 
 Revision ID: 0011
-Revises: 0008
+Revises: 0010
 Create Date: 2026-12-20
 """
 

@@ -42,7 +42,7 @@ SCAN_BATCH = 1000  # keys a SCAN call looks at, when looking for one
 # deleted: they order messages in flight and expire within LOCK_TTL_SECONDS.
 CACHE_KINDS = (
     *(kinds.SESSION, kinds.CONTEXT, kinds.CHANNEL_CONFIG, kinds.CHAT_CONFIG),
-    *(kinds.FEATURES, kinds.BLOCKED, kinds.ACTIVE),
+    *(kinds.FEATURES, kinds.BLOCKED, kinds.ACTIVE, kinds.AB_TEST),
 )
 STATE_KINDS = (kinds.RATE, kinds.DEDUP, kinds.STATS)
 

@@ -9,7 +9,8 @@ all at once: the message still waits for one round trip.
 Beside BEGIN (its first try only, not while polling a held lock): count the writer's
 rate, mark them active, read the channel config and the quota counters. Beside FINISH:
 cache a channel config read from Postgres, mark the events delivered since the last
-call done, and count the exchange's tokens on the quota counters.
+call done, count the exchange's tokens on the quota counters, and record the writer's
+variant of an experiment (`ab_test:{experiment}`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from bot.cache.keys import RATE_WINDOW_SECONDS, Keys
 from bot.cache.lua import BoundScript
 from bot.cache.state import RateCount
 from bot.domain import ChannelSettings, IncomingMessage
+from bot.experimentset import Assignment
 from bot.quotas import Counter, Spent
 
 
@@ -80,10 +82,19 @@ class Beside:
         return PlatformReads(RateCount(int(count), int(ttl)), channel, Spent.read(counters, spent))
 
     def after_finish(
-        self, pipe: Pipeline, channel: str, config: str | None, delivered: Sequence[str]
+        self,
+        pipe: Pipeline,
+        channel: str,
+        config: str | None,
+        delivered: Sequence[str],
+        assignment: Assignment | None = None,
     ) -> None:
-        """Queue the writes of FINISH's platform keys and other events."""
+        """Queue the writes of FINISH's platform keys, other events and the writer's
+        variant of an experiment."""
         keys = self.keys
+        if assignment is not None:
+            field = keys.ab_test_field(assignment.user_id)
+            pipe.hset(keys.ab_test(assignment.experiment), field, assignment.variant)
         if config is not None:
             pipe.set(keys.channel_config(channel), config, ex=keys.channel_config_ttl)
         for key in delivered:

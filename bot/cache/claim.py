@@ -277,6 +277,8 @@ class Claims:
         config = encode_channel(refresh.channel) if refresh.channel else None
         delivered = tuple(self.delivered.take())
         quota = self._quota_counts(message, refresh.quota, now)
+        assignment = refresh.assignment
+        ab_test = keys.ab_test(assignment.experiment) if assignment else None
         call = scripts.Finish(
             session_key=turn.session,
             author_key=turn.author,
@@ -284,6 +286,7 @@ class Claims:
             lock_key=turn.lock,
             event_key=self.event_key(message),
             channel_config_key=None if cluster else keys.channel_config(message.channel),
+            ab_test_key=None if cluster else ab_test,
             token=token,
             session_ttl=keys.session_ttl,
             context_ttl=keys.context_ttl,
@@ -297,6 +300,8 @@ class Claims:
             if session
             else None,
             author=author,
+            ab_test_field=keys.ab_test_field(assignment.user_id) if assignment else "",
+            variant=assignment.variant if assignment else "",
             now=time.time(),
             quota_tokens=refresh.quota.tokens if refresh.quota else 0,
             quota=() if cluster else tuple(item for count in quota for item in count),
@@ -309,7 +314,7 @@ class Claims:
 
         async def fill(pipe: Pipeline) -> None:
             await self._finish(call, pipe)
-            self.beside.after_finish(pipe, message.channel, config, delivered)
+            self.beside.after_finish(pipe, message.channel, config, delivered, assignment)
             await self.beside.count_quota(pipe, quota, call.quota_tokens)
 
         await self.guard.run(lambda: self.pipelines.run(fill))

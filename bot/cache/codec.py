@@ -14,6 +14,7 @@ from enum import Enum
 from bot.domain import ChannelSettings, ContextMessage, RecentContext, SessionState
 
 FENCE_FIELD = "last_message_id"  # of the session hash: the cached context's fence
+PINNED_FIELD = "pinned"  # of the session hash: '1' if `model` is the conversation's override
 
 
 class Fence(Enum):
@@ -68,6 +69,10 @@ def decode_session(flat: Sequence[bytes | str]) -> SessionState | None:
             user_id=uuid.UUID(fields["user_id"]),
             conversation_id=uuid.UUID(fields["conversation_id"]),
             model=fields.get("model") or None,
+            # Missing in a hash written by a version without it: a miss, so that the
+            # session is read again from Postgres (an experiment's variant beats a
+            # preference, not an override: the two must be told apart).
+            pinned={"1": True, "0": False}[fields[PINNED_FIELD]],
         )
     except (KeyError, ValueError):
         return None  # absent or unreadable: rebuild from Postgres
@@ -102,6 +107,7 @@ def encode_session(
     fields = {
         "conversation_id": str(session.conversation_id),
         "model": session.model or "",
+        PINNED_FIELD: "1" if session.pinned else "0",
         "last_activity": f"{when:.3f}",
     }
     if fence is not Fence.KEEP:

@@ -45,9 +45,11 @@ STATS = "stats"
 STREAM = "stream"
 HEALTH = "health"
 QUOTA = "quota"
+AB_TEST = "ab_test"
+EXPERIMENTS = "experiments"
 ALL_KINDS = frozenset(
     {SESSION, RATE, ACTIVE, CONTEXT, CHANNEL_CONFIG, CHAT_CONFIG, FEATURES, DEDUP, LOCK, STATS}
-    | {STREAM, HEALTH, QUOTA, BLOCKED}
+    | {STREAM, HEALTH, QUOTA, BLOCKED, AB_TEST}
 )
 QUOTA_GRACE_SECONDS = 86_400  # a counter outlives its period by this (clocks differ)
 STREAM_RECORD_TTL = 86_400  # a stream left on screen longer than a day is left alone
@@ -183,6 +185,22 @@ class Keys:
     def blocklist_invalidation_channel(self) -> str:
         """The pub/sub channel on which ops announce a change of the blocklist."""
         return f"{self.prefix}{BLOCKED}:invalidate"
+
+    def ab_test(self, experiment: str) -> str:
+        """An experiment's assignments, as the reference design keeps them: a hash of
+        `user:{user_id}` -> variant, written with each exchange in it (beside FINISH on
+        a cluster: its own slot). No TTL: it is the experiment's record, as long as the
+        experiment is kept (Postgres holds the same in experiment_assignments)."""
+        return self._key(AB_TEST, experiment)
+
+    @staticmethod
+    def ab_test_field(user_id: uuid.UUID) -> str:
+        return f"user:{user_id}"
+
+    def experiments_invalidation_channel(self) -> str:
+        """The pub/sub channel on which ops announce that an experiment was created or
+        stopped: every worker reloads the running ones."""
+        return f"{self.prefix}{EXPERIMENTS}:invalidate"
 
     def kind_of(self, key: str) -> str:
         """The kind of a key of this deployment (session, rate, …): for ops counts."""

@@ -179,7 +179,8 @@ return 1
 class Finish:
     """After the Postgres commit: write back session, context and channel config, mark
     the event 'answered' and the events this worker delivered since its last call
-    'done' (bot/cache/delivery.py), and release the lock. Returns 1."""
+    'done' (bot/cache/delivery.py), record the writer's variant of an experiment
+    (`ab_test:{experiment}`), and release the lock. Returns 1."""
 
     session_key: str
     author_key: str  # the writer's own session (the same as session_key unless shared)
@@ -187,6 +188,8 @@ class Finish:
     lock_key: str
     event_key: str
     channel_config_key: str | None  # None on a cluster: written beside the script
+    # The experiment the exchange was in (None: none, or on a cluster: written beside).
+    ab_test_key: str | None
     token: str
     session_ttl: int
     context_ttl: int
@@ -198,6 +201,8 @@ class Finish:
     channel_config_ttl: int
     session: str | None  # the session hash's fields as JSON (bot/cache/codec.py)
     author: str | None  # shared: the writer's fields for their own session, as JSON
+    ab_test_field: str  # `user:{user_id}` in the experiment's hash
+    variant: str  # the writer's variant in it
     now: float
     quota_tokens: int  # the exchange's, counted by each quota counter
     # (counter key, its count rebuilt from Postgres or '', when it expires) for each
@@ -237,6 +242,8 @@ end
 if channel_config and channel_config_key then
   redis.call('SET', channel_config_key, channel_config, 'EX', channel_config_ttl)
 end
+-- Experiments: the writer's variant, as the reference design records it.
+if ab_test_key then redis.call('HSET', ab_test_key, ab_test_field, variant) end
 if redis.call('GET', lock_key) == token then redis.call('DEL', lock_key) end
 return 1
 """

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from bot.domain import ChannelSettings, ContextMessage, RecentContext, SessionState
+from bot.experimentset import Assignment
 from bot.quotas import Counter, Spent
 
 
@@ -57,6 +58,7 @@ class Refresh:
     context_update: ContextUpdate = ContextUpdate.KEEP
     last_message_id: uuid.UUID | None = None  # the list's fence, when it is written
     channel: ChannelSettings | None = None  # set when it was loaded from Postgres
+    assignment: Assignment | None = None  # the writer's variant, for `ab_test:{experiment}`
     quota: QuotaUse | None = None  # tokens the exchange spent, for the quota counters
 
 

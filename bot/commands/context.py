@@ -69,10 +69,16 @@ class CommandContext:
     # in a private chat, unknown whenever the platform cannot be asked.
     may_configure: Callable[[], Awaitable[Permission]]
     options: CommandOptions
+    variant_model: str | None = None  # an experiment's model for the writer, if one runs
 
     @property
     def model(self) -> str:
-        return resolve_model(self.session, self.channel_settings, self.options.default_model)
+        return self.resolved(self.session)
+
+    def resolved(self, session: SessionState) -> str:
+        """The model `session` is answered with here (bot/domain.py, resolve_model)."""
+        options, variant = self.options, self.variant_model
+        return resolve_model(session, self.channel_settings, options.default_model, variant)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from bot.commands.context import Command, CommandContext, CommandResult, refusal
-from bot.domain import ContextMessage, Reply, ReplyKind, resolve_model
+from bot.domain import ContextMessage, Reply, ReplyKind
 
 HELP_TEXT = (
     "Commands:\n"
@@ -57,10 +57,12 @@ async def model(command: Command, context: CommandContext) -> CommandResult:
         return CommandResult(refused)
     else:
         session = await context.conversations.set_model_override(context.session, wanted)
-    chosen = resolve_model(session, context.channel_settings, context.options.default_model)
+    chosen = context.resolved(session)
     text = f"Okay, I'll answer with the model {chosen} from now on."
-    if wanted is not None and chosen != wanted:
+    if wanted is not None and chosen != wanted and session.pinned:
         text = f"Saved {wanted} as your model, but this conversation is pinned to {chosen}."
+    elif wanted is not None and chosen != wanted:
+        text = f"Saved {wanted} as your model, but for now you're trying out {chosen}."
     return CommandResult(Reply(text, ReplyKind.COMMAND, model=chosen), session)
 
 

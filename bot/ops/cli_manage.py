@@ -35,6 +35,9 @@ def register_manage(ops: Subparsers) -> None:
     register_purge(ops)
     register_partitions(ops)
     register_backup(ops)
+    register_experiment(
+        group(ops, "experiment", "A/B model experiments: create, list, show, stop, report")
+    )
 
 
 def _register_flags(flags: Subparsers) -> None:
@@ -112,7 +115,8 @@ def register_cache(cache: Subparsers) -> None:
         "Delete keys of this deployment only (its REDIS_KEY_PREFIX). --user: the user's "
         "session, rate counter and the context of each of their conversations; "
         "--conversation: its context; --all: every cached key (sessions, contexts, channel "
-        "configs, feature-flag hashes, active sets; SCAN, in batches of CACHE_BATCH_SIZE), "
+        "configs, feature-flag hashes, active sets, ab_test records; SCAN, in batches of "
+        "CACHE_BATCH_SIZE), "
         "keeping rate counters, dedup markers, the stats counters and locks.",
         "bot.ops.manage_cache:_flush",
         "bot.ops.manage_cache:_check_flush",
@@ -269,3 +273,65 @@ def _months(value: str) -> int:
     if not value.isdigit() or not 0 <= int(value) <= 120:
         raise argparse.ArgumentTypeError("a number of months from 0 to 120")
     return int(value)
+
+
+def register_experiment(experiments: Subparsers) -> None:
+    create = leaf(
+        experiments,
+        "create",
+        "start an A/B model experiment, globally or for one channel",
+        "Each user of its scope is put in one variant, deterministically (a hash of the "
+        "experiment's name and the user's id into the cumulative shares) and for good; the "
+        "variant's model answers them unless their conversation's own model override does "
+        "(README: model resolution). Shares are whole percentages summing to 100; with "
+        "ALLOWED_MODELS set, only those models. Variants are fixed once created: stop the "
+        "experiment and create another (a new name) to change them. At most one runs per "
+        "scope; a channel's beats the global one there. Workers follow within seconds.",
+        "bot.ops.experiments:create",
+        "bot.ops.experiments:check_create",
+    )
+    create.add_argument("name", metavar="NAME", help="letters, digits and . _ -, at most 64")
+    create.add_argument(
+        "--variant",
+        action="append",
+        required=True,
+        metavar="NAME=MODEL:SHARE",
+        help="a variant, e.g. a=gpt-4o:50; repeated, at least two",
+    )
+    create.add_argument("--channel", type=channel, help="only this channel (default: global)")
+    leaf(
+        experiments,
+        "list",
+        "every experiment, running and stopped",
+        "Every experiment, newest first, with its scope, variants and when it started and stopped.",
+        "bot.ops.experiments:list_",
+    )
+    for name, help_, text, run in (
+        (
+            "show",
+            "one experiment: variants and users assigned",
+            "The experiment's variants with the users assigned to each (Postgres), and "
+            "how many users its ab_test:{experiment} hash in Redis records.",
+            "bot.ops.experiments:show",
+        ),
+        (
+            "stop",
+            "stop an experiment: its users go back to the usual model",
+            "Stop the experiment (for good: its name is not reused, its report stays). "
+            "Workers follow within seconds.",
+            "bot.ops.experiments:stop",
+        ),
+    ):
+        leaf(experiments, name, help_, text, run).add_argument("name", metavar="NAME")
+    report = leaf(
+        experiments,
+        "report",
+        "compare the variants: users, tokens, cost, latency, errors, feedback",
+        "Per variant, from the replies written in it: users assigned, replies, prompt and "
+        "completion tokens and their cost (LLM_PRICES, as bot ops usage), the responder's "
+        "latency p50/p95, errors (messages left without a reply, streamed replies cut "
+        "off), and positive/negative feedback with a 95% Wilson interval of the positive "
+        "share. Reads DATABASE_READ_URL's replica when there is one.",
+        "bot.ops.experiments:report",
+    )
+    report.add_argument("name", metavar="NAME")

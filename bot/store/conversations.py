@@ -22,6 +22,7 @@ from bot.domain import (
     StoredExchange,
 )
 from bot.errors import StaleSession, StoreConflict, StoreFailed, TurnConflict
+from bot.experimentset import Assignment
 from bot.store.database import Database
 from bot.store.turn_start import TurnStart, start_turn
 from bot.store.user_upsert import UPSERT_WRITER_ON_CONFLICT
@@ -121,8 +122,11 @@ _CHANNEL_CONFIG = text(
 # $14 the writer (a shared conversation's; else NULL), $15 the newest message the
 # context held (NULL: none), $16 seconds the turn is held for the streamed reply to
 # come (NULL: the reply is stored now, or never), $17 the session's model (its
-# conversation's override, else its writer's preference; NULL: none), $18 the reply's
-# metadata (JSON text: {"moderated": true} for a refusal stored in place of a reply).
+# conversation's override, else its writer's preference; NULL: none), $18 the user
+# message's metadata and $19 the reply's (JSON text: with {"moderated": …} for a refusal
+# stored in place of a reply), $20 the experiment the writer is
+# in (NULL: none) and $21 their variant, recorded with their message (the first
+# exchange in it records it: ON CONFLICT DO NOTHING), $22 the writer's user id.
 # The fence covers the session's model too: a cached session older than a /model is
 # as stale as a context older than the last message (a Redis restored from an older
 # snapshot), and is caught by this statement, not by a read before it.
@@ -146,16 +150,20 @@ _SAVE_EXCHANGE = """
         RETURNING message_id
     ), user_message AS (
         INSERT INTO messages (id, conversation_id, role, content, timestamp, token_count,
-                              channel_type, platform_message_id, author_id)
-        SELECT $2, id, 'user', $3, $4, $5, $6, $7, $14
+                              channel_type, platform_message_id, author_id, metadata)
+        SELECT $2, id, 'user', $3, $4, $5, $6, $7, $14, $18::jsonb
         FROM fenced WHERE $7::varchar IS NULL OR EXISTS (SELECT 1 FROM event)
         ON CONFLICT DO NOTHING
         RETURNING id
     ), reply AS (
         INSERT INTO messages (id, conversation_id, role, content, timestamp, token_count,
                               channel_type, model_used, reply_to, metadata)
-        SELECT $8, $1, 'assistant', $9, $10, $11, $6, $12, user_message.id, $18::jsonb
+        SELECT $8, $1, 'assistant', $9, $10, $11, $6, $12, user_message.id, $19::jsonb
         FROM user_message WHERE $13
+    ), assigned AS (
+        INSERT INTO experiment_assignments (experiment, user_id, variant)
+        SELECT $20, $22, $21 FROM user_message WHERE $20::varchar IS NOT NULL
+        ON CONFLICT DO NOTHING
     ), reply_claim AS (
         INSERT INTO message_replies (reply_to, reply_id, reply_timestamp)
         SELECT user_message.id, $8, $10 FROM user_message WHERE $13
@@ -269,7 +277,16 @@ class ExchangeRows:
     seen: uuid.UUID | None = None  # the newest message its context held: the fence
     hold_seconds: float | None = None  # streamed: the turn is held this long for the reply
     session_model: str | None = None  # the model its session named: the fence's too
-    reply_metadata: str = "{}"  # JSON of the reply's messages.metadata
+    assignment: Assignment | None = None  # the writer's variant of an experiment
+    latency_ms: int | None = None  # the responder's time to the whole reply
+    moderated: str | None = None  # a refusal stored in place of the reply: why
+
+    def user_metadata(self) -> str:
+        return json.dumps(self.assignment.metadata() if self.assignment else {})
+
+    def reply_metadata(self) -> str:
+        extra = {"moderated": self.moderated} if self.moderated else None
+        return reply_metadata(self.assignment, self.latency_ms, extra)
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,11 +302,26 @@ class ReplyRow:
     tokens: int | None
     model_used: str | None
     interrupted: Interruption | None = None  # cut off: why (messages.metadata says so)
+    assignment: Assignment | None = None  # the writer's variant of an experiment
+    latency_ms: int | None = None  # the responder's time to the whole reply (or the cut)
 
     def metadata(self) -> str:
-        if self.interrupted is None:
-            return "{}"
-        return json.dumps({"status": "interrupted", "reason": self.interrupted.value})
+        cut = self.interrupted
+        status = {"status": "interrupted", "reason": cut.value} if cut is not None else {}
+        return reply_metadata(self.assignment, self.latency_ms, status)
+
+
+def reply_metadata(
+    assignment: Assignment | None, latency_ms: int | None, extra: dict[str, str] | None = None
+) -> str:
+    """A reply's messages.metadata as JSON: the experiment and variant it was written
+    in, the responder's latency (ms), and (a cut-off stream) why it was cut."""
+    found: dict[str, object] = dict(extra or {})
+    if assignment is not None:
+        found.update(assignment.metadata())
+    if latency_ms is not None:
+        found["latency_ms"] = latency_ms
+    return json.dumps(found)
 
 
 class ConversationQueries:
@@ -321,6 +353,7 @@ class ConversationQueries:
                 user_id=user.id,
                 conversation_id=conversation.id,
                 model=conversation.model_override or preferred,
+                pinned=bool(conversation.model_override),
             )
 
         return await self._database.transaction(work)
@@ -439,13 +472,17 @@ class ConversationQueries:
             # A reset racing ours may have opened one first: then both end up in it.
             conversation = await self._open_or_find_active(connection, params, shared)
             if shared:
-                return SessionState(user_id, conversation.id, conversation.model_override)
+                override = conversation.model_override
+                return SessionState(user_id, conversation.id, override, pinned=bool(override))
             preferred = (
                 await connection.execute(
                     text("SELECT preferred_model FROM users WHERE id = :user_id"), params
                 )
             ).scalar_one()
-            return SessionState(user_id, conversation.id, conversation.model_override or preferred)
+            override = conversation.model_override
+            return SessionState(
+                user_id, conversation.id, override or preferred, pinned=bool(override)
+            )
 
         return await self._database.transaction(work)
 
@@ -477,7 +514,9 @@ class ConversationQueries:
 
         async def work(connection: AsyncConnection) -> SessionState:
             await connection.execute(_SET_MODEL_OVERRIDE, params)
-            return SessionState(session.user_id, session.conversation_id, model)
+            return SessionState(
+                session.user_id, session.conversation_id, model, pinned=model is not None
+            )
 
         return await self._database.transaction(work)
 
@@ -493,7 +532,9 @@ class ConversationQueries:
                     _MODEL_OVERRIDE, {"conversation_id": session.conversation_id}
                 )
             ).scalar_one_or_none()
-            return SessionState(session.user_id, session.conversation_id, override or model)
+            return SessionState(
+                session.user_id, session.conversation_id, override or model, bool(override)
+            )
 
         return await self._database.transaction(work)
 
@@ -517,5 +558,9 @@ def _exchange_args(rows: ExchangeRows) -> tuple[Any, ...]:
         rows.seen,
         rows.hold_seconds,
         rows.session_model,
-        rows.reply_metadata,
+        rows.user_metadata(),
+        rows.reply_metadata(),
+        rows.assignment.experiment if rows.assignment else None,
+        rows.assignment.variant if rows.assignment else None,
+        rows.assignment.user_id if rows.assignment else None,
     )

@@ -88,7 +88,8 @@ _COUNT_ACTIVE_SINCE = text(
 _ACTIVE_SINCE = text(
     """
     SELECT c.id AS conversation_id, c.user_id, u.channel_type, u.channel_user_id, c.scope,
-           COALESCE(c.model_override, u.preferred_model) AS model, c.last_activity,
+           COALESCE(c.model_override, u.preferred_model) AS model,
+           c.model_override IS NOT NULL AS pinned, c.last_activity,
            c.last_message_id
     FROM conversations c JOIN users u ON u.id = c.user_id
     WHERE c.is_active AND c.last_activity >= :since AND c.id > :after
@@ -167,7 +168,7 @@ class HousekeepingQueries:
                     row.channel_type,
                     row.channel_user_id,
                     row.scope,
-                    SessionState(row.user_id, row.conversation_id, row.model),
+                    SessionState(row.user_id, row.conversation_id, row.model, row.pinned),
                     row.last_activity,
                     RecentContext(context[row.conversation_id], row.last_message_id),
                 )

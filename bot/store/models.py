@@ -324,6 +324,45 @@ class BlockedUser(Base):
     blocked_at: Mapped[datetime] = _now()
 
 
+class Experiment(Base):
+    """An A/B model experiment (revision 0009): variants [{name, model, share}], fixed
+    once created; scope 'global' or a channel; running while stopped_at is NULL, at
+    most one per scope."""
+
+    __tablename__ = "experiments"
+    __table_args__ = (
+        Index(
+            "uq_experiments_one_running_per_scope",
+            "scope",
+            unique=True,
+            postgresql_where=text("stopped_at IS NULL"),
+        ),
+    )
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    variants: Mapped[Any] = mapped_column(JSONB, nullable=False)
+    scope: Mapped[str] = mapped_column(String(32), nullable=False)
+    created_at: Mapped[datetime] = _now()
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ExperimentAssignment(Base):
+    """The variant a user was assigned in an experiment (revision 0009), written with
+    their first exchange in it: it survives a Redis flush."""
+
+    __tablename__ = "experiment_assignments"
+    __table_args__ = (Index("ix_experiment_assignments_user_id", "user_id"),)
+
+    experiment: Mapped[str] = mapped_column(
+        String(64), ForeignKey("experiments.name", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    variant: Mapped[str] = mapped_column(String(32), nullable=False)
+    assigned_at: Mapped[datetime] = _now()
+
+
 class Feedback(Base):
     """A user's latest rating of a reply (revision 0011): 1 good, -1 bad. message_id is
     the reply's messages.id, with no foreign key (messages is partitioned)."""

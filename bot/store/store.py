@@ -13,6 +13,7 @@ from bot.store.channel_configs import ChannelConfigQueries
 from bot.store.chat_configs import ChatConfigQueries
 from bot.store.conversations import ConversationQueries
 from bot.store.database import Database
+from bot.store.experiments import ExperimentQueries
 from bot.store.feedback import FeedbackQueries
 from bot.store.flags import FlagQueries
 from bot.store.housekeeping import HousekeepingQueries
@@ -38,6 +39,7 @@ class Store:
         self.partitions = PartitionQueries(database)
         self.inbox = InboxQueries(database)
         self.usage = UsageQueries(database)
+        self.experiments = ExperimentQueries(database)
         self.feedback = FeedbackQueries(database)
 
     @classmethod

@@ -83,8 +83,9 @@ async def start_turn(
     if row is None or row["conversation_id"] is None:
         return None
     preferred = None if shared else row["preferred_model"]
+    override = row["model_override"]
     session = SessionState(
-        row["user_id"], row["conversation_id"], row["model_override"] or preferred
+        row["user_id"], row["conversation_id"], override or preferred, pinned=bool(override)
     )
     platform = ChannelSettings(row["channel_model"], _json(row["channel_settings"]) or {})
     items = _json(row["context"]) or []

@@ -27,6 +27,7 @@ class UsageBy(StrEnum):
     CHAT = "chat"
     CHANNEL = "channel"
     MODEL = "model"
+    VARIANT = "variant"  # of an experiment (`bot ops experiment report`)
 
 
 # What each grouping is called in a row: the writer (in a shared conversation, the one
@@ -39,6 +40,7 @@ _KEYS = {
     ),
     UsageBy.CHANNEL: "c.channel_type",
     UsageBy.MODEL: "coalesce(r.model_used, '?')",
+    UsageBy.VARIANT: "coalesce(r.metadata->>'variant', '?')",
 }
 
 _USAGE = """
@@ -52,6 +54,7 @@ JOIN conversations AS c ON c.id = r.conversation_id
 LEFT JOIN messages AS q ON q.id = r.reply_to AND q.timestamp <= r.timestamp
 LEFT JOIN users AS u ON u.id = coalesce(q.author_id, c.user_id)
 WHERE r.role = 'assistant' AND r.timestamp >= :since
+  AND (CAST(:experiment AS text) IS NULL OR r.metadata->>'experiment' = :experiment)
 GROUP BY 1, 2
 ORDER BY 1, 2
 """
@@ -104,11 +107,16 @@ class UsageQueries:
     def __init__(self, database: Database) -> None:
         self._database = database
 
-    async def usage(self, by: UsageBy, since: datetime) -> list[UsageRow]:
+    async def usage(
+        self, by: UsageBy, since: datetime, experiment: str | None = None
+    ) -> list[UsageRow]:
+        """The replies stored since `since` (those of one `experiment`'s variants only,
+        when named), grouped by `by` and model."""
         sql = text(_USAGE.format(key=_KEYS[by]))
+        params = {"since": since, "experiment": experiment}
 
         async def work(connection: AsyncConnection) -> list[UsageRow]:
-            result = await connection.execute(sql, {"since": since})
+            result = await connection.execute(sql, params)
             return [UsageRow(**row._mapping) for row in result]
 
         return await self._database.once(work)

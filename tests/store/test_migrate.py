@@ -32,7 +32,7 @@ from tests.store.conftest import NewDatabase, alembic, execute, query
 TABLES = {
     *("users", "conversations", "messages", "channel_configs", "feature_flags"),
     *("chat_configs", "message_events", "message_replies", "inbox", "blocked_users"),
-    *("feedback", "reply_posts"),
+    *("experiments", "experiment_assignments", "feedback", "reply_posts"),
 }
 
 # Index name -> the definition Postgres reports (after "ON public.").
@@ -81,6 +81,14 @@ EXPECTED_INDEXES = {
         False,
     ),
     "uq_channel_configs_channel_type": ("channel_configs USING btree (channel_type)", True),
+    "uq_experiments_one_running_per_scope": (
+        "experiments USING btree (scope) WHERE (stopped_at IS NULL)",
+        True,
+    ),
+    "pk_experiment_assignments": (
+        "experiment_assignments USING btree (experiment, user_id)",
+        True,
+    ),
     # Feedback (revisions 0011, 0012): a user's latest rating of a reply; a post's reply.
     "pk_feedback": ("feedback USING btree (message_id, user_id)", True),
     "ix_feedback_user_id": ("feedback USING btree (user_id)", False),

@@ -305,6 +305,14 @@ async def test_foreign_keys_cascade_on_delete(engine: AsyncEngine) -> None:
             "FOREIGN KEY (user_id) REFERENCES users(id) ON DELETE CASCADE",
         ),
         (
+            "fk_experiment_assignments_experiment_experiments",
+            "FOREIGN KEY (experiment) REFERENCES experiments(name) ON DELETE CASCADE",
+        ),
+        (
+            "fk_experiment_assignments_user_id_users",
+            "FOREIGN KEY (user_id) REFERENCES users(id) ON DELETE CASCADE",
+        ),
+        (
             "fk_feedback_user_id_users",
             "FOREIGN KEY (user_id) REFERENCES users(id) ON DELETE CASCADE",
         ),
