@@ -95,7 +95,8 @@ async def test_a_flagged_reply_is_replaced_and_never_enters_the_context(
         ("user", "tell me"),
         ("assistant", REFUSED_REPLY_TEXT),
     ]
-    assert rows[1].metadata == {"moderated": "flagged"} and rows[3].metadata == {}
+    assert rows[1].metadata.get("moderated") == "flagged"
+    assert "moderated" not in rows[3].metadata
     second_prompt = json.dumps(llm.requests[1]["messages"])
     assert "forbidden" not in second_prompt and REFUSED_REPLY_TEXT in second_prompt
     assert refusals(metrics, "output") == 1
