@@ -47,7 +47,7 @@ from bot.cache.keys import RATE_WINDOW_SECONDS, Keys
 from bot.cache.lua import ScriptPipelines
 from bot.cache.repair import CacheRepair, Claim
 from bot.cache.state import BeginStatus, ContextUpdate, HotState, RateCount, Refresh
-from bot.domain import IncomingMessage, SessionState
+from bot.domain import ContextMessage, IncomingMessage, SessionState
 from bot.errors import CacheUnavailable, CircuitOpen, LockTimeout
 from bot.local import Backoff, KeyedLocks, Renewal
 
@@ -274,13 +274,15 @@ class Claims:
             event_ttl=keys.dedup_ttl,
             channel_config=None if cluster else config,
             channel_config_ttl=keys.channel_config_ttl,
-            session=encode_session(session, shared=shared, fence=_fence(refresh))
+            session=encode_session(
+                session, shared=shared, fence=_fence(refresh), summary=_summary(refresh)
+            )
             if session
             else None,
             author=author,
             now=time.time(),
             delivered=() if cluster else delivered,
-            context=tuple(encode_context(m) for m in refresh.context),
+            context=tuple(encode_context(m) for m in refresh.context if not m.is_summary),
         )
         if not cluster:
             await self.guard.run(lambda: self._finish(call))
@@ -445,6 +447,14 @@ def _parse_begin(result: list[Any], shared: bool) -> HotState:
         context=decode_cached_context(flat, context) if context else None,
         taken_over=bool(taken_over),
     )
+
+
+def _summary(refresh: Refresh) -> ContextMessage | Fence | None:
+    """The summary to write with the session: the context's, whenever the list is
+    replaced (an appended list keeps its own)."""
+    if refresh.context_update is not ContextUpdate.REPLACE:
+        return Fence.KEEP
+    return next((m for m in refresh.context if m.is_summary), None)
 
 
 def _fence(refresh: Refresh) -> uuid.UUID | Fence | None:

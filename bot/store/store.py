@@ -19,6 +19,7 @@ from bot.store.monitoring import Monitoring
 from bot.store.ops_queries import OpsQueries
 from bot.store.partitions import PartitionQueries
 from bot.store.retry import DatabaseRetry
+from bot.store.summaries import SummaryQueries
 from bot.store.usage import UsageQueries
 
 
@@ -35,6 +36,7 @@ class Store:
         self.partitions = PartitionQueries(database)
         self.inbox = InboxQueries(database)
         self.usage = UsageQueries(database)
+        self.summaries = SummaryQueries(database)
 
     @classmethod
     def on(cls, engine: AsyncEngine, retry: DatabaseRetry) -> Store:
