@@ -28,6 +28,9 @@ class Tally(StrEnum):
     DEFERRED = "deferred"  # the responder failed for now: kept in the inbox, answered later
     QUEUED = "queued"  # behind an older event of its place nobody here answers: put back
     RESUMED = "resumed"  # taken from the inbox after its holder died or it was put back
+    SUMMARISED = "summarised"  # a long conversation's oldest part summarised, in the background
+    SUMMARY_FAILED = "summary_failed"  # a summary could not be made or stored (tried again later)
+    SUMMARY_SKIPPED = "summary_skipped"  # not started: SUMMARY_MAX_TASKS were running
     SESSION_HIT = "session_hit"
     SESSION_MISS = "session_miss"
     CONTEXT_HIT = "context_hit"
