@@ -188,9 +188,13 @@ class Summarizer:
 
     async def _summarise(self, job: Job) -> None:
         found = await self.store.summaries.uncovered(job.conversation_id, READ_LIMIT)
-        count = self.policy.covered(found.messages)
+        context = [stored.message for stored in reversed(found.messages)]
+        due = self.policy.due(context + ([found.summary.message] if found.summary else []))
+        count = self.policy.covered(found.messages) if due else 0
         if count == 0:
-            if _stale(job.cached_summary, found):  # the turn read a context older than it
+            # Summarised since the turn read its context (by another worker, or by this
+            # one while the turn went on): that context, if cached, is forgotten.
+            if _stale(job.cached_summary, found):
                 await self.cache.summaries.forget_context(
                     job.message, job.shared, job.conversation_id
                 )
