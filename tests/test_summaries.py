@@ -205,6 +205,9 @@ async def test_the_echo_responder_summarises_offline_and_history_shows_it(
     assert lines[1].endswith("you: m2") and len(lines) == 7
     newest = await handled(service, msg(user, "/history 1"))
     assert "[summary of" not in (newest.text or "") and len((newest.text or "").splitlines()) == 2
+    await handled(service, msg(user, "/reset"))  # a new conversation: nothing of the old one
+    fresh = await handled(service, msg(user, "hello"))
+    assert "(0 earlier messages in my context" in (fresh.text or "")
     await service.close()
 
 
