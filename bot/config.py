@@ -222,6 +222,23 @@ class Settings(BaseSettings):
     llm_context_token_budget: PositiveInt = 4000  # prompt: system + context + message
     system_prompt: str = "You are a helpful assistant."
     allowed_models: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: any
+    # Summaries of long conversations (bot/summaries.py, README "Conversation summaries"):
+    # when a context reaches SUMMARY_AT_PERCENT of LLM_CONTEXT_TOKEN_BUDGET (or fills
+    # CONTEXT_MESSAGES), its oldest part is summarised in the background, keeping the
+    # newest messages that fill SUMMARY_KEEP_PERCENT of the budget. Off by default: each
+    # summary is one more LLM call, with the conversation's model unless SUMMARY_MODEL.
+    summary_enabled: bool = False
+    summary_at_percent: Annotated[int, Field(ge=10, le=100)] = 75
+    summary_keep_percent: Annotated[int, Field(ge=0, le=90)] = 40
+    summary_max_tokens: Annotated[int, Field(ge=16, le=8192)] = 400  # a summary's length
+    summary_max_tasks: Annotated[int, Field(ge=1, le=64)] = 4  # summaries at once, per worker
+    summary_model: str | None = None  # unset: the conversation's own
+    summary_prompt: str = (
+        "Summarise the conversation below for the assistant that continues it: the facts, "
+        "names, decisions, questions still open and the user's preferences, briefly, in "
+        "the conversation's language. Continue the summary so far, if one is given. "
+        "Write only the summary."
+    )
     # Prices per million prompt/completion tokens by model, over bot/pricing.py's
     # defaults, for the cost `bot ops usage` reports: `gpt-4o=2.5/10,local=0/0`.
     llm_prices: Annotated[dict[str, Price], NoDecode] = Field(default_factory=dict)
@@ -294,6 +311,15 @@ class Settings(BaseSettings):
     @classmethod
     def _log_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _summary_shares(self) -> Settings:
+        if self.summary_keep_percent >= self.summary_at_percent:
+            raise ValueError(
+                "SUMMARY_KEEP_PERCENT must be below SUMMARY_AT_PERCENT: what a summary "
+                "keeps must be less than what starts one"
+            )
+        return self
 
     @model_validator(mode="after")
     def _sentinel_pair(self) -> Settings:

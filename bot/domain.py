@@ -251,10 +251,18 @@ class ContextMessage:
     content: str
     timestamp: datetime
     author: str | None = None  # who wrote a user message of a shared conversation
+    # A summary (a `system` message) of this many earlier messages, which the context
+    # holds instead of them (bot/summaries.py); None: a message as written.
+    summary_of: int | None = None
+
+    @property
+    def is_summary(self) -> bool:
+        return self.summary_of is not None
 
     def fields(self) -> dict[str, Any]:
         """Its wire form: {role, content, ts (unix s), name (only if written by someone
-        named)}, as Redis caches it and Postgres hands it over in one JSON array."""
+        named), sum (only for a summary: how many messages it covers)}, as Redis caches
+        it and Postgres hands it over in one JSON array."""
         found: dict[str, Any] = {
             "role": self.role,
             "content": self.content,
@@ -262,18 +270,26 @@ class ContextMessage:
         }
         if self.author is not None:
             found["name"] = self.author
+        if self.summary_of is not None:
+            found["sum"] = self.summary_of
         return found
 
     @classmethod
     def from_fields(cls, data: dict[str, Any]) -> ContextMessage:
         """From its wire form; KeyError, TypeError or ValueError if it is not one."""
-        author = data.get("name")
+        author, covers = data.get("name"), data.get("sum")
         return cls(
             role=str(data["role"]),
             content=str(data["content"]),
             timestamp=datetime.fromtimestamp(float(data["ts"]), UTC),
             author=author if isinstance(author, str) else None,
+            summary_of=None if covers is None else int(covers),
         )
+
+
+def summary_label(covers: int) -> str:
+    """How a summary is shown among messages (/history, `bot ops conversation show`)."""
+    return f"[summary of {covers} earlier message{'' if covers == 1 else 's'}]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,10 +297,19 @@ class RecentContext:
     """A conversation's newest messages (newest first), and the newest message stored
     when they were read (conversations.last_message_id): the turn's fence, which the
     next message is stored against (bot/store/conversations.py). Redis keeps it in the
-    session hash, written with the context list."""
+    session hash, written with the context list.
+
+    A summarised conversation's context ends (oldest) with its latest summary, and
+    holds only the messages after what it covers; Redis keeps the summary in the
+    session hash too, beside the fence, so that trimming the list never drops it."""
 
     messages: list[ContextMessage]
     last_id: uuid.UUID | None
+
+    @property
+    def summary(self) -> ContextMessage | None:
+        oldest = self.messages[-1] if self.messages else None
+        return oldest if oldest is not None and oldest.is_summary else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,6 +107,19 @@ EXPORTED: dict[Tally, tuple[str, str]] = {
         "bot_inbox_resumed_total",
         "Messages taken from the inbox by a sweep: their worker died, or they were put back",
     ),
+    Tally.SUMMARISED: (
+        "bot_summaries_total",
+        "Summaries stored of long conversations' oldest messages (made in the background)",
+    ),
+    Tally.SUMMARY_FAILED: (
+        "bot_summary_failures_total",
+        "Summaries that could not be made (the responder failed) or stored (Postgres): the "
+        "conversation's next message asks again",
+    ),
+    Tally.SUMMARY_SKIPPED: (
+        "bot_summaries_skipped_total",
+        "Summaries not started because SUMMARY_MAX_TASKS were running in the worker",
+    ),
 }
 
 

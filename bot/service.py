@@ -76,6 +76,7 @@ from bot.store.inbox import Taken
 from bot.store.store import Store
 from bot.store.turn_hold import TurnHold
 from bot.store.turn_start import TurnStart
+from bot.summaries import Summarizer, window_after
 from bot.tallies import CacheRead, Tally
 from bot.validation import (
     check_chat_id,
@@ -99,6 +100,7 @@ REFUSED_TEXT = "Sorry, I can't help with that message."  # moderation flagged it
 REFUSED_REPLY_TEXT = "Sorry, I can't answer that."  # stored in place of a flagged reply
 UNCHECKED_TEXT = "Sorry, I can't check your message right now. Please try again in a minute."
 UNCHECKED_REPLY_TEXT = "Sorry, I can't check my reply right now. Please ask again in a minute."
+SUMMARY_DRAIN_SECONDS = 10.0  # at shutdown, for the summaries being made to finish
 
 
 @dataclass(slots=True)
@@ -170,6 +172,7 @@ class ConversationService:
         self._command_options = commands.CommandOptions(
             settings.default_model, tuple(settings.allowed_models), settings.history_default
         )
+        self.summaries = Summarizer(settings, store, cache, responder, self.stats)
 
     def delivered(self, message: IncomingMessage, kind: ReplyKind) -> None:
         """The adapter delivered the reply to `message` (all of it) to the platform: its
@@ -201,7 +204,9 @@ class ConversationService:
         return await self.inbox.receive(message)
 
     async def close(self) -> None:
-        """Write what is pending: delivered events, reply posts, tallies (at shutdown)."""
+        """Finish the summaries being made (for a while), and write what is pending:
+        delivered events, reply posts, tallies (at shutdown)."""
+        await self.summaries.drain(SUMMARY_DRAIN_SECONDS)
         await self.cache.flush_delivered()
         await self.inbox.flush()
         await self.feedback.flush()
@@ -378,7 +383,23 @@ class ConversationService:
                 reply = await self._deferred(message, receipt, deferral)
                 raise _TurnDeferred(reply) from deferral
             claim.settle_with(refresh)
+        self._summarise_if_due(message, shared, reply, hot, refresh)
         return reply
+
+    def _summarise_if_due(
+        self,
+        message: IncomingMessage,
+        shared: bool,
+        reply: Reply,
+        hot: HotState | None,
+        refresh: Refresh,
+    ) -> None:
+        """After the turn (its exchange stored, the cache refreshed, nobody waiting on
+        it): the conversation's oldest part is summarised in the background if the
+        context its next turn reads outgrew its budget (bot/summaries.py)."""
+        if reply.kind is ReplyKind.ANSWER and reply.conversation_id and reply.model:
+            window = window_after(hot.context if hot else None, refresh)
+            self.summaries.consider(message, shared, reply.conversation_id, reply.model, window)
 
     def _store_failed(self, message: IncomingMessage, exc: StoreError) -> None:
         # One line with the error class: the user is told, the claim released, the

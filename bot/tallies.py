@@ -34,6 +34,9 @@ class Tally(StrEnum):
     REFUSED_INPUT = "refused_input"  # moderation flagged the message: refused, nothing stored
     REFUSED_OUTPUT = "refused_output"  # moderation flagged the reply: a refusal stored instead
     MODERATION_ERROR = "moderation_error"  # the moderation endpoint failed (MODERATION_FAIL)
+    SUMMARISED = "summarised"  # a long conversation's oldest part summarised, in the background
+    SUMMARY_FAILED = "summary_failed"  # a summary could not be made or stored (tried again later)
+    SUMMARY_SKIPPED = "summary_skipped"  # not started: SUMMARY_MAX_TASKS were running
     SESSION_HIT = "session_hit"
     SESSION_MISS = "session_miss"
     CONTEXT_HIT = "context_hit"

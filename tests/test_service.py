@@ -51,7 +51,9 @@ async def test_exchange_is_stored_and_cached(
     assert set(session) == {
         *(b"user_id", b"conversation_id", b"model", b"pinned", b"last_activity"),
         b"last_message_id",
+        b"summary",  # the context's summary, written with its fence: none yet
     }
+    assert session[b"summary"] == b""
     newest = await fetch(
         engine, "SELECT id FROM messages WHERE conversation_id = :c AND role = 'assistant'",
         c=reply.conversation_id,

@@ -22,7 +22,13 @@ from redis.asyncio.cluster import RedisCluster
 
 from bot.cache import keys as kinds
 from bot.cache import scripts
-from bot.cache.codec import FENCE_FIELD, encode_context, encode_session, text_of
+from bot.cache.codec import (
+    FENCE_FIELD,
+    SUMMARY_FIELD,
+    encode_context,
+    encode_session,
+    text_of,
+)
 from bot.cache.deployment import deployment_problem
 from bot.cache.events import EventClaim
 from bot.cache.guard import RedisGuard, fault_of
@@ -411,10 +417,12 @@ class CacheAdmin:
             context_ttl=keys.context_ttl,
             fence_field=FENCE_FIELD,
             fence=str(entry.context.last_id or ""),
+            summary_field=SUMMARY_FIELD,
+            summary=encode_context(summary) if (summary := entry.context.summary) else "",
             session=encode_session(
                 entry.session, entry.last_activity.timestamp(), fence=entry.context.last_id
             ),
-            context=tuple(encode_context(message) for message in entry.context.messages),
+            context=tuple(encode_context(m) for m in entry.context.messages if not m.is_summary),
         )
 
     # --- contexts of purged conversations, channel configs ----------------------------

@@ -48,7 +48,7 @@ from bot.cache.keys import QUOTA_GRACE_SECONDS, RATE_WINDOW_SECONDS, Keys
 from bot.cache.lua import ScriptPipelines
 from bot.cache.repair import CacheRepair, Claim
 from bot.cache.state import BeginStatus, ContextUpdate, HotState, QuotaUse, RateCount, Refresh
-from bot.domain import IncomingMessage, SessionState
+from bot.domain import ContextMessage, IncomingMessage, SessionState
 from bot.errors import CacheUnavailable, CircuitOpen, LockTimeout
 from bot.local import Backoff, KeyedLocks, Renewal
 from bot.quotas import Counter, Spent, counters_of
@@ -296,7 +296,9 @@ class Claims:
             event_ttl=keys.dedup_ttl,
             channel_config=None if cluster else config,
             channel_config_ttl=keys.channel_config_ttl,
-            session=encode_session(session, shared=shared, fence=_fence(refresh))
+            session=encode_session(
+                session, shared=shared, fence=_fence(refresh), summary=_summary(refresh)
+            )
             if session
             else None,
             author=author,
@@ -306,7 +308,7 @@ class Claims:
             quota_tokens=refresh.quota.tokens if refresh.quota else 0,
             quota=() if cluster else tuple(item for count in quota for item in count),
             delivered=() if cluster else delivered,
-            context=tuple(encode_context(m) for m in refresh.context),
+            context=tuple(encode_context(m) for m in refresh.context if not m.is_summary),
         )
         if not cluster:
             await self.guard.run(lambda: self._finish(call))
@@ -493,6 +495,14 @@ def _parse_begin(result: list[Any], shared: bool, counters: tuple[Counter, ...])
         taken_over=bool(taken_over),
         spent=Spent.read(counters, spent) if counters else None,
     )
+
+
+def _summary(refresh: Refresh) -> ContextMessage | Fence | None:
+    """The summary to write with the session: the context's, whenever the list is
+    replaced (an appended list keeps its own)."""
+    if refresh.context_update is not ContextUpdate.REPLACE:
+        return Fence.KEEP
+    return next((m for m in refresh.context if m.is_summary), None)
 
 
 def _fence(refresh: Refresh) -> uuid.UUID | Fence | None:

@@ -15,6 +15,9 @@ from bot.domain import ChannelSettings, ContextMessage, RecentContext, SessionSt
 
 FENCE_FIELD = "last_message_id"  # of the session hash: the cached context's fence
 PINNED_FIELD = "pinned"  # of the session hash: '1' if `model` is the conversation's override
+# Of the session hash: the cached context's summary (JSON; '' for none), written with
+# the fence; kept beside the list so that trimming the list never drops it.
+SUMMARY_FIELD = "summary"
 
 
 class Fence(Enum):
@@ -79,16 +82,20 @@ def decode_session(flat: Sequence[bytes | str]) -> SessionState | None:
 
 
 def decode_cached_context(flat: Sequence[bytes | str], raw: bytes | str) -> RecentContext | None:
-    """The cached context (BEGIN's one JSON array) with its fence from the session hash;
-    None, to read both from Postgres, if either is unreadable or the fence is missing
-    (a context cached by a version without it)."""
+    """The cached context (BEGIN's one JSON array) with its fence and its summary (put
+    last: the oldest) from the session hash; None, to read both from Postgres, if any
+    is unreadable or the fence is missing (a context cached by a version without it)."""
     messages = decode_contexts(raw)
-    fence = session_fields(flat).get(FENCE_FIELD)
+    fields = session_fields(flat)
+    fence = fields.get(FENCE_FIELD)
     if messages is None or fence is None:
         return None
     try:
+        summary = fields.get(SUMMARY_FIELD)
+        if summary:
+            messages.append(decode_context(summary))
         return RecentContext(messages, uuid.UUID(fence) if fence else None)
-    except ValueError:
+    except (ValueError, KeyError, TypeError):
         return None
 
 
@@ -98,11 +105,13 @@ def encode_session(
     *,
     shared: bool = False,
     fence: uuid.UUID | Fence | None = Fence.KEEP,
+    summary: ContextMessage | Fence | None = Fence.KEEP,
 ) -> str:
     """The session hash's fields as JSON (the scripts write them with HSET); the last
     activity is now unless given. A shared session names no user: whoever writes is
     found in their own session (`encode_author`). `fence`, written whenever the context
-    list is: the newest message stored when the list was (RecentContext.last_id)."""
+    list is: the newest message stored when the list was (RecentContext.last_id);
+    `summary`, whenever the list is replaced: the context's summary (None: none)."""
     when = time.time() if last_activity is None else last_activity
     fields = {
         "conversation_id": str(session.conversation_id),
@@ -112,6 +121,8 @@ def encode_session(
     }
     if fence is not Fence.KEEP:
         fields[FENCE_FIELD] = str(fence or "")
+    if summary is not Fence.KEEP:
+        fields[SUMMARY_FIELD] = encode_context(summary) if summary else ""
     return json.dumps(fields if shared else {"user_id": str(session.user_id), **fields})
 
 

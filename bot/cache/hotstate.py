@@ -18,6 +18,7 @@ from bot.cache.claim import Claims, MessageClaim
 from bot.cache.guard import RedisGuard
 from bot.cache.keys import RATE_WINDOW_SECONDS, Keys
 from bot.cache.state import RateCount
+from bot.cache.summaries import SummaryCache
 from bot.domain import IncomingMessage
 from bot.tallies import Tally
 
@@ -28,6 +29,7 @@ class HotStateCache:
         self.keys = keys
         self.guard = guard
         self.claims = Claims(redis, keys, guard, lock_wait)
+        self.summaries = SummaryCache(redis, keys, guard)
 
     def claim(
         self, message: IncomingMessage, shared: bool = False, now: datetime | None = None

@@ -247,6 +247,11 @@ class Keys:
         """Serializes the messages of a shared conversation, whoever writes them."""
         return self._key(LOCK, f"scope:{channel}:{self._tag(scope)}")
 
+    def summary_lock(self, conversation_id: uuid.UUID) -> str:
+        """Held by the one worker summarising a conversation (bot/summaries.py), while it
+        does; it lapses after the summary call's deadline should that worker die."""
+        return self._key(LOCK, f"summary:{conversation_id}")
+
     def run_lock(self, name: str) -> str:
         """Held by the one worker running a scheduled job (`name`) this interval."""
         return self._key(LOCK, f"run:{name}")

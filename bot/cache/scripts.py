@@ -310,7 +310,8 @@ class Warm:
     """Fill a user's session and context only where absent (`bot ops cache warm`), so a
     live worker's fresher state is never overwritten. Returns {session filled (0/1),
     context filled (0/1)}. A context filled sets its fence in the session hash, whose
-    own may be newer than the context read (which would let a stale context pass)."""
+    own may be newer than the context read (which would let a stale context pass), and
+    its summary with it."""
 
     session_key: str
     context_key: str
@@ -318,6 +319,8 @@ class Warm:
     context_ttl: int
     fence_field: str  # the session hash's field for the context's fence
     fence: str  # the newest message stored when the context was read ('' for none)
+    summary_field: str  # the session hash's field for the context's summary
+    summary: str  # the context's summary (JSON; '' for none), written with the fence
     session: str  # the session hash's fields as JSON (bot/cache/codec.py)
     context: tuple[str, ...]  # context items (JSON), newest first
 
@@ -332,7 +335,7 @@ end
 if #context > 0 and redis.call('EXISTS', context_key) == 0 then
   redis.call('RPUSH', context_key, unpack(context))
   redis.call('EXPIRE', context_key, context_ttl)
-  redis.call('HSET', session_key, fence_field, fence)
+  redis.call('HSET', session_key, fence_field, fence, summary_field, summary)
   context_filled = 1
 end
 return {session_filled, context_filled}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from bot.commands.context import Command, CommandContext, CommandResult, refusal
-from bot.domain import ContextMessage, Reply, ReplyKind
+from bot.domain import ContextMessage, Reply, ReplyKind, summary_label
 
 HELP_TEXT = (
     "Commands:\n"
@@ -71,19 +71,23 @@ async def history(command: Command, context: CommandContext) -> CommandResult:
     if not _COUNT.fullmatch(argument) or not 1 <= int(argument) <= MAX_HISTORY:
         text = f"Usage: /history [n], with n from 1 to {MAX_HISTORY}."
         return CommandResult(Reply(text, ReplyKind.INVALID))
-    recent = await context.conversations.load_context(
-        context.session.conversation_id, 2 * int(argument)
-    )
+    limit = 2 * int(argument)
+    recent = await context.conversations.load_context(context.session.conversation_id, limit)
     messages = recent.messages
+    if recent.summary is not None and len(messages) > limit:
+        messages = messages[:-1]  # the summary covers what comes before the n asked for
     if not messages:
         return CommandResult(Reply("No messages in this conversation yet.", ReplyKind.COMMAND))
     return CommandResult(Reply(_format_history(messages), ReplyKind.COMMAND))
 
 
 def _format_history(newest_first: list[ContextMessage]) -> str:
+    return "\n".join(_history_line(m) for m in reversed(newest_first))
+
+
+def _history_line(message: ContextMessage) -> str:
+    when = f"[{message.timestamp:%Y-%m-%d %H:%M}]"
+    if message.summary_of is not None:
+        return f"{when} {summary_label(message.summary_of)} {message.content}"
     speaker = {"user": "you", "assistant": "bot", "system": "system"}
-    lines = [
-        f"[{m.timestamp:%Y-%m-%d %H:%M}] {m.author or speaker.get(m.role, m.role)}: {m.content}"
-        for m in reversed(newest_first)
-    ]
-    return "\n".join(lines)
+    return f"{when} {message.author or speaker.get(message.role, message.role)}: {message.content}"

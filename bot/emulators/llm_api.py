@@ -1,8 +1,9 @@
 """A local OpenAI-compatible chat-completions server the tests start (aiohttp), with the
 moderations endpoint beside it (flags a text holding FLAG_WORD; can fail or hang).
 
-It records every request body, answers from a script of steps (then a default), and
-counts the calls in flight. A request with `"stream": true` is answered with
+It records every request body, answers from a script of steps (then a default; a
+request holding a rule's text, by the rule's step), and counts the calls in flight.
+A request with `"stream": true` is answered with
 server-sent events as OpenAI sends them: the reply word by word, after a first-token
 delay and at a set rate, a usage chunk when `stream_options.include_usage` asks, then
 `[DONE]`; a step can break the stream off, stall it, or refuse stream_options.
@@ -56,6 +57,9 @@ class LLMServer:
     def __init__(self) -> None:
         self.default = Step()
         self.script: deque[Step] = deque()
+        # (text, step): a request any of whose messages holds the text is answered by the
+        # step, every time, before the script (e.g. summary requests made slow).
+        self.rules: list[tuple[str, Step]] = []
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.arrivals: list[float] = []  # time.monotonic() of each request
@@ -79,6 +83,17 @@ class LLMServer:
 
     def then(self, *steps: Step) -> None:
         self.script.extend(steps)
+
+    def when(self, text: str, step: Step) -> None:
+        """Answer every request whose messages hold `text` with `step`."""
+        self.rules.append((text, step))
+
+    def _step_for(self, body: dict[str, Any]) -> Step:
+        said = [str(m.get("content", "")) for m in body.get("messages", ())]
+        for text, step in self.rules:
+            if any(text in content for content in said):
+                return step
+        return self.script.popleft() if self.script else self.default
 
     async def start(self, port: int = 0) -> None:
         """Listen on `port` (0: a free one of the system's choosing). After stop(), start
@@ -104,7 +119,7 @@ class LLMServer:
         self.requests.append(body)
         self.headers.append(dict(request.headers))
         self.arrivals.append(arrived)
-        step = self.script.popleft() if self.script else self.default
+        step = self._step_for(body)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:

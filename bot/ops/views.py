@@ -6,6 +6,7 @@ from typing import Any
 
 from rich.text import Text
 
+from bot.domain import summary_label
 from bot.ops.conversations import HIGHLIGHT
 from bot.ops.render import Out, show, size
 
@@ -299,12 +300,18 @@ def conversation_view(out: Out, data: dict[str, Any]) -> None:
                 m["model_used"],
                 m["token_count"],
                 m["cached"],
-                _clip(m["content"]),
+                _clip(_shown(m)),
             )
             for m in data["messages"]
         ],
         empty="no messages",
     )
+
+
+def _shown(message: dict[str, Any]) -> str:
+    """A message's text as the table shows it: a summary says it is one."""
+    covers = message.get("summary_of")
+    return message["content"] if covers is None else f"{summary_label(covers)} {message['content']}"
 
 
 def export_view(out: Out, data: dict[str, Any]) -> None:

@@ -10,9 +10,16 @@ import asyncio
 import re
 
 from bot.domain import TextSink
-from bot.responders.base import ResponderRequest, ResponderResult, estimate_tokens
+from bot.responders.base import (
+    ResponderRequest,
+    ResponderResult,
+    SummaryRequest,
+    estimate_tokens,
+    transcript,
+)
 
 _WORDS = re.compile(r"\S+\s*")  # each word with the spaces after it
+ECHO_SUMMARY_WORDS = 6  # of each message, in a stand-in summary
 
 
 class EchoResponder:
@@ -25,11 +32,13 @@ class EchoResponder:
     async def respond(
         self, request: ResponderRequest, on_text: TextSink | None = None
     ) -> ResponderResult:
-        earlier = len(request.context)
+        summaries = [m.summary_of or 0 for m in request.context if m.is_summary]
+        earlier = len(request.context) - len(summaries)
         noun = "message" if earlier == 1 else "messages"
+        before = f" after a summary of {summaries[0]}" if summaries else ""
         text = (
             f'You said: "{request.text}" '
-            f"({earlier} earlier {noun} in my context; model {request.model})"
+            f"({earlier} earlier {noun}{before} in my context; model {request.model})"
         )
         if on_text is not None:
             await self._stream(text, on_text)
@@ -46,6 +55,23 @@ class EchoResponder:
             if number and self.word_delay:
                 await asyncio.sleep(self.word_delay)
             await on_text(head + word if number == 0 else word)
+
+    async def summarise(self, request: SummaryRequest) -> ResponderResult:
+        """A stand-in summary: the summary so far, then the first words of each message,
+        cut to the request's length (its oldest part goes first)."""
+        said = "; ".join(
+            f"{m.author or m.role}: {' '.join(m.content.split()[:ECHO_SUMMARY_WORDS])}"
+            for m in request.messages
+        )
+        text = f"{request.previous} | {said}" if request.previous else said
+        limit = request.max_tokens * 4  # about four characters a token
+        text = text if len(text) <= limit else "…" + text[len(text) - limit + 1 :]
+        return ResponderResult(
+            text=text,
+            model_used="echo",
+            prompt_tokens=estimate_tokens(transcript(request)),
+            completion_tokens=estimate_tokens(text),
+        )
 
     async def aclose(self) -> None:
         return None

@@ -50,7 +50,13 @@ from bot.errors import (
     ResponderUnavailable,
     ResponderUnreachable,
 )
-from bot.responders.base import ResponderRequest, ResponderResult, estimate_tokens
+from bot.responders.base import (
+    ResponderRequest,
+    ResponderResult,
+    SummaryRequest,
+    estimate_tokens,
+    transcript,
+)
 from bot.urls import redact_url
 
 log = logging.getLogger(__name__)
@@ -77,6 +83,7 @@ class LLMOptions:
 # --- the request ----------------------------------------------------------------------
 
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")  # what the chat-completions `name` may hold
+SUMMARY_LEAD = "Summary of the conversation before the messages that follow: "
 
 
 def build_messages(
@@ -88,9 +95,21 @@ def build_messages(
     head = head if system else []
     room = options.context_token_budget - estimate_tokens(request.text)
     room -= estimate_tokens(system) if system else 0
-    context = fit_context(request.context, room)
+    # A summary of what came before (always the oldest, bot/summaries.py) is always sent:
+    # the messages after it fill what room it leaves.
+    summary = [m for m in request.context[:1] if m.is_summary]
+    room -= sum(estimate_tokens(m.content) for m in summary)
+    context = [*summary, *fit_context(request.context[len(summary) :], room)]
     latest = ContextMessage("user", request.text, datetime.now(UTC), request.author)
     return [*head, *map(_param, context), _param(latest)]
+
+
+def summary_messages(request: SummaryRequest) -> list[ChatCompletionMessageParam]:
+    """The summarising instructions, and what is to be summarised as one user message."""
+    return [
+        {"role": "system", "content": request.instructions},
+        {"role": "user", "content": transcript(request)},
+    ]
 
 
 def fit_context(context: Sequence[ContextMessage], budget: int) -> list[ContextMessage]:
@@ -105,6 +124,8 @@ def fit_context(context: Sequence[ContextMessage], budget: int) -> list[ContextM
 
 
 def _param(message: ContextMessage) -> ChatCompletionMessageParam:
+    if message.is_summary:
+        return {"role": "system", "content": f"{SUMMARY_LEAD}{message.content}"}
     if message.role == "assistant":
         return {"role": "assistant", "content": message.content}
     if message.role == "system":
@@ -309,13 +330,30 @@ class OpenAICompatResponder:
         if on_text is not None:
             call = _StreamCall(self, request.model, messages, params, deadline, on_text)
             return await call.run()
+        return await self._complete(request.model, messages, params, deadline)
+
+    async def summarise(self, request: SummaryRequest) -> ResponderResult:
+        """The summary, asked of the model in one call (its tries as for a reply)."""
+        messages = summary_messages(request)
+        params = Sampling(request.max_tokens, self.options.temperature)
+        deadline = asyncio.get_running_loop().time() + self.options.deadline
+        return await self._complete(request.model, messages, params, deadline)
+
+    async def _complete(
+        self,
+        model: str,
+        messages: list[ChatCompletionMessageParam],
+        params: Sampling,
+        deadline: float,
+    ) -> ResponderResult:
+        """One whole answer, tried as llm_retry says."""
 
         async def attempt() -> ChatCompletion:
-            return await self._attempt(request.model, messages, params, deadline)
+            return await self._attempt(model, messages, params, deadline)
 
         retrying = llm_retry(self.options.deadline, self.options.connect_attempts)
         completion: ChatCompletion = await retrying(attempt)
-        return parse_completion(completion, request.model, messages)
+        return parse_completion(completion, model, messages)
 
     async def _attempt(
         self,

@@ -7,7 +7,7 @@ import time
 from prometheus_client import Histogram
 
 from bot.domain import TextSink
-from bot.responders.base import Responder, ResponderRequest, ResponderResult
+from bot.responders.base import Responder, ResponderRequest, ResponderResult, SummaryRequest
 
 
 class TimedResponder:
@@ -24,6 +24,9 @@ class TimedResponder:
             return await self.inner.respond(request, on_text)
         finally:
             self._latency.observe(time.perf_counter() - started)
+
+    async def summarise(self, request: SummaryRequest) -> ResponderResult:
+        return await self.inner.summarise(request)  # not a reply: not in its latency
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -15,7 +15,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bot.domain import (
     DM_SCOPE,
     ChannelSettings,
-    ContextMessage,
     Interruption,
     RecentContext,
     SessionState,
@@ -24,6 +23,7 @@ from bot.domain import (
 from bot.errors import StaleSession, StoreConflict, StoreFailed, TurnConflict
 from bot.experimentset import Assignment
 from bot.store.database import Database
+from bot.store.summaries import context_message, context_select
 from bot.store.turn_start import TurnStart, start_turn
 from bot.store.user_upsert import UPSERT_WRITER_ON_CONFLICT
 
@@ -55,21 +55,15 @@ _ACTIVE_CONVERSATION = text(
     """
 )
 
-# The conversation's newest messages, with who wrote each user message of a shared
+# The conversation's context (its latest summary and the newest messages after what it
+# covers: bot/store/summaries.py), with who wrote each user message of a shared
 # conversation (NULL elsewhere), and its newest message as the fence knows it: one row
 # per message, or one row of NULLs beside it when there is none yet.
 _RECENT_MESSAGES = text(
-    """
-    SELECT c.last_message_id, m.role, m.content, m.timestamp, m.author
+    f"""
+    SELECT c.last_message_id, m.role, m.content, m.timestamp, m.author, m.covers
     FROM conversations c
-    LEFT JOIN LATERAL (
-        SELECT m.role, m.content, m.timestamp,
-               COALESCE(a.username, a.channel_user_id) AS author
-        FROM messages m LEFT JOIN users a ON a.id = m.author_id
-        WHERE m.conversation_id = c.id
-        ORDER BY m.timestamp DESC, m.role DESC
-        LIMIT :limit
-    ) m ON true
+    LEFT JOIN LATERAL ({context_select("c.id", ":limit")}) m ON true
     WHERE c.id = :conversation_id
     ORDER BY m.timestamp DESC, m.role DESC
     """
@@ -374,16 +368,13 @@ class ConversationQueries:
         )
 
     async def load_context(self, conversation_id: uuid.UUID, limit: int) -> RecentContext:
-        """The newest `limit` messages, newest first, and the fence they were read at."""
+        """The context, newest first: the newest `limit` messages (after what the latest
+        summary covers, and that summary last), and the fence they were read at."""
 
         async def work(connection: AsyncConnection) -> RecentContext:
             params = {"conversation_id": conversation_id, "limit": limit}
             rows = (await connection.execute(_RECENT_MESSAGES, params)).all()
-            messages = [
-                ContextMessage(row.role, row.content, row.timestamp, row.author)
-                for row in rows
-                if row.role is not None
-            ]
+            messages = [context_message(row) for row in rows if row.role is not None]
             return RecentContext(messages, rows[0].last_message_id if rows else None)
 
         return await self._database.transaction(work)

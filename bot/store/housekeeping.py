@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.domain import ActiveSession, ContextMessage, RecentContext, SessionState
 from bot.store.database import Database
+from bot.store.summaries import context_message, context_select
 
 _USER_CONVERSATIONS = text(
     """
@@ -97,12 +98,11 @@ _ACTIVE_SINCE = text(
     """
 )
 _CONTEXTS = text(
-    """
-    SELECT c.id AS conversation_id, m.role, m.content, m.timestamp
+    f"""
+    SELECT c.id AS conversation_id, m.role, m.content, m.timestamp, m.author, m.covers
     FROM unnest(CAST(:ids AS uuid[])) AS c(id)
-    CROSS JOIN LATERAL (
-        SELECT role, content, timestamp FROM messages WHERE conversation_id = c.id
-        ORDER BY timestamp DESC, role DESC LIMIT :limit) m
+    CROSS JOIN LATERAL ({context_select("c.id", ":limit")}) m
+    ORDER BY c.id, m.timestamp DESC, m.role DESC
     """
 )
 _NIL = uuid.UUID(int=0)
@@ -159,7 +159,7 @@ class HousekeepingQueries:
             context: dict[uuid.UUID, list[ContextMessage]] = {i: [] for i in ids}
             found = await connection.execute(_CONTEXTS, {"ids": ids, "limit": context_limit})
             for m in found:
-                context[m.conversation_id].append(ContextMessage(m.role, m.content, m.timestamp))
+                context[m.conversation_id].append(context_message(m))
             # The fence was read before the context: should a message be stored in
             # between, the context is newer than its fence, which costs the next message
             # a read from Postgres, never its order.

@@ -32,6 +32,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from bot.store.summaries import SUMMARY_MARK
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -163,6 +165,14 @@ class Message(Base):
             postgresql_using="gin",
         ),
         Index("ix_messages_author_id", "author_id", postgresql_where=text("author_id IS NOT NULL")),
+        # A conversation's latest summary, found without reading its messages (revision
+        # 0013; the predicate is bot/store/summaries.py's is_summary).
+        Index(
+            "ix_messages_summary",
+            "conversation_id",
+            text("timestamp DESC"),
+            postgresql_where=text(f"role = 'system' AND metadata @> '{SUMMARY_MARK}'::jsonb"),
+        ),
         {"postgresql_partition_by": "RANGE (timestamp)"},
     )
 

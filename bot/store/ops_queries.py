@@ -32,6 +32,7 @@ from bot.store.records import (
     UserExport,
     UserRow,
 )
+from bot.store.summaries import is_summary
 
 Progress = Callable[[int], None]  # called with how many items were just done
 
@@ -75,8 +76,11 @@ _CONVERSATION = text(
        FROM conversations c LEFT JOIN users u ON u.id = c.user_id WHERE c.id = :id"""
 )
 _RECENT = text(
-    """SELECT * FROM (
-           SELECT id, role, model_used, token_count, timestamp, content FROM messages
+    f"""SELECT * FROM (
+           SELECT id, role, model_used, token_count, timestamp, content,
+                  CASE WHEN {is_summary("messages")}
+                       THEN COALESCE((metadata ->> 'covers')::int, 0) END AS summary_of
+           FROM messages
            WHERE conversation_id = :id ORDER BY timestamp DESC, role LIMIT :limit
        ) recent ORDER BY timestamp, role DESC"""
 )

@@ -119,6 +119,7 @@ class RecentMessage:
     token_count: int | None
     timestamp: datetime
     content: str
+    summary_of: int | None  # a summary: how many messages it covers (bot/summaries.py)
 
 
 @dataclass(frozen=True, slots=True)

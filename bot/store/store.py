@@ -22,6 +22,7 @@ from bot.store.monitoring import Monitoring
 from bot.store.ops_queries import OpsQueries
 from bot.store.partitions import PartitionQueries
 from bot.store.retry import DatabaseRetry
+from bot.store.summaries import SummaryQueries
 from bot.store.usage import UsageQueries
 
 
@@ -41,6 +42,7 @@ class Store:
         self.usage = UsageQueries(database)
         self.experiments = ExperimentQueries(database)
         self.feedback = FeedbackQueries(database)
+        self.summaries = SummaryQueries(database)
 
     @classmethod
     def on(cls, engine: AsyncEngine, retry: DatabaseRetry) -> Store:

@@ -18,6 +18,7 @@ from typing import Any
 
 from bot.domain import ChannelSettings, ContextMessage, RecentContext, SessionState
 from bot.store.database import Database
+from bot.store.summaries import context_select
 from bot.store.user_upsert import UPSERT_WRITER_ON_CONFLICT
 
 # $1 channel, $2 the writer's platform id, $3 their display name, $4 the scope,
@@ -45,14 +46,12 @@ SELECT writer.id AS user_id, writer.preferred_model,
        conversation.id AS conversation_id, conversation.model_override,
        conversation.last_message_id,
        config.default_model AS channel_model, config.settings AS channel_settings,
-       (SELECT json_agg(json_build_object(
+       (SELECT json_agg(json_strip_nulls(json_build_object(
                    'role', m.role, 'content', m.content,
                    'ts', extract(epoch FROM m.timestamp),
-                   'name', COALESCE(a.username, a.channel_user_id))
+                   'name', m.author, 'sum', m.covers))
                ORDER BY m.timestamp DESC, m.role DESC)
-        FROM (SELECT * FROM messages WHERE conversation_id = conversation.id
-              ORDER BY timestamp DESC, role DESC LIMIT $6) AS m
-        LEFT JOIN users a ON a.id = m.author_id) AS context
+        FROM ({context_select("conversation.id", "$6")}) AS m) AS context
 FROM writer
 LEFT JOIN conversation ON true
 LEFT JOIN channel_configs config ON config.channel_type = $1

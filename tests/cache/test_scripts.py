@@ -221,6 +221,8 @@ async def test_warm_fills_only_what_is_absent(make_cache: CacheFactory) -> None:
             context_ttl=60,
             fence_field="last_message_id",
             fence="m1",
+            summary_field="summary",
+            summary="",
             session=f'{{"user_id":"u","conversation_id":"{session_id}","model":""}}',
             context=('{"role":"user","content":"hi","ts":1}',),
         )
@@ -229,9 +231,9 @@ async def test_warm_fills_only_what_is_absent(make_cache: CacheFactory) -> None:
     kept = await warm(call("bob", cached.conversation_id))
 
     assert filled == [1, 1] and kept == [0, 1]
-    # The live session is kept; the context filled brings its fence along.
+    # The live session is kept; the context filled brings its fence (and summary) along.
     assert (await redis.hgetall(keys.session("console", "bob"))) == {
-        b"user_id": b"live", b"last_message_id": b"m1"
+        b"user_id": b"live", b"last_message_id": b"m1", b"summary": b""
     }  # fmt: skip
     assert (await redis.hget(keys.session("console", "alice"), "conversation_id")) == str(
         fresh.conversation_id
