@@ -607,7 +607,9 @@ class ResumingChannel(QueueChannel):
         super().__init__(dispatcher)
         self.sent_to: list[tuple[str | None, str]] = []
 
-    async def send_to(self, message: IncomingMessage, text: str) -> bool:
+    async def send_to(
+        self, message: IncomingMessage, text: str, reply_id: uuid.UUID | None = None
+    ) -> bool:
         self.sent_to.append((message.platform_message_id, text))
         return True
 
