@@ -11,34 +11,30 @@ that cannot be told leaves the workers a refresh behind, never wrong for longer.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bot.cache.experiments import ExperimentCache
-from bot.cache.pubsub import Notice, follow
 from bot.errors import CacheUnavailable, StoreUnavailable
 from bot.experimentset import Experiment, ExperimentSet, Variant
-from bot.local import cancel_until_done
+from bot.mirror import Follower
 from bot.store.experiments import ExperimentQueries
 
 log = logging.getLogger(__name__)
 
 
-class RunningExperiments:
+class RunningExperiments(Follower):
     """One worker's running experiments: `current` is read by the service."""
 
     def __init__(
         self, cache: ExperimentCache, store: ExperimentQueries, refresh_seconds: float
     ) -> None:
+        what = "the running experiments"
+        super().__init__(cache.invalidations, cache.guard.op_timeout, refresh_seconds, what)
         self.cache = cache
         self.store = store
-        self.refresh_seconds = refresh_seconds
         self.current = ExperimentSet()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._subscribed = asyncio.Event()
 
     async def load(self) -> ExperimentSet:
         """Reload from Postgres; an unreachable Postgres keeps the last known ones."""
@@ -47,45 +43,6 @@ class RunningExperiments:
         except StoreUnavailable as exc:
             log.warning("cannot reload the running experiments (%s); keeping the last known", exc)
         return self.current
-
-    async def start(self) -> None:
-        """Load, then follow announcements and refresh periodically until stop()."""
-        await self.load()
-        self._tasks = [
-            asyncio.create_task(self._listen(), name="experiments-listener"),
-            asyncio.create_task(self._refresh(), name="experiments-refresh"),
-        ]
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._subscribed.wait(), self.cache.guard.op_timeout * 4)
-
-    async def stop(self) -> None:
-        tasks, self._tasks = self._tasks, []
-        await cancel_until_done(*tasks)
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _refresh(self) -> None:
-        while True:
-            await asyncio.sleep(self.refresh_seconds)
-            await self._load_in_background()
-
-    async def _load_in_background(self) -> None:
-        try:
-            await self.load()
-        except Exception:  # a background task must outlive any failure
-            log.exception("reloading the running experiments failed; keeping the last known")
-
-    async def _listen(self) -> None:
-        await follow(
-            lambda: self.cache.invalidations(poll=self.refresh_seconds),
-            self._on_notice,
-            self._subscribed.clear,
-            self.refresh_seconds,
-        )
-
-    async def _on_notice(self, notice: Notice) -> None:
-        if notice.subscribed:
-            self._subscribed.set()  # and catch up on what was missed
-        await self._load_in_background()
 
 
 @dataclass(frozen=True, slots=True)

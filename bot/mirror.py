@@ -2,7 +2,8 @@
 pub/sub announcement (with a periodic reload, in case one is lost) keeps every copy in
 step with what ops change. The feature flags (bot/flags.py) and the blocklist
 (bot/blocklist.py) are both kept so; the service reads only `current`: no round trip
-per message.
+per message. The running A/B experiments (bot/experiments.py) are followed the same way
+(`Follower`), read from Postgres only.
 
 Ops change a row and rewrite the cache in the same Postgres transaction, under an
 advisory lock that refills take too, so Redis is written in commit order; then they
@@ -64,7 +65,74 @@ class MirrorStore(Protocol[Row]):
     async def refill(self, write: RowsWritten[Row]) -> list[Row]: ...
 
 
-class Mirror(Generic[Row, Snapshot]):
+class Follower:
+    """Keeps one worker's in-memory copy of something ops change: `load` at start, at
+    each announcement on its pub/sub channel (also after a lost subscription is made
+    again, to catch up), and every `refresh_seconds` in case an announcement was lost."""
+
+    def __init__(
+        self,
+        invalidations: Callable[[float], AsyncIterator[Notice]],
+        op_timeout: float,
+        refresh_seconds: float,
+        what: str,
+    ) -> None:
+        self.refresh_seconds = refresh_seconds
+        self.what = what  # for the logs: "feature flags", "the blocklist"
+        self._invalidations = invalidations
+        self._op_timeout = op_timeout
+        self._tasks: list[asyncio.Task[None]] = []
+        self._subscribed = asyncio.Event()
+
+    async def load(self) -> object:
+        raise NotImplementedError
+
+    def _subscribing(self) -> bool:
+        """Whether `start` waits (briefly) for the subscription: not without Redis."""
+        return True
+
+    async def start(self) -> None:
+        """Load, then listen for invalidations and refresh periodically until stop()."""
+        await self.load()
+        self._tasks = [
+            asyncio.create_task(self._listen(), name=f"{self.what} listener"),
+            asyncio.create_task(self._refresh(), name=f"{self.what} refresh"),
+        ]
+        if self._subscribing():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._subscribed.wait(), self._op_timeout * 4)
+
+    async def stop(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        await cancel_until_done(*tasks)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _refresh(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_seconds)
+            await self._load_in_background()
+
+    async def _load_in_background(self) -> None:
+        try:
+            await self.load()
+        except Exception:  # a background task must outlive any failure
+            log.exception("reloading %s failed; keeping the last known", self.what)
+
+    async def _listen(self) -> None:
+        await follow(
+            lambda: self._invalidations(self.refresh_seconds),
+            self._on_notice,
+            self._subscribed.clear,
+            self.refresh_seconds,
+        )
+
+    async def _on_notice(self, notice: Notice) -> None:
+        if notice.subscribed:
+            self._subscribed.set()  # and catch up on what was missed
+        await self._load_in_background()
+
+
+class Mirror(Follower, Generic[Row, Snapshot]):
     """One worker's copy: `current` is read by the service; a listener keeps it fresh."""
 
     def __init__(
@@ -75,16 +143,13 @@ class Mirror(Generic[Row, Snapshot]):
         snapshot: Callable[[Sequence[Row]], Snapshot],
         what: str,
     ) -> None:
+        super().__init__(cache.invalidations, cache.guard.op_timeout, refresh_seconds, what)
         self.cache = cache
         self.store = store
-        self.refresh_seconds = refresh_seconds
         self._snapshot = snapshot
-        self.what = what  # for the logs: "feature flags", "the blocklist"
         self.current: Snapshot = snapshot([])
         self._redis_lost = False  # Redis failed since our last good read: refill it
         self._lock = asyncio.Lock()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._subscribed = asyncio.Event()
 
     async def load(self) -> Snapshot:
         """Reload from Redis (Postgres if Redis is down or missing the copy); never
@@ -95,6 +160,9 @@ class Mirror(Generic[Row, Snapshot]):
             except StoreUnavailable as exc:
                 log.warning("cannot reload %s (%s); keeping the last known", self.what, exc)
             return self.current
+
+    def _subscribing(self) -> bool:
+        return not self._redis_lost
 
     async def _fetch(self) -> Snapshot:
         try:
@@ -116,46 +184,6 @@ class Mirror(Generic[Row, Snapshot]):
         rows = await self.store.refill(refill)
         self._redis_lost = not written
         return self._snapshot(rows)
-
-    async def start(self) -> None:
-        """Load, then listen for invalidations and refresh periodically until stop()."""
-        await self.load()
-        self._tasks = [
-            asyncio.create_task(self._listen(), name=f"{self.what} listener"),
-            asyncio.create_task(self._refresh(), name=f"{self.what} refresh"),
-        ]
-        if not self._redis_lost:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._subscribed.wait(), self.cache.guard.op_timeout * 4)
-
-    async def stop(self) -> None:
-        tasks, self._tasks = self._tasks, []
-        await cancel_until_done(*tasks)
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _refresh(self) -> None:
-        while True:
-            await asyncio.sleep(self.refresh_seconds)
-            await self._load_in_background()
-
-    async def _load_in_background(self) -> None:
-        try:
-            await self.load()
-        except Exception:  # a background task must outlive any failure
-            log.exception("reloading %s failed; keeping the last known", self.what)
-
-    async def _listen(self) -> None:
-        await follow(
-            lambda: self.cache.invalidations(poll=self.refresh_seconds),
-            self._on_notice,
-            self._subscribed.clear,
-            self.refresh_seconds,
-        )
-
-    async def _on_notice(self, notice: Notice) -> None:
-        if notice.subscribed:
-            self._subscribed.set()  # and catch up on what was missed
-        await self._load_in_background()
 
 
 @dataclass(frozen=True, slots=True)

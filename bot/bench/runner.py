@@ -29,8 +29,11 @@ from bot.bench.setup import bench_servers, delete_keys, history_partitions, inse
 from bot.config import Settings
 from bot.domain import ChatKind
 from bot.errors import ConfigError
+from bot.experiments import RunningExperiments
+from bot.experimentset import GLOBAL, Variant
 from bot.responders.echo import EchoResponder
 from bot.runtime import build_service
+from bot.service import ConversationService
 from bot.store.engine import create_engine
 from bot.stores import create_redis, keys_for
 
@@ -42,6 +45,7 @@ NO_RATE_LIMIT = 1_000_000_000  # simulated users send far faster than people
 # Quotas are on, far above what the bench spends: their counters are read and written on
 # the warm path like any deployment's (bot/quotas.py).
 BENCH_QUOTA_TOKENS = 10**12
+BENCH_EXPERIMENT = "bench-models"
 QUOTAS_ON = {
     f"quota_{holder}_{period}_tokens": BENCH_QUOTA_TOKENS
     for holder in ("user", "chat")
@@ -79,6 +83,7 @@ async def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]
             key_prefix=servers.prefix,
             redis_cluster=settings.redis_cluster,
             quotas="on, every limit far above the traffic",
+            experiment=f"{BENCH_EXPERIMENT} (global, two variants)",
         )
         return report
 
@@ -110,6 +115,7 @@ async def _run(
             names = [f"base-{i:05d}" for i in range(options.users)]
             await baseline.open(min(options.concurrency, options.users), names)
         base_meter = Meter(base_pg, base_rd, control)
+        await _with_experiment(service, settings.default_model)
         await _run_in(options, service, control)
         meter = Meter(pg, rd, control, service.stats)
         empty = await _before_history(settings, options, url, control, service, meter)
@@ -145,6 +151,8 @@ async def _run(
                 "ratio_to_direct": statistics.median(totals.pooled_ratios),
                 "ratio_by_round": totals.pooled_ratios,
             }
+        # Users per variant: the experiment ran over the measured traffic.
+        report["experiment"] = await service.store.experiments.assigned(BENCH_EXPERIMENT)
         report["targets"] = targets(report)
         if profiler is not None and options.profile is not None:
             _write_profile(profiler, options.profile)
@@ -155,6 +163,15 @@ async def _run(
         await redis.aclose()
         await base_redis.aclose()
         await engine.dispose()
+
+
+async def _with_experiment(service: ConversationService, model: str) -> None:
+    """An A/B experiment runs over all the traffic, as in a deployment testing a model:
+    each reply resolves its writer's variant and records it (bot/experiments.py)."""
+    variants = (Variant("a", model, 50), Variant("b", f"{model}-b", 50))
+    await service.store.experiments.create(BENCH_EXPERIMENT, variants, GLOBAL)
+    if isinstance(service.experiments, RunningExperiments):
+        await service.experiments.load()
 
 
 async def _rounds(

@@ -77,6 +77,15 @@ def test_group_traffic_keeps_the_warm_path_in_every_scope(
     assert report["targets"][f"{mode}_warm_zero_postgres_reads"] is True
 
 
+def test_the_warm_path_runs_with_quotas_and_an_experiment_on(report: dict[str, Any]) -> None:
+    assert report["config"]["quotas"].startswith("on")
+    split = report["experiment"]  # users per variant, recorded by the measured turns
+    assert set(split) <= {"a", "b"} and sum(split.values()) >= USERS
+    warm = report["service"]["warm"]
+    assert warm["postgres_per_message"][READ] == 0
+    assert warm["redis_per_message"]["round_trips"] <= 2 + 1 / warm["messages"]
+
+
 def test_the_inbox_is_measured_against_the_same_run_without_it(report: dict[str, Any]) -> None:
     without = report["inbox"]["warm_without"]
     assert without["messages"] == USERS * MESSAGES * ROUNDS
