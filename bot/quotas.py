@@ -10,9 +10,10 @@ truth they are rebuilt from when Redis lost them (bot/store/usage.py, `spent`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -34,19 +35,24 @@ class Period(StrEnum):
     MONTH = "month"
 
     def start(self, now: datetime) -> datetime:
-        day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        return day if self is Period.DAY else day.replace(day=1)
+        return _bounds(self, now.astimezone(UTC).date())[0]
 
     def end(self, now: datetime) -> datetime:
         """When the period that holds `now` ends, and its quota starts afresh."""
-        start = self.start(now)
-        if self is Period.DAY:
-            return start + timedelta(days=1)
-        return (start + timedelta(days=32)).replace(day=1)
+        return _bounds(self, now.astimezone(UTC).date())[1]
 
     def stamp(self, now: datetime) -> str:
         """The period in a counter's name: 2026-12-06, or 2026-12."""
-        return self.start(now).strftime("%Y-%m-%d" if self is Period.DAY else "%Y-%m")
+        return _bounds(self, now.astimezone(UTC).date())[2]
+
+
+@functools.lru_cache(maxsize=16)  # each turn asks: a few days' worth is plenty
+def _bounds(period: Period, day: date) -> tuple[datetime, datetime, str]:
+    """The start, end and name of the period that holds `day` (UTC)."""
+    start = datetime(day.year, day.month, 1 if period is Period.MONTH else day.day, tzinfo=UTC)
+    if period is Period.DAY:
+        return start, start + timedelta(days=1), f"{start:%Y-%m-%d}"
+    return start, (start + timedelta(days=32)).replace(day=1), f"{start:%Y-%m}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,6 +64,24 @@ async def spend_until_refused(service: ConversationService, user: str, most: int
     raise AssertionError(f"no refusal in {most} messages")
 
 
+@pytest.mark.parametrize(
+    ("now", "day_end", "month_end", "stamps"),
+    [
+        ("2026-12-31T23:59:59+00:00", "2027-01-01", "2027-01-01", ("2026-12-31", "2026-12")),
+        ("2028-02-29T00:00:00+00:00", "2028-03-01", "2028-03-01", ("2028-02-29", "2028-02")),
+        ("2026-06-15T22:30:00-05:00", "2026-06-17", "2026-07-01", ("2026-06-16", "2026-06")),
+    ],
+)
+def test_periods_are_utc_days_and_months(
+    now: str, day_end: str, month_end: str, stamps: tuple[str, str]
+) -> None:
+    at = datetime.fromisoformat(now)
+    assert Period.DAY.end(at) == datetime.fromisoformat(f"{day_end}T00:00:00+00:00")
+    assert Period.MONTH.end(at) == datetime.fromisoformat(f"{month_end}T00:00:00+00:00")
+    assert (Period.DAY.stamp(at), Period.MONTH.stamp(at)) == stamps
+    assert Period.MONTH.start(at) <= Period.DAY.start(at) <= at < Period.DAY.end(at)
+
+
 async def test_a_used_up_quota_is_told_costs_nothing_and_starts_afresh_the_next_day(
     make_service: ServiceFactory, engine: AsyncEngine, redis: Redis
 ) -> None:
@@ -125,6 +143,9 @@ async def test_a_group_chat_quota_is_shared_by_its_members_and_threads(
     assert refused.text is not None and refused.text.startswith("This chat has used")
     assert in_dm.kind is ReplyKind.ANSWER  # a DM counts on the writer's quota only
     assert (await counted(service, redis, CHAT_DAY, say(bob, "", chat)) or 0) >= 100
+
+    await flush_cache(service)  # the chat's count, its thread's messages too, from Postgres
+    assert (await handled(service, say(bob, "after a flush?", chat))).kind is ReplyKind.OVER_QUOTA
 
 
 async def test_a_chat_sets_its_own_quota_but_its_admins_cannot(

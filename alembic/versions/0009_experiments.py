@@ -12,7 +12,7 @@ Downgrade drops both tables.
 
 Revision ID: 0009
 Revises: 0008
-Create Date: 2026-12-08
+Create Date: 2026-12-06
 """
 
 from collections.abc import Sequence

@@ -5,7 +5,7 @@ wrote. Each worker holds the whole list in memory (bot/blocklist.py).
 
 Revision ID: 0010
 Revises: 0009
-Create Date: 2026-12-10
+Create Date: 2026-12-06
 """
 
 from collections.abc import Sequence

@@ -10,7 +10,7 @@ Downgrade drops the table: the ratings go with it.
 
 Revision ID: 0011
 Revises: 0010
-Create Date: 2026-12-20
+Create Date: 2026-12-06
 """
 
 from collections.abc import Sequence

@@ -5,13 +5,13 @@
   message_id, the stored reply it shows (messages.id; no foreign key, messages is
   partitioned). A reaction names the post; this finds the reply it rates. A reply cut
   into several posts has a row for each. Written after the reply is delivered, in
-  batches (bot/feedback.py); purged with the messages by age (created_at).
+  batches (bot/feedback.py); created_at indexed for a purge by age.
 
 Downgrade drops the table: reactions on earlier replies are then ignored.
 
 Revision ID: 0012
 Revises: 0011
-Create Date: 2026-12-20
+Create Date: 2026-12-06
 """
 
 from collections.abc import Sequence

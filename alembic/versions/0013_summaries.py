@@ -6,7 +6,7 @@ Downgrade drops the index; summaries stay, as system messages.
 
 Revision ID: 0013
 Revises: 0012
-Create Date: 2026-12-10
+Create Date: 2026-12-06
 """
 
 from collections.abc import Sequence

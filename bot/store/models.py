@@ -126,6 +126,9 @@ class Conversation(Base):
             unique=True,
             postgresql_where=text("is_active AND user_id IS NULL"),
         ),
+        # A group chat's conversations, its threads' included (revision 0014): what its
+        # token quota counts (bot/store/usage.py, `spent`).
+        Index("ix_conversations_chat", "channel_type", text("split_part(scope, ':thread:', 1)")),
     )
 
     id: Mapped[uuid.UUID] = _uuid_pk()

@@ -60,35 +60,39 @@ ORDER BY 1, 2
 """
 
 
-# The tokens of each exchange (the user message's, its reply's) since the month began,
-# of the writer ($2: users.id) or in the chat ($3: its scope, $4: its threads' scopes' start;
-# NULL in a DM): the writer's own conversations and the chat's, then the shared
-# conversations of other chats the writer asked in (messages.author_id).
+# The tokens of each exchange (the user message's and its reply's) since the month began
+# ($5), of the writer ($2: users.id) and in the group chat ($1, $3: its scope; NULL in a
+# DM), each found by index: the writer's own conversations (conversations.user_id), the
+# shared ones they asked in (messages.author_id), and the chat's and its threads'
+# (ix_conversations_chat, the expression of revision 0014: a thread's scope is its
+# chat's followed by ':thread:', bot/domain.py). A message of the writer's in the chat
+# is in both the writer's rows and the chat's; each sum reads its own.
 _SPENT = """
 WITH asked AS (
-    SELECT q.timestamp AS ts, q.token_count AS prompt, q.id,
-           coalesce(q.author_id, c.user_id) = $2 AS mine,
-           coalesce(c.scope = $3 OR starts_with(c.scope, $4), false) AS here
+    SELECT q.timestamp AS ts, q.token_count AS prompt, q.id, true AS mine
     FROM conversations AS c
     JOIN messages AS q ON q.conversation_id = c.id
-    WHERE c.channel_type = $1 AND (c.user_id = $2 OR c.scope = $3 OR starts_with(c.scope, $4))
-      AND q.role = 'user' AND q.timestamp >= $5
+    WHERE c.user_id = $2 AND q.role = 'user' AND q.timestamp >= $5
   UNION ALL
-    SELECT q.timestamp, q.token_count, q.id, true, false
+    SELECT q.timestamp, q.token_count, q.id, true
     FROM messages AS q
-    JOIN conversations AS c ON c.id = q.conversation_id
-    WHERE q.author_id = $2 AND q.timestamp >= $5 AND c.channel_type = $1
-      AND NOT coalesce(c.scope = $3 OR starts_with(c.scope, $4), false)
+    WHERE q.author_id = $2 AND q.timestamp >= $5
+  UNION ALL
+    SELECT q.timestamp, q.token_count, q.id, false
+    FROM conversations AS c
+    JOIN messages AS q ON q.conversation_id = c.id
+    WHERE c.channel_type = $1 AND split_part(c.scope, ':thread:', 1) = $3
+      AND q.role = 'user' AND q.timestamp >= $5
 ), spent AS (
-    SELECT a.ts, a.mine, a.here, coalesce(a.prompt, 0) + coalesce(r.token_count, 0) AS tokens
+    SELECT a.ts, a.mine, coalesce(a.prompt, 0) + coalesce(r.token_count, 0) AS tokens
     FROM asked AS a
     LEFT JOIN message_replies AS mr ON mr.reply_to = a.id
     LEFT JOIN messages AS r ON r.id = mr.reply_id AND r.timestamp = mr.reply_timestamp
 )
-SELECT coalesce(sum(tokens) FILTER (WHERE mine AND ts >= $6), 0)::bigint AS user_day,
+SELECT coalesce(sum(tokens) FILTER (WHERE mine AND ts >= $4), 0)::bigint AS user_day,
        coalesce(sum(tokens) FILTER (WHERE mine), 0)::bigint AS user_month,
-       coalesce(sum(tokens) FILTER (WHERE here AND ts >= $6), 0)::bigint AS chat_day,
-       coalesce(sum(tokens) FILTER (WHERE here), 0)::bigint AS chat_month
+       coalesce(sum(tokens) FILTER (WHERE NOT mine AND ts >= $4), 0)::bigint AS chat_day,
+       coalesce(sum(tokens) FILTER (WHERE NOT mine), 0)::bigint AS chat_month
 FROM spent
 """
 
@@ -127,9 +131,8 @@ class UsageQueries:
         """The tokens the writer (`user_id`), and the group chat they write in (none in
         a DM), spent this UTC day and month: what Redis's quota counters hold, rebuilt."""
         chat = Scope(ChatKind.GROUP, chat_id).key if chat_id is not None else None
-        threads = Scope(ChatKind.THREAD, chat_id, "").key if chat_id is not None else None
         day, month = Period.DAY.start(now), Period.MONTH.start(now)
-        row = await self._database.statement(_SPENT, channel, user_id, chat, threads, month, day)
+        row = await self._database.statement(_SPENT, channel, user_id, chat, day, month)
         assert row is not None  # an aggregate without GROUP BY has one row
         tokens = {
             Counter(holder, period): int(row[f"{holder}_{period}"])

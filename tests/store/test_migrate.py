@@ -42,6 +42,10 @@ EXPECTED_INDEXES = {
         True,
     ),
     "ix_conversations_user_id": ("conversations USING btree (user_id)", False),
+    "ix_conversations_chat": (
+        "conversations USING btree (channel_type, split_part((scope)::text, ':thread:'::text, 1))",
+        False,
+    ),
     "ix_conversations_last_activity": ("conversations USING btree (last_activity DESC)", False),
     "ix_conversations_is_active_user_id": (
         "conversations USING btree (is_active, user_id)",
