@@ -123,20 +123,24 @@ class Claims:
     def event_key(self, message: IncomingMessage) -> str:
         return event_key(self.keys, message)
 
-    def quota_keys(self, message: IncomingMessage, now: datetime) -> dict[Counter, str]:
-        """The message's quota counters (bot/quotas.py) in the period of `now`."""
-        return {c: self.keys.quota(c, message, now) for c in counters_of(message)}
+    def quota_keys(self, message: IncomingMessage, now: datetime) -> QuotaKeys:
+        """The message's quota counters (bot/quotas.py) in the periods of `now`."""
+        counters = counters_of(message)
+        return QuotaKeys(
+            {c: self.keys.quota(c, message, now) for c in counters},
+            {c: int(c.period.end(now).timestamp()) + QUOTA_GRACE_SECONDS for c in counters},
+        )
 
     # --- BEGIN: waiting for the turn ----------------------------------------------------
 
     async def wait_for_turn(
-        self, message: IncomingMessage, token: str, shared: bool, now: datetime
+        self, message: IncomingMessage, token: str, shared: bool, quota: QuotaKeys
     ) -> HotState | None:
         """Hot state from Redis, once the turn's lock is ours; None if Redis is out."""
         backoff = Backoff(self.lock_wait)
         first: HotState | None = None  # on a cluster, it carries what was read beside
         while True:
-            hot = await self._try_begin(message, token, shared, now, beside=first is None)
+            hot = await self._try_begin(message, token, shared, quota, beside=first is None)
             if hot is None or hot.status not in _WAITING:
                 if hot is not None and first is not None and self.keys.cluster:
                     hot = replace(hot, rate=first.rate, channel=first.channel, spent=first.spent)
@@ -146,10 +150,10 @@ class Claims:
                 raise LockTimeout(f"{message.channel}:{message.channel_user_id}")
 
     async def _try_begin(
-        self, message: IncomingMessage, token: str, shared: bool, now: datetime, beside: bool
+        self, message: IncomingMessage, token: str, shared: bool, quota: QuotaKeys, beside: bool
     ) -> HotState | None:
         try:
-            return await self.begin(message, token, shared, beside, now)
+            return await self.begin(message, token, shared, beside, quota)
         except CircuitOpen:
             return None
         except CacheUnavailable:
@@ -163,12 +167,12 @@ class Claims:
         token: str,
         shared: bool = False,
         beside: bool = True,
-        now: datetime | None = None,
+        quota: QuotaKeys | None = None,
     ) -> HotState:
         """One try: take the lock, claim the event, count the rate, read all hot state
         (on a cluster, the platform's keys, the rate and the quota counters `beside`
         the script)."""
-        quota = self.quota_keys(message, now or datetime.now(UTC))
+        counters = (quota or self.quota_keys(message, datetime.now(UTC))).counters
         has_event = message.platform_message_id is not None
         if has_event and self.event_key(message) in self.delivered:
             return HotState(BeginStatus.DUPLICATE)  # answered here, not marked done yet
@@ -192,22 +196,22 @@ class Claims:
             active_member=message.channel_user_id,
             context_length=keys.context_messages,
             delivery_lease=keys.delivery_lease,
-            quota_counters=() if cluster else tuple(quota.values()),
+            quota_counters=() if cluster else tuple(counters.values()),
         )
         if not cluster:
             result = await self.guard.run(lambda: self._begin(call))
-            return _parse_begin(result, shared, tuple(quota))
+            return _parse_begin(result, shared, tuple(counters))
 
         async def fill(pipe: Pipeline) -> None:
             await self._begin(call, pipe)
             if beside:
-                await self.beside.before_begin(pipe, message, tuple(quota.values()))
+                await self.beside.before_begin(pipe, message, tuple(counters.values()))
 
         results = await self.guard.run(lambda: self.pipelines.run(fill))
         hot = _parse_begin(results[0], shared, ())
         if not beside:
             return hot
-        reads = Beside.read(results[1:], tuple(quota))
+        reads = Beside.read(results[1:], tuple(counters))
         return replace(hot, rate=reads.rate, channel=reads.channel, spent=reads.spent)
 
     # --- while the body works: the lock renewed -----------------------------------------
@@ -231,7 +235,7 @@ class Claims:
         *,
         was_read: bool,
         shared: bool = False,
-        now: datetime | None = None,
+        quota: QuotaKeys | None = None,
     ) -> None:
         """After the Postgres commit: refresh Redis, or drop what may now be stale."""
         stale = self._stale_keys(message, refresh.session, shared)
@@ -240,7 +244,8 @@ class Claims:
             await self.repair.drop(stale, token, self._forget)
             return
         try:
-            await self._finish_call(message, token, refresh, shared, now or datetime.now(UTC))
+            quota = quota or self.quota_keys(message, datetime.now(UTC))
+            await self._finish_call(message, token, refresh, shared, quota)
         except CacheUnavailable:
             # FINISH may have stopped half-way: keys written before the commit may stay,
             # and the lock may still be taken.
@@ -268,7 +273,7 @@ class Claims:
             self.repair.remember_claim(self._abort_args(message, token, shared))
 
     async def _finish_call(
-        self, message: IncomingMessage, token: str, refresh: Refresh, shared: bool, now: datetime
+        self, message: IncomingMessage, token: str, refresh: Refresh, shared: bool, quota: QuotaKeys
     ) -> None:
         keys, turn, cluster = self.keys, self.turn_keys(message, shared), self.keys.cluster
         session = refresh.session
@@ -276,7 +281,7 @@ class Claims:
         author = encode_author(session) if shared and session else None
         config = encode_channel(refresh.channel) if refresh.channel else None
         delivered = tuple(self.delivered.take())
-        quota = self._quota_counts(message, refresh.quota, now)
+        counts = _quota_counts(quota, refresh.quota)
         assignment = refresh.assignment
         ab_test = keys.ab_test(assignment.experiment) if assignment else None
         call = scripts.Finish(
@@ -306,7 +311,7 @@ class Claims:
             variant=assignment.variant if assignment else "",
             now=time.time(),
             quota_tokens=refresh.quota.tokens if refresh.quota else 0,
-            quota=() if cluster else tuple(item for count in quota for item in count),
+            quota=() if cluster else tuple(item for count in counts for item in count),
             delivered=() if cluster else delivered,
             context=tuple(encode_context(m) for m in refresh.context if not m.is_summary),
         )
@@ -317,24 +322,9 @@ class Claims:
         async def fill(pipe: Pipeline) -> None:
             await self._finish(call, pipe)
             self.beside.after_finish(pipe, message.channel, config, delivered, assignment)
-            await self.beside.count_quota(pipe, quota, call.quota_tokens)
+            await self.beside.count_quota(pipe, counts, call.quota_tokens)
 
         await self.guard.run(lambda: self.pipelines.run(fill))
-
-    def _quota_counts(
-        self, message: IncomingMessage, use: QuotaUse | None, now: datetime
-    ) -> list[tuple[str, str, str]]:
-        """(counter key, count rebuilt or '', expiry) of the counters the exchange counts
-        on: all the message's when it spent tokens (a counter Redis does not hold, and
-        nobody rebuilt, is not created), none otherwise."""
-        if use is None or (not use.tokens and not use.rebuilt):
-            return []
-        counts = []
-        for counter, key in self.quota_keys(message, now).items():
-            base = use.rebuilt.get(counter)
-            expire_at = int(counter.period.end(now).timestamp()) + QUOTA_GRACE_SECONDS
-            counts.append((key, "" if base is None else str(base), str(expire_at)))
-        return counts
 
     def _abort_args(
         self, message: IncomingMessage, token: str, shared: bool, unfinished: bool = False
@@ -388,6 +378,7 @@ class MessageClaim:
     def __init__(
         self, claims: Claims, message: IncomingMessage, shared: bool, now: datetime
     ) -> None:
+        self.quota = claims.quota_keys(message, now)  # read by BEGIN, counted by FINISH
         self.message = message
         self.shared = shared  # the turn of a shared conversation, not of its writer
         self.now = now  # the quota counters' periods are those of this time
@@ -411,7 +402,7 @@ class MessageClaim:
         await self._local.__aenter__()
         try:
             claims, message, shared = self._claims, self.message, self.shared
-            self.hot = await claims.wait_for_turn(message, self._token, shared, self.now)
+            self.hot = await claims.wait_for_turn(message, self._token, shared, self.quota)
         except BaseException as exc:
             await self._local.__aexit__(type(exc), exc, exc.__traceback__)
             raise
@@ -437,8 +428,10 @@ class MessageClaim:
         was_read = self.hot is not None
         claims, message, token, shared = self._claims, self.message, self._token, self.shared
         if self._refresh is not None and not failed:
-            refresh, now = self._refresh, self.now
-            await claims.settle(message, token, refresh, was_read=was_read, shared=shared, now=now)
+            refresh, quota = self._refresh, self.quota
+            await claims.settle(
+                message, token, refresh, was_read=was_read, shared=shared, quota=quota
+            )
         else:
             await claims.release(
                 message, token, was_read=was_read, unfinished=failed, shared=shared
@@ -503,6 +496,28 @@ def _summary(refresh: Refresh) -> ContextMessage | Fence | None:
     if refresh.context_update is not ContextUpdate.REPLACE:
         return Fence.KEEP
     return next((m for m in refresh.context if m.is_summary), None)
+
+
+def _quota_counts(quota: QuotaKeys, use: QuotaUse | None) -> list[tuple[str, str, str]]:
+    """(counter key, count rebuilt or '', expiry) of the counters the exchange counts on:
+    all the message's when it spent tokens (a counter Redis does not hold, and nobody
+    rebuilt, is not created), none otherwise."""
+    if use is None or (not use.tokens and not use.rebuilt):
+        return []
+    counts = []
+    for counter, key in quota.counters.items():
+        base = use.rebuilt.get(counter)
+        rebuilt = "" if base is None else str(base)
+        counts.append((key, rebuilt, str(quota.expire_at[counter])))
+    return counts
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaKeys:
+    """A turn's quota counters (bot/quotas.py): their keys, and when each expires."""
+
+    counters: dict[Counter, str]
+    expire_at: dict[Counter, int]  # unix time: a day after its period ends
 
 
 def _fence(refresh: Refresh) -> uuid.UUID | Fence | None:
