@@ -27,7 +27,10 @@ def upgrade() -> None:
         sa.Column("channel_user_id", sa.String(255), nullable=False),
         sa.Column("reason", sa.Text(), nullable=True),
         sa.Column(
-            "blocked_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+            "blocked_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
         ),
         sa.PrimaryKeyConstraint("channel_type", "channel_user_id", name="pk_blocked_users"),
     )
