@@ -45,6 +45,7 @@ class RetentionResult:
     months_dropped: list[str] = field(default_factory=list)
     messages: int = 0  # deleted, whole months included
     conversations: int = 0
+    ratings: int = 0  # reply posts and ratings of replies (feedback)
     contexts: int | None = 0  # Redis contexts dropped; None: Redis was unreachable
     seconds: float = 0.0
 
@@ -69,6 +70,8 @@ class Retention:
         while ids := await self.housekeeping.purge_conversations(cutoff, self.batch):
             result.conversations += len(ids)
             touched.update(ids)
+        while count := await self.housekeeping.purge_ratings(cutoff, self.batch):
+            result.ratings += count
         result.contexts = await self._drop_contexts(touched)
         result.seconds = time.monotonic() - started
         return result
@@ -104,15 +107,17 @@ def record(metrics: Metrics, result: RetentionResult) -> None:
     metrics.retention_deleted.labels("messages").inc(result.messages)
     metrics.retention_deleted.labels("conversations").inc(result.conversations)
     metrics.retention_deleted.labels("partitions").inc(len(result.months_dropped))
+    metrics.retention_deleted.labels("ratings").inc(result.ratings)
     metrics.retention_seconds.set(result.seconds)
     log.info(
         "retention before %s: %d messages (%d whole months: %s), %d empty conversations, "
-        "%s cached contexts dropped, in %.1f s",
+        "%d reply posts and ratings, %s cached contexts dropped, in %.1f s",
         f"{result.cutoff:%Y-%m-%d %H:%M}Z",
         result.messages,
         len(result.months_dropped),
         ", ".join(result.months_dropped) or "none",
         result.conversations,
+        result.ratings,
         "?" if result.contexts is None else result.contexts,
         result.seconds,
     )

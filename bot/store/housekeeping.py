@@ -44,6 +44,23 @@ _PURGE_MESSAGES = text(
     RETURNING conversation_id
     """
 )
+# Which post shows which reply (reply_posts), and the ratings of replies (feedback), as
+# old as the messages retention deletes: neither names a message by a foreign key
+# (messages is partitioned), so each goes by its own time.
+_PURGE_RATINGS = text(
+    """
+    WITH posts AS (
+        DELETE FROM reply_posts WHERE ctid = ANY(ARRAY(
+            SELECT ctid FROM reply_posts WHERE created_at < :cutoff LIMIT :limit))
+        RETURNING 1
+    ), ratings AS (
+        DELETE FROM feedback WHERE ctid = ANY(ARRAY(
+            SELECT ctid FROM feedback WHERE updated_at < :cutoff LIMIT :limit))
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM posts) + (SELECT count(*) FROM ratings)
+    """
+)
 _PURGE_CONVERSATIONS = text(
     f"""
     DELETE FROM conversations WHERE id IN (
@@ -204,6 +221,16 @@ class HousekeepingQueries:
     async def purge_messages(self, cutoff: datetime, limit: int) -> list[uuid.UUID]:
         """Delete up to `limit` messages older than `cutoff`; their conversations' ids."""
         return await self._ids(_PURGE_MESSAGES, {"cutoff": cutoff, "limit": limit})
+
+    async def purge_ratings(self, cutoff: datetime, limit: int) -> int:
+        """Delete up to `limit` reply posts and `limit` ratings older than `cutoff`; how
+        many rows went."""
+
+        async def work(connection: AsyncConnection) -> int:
+            params = {"cutoff": cutoff, "limit": limit}
+            return int(await connection.scalar(_PURGE_RATINGS, params) or 0)
+
+        return await self._database.transaction(work)
 
     async def purge_conversations(self, cutoff: datetime, limit: int) -> list[uuid.UUID]:
         """Delete up to `limit` inactive conversations left empty before `cutoff`."""

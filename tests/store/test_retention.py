@@ -112,6 +112,29 @@ async def test_retention_drops_old_months_trims_the_rest_and_the_caches(
     assert "messages_p2021_01" not in names and "messages_default" in names
 
 
+async def test_retention_deletes_old_reply_posts_and_ratings(engine: AsyncEngine) -> None:
+    partitions, housekeeping = queries(engine)
+    await seed(engine)
+    (user,) = await fetch(engine, "SELECT id FROM users")
+    for age, reply in (("2021-01-10", uuid.uuid4()), ("2021-04-01", uuid.uuid4())):
+        at = datetime.fromisoformat(age).replace(tzinfo=UTC)
+        await execute(
+            engine, "INSERT INTO reply_posts VALUES ('telegram', '42', :p, :m, :t)",
+            p=age, m=reply, t=at,
+        )  # fmt: skip
+        await execute(
+            engine, "INSERT INTO feedback VALUES (:m, :u, 1, :t, :t)", m=reply, u=user.id, t=at
+        )
+
+    result = await Retention(partitions, housekeeping, None, batch=1).run(CUTOFF)
+
+    assert result.ratings == 2  # the old post and the old rating
+    posts = await fetch(engine, "SELECT post_id FROM reply_posts")
+    ratings = await fetch(engine, "SELECT updated_at FROM feedback")
+    assert [r.post_id for r in posts] == ["2021-04-01"]
+    assert [r.updated_at.month for r in ratings] == [4]
+
+
 async def test_a_month_made_late_takes_its_rows_and_claims_from_the_default(
     engine: AsyncEngine,
 ) -> None:
