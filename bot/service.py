@@ -643,7 +643,7 @@ class ConversationService:
             return await self._recover_stale(turn)
         taken_over = stored.duplicate and stored.reply_text is None and turn.taken_over
         if taken_over and result is not None:
-            return await self._reply_to_stored(turn, stored, result, rows.reply_ts, model)
+            return await self._reply_to_stored(turn, stored, result, rows, model)
         if stored.duplicate:
             # The cached context may lack the stored exchange: rebuild it next time.
             refresh = replace(turn.refresh, context_update=ContextUpdate.REPLACE)
@@ -664,17 +664,20 @@ class ConversationService:
         turn: Turn,
         stored: StoredExchange,
         result: ResponderResult,
-        reply_ts: datetime,
+        rows: ExchangeRows,
         model: str,
     ) -> tuple[Reply, Refresh]:
         """Taken over from a handling that stored the user's message alone (a streamed
         reply whose worker died, or that was deferred: a resumed event is answered
-        without streaming): this reply is stored as its reply, and sent. (With no
-        reply, it is a duplicate as before: nothing is sent twice.)"""
+        without streaming): this reply (`rows`' reply, moderated as they say) is stored
+        as its reply, and sent. (With no reply, it is a duplicate as before: nothing is
+        sent twice.)"""
         spent = QuotaUse(_sum(result.completion_tokens), {})
         refresh = replace(turn.refresh, context_update=ContextUpdate.REPLACE, quota=spent)
         self.stats[Tally.EXCHANGE] += 1
-        reply_id = await self._store_reply(turn, stored, result, result.text, reply_ts, None, None)
+        reply_id = await self._store_reply(
+            turn, stored, result, result.text, rows.reply_ts, None, rows.latency_ms, rows.moderated
+        )
         if reply_id is None:
             return Reply(None, ReplyKind.DUPLICATE), refresh  # another handling answered
         conversation = turn.session.conversation_id
@@ -819,6 +822,7 @@ class ConversationService:
         reply_ts: datetime,
         cut: Interruption | None,
         latency_ms: int | None,
+        moderated: str | None = None,
     ) -> uuid.UUID | None:
         """Store the streamed reply; its id, or None if it could not be stored in order."""
         row = ReplyRow(
@@ -833,6 +837,7 @@ class ConversationService:
             interrupted=cut,
             assignment=turn.assignment,
             latency_ms=latency_ms,
+            moderated=moderated,
         )
         if await self.store.conversations.save_reply(row):
             prompt = result.prompt_tokens if result else None  # None: the stream broke off

@@ -4,6 +4,7 @@ replaced by a refusal that is what gets stored, and a failing endpoint open or c
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -149,3 +150,42 @@ async def test_off_by_default_nothing_is_checked_and_replies_stream(
 
     assert service.moderator is None and llm.moderations == []
     assert reply.kind is ReplyKind.ANSWER and shown
+
+
+async def test_a_flagged_reply_to_a_message_stored_alone_is_stored_marked(
+    make_service: ServiceFactory, llm: LLMServer, engine: AsyncEngine
+) -> None:
+    # A worker streaming replies (no output moderation) stores the message, then the LLM
+    # fails for now: the message is kept alone and deferred. Another worker, moderating
+    # replies, answers it later: its refusal is stored in place of the flagged reply,
+    # marked, as on the usual path.
+    timing = {"inbox_lease_seconds": 1.0, "inbox_sweep_seconds": 0.2, **FAST}
+    first = await make_service(llm_base_url=llm.url, stream_replies=True, **timing)
+    later = await make_service(llm_base_url=llm.url, moderation="output", **timing)
+    user = new_user()
+    message = msg(user, "tell me", f"{user}-1")
+    llm.then(*[Step(status=503, body={"error": "down"})] * 8)
+
+    async def show(piece: str) -> None:
+        raise AssertionError(f"nothing was to be shown: {piece!r}")
+
+    assert (await first.receive(message)).taken
+    assert (await first.handle(message, show)).kind is ReplyKind.DEFERRED
+    assert [r.role for r in await stored(engine, user)] == ["user"]  # stored alone
+
+    llm.then(Step(text="a forbidden answer"))
+    reply = None
+    for _ in range(50):
+        taken = await later.inbox.take(["console"], 10)
+        if taken:
+            reply = await later.handle(later.adopt(taken[0]))
+            break
+        await asyncio.sleep(0.1)
+
+    assert reply is not None and reply.text == REFUSED_REPLY_TEXT
+    rows = await stored(engine, user)
+    assert [(r.role, r.content) for r in rows] == [
+        ("user", "tell me"),
+        ("assistant", REFUSED_REPLY_TEXT),
+    ]
+    assert rows[1].metadata.get("moderated") == "flagged"

@@ -298,10 +298,13 @@ class ReplyRow:
     interrupted: Interruption | None = None  # cut off: why (messages.metadata says so)
     assignment: Assignment | None = None  # the writer's variant of an experiment
     latency_ms: int | None = None  # the responder's time to the whole reply (or the cut)
+    moderated: str | None = None  # a refusal stored in place of the reply: why
 
     def metadata(self) -> str:
         cut = self.interrupted
         status = {"status": "interrupted", "reason": cut.value} if cut is not None else {}
+        if self.moderated:
+            status["moderated"] = self.moderated
         return reply_metadata(self.assignment, self.latency_ms, status)
 
 
