@@ -3,8 +3,10 @@ by one writer and chat this day and month, the truth quota counters are rebuilt 
 (bot/quotas.py).
 
 Each reply row holds its completion tokens and its model; the user message it answers
-(messages.reply_to) holds the prompt tokens of that call. Grouped by what is asked and
-by model, since a cost is a model's price (the caller prices them, bot/pricing.py).
+(messages.reply_to) holds the prompt tokens of that call. A summary (bot/summaries.py)
+is a call too: its row holds its completion tokens, its metadata the prompt's. Grouped
+by what is asked and by model, since a cost is a model's price (the caller prices
+them, bot/pricing.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bot.domain import ChatKind, Scope
 from bot.quotas import Counter, Holder, Period, Spent
 from bot.store.database import Database
+from bot.store.summaries import is_summary
 
 
 class UsageBy(StrEnum):
@@ -45,15 +48,16 @@ _KEYS = {
 
 _USAGE = """
 SELECT {key} AS key, coalesce(r.model_used, '?') AS model,
-       count(*) AS replies,
+       count(*) FILTER (WHERE r.role = 'assistant') AS replies,
        count(DISTINCT coalesce(q.author_id, c.user_id)) AS users,
-       coalesce(sum(q.token_count), 0)::bigint AS prompt_tokens,
+       coalesce(sum(coalesce(q.token_count, (r.metadata->>'prompt_tokens')::bigint)), 0)::bigint
+           AS prompt_tokens,
        coalesce(sum(r.token_count), 0)::bigint AS completion_tokens
 FROM messages AS r
 JOIN conversations AS c ON c.id = r.conversation_id
 LEFT JOIN messages AS q ON q.id = r.reply_to AND q.timestamp <= r.timestamp
 LEFT JOIN users AS u ON u.id = coalesce(q.author_id, c.user_id)
-WHERE r.role = 'assistant' AND r.timestamp >= :since
+WHERE (r.role = 'assistant' OR {summary}) AND r.timestamp >= :since
   AND (CAST(:experiment AS text) IS NULL OR r.metadata->>'experiment' = :experiment)
 GROUP BY 1, 2
 ORDER BY 1, 2
@@ -116,7 +120,7 @@ class UsageQueries:
     ) -> list[UsageRow]:
         """The replies stored since `since` (those of one `experiment`'s variants only,
         when named), grouped by `by` and model."""
-        sql = text(_USAGE.format(key=_KEYS[by]))
+        sql = text(_USAGE.format(key=_KEYS[by], summary=is_summary("r")))
         params = {"since": since, "experiment": experiment}
 
         async def work(connection: AsyncConnection) -> list[UsageRow]:

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.config import Settings
 from bot.pricing import DEFAULT_PRICES, Price, parse_prices
 from tests.ops.conftest import Ops
-from tests.support import ServiceFactory, fetch, handled, msg, new_user
+from tests.support import ServiceFactory, execute, fetch, handled, msg, new_user
 
 _TOKENS = """
 SELECT count(*) AS replies, sum(q.token_count) AS prompt, sum(r.token_count) AS completion
@@ -99,6 +99,27 @@ async def test_usage_counts_only_replies_of_the_period(
     await asyncio.sleep(1.2)
     later = (await ops("usage", "--by", "user", "--since", "1s", "--json")).data
     assert [g for g in later["groups"] if g["key"] == f"console:{user}"] == []
+
+
+async def test_usage_counts_the_calls_that_made_summaries(
+    ops: Ops, make_service: ServiceFactory, engine: AsyncEngine
+) -> None:
+    service = await make_service()
+    user = new_user()
+    reply = await handled(service, msg(user, "a question", pid=f"{user}:1"))
+    before = group((await ops("usage", "--by", "user", "--json")).data, f"console:{user}")
+    await execute(
+        engine,
+        "INSERT INTO messages (conversation_id, role, content, model_used, token_count, "
+        "channel_type, metadata) VALUES (:c, 'system', 'an earlier talk', 'echo', 7, "
+        """'console', '{"summary": true, "covers": 2, "prompt_tokens": 40}')""",
+        c=reply.conversation_id,
+    )
+
+    after = group((await ops("usage", "--by", "user", "--json")).data, f"console:{user}")
+    assert after["replies"] == before["replies"] == 1  # a summary is no reply
+    assert after["prompt_tokens"] == before["prompt_tokens"] + 40
+    assert after["completion_tokens"] == before["completion_tokens"] + 7
 
 
 async def test_usage_refuses_a_bad_period_and_grouping(ops: Ops) -> None:
