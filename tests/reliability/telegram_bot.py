@@ -20,17 +20,19 @@ EXIT_WITHIN = 30.0
 
 
 class Worker:
-    """A `bot run` process; its log goes to a file, shown when it exits badly."""
+    """A `bot run` process of one channel (Telegram here; the Slack and Discord scenarios
+    name theirs); its log goes to a file, shown when it exits badly."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, channel: str = "telegram") -> None:
         self.env = env
         self.log = log
+        self.channel = channel
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
         with self.log.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bot", "run", "--channels", "telegram",
+                sys.executable, "-m", "bot", "run", "--channels", self.channel,
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=self.env, cwd=ROOT,
             )  # fmt: skip
 

@@ -12,7 +12,6 @@ channel, a thread) has one writer, so that its order is its writer's.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,8 +24,8 @@ from bot.config import Settings
 from bot.emulators import discord_api
 from bot.emulators.discord_api import FakeDiscord, Json
 from bot.emulators.llm_api import LLMServer, Step
-from tests.reliability.test_sigterm_under_load import Worker
-from tests.support import ROOT, fetch, messages_of, until, worker_env
+from tests.reliability.telegram_bot import Worker
+from tests.support import fetch, messages_of, until, worker_env
 
 DMS = 6  # writers in a DM each, besides one in the server channel and one in its thread
 ANSWERED_FIRST = 2  # messages per channel answered before the kill
@@ -46,15 +45,6 @@ class Writer:
     texts: list[str] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)  # the messages' ids, as sent
     pushed_at: dict[str, float] = field(default_factory=dict)  # text -> monotonic time
-
-
-class DiscordWorker(Worker):
-    async def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bot", "run", "--channels", "discord",
-                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=self.env, cwd=ROOT,
-            )  # fmt: skip
 
 
 def writers(discord: FakeDiscord) -> list[Writer]:
@@ -168,8 +158,8 @@ async def test_sigkill_with_replies_pending_every_received_message_answered_once
     tmp_path: Path,
 ) -> None:
     env = bot_run_env(settings, discord_server, llm)
-    first = DiscordWorker(env, tmp_path / "first.log")
-    second = DiscordWorker(env, tmp_path / "second.log")
+    first = Worker(env, tmp_path / "first.log", "discord")
+    second = Worker(env, tmp_path / "second.log", "discord")
     people = writers(discord_server)
     watch = Watch(discord_server, people)
     watching = asyncio.create_task(watch.run())

@@ -19,8 +19,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import signal
-import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -44,7 +42,8 @@ from bot.emulators.slack_api import (
     sign,
 )
 from tests.reliability.conftest import FIGURES
-from tests.support import ROOT, fetch, free_port, messages_of, until, worker_env
+from tests.reliability.telegram_bot import Worker
+from tests.support import fetch, free_port, messages_of, until, worker_env
 
 WRITERS = 12  # half in a DM each, half in a thread each of one channel
 FIRST = 5  # messages of each writer acknowledged by the first worker
@@ -53,7 +52,6 @@ QUIET = 0.3  # s without a reply sent to Slack before the kill
 LEASE = "2"  # INBOX_LEASE_SECONDS: a dead worker's events lapse soon
 SWEEP = "0.5"  # INBOX_SWEEP_SECONDS
 CHANNEL = "C0CHANNEL12"
-EXIT_WITHIN = 30.0
 ANSWERED_WITHIN = 60.0
 _TS = itertools.count(100)
 
@@ -99,38 +97,15 @@ def new_writers() -> list[Writer]:
     return writers
 
 
-class SlackWorker:
+class SlackWorker(Worker):
     """A `bot run --channels slack` process; its log goes to a file."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env = env
-        self.log = log
-        self.process: asyncio.subprocess.Process | None = None
+        super().__init__(env, log, "slack")
 
     @property
     def events_url(self) -> str:
         return f"http://127.0.0.1:{self.env['SLACK_PORT']}/slack/events"
-
-    async def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bot", "run", "--channels", "slack",
-                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=self.env, cwd=ROOT,
-            )  # fmt: skip
-
-    async def stop(self) -> int:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return await asyncio.wait_for(self.process.wait(), EXIT_WITHIN)
-        except TimeoutError:
-            await self.kill()
-            raise AssertionError(f"no exit in {EXIT_WITHIN} s:\n{self.log.read_text()}") from None
-
-    async def kill(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.kill()
-            await self.process.wait()
 
 
 def worker_environment(
