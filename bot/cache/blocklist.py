@@ -7,26 +7,25 @@ evicted hash is told apart from "nobody is blocked".
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 
 from bot.blockset import Blocklist
 from bot.cache.codec import text_of
-from bot.cache.flags import LOADED_FIELD, Guard
+from bot.cache.flags import LOADED_FIELD
 from bot.cache.keys import Keys
-from bot.cache.pubsub import Notice, notices
+from bot.cache.pubsub import Announcer, Guard
 from bot.domain import BlockedRow
 
 
-class BlocklistCache:
+class BlocklistCache(Announcer):
     """The Redis side: read and rewrite the hash, publish a change."""
 
     def __init__(self, redis: Redis, keys: Keys, guard: Guard) -> None:
-        self.redis = redis
+        super().__init__(redis, guard, keys.blocklist_invalidation_channel())
         self.keys = keys
-        self.guard = guard
 
     async def read(self) -> Blocklist | None:
         """The cached blocklist; None when the hash is missing (flushed, never filled)."""
@@ -56,12 +55,3 @@ class BlocklistCache:
         """Delete the hash, so that workers refill it from Postgres."""
         key = self.keys.blocklist()
         await self.guard.run(lambda: self.redis.delete(key))
-
-    async def publish(self) -> int:
-        """Tell every worker to reload; returns how many listeners got the message."""
-        channel = self.keys.blocklist_invalidation_channel()
-        return int(await self.guard.run(lambda: self.redis.publish(channel, "1")))
-
-    def invalidations(self, poll: float) -> AsyncIterator[Notice]:
-        """A Notice once listening, then one per change announced (bot/cache/pubsub.py)."""
-        return notices(self.redis, self.keys.blocklist_invalidation_channel(), poll)

@@ -9,39 +9,28 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 from redis.asyncio import Redis
 
 from bot.cache.codec import text_of
 from bot.cache.keys import Keys
-from bot.cache.pubsub import Notice, notices
+from bot.cache.pubsub import Announcer, Guard
 from bot.domain import FlagRow
 from bot.flagset import GLOBAL, FlagSet
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 LOADED_FIELD = "_loaded"
 
 
-class Guard(Protocol):
-    """Bounds a Redis call in time and turns its failure into CacheUnavailable:
-    the worker's RedisGuard, or a plain bound for a one-shot ops command."""
-
-    op_timeout: float
-
-    async def run(self, operation: Callable[[], Awaitable[T]]) -> T: ...
-
-
-class FlagCache:
+class FlagCache(Announcer):
     """The Redis side: read and rewrite the hashes, publish a change."""
 
     def __init__(self, redis: Redis, keys: Keys, guard: Guard, channels: Sequence[str]):
-        self.redis = redis
+        super().__init__(redis, guard, keys.features_invalidation_channel())
         self.keys = keys
-        self.guard = guard
         self.channels = tuple(channels)
 
     def hash_keys(self, rows: Sequence[FlagRow] = ()) -> dict[str, str]:
@@ -93,15 +82,6 @@ class FlagCache:
         """Delete the hashes, so that workers refill them from Postgres."""
         keys = list(self.hash_keys().values())
         await self.guard.run(lambda: self.redis.delete(*keys))
-
-    async def publish(self) -> int:
-        """Tell every worker to reload; returns how many listeners got the message."""
-        channel = self.keys.features_invalidation_channel()
-        return int(await self.guard.run(lambda: self.redis.publish(channel, "1")))
-
-    def invalidations(self, poll: float) -> AsyncIterator[Notice]:
-        """A Notice once listening, then one per change announced (bot/cache/pubsub.py)."""
-        return notices(self.redis, self.keys.features_invalidation_channel(), poll)
 
 
 def _decode(scope: str, values: dict[str, str]) -> dict[str, Any]:

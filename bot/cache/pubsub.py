@@ -1,5 +1,6 @@
 """Listening on a Redis pub/sub channel, for the announcements that keep each worker's
-in-memory copies (feature flags, chat configs) in step with what ops change."""
+in-memory copies (feature flags, the blocklist, experiments, chat configs) in step with
+what ops change; and making them (`Announcer`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -16,6 +18,16 @@ from bot.cache.codec import text_of
 from bot.errors import CacheUnavailable
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Guard(Protocol):
+    """Bounds a Redis call in time and turns its failure into CacheUnavailable:
+    the worker's RedisGuard, or a plain bound for a one-shot ops command."""
+
+    op_timeout: float
+
+    async def run(self, operation: Callable[[], Awaitable[T]]) -> T: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,3 +83,21 @@ async def follow(
         on_lost()
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, longest)
+
+
+class Announcer:
+    """One pub/sub channel on which ops announce a change ("1": reload) and every worker
+    listens: the Redis side of a copy each worker holds (bot/mirror.py)."""
+
+    def __init__(self, redis: Redis, guard: Guard, channel: str) -> None:
+        self.redis = redis
+        self.guard = guard
+        self.channel = channel
+
+    async def publish(self) -> int:
+        """Tell every worker to reload; returns how many listeners got the message."""
+        return int(await self.guard.run(lambda: self.redis.publish(self.channel, "1")))
+
+    def invalidations(self, poll: float) -> AsyncIterator[Notice]:
+        """A Notice once listening, then one per change announced."""
+        return notices(self.redis, self.channel, poll)
