@@ -397,6 +397,8 @@ class ConversationService:
         """After the turn (its exchange stored, the cache refreshed, nobody waiting on
         it): the conversation's oldest part is summarised in the background if the
         context its next turn reads outgrew its budget (bot/summaries.py)."""
+        if not self.summaries.enabled:
+            return  # not even the window is built: this runs after every turn
         if reply.kind is ReplyKind.ANSWER and reply.conversation_id and reply.model:
             window = window_after(hot.context if hot else None, refresh)
             self.summaries.consider(message, shared, reply.conversation_id, reply.model, window)
@@ -649,7 +651,7 @@ class ConversationService:
             refresh = replace(turn.refresh, context_update=ContextUpdate.REPLACE)
             return self._redelivered(turn, stored), refresh
         if result is not None:
-            self._spent(result.model_used, rows.user_tokens, rows.reply_tokens)
+            self._count_tokens(result.model_used, rows.user_tokens, rows.reply_tokens)
         reply = ContextMessage("assistant", result.text, rows.reply_ts) if result else None
         refresh = self._appended(turn, recent, cached is not None, rows, reply, rows.reply_id)
         refresh = replace(refresh, quota=QuotaUse(_sum(rows.user_tokens, rows.reply_tokens), {}))
@@ -841,7 +843,7 @@ class ConversationService:
         )
         if await self.store.conversations.save_reply(row):
             prompt = result.prompt_tokens if result else None  # None: the stream broke off
-            self._spent(row.model_used or "unknown", prompt, row.tokens)
+            self._count_tokens(row.model_used or "unknown", prompt, row.tokens)
             return row.reply_id
         # This worker stalled past its hold and another handling stored a message of
         # the conversation (or this event's reply) first: the reply would come after
@@ -853,7 +855,7 @@ class ConversationService:
         )
         return None
 
-    def _spent(self, model: str, prompt: int | None, completion: int | None) -> None:
+    def _count_tokens(self, model: str, prompt: int | None, completion: int | None) -> None:
         """Count a stored reply's tokens (read by /metrics at each scrape)."""
         self.tokens[model, "prompt"] += prompt or 0
         self.tokens[model, "completion"] += completion or 0
