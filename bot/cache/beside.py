@@ -101,12 +101,10 @@ class Beside:
             pipe.set(key, EventState.DONE.value, xx=True, ex=keys.dedup_ttl)
 
     async def count_quota(
-        self, pipe: Pipeline, counts: Sequence[tuple[str, str, str]], tokens: int
+        self, pipe: Pipeline, counts: Sequence[tuple[str, str, int]], tokens: int
     ) -> None:
         """Queue the exchange's count on each quota counter: (key, rebuilt count or '',
         expiry), as FINISH counts them on one Redis."""
         for key, base, expire_at in counts:
-            call = scripts.Quota(
-                counter_key=key, base=base, expire_at=int(expire_at), tokens=tokens
-            )
+            call = scripts.Quota(counter_key=key, base=base, expire_at=expire_at, tokens=tokens)
             await self._quota(call, pipe)

@@ -311,7 +311,7 @@ class Claims:
             variant=assignment.variant if assignment else "",
             now=time.time(),
             quota_tokens=refresh.quota.tokens if refresh.quota else 0,
-            quota=() if cluster else tuple(item for count in counts for item in count),
+            quota=() if cluster else tuple(str(item) for count in counts for item in count),
             delivered=() if cluster else delivered,
             context=tuple(encode_context(m) for m in refresh.context if not m.is_summary),
         )
@@ -498,7 +498,7 @@ def _summary(refresh: Refresh) -> ContextMessage | Fence | None:
     return next((m for m in refresh.context if m.is_summary), None)
 
 
-def _quota_counts(quota: QuotaKeys, use: QuotaUse | None) -> list[tuple[str, str, str]]:
+def _quota_counts(quota: QuotaKeys, use: QuotaUse | None) -> list[tuple[str, str, int]]:
     """(counter key, count rebuilt or '', expiry) of the counters the exchange counts on:
     all the message's when it spent tokens (a counter Redis does not hold, and nobody
     rebuilt, is not created), none otherwise."""
@@ -508,7 +508,7 @@ def _quota_counts(quota: QuotaKeys, use: QuotaUse | None) -> list[tuple[str, str
     for counter, key in quota.counters.items():
         base = use.rebuilt.get(counter)
         rebuilt = "" if base is None else str(base)
-        counts.append((key, rebuilt, str(quota.expire_at[counter])))
+        counts.append((key, rebuilt, quota.expire_at[counter]))
     return counts
 
 
