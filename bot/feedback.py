@@ -17,13 +17,13 @@ Two halves:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
 
 from bot.domain import FeedbackEvent, FeedbackOutcome, PostRef
 from bot.errors import StoreError
+from bot.local import Batch
 from bot.store.feedback import FeedbackQueries, Post
 
 log = logging.getLogger(__name__)
@@ -36,30 +36,19 @@ class Feedback:
 
     def __init__(self, queries: FeedbackQueries) -> None:
         self.queries = queries
-        self._pending: dict[str, list[Post]] = {}  # by platform, not yet written
-        self._timer: asyncio.TimerHandle | None = None
-        self._writing: set[asyncio.Task[None]] = set()
+        self._posts: Batch[tuple[str, Post]] = Batch(self._write, POSTS_DELAY)  # by platform
 
     # -- posted ----------------------------------------------------------------------
 
     def posted(self, channel: str, message_id: uuid.UUID, posts: Sequence[PostRef]) -> None:
         """`posts` on `channel` show the stored reply `message_id`: kept soon, batched."""
-        if not posts:
-            return
-        pending = self._pending.setdefault(channel, [])
-        pending += [(p.chat_id, p.post_id, message_id) for p in posts]
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(POSTS_DELAY, self._write_soon)
+        self._posts.add(*((channel, (p.chat_id, p.post_id, message_id)) for p in posts))
 
-    def _write_soon(self) -> None:
-        self._timer = None
-        pending, self._pending = self._pending, {}
-        task = asyncio.create_task(self._write(pending))
-        self._writing.add(task)
-        task.add_done_callback(self._writing.discard)
-
-    async def _write(self, pending: dict[str, list[Post]]) -> None:
-        for channel, posts in pending.items():
+    async def _write(self, pending: list[tuple[str, Post]]) -> None:
+        by_channel: dict[str, list[Post]] = {}
+        for channel, post in pending:
+            by_channel.setdefault(channel, []).append(post)
+        for channel, posts in by_channel.items():
             try:
                 await self.queries.add_posts(channel, posts)
             except StoreError as exc:  # ratings of these replies' posts are then ignored
@@ -68,14 +57,7 @@ class Feedback:
     async def flush(self) -> None:
         """Write the posts pending now, and wait for writes on their way (shutdown; and
         before a rating is looked up, so that a fast one finds its post)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        pending, self._pending = self._pending, {}
-        if pending:
-            await self._write(pending)
-        if self._writing:
-            await asyncio.wait(set(self._writing))
+        await self._posts.flush()
 
     # -- rate ------------------------------------------------------------------------
 
@@ -101,7 +83,6 @@ class Feedback:
             return event.message_id
         if event.post is None:
             return None
-        if self._pending or self._writing:
-            await self.flush()
+        await self.flush()  # a post delivered a moment ago is then found (else: no-op)
         post = event.post
         return await self.queries.reply_of(event.channel, post.chat_id, post.post_id)

@@ -44,7 +44,7 @@ from typing import Any
 
 from bot.domain import NOT_KEPT, ChatKind, IncomingMessage, Receipt
 from bot.errors import InvalidInput, StoreError
-from bot.local import Backoff
+from bot.local import Backoff, Batch
 from bot.store.inbox import Arriving, InboxQueries, Kept, Taken
 from bot.validation import storable_event_id
 
@@ -96,9 +96,7 @@ class Inbox:
         self._here: dict[int, EventKey] = {}  # seqs of the receipts above
         self._working: dict[int, int] = {}  # seq -> handlings of it running here
         self._done: OrderedDict[int, None] = OrderedDict()
-        self._to_delete: list[int] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._deleting: set[asyncio.Task[None]] = set()
+        self._delivered: Batch[int] = Batch(self._delete, DELIVERED_DELAY)  # seqs to delete
 
     # -- receiving -------------------------------------------------------------------
 
@@ -258,21 +256,9 @@ class Inbox:
         self._done[receipt.seq] = None
         if len(self._done) > RECENTLY_DONE:
             self._done.popitem(last=False)
-        self._to_delete.append(receipt.seq)
-        if self._timer is None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(DELIVERED_DELAY, self._delete_soon)
-
-    def _delete_soon(self) -> None:
-        self._timer = None
-        seqs, self._to_delete = self._to_delete, []
-        task = asyncio.create_task(self._delete(seqs))
-        self._deleting.add(task)
-        task.add_done_callback(self._deleting.discard)
+        self._delivered.add(receipt.seq)
 
     async def _delete(self, seqs: list[int]) -> None:
-        if not seqs:
-            return
         try:
             await self.queries.done(seqs)
         except StoreError as exc:  # they lapse, and a sweep finds each answered already
@@ -280,13 +266,7 @@ class Inbox:
 
     async def flush(self) -> None:
         """Delete what was delivered now, and wait for deletes on their way (shutdown)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        seqs, self._to_delete = self._to_delete, []
-        await self._delete(seqs)
-        if self._deleting:
-            await asyncio.wait(self._deleting)
+        await self._delivered.flush()
 
     # -- sweeping --------------------------------------------------------------------
 

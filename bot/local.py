@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Hashable
 from contextlib import asynccontextmanager
+from typing import Any, Generic, TypeVar
 
 
 class KeyedLocks:
@@ -121,3 +122,54 @@ class Backoff:
         await asyncio.sleep(self._delay)
         self._delay = min(self._delay * 2, self._longest)
         return True
+
+
+Item = TypeVar("Item", bound=Hashable)
+
+
+class Batch(Generic[Item]):
+    """Items gathered for `delay` s from the first, then written together by one call of
+    `write`, off the callers' wait; in the order added, each once. `take` hands them to
+    a caller that writes them its own way (on its own round trip). `write` deals with
+    its own failures: what it cannot write is its to lose."""
+
+    def __init__(
+        self, write: Callable[[list[Item]], Coroutine[Any, Any, None]], delay: float
+    ) -> None:
+        self._write = write
+        self._delay = delay
+        self._items: dict[Item, None] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._writing: set[asyncio.Task[None]] = set()
+
+    def add(self, *items: Item) -> None:
+        self._items.update(dict.fromkeys(items))
+        if self._timer is None and self._items:
+            self._timer = asyncio.get_running_loop().call_later(self._delay, self._write_soon)
+
+    def __contains__(self, item: object) -> bool:
+        """Added, not yet taken nor written."""
+        return item in self._items
+
+    def take(self) -> list[Item]:
+        """What is pending, for the caller to write now."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        items, self._items = list(self._items), {}
+        return items
+
+    async def flush(self) -> None:
+        """Write what is pending, and wait for writes on their way (at shutdown)."""
+        if items := self.take():
+            await self._write(items)
+        if self._writing:
+            await asyncio.wait(set(self._writing))
+
+    def _write_soon(self) -> None:
+        self._timer = None
+        if not (items := self.take()):
+            return
+        task = asyncio.create_task(self._write(items))
+        self._writing.add(task)
+        task.add_done_callback(self._writing.discard)
